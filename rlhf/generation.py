@@ -1,0 +1,79 @@
+"""Generation settings shared by every stage that samples, and batched chat generation.
+
+One dataclass (:class:`GenerationSettings`) so SFT samples, PPO rollouts and evaluation decode the
+same way; :func:`generate_chat` does left-padded, KV-cached batched generation that stops at EOS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class GenerationSettings:
+    """How to decode. ``do_sample=False`` is greedy; otherwise temperature / top-k / top-p sampling."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = True
+    temperature: float = 1.0  # > 0; 1.0 samples from the model's own distribution (what PPO needs)
+    top_k: int = 0  # 0 disables top-k filtering
+    top_p: float = 1.0  # 1.0 disables nucleus filtering
+    repetition_penalty: float = 1.0
+    batch_size: int = 8  # prompts generated together
+    seed: int = 0
+
+    def hf_kwargs(self, tokenizer) -> dict:
+        kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                      eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                      repetition_penalty=self.repetition_penalty, use_cache=True)
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        else:
+            # Explicit neutral values silence transformers' warnings about unused sampling flags.
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        return kwargs
+
+
+def prepare_tokenizer(tokenizer):
+    """Left padding and truncation for generation; a pad token when the model has none (falls back to EOS).
+
+    When pad == EOS (SmolLM2), masks must come from ``attention_mask``/lengths, never ``ids != pad``.
+    """
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"  # keep the end of a long prompt: the question is there
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def render_chat(tokenizer, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    """A chat as the model's prompt text; models without a chat template get a plain transcript."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
+    return text + ("Assistant:" if add_generation_prompt else "")
+
+
+@torch.no_grad()
+def generate_chat(model, tokenizer, chats: Sequence[Sequence[dict[str, str]]], settings: GenerationSettings,
+                  max_prompt_tokens: int = 512) -> list[str]:
+    """Answer each chat; returns the decoded responses (special tokens stripped)."""
+    prepare_tokenizer(tokenizer)
+    generator = torch.Generator().manual_seed(settings.seed)
+    responses: list[str] = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(chats), settings.batch_size):
+        texts = [render_chat(tokenizer, chat) for chat in chats[start:start + settings.batch_size]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
+                          add_special_tokens=False).to(model.device)
+        # Seed per batch so results do not depend on what ran before (same seed -> same samples).
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        out = model.generate(**batch, **settings.hf_kwargs(tokenizer))
+        new_tokens = out[:, batch["input_ids"].shape[1]:]
+        responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    model.train(was_training)
+    return [r.strip() for r in responses]

@@ -1,0 +1,393 @@
+"""The two record types every stage reads, and strict validation of user files.
+
+* SFT record: ``{"messages": [{"role": "user"|"assistant"|"system", "content": str}, ...]}`` (TRL's
+  conversational format). TRL's ``{"prompt": str, "completion": str}`` is accepted and converted.
+* Preference record: ``{"prompt", "chosen", "rejected", "dimension", "margin"?, "source"?, "annotator"?}``:
+  TRL's explicit-prompt preference columns plus the HHH ``dimension`` labels the pair speaks for.
+
+Every problem is a :class:`RecordError` naming file, line and field. Reading never writes: a bad
+file is reported, and with ``keep_valid`` its good rows can be used, but nothing on disk is changed.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+DIMENSIONS = ("helpful", "honest", "harmless")
+ROLES = ("system", "user", "assistant")
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: longer lines are almost always a broken export, not a real example
+RecordKind = Literal["preference", "sft"]
+
+
+@dataclass
+class PreferenceRecord:
+    prompt: str
+    chosen: str
+    rejected: str
+    dimension: list[str]
+    margin: float | None = None
+    source: str | None = None
+    annotator: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class SFTRecord:
+    messages: list[dict[str, str]]
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @property
+    def prompt_messages(self) -> list[dict[str, str]]:
+        """Everything before the last assistant turn (what a policy is asked)."""
+        last = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
+        return self.messages[:last]
+
+
+class RecordError(ValueError):
+    """One problem in one place: ``file:line: field: message``."""
+
+    def __init__(self, file: str, line: int | None, field_name: str | None, message: str):
+        self.file, self.line, self.field, self.message = str(file), line, field_name, message
+        where = f"{self.file}:{line}" if line is not None else self.file
+        what = f" field '{field_name}':" if field_name else ""
+        super().__init__(f"{where}:{what} {message}")
+
+
+@dataclass
+class LoadResult:
+    kind: RecordKind | None
+    records: list[PreferenceRecord | SFTRecord] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # source line of each record
+    errors: list[RecordError] = field(default_factory=list)
+    rows_read: int = 0
+
+
+# ---------------------------------------------------------------- reading rows
+
+
+def _decode(raw: bytes, path: Path, line_no: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordError(path, line_no, None, f"invalid UTF-8 at byte {err.start}") from None
+
+
+def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    line_no = 0
+    try:
+        with opener(path, "rb") as fh:
+            while True:
+                raw = fh.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    return
+                line_no += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise RecordError(path, line_no, None, f"line longer than {MAX_LINE_BYTES} bytes")
+                yield line_no, raw
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
+        if isinstance(err, RecordError):
+            raise
+        raise RecordError(path, line_no + 1, None, f"compressed data is truncated or corrupt ({type(err).__name__}: {err})") from None
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line, row)`` from JSONL(.gz), JSON (a list of objects), CSV, or what ``datasets`` reads.
+
+    File-level problems (unreadable, empty, not UTF-8, not JSON ...) raise RecordError; the caller
+    decides whether one bad line ends the read (it does: row-level problems are found later).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(path, None, None, "file not found")
+    if path.stat().st_size == 0:
+        raise RecordError(path, None, None, "file is empty")
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        yield from _read_jsonl(path)
+    elif name.endswith((".csv", ".csv.gz")):
+        yield from _read_csv(path)
+    elif name.endswith(".json"):
+        yield from _read_json(path)
+    else:
+        yield from _read_with_datasets(path)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    seen_any = False
+    for line_no, raw in _iter_lines(path):
+        text = _decode(raw, path, line_no).strip()
+        if line_no == 1:
+            text = text.lstrip("\ufeff")
+        if not text:
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RecordError(path, line_no, None, f"not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise RecordError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
+        seen_any = True
+        yield line_no, row
+    if not seen_any:
+        raise RecordError(path, None, None, "file has no records")
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    text = _decode(path.read_bytes(), path, 1)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecordError(path, err.lineno, None, f"not valid JSON ({err.msg})") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not data:
+        raise RecordError(path, None, None, "expected a non-empty JSON list of objects")
+    for i, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise RecordError(path, i, None, f"item {i} is not an object")
+        yield i, row
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    for line_no, line in enumerate(raw.split(b"\n"), start=1):
+        _decode(line, path, line_no)  # report the first bad line by number
+        if len(line) > MAX_LINE_BYTES:
+            raise RecordError(path, line_no, None, f"line longer than {MAX_LINE_BYTES} bytes")
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline=""))
+    if not reader.fieldnames:
+        raise RecordError(path, 1, None, "CSV has no header row")
+    seen_any = False
+    for row in reader:
+        seen_any = True
+        line_no = reader.line_num
+        if None in row:
+            raise RecordError(path, line_no, None, "row has more cells than the header")
+        yield line_no, {k: v for k, v in row.items()}
+    if not seen_any:
+        raise RecordError(path, None, None, "CSV has a header but no rows")
+
+
+def _read_with_datasets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import datasets
+
+    builder = {".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}.get(path.suffix.lower())
+    if builder is None:
+        raise RecordError(path, None, None, "unknown file type (use .jsonl, .jsonl.gz, .json, .csv or .parquet)")
+    try:
+        table = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:  # datasets raises many types; the message is what matters
+        raise RecordError(path, None, None, f"datasets could not read it: {err}") from None
+    for i, row in enumerate(table, start=1):
+        yield i, dict(row)
+
+
+# ---------------------------------------------------------------- validating rows
+
+
+def detect_kind(row: dict[str, Any]) -> RecordKind | None:
+    if "messages" in row or "completion" in row:
+        return "sft"
+    if "chosen" in row or "rejected" in row:
+        return "preference"
+    return None
+
+
+def _text(row: dict[str, Any], key: str, path, line: int, required: bool = True) -> str | None:
+    if key not in row or row[key] is None:
+        if required:
+            raise RecordError(path, line, key, "missing")
+        return None
+    value = row[key]
+    if not isinstance(value, str):
+        raise RecordError(path, line, key, f"expected a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise RecordError(path, line, key, "is empty")
+    return value
+
+
+def parse_dimensions(value: Any, path="<record>", line: int = 0) -> list[str]:
+    """``"harmless"``, ``"helpful,honest"``, ``["honest"]`` -> a list of known HHH dimensions."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.replace(";", ",").replace("|", ",").split(",") if v.strip()]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise RecordError(path, line, "dimension", f"expected a string or list of strings, got {value!r}")
+    if not items:
+        raise RecordError(path, line, "dimension", "is empty")
+    unknown = [v for v in items if v not in DIMENSIONS]
+    if unknown:
+        raise RecordError(path, line, "dimension", f"unknown dimension {unknown[0]!r} (known: {', '.join(DIMENSIONS)})")
+    return sorted(set(items), key=DIMENSIONS.index)
+
+
+def _margin(value: Any, path, line: int) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        margin = float(value)
+    except (TypeError, ValueError):
+        raise RecordError(path, line, "margin", f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(margin):
+        raise RecordError(path, line, "margin", f"must be a finite number, got {value!r}")
+    if margin < 0:
+        raise RecordError(path, line, "margin", f"must be >= 0 (swap chosen and rejected instead), got {margin}")
+    return margin
+
+
+def parse_preference(row: dict[str, Any], path="<record>", line: int = 0,
+                     default_dimension: list[str] | None = None) -> PreferenceRecord:
+    prompt = _text(row, "prompt", path, line)
+    chosen = _text(row, "chosen", path, line)
+    rejected = _text(row, "rejected", path, line)
+    if chosen.strip() == rejected.strip():
+        raise RecordError(path, line, "rejected", "is identical to chosen")
+    if "dimension" in row and row["dimension"] not in (None, ""):
+        dims = parse_dimensions(row["dimension"], path, line)
+    elif default_dimension:
+        dims = list(default_dimension)
+    else:
+        raise RecordError(path, line, "dimension", f"missing (one or more of {', '.join(DIMENSIONS)})")
+    return PreferenceRecord(
+        prompt=prompt, chosen=chosen, rejected=rejected, dimension=dims,
+        margin=_margin(row.get("margin"), path, line),
+        source=_text(row, "source", path, line, required=False) or None,
+        annotator=_text(row, "annotator", path, line, required=False) or None,
+    )
+
+
+def parse_sft(row: dict[str, Any], path="<record>", line: int = 0) -> SFTRecord:
+    if "messages" not in row:
+        prompt = _text(row, "prompt", path, line)
+        completion = _text(row, "completion", path, line)
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    else:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise RecordError(path, line, "messages", "expected a non-empty list of {role, content}")
+        for i, msg in enumerate(messages):
+            where = f"messages[{i}]"
+            if not isinstance(msg, dict):
+                raise RecordError(path, line, where, "expected an object with role and content")
+            if msg.get("role") not in ROLES:
+                raise RecordError(path, line, f"{where}.role", f"expected one of {', '.join(ROLES)}, got {msg.get('role')!r}")
+            if not isinstance(msg.get("content"), str):
+                raise RecordError(path, line, f"{where}.content", "missing or not a string")
+            if not msg["content"].strip():
+                raise RecordError(path, line, f"{where}.content", "is empty")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise RecordError(path, line, "messages", "has no assistant turn to learn from")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return SFTRecord(messages=messages, source=_text(row, "source", path, line, required=False) or None)
+
+
+def _row_key(record: PreferenceRecord | SFTRecord) -> str:
+    return json.dumps(record.to_dict(), sort_keys=True, ensure_ascii=False)
+
+
+def load_records(path: str | Path, kind: RecordKind | None = None, default_dimension: list[str] | None = None,
+                 allow_duplicates: bool = False) -> LoadResult:
+    """Validate every row of a file. File-level problems give one error and no records.
+
+    Row-level problems are collected (one per bad row) so a report can list them all, and the valid
+    rows are returned next to them: callers decide whether errors are fatal (they are by default).
+    """
+    path = Path(path)
+    result = LoadResult(kind=kind)
+    seen: dict[str, int] = {}
+    try:
+        for line_no, row in read_rows(path):
+            result.rows_read += 1
+            row_kind = result.kind or detect_kind(row)
+            if row_kind is None:
+                result.errors.append(RecordError(path, line_no, None,
+                                                 "neither a preference (chosen/rejected) nor an SFT (messages) record"))
+                continue
+            result.kind = row_kind
+            try:
+                record = (parse_preference(row, path, line_no, default_dimension) if row_kind == "preference"
+                          else parse_sft(row, path, line_no))
+            except RecordError as err:
+                result.errors.append(err)
+                continue
+            key = _row_key(record)
+            if key in seen and not allow_duplicates:
+                result.errors.append(RecordError(path, line_no, None, f"duplicate of line {seen[key]}"))
+                continue
+            seen.setdefault(key, line_no)
+            result.records.append(record)
+            result.lines.append(line_no)
+    except RecordError as err:
+        result.errors.append(err)
+    return result
+
+
+def load_preferences(path: str | Path, keep_valid: bool = False, **kwargs) -> list[PreferenceRecord]:
+    """Read a preference file for training; any bad row is an error unless ``keep_valid``."""
+    result = load_records(path, kind="preference", **kwargs)
+    if result.errors and not (keep_valid and result.records):
+        raise result.errors[0]
+    return result.records  # type: ignore[return-value]
+
+
+def load_sft(path: str | Path, keep_valid: bool = False) -> list[SFTRecord]:
+    result = load_records(path, kind="sft")
+    if result.errors and not (keep_valid and result.records):
+        raise result.errors[0]
+    return result.records  # type: ignore[return-value]
+
+
+def write_jsonl(records, path: str | Path) -> None:
+    """Write records atomically (temp file + rename): an existing file is never half-overwritten."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for record in records:
+            data = record.to_dict() if hasattr(record, "to_dict") else record
+            fh.write(json.dumps(data, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- chat transcripts
+
+
+def transcript_to_messages(text: str) -> list[dict[str, str]]:
+    """``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` -> chat messages. Plain text -> one user message."""
+    import re
+
+    parts = re.split(r"\n\n(Human|Assistant):", "\n\n" + text.strip() if not text.startswith("\n\n") else text)
+    if len(parts) < 3:
+        return [{"role": "user", "content": text.strip()}]
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        role = "user" if speaker == "Human" else "assistant"
+        content = content.strip()
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n\n" + content
+        elif content or role == "assistant":
+            messages.append({"role": role, "content": content})
+    # A transcript that ends with an open "Assistant:" is a prompt: drop the empty final turn.
+    if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+        messages.pop()
+    return messages
+
+
+def prompt_to_messages(prompt: str) -> list[dict[str, str]]:
+    """A preference prompt as chat messages for a chat policy."""
+    return transcript_to_messages(prompt)

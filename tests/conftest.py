@@ -1,0 +1,38 @@
+"""Shared test setup: offline hubs, quiet progress bars, tiny in-process models."""
+from __future__ import annotations
+
+import os
+
+# No hub at test time: a hub id must fail fast, never hang on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path() -> str:
+    """Folder of a tiny random Llama with a ChatML template (pad == EOS, like SmolLM2)."""
+    from rlhf.zoo import resolve_model
+
+    return resolve_model("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_path() -> str:
+    from rlhf.zoo import resolve_model
+
+    return resolve_model("tiny-bert")
+
+
+@pytest.fixture()
+def run_cfg(tmp_path):
+    """A RunConfig writing under tmp_path with W&B disabled (one test covers offline W&B)."""
+    from rlhf.config import RunConfig
+
+    return RunConfig(output_dir=str(tmp_path / "runs"), run_name="test", wandb_mode="disabled")
