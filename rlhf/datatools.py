@@ -10,11 +10,12 @@ from typing import Sequence
 from rlhf.records import DIMENSIONS, LoadResult, PreferenceRecord, RecordError, SFTRecord, load_records, write_jsonl
 
 
-def validate(files: Sequence[str], keep_valid: str | None = None, kind: str | None = None, out=sys.stdout) -> int:
+def validate(files: Sequence[str], keep_valid: str | None = None, kind: str | None = None, out=None) -> int:
     """Print one line per problem (``file:line: field 'x': message``); exit status 1 if any.
 
     With ``keep_valid=OUT.jsonl`` the valid rows of all files are written to OUT (never over an input).
     """
+    out = out or sys.stdout
     status = 0
     kept: list = []
     for file in files:
@@ -70,7 +71,7 @@ def describe(name: str, result: LoadResult) -> str:
     return "\n".join(lines)
 
 
-def stats(files: Sequence[str], out=sys.stdout) -> int:
+def stats(files: Sequence[str], out=None) -> int:
     """Counts per dimension and source, lengths and duplicates, for user files or shipped sources.
 
     A shipped file is read through its adapter (HH-RLHF transcripts, TruthfulQA CSV, DialogSum), so
@@ -78,6 +79,7 @@ def stats(files: Sequence[str], out=sys.stdout) -> int:
     """
     from rlhf import sources
 
+    out = out or sys.stdout
     adapters = {
         sources.HH_HARMLESS: [("preference", sources.hh_harmless_pairs), ("sft", sources.hh_harmless_sft)],
         sources.TRUTHFULQA: [("preference", sources.truthfulqa_pairs), ("sft", sources.truthfulqa_sft)],

@@ -1,0 +1,248 @@
+"""The annotation web app (Starlette, server-rendered HTML): login, label items, guidelines, admin routes.
+
+Routes (all but /login need a token: ``Authorization: Bearer TOKEN`` or the cookie /login sets):
+
+    GET  /login, POST /login, POST /logout
+    GET  /                     -> 303 to the annotator's next unlabelled item, or the "all done" page
+    GET  /items/{id}           the item side by side, with the annotator's earlier label if any
+    POST /items/{id}           save (or update) the label, then 303 to /
+    GET  /guidelines           data/annotation_guidelines.md as HTML
+    GET  /admin/stats          agreement and counts as JSON (admin only)
+    GET  /admin/export         preference records as JSONL (admin only)
+
+Every text is rendered through Jinja2 autoescaping; the one inline script carries a per-response CSP
+nonce, so even a response text that slipped through unescaped could not run script. Items assigned
+to someone else answer 404, exactly as items that do not exist.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import jinja2
+from markdown_it import MarkdownIt
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rlhf.annotate.export import build_preferences
+from rlhf.annotate.stats import compute_stats
+from rlhf.annotate.store import CHOICES, Annotator, Store
+from rlhf.records import DIMENSIONS
+
+DEFAULT_GUIDELINES = Path(__file__).resolve().parents[2] / "data" / "annotation_guidelines.md"
+MAX_BODY_BYTES = 64 * 1024  # a label is a few hundred bytes; a rationale gets MAX_RATIONALE_CHARS
+MAX_RATIONALE_CHARS = 4000
+COOKIE_NAME = "rlhf_annotate_token"
+COOKIE_MAX_AGE_S = 30 * 24 * 3600
+# Keys per dimension for A better / B better / tie: one row of the keyboard per dimension.
+SHORTCUTS = {"helpful": ("1", "2", "3"), "honest": ("q", "w", "e"), "harmless": ("a", "s", "d")}
+CHOICE_TEXT = {"A": "A better", "B": "B better", "tie": "Tie"}
+STATIC_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                  (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store")]
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class SecurityHeaders:
+    """Adds headers every response needs (pages hold unpublished texts: never cache, never frame)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    h for h in STATIC_HEADERS if h[0] not in names]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# ---------------------------------------------------------------- rendering and auth helpers
+
+
+def render(request: Request, template: str, context: dict | None = None, status_code: int = 200,
+           headers: dict | None = None) -> Response:
+    nonce = secrets.token_urlsafe(16)
+    csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+           "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    annotator = getattr(request.state, "annotator", None)
+    full_context = {"nonce": nonce, "annotator": annotator, **(context or {})}
+    if annotator is not None and "progress" not in full_context:
+        full_context["progress"] = request.app.state.store.progress(annotator.id)
+    templates: Jinja2Templates = request.app.state.templates
+    return templates.TemplateResponse(request, template, full_context, status_code=status_code,
+                                      headers={"content-security-policy": csp, **(headers or {})})
+
+
+def request_token(request: Request) -> str | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(COOKIE_NAME)
+
+
+def login_required(admin: bool = False) -> Callable[[Endpoint], Endpoint]:
+    """401 (with the login form, for browsers) without a valid token; 403 for non-admins on admin routes."""
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            annotator = request.app.state.store.authenticate(request_token(request))
+            if annotator is None:
+                return render(request, "login.html", {"error": None}, status_code=401,
+                              headers={"www-authenticate": "Bearer"})
+            request.state.annotator = annotator
+            if admin and not annotator.is_admin:
+                return PlainTextResponse("Forbidden: admin only", status_code=403)
+            return await endpoint(request)
+
+        return guarded
+
+    return decorate
+
+
+def current(request: Request) -> Annotator:
+    return request.state.annotator
+
+
+# ---------------------------------------------------------------- login
+
+
+async def login_page(request: Request) -> Response:
+    return render(request, "login.html", {"error": None})
+
+
+async def login(request: Request) -> Response:
+    form = await request.form()
+    token = str(form.get("token", "")).strip()
+    if request.app.state.store.authenticate(token) is None:
+        return render(request, "login.html", {"error": "Unknown token."}, status_code=401)
+    response = RedirectResponse("/", status_code=303)
+    # httponly: scripts cannot read the token; SameSite=Strict: other sites cannot post with it (CSRF).
+    response.set_cookie(COOKIE_NAME, token, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE_NAME, httponly=True, samesite="strict")
+    return response
+
+
+# ---------------------------------------------------------------- annotating
+
+
+@login_required()
+async def home(request: Request) -> Response:
+    store: Store = request.app.state.store
+    next_item = store.next_unlabelled(current(request).id)
+    if next_item is not None:
+        return RedirectResponse(f"/items/{next_item}", status_code=303)
+    return render(request, "done.html", {"item_ids": store.assigned_item_ids(current(request).id)})
+
+
+def _item_page(request: Request, item, choices: dict | None, rationale: str, error: str | None = None,
+               status_code: int = 200) -> Response:
+    return render(request, "item.html", {
+        "item": item, "choices": choices or {}, "rationale": rationale, "error": error,
+        "dimensions": DIMENSIONS, "choice_values": CHOICES, "choice_text": CHOICE_TEXT, "shortcuts": SHORTCUTS,
+        "max_rationale": MAX_RATIONALE_CHARS,
+        "key_map": {key: f"{dim}-{choice}" for dim, keys in SHORTCUTS.items() for key, choice in zip(keys, CHOICES)},
+    }, status_code=status_code)
+
+
+@login_required()
+async def item_page(request: Request) -> Response:
+    served = request.app.state.store.serve_item(current(request).id, request.path_params["item_id"])
+    if served is None:
+        return PlainTextResponse("Not Found", status_code=404)
+    item, choices, rationale = served
+    return _item_page(request, item, choices, rationale)
+
+
+@login_required()
+async def submit_label(request: Request) -> Response:
+    store: Store = request.app.state.store
+    annotator, item_id = current(request), request.path_params["item_id"]
+    form = await request.form(max_files=0, max_fields=len(DIMENSIONS) + 4)
+    choices = {d: str(form.get(d, "")) for d in DIMENSIONS}
+    rationale = str(form.get("rationale", "")).strip()
+    problems = [f"choose A better, B better or tie for {d}" for d in DIMENSIONS if choices[d] not in CHOICES]
+    if len(rationale) > MAX_RATIONALE_CHARS:
+        problems.append(f"the rationale is longer than {MAX_RATIONALE_CHARS} characters")
+    if problems:
+        served = store.serve_item(annotator.id, item_id)
+        if served is None:
+            return PlainTextResponse("Not Found", status_code=404)
+        return _item_page(request, served[0], choices, rationale, error="; ".join(problems), status_code=400)
+    if not store.save_label(annotator.id, item_id, choices, rationale):
+        return PlainTextResponse("Not Found", status_code=404)
+    return RedirectResponse("/", status_code=303)
+
+
+@login_required()
+async def guidelines(request: Request) -> Response:
+    path: Path = request.app.state.guidelines_path
+    # html=False: raw HTML in the Markdown is shown as text, never passed through.
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(path.read_text(encoding="utf-8")) \
+        if path.is_file() else None
+    return render(request, "guidelines.html", {"body": body, "path": str(path)})
+
+
+# ---------------------------------------------------------------- admin
+
+
+@login_required(admin=True)
+async def admin_stats(request: Request) -> Response:
+    store: Store = request.app.state.store
+    return JSONResponse(compute_stats(store.labels(), store.counts()).to_dict())
+
+
+@login_required(admin=True)
+async def admin_export(request: Request) -> Response:
+    store: Store = request.app.state.store
+    records, _ = build_preferences(store.items(), store.labels())
+    body = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+    return Response(body, media_type="application/x-ndjson",
+                    headers={"content-disposition": 'attachment; filename="preferences.jsonl"'})
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(db_path: str | Path, guidelines_path: str | Path | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
+    routes = [
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/", home, methods=["GET"]),
+        Route("/items/{item_id:int}", item_page, methods=["GET"]),
+        Route("/items/{item_id:int}", submit_label, methods=["POST"]),
+        Route("/guidelines", guidelines, methods=["GET"]),
+        Route("/admin/stats", admin_stats, methods=["GET"]),
+        Route("/admin/export", admin_export, methods=["GET"]),
+    ]
+    # Starlette answers 413 itself once a body passes max_body_size (by Content-Length or as it streams).
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)], max_body_size=max_body_bytes)
+    app.state.store = Store(db_path)
+    app.state.guidelines_path = Path(guidelines_path or DEFAULT_GUIDELINES)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("rlhf.annotate", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    app.state.templates = Jinja2Templates(env=env)
+    return app

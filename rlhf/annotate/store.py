@@ -1,0 +1,353 @@
+"""SQLite storage for annotation: items, annotators (hashed tokens), assignments and labels.
+
+Vocabulary used across the package: an *item* is a prompt with two responses (A and B); an
+*assignment* gives an item to one annotator; a *label* is that annotator's choice per dimension
+(A better, B better or tie) plus an optional rationale. One label per assignment: submitting again
+updates it.
+
+The database runs in WAL mode so readers (stats, export) never block the writers (the web app).
+Every method opens its own short-lived connection, so a :class:`Store` may be shared by threads
+and processes; writes run in ``BEGIN IMMEDIATE`` transactions that are committed before the method
+returns. All SQL takes values as parameters.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from rlhf.annotate.assignment import plan_assignments
+from rlhf.records import DIMENSIONS
+
+CHOICES = ("A", "B", "tie")
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+BUSY_TIMEOUT_S = 30.0  # writers queue on SQLite's lock; each write takes milliseconds
+
+# The label columns are the HHH dimensions of rlhf.records, spelled out so the SQL stays literal.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS annotators (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    token_hash TEXT NOT NULL UNIQUE,
+    is_admin INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    external_id TEXT NOT NULL UNIQUE,
+    content_key TEXT NOT NULL UNIQUE,
+    prompt TEXT NOT NULL,
+    response_a TEXT NOT NULL,
+    response_b TEXT NOT NULL,
+    source TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    item_id INTEGER NOT NULL REFERENCES items(id),
+    annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+    served_at REAL,  -- when the item page was last shown: the start of the time spent on it
+    PRIMARY KEY (item_id, annotator_id)
+);
+CREATE INDEX IF NOT EXISTS assignments_by_annotator ON assignments(annotator_id, item_id);
+CREATE TABLE IF NOT EXISTS labels (
+    item_id INTEGER NOT NULL,
+    annotator_id INTEGER NOT NULL,
+    helpful TEXT NOT NULL CHECK (helpful IN ('A', 'B', 'tie')),
+    honest TEXT NOT NULL CHECK (honest IN ('A', 'B', 'tie')),
+    harmless TEXT NOT NULL CHECK (harmless IN ('A', 'B', 'tie')),
+    rationale TEXT NOT NULL DEFAULT '',
+    seconds_spent REAL,
+    submitted_at REAL NOT NULL,
+    PRIMARY KEY (item_id, annotator_id),
+    FOREIGN KEY (item_id, annotator_id) REFERENCES assignments(item_id, annotator_id)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Annotator:
+    id: int
+    name: str
+    is_admin: bool
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item before it is stored; ``external_id`` defaults to a hash of its content."""
+
+    prompt: str
+    response_a: str
+    response_b: str
+    external_id: str | None = None
+    source: str | None = None
+
+    @property
+    def content_key(self) -> str:
+        # Order-free in the responses: (A, B) and (B, A) for one prompt are the same comparison.
+        payload = json.dumps([self.prompt, sorted([self.response_a, self.response_b])], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    external_id: str
+    prompt: str
+    response_a: str
+    response_b: str
+    source: str | None
+
+
+@dataclass(frozen=True)
+class Label:
+    item_id: int
+    annotator: str
+    choices: dict[str, str]  # dimension -> "A" | "B" | "tie"
+    rationale: str
+    seconds_spent: float | None
+    submitted_at: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+
+
+class ItemConflict(ValueError):
+    """An item clashes with a stored one; ``index`` is its position in the batch being added."""
+
+    def __init__(self, index: int, field_name: str, message: str):
+        super().__init__(message)
+        self.index, self.field, self.message = index, field_name, message
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256-bit random strings, so a fast unsalted hash is enough: there is nothing to
+    # brute-force, and a leaked database holds no usable token.
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_annotator_name(name: str) -> str:
+    """Names end up comma-joined in exported records, so they are kept to a plain alphabet."""
+    if not 1 <= len(name) <= 64 or not set(name) <= NAME_CHARS:
+        raise ValueError(f"annotator name {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'")
+    return name
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with self._connect() as conn:
+            # WAL is a property of the file: set once, every later connection uses it.
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+            conn.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # isolation_level=None: no implicit transactions; writes say BEGIN IMMEDIATE themselves.
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute("PRAGMA foreign_keys=ON")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, committed on exit: the data is on disk before the caller goes on.
+
+        IMMEDIATE takes the write lock up front, so two writers queue instead of one failing
+        with SQLITE_BUSY when it upgrades a read lock mid-transaction.
+        """
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # ------------------------------------------------------------ annotators
+
+    def add_annotator(self, name: str, is_admin: bool = False) -> str:
+        """Create an annotator and return their token; only its hash is stored, so print it now."""
+        check_annotator_name(name)
+        token = secrets.token_urlsafe(32)
+        try:
+            with self._write() as conn:
+                conn.execute("INSERT INTO annotators (name, token_hash, is_admin, created_at) VALUES (?, ?, ?, ?)",
+                             (name, hash_token(token), int(is_admin), time.time()))
+        except sqlite3.IntegrityError:
+            raise ValueError(f"annotator {name!r} already exists") from None
+        return token
+
+    def authenticate(self, token: str | None) -> Annotator | None:
+        if not token:
+            return None
+        with self._connect() as conn:
+            row = conn.execute("SELECT id, name, is_admin FROM annotators WHERE token_hash = ?",
+                               (hash_token(token),)).fetchone()
+        return Annotator(row[0], row[1], bool(row[2])) if row else None
+
+    def annotators(self, include_admins: bool = False) -> list[Annotator]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT id, name, is_admin FROM annotators WHERE is_admin = 0 OR ? ORDER BY id",
+                                (int(include_admins),)).fetchall()
+        return [Annotator(r[0], r[1], bool(r[2])) for r in rows]
+
+    # ------------------------------------------------------------ items
+
+    def add_items(self, items: Sequence[NewItem]) -> tuple[list[int], int]:
+        """Store new items, all or none; returns ``(ids of the added items, items already stored)``.
+
+        Adding the same item again (same id and content) is a no-op, so an import can be rerun.
+        An id reused for other content, or content stored under another id, raises ItemConflict.
+        """
+        added, present = [], 0
+        now = time.time()
+        with self._write() as conn:
+            for index, item in enumerate(items):
+                external_id = item.external_id or f"sha256:{item.content_key[:16]}"
+                by_id = conn.execute("SELECT content_key FROM items WHERE external_id = ?", (external_id,)).fetchone()
+                by_content = conn.execute("SELECT external_id FROM items WHERE content_key = ?",
+                                          (item.content_key,)).fetchone()
+                if by_id and by_id[0] == item.content_key:
+                    present += 1
+                    continue
+                if by_id:
+                    raise ItemConflict(index, "id", f"id {external_id!r} is already used by an item with other texts")
+                if by_content:
+                    raise ItemConflict(index, "prompt", f"same prompt and responses as stored item {by_content[0]!r}")
+                cursor = conn.execute(
+                    "INSERT INTO items (external_id, content_key, prompt, response_a, response_b, source, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (external_id, item.content_key, item.prompt, item.response_a, item.response_b, item.source, now))
+                added.append(cursor.lastrowid)
+        return added, present
+
+    def items(self) -> dict[int, Item]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT id, external_id, prompt, response_a, response_b, source FROM items"
+                                " ORDER BY id").fetchall()
+        return {r[0]: Item(*r) for r in rows}
+
+    # ------------------------------------------------------------ assignments
+
+    def assign(self, k: int, seed: int = 0) -> int:
+        """Give every item ``k`` distinct (non-admin) annotators; returns how many assignments were added.
+
+        Idempotent: items that already have k annotators are left alone, so raising k later or adding
+        items and rerunning only fills the gaps.
+        """
+        with self._write() as conn:  # one transaction: two concurrent runs cannot both fill one gap
+            annotator_ids = [r[0] for r in conn.execute("SELECT id FROM annotators WHERE is_admin = 0 ORDER BY id")]
+            item_ids = [r[0] for r in conn.execute("SELECT id FROM items ORDER BY id")]
+            already: dict[int, set[int]] = {}
+            load = {a: 0 for a in annotator_ids}
+            for item_id, annotator_id in conn.execute("SELECT item_id, annotator_id FROM assignments"):
+                already.setdefault(item_id, set()).add(annotator_id)
+                load[annotator_id] = load.get(annotator_id, 0) + 1
+            planned = plan_assignments(item_ids, annotator_ids, k, already, load, seed=seed)
+            conn.executemany("INSERT INTO assignments (item_id, annotator_id) VALUES (?, ?)", planned)
+        return len(planned)
+
+    def assignment_loads(self) -> dict[str, int]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT a.name, COUNT(s.item_id) FROM annotators a"
+                                " LEFT JOIN assignments s ON s.annotator_id = a.id"
+                                " WHERE a.is_admin = 0 GROUP BY a.id ORDER BY a.name").fetchall()
+        return dict(rows)
+
+    def serve_item(self, annotator_id: int, item_id: int) -> tuple[Item, dict[str, str] | None, str] | None:
+        """The item if it is assigned to this annotator, with their current label (or None) and rationale.
+
+        Records when it was served, the start of the time spent on it. None when not assigned: the
+        caller cannot tell "not yours" from "does not exist", which is the point.
+        """
+        with self._write() as conn:
+            cursor = conn.execute("UPDATE assignments SET served_at = ? WHERE item_id = ? AND annotator_id = ?",
+                                  (time.time(), item_id, annotator_id))
+            if cursor.rowcount == 0:
+                return None
+            row = conn.execute("SELECT id, external_id, prompt, response_a, response_b, source FROM items"
+                               " WHERE id = ?", (item_id,)).fetchone()
+            label = conn.execute("SELECT helpful, honest, harmless, rationale FROM labels"
+                                 " WHERE item_id = ? AND annotator_id = ?", (item_id, annotator_id)).fetchone()
+        choices = dict(zip(DIMENSIONS, label[:3])) if label else None
+        return Item(*row), choices, (label[3] if label else "")
+
+    def next_unlabelled(self, annotator_id: int) -> int | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT s.item_id FROM assignments s LEFT JOIN labels l"
+                               " ON l.item_id = s.item_id AND l.annotator_id = s.annotator_id"
+                               " WHERE s.annotator_id = ? AND l.item_id IS NULL ORDER BY s.item_id LIMIT 1",
+                               (annotator_id,)).fetchone()
+        return row[0] if row else None
+
+    def assigned_item_ids(self, annotator_id: int) -> list[int]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT item_id FROM assignments WHERE annotator_id = ? ORDER BY item_id",
+                                (annotator_id,)).fetchall()
+        return [r[0] for r in rows]
+
+    def progress(self, annotator_id: int) -> Progress:
+        with self._connect() as conn:
+            total, done = conn.execute(
+                "SELECT COUNT(*), COUNT(l.item_id) FROM assignments s LEFT JOIN labels l"
+                " ON l.item_id = s.item_id AND l.annotator_id = s.annotator_id WHERE s.annotator_id = ?",
+                (annotator_id,)).fetchone()
+        return Progress(done=done, total=total)
+
+    # ------------------------------------------------------------ labels
+
+    def save_label(self, annotator_id: int, item_id: int, choices: Mapping[str, str], rationale: str = "") -> bool:
+        """Insert or update this annotator's label of an item; False (nothing written) if not assigned.
+
+        Time spent runs from when the page was served to now; serving is then cleared, so a
+        resubmission without a fresh page view keeps the earlier time rather than counting idle hours.
+        """
+        missing = [d for d in DIMENSIONS if choices.get(d) not in CHOICES]
+        if missing:
+            raise ValueError(f"no valid choice for {', '.join(missing)} (expected one of {', '.join(CHOICES)})")
+        now = time.time()
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO labels (item_id, annotator_id, helpful, honest, harmless, rationale, seconds_spent,"
+                " submitted_at) SELECT item_id, annotator_id, ?, ?, ?, ?, ? - served_at, ? FROM assignments"
+                " WHERE item_id = ? AND annotator_id = ?"
+                " ON CONFLICT (item_id, annotator_id) DO UPDATE SET helpful = excluded.helpful,"
+                " honest = excluded.honest, harmless = excluded.harmless, rationale = excluded.rationale,"
+                " seconds_spent = COALESCE(excluded.seconds_spent, labels.seconds_spent),"
+                " submitted_at = excluded.submitted_at",
+                (choices["helpful"], choices["honest"], choices["harmless"], rationale, now, now,
+                 item_id, annotator_id))
+            if cursor.rowcount == 0:
+                return False
+            conn.execute("UPDATE assignments SET served_at = NULL WHERE item_id = ? AND annotator_id = ?",
+                         (item_id, annotator_id))
+        return True
+
+    def labels(self) -> list[Label]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT l.item_id, a.name, l.helpful, l.honest, l.harmless, l.rationale,"
+                                " l.seconds_spent, l.submitted_at FROM labels l"
+                                " JOIN annotators a ON a.id = l.annotator_id ORDER BY l.item_id, a.name").fetchall()
+        return [Label(item_id=r[0], annotator=r[1], choices=dict(zip(DIMENSIONS, r[2:5])), rationale=r[5],
+                      seconds_spent=r[6], submitted_at=r[7]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._connect() as conn:
+            items, assignments, labels = conn.execute(
+                "SELECT (SELECT COUNT(*) FROM items), (SELECT COUNT(*) FROM assignments),"
+                " (SELECT COUNT(*) FROM labels)").fetchone()
+        return {"items": items, "assignments": assignments, "labels": labels}

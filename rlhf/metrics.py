@@ -1,0 +1,235 @@
+"""Evaluation metrics as pure functions: overlap with references, preference win-rate, diversity, KL.
+
+Everything here takes plain lists or tensors and returns numbers, so each metric is tested on hand-made
+cases (``tests/test_metrics.py``). All scores are fractions in [0, 1] (ROUGE and BLEU too), never percents.
+
+* ROUGE-1/2/L F-measure (``rouge_score``, Porter stemming: the DialogSum convention).
+* BLEU: a small own implementation of Papineni et al. (2002), sentence (smoothed) and corpus level,
+  checked against NLTK in the tests (no sacrebleu dependency).
+* Win-rate of A over B with ties counting half, and a Wilson score interval.
+* distinct-n (Li et al., 2016), response length, EOS rate: signs of degenerate output and reward hacking.
+* KL of a policy to its reference on the policy's own samples, per sequence: k1 = sum of log-ratios
+  (unbiased, can be negative on one sample) and k3 = sum of (r - 1) - log r (unbiased, never negative).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Sequence
+
+import torch
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks: the tokenisation BLEU and distinct-n count on."""
+    return _TOKEN.findall(text.lower())
+
+
+# ---------------------------------------------------------------- ROUGE
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure over pairs: ``{"rouge1": .., "rouge2": .., "rougeL": ..}``."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"rouge: {len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        return {name: float("nan") for name in ROUGE_TYPES}
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(reference, prediction)  # rouge_score takes (target, prediction)
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    return {name: total / len(predictions) for name, total in totals.items()}
+
+
+# ---------------------------------------------------------------- BLEU
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+@dataclass
+class _BleuCounts:
+    matches: list[int]  # clipped n-gram matches, n = 1..max_n
+    totals: list[int]  # n-grams in the hypothesis, n = 1..max_n
+    hyp_len: int
+    ref_len: int  # the reference length closest to the hypothesis length (shorter wins ties)
+
+
+def _bleu_counts(hypothesis: str, references: Sequence[str], max_n: int) -> _BleuCounts:
+    hyp = tokenize(hypothesis)
+    refs = [tokenize(r) for r in references]
+    if not refs:
+        raise ValueError("bleu: every hypothesis needs at least one reference")
+    matches, totals = [], []
+    for n in range(1, max_n + 1):
+        hyp_ngrams = _ngrams(hyp, n)
+        # Clip each n-gram's count by the most times any one reference has it.
+        max_ref = Counter()
+        for ref in refs:
+            max_ref |= _ngrams(ref, n)
+        matches.append(sum(min(count, max_ref[gram]) for gram, count in hyp_ngrams.items()))
+        totals.append(max(len(hyp) - n + 1, 0))
+    ref_len = min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
+    return _BleuCounts(matches, totals, len(hyp), ref_len)
+
+
+def _bleu_from_counts(matches: Sequence[float], totals: Sequence[int], hyp_len: int, ref_len: int,
+                      smooth_epsilon: float) -> float:
+    if hyp_len == 0:
+        return 0.0
+    log_precision = 0.0
+    for match, total in zip(matches, totals):
+        if total == 0:
+            return 0.0
+        if match == 0:
+            if smooth_epsilon <= 0:
+                return 0.0
+            match = smooth_epsilon  # NLTK's smoothing method 1: a small count instead of zero
+        log_precision += math.log(match / total) / len(matches)
+    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return brevity * math.exp(log_precision)
+
+
+def sentence_bleu(hypothesis: str, references: Sequence[str], max_n: int = 4, smooth_epsilon: float = 0.1) -> float:
+    """Smoothed BLEU of one hypothesis (a zero n-gram count becomes ``smooth_epsilon``, NLTK method 1)."""
+    c = _bleu_counts(hypothesis, references, max_n)
+    return _bleu_from_counts(c.matches, c.totals, c.hyp_len, c.ref_len, smooth_epsilon)
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Corpus BLEU: n-gram matches and lengths summed over all hypotheses before the precision is taken."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"corpus_bleu: {len(hypotheses)} hypotheses but {len(references)} reference lists")
+    if not hypotheses:
+        return float("nan")
+    matches, totals, hyp_len, ref_len = [0] * max_n, [0] * max_n, 0, 0
+    for hypothesis, refs in zip(hypotheses, references):
+        c = _bleu_counts(hypothesis, refs, max_n)
+        matches = [a + b for a, b in zip(matches, c.matches)]
+        totals = [a + b for a, b in zip(totals, c.totals)]
+        hyp_len, ref_len = hyp_len + c.hyp_len, ref_len + c.ref_len
+    return _bleu_from_counts(matches, totals, hyp_len, ref_len, smooth_epsilon=0.0)
+
+
+# ---------------------------------------------------------------- win-rate and intervals
+
+
+def _z(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf((1 + confidence) / 2)
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion; ``successes`` may be fractional (ties counted as halves)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    z = _z(confidence)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class WinRate:
+    rate: float  # (wins + ties / 2) / n
+    low: float  # Wilson interval at `confidence`
+    high: float
+    wins: int
+    ties: int
+    losses: int
+    n: int
+    confidence: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def win_rate(scores: Sequence[float], baseline_scores: Sequence[float], tie_margin: float = 0.0,
+             confidence: float = 0.95) -> WinRate:
+    """How often ``scores[i]`` beats ``baseline_scores[i]`` (paired: same prompt); |difference| <= tie_margin is a tie."""
+    if len(scores) != len(baseline_scores):
+        raise ValueError(f"win_rate: {len(scores)} scores but {len(baseline_scores)} baseline scores (must be paired)")
+    wins = ties = losses = 0
+    for score, base in zip(scores, baseline_scores):
+        diff = float(score) - float(base)
+        if abs(diff) <= tie_margin:
+            ties += 1
+        elif diff > 0:
+            wins += 1
+        else:
+            losses += 1
+    n = len(scores)
+    rate = (wins + ties / 2) / n if n else float("nan")
+    low, high = wilson_interval(wins + ties / 2, n, confidence)
+    return WinRate(rate, low, high, wins, ties, losses, n, confidence)
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): a normal-approximation interval of the mean (t would be wider for tiny n)."""
+    n = len(values)
+    if n == 0:
+        return (float("nan"),) * 3
+    mean = sum(values) / n
+    if n == 1:
+        return (mean, float("nan"), float("nan"))
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    half = _z(confidence) * math.sqrt(var / n)
+    return (mean, mean - half, mean + half)
+
+
+# ---------------------------------------------------------------- diversity and shape of responses
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over the whole set of texts; low values = repetitive output."""
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for text in texts:
+        grams = _ngrams(tokenize(text), n)
+        seen.update(grams)
+        total += sum(grams.values())
+    return len(seen) / total if total else 0.0
+
+
+def mean_length(lengths: Sequence[int]) -> float:
+    return sum(lengths) / len(lengths) if lengths else float("nan")
+
+
+def eos_rate(ended: Sequence[bool]) -> float:
+    """Fraction of responses that stopped at EOS rather than running into max_new_tokens."""
+    return sum(bool(e) for e in ended) / len(ended) if ended else float("nan")
+
+
+# ---------------------------------------------------------------- KL to the reference
+
+
+def sequence_kl(policy_logprobs: torch.Tensor, reference_logprobs: torch.Tensor,
+                mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sequence KL(policy || reference) estimates from the policy's own sampled tokens.
+
+    All inputs are (batch, response_len): log-probs of the sampled tokens under each model and a 0/1 mask
+    of real response tokens. Returns ``{"k1": (batch,), "k3": (batch,)}`` summed over tokens.
+    k1 = log p - log q; k3 = (r - 1) - log r with r = q / p (Schulman's low-variance, non-negative estimator).
+    """
+    if policy_logprobs.shape != reference_logprobs.shape or policy_logprobs.shape != mask.shape:
+        raise ValueError(f"sequence_kl: shapes differ {tuple(policy_logprobs.shape)}, "
+                         f"{tuple(reference_logprobs.shape)}, {tuple(mask.shape)}")
+    mask = mask.to(policy_logprobs.dtype)
+    log_ratio = (policy_logprobs - reference_logprobs).double()  # (batch, response_len) log p/q
+    k1 = log_ratio
+    k3 = torch.expm1(-log_ratio) + log_ratio  # (q/p - 1) - log(q/p), stable for small ratios
+    return {"k1": (k1 * mask).sum(-1).float(), "k3": (k3 * mask).sum(-1).float()}

@@ -1,0 +1,97 @@
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from rlhf.config import ConfigError, RunConfig, load_config, parse_overrides, stage_cli
+
+
+@dataclass
+class PPOSection:
+    kl_coef: float = 0.1
+    epochs: int = 1
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj"])
+    estimator: str = "k1"
+    adaptive: bool = False
+    horizon: int | None = None
+
+
+@dataclass
+class StageConfig:
+    ppo: PPOSection = field(default_factory=PPOSection)
+    run: RunConfig = field(default_factory=RunConfig)
+    model: str = "smollm2-135m-instruct"
+
+
+def write_yaml(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_then_yaml_then_flags(tmp_path):
+    defaults = write_yaml(tmp_path / "d.yaml", {"ppo": {"kl_coef": 0.2, "epochs": 2}})
+    user = write_yaml(tmp_path / "u.yaml", {"ppo": {"epochs": 3}})
+    cfg, flags = load_config(StageConfig, ["--config", str(user), "--ppo.kl_coef", "0.05",
+                                           "--ppo.target_modules", "[q_proj,v_proj]", "--ppo.adaptive"],
+                             defaults_file=defaults)
+    assert cfg.ppo.kl_coef == 0.05  # flag beats both files
+    assert cfg.ppo.epochs == 3  # user file beats defaults file
+    assert cfg.ppo.target_modules == ["q_proj", "v_proj"]
+    assert cfg.ppo.adaptive is True  # bare flag means true
+    assert cfg.model == "smollm2-135m-instruct" and flags == {}
+
+
+def test_equals_form_and_int_to_float():
+    cfg, _ = load_config(StageConfig, ["--ppo.kl_coef=1", "--ppo.horizon=null"])
+    assert cfg.ppo.kl_coef == 1.0 and isinstance(cfg.ppo.kl_coef, float)
+    assert cfg.ppo.horizon is None
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["--ppo.kl_coeff", "0.1"], "ppo.kl_coeff"),
+    (["--learning_rate", "1"], "learning_rate"),
+    (["--run.nope", "1"], "run.nope"),
+])
+def test_unknown_key_names_the_key(argv, key):
+    with pytest.raises(ConfigError, match=f"unknown config key {key}"):
+        load_config(StageConfig, argv)
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["--ppo.epochs", "two"], "ppo.epochs"),
+    (["--ppo.epochs", "1.5"], "ppo.epochs"),
+    (["--ppo.kl_coef", "high"], "ppo.kl_coef"),
+    (["--ppo.adaptive", "maybe"], "ppo.adaptive"),
+    (["--ppo.target_modules", "q_proj"], "ppo.target_modules"),
+    (["--ppo", "3"], "ppo"),
+])
+def test_wrong_type_names_the_key(argv, key):
+    with pytest.raises(ConfigError, match=f"^{key}: expected"):
+        load_config(StageConfig, argv)
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    bad = write_yaml(tmp_path / "bad.yaml", {"ppo": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="ppo.epoch"):
+        load_config(StageConfig, ["--config", str(bad)])
+
+
+def test_extra_flags_are_not_config_keys():
+    cfg, flags = load_config(StageConfig, ["--resume", "--ppo.epochs", "4"], extra_flags=("resume",))
+    assert flags == {"resume": True} and cfg.ppo.epochs == 4
+
+
+def test_parse_overrides_rejects_positional():
+    with pytest.raises(ConfigError, match="unexpected argument"):
+        load_config(StageConfig, ["stray"])
+    assert parse_overrides(["--a-b", "1"])[1] == {"a_b": 1}
+
+
+def test_stage_cli_prints_one_line_on_error(capsys):
+    called = []
+    assert stage_cli(StageConfig, None, called.append, ["--ppo.nope", "1"]) == 2
+    assert called == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ppo.nope" in err[0]
+    assert stage_cli(StageConfig, None, called.append, ["--ppo.epochs", "5"]) == 0
+    assert called[0].ppo.epochs == 5

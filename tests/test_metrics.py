@@ -1,0 +1,181 @@
+"""Evaluation metrics on hand-made cases, and against slow obviously-correct references where one exists."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlhf import metrics
+
+
+# ---------------------------------------------------------------- ROUGE
+
+
+def test_rouge_identical_is_one_and_disjoint_is_zero():
+    same = metrics.rouge(["the cat sat on the mat"], ["the cat sat on the mat"])
+    assert same == pytest.approx({"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})
+    disjoint = metrics.rouge(["dogs bark loudly"], ["the cat sat on the mat"])
+    assert disjoint == pytest.approx({"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0})
+
+
+def test_rouge_hand_computed_partial_overlap():
+    # prediction "the cat sat" vs reference "the cat sat on the mat":
+    # ROUGE-1: 3 matches, P = 3/3, R = 3/6 -> F = 2/3. ROUGE-2: bigrams "the cat", "cat sat" match: P = 2/2,
+    # R = 2/5 -> F = 4/7. ROUGE-L: LCS 3 -> same as ROUGE-1.
+    scores = metrics.rouge(["the cat sat"], ["the cat sat on the mat"])
+    assert scores["rouge1"] == pytest.approx(2 / 3)
+    assert scores["rouge2"] == pytest.approx(4 / 7)
+    assert scores["rougeL"] == pytest.approx(2 / 3)
+    # Averages over pairs, and word order matters only for ROUGE-2/L.
+    shuffled = metrics.rouge(["mat the on sat cat the"], ["the cat sat on the mat"])
+    assert shuffled["rouge1"] == pytest.approx(1.0)
+    assert shuffled["rouge2"] == 0.0 and shuffled["rougeL"] == pytest.approx(0.5)  # LCS e.g. "the sat the"
+    pair = metrics.rouge(["the cat sat on the mat", "mat the on sat cat the"], ["the cat sat on the mat"] * 2)
+    assert pair["rougeL"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_rouge_rejects_unpaired_lists():
+    with pytest.raises(ValueError, match="2 predictions but 1 references"):
+        metrics.rouge(["a", "b"], ["a"])
+
+
+# ---------------------------------------------------------------- BLEU
+
+
+def test_bleu_hand_cases():
+    assert metrics.sentence_bleu("the cat sat on the mat", ["the cat sat on the mat"]) == pytest.approx(1.0)
+    assert metrics.corpus_bleu(["the cat sat on the mat"], [["the cat sat on the mat"]]) == pytest.approx(1.0)
+    assert metrics.corpus_bleu(["dogs bark"], [["the cat sat"]]) == 0.0
+    assert metrics.sentence_bleu("", ["the cat"]) == 0.0
+    # Brevity penalty: a correct but short hypothesis (3 of 6 tokens, unigram precision 1) -> BP = e^(1 - 2).
+    short = metrics.corpus_bleu(["the cat sat"], [["the cat sat on the mat"]], max_n=1)
+    assert short == pytest.approx(math.exp(-1.0))
+    # Clipping: "the the the" against "the cat" has 1 clipped unigram match of 3.
+    assert metrics.corpus_bleu(["the the the"], [["the cat"]], max_n=1) == pytest.approx(1 / 3)
+
+
+def test_bleu_matches_nltk_reference():
+    nltk_bleu = pytest.importorskip("nltk.translate.bleu_score")
+    hyps = ["the quick brown fox jumps over the lazy dog", "a man is talking to his friend about the weather",
+            "she will buy a new car next week"]
+    refs = [["the fast brown fox jumped over the lazy dog", "a quick brown fox jumps over a lazy dog"],
+            ["the man talks with his friend about the weather today"],
+            ["next week she is going to buy a new car", "she buys a new car next week"]]
+    tok = [metrics.tokenize(h) for h in hyps]
+    tok_refs = [[metrics.tokenize(r) for r in rs] for rs in refs]
+    assert metrics.corpus_bleu(hyps, refs) == pytest.approx(nltk_bleu.corpus_bleu(tok_refs, tok), abs=1e-9)
+    smooth = nltk_bleu.SmoothingFunction(epsilon=0.1).method1
+    for h, t, rs, trs in zip(hyps, tok, refs, tok_refs):
+        ours = metrics.sentence_bleu(h, rs)
+        assert ours == pytest.approx(nltk_bleu.sentence_bleu(trs, t, smoothing_function=smooth), abs=1e-9)
+
+
+# ---------------------------------------------------------------- win-rate
+
+
+def test_wilson_interval_known_values():
+    # 8 of 10 at 95 %: the textbook Wilson interval is (0.4902, 0.9433).
+    low, high = metrics.wilson_interval(8, 10, 0.95)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    # Never outside [0, 1], even at the extremes, and never zero width.
+    low, high = metrics.wilson_interval(0, 5)
+    assert low == 0.0 and 0 < high < 1
+
+
+def test_win_rate_counts_ties_as_half_and_interval_shrinks_with_n():
+    wr = metrics.win_rate([3.0, 1.0, 2.0, 5.0], [1.0, 2.0, 2.0, 0.0])
+    assert (wr.wins, wr.ties, wr.losses, wr.n) == (2, 1, 1, 4)
+    assert wr.rate == pytest.approx(2.5 / 4)
+    assert wr.low < wr.rate < wr.high
+    # With a tie margin, small differences are ties.
+    assert metrics.win_rate([1.05, 2.0], [1.0, 1.0], tie_margin=0.1).ties == 1
+    small = metrics.win_rate([1.0] * 6 + [0.0] * 4, [0.5] * 10)
+    large = metrics.win_rate([1.0] * 60 + [0.0] * 40, [0.5] * 100)
+    assert small.rate == large.rate == pytest.approx(0.6)
+    assert (large.high - large.low) < (small.high - small.low)
+
+
+def test_win_rate_all_ties_is_one_half():
+    wr = metrics.win_rate([1.0] * 20, [1.0] * 20)
+    assert wr.rate == 0.5 and wr.low < 0.5 < wr.high
+
+
+def test_win_rate_rejects_unpaired():
+    with pytest.raises(ValueError, match="paired"):
+        metrics.win_rate([1.0], [1.0, 2.0])
+
+
+def test_mean_interval():
+    mean, low, high = metrics.mean_interval([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    half = 1.959964 * math.sqrt((2.25 + 0.25 + 0.25 + 2.25) / 3 / 4)  # sample variance 5/3
+    assert (low, high) == pytest.approx((2.5 - half, 2.5 + half), abs=1e-5)
+
+
+# ---------------------------------------------------------------- distinct-n, length, EOS
+
+
+def test_distinct_n_hand_cases():
+    # "a b a b": unigrams a, b, a, b -> 2 distinct of 4; bigrams ab, ba, ab -> 2 of 3.
+    assert metrics.distinct_n(["a b a b"], 1) == pytest.approx(0.5)
+    assert metrics.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    # Counted over the whole set: the same answer twice halves distinct-1.
+    assert metrics.distinct_n(["x y z", "x y z"], 1) == pytest.approx(0.5)
+    assert metrics.distinct_n(["x y z", "u v w"], 1) == 1.0
+    assert metrics.distinct_n(["", "a"], 2) == 0.0  # no bigrams at all
+    degenerate = ["I am sorry I am sorry I am sorry"] * 4
+    varied = ["The meeting is at noon.", "Paris is in France.", "He bought two apples.", "Dogs like to run."]
+    assert metrics.distinct_n(degenerate, 2) < 0.2 < 0.9 < metrics.distinct_n(varied, 2)
+
+
+def test_length_and_eos_rate():
+    assert metrics.mean_length([2, 4, 6]) == 4
+    assert metrics.eos_rate([True, False, True, True]) == 0.75
+    assert math.isnan(metrics.eos_rate([]))
+
+
+# ---------------------------------------------------------------- KL
+
+
+def test_sequence_kl_zero_for_identical_policies_and_masked():
+    logp = torch.log(torch.tensor([[0.5, 0.2, 0.9], [0.1, 0.3, 0.7]]))
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    kl = metrics.sequence_kl(logp, logp.clone(), mask)
+    assert torch.allclose(kl["k1"], torch.zeros(2)) and torch.allclose(kl["k3"], torch.zeros(2))
+    # Only masked-in tokens count: changing the reference at a padded position changes nothing.
+    ref = logp.clone()
+    ref[0, 2] = -10.0
+    assert torch.allclose(metrics.sequence_kl(logp, ref, mask)["k1"], torch.zeros(2))
+
+
+def test_sequence_kl_hand_computed_and_signs():
+    # One token: policy p = 0.8, reference q = 0.2. k1 = log 4; k3 = (0.25 - 1) + log 4.
+    logp, logq = torch.log(torch.tensor([[0.8]])), torch.log(torch.tensor([[0.2]]))
+    kl = metrics.sequence_kl(logp, logq, torch.ones(1, 1))
+    assert kl["k1"].item() == pytest.approx(math.log(4), rel=1e-5)
+    assert kl["k3"].item() == pytest.approx(-0.75 + math.log(4), rel=1e-5)
+    # A token the reference likes more than the policy: k1 < 0 for that sample, but k3 stays >= 0.
+    kl = metrics.sequence_kl(logq, logp, torch.ones(1, 1))
+    assert kl["k1"].item() < 0 < kl["k3"].item()
+    # Tokens sum along the sequence.
+    two = metrics.sequence_kl(logp.repeat(1, 2), logq.repeat(1, 2), torch.ones(1, 2))
+    assert two["k1"].item() == pytest.approx(2 * math.log(4), rel=1e-5)
+
+
+def test_sequence_kl_estimators_agree_with_exact_kl_on_samples():
+    """Slow, obviously-correct reference: the exact KL of two categoricals vs the mean estimate on samples."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.6, 0.3, 0.1])
+    q = torch.tensor([0.2, 0.5, 0.3])
+    exact = sum(pi * math.log(pi / qi) for pi, qi in zip(p.tolist(), q.tolist()))
+    tokens = torch.multinomial(p, 40_000, replacement=True, generator=gen).view(-1, 4)  # (10000, 4) sampled from p
+    kl = metrics.sequence_kl(p.log()[tokens], q.log()[tokens], torch.ones_like(tokens))
+    assert kl["k1"].mean().item() == pytest.approx(4 * exact, rel=0.05)
+    assert kl["k3"].mean().item() == pytest.approx(4 * exact, rel=0.05)
+    assert (kl["k3"] >= 0).all() and (kl["k1"] < 0).any()
+
+
+def test_sequence_kl_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.sequence_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4))
