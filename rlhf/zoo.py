@@ -117,6 +117,7 @@ def _dequantize_gguf(gguf_file: Path, out: Path) -> None:
     # attention_mask (never from `ids == pad_token_id`), or every EOS would be treated as padding.
     fresh.generation_config.eos_token_id = tokenizer.eos_token_id
     fresh.generation_config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it "infinite"
     fresh.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
