@@ -5,7 +5,7 @@ Routes (all but /login need a token: ``Authorization: Bearer TOKEN`` or the cook
     GET  /login, POST /login, POST /logout
     GET  /                     -> 303 to the annotator's next unlabelled item, or the "all done" page
     GET  /items/{id}           the item side by side, with the annotator's earlier label if any
-    POST /items/{id}           save (or update) the label, then 303 to /
+    POST /items/{id}           save (or update) the label, then 303 to the next unlabelled item (or /)
     GET  /guidelines           data/annotation_guidelines.md as HTML
     GET  /admin/stats          agreement and counts as JSON (admin only)
     GET  /admin/export         preference records as JSONL (admin only)
@@ -32,7 +32,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rlhf.annotate.export import build_preferences
+from rlhf.annotate.export import collect_preferences
 from rlhf.annotate.stats import compute_stats
 from rlhf.annotate.store import CHOICES, Annotator, Store
 from rlhf.records import DIMENSIONS
@@ -186,21 +186,23 @@ async def submit_label(request: Request) -> Response:
     if len(rationale) > MAX_RATIONALE_CHARS:
         problems.append(f"the rationale is longer than {MAX_RATIONALE_CHARS} characters")
     if problems:
-        served = store.serve_item(annotator.id, item_id)
+        served = store.serve_item(annotator.id, item_id, start_timer=False)  # same visit: keep its start time
         if served is None:
             return PlainTextResponse("Not Found", status_code=404)
         return _item_page(request, served[0], choices, rationale, error="; ".join(problems), status_code=400)
     if not store.save_label(annotator.id, item_id, choices, rationale):
         return PlainTextResponse("Not Found", status_code=404)
-    return RedirectResponse("/", status_code=303)
+    next_item = store.next_unlabelled(annotator.id)  # straight there: one round trip fewer than via /
+    return RedirectResponse(f"/items/{next_item}" if next_item is not None else "/", status_code=303)
 
 
 @login_required()
 async def guidelines(request: Request) -> Response:
     path: Path = request.app.state.guidelines_path
-    # html=False: raw HTML in the Markdown is shown as text, never passed through.
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(path.read_text(encoding="utf-8")) \
-        if path.is_file() else None
+    body = None
+    if path.is_file():  # read per request: edits to the guidelines show without a restart
+        # html=False: raw HTML in the Markdown is shown as text, never passed through.
+        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(path.read_text(encoding="utf-8"))
     return render(request, "guidelines.html", {"body": body, "path": str(path)})
 
 
@@ -215,8 +217,7 @@ async def admin_stats(request: Request) -> Response:
 
 @login_required(admin=True)
 async def admin_export(request: Request) -> Response:
-    store: Store = request.app.state.store
-    records, _ = build_preferences(store.items(), store.labels())
+    records, _ = collect_preferences(request.app.state.store)
     body = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
     return Response(body, media_type="application/x-ndjson",
                     headers={"content-disposition": 'attachment; filename="preferences.jsonl"'})

@@ -1,15 +1,5 @@
 """``rlhf annotate``: serve the app, fill it with items, manage annotators, measure agreement, export.
 
-Typical session::
-
-    rlhf annotate add-annotator lead --admin --db prefs.sqlite      # prints the admin token
-    rlhf annotate add-annotator alice --db prefs.sqlite             # prints alice's token
-    rlhf annotate add-annotator bob --db prefs.sqlite
-    rlhf annotate import items.jsonl --db prefs.sqlite --k 2        # each item to 2 annotators
-    rlhf annotate serve --db prefs.sqlite --port 8000
-    rlhf annotate stats --db prefs.sqlite
-    rlhf annotate export prefs.jsonl --db prefs.sqlite
-
 Anyone who can open the database file is an admin: the CLI does not ask for tokens.
 """
 from __future__ import annotations
@@ -25,6 +15,15 @@ from rlhf.annotate.store import ItemConflict, NewItem, Store
 from rlhf.records import RecordError
 
 DEFAULT_K = 2
+EXAMPLES = """typical session:
+  rlhf annotate add-annotator lead --admin --db prefs.sqlite   # prints the admin token
+  rlhf annotate add-annotator alice --db prefs.sqlite          # prints alice's token
+  rlhf annotate add-annotator bob --db prefs.sqlite
+  rlhf annotate import items.jsonl --db prefs.sqlite --k 2     # each item to 2 annotators
+  rlhf annotate serve --db prefs.sqlite --port 8000
+  rlhf annotate stats --db prefs.sqlite
+  rlhf annotate export prefs.jsonl --db prefs.sqlite
+"""
 
 
 def _existing_store(db: str) -> Store:
@@ -127,8 +126,11 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf annotate", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rlhf annotate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Collect HHH preference labels: serve the annotation app, fill it with items, manage "
+                    "annotators, measure agreement, export preference records.",
+        epilog=EXAMPLES)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -143,14 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_db(sub.add_parser("serve", help="run the annotation web app"))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--guidelines", type=Path, default=None, help="Markdown guidelines (default data/annotation_guidelines.md)")
+    p.add_argument("--guidelines", type=Path, default=None,
+                   help="Markdown guidelines (default data/annotation_guidelines.md)")
     p.set_defaults(func=cmd_serve)
 
-    p = with_assignment(with_db(sub.add_parser("import", help="add items from JSONL: prompt, response_a, response_b, id?, source?")))
+    p = sub.add_parser("import", help="add items from JSONL: prompt, response_a, response_b, id?, source?")
+    p = with_assignment(with_db(p))
     p.add_argument("file")
     p.set_defaults(func=cmd_import)
 
-    p = with_assignment(with_db(sub.add_parser("make-tasks", help="sample two responses per prompt from one or two policies")))
+    p = sub.add_parser("make-tasks", help="sample two responses per prompt from one or two policies")
+    p = with_assignment(with_db(p))
     p.add_argument("--policy", required=True, help="zoo name, local folder or hub id")
     p.add_argument("--policy2", help="second policy: then one response from each (default: two samples of --policy)")
     p.add_argument("--prompts", required=True, help="file of rows with a 'prompt' field")

@@ -34,7 +34,8 @@ class ExportSummary:
     dropped: dict[str, int]  # dimension -> item-dimensions dropped as level
 
 
-def build_preferences(items: Mapping[int, Item], labels: Sequence[Label]) -> tuple[list[PreferenceRecord], ExportSummary]:
+def build_preferences(items: Mapping[int, Item], labels: Sequence[Label]
+                      ) -> tuple[list[PreferenceRecord], ExportSummary]:
     by_item: dict[int, list[Label]] = defaultdict(list)
     for label in labels:
         by_item[label.item_id].append(label)
@@ -57,8 +58,13 @@ def build_preferences(items: Mapping[int, Item], labels: Sequence[Label]) -> tup
     return records, ExportSummary(records=len(records), items_labelled=len(by_item), dropped=dropped)
 
 
+def collect_preferences(store: Store) -> tuple[list[PreferenceRecord], ExportSummary]:
+    labels = store.labels()  # before the items: items only grow, so every label's item is then there
+    return build_preferences(store.items(), labels)
+
+
 def export_preferences(store: Store, out: str | Path) -> ExportSummary:
     """Write the records with :func:`rlhf.records.write_jsonl` (atomic), readable by ``load_preferences``."""
-    records, summary = build_preferences(store.items(), store.labels())
+    records, summary = collect_preferences(store)
     write_jsonl(records, out)
     return summary

@@ -44,8 +44,9 @@ def sample_items(prompts: list[str], policy: str, policy2: str | None = None, ma
         first, second = _generate(policy, prompts, max_new_tokens, seeds=[seed, seed + 1])
         names = (policy, policy)
     else:
+        # Different seeds here too: a policy compared with itself (a sanity check) must not answer twice alike.
         [first] = _generate(policy, prompts, max_new_tokens, seeds=[seed])
-        [second] = _generate(policy2, prompts, max_new_tokens, seeds=[seed])
+        [second] = _generate(policy2, prompts, max_new_tokens, seeds=[seed + 1])
         names = (policy, policy2)
     rng = random.Random(seed)
     items, skipped = [], 0

@@ -22,7 +22,9 @@ def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", startup_timeout_s: fl
     The socket is bound here (port 0: the OS picks) and handed to uvicorn, so the port is known
     before the server starts and no other process can take it in between.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not the default 0: asyncio only sets TCP_NODELAY on accepted sockets whose
+    # proto says TCP, and without it every keep-alive response waits ~40 ms on Nagle + delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]

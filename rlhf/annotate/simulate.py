@@ -1,9 +1,9 @@
 """Simulated annotators: many concurrent HTTP clients labelling at once (the load test and its benchmark).
 
-Each simulated annotator does what a person does, as fast as it can: ask for the next item
-(``GET /`` -> 303), open it (``GET /items/N``), submit a label (``POST /items/N`` -> 303). It
-remembers what it sent, so the caller can check the database holds exactly that: no submission
-lost, none duplicated, none mixed up between annotators.
+Each simulated annotator does what a person does, as fast as it can: ask for the first item
+(``GET /`` -> 303), then per item open it (``GET /items/N``) and submit a label (``POST /items/N``
+-> 303 to the next item). It remembers what it sent, so the caller can check the database holds
+exactly that: no submission lost, none duplicated, none mixed up between annotators.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from rlhf.annotate.store import CHOICES, NewItem, Store
 from rlhf.records import DIMENSIONS
@@ -48,18 +50,20 @@ def prepare_load_db(db_path: str | Path, annotators: int, per_annotator: int, k:
 
 
 def _annotate(base_url: str, name: str, token: str, submissions: int, start: threading.Barrier,
-              run: LoadRun, lock: threading.Lock, timeout_s: float) -> None:
-    import httpx
-
+              run: LoadRun, lock: threading.Lock, timeout_s: float, deadline: float) -> None:
     rng = random.Random(name)  # reproducible choices per annotator
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s) as client:
         start.wait()
+        url = None
         for n in range(submissions):
             try:
-                nxt = client.get("/")
-                if nxt.status_code != 303:
-                    raise RuntimeError(f"GET / answered {nxt.status_code}, expected a redirect to an item")
-                url = nxt.headers["location"]
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the run took longer than allowed; {n} submissions made")
+                if url is None:  # the first item, as after logging in
+                    home = client.get("/")
+                    if home.status_code != 303:
+                        raise RuntimeError(f"GET / answered {home.status_code}, expected a redirect to an item")
+                    url = home.headers["location"]
                 item_id = int(url.rsplit("/", 1)[1])
                 page = client.get(url)
                 if page.status_code != 200:
@@ -68,6 +72,7 @@ def _annotate(base_url: str, name: str, token: str, submissions: int, start: thr
                 saved = client.post(url, data={**choices, "rationale": f"{name} #{n}"})
                 if saved.status_code != 303:
                     raise RuntimeError(f"POST {url} answered {saved.status_code}")
+                url = saved.headers["location"]  # the next unlabelled item ("/" after the last)
             except Exception as err:  # record and stop this annotator; the others carry on
                 with lock:
                     run.errors.append(f"{name}, submission {n}: {type(err).__name__}: {err}")
@@ -79,12 +84,18 @@ def _annotate(base_url: str, name: str, token: str, submissions: int, start: thr
 
 
 def simulate_annotators(base_url: str, tokens: dict[str, str], submissions: int,
-                        timeout_s: float = 30.0) -> LoadRun:
-    """Every annotator in its own thread, all starting together; returns what was sent and how long it took."""
+                        timeout_s: float = 30.0, max_seconds: float = 300.0) -> LoadRun:
+    """Every annotator in its own thread, all starting together; returns what was sent and how long it took.
+
+    Bounded in time: a request waits at most ``timeout_s``, and after ``max_seconds`` every
+    annotator stops (with an error) at its next submission.
+    """
     run, lock = LoadRun(seconds=0.0), threading.Lock()
     start = threading.Barrier(len(tokens) + 1)
-    threads = [threading.Thread(target=_annotate, args=(base_url, name, token, submissions, start, run, lock, timeout_s),
-                                name=f"sim-{name}") for name, token in tokens.items()]
+    deadline = time.monotonic() + max_seconds
+    threads = [threading.Thread(target=_annotate, name=f"sim-{name}",
+                                args=(base_url, name, token, submissions, start, run, lock, timeout_s, deadline))
+               for name, token in tokens.items()]
     for thread in threads:
         thread.start()
     start.wait()
