@@ -1,0 +1,113 @@
+"""Stage 1: supervised fine-tuning (full or LoRA) on a weighted chat mixture, loss on assistant tokens only.
+
+    python pipelines/sft.py --config pipelines/configs/sft.yaml --train.max_steps 100
+    rlhf sft --lora.r 8 --data.mixture '[{source: dialogsum}, {source: hh-rlhf-harmless, weight: 0.5}]'
+    torchrun --nproc_per_node 2 pipelines/sft.py --config pipelines/configs/sft_tiny.yaml   # DDP (gloo on CPU)
+    rlhf sft --run.run_name my-run --resume                                                  # continue a run
+
+Writes ``<run_dir>/final/`` (PEFT adapter or full model, plus tokenizer), optionally
+``<run_dir>/final-merged/``, checkpoints under ``<run_dir>/checkpoints/``, metrics and ``summary.json``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from rlhf.config import stage_cli
+from rlhf.sft.config import SFTStageConfig
+from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixture
+from rlhf.sft.forgetting import truthfulqa_mc1
+from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, from_rank_zero, init_distributed, perplexity,
+                              planned_steps, ranks_in_sync, resolve_run, save_final, use_bf16)
+from rlhf.tracking import MetricsLogger, is_main_process
+
+DEFAULTS = Path(__file__).resolve().parent / "configs" / "sft.yaml"
+
+
+def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
+    from transformers import set_seed
+
+    from rlhf.generation import generate_chat
+    from rlhf.zoo import load_causal_lm, load_tokenizer
+
+    # 1. run folder (rank 0 decides, every rank agrees), seed, precision
+    init_distributed()
+    run_dir, checkpoint = from_rank_zero(resolve_run(cfg.run, "sft", resume) if is_main_process() else None)
+    set_seed(cfg.run.seed)
+    bf16 = use_bf16(cfg.train.bf16)
+    main_rank = is_main_process()
+
+    # 2. base model and tokenizer (fp32 master weights unless told otherwise)
+    tokenizer = load_tokenizer(cfg.model.name)
+    model = load_causal_lm(cfg.model.name, dtype=getattr(torch, cfg.model.dtype))
+
+    # 3. data: the weighted training mixture and the dev split, tokenized with the assistant-only mask
+    train = training_mixture(cfg.data, cfg.run.seed)
+    dev = dev_records(cfg.data, cfg.run.seed)
+    train_encoded, train_dropped = encode_records(tokenizer, train, cfg.train.max_length)
+    dev_encoded, dev_dropped = encode_records(tokenizer, dev, cfg.train.max_length)
+    if not train_encoded:
+        raise ValueError(f"no training example fits train.max_length={cfg.train.max_length}")
+
+    # 4. one logger for the stage
+    world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    logger = MetricsLogger(run_dir, cfg.run, "sft", config=cfg,
+                           total_steps=planned_steps(len(train_encoded), cfg, world_size))
+    logger.log({"data/train_examples": len(train_encoded), "data/dev_examples": len(dev_encoded),
+                "data/dropped_too_long": train_dropped + dev_dropped, "train/bf16_autocast": int(bf16)}, step=0)
+
+    # 5. forgetting check, part 1: the base model on a task it is not trained on
+    forgetting = {}
+    if cfg.forgetting.enabled and any(s.source == "truthfulqa" for s in cfg.data.mixture) and main_rank:
+        print("[sft] warning: the forgetting check's task (TruthfulQA) is in the training mixture; it measures "
+              "transfer, not forgetting (its test split is still held out)", file=sys.stderr)
+    if cfg.forgetting.enabled and main_rank:
+        forgetting["forgetting/base_acc"] = truthfulqa_mc1(model, tokenizer, cfg.forgetting.n,
+                                                           cfg.forgetting.batch_size, autocast=bf16)
+
+    # 6. trainer (LoRA attached here)
+    tracker = MetricsLoggerCallback(logger)
+    trainer = build_trainer(cfg, model, tokenizer, to_dataset(train_encoded),
+                            to_dataset(dev_encoded) if dev_encoded else None, run_dir, tracker, bf16,
+                            eval_on_start=checkpoint is None)
+
+    # 7. train: first the base model's eval loss (step 0), then the updates; a resumed run restores
+    #    optimizer, scheduler, RNG and data position from the checkpoint
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if 0 in tracker.eval_losses:
+        logger.summary({"eval/loss_before": tracker.eval_losses[0],
+                        "eval/perplexity_before": perplexity(tracker.eval_losses[0])})
+    step = trainer.state.global_step
+    summary = {"train/steps": step, "data/train_examples": len(train_encoded)}
+    if dev_encoded:
+        after = trainer.evaluate()
+        summary.update({"eval/loss_after": after["eval_loss"], "eval/perplexity_after": perplexity(after["eval_loss"])})
+    summary["dist/world_size"], summary["dist/ranks_in_sync"] = ranks_in_sync(trainer.model)
+
+    # 8. main rank: sample generations, forgetting check part 2, final artifacts, summary
+    if main_rank:
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        samples = [dev[i * len(dev) // cfg.data.samples] for i in range(min(cfg.data.samples, len(dev)))]
+        responses = generate_chat(policy, tokenizer, [r.prompt_messages for r in samples], cfg.generation)
+        logger.log_table("samples", ["source", "prompt", "reference", "response"],
+                         [[r.source, r.prompt_messages[-1]["content"], r.messages[-1]["content"], out]
+                          for r, out in zip(samples, responses)], step=step)
+        if cfg.forgetting.enabled:
+            forgetting["forgetting/sft_acc"] = truthfulqa_mc1(policy, tokenizer, cfg.forgetting.n,
+                                                              cfg.forgetting.batch_size, autocast=bf16)
+            forgetting["forgetting/delta"] = forgetting["forgetting/sft_acc"] - forgetting["forgetting/base_acc"]
+            logger.log(forgetting, step=step)
+    paths = save_final(trainer, tokenizer, run_dir, cfg.lora.save_merged)
+    logger.summary({**summary, **forgetting, **{f"paths/{k}": v for k, v in paths.items()}})
+    logger.finish()
+    return run_dir
+
+
+def cli(argv) -> int:
+    return stage_cli(SFTStageConfig, DEFAULTS, main, argv, extra_flags=("resume",))
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

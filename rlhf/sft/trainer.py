@@ -1,0 +1,274 @@
+"""TRL ``SFTTrainer`` set up from an :class:`SFTStageConfig`: precision, LoRA, checkpoints, our logger.
+
+HF Trainer's own reporting is off (``report_to="none"``); its logs are renamed into our namespaces and
+sent through :class:`rlhf.tracking.MetricsLogger` by :class:`MetricsLoggerCallback`, so there is one
+logger and one W&B run.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from transformers import TrainerCallback
+
+from rlhf.config import RunConfig
+from rlhf.sft.config import LoraSettings, SFTStageConfig
+from rlhf.tracking import MetricsLogger, make_run_dir
+
+CHECKPOINTS = "checkpoints"
+
+
+# ---------------------------------------------------------------- precision
+
+
+def cpu_has_fast_bf16() -> bool:
+    """oneDNN's own check for bf16 kernels (AVX512 and up). Without them bf16 matmuls are emulated: on an
+    AVX2-only EPYC a bf16-autocast SmolLM2 training step measured more than 2x slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: absent from some builds
+        return False
+
+
+def use_bf16(mode: str) -> bool:
+    """``on``/``off`` as told; ``auto`` = bf16 autocast where the hardware runs it fast."""
+    if mode in ("on", "off"):
+        return mode == "on"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_fast_bf16()
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def peft_config(lora: LoraSettings):
+    """A peft ``LoraConfig`` for a causal LM, or None for full fine-tuning."""
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig, TaskType
+
+    targets: Any = lora.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=targets, layers_to_transform=list(lora.layers) or None, bias="none")
+
+
+# ---------------------------------------------------------------- logging
+
+
+_RENAMES = {"loss": "loss/train", "train_loss": "loss/train_mean", "eval_loss": "eval/loss",
+            "learning_rate": "train/lr", "mean_token_accuracy": "train/token_accuracy",
+            "eval_mean_token_accuracy": "eval/token_accuracy", "train_runtime": "train/runtime_s",
+            "eval_runtime": "eval/runtime_s"}
+_DROPPED = {"total_flos", "step", "eval_model_preparation_time", "eval_num_tokens"}
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean token NLL), capped at exp(50) so a diverged run logs a number, not an overflow."""
+    return math.exp(min(loss, 50.0))
+
+
+def hf_logs_to_metrics(logs: Mapping[str, Any]) -> dict[str, Any]:
+    """HF Trainer log keys -> our namespaced keys (``loss`` -> ``loss/train``, ``eval_loss`` -> ``eval/loss``,
+    plus ``eval/perplexity``); anything else goes under ``train/`` or ``eval/``."""
+    out: dict[str, Any] = {}
+    for key, value in logs.items():
+        if key in _DROPPED or not isinstance(value, (int, float)):
+            continue
+        if key in _RENAMES:
+            out[_RENAMES[key]] = value
+        elif key.startswith("eval_"):
+            out["eval/" + key[len("eval_"):]] = value
+        else:
+            out["train/" + key] = value
+    if "eval/loss" in out:
+        out["eval/perplexity"] = perplexity(out["eval/loss"])
+    return out
+
+
+class MetricsLoggerCallback(TrainerCallback):
+    """Route the Trainer's logs into our MetricsLogger at the optimisation step they belong to, and keep
+    every eval loss by step (``eval_losses[0]`` is the base model's, from ``eval_on_start``)."""
+
+    def __init__(self, logger: MetricsLogger):
+        self.logger = logger
+        self.eval_losses: dict[int, float] = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        metrics = hf_logs_to_metrics(logs or {})
+        if metrics:
+            self.logger.log(metrics, step=state.global_step)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and "eval_loss" in metrics:
+            self.eval_losses[state.global_step] = metrics["eval_loss"]
+
+
+# ---------------------------------------------------------------- run folders and resuming
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The ``checkpoint-N`` with the largest N under ``<run_dir>/checkpoints``."""
+    found = [(int(m.group(1)), p) for p in (run_dir / CHECKPOINTS).glob("checkpoint-*")
+             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()]
+    return max(found)[1] if found else None
+
+
+def resolve_run(run: RunConfig, stage: str, resume: bool | str | None) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint to resume from or None).
+
+    ``--resume`` alone continues ``run.run_name`` if set, else the newest ``<stage>-*`` run that has a
+    checkpoint; ``--resume PATH`` takes a run folder or one of its checkpoints.
+    """
+    if not resume:
+        return make_run_dir(run, stage), None
+    if isinstance(resume, str):
+        path = Path(resume)
+        if re.fullmatch(r"checkpoint-\d+", path.name) and path.is_dir():
+            return path.parent.parent, path
+        run_dir = path
+    elif run.run_name:
+        run_dir = Path(run.output_dir) / run.run_name
+    else:
+        candidates = sorted((p for p in Path(run.output_dir).glob(f"{stage}-*") if latest_checkpoint(p)),
+                            key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise FileNotFoundError(f"--resume: no {stage} run with checkpoints under {run.output_dir}/")
+        run_dir = candidates[-1]
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {run_dir / CHECKPOINTS}/")
+    return run_dir, checkpoint
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+def training_args(cfg: SFTStageConfig, run_dir: Path, bf16: bool, eval_on_start: bool = False):
+    """TRL's SFTConfig from ours. Several TRL defaults differ from HF's and are set explicitly here:
+    TRL turns bf16 and gradient checkpointing on by default, both wrong for a CPU run.
+
+    The base model's eval loss comes from ``eval_on_start`` inside ``train()``, never from an
+    ``evaluate()`` call before it: accelerate marks a model prepared for evaluation as prepared, and
+    ``train()`` then skips the DDP wrap, so under torchrun every rank would silently train alone."""
+    from trl import SFTConfig
+
+    t = cfg.train
+    on_cpu = not torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(run_dir / CHECKPOINTS),
+        num_train_epochs=t.epochs, max_steps=t.max_steps,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        bf16=bf16, fp16=False, use_cpu=on_cpu,  # multi-process on CPU: accelerate picks gloo
+        gradient_checkpointing=t.gradient_checkpointing,
+        max_length=t.max_length, packing=t.packing, eval_packing=False,
+        eval_strategy="steps" if t.eval_steps > 0 else "no", eval_steps=t.eval_steps or None,
+        eval_on_start=eval_on_start,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        logging_steps=cfg.run.log_every, logging_first_step=True,
+        seed=cfg.run.seed, data_seed=cfg.run.seed,
+        report_to="none", disable_tqdm=True,  # our MetricsLogger shows progress and is the one tracker
+        dataloader_num_workers=0, remove_unused_columns=True,
+    )
+
+
+def build_trainer(cfg: SFTStageConfig, model, tokenizer, train_dataset, eval_dataset, run_dir: Path,
+                  tracker: MetricsLoggerCallback, bf16: bool, eval_on_start: bool = False,
+                  callbacks: Sequence[TrainerCallback] = ()):
+    """A TRL SFTTrainer on pre-tokenized data (``input_ids`` + ``assistant_masks`` -> labels)."""
+    import datasets
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    datasets.disable_progress_bars()  # TRL's label-building maps would print a bar per pass
+    args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, peft_config=peft_config(cfg.lora), callbacks=[tracker, *callbacks])
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; our logger already shows them
+    return trainer
+
+
+def planned_steps(n_examples: int, cfg: SFTStageConfig, world_size: int = 1) -> int:
+    """Optimisation steps the run will take (sizes the progress bar only)."""
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    batches = math.ceil(n_examples / (cfg.train.batch_size * world_size))
+    return max(1, math.ceil(cfg.train.epochs * max(1, batches // cfg.train.grad_accum)))
+
+
+# ---------------------------------------------------------------- distributed
+
+
+def init_distributed() -> None:
+    """Start the process group early under torchrun, so ranks can agree on the run folder before the
+    Trainer exists (the Trainer then reuses the same accelerate state)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())  # on CPU accelerate picks gloo
+
+
+def from_rank_zero(value):
+    """Rank 0's ``value`` on every rank (a no-op when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str, str]:
+    """``final/``: the adapter (standard PEFT format) or the full model, plus the tokenizer.
+    ``final-merged/``: base + adapter merged into plain weights, when asked (LoRA only)."""
+    from peft import PeftModel
+
+    paths = {"final": str(run_dir / "final")}
+    trainer.save_model(paths["final"])
+    if not trainer.is_world_process_zero():
+        return paths
+    tokenizer.save_pretrained(paths["final"])
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if save_merged and isinstance(model, PeftModel):
+        paths["final_merged"] = str(run_dir / "final-merged")
+        # merge_and_unload folds the adapter into the base weights in place: done last, on the live model.
+        merged = model.merge_and_unload()
+        merged.save_pretrained(paths["final_merged"])
+        tokenizer.save_pretrained(paths["final_merged"])
+    return paths
+
+
+def weights_digest(model) -> str:
+    """sha256 of the trainable weights: equal digests = bit-identical replicas."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def ranks_in_sync(model) -> tuple[int, bool]:
+    """(world size, whether every rank holds bit-identical trainable weights). A collective: call on all ranks."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1, True
+    digests: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, weights_digest(model))
+    return len(digests), len(set(digests)) == 1
