@@ -1,0 +1,121 @@
+"""Stage 3: PPO with a KL penalty on a LoRA policy against the HHH reward model.
+
+    python pipelines/ppo.py --config pipelines/configs/ppo.yaml --train.steps 50
+    accelerate launch --config_file pipelines/accelerate/ddp.yaml pipelines/ppo.py ...
+    torchrun --nproc_per_node 2 pipelines/ppo.py ...          # CPU, gloo
+    rlhf ppo ... --resume                                      # continue the run named by run.run_name
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rlhf.config import stage_cli
+from rlhf.ppo.config import PPOStageConfig
+
+DEFAULTS = Path(__file__).resolve().parent / "configs" / "ppo.yaml"
+STAGE = "ppo"
+
+
+def resolve_run_dir(cfg: PPOStageConfig, resume: bool | str) -> Path:
+    """The run folder: a new one, or the one being resumed (--resume PATH, or run.run_name / newest ppo run)."""
+    from rlhf.ppo.checkpoint import find_checkpoint
+    from rlhf.tracking import make_run_dir
+
+    if isinstance(resume, str):
+        found = find_checkpoint(resume)
+        if found is None:
+            raise SystemExit(f"error: --resume {resume}: no checkpoint there")
+        return found.parents[1]
+    if resume and not cfg.run.run_name:
+        runs = sorted((p for p in Path(cfg.run.output_dir).glob(f"{STAGE}-*") if find_checkpoint(p)),
+                      key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise SystemExit(f"error: --resume: no {STAGE} run with a checkpoint under {cfg.run.output_dir}")
+        return runs[-1]
+    return make_run_dir(cfg.run, STAGE, create=False)
+
+
+def eval_summary(metrics_file: Path) -> dict[str, float]:
+    """Held-out reward and KL before training and at the end (from the eval/ records of metrics.jsonl)."""
+    from rlhf.tracking import read_metrics
+
+    evals = [r for r in read_metrics(metrics_file) if "eval/reward/composite" in r]
+    if len(evals) < 2:
+        return {}
+    first, last = evals[0], evals[-1]
+    return {"eval/reward/composite_before": first["eval/reward/composite"],
+            "eval/reward/composite_after": last["eval/reward/composite"],
+            "eval/objective/kl_after": last["eval/objective/kl"]}
+
+
+def main(cfg: PPOStageConfig, resume: bool | str = False) -> Path:
+    from accelerate.utils import broadcast_object_list
+
+    from rlhf.ppo.curves import plot_reward_and_kl
+    from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer, resolve_dtype
+    from rlhf.ppo.prompts import held_out_prompts, prepare_prompts
+    from rlhf.ppo.scorers import load_scorer
+    from rlhf.ppo.trainer import PPOTrainer, make_accelerator, seed_everything
+    from rlhf.tracking import MetricsLogger
+
+    # 1. processes, seed, one run folder for all of them
+    accelerator = make_accelerator()
+    seed_everything(cfg.run.seed)
+    holder = [str(resolve_run_dir(cfg, resume)) if accelerator.is_main_process else ""]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(holder)
+    run_dir = Path(holder[0])
+    logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=cfg.train.steps,
+                           enabled=accelerator.is_main_process)
+
+    # 2. policy: SFT start + PPO LoRA + value head (the reference is the same weights, adapters off)
+    tokenizer = load_policy_tokenizer(cfg.policy)
+    model = build_actor_critic(cfg.policy, cfg.lora, resolve_dtype(cfg.policy.precision, accelerator.device))
+
+    # 3. the scorer: trained HHH reward model (or the toy reward)
+    scorer = load_scorer(cfg.reward, tokenizer, accelerator.device, runs_dir=cfg.run.output_dir)
+
+    # 4. training prompts (chat prompts that fit data.max_prompt_tokens)
+    prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
+    eval_prompts = held_out_prompts(cfg.data, tokenizer, cfg.run.seed)
+    if accelerator.is_main_process:
+        print(f"[ppo] {len(prompts)} training prompts from {', '.join(cfg.data.sources)} ({cfg.data.split}); "
+              f"{len(eval_prompts)} held-out ({cfg.data.eval_split})", file=sys.stderr)
+
+    # 5. trainer; continue a killed run from its latest checkpoint
+    trainer = PPOTrainer(cfg, model, tokenizer, scorer, prompts, accelerator=accelerator, logger=logger,
+                         run_dir=run_dir)
+    if resume:
+        trainer.load_checkpoint(resume if isinstance(resume, str) else run_dir)
+
+    # 6. train, checkpointing every train.save_every steps and at the end
+    history = trainer.train(eval_prompts=eval_prompts)
+    if trainer.cfg.train.save_every == 0 or trainer.step_count % trainer.cfg.train.save_every:
+        trainer.save_checkpoint()
+
+    # 7. final artifacts: merged policy, adapter, value head; summary and reward/KL curve
+    trainer.save_final(run_dir / "final")
+    if accelerator.is_main_process and history:
+        plot_reward_and_kl(run_dir / "metrics.jsonl", run_dir / "reward_kl.png",
+                           cfg.kl.target if cfg.kl.adaptive else None)
+        quarter = max(1, len(history) // 4)
+        mean = lambda rows, key: sum(r.get(key, float("nan")) for r in rows) / len(rows)  # noqa: E731
+        logger.summary({"steps": trainer.step_count,
+                        "reward/composite_first": mean(history[:quarter], "reward/composite"),
+                        "reward/composite_last": mean(history[-quarter:], "reward/composite"),
+                        "objective/kl_mean": mean(history, "objective/kl"),
+                        "objective/kl_last": mean(history[-quarter:], "objective/kl"),
+                        "objective/kl_coef_last": history[-1].get("objective/kl_coef"),
+                        "time/step_s_median": sorted(r["time/step_s"] for r in history)[len(history) // 2],
+                        **eval_summary(run_dir / "metrics.jsonl")})
+    logger.finish()
+    return run_dir
+
+
+def cli(argv=None) -> int:
+    return stage_cli(PPOStageConfig, DEFAULTS, main, sys.argv[1:] if argv is None else argv, extra_flags=("resume",))
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,121 @@
+"""Atomic checkpoints of a PPO run, and finding the one to resume from.
+
+A checkpoint is a folder ``<run>/checkpoints/step-000010/`` holding everything needed to continue:
+trainable weights (LoRA + value head, ``trainable.safetensors``; the LoRA also as a PEFT ``adapter/``),
+``optimizer.pt``, ``scheduler.pt``, ``trainer_state.json`` (step = data position, KL controller, reward
+moments) and one ``rng-rank<r>.pt`` per process. It is written into a temporary folder and renamed into
+place, and ``checkpoints/latest`` is replaced atomically afterwards, so a run killed at any moment leaves
+either the previous checkpoint or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+LATEST = "latest"
+STATE = "trainer_state.json"
+TRAINABLE = "trainable.safetensors"
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_dir(run_dir: str | Path, step: int) -> Path:
+    """A fresh temporary folder next to the final one (same filesystem, so the rename is atomic)."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{step_dir_name(step)}-", dir=root))
+
+
+def write_rank_files(tmp: Path, rank: int) -> None:
+    torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+
+
+def commit(run_dir: str | Path, tmp: Path, step: int, keep: int) -> Path:
+    """Rename ``tmp`` into place, point ``latest`` at it, and drop old checkpoints beyond ``keep``."""
+    root = checkpoint_root(run_dir)
+    final = root / step_dir_name(step)
+    if final.exists():  # a resumed run reaching the same step again
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_text_atomic(root / LATEST, final.name)
+    if keep > 0:
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_main_files(tmp: Path, trainable: dict[str, torch.Tensor], optimizer_state: dict, scheduler_state: dict,
+                    trainer_state: dict[str, Any], save_adapter: Callable[[Path], None] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous().cpu() for k, v in trainable.items()}, str(tmp / TRAINABLE))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(scheduler_state, tmp / "scheduler.pt")
+    (tmp / STATE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+    if save_adapter is not None:
+        save_adapter(tmp / "adapter")
+
+
+def find_checkpoint(run_dir_or_checkpoint: str | Path) -> Path | None:
+    """A checkpoint folder itself, or the ``latest`` one of a run folder; None when the run has none."""
+    path = Path(run_dir_or_checkpoint)
+    if (path / STATE).is_file():
+        return path
+    root = checkpoint_root(path)
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text(encoding="utf-8").strip()
+        if (candidate / STATE).is_file():
+            return candidate
+    complete = sorted(p for p in root.glob("step-*") if (p / STATE).is_file()) if root.is_dir() else []
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(path: Path, rank: int, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Everything a checkpoint holds, loaded safely (tensors only, no arbitrary pickled objects)."""
+    from safetensors.torch import load_file
+
+    rng_file = path / f"rng-rank{rank}.pt"
+    return {
+        "trainable": load_file(str(path / TRAINABLE), device=str(map_location)),
+        "optimizer": torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True),
+        "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
+        "trainer_state": json.loads((path / STATE).read_text(encoding="utf-8")),
+        "rng": torch.load(rng_file, weights_only=True) if rng_file.is_file() else None,
+    }

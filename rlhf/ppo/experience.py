@@ -1,0 +1,196 @@
+"""Making experience: prompts -> sampled responses, their log-probs, values, reference log-probs, scores.
+
+The trainer turns an :class:`Experience` into rewards and advantages (``rlhf.ppo.rewards``,
+``rlhf.ppo.maths``) and then learns from it; nothing here has gradients.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field, fields
+from typing import Sequence
+
+import torch
+
+from reward_models.types import RewardScores, Scorer
+from rlhf.generation import GenerationSettings, prepare_tokenizer, render_chat
+from rlhf.ppo.maths import logprobs_from_logits
+from rlhf.ppo.policy import ActorCritic, evaluation_mode
+from rlhf.records import prompt_to_messages
+
+
+@dataclass
+class Experience:
+    """One batch of rollouts. B rollouts, P prompt positions (left-padded), R response positions."""
+
+    prompts: list[str]  # B prompt texts as given (plain text or HH transcripts)
+    responses: list[str]  # B decoded responses (special tokens stripped)
+    input_ids: torch.Tensor  # (B, P + R) left-padded prompt, then response (padded after its end)
+    attention_mask: torch.Tensor  # (B, P + R) 1 on real prompt tokens and on response tokens up to the end
+    response_start: int  # P: where responses begin in input_ids
+    response_mask: torch.Tensor  # (B, R) float, 1 on response tokens up to and including EOS
+    has_eos: torch.Tensor  # (B,) bool: the response ended with EOS (else it hit max_new_tokens)
+    logprobs: torch.Tensor  # (B, R) policy log-probs of the response tokens at sampling time
+    ref_logprobs: torch.Tensor  # (B, R) reference (adapters off) log-probs of the same tokens
+    values: torch.Tensor  # (B, R) value of the state before each response token
+    scores: RewardScores  # raw scorer output: composite (B,), heads {name: (B,)}, toxicity (B,) or None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, for logs and benchmarks
+    # Filled in by the trainer (rewards.token_rewards, maths.gae):
+    rewards: torch.Tensor | None = None  # (B, R) per-token reward: -kl_coef * KL, + score at the last token
+    advantages: torch.Tensor | None = None  # (B, R)
+    returns: torch.Tensor | None = None  # (B, R)
+
+    @property
+    def responses_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.response_start:]  # (B, R)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def rows(self, index: torch.Tensor) -> "Experience":
+        """The rollouts at ``index`` (a mini-batch); per-rollout tensors are sliced, texts picked."""
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value[index]
+            elif isinstance(value, list):
+                value = [value[i] for i in index.tolist()]
+            elif isinstance(value, RewardScores):
+                value = RewardScores(value.composite[index], {k: v[index] for k, v in value.heads.items()},
+                                     None if value.toxicity is None else value.toxicity[index])
+            picked[f.name] = value
+        return Experience(**picked)
+
+
+def response_mask_from_tokens(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, R) generated tokens -> ((B, R) mask up to and including the first EOS, (B,) has_eos).
+
+    Built from the EOS position, never from ``ids == pad``: SmolLM2's pad token *is* its EOS.
+    """
+    is_eos = response_ids == eos_token_id
+    has_eos = is_eos.any(1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(1), torch.full_like(has_eos, response_ids.shape[1], dtype=torch.long))
+    lengths = torch.where(has_eos, first_eos + 1, first_eos)  # (B,) response lengths
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device)
+    return (positions.unsqueeze(0) < lengths.unsqueeze(1)).float(), has_eos
+
+
+def padding_free_span(attention_mask: torch.Tensor, response_mask: torch.Tensor, response_start: int) -> tuple[int, int]:
+    """(first, end) columns that hold any real token of these rows: leading prompt pads and trailing
+    response pads common to every row can be dropped without changing any output (positions are counted
+    from the attention mask)."""
+    first = int(attention_mask.any(0).int().argmax())
+    width = max(int(response_mask.sum(1).max()), 1)
+    return first, response_start + width
+
+
+class ExperienceMaker:
+    """Generates, evaluates and scores rollouts for a list of prompts."""
+
+    def __init__(self, model: ActorCritic, tokenizer, scorer: Scorer, settings: GenerationSettings,
+                 max_prompt_tokens: int = 512, compute_dtype: torch.dtype = torch.float32,
+                 reuse_sampling_pass: bool = True, forward_batch_size: int = 1):
+        self.model = model
+        self.tokenizer = prepare_tokenizer(tokenizer)
+        self.scorer = scorer
+        self.settings = settings
+        self.max_prompt_tokens = max_prompt_tokens
+        self.compute_dtype = compute_dtype
+        # Log-probs and values from the sampling pass itself (one forward fewer per rollout). Exact up to
+        # float rounding of cached vs. full attention: off, a separate forward recomputes them.
+        self.reuse_sampling_pass = reuse_sampling_pass
+        # Rollouts per no-grad forward; each group is trimmed to its own padding-free span, so small groups
+        # (1 = no padding at all) spend no FLOPs on the pads a whole batch would share.
+        self.forward_batch_size = max(1, forward_batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def autocast(self):
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    def tokenize_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        texts = [render_chat(self.tokenizer, prompt_to_messages(p)) for p in prompts]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                              max_length=self.max_prompt_tokens, add_special_tokens=False).to(self.device)
+
+    def _sample(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(response ids (b, r), policy log-probs (b, r) or None, values (b, r) or None) for one chunk."""
+        gen_kwargs = self.settings.hf_kwargs(self.tokenizer)
+        if not self.reuse_sampling_pass:
+            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
+            return sequences[:, input_ids.shape[1]:], None, None
+        sequences, logits, hidden = self.model.generate_with_values(input_ids=input_ids, attention_mask=attention_mask,
+                                                                    **gen_kwargs)
+        response_ids = sequences[:, input_ids.shape[1]:]  # (b, r)
+        logprobs = logprobs_from_logits(logits / self.settings.temperature, response_ids)  # (b, r)
+        values = None if self.model.critic is not None else self.model.values_from_hidden(hidden)  # (b, r)
+        return response_ids, logprobs, values
+
+    @torch.no_grad()
+    def make(self, prompts: Sequence[str]) -> Experience:
+        timings: dict[str, float] = {}
+        eos = self.tokenizer.eos_token_id
+        chunk = max(1, self.settings.batch_size)
+
+        def pad_right(pieces: list[torch.Tensor], width: int, value) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=value) for p in pieces])
+
+        with evaluation_mode(self.model), self.autocast():
+            # 1. generate with the KV cache; prompts left-padded to one length P. The sampling pass also
+            #    yields the policy's log-probs and values (reuse_sampling_pass), so no forward repeats it.
+            start = time.perf_counter()
+            batch = self.tokenize_prompts(prompts)
+            prompt_len = batch["input_ids"].shape[1]
+            samples = [self._sample(batch["input_ids"][i:i + chunk], batch["attention_mask"][i:i + chunk])
+                       for i in range(0, len(prompts), chunk)]
+            width = max(ids.shape[1] for ids, _, _ in samples)
+            response_ids = pad_right([ids for ids, _, _ in samples], width, eos)  # (B, R)
+            response_mask, has_eos = response_mask_from_tokens(response_ids, eos)  # (B, R), (B,)
+            input_ids = torch.cat([batch["input_ids"], response_ids], dim=1)  # (B, P + R)
+            attention_mask = torch.cat([batch["attention_mask"], response_mask.long()], dim=1)  # (B, P + R)
+            timings["generate"] = time.perf_counter() - start
+
+            # 2. reference log-probs (adapters off); policy log-probs and values when sampling did not give them
+            start = time.perf_counter()
+            logprobs = torch.cat([pad_right([lp], width, 0.0) for _, lp, _ in samples]) if self.reuse_sampling_pass else None
+            values = torch.cat([pad_right([v.float()], width, 0.0) for _, _, v in samples]) \
+                if self.reuse_sampling_pass and self.model.critic is None else None
+            ref_logprobs = torch.zeros(response_ids.shape, device=response_ids.device)  # (B, R)
+            fresh_logprobs = torch.zeros(response_ids.shape, device=response_ids.device)  # (B, R)
+            fresh_values = torch.zeros(response_ids.shape, device=response_ids.device)  # (B, R)
+            for i in range(0, len(prompts), self.forward_batch_size):
+                rows = slice(i, i + self.forward_batch_size)
+                first, end = padding_free_span(attention_mask[rows], response_mask[rows], prompt_len)
+                ids, mask = input_ids[rows, first:end], attention_mask[rows, first:end]  # (b, t)
+                start_col, targets = prompt_len - first, input_ids[rows, prompt_len:end]  # (b, r)
+                r = targets.shape[1]
+                ref_logits = self.model.reference_logits(ids, mask, start_col)
+                ref_logprobs[rows, :r] = logprobs_from_logits(ref_logits / self.settings.temperature, targets)
+                del ref_logits
+                if logprobs is None or values is None:
+                    logits, vals = self.model(ids, mask, start_col)
+                    fresh_logprobs[rows, :r] = logprobs_from_logits(logits / self.settings.temperature, targets)
+                    fresh_values[rows, :r] = vals.float()
+                    del logits
+            logprobs = fresh_logprobs if logprobs is None else logprobs
+            values = fresh_values if values is None else values
+            timings["forward"] = time.perf_counter() - start
+
+        # 3. score the decoded responses
+        start = time.perf_counter()
+        lengths = response_mask.sum(1).long().tolist()
+        responses = [text.strip() for text in self.tokenizer.batch_decode(
+            [ids[:n] for ids, n in zip(response_ids.tolist(), lengths)], skip_special_tokens=True)]
+        scores = self.scorer.score(list(prompts), responses)
+        timings["score"] = time.perf_counter() - start
+        return Experience(
+            prompts=list(prompts), responses=responses, input_ids=input_ids, attention_mask=attention_mask,
+            response_start=prompt_len, response_mask=response_mask, has_eos=has_eos,
+            logprobs=logprobs * response_mask, ref_logprobs=ref_logprobs * response_mask,
+            values=values * response_mask, scores=scores, timings=timings,
+        )

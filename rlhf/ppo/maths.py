@@ -1,0 +1,144 @@
+"""The maths of PPO for language models, as pure functions on tensors.
+
+Shapes: ``B`` sequences in a batch, ``R`` response positions (one per generated token), ``V`` vocabulary.
+Every function takes a ``mask`` of shape (B, R) with 1 on real response tokens and 0 on padding after
+the end of a response, so padded positions never enter a mean, a variance or an advantage.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+KLEstimator = Literal["k1", "k3"]
+
+
+# ---------------------------------------------------------------- masked statistics
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` where ``mask`` is 1 (over everything, or along ``dim``); 0 where the mask is empty."""
+    return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the masked entries of ``x`` (Bessel-corrected by default, like ``torch.var``)."""
+    mean = masked_mean(x, mask)
+    count = mask.sum()
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased and count > 1:
+        var = var * count / (count - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  mean: torch.Tensor | None = None, var: torch.Tensor | None = None,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """``(x - mean) / std`` over the masked entries; masked-out entries become 0.
+
+    ``mean``/``var`` may be passed in when they were computed over more data than ``x`` (e.g. all
+    processes); ``shift_mean=False`` only rescales (keeps the sign of values such as rewards).
+    """
+    mean = masked_mean(x, mask) if mean is None else mean
+    var = masked_var(x, mask) if var is None else var
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+# ---------------------------------------------------------------- log-probs and entropy
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each chosen token: logits (B, R, V), tokens (B, R) -> (B, R), in float32."""
+    logits = logits.float()
+    # log p(token) = logit(token) - logsumexp(logits): no (B, R, V) log_softmax tensor is kept.
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each categorical distribution: logits (B, R, V) -> (B, R), in float32."""
+    logits = logits.float()
+    log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
+    probs = torch.softmax(logits, dim=-1)
+    return (log_z - logits).mul(probs).sum(-1)
+
+
+# ---------------------------------------------------------------- KL estimators
+
+
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from the sampled tokens' log-probs (Schulman's k1/k3).
+
+    k1 = log p - log q: unbiased, can be negative per token. k3 = (q/p - 1) - log(q/p): unbiased, never
+    negative, lower variance when the two policies are close.
+    """
+    log_ratio = logprobs - ref_logprobs  # log p/q
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (use k1 or k3)")
+
+
+# ---------------------------------------------------------------- advantages
+
+
+def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens; returns (advantages, returns), each (B, R).
+
+    The value after a response's last token is 0 (the episode ends there). Computed as one matrix
+    product with the discount matrix W[t', t] = (gamma * lam) ** (t' - t) for t' >= t, so no Python
+    loop over time runs.
+    """
+    values = values * mask
+    rewards = rewards * mask
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)  # (B, R)
+    deltas = (rewards + gamma * next_values - values) * mask  # (B, R) TD errors
+    steps = torch.arange(values.shape[1], device=values.device)
+    lags = (steps.unsqueeze(1) - steps.unsqueeze(0)).to(deltas.dtype)  # (R, R): t' - t
+    discount = torch.where(lags >= 0, (gamma * lam) ** lags.clamp(min=0), torch.zeros_like(lags))
+    advantages = (deltas @ discount) * mask  # (B, R)
+    returns = advantages + values
+    return advantages, returns
+
+
+# ---------------------------------------------------------------- losses
+
+
+def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip_range: float) -> dict[str, torch.Tensor]:
+    """PPO's clipped surrogate (to minimise) with its diagnostics; every value is a scalar.
+
+    loss = mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps))), r = exp(logp - old_logp).
+    ``clipfrac``: share of tokens where the clipped term is the active one. ``approxkl``: k3 estimate
+    of KL(old || new) = mean((r - 1) - log r), the quantity the early stop watches.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return {
+        "loss": masked_mean(torch.maximum(unclipped, clipped), mask),
+        "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+        "approxkl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+        "ratio": masked_mean(ratio, mask),
+    }
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip_range: float) -> dict[str, torch.Tensor]:
+    """0.5 * mean(max((v - R)^2, (v_clipped - R)^2)) with v_clipped = old_v + clip(v - old_v, -eps, eps)."""
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped - returns) ** 2
+    return {
+        "loss": 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask),
+        "clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask),
+    }

@@ -1,0 +1,58 @@
+"""Scorers PPO can train against: the trained HHH reward model, or a toy reward for tests and tiny runs."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from reward_models.types import RewardScores, Scorer
+from rlhf.ppo.config import RewardSection
+
+
+class TokenCountScorer:
+    """Toy reward: the share of a response's tokens that equal one chosen token.
+
+    Learnable by any policy (raise that token's probability), so a PPO run on it must show the reward
+    rising; used by the tests and the tiny config.
+    """
+
+    def __init__(self, tokenizer, token: str | int):
+        self.tokenizer = tokenizer
+        self.token_id = token if isinstance(token, int) else _single_token_id(tokenizer, token)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardScores:  # noqa: ARG002
+        counts = []
+        for response in responses:
+            ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+            counts.append(sum(i == self.token_id for i in ids) / max(len(ids), 1))
+        composite = torch.tensor(counts, dtype=torch.float32)  # (B,)
+        return RewardScores(composite=composite, heads={"helpful": composite.clone()})
+
+
+def _single_token_id(tokenizer, token: str) -> int:
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"reward.toy_token {token!r} is {len(ids)} tokens for this tokenizer; pick one token")
+    return ids[0]
+
+
+def newest_reward_model(runs_dir: str | Path = "runs") -> Path | None:
+    """The ``final/`` folder of the newest ``runs/reward-*`` run, if any."""
+    finals = sorted(Path(runs_dir).glob("reward*/final"), key=lambda p: p.stat().st_mtime)
+    return finals[-1] if finals else None
+
+
+def load_scorer(reward: RewardSection, tokenizer, device: torch.device, runs_dir: str | Path = "runs") -> Scorer:
+    """The scorer the config names: the trained HHH reward model (``reward_models.scoring``) or the toy."""
+    if reward.kind == "toy":
+        return TokenCountScorer(tokenizer, reward.toy_token)
+    path = Path(reward.model) if reward.model else newest_reward_model(runs_dir)
+    if path is None or not path.is_dir():
+        raise FileNotFoundError(f"reward.model: no reward model folder ({reward.model or f'{runs_dir}/reward-*/final'}); "
+                                "train one with `rlhf reward` or set reward.model")
+    from reward_models.scoring import RewardScorer
+
+    print(f"[ppo] reward model: {path}", file=sys.stderr)
+    return RewardScorer.from_pretrained(str(path), device=device)

@@ -1,0 +1,407 @@
+"""The PPO loop on accelerate: make experience, shape rewards, compute advantages, update, log, checkpoint.
+
+One :meth:`PPOTrainer.step` is one PPO iteration for every process at once: each process generates for
+its own share of prompts, statistics that must agree (reward moments, advantage whitening, the KL
+controller, skip decisions, early stops) are reduced across processes, and gradients are all-reduced
+by DDP (or FSDP / DeepSpeed when accelerate is configured so).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from reward_models.types import Scorer
+from rlhf.ppo import checkpoint as ckpt
+from rlhf.ppo.config import PPOStageConfig
+from rlhf.ppo.experience import Experience, ExperienceMaker, padding_free_span
+from rlhf.ppo.kl import make_kl_controller
+from rlhf.ppo.maths import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_per_token,
+                            logprobs_from_logits, masked_mean, masked_whiten)
+from rlhf.ppo.policy import ActorCritic
+from rlhf.ppo.prompts import PromptStream
+from rlhf.ppo.rewards import RunningMoments, shape_scores, token_rewards
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Each (step, rank) samples with its own seed, so a resumed run draws what the uninterrupted one drew."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def trim_padding(part: Experience) -> Experience:
+    """The rollouts of a (micro-)batch cut to their padding-free span (see ``padding_free_span``)."""
+    first, end = padding_free_span(part.attention_mask, part.response_mask, part.response_start)
+    width = end - part.response_start
+    trimmed = Experience(**{**part.__dict__})
+    trimmed.input_ids = part.input_ids[:, first:end]
+    trimmed.attention_mask = part.attention_mask[:, first:end]
+    trimmed.response_start = part.response_start - first
+    for name in ("response_mask", "logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns"):
+        value = getattr(part, name)
+        if value is not None:
+            setattr(trimmed, name, value[:, :width])
+    return trimmed
+
+
+def make_accelerator():
+    """accelerate's Accelerator; on a machine without a GPU it must be told so, or ``torchrun`` processes
+    would each think they run alone (accelerate only sets up gloo when ``cpu=True``)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+class PPOTrainer:
+    """PPO with a KL penalty on a LoRA policy.
+
+    >>> trainer = PPOTrainer(cfg, model, tokenizer, scorer, prompts)   # model: rlhf.ppo.policy.ActorCritic
+    >>> metrics = trainer.step()        # one PPO iteration on the next prompts; or trainer.step(list_of_prompts)
+    >>> history = trainer.train()       # cfg.train.steps iterations (continues from a loaded checkpoint)
+    """
+
+    def __init__(self, cfg: PPOStageConfig, model: ActorCritic, tokenizer, scorer: Scorer, prompts: Sequence[str],
+                 accelerator=None, logger=None, run_dir: str | Path | None = None):
+        from transformers import get_scheduler
+
+        self.cfg = cfg
+        self.accelerator = accelerator or make_accelerator()
+        self.logger = logger
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        acc = self.accelerator
+        model.to(acc.device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+        # Stepped once per PPO step on every process (not prepared: accelerate would step it once per process).
+        self.scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
+                                       num_training_steps=max(cfg.train.steps, 1))
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.unwrapped: ActorCritic = acc.unwrap_model(self.model)
+        compute_dtype = self.unwrapped.causal_lm.get_input_embeddings().weight.dtype
+        self.maker = ExperienceMaker(self.unwrapped, tokenizer, scorer, cfg.generation, cfg.data.max_prompt_tokens,
+                                     compute_dtype, reuse_sampling_pass=cfg.ppo.logprobs_from_sampling,
+                                     forward_batch_size=cfg.ppo.forward_batch_size)
+        self.tokenizer = self.maker.tokenizer
+        self.kl_ctl = make_kl_controller(cfg.kl.coef, cfg.kl.adaptive, cfg.kl.target, cfg.kl.horizon)
+        self.moments = RunningMoments() if cfg.reward.normalize else None
+        self.stream = PromptStream(prompts, cfg.ppo.batch_size, acc.num_processes, acc.process_index,
+                                   cfg.run.seed, cfg.data.shuffle)
+        self.step_count = 0  # PPO steps done; also the data position
+
+    # ------------------------------------------------------------ cross-process helpers
+
+    def _any_process(self, flag: torch.Tensor | bool) -> bool:
+        flag = torch.as_tensor(flag, dtype=torch.float32, device=self.accelerator.device).reshape(1)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _global_mean_var(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (unbiased) variance of the masked entries of ``x`` over every process."""
+        sums = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
+        total, total_sq, count = self.accelerator.reduce(sums, reduction="sum").tolist()
+        mean = total / max(count, 1)
+        var = (total_sq / max(count, 1) - mean**2) * count / max(count - 1, 1)
+        return torch.tensor(mean, device=x.device), torch.tensor(max(var, 0.0), device=x.device)
+
+    def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        keys = sorted(metrics)
+        local = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        reduced = self.accelerator.reduce(local, reduction="mean").tolist()
+        return dict(zip(keys, reduced))
+
+    # ------------------------------------------------------------ one PPO iteration
+
+    def step(self, prompts: Sequence[str] | None = None) -> dict[str, float]:
+        """Generate for ``prompts`` (default: this process's next share), learn from them; returns metrics."""
+        cfg, acc = self.cfg, self.accelerator
+        step = self.step_count + 1
+        start = time.perf_counter()
+        prompts = list(prompts) if prompts is not None else self.stream.batch(self.step_count)
+        seed_everything(step_seed(cfg.run.seed, step, acc.process_index))
+
+        # 1. rollouts: responses, log-probs, values, reference log-probs, scores
+        exp = self.maker.make(prompts)
+        mask = exp.response_mask
+        composite = exp.scores.composite.to(acc.device).float()  # (B,)
+        kl_coef = self.kl_ctl.value
+
+        # 2. a non-finite score anywhere skips the whole batch on every process
+        if self._any_process(~torch.isfinite(composite).all()):
+            metrics = {"skipped/nonfinite": 1.0, "response/length": mask.sum(1).mean().item()}
+            return self._finish_step(step, exp, self._reduce_metrics(metrics), start)
+
+        # 3. per-token rewards: KL penalty on every token, shaped score on the last one
+        kl = kl_per_token(exp.logprobs, exp.ref_logprobs, cfg.kl.estimator) * mask  # (B, R)
+        has_eos = exp.has_eos.to(acc.device)
+        if self.moments is not None:
+            penalised = composite - cfg.reward.missing_eos_penalty * (~has_eos).float()
+            self.moments.update(acc.gather(penalised).cpu())
+        scores = shape_scores(composite, has_eos, cfg.reward.missing_eos_penalty, self.moments, cfg.reward.clip)
+        exp.rewards = token_rewards(scores, kl, mask, kl_coef)  # (B, R)
+
+        # 4. advantages: GAE, whitened over every process's tokens
+        advantages, exp.returns = gae(exp.values, exp.rewards, mask, cfg.ppo.gamma, cfg.ppo.lam)  # (B, R) each
+        if cfg.ppo.whiten_advantages:
+            mean, var = self._global_mean_var(advantages, mask)
+            advantages = masked_whiten(advantages, mask, mean=mean, var=var)
+        exp.advantages = advantages
+
+        # 5. PPO epochs over mini-batches
+        update_start = time.perf_counter()
+        update = self._update(exp, step)
+        update_time = time.perf_counter() - update_start
+
+        # 6. the KL controller sees the mean KL per response over every process
+        seq_kl = kl.sum(1).mean()
+        metrics = {
+            **exp.scores.as_metrics(),
+            "objective/kl": seq_kl.item(),
+            "objective/kl_coef": kl_coef,
+            "objective/scores": scores.mean().item(),
+            "response/length": mask.sum(1).mean().item(),
+            "response/eos_rate": has_eos.float().mean().item(),
+            "time/update_s": update_time,
+            **{f"time/{k}_s": v for k, v in exp.timings.items()},
+            **update,
+        }
+        metrics = self._reduce_metrics(metrics)
+        self.kl_ctl.update(metrics["objective/kl"], n_steps=len(prompts) * acc.num_processes)
+        return self._finish_step(step, exp, metrics, start)
+
+    def _finish_step(self, step: int, exp: Experience, metrics: dict[str, float], start: float) -> dict[str, float]:
+        self.scheduler.step()
+        self.step_count = step
+        metrics.setdefault("skipped/nonfinite", 0.0)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["time/step_s"] = time.perf_counter() - start
+        if self.logger is not None:
+            if step % max(self.cfg.run.log_every, 1) == 0:
+                self.logger.log(metrics, step=step)
+            if self.cfg.train.sample_every and step % self.cfg.train.sample_every == 0:
+                self._log_samples(step, exp)
+        save_every = self.cfg.train.save_every
+        if self.run_dir is not None and save_every and step % save_every == 0:
+            self.save_checkpoint()
+        return metrics
+
+    def _log_samples(self, step: int, exp: Experience) -> None:
+        heads = list(exp.scores.heads)
+        columns = ["prompt", "response", "composite", *heads] + (["toxicity"] if exp.scores.toxicity is not None else [])
+        rows = []
+        for i in range(min(self.cfg.train.num_samples, len(exp))):
+            row = [exp.prompts[i], exp.responses[i], exp.scores.composite[i].item()]
+            row += [exp.scores.heads[h][i].item() for h in heads]
+            if exp.scores.toxicity is not None:
+                row.append(exp.scores.toxicity[i].item())
+            rows.append(row)
+        self.logger.log_table("samples", columns, rows, step=step)
+
+    # ------------------------------------------------------------ the update
+
+    def _update(self, exp: Experience, step: int) -> dict[str, float]:
+        """``ppo.epochs`` passes of mini-batch optimizer steps; stops early past ``ppo.max_approx_kl``."""
+        cfg = self.cfg.ppo
+        generator = torch.Generator().manual_seed(step_seed(self.cfg.run.seed, step, self.accelerator.process_index))
+        totals: dict[str, float] = defaultdict(float)
+        updates = skipped = tokens = 0
+        self.model.train()
+        for _epoch in range(cfg.epochs):
+            order = torch.randperm(len(exp), generator=generator)
+            stop = False
+            for first in range(0, len(exp), cfg.mini_batch_size):
+                stats = self._optimizer_step(exp, order[first:first + cfg.mini_batch_size])
+                if stats is None:
+                    skipped += 1
+                    continue
+                tokens += int(stats.pop("tokens"))
+                updates += 1
+                for key, value in stats.items():
+                    totals[key] += value
+                if cfg.max_approx_kl > 0 and stats["policy/approxkl"] > cfg.max_approx_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        self.model.eval()
+        out = {key: value / max(updates, 1) for key, value in totals.items()}
+        if not updates:
+            out = {key: math.nan for key in ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl",
+                                             "val/ratio", "val/clipfrac", "objective/entropy", "grad_norm")}
+        out.update({"ppo/updates": float(updates), "skipped/nonfinite": float(skipped), "tokens/update": float(tokens)})
+        return out
+
+    def _optimizer_step(self, exp: Experience, rows: torch.Tensor) -> dict[str, float] | None:
+        """One optimizer step on a mini-batch, accumulated over micro-batches; None when it was skipped."""
+        acc, cfg = self.accelerator, self.cfg
+        micro_batches = rows.split(cfg.ppo.micro_batch_size)
+        stats: dict[str, float] = defaultdict(float)
+        for i, idx in enumerate(micro_batches):
+            part = trim_padding(exp.rows(idx))
+            last = i == len(micro_batches) - 1
+            # Gradients are all-reduced once per mini-batch, on its last micro-batch.
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                with self.maker.autocast():
+                    logits, values = self.model(part.input_ids, part.attention_mask, part.response_start)
+                losses = self._losses(part, logits, values)
+                if self._any_process(~torch.isfinite(losses["loss"])):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+                acc.backward(losses["loss"] / len(micro_batches))
+            for key, value in losses.items():
+                if key != "loss":
+                    stats[key] += value.item() / len(micro_batches)
+            stats["tokens"] += part.input_ids.numel()
+        max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+        grad_norm = acc.clip_grad_norm_(self.params, max_norm)
+        if not torch.isfinite(torch.as_tensor(grad_norm)).item():  # already all-reduced: every process agrees
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats["grad_norm"] = float(grad_norm)
+        return dict(stats)
+
+    def _losses(self, part: Experience, logits: torch.Tensor, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.cfg.ppo
+        mask = part.response_mask
+        logits = logits.float() / self.cfg.generation.temperature  # (b, r, V)
+        logprobs = logprobs_from_logits(logits, part.responses_ids)  # (b, r)
+        policy = clipped_policy_loss(logprobs, part.logprobs, part.advantages, mask, cfg.clip_range)
+        value = clipped_value_loss(values, part.values, part.returns, mask, cfg.clip_range_value)
+        # Without an entropy bonus the entropy is only logged: keep it out of the autograd graph.
+        entropy = masked_mean(entropy_from_logits(logits if cfg.entropy_coef else logits.detach()), mask)
+        loss = policy["loss"] + cfg.vf_coef * value["loss"] - cfg.entropy_coef * entropy
+        return {"loss": loss, "loss/policy": policy["loss"].detach(), "loss/value": value["loss"].detach(),
+                "policy/clipfrac": policy["clipfrac"], "policy/approxkl": policy["approxkl"].detach(),
+                "val/ratio": policy["ratio"].detach(), "val/clipfrac": value["clipfrac"],
+                "objective/entropy": entropy.detach()}
+
+    # ------------------------------------------------------------ held-out evaluation
+
+    @torch.no_grad()
+    def evaluate(self, prompts: Sequence[str]) -> dict[str, float]:
+        """Mean scores and KL of fresh samples on ``prompts`` (split across processes), no update.
+
+        Sampling uses a fixed seed, so evaluations at different steps see comparable draws."""
+        acc = self.accelerator
+        mine = list(prompts)[acc.process_index::acc.num_processes]
+        seed_everything(step_seed(self.cfg.run.seed, 0, acc.process_index) + 1)
+        totals: dict[str, float] = defaultdict(float)
+        batch = self.cfg.ppo.batch_size
+        for first in range(0, len(mine), batch):
+            exp = self.maker.make(mine[first:first + batch])
+            kl = kl_per_token(exp.logprobs, exp.ref_logprobs, self.cfg.kl.estimator) * exp.response_mask
+            parts = {**exp.scores.as_metrics(), "objective/kl": kl.sum(1).mean().item(),
+                     "response/length": exp.response_mask.sum(1).mean().item(),
+                     "response/eos_rate": exp.has_eos.float().mean().item()}
+            for key, value in parts.items():
+                totals[key] += value * len(exp)
+        local = {f"eval/{key}": value / max(len(mine), 1) for key, value in totals.items()}
+        return self._reduce_metrics(local)
+
+    # ------------------------------------------------------------ the whole run
+
+    def train(self, steps: int | None = None, eval_prompts: Sequence[str] = ()) -> list[dict[str, float]]:
+        """Run PPO steps until ``steps`` (default ``train.steps``) are done; returns each step's metrics.
+
+        With ``eval_prompts``, held-out scores are logged (``eval/...``) before the first step, every
+        ``train.eval_every`` steps and after the last."""
+        total = self.cfg.train.steps if steps is None else steps
+        every = self.cfg.train.eval_every
+        history = []
+        if eval_prompts and self.step_count < total:
+            self._log_eval(eval_prompts)
+        while self.step_count < total:
+            history.append(self.step())
+            if eval_prompts and ((every and self.step_count % every == 0) or self.step_count == total):
+                history[-1].update(self._log_eval(eval_prompts))
+        return history
+
+    def _log_eval(self, prompts: Sequence[str]) -> dict[str, float]:
+        metrics = self.evaluate(prompts)
+        if self.logger is not None:
+            self.logger.log(metrics, step=self.step_count)
+        if self.accelerator.is_main_process:
+            print(f"[ppo] held-out eval at step {self.step_count}: "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        return metrics
+
+    # ------------------------------------------------------------ checkpoints
+
+    def trainer_state(self) -> dict:
+        return {"step": self.step_count, "kl_controller": self.kl_ctl.state_dict(),
+                "reward_moments": self.moments.state_dict() if self.moments is not None else None}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``<run>/checkpoints/step-N`` atomically (every process writes its RNG state)."""
+        from accelerate.utils import broadcast_object_list
+
+        acc = self.accelerator
+        if self.run_dir is None:
+            raise ValueError("PPOTrainer(run_dir=...) is needed to write checkpoints")
+        holder = [str(ckpt.prepare_dir(self.run_dir, self.step_count)) if acc.is_main_process else ""]
+        if acc.num_processes > 1:
+            broadcast_object_list(holder)
+        tmp = Path(holder[0])
+        ckpt.write_rank_files(tmp, acc.process_index)
+        acc.wait_for_everyone()
+        final = None
+        if acc.is_main_process:
+            ckpt.save_main_files(tmp, self.unwrapped.trainable_state_dict(), self.optimizer.state_dict(),
+                                 self.scheduler.state_dict(), self.trainer_state(),
+                                 save_adapter=lambda path: self.unwrapped.policy.save_pretrained(path))
+            final = ckpt.commit(self.run_dir, tmp, self.step_count, self.cfg.train.keep_checkpoints)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from a checkpoint folder (or a run folder's latest checkpoint)."""
+        found = ckpt.find_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {path}")
+        state = ckpt.load_checkpoint(found, self.accelerator.process_index, map_location=self.accelerator.device)
+        self.unwrapped.load_trainable_state_dict(state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        trainer_state = state["trainer_state"]
+        self.step_count = int(trainer_state["step"])
+        self.kl_ctl.load_state_dict(trainer_state["kl_controller"])
+        if self.moments is not None and trainer_state.get("reward_moments"):
+            self.moments.load_state_dict(trainer_state["reward_moments"])
+        if state["rng"] is not None:
+            ckpt.set_rng_state(state["rng"])
+        if self.accelerator.is_main_process:
+            print(f"[ppo] resumed from {found} at step {self.step_count}")
+
+    def save_final(self, out_dir: str | Path, merged: bool = True) -> Path:
+        """``out_dir/adapter`` (PEFT LoRA), ``value_head.safetensors`` and, with ``merged``, the policy with
+        SFT + PPO weights merged as a plain HF folder (what evaluation loads). Merging consumes the adapters:
+        call this last."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.unwrapped.policy.save_pretrained(out_dir / "adapter")
+            save_file({k: v.contiguous().cpu() for k, v in self.unwrapped.value_head.state_dict().items()},
+                      str(out_dir / "value_head.safetensors"))
+            if merged:
+                policy = self.unwrapped.policy.merge_and_unload()
+                policy.save_pretrained(out_dir)
+            self.tokenizer.save_pretrained(out_dir)
+        self.accelerator.wait_for_everyone()
+        return out_dir

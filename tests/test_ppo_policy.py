@@ -1,0 +1,153 @@
+"""The PPO model on a tiny random Llama: reference = adapters off, padding-safe log-probs, SFT start."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf.ppo.config import LoraSection, PolicySection
+from rlhf.ppo.maths import logprobs_from_logits
+from rlhf.ppo.policy import build_actor_critic, load_sft_model, response_position_ids
+from rlhf.zoo import load_causal_lm, load_tokenizer
+
+
+def perturb_lora(model, scale: float = 0.5) -> None:
+    """LoRA B starts at zero (policy == reference); give the adapters some effect."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, scale)
+
+
+@pytest.fixture()
+def actor_critic(tiny_llama_path):
+    model = build_actor_critic(PolicySection(model=tiny_llama_path, precision="fp32"), LoraSection(r=4, alpha=8),
+                               torch.float32)
+    perturb_lora(model)
+    return model.eval()
+
+
+def batch(tokenizer, texts):
+    tokenizer.padding_side = "left"
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def test_reference_logprobs_equal_the_base_model_with_adapters_off(actor_critic, tiny_llama_path):
+    tokenizer = load_tokenizer(tiny_llama_path)
+    enc = batch(tokenizer, ["What is the capital of France? Paris is", "Hello"])
+    start = 4  # score every token from position 4 on
+    ref_logits = actor_critic.reference_logits(enc["input_ids"], enc["attention_mask"], start)
+    base = load_causal_lm(tiny_llama_path).eval()
+    with torch.no_grad():
+        base_logits = base(**enc, position_ids=response_position_ids(enc["attention_mask"])).logits[:, start - 1:-1]
+    targets = enc["input_ids"][:, start:]
+    torch.testing.assert_close(logprobs_from_logits(ref_logits, targets), logprobs_from_logits(base_logits, targets))
+    with torch.no_grad():
+        policy_logits, values = actor_critic(enc["input_ids"], enc["attention_mask"], start)
+    assert values.shape == targets.shape
+    assert not torch.allclose(policy_logits, ref_logits, atol=1e-3)  # the adapters are on outside the context
+    # and the adapters are back on after the reference forward
+    with torch.no_grad():
+        again, _ = actor_critic(enc["input_ids"], enc["attention_mask"], start)
+    torch.testing.assert_close(again, policy_logits)
+
+
+def test_left_padding_does_not_change_logprobs(actor_critic, tiny_llama_path):
+    tokenizer = load_tokenizer(tiny_llama_path)
+    texts = ["A much longer prompt that needs no padding at all, really", "Short one"]
+    suffix = " and then the answer"
+    enc = batch(tokenizer, [t + suffix for t in texts])
+    n_suffix = len(tokenizer(suffix, add_special_tokens=False)["input_ids"])
+    start = enc["input_ids"].shape[1] - n_suffix
+    with torch.no_grad():
+        logits, values = actor_critic(enc["input_ids"], enc["attention_mask"], start)
+    together = logprobs_from_logits(logits, enc["input_ids"][:, start:])
+    for row, text in enumerate(texts):
+        alone = batch(tokenizer, [text + suffix])
+        alone_start = alone["input_ids"].shape[1] - n_suffix
+        if alone["input_ids"][0, alone_start:].tolist() != enc["input_ids"][row, start:].tolist():
+            pytest.skip("tokenisation of the suffix depends on the prefix")
+        with torch.no_grad():
+            single_logits, single_values = actor_critic(alone["input_ids"], alone["attention_mask"], alone_start)
+        torch.testing.assert_close(together[row], logprobs_from_logits(single_logits, alone["input_ids"][:, alone_start:])[0],
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(values[row], single_values[0], atol=1e-4, rtol=1e-4)
+
+
+def test_sft_adapter_is_merged_before_ppo_lora(tiny_llama_path, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = load_causal_lm(tiny_llama_path)
+    sft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    perturb_lora(sft, 0.3)
+    sft.save_pretrained(tmp_path / "sft")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        expected = sft(input_ids=ids).logits
+    for merged in (load_sft_model(tiny_llama_path, str(tmp_path / "sft")),  # base + adapter
+                   load_sft_model(str(tmp_path / "sft"))):  # the adapter folder alone names its base
+        with torch.no_grad():
+            torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+    model = build_actor_critic(PolicySection(model=tiny_llama_path, sft_adapter=str(tmp_path / "sft"), precision="fp32"),
+                               LoraSection(r=4, alpha=8), torch.float32)
+    # the reference of PPO is the SFT policy (SFT merged; PPO LoRA off)
+    ref = model.reference_logits(ids, torch.ones_like(ids), 1)
+    torch.testing.assert_close(ref, expected[:, :-1], atol=1e-5, rtol=1e-5)
+
+
+def test_separate_critic_option(tiny_llama_path):
+    model = build_actor_critic(PolicySection(model=tiny_llama_path, critic=tiny_llama_path, precision="fp32"),
+                               LoraSection(r=4, alpha=8), torch.float32)
+    assert model.critic is not None
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    logits, values = model(ids, torch.ones_like(ids), 2)
+    assert logits.shape[:2] == values.shape == (1, 3)
+    critic_trainable = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("critic.")]
+    assert critic_trainable and all("lora_" in n for n in critic_trainable)
+
+
+def test_sampling_pass_logprobs_and_values_equal_a_full_forward(actor_critic, tiny_llama_path):
+    """The experience maker takes old log-probs and values from generate(); they must be the forward's."""
+    from rlhf.generation import GenerationSettings
+    from rlhf.ppo.experience import ExperienceMaker
+    from rlhf.ppo.scorers import TokenCountScorer
+
+    tokenizer = load_tokenizer(tiny_llama_path)
+    with torch.no_grad():
+        actor_critic.value_head.weight.normal_()
+    settings = GenerationSettings(max_new_tokens=10, batch_size=3, temperature=0.7)
+    prompts = ["What is 2 + 2?", "Tell me a long story about a dragon and a knight", "Hi"]
+    makers = [ExperienceMaker(actor_critic, tokenizer, TokenCountScorer(tokenizer, 5), settings, reuse_sampling_pass=reuse)
+              for reuse in (True, False)]
+    torch.manual_seed(0)
+    reused = makers[0].make(prompts)
+    torch.manual_seed(0)
+    recomputed = makers[1].make(prompts)
+    assert torch.equal(reused.input_ids, recomputed.input_ids)
+    torch.testing.assert_close(reused.logprobs, recomputed.logprobs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(reused.values, recomputed.values, atol=1e-4, rtol=1e-4)
+    assert reused.values.abs().sum() > 0 and (reused.logprobs < 0).any()
+
+
+def test_merged_sampling_restores_weights_bit_for_bit(actor_critic, tiny_llama_path):
+    from rlhf.generation import GenerationSettings
+
+    tokenizer = load_tokenizer(tiny_llama_path)
+    enc = batch(tokenizer, ["What is 2 + 2?", "Hi there"])
+    before = {n: p.detach().clone() for n, p in actor_critic.named_parameters()}
+    kwargs = GenerationSettings(max_new_tokens=8, do_sample=False).hf_kwargs(tokenizer)
+    outputs = []
+    for merge in (True, False):
+        actor_critic.merge_for_sampling = merge
+        outputs.append(actor_critic.generate_with_values(**enc, **kwargs))
+    for name, param in actor_critic.named_parameters():
+        assert torch.equal(before[name], param), name
+    (merged_ids, merged_logits, merged_hidden), (plain_ids, plain_logits, plain_hidden) = outputs
+    assert torch.equal(merged_ids, plain_ids)
+    torch.testing.assert_close(merged_logits, plain_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(merged_hidden, plain_hidden, atol=1e-4, rtol=1e-4)
+    ref_after = actor_critic.reference_logits(enc["input_ids"], enc["attention_mask"], 2)
+    base = load_causal_lm(tiny_llama_path).eval()
+    with torch.no_grad():
+        base_logits = base(**enc, position_ids=response_position_ids(enc["attention_mask"])).logits[:, 1:-1]
+    torch.testing.assert_close(ref_after, base_logits, atol=0, rtol=0)

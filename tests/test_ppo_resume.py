@@ -1,0 +1,57 @@
+"""A PPO run killed (SIGKILL) after a checkpoint and resumed reproduces the uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from rlhf.ppo.curves import last_per_step
+from rlhf.tracking import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPARED = ["reward/composite", "objective/kl", "objective/kl_coef", "loss/policy", "loss/value", "policy/approxkl",
+            "response/length", "lr"]
+
+
+def stage_command(out: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "pipelines" / "ppo.py"), "--config", str(ROOT / "pipelines/configs/ppo_tiny.yaml"),
+            "--run.output_dir", str(out), "--run.run_name", name, "--run.wandb_mode", "disabled",
+            "--train.steps", "6", "--train.save_every", "2", "--train.sample_every", "0",
+            "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4", "--ppo.micro_batch_size", "4",
+            "--kl.adaptive", "true", "--kl.target", "1.0", "--kl.horizon", "50", *extra]
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run(stage_command(tmp_path, "full"), check=True, env=env, capture_output=True, cwd=ROOT)
+
+    proc = subprocess.Popen(stage_command(tmp_path, "killed"), env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (tmp_path / "killed" / "final").exists():
+        pytest.skip("the run finished before it could be killed")
+    killed_at = latest.read_text()
+    assert killed_at.startswith("step-")
+
+    subprocess.run(stage_command(tmp_path, "killed", "--resume"), check=True, env=env, capture_output=True, cwd=ROOT)
+    full = last_per_step(read_metrics(tmp_path / "full" / "metrics.jsonl"))
+    resumed = last_per_step(read_metrics(tmp_path / "killed" / "metrics.jsonl"))
+    assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(1, 7))
+    for a, b in zip(full, resumed):
+        for key in COMPARED:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key, killed_at)
+    weights = [load_file(str(tmp_path / run / "checkpoints" / "step-000006" / "trainable.safetensors"))
+               for run in ("full", "killed")]
+    for name, tensor in weights[0].items():
+        assert (weights[1][name] - tensor).abs().max().item() < 1e-6, name
