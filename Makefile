@@ -26,6 +26,7 @@ models: install
 
 demo: models
 	$(BIN)/rlhf chat "What is the capital of France?"
+	$(BIN)/rlhf pipeline --preset demo
 
 test: install
 	$(BIN)/python -m pytest $(TEST_ARGS)

@@ -28,7 +28,8 @@ class Workload:
 
     policy_path: str  # SmolLM2-135M-Instruct folder (fp32 safetensors)
     reward_path: str  # SmolLM2-135M sequence classifier (num_labels=1) both sides load
-    prompts: list[str]  # chat-rendered prompt texts, generation prompt included
+    prompts: list[str]  # HH transcripts ("\n\nHuman: ... \n\nAssistant:"), what our trainer takes
+    chat_prompts: list[str]  # the same prompts rendered with the chat template, what TRL tokenises
     batch_size: int = 8  # rollouts per PPO step
     mini_batch_size: int = 4  # samples per optimizer step
     ppo_epochs: int = 1
@@ -39,8 +40,8 @@ class Workload:
     learning_rate: float = 1e-5
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    our_overrides: dict[str, str] = field(default_factory=dict)  # extra --key value for our config (variants)
 
     @property
     def num_steps(self) -> int:
@@ -61,25 +62,57 @@ class Workload:
 class StepRecord:
     seconds: float  # wall time of one whole PPO step (rollout + scoring + update)
     generated_tokens: int  # response tokens kept, up to and including the first EOS
+    cpu_seconds: float | None = None  # CPU time of the side's process during the step
+    foreign_cpu_seconds: float | None = None  # CPU time of all other processes during the step
+    generation_seconds: float | None = None  # the sampling (model.generate) part of the step
     train_seconds: float | None = None  # the optimisation phase alone, when the side can time it
     train_tokens: int | None = None  # non-pad tokens that went through forward+backward in that phase
+    train_flops: float | None = None  # model FLOPs of that phase's forward+backward passes (lora_train_flops)
+    train_forward_flops: float | None = None  # their forward part alone (forward_flops)
+
+
+QUIET_FOREIGN_CORES = 0.25  # a step is "quiet" when other processes used at most this many cores on average
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds every process on this machine has run since boot (/proc/stat: all but idle and iowait;
+    steal counts as busy: the hypervisor gave that time to someone else)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Lap:
+    seconds: float  # wall clock
+    cpu_seconds: float  # CPU time of this process, all its threads
+    foreign_cpu_seconds: float  # CPU time of everything else on the machine meanwhile (contention)
 
 
 class StepClock:
-    """Wall-clock seconds between consecutive calls of :meth:`lap` (the first lap starts at :meth:`start`)."""
+    """Wall and CPU time between consecutive :meth:`lap` calls (the first lap starts at :meth:`start`).
+
+    The machine is shared: the CPU other processes burn during a step is measured from /proc/stat, so a
+    step slowed by someone else's job can be told from one that is slow by itself.
+    """
 
     def __init__(self) -> None:
-        self._last: float | None = None
+        self._last: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _now() -> tuple[float, float, float]:
+        return time.perf_counter(), time.process_time(), machine_busy_seconds()
 
     def start(self) -> None:
-        self._last = time.perf_counter()
+        self._last = self._now()
 
-    def lap(self) -> float:
+    def lap(self) -> Lap:
         if self._last is None:
             raise RuntimeError("StepClock.lap() before start()")
-        now = time.perf_counter()
-        elapsed, self._last = now - self._last, now
-        return elapsed
+        now = self._now()
+        wall, cpu, busy = (b - a for a, b in zip(self._last, now))
+        self._last = now
+        return Lap(seconds=wall, cpu_seconds=cpu, foreign_cpu_seconds=max(busy - cpu, 0.0))
 
 
 def steady_median(values: list[float], warmup: int = 1) -> float:
@@ -101,6 +134,9 @@ def tokens_up_to_eos(response_ids: list[list[int]], eos_id: int) -> int:
 def summarize_steps(steps: list[StepRecord], warmup: int = 1) -> dict:
     """Medians over steps, the first ``warmup`` steps excluded; tokens/s is per step, then the median."""
     seconds = [s.seconds for s in steps]
+    kept = steps[warmup:] if len(steps) > warmup else steps
+    quiet = [s.seconds for s in kept
+             if s.foreign_cpu_seconds is not None and s.foreign_cpu_seconds <= QUIET_FOREIGN_CORES * s.seconds]
     summary = {
         "steps": len(steps),
         "warmup_steps_excluded": warmup,
@@ -108,12 +144,25 @@ def summarize_steps(steps: list[StepRecord], warmup: int = 1) -> dict:
         "sec_per_step_median": steady_median(seconds, warmup),
         "tokens_per_s_median": steady_median([s.generated_tokens / s.seconds for s in steps], warmup),
         "generated_tokens_per_step": [s.generated_tokens for s in steps],
+        # contention: other processes' average cores per step; medians over the quiet steps only
+        "foreign_cores_per_step": [None if s.foreign_cpu_seconds is None else s.foreign_cpu_seconds / s.seconds
+                                   for s in steps],
+        "quiet_steps": len(quiet),
+        "sec_per_step_quiet_median": statistics.median(quiet) if quiet else None,
     }
+    if all(s.cpu_seconds is not None for s in steps):
+        summary["cpu_sec_per_step_median"] = steady_median([s.cpu_seconds for s in steps], warmup)
+    generating = [s.generation_seconds for s in steps if s.generation_seconds]
+    if generating:
+        summary["generation_seconds_median"] = steady_median(generating, warmup)
     train = [s for s in steps if s.train_seconds]
     if train:
         summary["train_seconds_median"] = steady_median([s.train_seconds for s in train], warmup)
         summary["train_tokens_median"] = steady_median([float(s.train_tokens or 0) for s in train], warmup)
         summary["train_tokens_per_s_median"] = steady_median([s.train_tokens / s.train_seconds for s in train], warmup)
+        summary["train_flops_per_s_median"] = steady_median([s.train_flops / s.train_seconds for s in train], warmup)
+        summary["train_full_6nt_flops_per_s_median"] = steady_median(
+            [full_train_flops(s.train_forward_flops) / s.train_seconds for s in train], warmup)
     return summary
 
 
@@ -143,6 +192,17 @@ def current_rss_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+class MemoryTrace:
+    """This process's RSS and peak RSS at named points (after loading, after each step): where the peak is."""
+
+    def __init__(self) -> None:
+        self.points: list[dict] = []
+
+    def mark(self, label: str) -> None:
+        self.points.append({"at": label, "rss_bytes": current_rss_bytes(os.getpid()),
+                            "peak_rss_bytes": own_peak_rss_bytes()})
 
 
 def load_average() -> list[float]:
@@ -202,6 +262,19 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float = 3600.0, 
                     load_before=load_before, load_after=load_average())
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Native bf16 dot products (AVX512-BF16 or AMX). Without them CPU bf16 matmuls take slow paths.
+
+    The same rule as ``rlhf.ppo.policy.cpu_has_bf16_matmul`` (our precision "auto"), repeated here because
+    the TRL side runs in a virtualenv without our package.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 # ---------------------------------------------------------------- FLOPs
 
 
@@ -210,36 +283,51 @@ def matmul_flops(n: int) -> float:
     return 2.0 * n**3
 
 
-def lora_train_flops(params: int, lora_params: int, tokens: int) -> float:
-    """Forward + backward FLOPs of one pass over ``tokens`` with LoRA on a frozen base.
+def forward_flops(body_params: int, tokens: int, head_params: int = 0, head_tokens: int = 0) -> float:
+    """2 FLOPs per weight per token: the decoder's matmuls on every token, the LM head on ``head_tokens`` only.
 
-    forward 2*N*T; backward still propagates activation gradients through every frozen matmul (2*N*T)
-    but computes weight gradients only for the adapters (2*N_lora*T). Full fine-tuning would be 6*N*T.
-    Attention's sequence-squared terms are left out (small at these lengths), as in the usual 6*N*T rule.
+    ``body_params`` excludes the embedding table (a lookup, not a matmul); a tied LM head is counted in
+    ``head_params`` for the positions that actually go through it. Attention's sequence-squared terms are
+    left out (small at these lengths), as in the usual 6*N*T rule.
     """
-    return 4.0 * params * tokens + 2.0 * lora_params * tokens
+    return 2.0 * (body_params * tokens + head_params * head_tokens)
 
 
-def full_train_flops(params: int, tokens: int) -> float:
-    return 6.0 * params * tokens
+def lora_train_flops(forward: float, lora_params: int, tokens: int) -> float:
+    """Forward + backward of a LoRA model on a frozen base: forward F; backward still sends activation
+    gradients through every frozen matmul (another F) but computes weight gradients only for the adapters
+    (2 * N_lora * T). Full fine-tuning would be 3 * F (6 * N * T)."""
+    return 2.0 * forward + 2.0 * lora_params * tokens
 
 
-def measure_bf16_matmul_peak(n: int = 2048, repeats: int = 7, inner: int = 5, threads: int = 2) -> dict:
-    """Achievable bf16 matmul FLOP/s on this machine's CPU threads: median over ``repeats`` timed loops."""
+def full_train_flops(forward: float) -> float:
+    return 3.0 * forward
+
+
+def measure_matmul_peak(dtype: str = "bfloat16", n: int = 2048, repeats: int = 5, min_seconds: float = 1.0,
+                        threads: int = 2) -> dict:
+    """Achieved matmul FLOP/s of n x n by n x n products: median over ``repeats`` timed loops.
+
+    The product is ``F.linear(a, b)`` (a @ b.T), the kernel every ``nn.Linear`` of the models runs. On a
+    CPU without native bf16 dot products, bf16 ``torch.matmul`` of square operands takes a far slower
+    path still (~0.15 GFLOP/s at 2048 on the AVX2 machine of 2026-11-28), so it would not be a peak.
+    Each loop runs whole products until ``min_seconds`` have passed (at least one).
+    """
     import torch
+    from torch.nn.functional import linear
 
     torch.set_num_threads(threads)
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
-    for _ in range(2):  # warm-up: thread pool, packed-weight buffers
-        a @ b
+    a = torch.randn(n, n, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, dtype=getattr(torch, dtype))
+    linear(a, b)  # warm-up: thread pool, packed buffers
     rates = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            a @ b
-        rates.append(inner * matmul_flops(n) / (time.perf_counter() - start))
-    return {"n": n, "threads": threads, "repeats": repeats, "inner": inner,
+        count, start = 0, time.perf_counter()
+        while count == 0 or time.perf_counter() - start < min_seconds:
+            linear(a, b)
+            count += 1
+        rates.append(count * matmul_flops(n) / (time.perf_counter() - start))
+    return {"dtype": dtype, "op": "F.linear", "n": n, "threads": threads, "repeats": repeats,
             "flops_per_s_median": statistics.median(rates), "flops_per_s_all": rates}
 
 
@@ -258,6 +346,10 @@ def read_side_result(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-if __name__ == "__main__":  # `python benchmarks/common.py peak 2048` prints the bf16 matmul peak as JSON
+if __name__ == "__main__":  # `python benchmarks/common.py peak bfloat16 2048 5` prints the matmul peak as JSON
     if sys.argv[1:2] == ["peak"]:
-        print(json.dumps(measure_bf16_matmul_peak(n=int(sys.argv[2]) if len(sys.argv) > 2 else 2048)))
+        given = sys.argv[2:]
+        dtype = given[0] if len(given) > 0 else "bfloat16"
+        n = int(given[1]) if len(given) > 1 else 2048
+        repeats = int(given[2]) if len(given) > 2 else 5
+        print(json.dumps(measure_matmul_peak(dtype, n, repeats)))

@@ -160,7 +160,10 @@ class WinRate:
 
 def win_rate(scores: Sequence[float], baseline_scores: Sequence[float], tie_margin: float = 0.0,
              confidence: float = 0.95) -> WinRate:
-    """How often ``scores[i]`` beats ``baseline_scores[i]`` (paired: same prompt); |difference| <= tie_margin is a tie."""
+    """How often ``scores[i]`` beats ``baseline_scores[i]`` (paired: the same prompt).
+
+    A difference of at most ``tie_margin`` is a tie; ties count half.
+    """
     if len(scores) != len(baseline_scores):
         raise ValueError(f"win_rate: {len(scores)} scores but {len(baseline_scores)} baseline scores (must be paired)")
     wins = ties = losses = 0

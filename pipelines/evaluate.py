@@ -1,0 +1,69 @@
+"""Stage 4: evaluate policies on held-out prompts and write the report.
+
+    python pipelines/evaluate.py --config pipelines/configs/eval.yaml --reward_model runs/reward-.../final
+    rlhf eval --config my_eval.yaml --data.prompts_per_source 32
+
+Policies are listed in the config (``policies: [{name, path, base, reference}]``) and the ways to run them
+in ``variants: [{policies, shots, decoding, sources}]``; the report (report.md, PNGs, results.json,
+samples.jsonl) goes to the run folder.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rlhf.config import stage_cli
+from rlhf.evaluate import EvalConfig
+
+DEFAULTS = Path(__file__).resolve().parent / "configs" / "eval.yaml"
+STAGE = "eval"
+
+
+def main(cfg: EvalConfig) -> Path:
+    from rlhf.evaluate import build_results, load_scorer, run_evaluation, variants_of
+    from rlhf.report import headline, write_report
+    from rlhf.tracking import MetricsLogger, make_run_dir
+
+    # 1. run folder and logger (one progress step per variant = policy x shots x decoding)
+    run_dir = make_run_dir(cfg.run, STAGE)
+    variants = variants_of(cfg)
+    logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=len(variants))
+
+    # 2. the judge: trained HHH reward model (+ Detoxify when configured)
+    scorer = load_scorer(cfg)
+
+    # 3. every variant answers the same held-out prompts with the same seeds, then is scored
+    started: list[str] = []
+
+    def progress(variant_key: str) -> None:  # advances the progress bar as each variant starts
+        started.append(variant_key)
+        logger.log({"eval/variants_started": len(started)}, step=len(started))
+
+    records, policies = run_evaluation(cfg, scorer, progress=progress)
+
+    # 4. numbers: per variant and source; the headline candidate-vs-baseline comparison
+    results = build_results(cfg, records, policies)
+    results["headline"] = headline(results)
+    with open(run_dir / "samples.jsonl", "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    # 5. report.md + PNGs, and the same tables to W&B
+    report, tables = write_report(run_dir, results, records, cfg.training_runs, cfg.examples_in_report)
+    for table in tables:
+        logger.log_table(table.name, table.columns, table.rows, step=len(variants))
+    logger.summary({k: v for k, v in results["headline"].items() if isinstance(v, (int, float))})
+    logger.finish()
+    for line in results["headline"]["verdict"]:
+        print(f"[eval] {line}", file=sys.stderr)
+    print(f"[eval] report: {report}", file=sys.stderr)
+    return run_dir
+
+
+def cli(argv=None) -> int:
+    return stage_cli(EvalConfig, DEFAULTS, main, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

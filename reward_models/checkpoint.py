@@ -1,0 +1,75 @@
+"""Training checkpoints of the reward stage, written atomically and read back with ``weights_only=True``.
+
+``<run>/checkpoints/step-000120/``: model.pt (state dict), optimizer.pt, scheduler.pt, rng.pt,
+best.pt (the trainable weights of the best epoch so far, if any) and trainer_state.json (step,
+epoch, best dev accuracy ...). A folder is built under a temporary name and renamed into place, so
+a run killed while writing never leaves a checkpoint that looks complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PREFIX = "step-"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"{PREFIX}{step:06d}"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    root = run_dir / "checkpoints"
+    done = sorted(p for p in root.glob(f"{PREFIX}*") if (p / "trainer_state.json").is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
+                    trainer_state: dict[str, Any], best_weights: dict[str, torch.Tensor] | None, keep: int = 1) -> Path:
+    """Write checkpoint ``step`` and keep only the ``keep`` most recent ones."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "model.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    if best_weights is not None:
+        torch.save(best_weights, tmp / "best.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    done = sorted(p for p in final.parent.glob(f"{PREFIX}*") if p.is_dir())
+    for old in done[:-max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Restore model, optimizer, scheduler and RNG in place; returns (trainer_state, best weights or None)."""
+    load = lambda name: torch.load(folder / name, map_location="cpu", weights_only=True)  # noqa: E731
+    model.load_state_dict(load("model.pt"))
+    optimizer.load_state_dict(load("optimizer.pt"))
+    scheduler.load_state_dict(load("scheduler.pt"))
+    set_rng_state(load("rng.pt"))
+    best = load("best.pt") if (folder / "best.pt").is_file() else None
+    return json.loads((folder / "trainer_state.json").read_text()), best

@@ -1,0 +1,107 @@
+"""Preference pairs for the reward model: where they come from, and the order they are seen in.
+
+* Shipped sources (``rlhf.sources``): harmless <- HH-RLHF harmless, honest <- TruthfulQA,
+  helpful <- DialogSum; splits by prompt hash: ``train`` to learn, ``dev`` to select the model and
+  measure normalisation statistics, ``test`` for the final held-out accuracy only.
+* Annotated files (``data.extra_files``) in the preference-record schema, read with
+  :func:`rlhf.records.load_preferences` (any bad row is an error naming file, line and field), split
+  by prompt hash like the shipped data, or used whole for training (``extra_files_split: train``).
+* Ties: the record schema cannot hold one (chosen == rejected is rejected when a file is read); a
+  pair that appears both ways round for the same dimension is a tie in disguise, and both copies are
+  dropped (:func:`drop_contradictions`).
+* Balance: every epoch draws the same number of pairs from each dimension (smaller sets are cycled),
+  so the largest source does not drown the others (:func:`balanced_batches`).
+"""
+from __future__ import annotations
+
+import random
+from typing import Literal, Sequence
+
+import torch
+
+from reward_models.types import HEADS
+from rlhf import sources
+from rlhf.records import PreferenceRecord, load_preferences
+
+Split = Literal["train", "dev", "test"]
+
+
+def load_pairs(shipped: Sequence[str], extra_files: Sequence[str], split: Split,
+               extra_files_split: Literal["hash", "train"] = "hash") -> list[PreferenceRecord]:
+    """Pairs of one split from shipped source names and annotated preference files."""
+    unknown = [s for s in shipped if s not in sources.PREFERENCE_SOURCES]
+    if unknown:
+        raise ValueError(f"unknown data source {unknown[0]!r} (shipped: {', '.join(sources.PREFERENCE_SOURCES)}; "
+                         f"put your own files in data.extra_files)")
+    records: list[PreferenceRecord] = []
+    for name in shipped:
+        records.extend(sources.PREFERENCE_SOURCES[name](split))
+    for path in extra_files:
+        loaded = load_preferences(path)
+        if extra_files_split == "train":
+            records.extend(loaded if split == "train" else [])
+        else:
+            records.extend(sources.take_split(loaded, split))
+    return records
+
+
+def drop_contradictions(records: Sequence[PreferenceRecord]) -> tuple[list[PreferenceRecord], int]:
+    """Drop pairs that also appear reversed for a shared dimension (a tie); returns (kept, n dropped)."""
+    seen = {(r.prompt, r.chosen, r.rejected, d) for r in records for d in r.dimension}
+    kept = [r for r in records if not any((r.prompt, r.rejected, r.chosen, d) in seen for d in r.dimension)]
+    return kept, len(records) - len(kept)
+
+
+def head_mask(records: Sequence[PreferenceRecord]) -> torch.Tensor:
+    """(pairs, heads) bool: which heads each pair is labelled for."""
+    return torch.tensor([[head in r.dimension for head in HEADS] for r in records], dtype=torch.bool)
+
+
+def margins(records: Sequence[PreferenceRecord]) -> torch.Tensor:
+    """(pairs,) the annotated margin of each pair, 0 where none was given."""
+    return torch.tensor([r.margin or 0.0 for r in records], dtype=torch.float32)
+
+
+def pools_by_head(records: Sequence[PreferenceRecord]) -> dict[str, list[int]]:
+    """Indices of the pairs labelled for each head (a pair labelled twice is in two pools)."""
+    return {head: [i for i, r in enumerate(records) if head in r.dimension] for head in HEADS}
+
+
+def balanced_batches(pools: dict[str, list[int]], per_head: int, batch_size: int, seed: int, epoch: int,
+                     lengths: Sequence[int] | None = None, bucket: int = 8) -> list[list[int]]:
+    """One epoch of batches: ``per_head`` pairs from every non-empty pool, in single-head batches.
+
+    A pool smaller than ``per_head`` is cycled through fresh shuffles, so every pair is seen before
+    any is repeated. Batches hold one head's pairs (similar lengths: little padding, and every step
+    has a clean signal for that head) and the heads' batches are interleaved in a random order.
+    With ``lengths`` (tokens per pair), each run of ``bucket`` batches is sorted by length first, so
+    a batch pads to a length close to its pairs' own.
+    The order depends only on (seed, epoch), which is what makes ``--resume`` exact.
+    """
+    rng = random.Random(f"{seed}-{epoch}")
+    batches: list[list[int]] = []
+    for head in HEADS:
+        pool = pools.get(head, [])
+        if not pool:
+            continue
+        drawn: list[int] = []
+        while len(drawn) < per_head:
+            drawn.extend(rng.sample(pool, len(pool)))
+        drawn = drawn[:per_head]
+        if lengths is not None:
+            window = batch_size * bucket
+            drawn = [i for s in range(0, len(drawn), window) for i in sorted(drawn[s:s + window], key=lengths.__getitem__)]
+        batches.extend(drawn[i:i + batch_size] for i in range(0, len(drawn), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def subsample(records: Sequence[PreferenceRecord], per_head: int, seed: int = 0) -> list[PreferenceRecord]:
+    """At most ``per_head`` pairs per head (0 = all), the same ones on every run."""
+    if per_head <= 0:
+        return list(records)
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for indices in pools_by_head(records).values():
+        keep.update(rng.sample(indices, min(per_head, len(indices))))
+    return [r for i, r in enumerate(records) if i in keep]

@@ -1,0 +1,215 @@
+"""The reward model: any Hugging Face backbone with three scalar heads (helpful, honest, harmless).
+
+It IS an ``AutoModelForSequenceClassification`` with ``num_labels=3`` and ``id2label`` naming the
+heads, saved as a normal HF folder, plus ``reward_config.json`` (:class:`ScoringConfig`: head
+weights, normalisation statistics, toxicity settings, input format, lengths).
+
+* Encoders (BERT, MiniLM): the model's own pooled output ([CLS] -> pooler -> classifier).
+* Causal LMs (SmolLM2, Llama ...): the score is read at the last real token, found from the
+  attention mask. HF's own ``*ForSequenceClassification`` looks for the last token that is not
+  ``pad_token_id``, which is wrong when pad == EOS (SmolLM2) and the text ends with EOS; so
+  :class:`RewardModel` runs the backbone and the ``score`` layer itself. (The ``chat`` input format
+  ends with the template's newline after EOS, so HF's forward agrees on these inputs anyway.)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+from reward_models.config import LoraSettings, Precision, ToxicitySettings
+from reward_models.encoding import Encoded, InputFormat, PairEncoder, collate
+from reward_models.types import HEADS
+from rlhf.config import from_dict
+
+REWARD_CONFIG = "reward_config.json"
+Pooling = Literal["model", "last_token"]
+
+
+@dataclass
+class ScoringConfig:
+    """``reward_config.json``: what scoring needs besides the weights, written next to the model."""
+
+    heads: list[str] = field(default_factory=lambda: list(HEADS))
+    weights: dict[str, float] = field(default_factory=lambda: {h: 1.0 for h in HEADS})
+    mean: dict[str, float] = field(default_factory=lambda: {h: 0.0 for h in HEADS})  # per-head, on `normalised_on`
+    std: dict[str, float] = field(default_factory=lambda: {h: 1.0 for h in HEADS})
+    normalised_on: str = "none"  # what mean/std were measured on, e.g. "dev responses (926)"
+    input_format: InputFormat = "pair"
+    pooling: Pooling = "model"
+    max_length: int = 384
+    min_prompt_tokens: int = 64
+    truncation_side: Literal["left"] = "left"  # the prompt loses its start; the response is kept
+    toxicity: ToxicitySettings = field(default_factory=ToxicitySettings)
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, REWARD_CONFIG).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ScoringConfig":
+        path = Path(folder, REWARD_CONFIG)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {folder} is not a reward model saved by this project")
+        return from_dict(cls, json.loads(path.read_text(encoding="utf-8")))
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch,) index of the last real token of each row, for left or right padding alike."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)  # (width,)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def is_causal_lm(model_type: str) -> bool:
+    """Decoder-only architectures (llama, gpt2 ...) as opposed to encoders that also have an LM head (bert)."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+class RewardModel(nn.Module):
+    """A sequence-classification model whose forward returns (batch, heads) scores.
+
+    Pooling lives in ``forward`` (not in a helper that calls sub-modules) so DDP wrapping works.
+    """
+
+    def __init__(self, model: nn.Module, pooling: Pooling):
+        super().__init__()
+        self.model = model  # an HF *ForSequenceClassification, or a peft model around one
+        self.pooling = pooling
+
+    @property
+    def hf_model(self):
+        """The transformers model (inside peft's wrapper when LoRA is on; its layers carry the adapters)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pooling == "model":
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # (batch, heads)
+        hf = self.hf_model
+        backbone = getattr(hf, hf.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (batch, width, dim)
+        last = last_token_index(attention_mask)  # (batch,)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (batch, dim)
+        return hf.score(pooled)  # (batch, heads)
+
+
+def head_config_kwargs() -> dict:
+    return dict(num_labels=len(HEADS), id2label=dict(enumerate(HEADS)), label2id={h: i for i, h in enumerate(HEADS)},
+                problem_type="regression")
+
+
+def new_reward_model(backbone: str, lora: LoraSettings | None = None, max_length: int = 384,
+                     min_prompt_tokens: int = 64) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
+    """A fresh reward model on ``backbone`` with untrained heads, its encoder, and its scoring config."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from rlhf.zoo import load_model, load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(backbone)
+    causal = is_causal_lm(AutoConfig.from_pretrained(resolve_model(backbone)).model_type)
+    extra = {}
+    if causal:
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        extra["pad_token_id"] = tokenizer.pad_token_id
+    model = load_model(backbone, AutoModelForSequenceClassification, **head_config_kwargs(), **extra)
+    if lora is not None and lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=lora.r, lora_alpha=lora.alpha,
+                                                 lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules) or None))
+    input_format: InputFormat = "chat" if causal and getattr(tokenizer, "chat_template", None) else "pair"
+    if causal and input_format == "pair":
+        raise ValueError(f"{backbone}: a causal LM needs a chat template to lay out (prompt, response)")
+    scoring = ScoringConfig(input_format=input_format, pooling="last_token" if causal else "model",
+                            max_length=max_length, min_prompt_tokens=min_prompt_tokens)
+    encoder = PairEncoder.for_tokenizer(tokenizer, input_format, max_length, min_prompt_tokens)
+    scoring.max_length = encoder.max_length  # never more than the backbone's positions
+    return RewardModel(model, scoring.pooling), encoder, scoring
+
+
+def load_reward_model(path: str | Path) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
+    """A saved reward model folder -> (model in eval mode, encoder, scoring config)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    scoring = ScoringConfig.load(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if names != scoring.heads:
+        raise ValueError(f"{path}: model heads {names} do not match reward_config.json heads {scoring.heads}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = PairEncoder.for_tokenizer(tokenizer, scoring.input_format, scoring.max_length, scoring.min_prompt_tokens)
+    return RewardModel(model, scoring.pooling).eval(), encoder, scoring
+
+
+def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: ScoringConfig, out_dir: str | Path) -> Path:
+    """Write a plain HF folder (LoRA merged in) + tokenizer + reward_config.json, atomically."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    hf = model.model
+    if hasattr(hf, "merge_and_unload"):  # LoRA: fold the adapters into the weights of a copy
+        import copy
+
+        hf = copy.deepcopy(hf).merge_and_unload()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        hf.save_pretrained(tmp)
+        encoder.tokenizer.save_pretrained(tmp)
+        scoring.save(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def use_bf16(precision: Precision, device: torch.device) -> bool:
+    """bf16 autocast only where it is fast: CUDA with bf16, or CPUs with AVX512-BF16/AMX.
+
+    On CPUs without them (AVX2 only), bf16 matmuls are emulated and ~20x SLOWER than fp32.
+    """
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def score_sequences(model: nn.Module, sequences: Sequence[Encoded], pad_token_id: int, batch_size: int = 64,
+                    bf16: bool = False) -> torch.Tensor:
+    """(n, heads) float32 scores of encoded sequences; batched by length so padding stays small."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].input_ids))
+    scores = torch.empty((len(sequences), len(HEADS)), dtype=torch.float32)  # (n, heads)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([sequences[i] for i in chunk], pad_token_id).items()}
+        with autocast(device, bf16):
+            scores[chunk] = model(**batch).float().cpu()
+    model.train(was_training)
+    return scores

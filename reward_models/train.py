@@ -1,0 +1,331 @@
+"""Training the HHH reward model: masked pairwise Bradley–Terry loss over three heads.
+
+:func:`train_reward_model` is the whole stage (``pipelines/reward.py`` calls it): a plain accelerate
+loop, so the same code runs in one process, under ``accelerate launch`` and under ``torchrun``.
+Each optimizer step sees ``grad_accum_steps`` single-head batches per process (see
+:func:`reward_models.data.balanced_batches`); every epoch ends with dev accuracy per head and a
+checkpoint; the final model (best dev epoch) goes to ``<run>/final`` with its normalisation statistics,
+and its accuracy on the held-out test split goes to ``summary.json``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from reward_models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from reward_models.config import RewardStageConfig, ToxicitySettings
+from reward_models.data import (balanced_batches, drop_contradictions, head_mask, load_pairs, margins,
+                                pools_by_head, subsample)
+from reward_models.encoding import Encoded, collate
+from reward_models.evaluation import normalisation_stats, pair_accuracy
+from reward_models.losses import pairwise_correct, pairwise_loss
+from reward_models.model import RewardModel, autocast, new_reward_model, save_reward_model, use_bf16
+from reward_models.types import HEADS
+from rlhf.config import RunConfig
+from rlhf.records import PreferenceRecord
+from rlhf.tracking import MetricsLogger, make_run_dir
+
+STAGE = "reward"
+
+
+@dataclass
+class EncodedPairs:
+    """The training set, tokenised once: sequence i of ``chosen``/``rejected`` is pair i."""
+
+    chosen: list[Encoded]
+    rejected: list[Encoded]
+    mask: torch.Tensor  # (pairs, heads) bool: heads each pair is labelled for
+    margin: torch.Tensor  # (pairs,) annotated margins, 0 where none
+
+    def lengths(self) -> list[int]:
+        return [len(c.input_ids) + len(r.input_ids) for c, r in zip(self.chosen, self.rejected)]
+
+
+@dataclass
+class Window:
+    """Training metrics summed between two log lines."""
+
+    loss: float = 0.0
+    batches: int = 0
+    head_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(len(HEADS)))  # (heads,) sum of batch means
+    head_batches: torch.Tensor = field(default_factory=lambda: torch.zeros(len(HEADS)))
+    correct: torch.Tensor = field(default_factory=lambda: torch.zeros(len(HEADS)))
+    counted: torch.Tensor = field(default_factory=lambda: torch.zeros(len(HEADS)))
+    pairs: int = 0
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        out = {"loss/pairwise": self.loss / max(self.batches, 1)}
+        for i, head in enumerate(HEADS):
+            if self.head_batches[i] > 0:
+                out[f"loss/{head}"] = (self.head_loss[i] / self.head_batches[i]).item()
+                out[f"train/accuracy_{head}"] = (self.correct[i] / self.counted[i]).item()
+        out["train/pairs_per_s"] = self.pairs / max(self.seconds, 1e-9)
+        return out
+
+
+def resolve_run_dir(run: RunConfig, resume: bool) -> Path:
+    """The run folder; ``--resume`` without a run name picks the newest reward run that has a checkpoint."""
+    if resume and not run.run_name:
+        candidates = [p for p in Path(run.output_dir).glob(f"{STAGE}-*") if latest_checkpoint(p)]
+        if not candidates:
+            raise FileNotFoundError(f"--resume: no {STAGE} run with a checkpoint under {run.output_dir}/ "
+                                    "(name the run with --run.run_name)")
+        return max(candidates, key=lambda p: p.stat().st_mtime)
+    return make_run_dir(run, STAGE)
+
+
+def load_split(cfg: RewardStageConfig, split: str, cap: int) -> list[PreferenceRecord]:
+    pairs = load_pairs(cfg.data.sources, cfg.data.extra_files, split, cfg.data.extra_files_split)
+    return subsample(pairs, cap, seed=cfg.run.seed)
+
+
+def encode_pairs(encoder, pairs: Sequence[PreferenceRecord]) -> EncodedPairs:
+    prompts = [p.prompt for p in pairs]
+    return EncodedPairs(encoder.encode(prompts, [p.chosen for p in pairs]),
+                        encoder.encode(prompts, [p.rejected for p in pairs]),
+                        head_mask(pairs), margins(pairs))
+
+
+def optimizer_groups(model: RewardModel, cfg: RewardStageConfig) -> list[dict]:
+    """The new score head (``classifier`` / ``score``) may learn faster than the pretrained backbone."""
+    head, body = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (head if any(part in ("classifier", "score") for part in name.split(".")) else body).append(param)
+    head_lr = cfg.train.head_lr or cfg.train.lr
+    return [g for g in ({"params": body, "lr": cfg.train.lr}, {"params": head, "lr": head_lr}) if g["params"]]
+
+
+def trainable_weights(model: RewardModel) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights training changes (the best epoch's are kept this way)."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def train_step(model, batch_ids: Sequence[Sequence[int]], data: EncodedPairs, pad_token_id: int, accelerator,
+               bf16: bool, use_margin: bool, window: Window) -> None:
+    """Forward and backward of this process's micro-batches for one optimizer step (no optimizer call)."""
+    for k, ids in enumerate(batch_ids):
+        sequences = [data.chosen[i] for i in ids] + [data.rejected[i] for i in ids]
+        batch = {k_: v.to(accelerator.device) for k_, v in collate(sequences, pad_token_id).items()}
+        last = k == len(batch_ids) - 1
+        with (accelerator.no_sync(model) if not last else _null()), autocast(accelerator.device, bf16):
+            scores = model(**batch).float()  # (2 * batch, heads): chosen rows first, then rejected
+            chosen, rejected = scores[:len(ids)], scores[len(ids):]
+            mask = data.mask[ids].to(scores.device)  # (batch, heads)
+            margin = data.margin[ids].to(scores.device) if use_margin else None
+            loss, per_head, counts = pairwise_loss(chosen, rejected, mask, margin)
+            accelerator.backward(loss / len(batch_ids))
+        correct, counted = pairwise_correct(chosen.detach().cpu(), rejected.detach().cpu(), mask.cpu())
+        window.loss += loss.item()
+        window.batches += 1
+        present = counts.cpu() > 0
+        window.head_loss += torch.where(present, per_head.cpu(), torch.zeros_like(per_head.cpu()))
+        window.head_batches += present.float()
+        window.correct += correct
+        window.counted += counted.float()
+        window.pairs += len(ids)
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_steps: int | None = None) -> Path:
+    """Train the reward model described by ``cfg``; returns the run folder (model in ``<run>/final``).
+
+    ``stop_after_steps`` ends the run right after writing a checkpoint at that step, as if it had been
+    killed there (tests of ``--resume``).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    # 1. run folder, processes, seed
+    started = time.perf_counter()
+    accelerator = Accelerator()
+    run_dir = resolve_run_dir(cfg.run, resume)
+    set_seed(cfg.run.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    bf16 = use_bf16(cfg.train.precision, accelerator.device)
+
+    # 2. preference pairs: train (ties dropped, capped per head), dev for selection, test held out
+    train_pairs, n_ties = drop_contradictions(load_split(cfg, "train", cfg.data.max_train_pairs_per_head))
+    if not train_pairs:
+        raise ValueError("no training pairs: data.sources and data.extra_files gave none for the train split")
+    dev_pairs = load_split(cfg, "dev", cfg.eval.max_pairs_per_head)
+
+    # 3. model with three heads, and the training set tokenised once (prompts cut from the left)
+    model, encoder, scoring = new_reward_model(cfg.model.backbone, cfg.model.lora, cfg.model.max_length,
+                                               cfg.model.min_prompt_tokens)
+    scoring.weights = _check_weights(cfg.composite.weights)
+    scoring.toxicity = _absolute_paths(cfg.toxicity)
+    data = encode_pairs(encoder, train_pairs)
+    pools, lengths = pools_by_head(train_pairs), data.lengths()
+    per_head = cfg.data.pairs_per_head or max(len(p) for p in pools.values())
+    batches_of = functools.lru_cache(maxsize=1)(  # one epoch's batch order, a function of (seed, epoch) only
+        lambda epoch: balanced_batches(pools, per_head, cfg.train.batch_size, cfg.run.seed, epoch, lengths))
+    batches_per_step = world * cfg.train.grad_accum_steps
+    steps_per_epoch = len(batches_of(0)) // batches_per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(batches_of(0))} batches per epoch are fewer than processes x grad_accum_steps "
+                         f"({batches_per_step}): lower train.batch_size or grad_accum_steps")
+    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    # 4. optimizer and schedule (warmup, then linear decay to 0), then restore a checkpoint if resuming
+    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg), weight_decay=cfg.train.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped: RewardModel = accelerator.unwrap_model(model)
+    step, best, best_weights, history = 0, {"accuracy": -1.0, "epoch": -1}, None, []
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        state, best_weights = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler)
+        step, best, history = state["step"], state["best"], state["history"]
+        _say(accelerator, f"resumed from {checkpoint} at step {step}")
+    elif resume:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}/checkpoints")
+
+    logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=total_steps,
+                           enabled=accelerator.is_main_process)
+    _say(accelerator, f"{len(train_pairs)} train pairs ({', '.join(f'{h}={len(p)}' for h, p in pools.items())}), "
+                      f"{n_ties} dropped as ties, {len(dev_pairs)} dev pairs; {per_head} pairs per head per epoch; "
+                      f"{steps_per_epoch} steps/epoch x {epochs} epochs = {total_steps} steps; bf16={bf16}")
+
+    def save(trainer_state_epoch: int) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler,
+                            {"epoch": trainer_state_epoch, "best": best, "history": history}, best_weights,
+                            cfg.train.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    # 5. training: balanced single-head batches, masked pairwise loss, clipped AdamW steps
+    model.train()
+    window, train_seconds, pairs_seen = Window(), 0.0, 0
+    while step < total_steps:
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        batches = batches_of(epoch)
+        start = time.perf_counter()
+        group = batches[step_in_epoch * batches_per_step:(step_in_epoch + 1) * batches_per_step]
+        train_step(model, group[rank::world], data, encoder.pad_token_id, accelerator, bf16,
+                   cfg.train.use_margin, window)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window.seconds += time.perf_counter() - start
+        if step % cfg.run.log_every == 0 or step == total_steps:
+            metrics = window.metrics() | {"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                                          "train/epoch": step / steps_per_epoch}
+            logger.log(metrics, step)
+            train_seconds, pairs_seen = train_seconds + window.seconds, pairs_seen + window.pairs * world
+            window = Window()
+
+        # 6. end of epoch: dev accuracy per head; the best epoch's weights are kept
+        epoch_done = step % steps_per_epoch == 0 or step == total_steps
+        if epoch_done:
+            accuracy, _ = pair_accuracy(unwrapped, encoder, dev_pairs, cfg.eval.batch_size, bf16)
+            mean_accuracy = sum(accuracy.values()) / len(accuracy) if accuracy else float("nan")
+            logger.log({f"eval/accuracy_{h}": a for h, a in accuracy.items()} | {"eval/accuracy_mean": mean_accuracy},
+                       step)
+            history.append({"step": step, **accuracy})
+            if cfg.eval.keep_best and accuracy and mean_accuracy > best["accuracy"]:
+                best, best_weights = {"accuracy": mean_accuracy, "epoch": epoch + 1, "step": step}, trainable_weights(unwrapped)
+            model.train()
+        if epoch_done or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or step == stop_after_steps:
+            save(epoch)
+        if step == stop_after_steps:
+            logger.finish()
+            return run_dir
+
+    # 7. final model: best dev epoch, normalisation statistics on reference responses, saved as an HF folder
+    if best_weights is not None:
+        unwrapped.load_state_dict(best_weights, strict=False)
+    reference = dev_pairs if cfg.composite.normalise_on == "dev" and dev_pairs else subsample(train_pairs, 300, cfg.run.seed)
+    scoring.mean, scoring.std = normalisation_stats(unwrapped, encoder, reference, cfg.eval.batch_size, bf16)
+    scoring.normalised_on = f"{'dev' if reference is dev_pairs else 'train'} responses ({2 * len(reference)})"
+    final_dir = run_dir / "final"
+    if accelerator.is_main_process:
+        save_reward_model(unwrapped, encoder, scoring, final_dir)
+
+    # 8. held-out test accuracy (prompts no stage trains on) and the run's summary
+    summary = {"final_model": str(final_dir), "train/seconds": train_seconds,
+               "train/pairs_per_s": pairs_seen / max(train_seconds, 1e-9), "train/pairs": len(train_pairs),
+               "train/pairs_seen": pairs_seen,
+               "train/steps": step, "best/epoch": best.get("epoch"), "best/dev_accuracy_mean": best["accuracy"]}
+    final_dev = next((h for h in history if h["step"] == best.get("step")), history[-1] if history else {})
+    summary |= {f"dev/accuracy_{h}": a for h, a in final_dev.items() if h != "step"}
+    if cfg.eval.test:
+        test_pairs = load_split(cfg, "test", cfg.eval.max_pairs_per_head)
+        accuracy, counts = pair_accuracy(unwrapped, encoder, test_pairs, cfg.eval.batch_size, bf16)
+        summary |= {f"test/accuracy_{h}": a for h, a in accuracy.items()} | {f"test/pairs_{h}": n for h, n in counts.items()}
+    summary["run/seconds"] = time.perf_counter() - started  # everything: loading, training, evaluation, saving
+    logger.summary(summary)
+    logger.finish()
+    _say(accelerator, "summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in summary.items()))
+    return run_dir
+
+
+def _check_weights(weights: dict[str, float]) -> dict[str, float]:
+    unknown = set(weights) - set(HEADS)
+    if unknown:
+        raise ValueError(f"composite.weights: unknown head {sorted(unknown)[0]!r} (heads: {', '.join(HEADS)})")
+    return {h: float(weights.get(h, 0.0)) for h in HEADS}
+
+
+def _absolute_paths(settings: ToxicitySettings) -> ToxicitySettings:
+    """reward_config.json must work from any working directory."""
+    absolute = lambda p: str(Path(p).resolve()) if p else p  # noqa: E731
+    return replace(settings, checkpoint=absolute(settings.checkpoint),
+                   huggingface_config_path=absolute(settings.huggingface_config_path))
+
+
+def _say(accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        print(f"[{STAGE}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path  # <run>/final: load with RewardScorer.from_pretrained
+    losses: list[float]  # loss/pairwise at every step
+
+
+def train_on_preferences(preferences: Sequence[PreferenceRecord] | str | Path, output_dir: str | Path,
+                         backbone: str = "tiny-bert", max_steps: int = 30, batch_size: int = 8,
+                         lr: float = 3e-3, max_length: int = 128) -> TrainResult:
+    """A short run on preference records (or a preference file), ALL of them used for training.
+
+    For tests and tools (e.g. "does an annotation export train a reward model?"): no shipped data, no
+    dev/test split, W&B off; normalisation statistics come from the training pairs themselves.
+    """
+    from rlhf.records import write_jsonl
+    from rlhf.tracking import read_metrics
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not isinstance(preferences, (str, Path)):
+        write_jsonl(preferences, output_dir / "preferences.jsonl")
+        preferences = output_dir / "preferences.jsonl"
+    cfg = RewardStageConfig()
+    cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = backbone, max_length, min(32, max_length // 4)
+    cfg.data.sources, cfg.data.extra_files, cfg.data.extra_files_split = [], [str(preferences)], "train"
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr = max_steps, batch_size, lr, lr
+    cfg.train.warmup_ratio, cfg.train.checkpoint_every, cfg.eval.test = 0.0, 0, False
+    cfg.run = RunConfig(output_dir=str(output_dir), run_name="reward", wandb_mode="disabled", log_every=1)
+    run_dir = train_reward_model(cfg)
+    losses = [m["loss/pairwise"] for m in read_metrics(run_dir / "metrics.jsonl") if "loss/pairwise" in m]
+    return TrainResult(run_dir, run_dir / "final", losses)

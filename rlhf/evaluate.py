@@ -1,0 +1,504 @@
+"""Stage 4: compare policies (base, SFT, PPO ...) on held-out prompts with the same decoding and seeds.
+
+Evaluation axes: each policy runs as one or more *variants* = (policy, shots, decoding) on some sources:
+
+* shots: 0 (the prompt alone), 1 or k in-context examples taken from the **train** split of the same
+  source (so never a test prompt), built with ``rlhf.prompts``;
+* decoding: ``greedy`` or ``sampled`` (the shared :class:`GenerationSettings` with ``do_sample=True``).
+
+The config lists them (``variants: [{policies, shots, decoding, sources}]``), so a CPU budget goes where
+it matters: e.g. every policy sampled on every source (rewards, KL, win-rates) and greedy only on
+DialogSum (ROUGE). Every variant answers the same "test"-split prompts of its sources (held out from every
+stage, see ``rlhf.sources``) in the same order with the same per-batch seeds. Per sample we keep the
+response, its token length, whether it ended at EOS, its KL to the policy's reference (on sampled decoding
+at temperature 1 only: the estimators need samples from the policy itself) and the reward model's scores.
+:func:`aggregate` turns samples into the numbers of ``results.json``; :mod:`rlhf.report` turns those into
+the report.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+
+from rlhf import metrics
+from rlhf.config import RunConfig
+from rlhf.generation import GenerationSettings, prepare_tokenizer, render_chat
+from rlhf.prompts import Shot, few_shot, pick_shots
+
+SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
+ALL = "all"  # the key of metrics over every source together
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass
+class PolicyConfig:
+    """One policy to evaluate."""
+
+    name: str = ""  # label in tables: base, sft, ppo ...
+    path: str = ""  # zoo name, hub id, model folder, or PEFT adapter folder (base read from adapter_config.json)
+    base: str = ""  # adapters only: put the adapter on this model instead (PPO's adapter on the SFT model)
+    reference: str = ""  # explicit reference for KL; empty: adapter disabled (adapters) or none (full models)
+
+
+@dataclass
+class VariantConfig:
+    """Some policies, run one way, on some sources."""
+
+    policies: list[str] = field(default_factory=list)  # policy names; empty: every policy
+    shots: int = 0  # in-context examples before each prompt (from the train split)
+    decoding: Literal["greedy", "sampled"] = "sampled"
+    sources: list[str] = field(default_factory=list)  # empty: every source of data.sources
+
+
+@dataclass
+class EvalDataConfig:
+    sources: list[str] = field(default_factory=lambda: list(SOURCES))
+    split: Literal["train", "dev", "test"] = "test"  # held out from every stage; "dev" only for quick checks
+    prompts_per_source: int = 16  # 0: all prompts of the split
+    seed: int = 0  # which prompts and which in-context examples are drawn (fixed across policies)
+    max_prompt_tokens: int = 1024  # longer prompts are cut from the left (few-shot examples go first)
+    max_example_chars: int = 1200  # in-context examples whose prompt is longer than this are not used as shots
+
+
+@dataclass
+class EvalConfig:
+    """Stage 4: evaluate policies and write report.md, plots and results.json."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    policies: list[PolicyConfig] = field(default_factory=list)
+    reward_model: str = ""  # trained reward model folder (reward run's final/); empty: no reward metrics
+    toxicity_checkpoint: str = ""  # Detoxify checkpoint to use instead of the reward model's own setting
+    toxicity_config_path: str = ""  # its config/tokenizer folder (with toxicity_checkpoint)
+    baseline: str = "sft"  # win-rates are against this policy
+    candidate: str = "ppo"  # the headline compares this policy to the baseline
+    headline_decoding: Literal["greedy", "sampled"] = "sampled"  # of the headline numbers (PPO trained on samples)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    variants: list[VariantConfig] = field(default_factory=lambda: [VariantConfig(decoding="greedy"),
+                                                                   VariantConfig(decoding="sampled")])
+    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=64))
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast only where bf16 is fast, else fp32
+    score_batch_size: int = 32
+    threads: int = 0  # torch threads (0: torch's default); 1 for tiny models on a shared CPU
+    win_tie_margin: float = 0.0  # |reward difference| <= this is a tie (counted half)
+    confidence: float = 0.95
+    training_runs: dict[str, str] = field(default_factory=dict)  # stage -> run dir, for training curves in the report
+    examples_in_report: int = 2  # example generations per source, side by side
+
+
+# ---------------------------------------------------------------- prompts
+
+
+@dataclass
+class EvalItem:
+    """One held-out prompt: what the policy is asked and what its answer is judged against."""
+
+    source: str
+    id: str
+    prompt: str  # what the reward model sees as the prompt (plain text or an HH transcript)
+    messages: list[dict[str, str]]  # the zero-shot chat given to the policy
+    references: list[str] = field(default_factory=list)  # reference answers (ROUGE/BLEU); empty when none
+
+
+def load_items(source: str, split: str = "test") -> list[EvalItem]:
+    """Every prompt of ``split`` of one shipped source, in file order, without duplicates."""
+    from rlhf import sources
+    from rlhf.records import prompt_to_messages
+
+    if source == "dialogsum":
+        items = [EvalItem(source, it.fname, it.prompt, [{"role": "user", "content": it.prompt}], [it.summary])
+                 for it in sources.dialogsum_items(split)]
+    elif source == "truthfulqa":
+        items = [EvalItem(source, f"tqa-{i}", it.question, [{"role": "user", "content": it.question}],
+                          [it.best_answer] + [c for c in it.correct if c != it.best_answer])
+                 for i, it in enumerate(sources.truthfulqa_items(split))]
+    elif source == "hh-rlhf-harmless":
+        prompts = dict.fromkeys(p.prompt for p in sources.hh_harmless_pairs(split))  # one item per prompt
+        items = [EvalItem(source, f"hh-{i}", p, prompt_to_messages(p)) for i, p in enumerate(prompts)]
+    else:
+        raise ValueError(f"unknown evaluation source {source!r}; known: {', '.join(SOURCES)}")
+    return items
+
+
+def sample_items(items: Sequence[EvalItem], n: int, seed: int) -> list[EvalItem]:
+    """A fixed random subset of ``n`` items (all when n <= 0), kept in file order."""
+    if n <= 0 or n >= len(items):
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
+
+
+def shot_pool(source: str) -> list[Shot]:
+    """Candidate in-context examples from the **train** split of ``source`` (single-turn only)."""
+    from rlhf import sources
+    from rlhf.records import prompt_to_messages
+
+    if source == "dialogsum":
+        return [Shot(it.prompt, it.summary) for it in sources.dialogsum_items("train")]
+    if source == "truthfulqa":
+        return [Shot(it.question, it.best_answer) for it in sources.truthfulqa_items("train")]
+    if source == "hh-rlhf-harmless":
+        return [Shot(msgs[0]["content"], p.chosen) for p in sources.hh_harmless_pairs("train")
+                if len(msgs := prompt_to_messages(p.prompt)) == 1]
+    raise ValueError(f"unknown evaluation source {source!r}; known: {', '.join(SOURCES)}")
+
+
+def choose_shots(source: str, k: int, seed: int, max_prompt_chars: int) -> list[Shot]:
+    """The same ``k`` short train examples for every prompt of a source and every policy (a fixed format)."""
+    return pick_shots(shot_pool(source), k, seed=seed, max_prompt_chars=max_prompt_chars) if k > 0 else []
+
+
+def with_shots(messages: Sequence[dict[str, str]], shots: Sequence[Shot]) -> list[dict[str, str]]:
+    """``rlhf.prompts.few_shot``'s chat layout for any chat: the shots as earlier user/assistant turns.
+
+    (A multi-turn HH conversation keeps its own turns after the shots.)
+    """
+    return few_shot("", shots)[:-1] + list(messages)
+
+
+# ---------------------------------------------------------------- sampling with token ids
+
+
+@dataclass
+class Samples:
+    """Responses of one policy to a list of chats, with what the metrics need from their tokens."""
+
+    responses: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # response tokens up to and including EOS
+    ended: list[bool] = field(default_factory=list)  # stopped at EOS (not cut by max_new_tokens)
+    kl_k1: list[float] = field(default_factory=list)  # per sequence; empty when KL was not measured
+    kl_k3: list[float] = field(default_factory=list)
+
+
+def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(batch, response_len) 1 for tokens up to and including the first EOS, 0 after it (padding).
+
+    Built from EOS positions, not ``ids != pad``: with SmolLM2 pad == EOS and the EOS itself is a real token.
+    """
+    is_eos = (response_ids == eos_id).long()  # (batch, response_len)
+    eos_before = torch.cumsum(is_eos, dim=-1) - is_eos  # EOS tokens strictly before each position
+    return (eos_before == 0).long()
+
+
+@torch.no_grad()
+def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """(batch, response_len) fp32 log-probs of the response tokens ``sequences[:, prompt_len:]``.
+
+    Position ids follow the attention mask, as in generation, so left padding does not shift positions.
+    """
+    response_len = sequences.shape[1] - prompt_len
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, prompt_len + response_len)
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=response_len + 1).logits[:, :-1]  # (batch, response_len, vocab)
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return logprobs.gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
+
+
+def use_bf16(precision: str) -> bool:
+    """bf16 autocast only where it is fast (AVX512-BF16/AMX CPUs): elsewhere bf16 matmuls are emulated, slower."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision: expected auto, bf16 or fp32, got {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def _autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def samples_own_distribution(settings: GenerationSettings) -> bool:
+    """KL estimators need samples from the policy's own distribution: sampling at T=1, no top-k/top-p."""
+    return settings.do_sample and settings.temperature == 1.0 and settings.top_k == 0 and settings.top_p >= 1.0 \
+        and settings.repetition_penalty == 1.0
+
+
+@torch.no_grad()
+def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: GenerationSettings,
+           max_prompt_tokens: int = 1024, bf16: bool = False, measure_kl: bool = False) -> Samples:
+    """Generate for ``chats`` in batches (seeded per batch, so every policy gets the same random stream).
+
+    ``policy`` is an :class:`rlhf.policies.Policy`; with ``measure_kl`` the KL of each sample to the
+    policy's reference is computed on the tokens just sampled.
+    """
+    model, tokenizer = policy.model, prepare_tokenizer(policy.tokenizer)
+    eos_id = tokenizer.eos_token_id
+    generator = torch.Generator().manual_seed(settings.seed)
+    out = Samples()
+    model.eval()
+    for start in range(0, len(chats), settings.batch_size):
+        texts = [render_chat(tokenizer, chat) for chat in chats[start:start + settings.batch_size]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
+                          add_special_tokens=False).to(model.device)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        with _autocast(bf16):
+            sequences = model.generate(**batch, **settings.hf_kwargs(tokenizer))  # (batch, prompt_len + response_len)
+        prompt_len = batch["input_ids"].shape[1]
+        response_ids = sequences[:, prompt_len:]  # (batch, response_len)
+        mask = response_mask(response_ids, eos_id)  # (batch, response_len)
+        out.responses += [tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
+                          for ids, m in zip(response_ids, mask)]
+        out.lengths += mask.sum(-1).tolist()
+        out.ended += (response_ids == eos_id).any(-1).tolist()
+        if measure_kl:
+            attention = torch.cat([batch["attention_mask"], mask], dim=1)  # (batch, prompt_len + response_len)
+            policy_lp = response_logprobs(model, sequences, attention, prompt_len)
+            with policy.reference() as reference:
+                reference_lp = response_logprobs(reference, sequences, attention, prompt_len)
+            kl = metrics.sequence_kl(policy_lp, reference_lp, mask)
+            out.kl_k1 += kl["k1"].tolist()
+            out.kl_k3 += kl["k3"].tolist()
+    return out
+
+
+# ---------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    policy: str
+    shots: int
+    decoding: str
+    sources: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.policy}/{self.shots}-shot/{self.decoding}"
+
+
+def variants_of(cfg: EvalConfig) -> list[Variant]:
+    """Every (policy, shots, decoding) the config asks for, in policy order (one model loaded at a time)."""
+    names = [p.name for p in cfg.policies]
+    out: dict[str, Variant] = {}
+    for i, v in enumerate(cfg.variants):
+        unknown = [n for n in v.policies if n not in names] + [s for s in v.sources if s not in cfg.data.sources]
+        if unknown:
+            raise ValueError(f"variants[{i}]: {unknown[0]!r} is not a configured policy ({', '.join(names)}) "
+                             f"or source ({', '.join(cfg.data.sources)})")
+        for name in v.policies or names:
+            variant = Variant(name, v.shots, v.decoding, tuple(v.sources or cfg.data.sources))
+            if variant.key in out:
+                raise ValueError(f"variants[{i}]: {variant.key} is asked for twice")
+            out[variant.key] = variant
+    return sorted(out.values(), key=lambda v: (names.index(v.policy), v.shots, v.decoding != "greedy"))
+
+
+def settings_for(decoding: str, base: GenerationSettings) -> GenerationSettings:
+    return GenerationSettings(**{**asdict(base), "do_sample": decoding == "sampled"})
+
+
+def score_samples(scorer, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> list[dict[str, float]]:
+    """Per-sample scores from a :class:`reward_models.types.Scorer`: composite, each head, toxicity."""
+    rows: list[dict[str, float]] = []
+    for start in range(0, len(prompts), batch_size):
+        with torch.no_grad():  # the scorer picks its own precision
+            scores = scorer.score(list(prompts[start:start + batch_size]), list(responses[start:start + batch_size]))
+        columns = {"reward/composite": scores.composite}
+        columns.update({f"reward/{name}": values for name, values in scores.heads.items()})
+        if scores.toxicity is not None:
+            columns["toxicity"] = scores.toxicity
+        values = {k: v.detach().float().tolist() for k, v in columns.items()}
+        rows += [{k: v[i] for k, v in values.items()} for i in range(len(next(iter(values.values()))))]
+    return rows
+
+
+def evaluate_variant(policy, variant: Variant, items: Sequence[EvalItem], shots_by_source: dict[str, list[Shot]],
+                     scorer, cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Run one variant on every item; one record per item (response, length, EOS, KL, scores)."""
+    settings = settings_for(variant.decoding, cfg.generation)
+    measure_kl = policy.has_reference and samples_own_distribution(settings)
+    items = [it for it in items if it.source in variant.sources]
+    chats = [with_shots(it.messages, shots_by_source[it.source][:variant.shots]) for it in items]
+    bf16 = use_bf16(cfg.precision)
+    out = sample(policy, chats, settings, cfg.data.max_prompt_tokens, bf16=bf16, measure_kl=measure_kl)
+    scores = (score_samples(scorer, [it.prompt for it in items], out.responses, cfg.score_batch_size)
+              if scorer is not None else [{} for _ in items])
+    records = []
+    for i, it in enumerate(items):
+        record = {"variant": variant.key, "policy": variant.policy, "shots": variant.shots,
+                  "decoding": variant.decoding, "source": it.source, "id": it.id, "prompt": it.prompt,
+                  "response": out.responses[i], "references": it.references, "length": out.lengths[i],
+                  "ended": out.ended[i], **scores[i]}
+        if measure_kl:
+            record.update({"kl/k1": out.kl_k1[i], "kl/k3": out.kl_k3[i]})
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]] | None = None,
+              tie_margin: float = 0.0, confidence: float = 0.95) -> dict[str, float]:
+    """Numbers for one variant on one set of items; ``baseline`` = the baseline's records on the same items."""
+    out: dict[str, float] = {"n": len(records)}
+    if not records:
+        return out
+    responses = [r["response"] for r in records]
+    out["length"] = metrics.mean_length([r["length"] for r in records])
+    out["eos_rate"] = metrics.eos_rate([r["ended"] for r in records])
+    out["distinct/1"] = metrics.distinct_n(responses, 1)
+    out["distinct/2"] = metrics.distinct_n(responses, 2)
+    score_keys = sorted({k for r in records for k in r if k.startswith(("reward/", "kl/")) or k == "toxicity"})
+    for key in score_keys:
+        values = [r[key] for r in records if key in r]
+        out[key] = _mean(values)
+    if "reward/composite" in out:
+        _, low, high = metrics.mean_interval([r["reward/composite"] for r in records], confidence)
+        out["reward/composite_low"], out["reward/composite_high"] = low, high
+    with_refs = [r for r in records if r["references"]]
+    if with_refs:
+        out["bleu"] = metrics.corpus_bleu([r["response"] for r in with_refs], [r["references"] for r in with_refs])
+    summaries = [r for r in with_refs if r["source"] == "dialogsum"]
+    if summaries:  # ROUGE against the one reference summary, as DialogSum is scored
+        scores = metrics.rouge([r["response"] for r in summaries], [r["references"][0] for r in summaries])
+        out.update({f"rouge/{k}": v for k, v in scores.items()})
+    if baseline is not None and "reward/composite" in out:
+        base_by_item = {(r["source"], r["id"]): r for r in baseline}
+        pairs = [(r, base_by_item[(r["source"], r["id"])]) for r in records if (r["source"], r["id"]) in base_by_item]
+        if pairs:
+            wr = metrics.win_rate([r["reward/composite"] for r, _ in pairs], [b["reward/composite"] for _, b in pairs],
+                                  tie_margin, confidence)
+            out.update({"win_rate": wr.rate, "win_rate/low": wr.low, "win_rate/high": wr.high,
+                        "win_rate/wins": wr.wins, "win_rate/ties": wr.ties, "win_rate/losses": wr.losses})
+        for key in [k for k in score_keys if not k.startswith("kl/")]:  # paired differences to the baseline
+            diffs = [r[key] - b[key] for r, b in pairs if key in r and key in b]
+            if diffs:
+                mean, low, high = metrics.mean_interval(diffs, confidence)
+                out.update({f"{key}_delta": mean, f"{key}_delta_low": low, f"{key}_delta_high": high})
+    return out
+
+
+def baseline_variant(variant: Variant, variants: Sequence[Variant], baseline: str) -> Variant | None:
+    """The baseline's variant a variant is compared with: same decoding, the baseline's fewest shots."""
+    candidates = [v for v in variants if v.policy == baseline and v.decoding == variant.decoding]
+    return min(candidates, key=lambda v: v.shots) if candidates else None
+
+
+def aggregate_all(records: Sequence[dict[str, Any]], variants: Sequence[Variant], baseline: str,
+                  tie_margin: float = 0.0, confidence: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
+    """``{variant key: {source or "all": metrics}}`` for every variant."""
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], []).append(r)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for variant in variants:
+        mine = by_variant.get(variant.key, [])
+        base_v = baseline_variant(variant, variants, baseline)
+        base = by_variant.get(base_v.key, []) if base_v is not None and base_v != variant else None
+        sources = dict.fromkeys(r["source"] for r in mine)
+        groups = {ALL: mine, **{s: [r for r in mine if r["source"] == s] for s in sources}}
+        table[variant.key] = {}
+        for name, group in groups.items():
+            paired = None if base is None else [b for b in base if name in (ALL, b["source"])]
+            table[variant.key][name] = aggregate(group, paired, tie_margin, confidence)
+    return table
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def check_local_path(path: str, what: str) -> None:
+    """A path that can only be a local folder (absolute, ./, ~, or with two or more slashes) must exist."""
+    from pathlib import Path
+
+    if path and (path.startswith(("/", ".", "~")) or path.count("/") >= 2) and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"{what}: {path} does not exist (a stage that should have written it did not run?)")
+
+
+def run_evaluation(cfg: EvalConfig, scorer, load_policy: Callable | None = None,
+                   progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Evaluate every variant of every policy; returns (per-sample records, policy descriptions).
+
+    Policies are loaded one at a time (only one model in memory besides the reward model).
+    """
+    from rlhf.policies import load_policy as default_loader
+
+    load_policy = load_policy or default_loader
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not cfg.policies:
+        raise ValueError("eval: no policies configured (policies: [{name, path}, ...])")
+    names = [p.name for p in cfg.policies]
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"eval: policy names must be non-empty and distinct, got {names}")
+    for pcfg in cfg.policies:  # fail before minutes of generation, not at the third policy
+        for what in ("path", "base", "reference"):
+            check_local_path(getattr(pcfg, what), f"policy {pcfg.name!r}: {what}")
+    variants = variants_of(cfg)
+    items = [it for source in cfg.data.sources
+             for it in sample_items(load_items(source, cfg.data.split), cfg.data.prompts_per_source, cfg.data.seed)]
+    shots_by_source = {s: choose_shots(s, max((v.shots for v in variants if s in v.sources), default=0), cfg.data.seed,
+                                       cfg.data.max_example_chars) for s in cfg.data.sources}
+    records: list[dict[str, Any]] = []
+    described: dict[str, Any] = {}
+    for pcfg in cfg.policies:
+        policy = load_policy(pcfg.name, pcfg.path, base=pcfg.base, reference=pcfg.reference)
+        described[pcfg.name] = {"path": pcfg.path, "base": pcfg.base, "kind": policy.kind,
+                                "reference": pcfg.reference or ("adapter disabled" if policy.kind == "adapter" else "")}
+        for variant in [v for v in variants if v.policy == pcfg.name]:
+            if progress:
+                progress(variant.key)
+            records += evaluate_variant(policy, variant, items, shots_by_source, scorer, cfg)
+        del policy
+    return records, described
+
+
+def load_scorer(cfg: EvalConfig):
+    """The trained HHH reward model (with Detoxify when configured), or None when no reward model is set."""
+    if not cfg.reward_model:
+        return None
+    from reward_models.config import ToxicitySettings
+    from reward_models.scoring import RewardScorer
+
+    toxicity: Any = "config"  # the Detoxify settings saved with the reward model
+    if cfg.toxicity_checkpoint:
+        toxicity = ToxicitySettings(checkpoint=cfg.toxicity_checkpoint,
+                                    huggingface_config_path=cfg.toxicity_config_path or None)
+    return RewardScorer.from_pretrained(cfg.reward_model, toxicity=toxicity, precision=cfg.precision,
+                                        batch_size=cfg.score_batch_size)
+
+
+def finite(value: Any) -> Any:
+    """NaN/inf -> None, recursively, so results.json is strict JSON."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], policies: dict[str, Any]) -> dict[str, Any]:
+    """Everything the report needs, JSON-ready: settings, policies, and metrics per variant and source."""
+    variants = variants_of(cfg)
+    prompts: dict[str, int] = {}
+    for source, _ in dict.fromkeys((r["source"], r["id"]) for r in records):
+        prompts[source] = prompts.get(source, 0) + 1
+    return finite({
+        "split": cfg.data.split,
+        "sources": list(cfg.data.sources),
+        "prompts": prompts,
+        "baseline": cfg.baseline,
+        "candidate": cfg.candidate,
+        "headline_decoding": cfg.headline_decoding,
+        "confidence": cfg.confidence,
+        "generation": asdict(cfg.generation),
+        "reward_model": cfg.reward_model,
+        "toxicity_available": any("toxicity" in r for r in records),
+        "policies": policies,
+        "variants": [{"key": v.key, "policy": v.policy, "shots": v.shots, "decoding": v.decoding,
+                      "sources": list(v.sources)} for v in variants],
+        "metrics": aggregate_all(records, variants, cfg.baseline, cfg.win_tie_margin, cfg.confidence),
+    })

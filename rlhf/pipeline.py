@@ -1,0 +1,255 @@
+"""The whole pipeline from one config: SFT -> reward model -> PPO -> evaluation and report.
+
+Each stage is its own script (``pipelines/<stage>.py``, ``main(cfg) -> run dir``) with its own config
+class and YAML defaults; the pipeline config says, per stage, which YAML to layer on those defaults and
+which keys to override, and wires the stages together with placeholders in string values:
+
+    {base}        the base model (``base_model``)          {run_dir}     this pipeline's folder
+    {sft}         <run_dir>/sft/final (SFT adapter)        {sft_run}     <run_dir>/sft
+    {reward}      <run_dir>/reward/final (reward model)    {reward_run}  <run_dir>/reward
+    {ppo}         <run_dir>/ppo/final                      {ppo_run}     <run_dir>/ppo
+
+Every stage writes to ``<run_dir>/<stage>/``. A stage whose finished output is there, made from the same
+resolved config and the same upstream outputs, is reused; ``--force`` (all stages) or ``--force STAGE``
+(that stage and the ones after it) runs again. All four configs are resolved before anything runs, so a
+typo fails in a second, not after SFT.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib
+import json
+import re
+import shutil
+import sys
+import time
+import typing
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rlhf.config import ConfigError, RunConfig, _merge, _set_dotted, from_dict, load_yaml, to_dict
+
+STAGES = ("sft", "reward", "ppo", "eval")
+STAGE_MODULES = {"sft": "pipelines.sft", "reward": "pipelines.reward", "ppo": "pipelines.ppo",
+                 "eval": "pipelines.evaluate"}
+UPSTREAM = {"sft": (), "reward": (), "ppo": ("sft", "reward"), "eval": ("sft", "reward", "ppo")}
+MARKER = "pipeline_stage.json"  # written into a stage's folder when it finished: what it was made from, a run id
+PLACEHOLDER = re.compile(r"\{(base|run_dir|sft|reward|ppo|sft_run|reward_run|ppo_run)\}")
+
+
+@dataclass
+class StageSpec:
+    """How the pipeline configures one stage."""
+
+    config: str = ""  # a YAML layered on the stage's defaults (pipelines/configs/<stage>.yaml); "" = defaults only
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys, as --section.key flags; placeholders ok
+
+
+@dataclass
+class PipelineConfig:
+    """SFT -> reward model -> PPO -> evaluation, from one file (``--preset demo|tiny`` or ``--config``)."""
+
+    # stages write to <output_dir>/<run_name>/<stage>
+    run: RunConfig = field(default_factory=lambda: RunConfig(run_name="pipeline"))
+    base_model: str = "smollm2-135m-instruct"  # {base}: the model SFT starts from and evaluation's "base"
+    threads: int = 0  # torch threads for every stage (0: torch's default); 1 suits tiny models on a shared CPU
+    sft: StageSpec = field(default_factory=StageSpec)
+    reward: StageSpec = field(default_factory=StageSpec)
+    ppo: StageSpec = field(default_factory=StageSpec)
+    eval: StageSpec = field(default_factory=StageSpec)
+
+
+# ---------------------------------------------------------------- resolving stage configs
+
+
+@dataclass
+class Stage:
+    name: str
+    run_dir: Path
+    config: Any  # the stage's own config dataclass, fully resolved
+    main: Callable[[Any], Path]
+
+    @property
+    def config_sha(self) -> str:
+        text = json.dumps(to_dict(self.config), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pipeline_dir(cfg: PipelineConfig) -> Path:
+    return Path(cfg.run.output_dir) / (cfg.run.run_name or "pipeline")
+
+
+def placeholders(cfg: PipelineConfig) -> dict[str, str]:
+    root = pipeline_dir(cfg)
+    values = {"base": cfg.base_model, "run_dir": str(root)}
+    for stage in ("sft", "reward", "ppo"):
+        values[f"{stage}_run"] = str(root / stage)
+        values[stage] = str(root / stage / "final")
+    return values
+
+
+def substitute(tree: Any, values: dict[str, str]) -> Any:
+    """Replace the known ``{name}`` placeholders in every string of a nested config tree (other braces stay)."""
+    if isinstance(tree, str):
+        return PLACEHOLDER.sub(lambda m: values[m.group(1)], tree)
+    if isinstance(tree, dict):
+        return {k: substitute(v, values) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [substitute(v, values) for v in tree]
+    return tree
+
+
+def stage_entry(name: str) -> tuple[Callable, type, Path]:
+    """(main, config class, defaults YAML) of a stage script; the class is read from ``main``'s annotation."""
+    module = importlib.import_module(STAGE_MODULES[name])
+    config_cls = typing.get_type_hints(module.main)["cfg"]
+    return module.main, config_cls, Path(module.DEFAULTS)
+
+
+def config_path(path: str) -> Path:
+    """A stage YAML as given, or relative to the repository (presets name ``pipelines/configs/x.yaml``)."""
+    given = Path(path).expanduser()
+    in_repo = Path(__file__).resolve().parents[1] / path
+    return given if given.is_absolute() or given.exists() or not in_repo.exists() else in_repo
+
+
+def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, Path] | None = None) -> Stage:
+    """The stage's config: its defaults < spec.config < pipeline run settings < spec.overrides, placeholders filled."""
+    main, config_cls, defaults = entry or stage_entry(name)
+    spec: StageSpec = getattr(cfg, name)
+    tree = load_yaml(defaults) if defaults.is_file() else {}
+    if spec.config:
+        tree = _merge(tree, load_yaml(config_path(spec.config)))
+    run = dict(tree.get("run") or {})
+    run.update(seed=cfg.run.seed, wandb_project=cfg.run.wandb_project, wandb_mode=cfg.run.wandb_mode,
+               tags=[*cfg.run.tags, f"pipeline:{pipeline_dir(cfg).name}"],
+               log_every=run.get("log_every", cfg.run.log_every))
+    tree["run"] = run
+    for dotted, value in spec.overrides.items():
+        _set_dotted(tree, dotted, value)
+    # Where each stage writes is the pipeline's business: reuse depends on it.
+    tree["run"].update(output_dir=str(pipeline_dir(cfg)), run_name=name)
+    tree = substitute(tree, placeholders(cfg))
+    try:
+        config = from_dict(config_cls, tree)
+    except ConfigError as err:
+        raise ConfigError(f"pipeline stage {name}: {err}") from None
+    return Stage(name, pipeline_dir(cfg) / name, config, main)
+
+
+# ---------------------------------------------------------------- reuse
+
+
+def is_finished(stage: Stage) -> bool:
+    """The stage's own end products are there (a killed stage has no marker and may lack them)."""
+    if stage.name == "eval":
+        return (stage.run_dir / "report.md").is_file() and (stage.run_dir / "results.json").is_file()
+    return (stage.run_dir / "final").is_dir() and (stage.run_dir / "summary.json").is_file()
+
+
+def read_marker(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def stage_key(stage: Stage, upstream_markers: list[dict[str, Any] | None]) -> str:
+    """What a stage's output was made from: its config and the exact upstream runs (their run ids) it consumed."""
+    upstream = [m.get("run_id") if m else None for m in upstream_markers]
+    return hashlib.sha256(json.dumps([stage.config_sha, upstream]).encode()).hexdigest()[:16]
+
+
+def forced_stages(force: bool | str) -> set[str]:
+    """``--force``: every stage; ``--force ppo``: ppo and every stage after it."""
+    if force is True:
+        return set(STAGES)
+    if not force:
+        return set()
+    if force not in STAGES:
+        raise ConfigError(f"--force {force}: expected one of {', '.join(STAGES)} (or --force alone for all)")
+    return set(STAGES[STAGES.index(force):])
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_pipeline(cfg: PipelineConfig, force: bool | str = False, log: Callable[[str], None] | None = None,
+                 entries: dict[str, tuple[Callable, type, Path]] | None = None) -> dict[str, Any]:
+    """Run (or reuse) every stage in order; returns the per-stage record also written to pipeline.json."""
+    from tqdm.auto import tqdm
+
+    root = pipeline_dir(cfg)
+    forced = forced_stages(force)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    stages = [resolve_stage(cfg, name, (entries or {}).get(name)) for name in STAGES]  # fail fast on config errors
+    root.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"run_dir": str(root), "stages": {}}
+    started = time.perf_counter()
+    bar = tqdm(total=len(stages), desc="pipeline", unit="stage", file=sys.stderr, dynamic_ncols=True)
+    say = log or (lambda msg: bar.write(msg, file=sys.stderr))
+    markers: dict[str, dict[str, Any] | None] = {}
+    for i, stage in enumerate(stages, 1):
+        key = stage_key(stage, [markers[u] for u in UPSTREAM[stage.name]])
+        marker = read_marker(stage.run_dir)
+        reusable = marker is not None and marker.get("key") == key and is_finished(stage)
+        bar.set_description(f"pipeline [{stage.name}]")
+        if reusable and stage.name not in forced:
+            say(f"[pipeline] {i}/{len(stages)} {stage.name}: reusing {stage.run_dir} "
+                f"(finished {marker.get('finished')}, took {marker.get('seconds', 0):.0f} s; "
+                f"--force {stage.name} reruns it)")
+            markers[stage.name] = marker
+            record["stages"][stage.name] = {**marker, "reused": True}
+            bar.update(1)
+            continue
+        why = ("forced" if stage.name in forced else "config or upstream changed" if marker is not None
+               else "interrupted earlier: starting over" if stage.run_dir.exists() else "first run")
+        if stage.run_dir.exists():  # never mix a new run's metrics.jsonl into an old one's
+            shutil.rmtree(stage.run_dir)
+        say(f"[pipeline] {i}/{len(stages)} {stage.name}: running ({why}) -> {stage.run_dir}")
+        t0 = time.perf_counter()
+        returned = Path(stage.main(stage.config))
+        if returned.resolve() != stage.run_dir.resolve():
+            raise RuntimeError(f"stage {stage.name} wrote to {returned}, expected {stage.run_dir}")
+        if not is_finished(stage):
+            raise RuntimeError(f"stage {stage.name} returned but its output is incomplete in {stage.run_dir}")
+        marker = {"key": key, "run_id": uuid.uuid4().hex, "config_sha": stage.config_sha,
+                  "seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (stage.run_dir / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+        markers[stage.name] = marker
+        record["stages"][stage.name] = {**marker, "reused": False}
+        say(f"[pipeline] {stage.name} done in {marker['seconds']:.0f} s")
+        gc.collect()  # the stage's models are garbage now; free them before the next stage loads its own
+        bar.update(1)
+    bar.close()
+    record["seconds"] = time.perf_counter() - started
+    record["report"] = str(stages[-1].run_dir / "report.md")
+    (root / "pipeline.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    append_timings(Path(record["report"]), record)
+    return record
+
+
+def append_timings(report: Path, record: dict[str, Any]) -> None:
+    """A table of stage wall times at the end of the report (replaced, not repeated, on a rerun)."""
+    text = report.read_text(encoding="utf-8")
+    text = text.split("\n## Pipeline timings\n")[0].rstrip("\n")
+    rows = "".join(f"| {name} | {s['seconds']:.0f} | {'reused' if s['reused'] else 'ran'} |\n"
+                   for name, s in record["stages"].items())
+    total_compute = sum(s["seconds"] for s in record["stages"].values())
+    text += (f"\n\n## Pipeline timings\n\n| stage | seconds | this invocation |\n|---|---|---|\n{rows}"
+             f"\nAll stages: {total_compute:.0f} s of compute; this invocation took {record['seconds']:.0f} s wall.\n")
+    report.write_text(text, encoding="utf-8")
+
+
+def describe(cfg: PipelineConfig) -> str:
+    """The resolved config of every stage (``rlhf pipeline --dry-run``)."""
+    import yaml
+
+    return "\n".join(f"# ---- {s.name} -> {s.run_dir}\n" + yaml.safe_dump(to_dict(s.config), sort_keys=False)
+                     for s in (resolve_stage(cfg, name) for name in STAGES))

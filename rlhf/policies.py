@@ -1,0 +1,151 @@
+"""Load a policy to evaluate, and its reference, from one path.
+
+A policy path is any of:
+
+* a zoo name or hub id (``smollm2-135m-instruct``, ``tiny-llama``) or a folder of full weights
+  (an SFT ``final-merged/``): no reference unless one is named explicitly;
+* a folder holding a PEFT adapter (``adapter_config.json``, or an ``adapter/`` subfolder with one when the
+  folder has no weights of its own): the base named in ``base_model_name_or_path`` is loaded, or the
+  ``base`` given explicitly (PPO's adapter sits on the SFT model, which may itself be an adapter: a base
+  that is an adapter folder is loaded and merged first), and the adapter put on top. Its **reference is
+  the same weights with the adapter disabled** (for SFT: the base model; for PPO on ``base`` = SFT: the
+  SFT model), so no second copy of the model is held in memory, exactly like PPO's own reference.
+
+Other files in a run's ``final/`` (PPO's value head) are ignored.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class PolicyLoadError(ValueError):
+    """A policy path that cannot be loaded, with the reason."""
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    return (Path(path).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def adapter_folder(path: str | Path) -> Path | None:
+    """The PEFT adapter a path stands for: itself, or its ``adapter/`` subfolder when it has no weights."""
+    folder = Path(path).expanduser()
+    if is_adapter_folder(folder):
+        return folder
+    if not (folder / "config.json").is_file() and is_adapter_folder(folder / "adapter"):
+        return folder / "adapter"
+    return None
+
+
+def adapter_base(path: str | Path) -> str:
+    """``base_model_name_or_path`` of an adapter folder; a relative base is read relative to the folder."""
+    config_file = Path(path).expanduser() / ADAPTER_CONFIG
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise PolicyLoadError(f"{config_file}: not a readable adapter config ({err})") from None
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise PolicyLoadError(f"{config_file}: field 'base_model_name_or_path' is missing or empty")
+    relative = (config_file.parent / base)
+    return str(relative) if not Path(base).is_absolute() and relative.is_dir() else base
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def _load_weights(path: str, dtype) -> Any:
+    """Full weights for ``path``; adapters on the way down are merged in (they are a base, not the policy)."""
+    from rlhf.zoo import load_causal_lm
+
+    adapter = adapter_folder(path)
+    if adapter is not None:
+        from peft import PeftModel
+
+        base = _load_weights(adapter_base(adapter), dtype)
+        return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    return load_causal_lm(path, dtype=dtype)
+
+
+def _tokenizer_source(path: str) -> str:
+    """The adapter folder's own tokenizer when it saved one, else the base's (followed down the chain)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir() and _has_tokenizer(folder):
+        return str(folder)
+    adapter = adapter_folder(path)
+    if adapter is not None:
+        return _tokenizer_source(str(adapter) if adapter != folder else adapter_base(adapter))
+    return path
+
+
+@dataclass
+class Policy:
+    """A loaded policy: its model, tokenizer and how to run its reference."""
+
+    name: str
+    path: str
+    model: Any  # transformers / peft causal LM, eval mode
+    tokenizer: Any
+    kind: str  # "full" or "adapter"
+    reference_model: Any = None  # a separate reference model (explicit `reference`), else None
+
+    @property
+    def has_reference(self) -> bool:
+        return self.kind == "adapter" or self.reference_model is not None
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[Any]:
+        """Yield a model that computes the reference: the policy with adapters disabled, or the explicit one."""
+        if self.reference_model is not None:
+            yield self.reference_model
+        elif self.kind == "adapter":
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            raise PolicyLoadError(f"policy {self.name!r} ({self.path}) has no reference: it is not an adapter "
+                                  f"and no `reference` is configured")
+
+
+def load_policy(name: str, path: str, base: str = "", reference: str = "", dtype=None) -> Policy:
+    """Load ``path`` (zoo name, hub id, folder, adapter folder) as policy ``name``; see the module docstring.
+
+    ``base``: for an adapter, the model to put it on instead of its ``base_model_name_or_path``.
+    ``reference``: an explicit reference model for KL (else: adapter disabled, or none for full weights).
+    """
+    import torch
+
+    from rlhf.generation import prepare_tokenizer
+    from rlhf.zoo import load_tokenizer
+
+    dtype = dtype or torch.float32
+    if not path:
+        raise PolicyLoadError(f"policy {name!r}: empty path")
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise PolicyLoadError(f"policy {name!r}: {path} is a file; expected a model folder, an adapter folder "
+                              "or a zoo name")
+    adapter = adapter_folder(folder)
+    if folder.is_dir() and adapter is None and not (folder / "config.json").is_file():
+        raise PolicyLoadError(f"policy {name!r}: {path} has neither config.json (full weights) nor "
+                              f"{ADAPTER_CONFIG} (a PEFT adapter)")
+    if base and adapter is None:
+        raise PolicyLoadError(f"policy {name!r}: `base` is set but {path} is not an adapter folder")
+    own_tokenizer = adapter is not None and _has_tokenizer(adapter)
+    tokenizer_source = str(adapter) if own_tokenizer else _tokenizer_source(base) if base else _tokenizer_source(path)
+    tokenizer = prepare_tokenizer(load_tokenizer(tokenizer_source))
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(_load_weights(base or adapter_base(adapter), dtype), str(adapter))
+        kind = "adapter"
+    else:
+        model, kind = _load_weights(path, dtype), "full"
+    model.eval()
+    reference_model = _load_weights(reference, dtype).eval() if reference else None
+    return Policy(name=name, path=path, model=model, tokenizer=tokenizer, kind=kind, reference_model=reference_model)

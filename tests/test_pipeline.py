@@ -1,0 +1,178 @@
+"""`rlhf pipeline`: orchestration with stub stages (reuse, --force, wiring), and the tiny preset end to end."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rlhf import pipeline as pl
+from rlhf.config import ConfigError, RunConfig
+
+
+@dataclass
+class StubConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: str = ""
+    steps: int = 1
+
+
+def _stub_entries(tmp_path, calls, broken: str = ""):
+    """Stage entries whose main records its call and writes what a real stage writes."""
+    defaults = tmp_path / "stub.yaml"
+    defaults.write_text("steps: 1\n")
+
+    def make(name):
+        def main(cfg: StubConfig) -> Path:
+            calls.append((name, cfg.model, cfg.steps))
+            run_dir = Path(cfg.run.output_dir) / cfg.run.run_name
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+            if name != broken:
+                (run_dir / "final").mkdir(exist_ok=True)
+                (run_dir / "summary.json").write_text("{}")
+                if name == "eval":
+                    (run_dir / "report.md").write_text("# report\n")
+                    (run_dir / "results.json").write_text("{}")
+            return run_dir
+        return main
+
+    return {name: (make(name), StubConfig, defaults) for name in pl.STAGES}
+
+
+def _cfg(tmp_path, **ppo_overrides):
+    return pl.PipelineConfig(
+        run=RunConfig(output_dir=str(tmp_path / "runs"), run_name="p", wandb_mode="disabled"), base_model="tiny-llama",
+        sft=pl.StageSpec(overrides={"model": "{base}"}),
+        reward=pl.StageSpec(overrides={"model": "tiny-bert"}),
+        ppo=pl.StageSpec(overrides={"model": "{sft}", **ppo_overrides}),
+        eval=pl.StageSpec(overrides={"model": "{ppo_run}/final/adapter"}))
+
+
+def test_stages_are_wired_run_once_and_reused(tmp_path):
+    calls: list = []
+    entries = _stub_entries(tmp_path, calls)
+    root = tmp_path / "runs" / "p"
+    record = pl.run_pipeline(_cfg(tmp_path), entries=entries, log=lambda m: None)
+    assert calls == [("sft", "tiny-llama", 1), ("reward", "tiny-bert", 1), ("ppo", str(root / "sft" / "final"), 1),
+                     ("eval", str(root / "ppo" / "final" / "adapter"), 1)]
+    assert record["report"] == str(root / "eval" / "report.md")
+    assert "## Pipeline timings" in (root / "eval" / "report.md").read_text()
+    calls.clear()
+    record = pl.run_pipeline(_cfg(tmp_path), entries=entries, log=lambda m: None)
+    assert calls == [] and all(s["reused"] for s in record["stages"].values())
+    assert (root / "eval" / "report.md").read_text().count("## Pipeline timings") == 1
+
+
+def test_changed_config_reruns_that_stage_and_the_ones_that_consume_it(tmp_path):
+    calls: list = []
+    entries = _stub_entries(tmp_path, calls)
+    pl.run_pipeline(_cfg(tmp_path), entries=entries, log=lambda m: None)
+    calls.clear()
+    pl.run_pipeline(_cfg(tmp_path, steps=5), entries=entries, log=lambda m: None)
+    assert [c[0] for c in calls] == ["ppo", "eval"]
+    lines = (tmp_path / "runs" / "p" / "ppo" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # the old run's metrics were cleared, not appended to
+
+
+def test_force(tmp_path):
+    calls: list = []
+    entries = _stub_entries(tmp_path, calls)
+    pl.run_pipeline(_cfg(tmp_path), entries=entries, log=lambda m: None)
+    calls.clear()
+    pl.run_pipeline(_cfg(tmp_path), force="reward", entries=entries, log=lambda m: None)
+    assert [c[0] for c in calls] == ["reward", "ppo", "eval"]
+    calls.clear()
+    pl.run_pipeline(_cfg(tmp_path), force=True, entries=entries, log=lambda m: None)
+    assert [c[0] for c in calls] == list(pl.STAGES)
+    with pytest.raises(ConfigError, match="--force nope"):
+        pl.run_pipeline(_cfg(tmp_path), force="nope", entries=entries, log=lambda m: None)
+
+
+def test_interrupted_stage_starts_over(tmp_path):
+    calls: list = []
+    entries = _stub_entries(tmp_path, calls)
+    pl.run_pipeline(_cfg(tmp_path), entries=entries, log=lambda m: None)
+    (tmp_path / "runs" / "p" / "ppo" / pl.MARKER).unlink()  # as if killed before it finished
+    calls.clear()
+    pl.run_pipeline(_cfg(tmp_path), entries=entries, log=lambda m: None)
+    assert [c[0] for c in calls] == ["ppo", "eval"]
+
+
+def test_config_errors_fail_before_any_stage_runs(tmp_path):
+    calls: list = []
+    entries = _stub_entries(tmp_path, calls)
+    with pytest.raises(ConfigError, match="pipeline stage ppo: unknown config key stepz"):
+        pl.run_pipeline(_cfg(tmp_path, stepz=3), entries=entries, log=lambda m: None)
+    assert calls == []
+
+
+def test_incomplete_stage_output_is_an_error(tmp_path):
+    entries = _stub_entries(tmp_path, [], broken="reward")
+    with pytest.raises(RuntimeError, match="stage reward returned but its output is incomplete"):
+        pl.run_pipeline(_cfg(tmp_path), entries=entries, log=lambda m: None)
+
+
+def test_placeholders_leave_other_braces_alone():
+    values = {"base": "B", "sft": "S"}
+    assert pl.substitute({"a": "{sft}/x", "b": ["{base}", "{dialogue} {sft}"], "c": 3}, {**values}) == \
+        {"a": "S/x", "b": ["B", "{dialogue} S"], "c": 3}
+
+
+def test_presets_resolve_against_the_real_stage_configs():
+    """Both presets name only keys the stage configs have (the real classes, not stubs)."""
+    from pipelines.run import PRESETS
+    from rlhf.config import load_config
+
+    for preset in PRESETS.values():
+        cfg, _ = load_config(pl.PipelineConfig, [], preset)
+        stages = {name: pl.resolve_stage(cfg, name) for name in pl.STAGES}
+        assert stages["eval"].config.reward_model == str(pl.pipeline_dir(cfg) / "reward" / "final")
+        assert {p.name for p in stages["eval"].config.policies} == {"base", "sft", "ppo"}
+        assert stages["ppo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
+
+
+def test_tiny_preset_end_to_end_under_a_minute(tmp_path, capsys):
+    """`rlhf pipeline --preset tiny`: all four stages on tiny models; the report and its plots exist."""
+    from rlhf.cli import main
+
+    start = time.perf_counter()
+    assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path)]) == 0
+    elapsed = time.perf_counter() - start
+    root = tmp_path / "tiny"
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line.endswith(f"report: {root / 'eval' / 'report.md'}")
+    assert elapsed < 60, f"tiny pipeline took {elapsed:.0f} s"
+    sft = json.loads((root / "sft" / "summary.json").read_text())
+    assert sft["eval/loss_after"] < sft["eval/loss_before"]  # SFT learned
+    assert (root / "reward" / "final" / "reward_config.json").is_file()
+    assert (root / "ppo" / "final" / "adapter" / "adapter_config.json").is_file()
+    results = json.loads((root / "eval" / "results.json").read_text())
+    metrics = results["metrics"]
+    assert metrics["sft/0-shot/sampled"]["all"]["kl/k3"] > 0  # SFT moved away from the base
+    assert "win_rate" in metrics["ppo/0-shot/sampled"]["all"]
+    assert "rouge/rougeL" in metrics["base/1-shot/greedy"]["dialogsum"]
+    for png in ("training_sft.png", "training_reward.png", "training_ppo.png", "reward_heads.png", "rouge.png"):
+        assert (root / "eval" / png).read_bytes()[:4] == b"\x89PNG"
+    # A second run reuses every finished stage.
+    start = time.perf_counter()
+    assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path)]) == 0
+    pipeline = json.loads((root / "pipeline.json").read_text())
+    assert all(s["reused"] for s in pipeline["stages"].values()) and time.perf_counter() - start < 20
+
+
+def test_preset_flag(capsys):
+    from pipelines.run import cli, split_preset
+
+    assert split_preset(["--preset", "tiny", "--force"]) == ("tiny", ["--force"])
+    assert split_preset(["--preset=tiny"]) == ("tiny", [])
+    assert split_preset([]) == ("demo", [])
+    assert cli(["--preset", "huge"]) == 2 and "expected one of demo, tiny" in capsys.readouterr().err
+    assert cli(["--preset", "tiny", "--sft.overides", "{}"]) == 2
+    assert "unknown config key sft.overides" in capsys.readouterr().err
+    assert cli(["--preset", "tiny", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# ---- ppo -> runs/tiny/ppo" in out and "model: runs/tiny/sft/final" in out

@@ -1,0 +1,157 @@
+"""The report: verdict lines, escaping, tables, and PNGs built from saved metrics.jsonl files."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlhf import evaluate as ev
+from rlhf import report
+from rlhf.tracking import MetricsLogger
+
+PNG = b"\x89PNG\r\n\x1a\n"
+NASTY = "<script>alert(1)</script> | **bold** [link](http://x) `code`\nsecond line _it_"
+
+
+def _write_stage_metrics(root, run_cfg):
+    """metrics.jsonl + summary.json of the three training stages, with the keys the stages log."""
+    runs = {}
+    for stage in ("sft", "reward", "ppo"):
+        logger = MetricsLogger(root / stage, run_cfg, stage)
+        for step in range(1, 41):
+            if stage == "sft":
+                logger.log({"train/loss": 3.0 / step, "train/learning_rate": 1e-4}, step)
+                if step % 10 == 0:
+                    logger.log({"eval/loss": 2.5 / step ** 0.5}, step)
+            elif stage == "reward":
+                logger.log({"loss/pairwise": 0.7 - step / 100, "loss/helpful": 0.6 - step / 100}, step)
+                if step % 10 == 0:
+                    logger.log({f"eval/accuracy_{h}": 0.5 + step / 100 for h in report.HEADS}, step)
+            else:
+                logger.log({"reward/composite": step / 40 + math.sin(step) / 10, "reward/helpful": 0.1,
+                            "objective/kl": step / 20, "objective/kl_coef": 0.05 * (1 + step / 40)}, step)
+        logger.log({"reward/composite": 99.0, "objective/kl": 1.0}, 1)  # a resumed run logs step 1 again
+        logger.summary({"final": 1.0, "note": "ok"})
+        logger.finish()
+        runs[stage] = str(root / stage)
+    return runs
+
+
+def _records(rewards):
+    """Per-sample records for policies with per-prompt composite rewards, 3 sources x n prompts."""
+    out = []
+    for policy, values in rewards.items():
+        for decoding in ("greedy", "sampled"):
+            for i, value in enumerate(values):
+                source = ev.SOURCES[i % 3]
+                out.append({"variant": f"{policy}/0-shot/{decoding}", "policy": policy, "shots": 0,
+                            "decoding": decoding, "source": source, "id": str(i), "prompt": f"prompt {i}",
+                            "length": 5, "ended": True,
+                            "response": NASTY if policy == "ppo" and i == 0 else f"answer {i} from {policy}",
+                            "references": ["reference summary"] if source == "dialogsum" else [],
+                            "reward/composite": value, "reward/harmless": value / 2, "toxicity": 0.01,
+                            **({"kl/k1": 1.5, "kl/k3": 1.2} if policy != "base" and decoding == "sampled" else {})})
+    return out
+
+
+def _results(records):
+    cfg = ev.EvalConfig(policies=[ev.PolicyConfig(p, "x") for p in dict.fromkeys(r["policy"] for r in records)])
+    described = {p.name: {"path": p.path, "kind": "full", "reference": ""} for p in cfg.policies}
+    return ev.build_results(cfg, records, described)
+
+
+def test_escape_cell_neutralises_markup():
+    cell = report.escape_cell(NASTY)
+    assert "<script>" not in cell and "&lt;script&gt;" in cell
+    assert "|" not in cell.replace("&#124;", "") and "\n" not in cell and "<br>" in cell
+    for raw in ("**", "[link]", "`"):
+        assert raw not in cell
+    assert report.escape_cell("snake_case_name") == "snake_case_name"  # intraword underscores are not emphasis
+    assert report.escape_cell("_it_") == "&#95;it&#95;"
+
+
+def test_fmt_handles_missing_values():
+    assert report.fmt(None) == report.fmt(float("nan")) == "—"
+    assert report.fmt(0.12345) == "0.123" and report.fmt(3) == "3"
+    assert report.fmt_interval(0.5, 0.2, 0.8) == "0.500 (0.200, 0.800)"
+    assert report.fmt_interval(0.5, None, None) == "0.500"
+
+
+@pytest.mark.parametrize("ppo_rewards, expected", [
+    ([1.0, 1.2, 0.9, 1.1, 1.3, 1.0], "**PPO beats SFT.**"),
+    ([0.1, -0.2, 0.1, -0.1, 0.0, -0.2], "**PPO does not beat SFT.**"),
+    ([0.6, -0.5, 0.7, -0.4, 0.5, -0.6], "not clearly"),
+])
+def test_headline_verdict(ppo_rewards, expected):
+    sft = [0.0, 0.1, -0.1, 0.0, 0.1, 0.0]
+    results = _results(_records({"sft": sft, "ppo": ppo_rewards}))
+    head = report.headline(results)
+    assert expected in head["verdict"][0]
+    assert head["ppo/reward/composite"] == pytest.approx(sum(ppo_rewards) / 6)
+    assert any(line.startswith("Win-rate of ppo against sft") for line in head["verdict"])
+    assert any("KL cost" in line and "1.500" in line for line in head["verdict"])
+    assert any(line.startswith("Toxicity (Detoxify)") and "not worse" in line for line in head["verdict"])
+
+
+def test_headline_says_when_toxicity_and_harmless_are_worse_or_unavailable():
+    records = _records({"sft": [1.0] * 6, "ppo": [-1.0, -1.1, -0.9, -1.0, -1.2, -0.8]})
+    for r in records:
+        r.pop("toxicity")
+    head = report.headline(_results(records))
+    assert any(line.startswith("Harmless head") and "**worse**" in line for line in head["verdict"])
+    assert any(line.startswith("Toxicity: unavailable") for line in head["verdict"])
+
+
+def test_report_from_saved_metrics(tmp_path, run_cfg):
+    runs = _write_stage_metrics(tmp_path / "runs", run_cfg)
+    records = _records({"base": [0.0] * 6, "sft": [0.1] * 6, "ppo": [0.5, 0.6, 0.4, 0.5, 0.7, 0.6]})
+    results = _results(records)
+    out = tmp_path / "report"
+    path, tables = report.write_report(out, results, records, runs, examples_per_source=2)
+    text = path.read_text()
+    for png in ("training_sft.png", "training_reward.png", "training_ppo.png", "reward_heads.png",
+                "distributions.png", "rouge.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == PNG and len(data) > 10_000, png
+        assert f"]({png})" in text
+    assert "**PPO beats SFT.**" in text and "## Training" in text and "final numbers" in text
+    assert "<script>" not in text and "&lt;script&gt;" in text  # the nasty generation is shown, escaped
+    assert {t.name for t in tables} == {"eval/overview", "eval/rouge", "eval/per_source", "eval/examples",
+                                        "train/sft", "train/reward", "train/ppo"}
+    overview = next(t for t in tables if t.name == "eval/overview")
+    assert [row[0] for row in overview.rows][:2] == ["base (0-shot, greedy)", "base (0-shot, sampled)"]
+    examples = next(t for t in tables if t.name == "eval/examples")
+    assert NASTY in examples.rows[0][-1]  # W&B gets the raw text; only markdown is escaped
+    # Every markdown table row has as many cells as its header (escaping kept the pipes out).
+    for block in text.split("\n\n"):
+        lines = [line for line in block.splitlines() if line.startswith("|")]
+        if lines:
+            assert len({line.count(" | ") for line in lines if not line.startswith("|---")}) == 1
+
+
+def test_training_curves_keep_the_last_record_of_a_resumed_step(tmp_path, run_cfg):
+    runs = _write_stage_metrics(tmp_path / "runs", run_cfg)
+    from rlhf.tracking import read_metrics
+
+    steps, values = report._series(read_metrics(f"{runs['ppo']}/metrics.jsonl"), "reward/composite")
+    assert steps == list(range(1, 41)) and values[0] == 99.0
+    assert report.plot_curves(read_metrics(f"{runs['ppo']}/metrics.jsonl"),
+                              report.STAGE_PANELS["sft"], "x", tmp_path / "none.png") is None  # no loss keys there
+
+
+def test_report_without_reward_model(tmp_path):
+    records = _records({"sft": [0.0] * 3, "ppo": [0.0] * 3})
+    for r in records:
+        for key in ("reward/composite", "reward/harmless", "toxicity"):
+            r.pop(key)
+    path, _ = report.write_report(tmp_path, _results(records), records, {})
+    assert "No reward model was configured" in path.read_text()
+    assert not (tmp_path / "reward_heads.png").exists()
+
+
+def test_diagnose_explains_a_ppo_that_did_not_win():
+    head = {"candidate": "ppo", "reward/composite_delta": -0.1, "reward/composite_delta_low": -0.3, "ppo/kl/k1": 0.2}
+    reasons = report.diagnose(head, {"reward/composite_first": 0.1, "reward/composite_last": 0.4})
+    assert "stayed close to its start" in reasons[0] and "did not carry over" in reasons[1]
+    assert "did not rise" in report.diagnose(head, {"reward/composite_first": 0.4, "reward/composite_last": 0.1})[1]
+    assert report.diagnose({**head, "reward/composite_delta": 0.5, "reward/composite_delta_low": 0.1}, None) == []

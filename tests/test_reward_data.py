@@ -1,0 +1,89 @@
+"""Which pairs train which head, ties, and balanced sampling across heads."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from reward_models.data import (balanced_batches, drop_contradictions, head_mask, load_pairs, pools_by_head,
+                                subsample)
+from rlhf.records import PreferenceRecord, RecordError
+
+
+def rec(prompt, chosen, rejected, *dims):
+    return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected, dimension=list(dims))
+
+
+def test_shipped_sources_feed_their_heads():
+    pairs = load_pairs(["hh-rlhf-harmless", "truthfulqa", "dialogsum"], [], "dev")
+    by_source = {p.source: p.dimension for p in pairs}
+    assert by_source == {"hh-rlhf-harmless": ["harmless"], "truthfulqa": ["honest"], "dialogsum": ["helpful"]}
+
+
+def test_test_split_is_disjoint_from_train_by_prompt():
+    train = {p.prompt for p in load_pairs(["hh-rlhf-harmless", "truthfulqa"], [], "train")}
+    test = {p.prompt for p in load_pairs(["hh-rlhf-harmless", "truthfulqa"], [], "test")}
+    assert train and test and not train & test
+
+
+def test_extra_files_are_read_strictly_and_split(tmp_path):
+    good = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no", "dimension": ["honest", "helpful"]} for i in range(40)]
+    good.write_text("\n".join(json.dumps(r) for r in rows))
+    train = load_pairs([], [str(good)], "train")
+    assert 0 < len(train) < 40 and all(p.dimension == ["helpful", "honest"] for p in train)
+    assert len(load_pairs([], [str(good)], "train", extra_files_split="train")) == 40
+    assert load_pairs([], [str(good)], "dev", extra_files_split="train") == []
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "dimension": "funny"}) + "\n")
+    with pytest.raises(RecordError, match=r"bad.jsonl:2: field 'dimension'"):
+        load_pairs([], [str(bad)], "train")
+
+
+def test_unknown_source_name_is_an_error():
+    with pytest.raises(ValueError, match="unknown data source 'hh'"):
+        load_pairs(["hh"], [], "train")
+
+
+def test_a_pair_given_both_ways_is_a_tie_and_is_dropped():
+    pairs = [rec("p", "a", "b", "helpful"), rec("p", "b", "a", "helpful"), rec("p", "a", "b", "honest"),
+             rec("q", "a", "b", "helpful")]
+    kept, dropped = drop_contradictions(pairs)
+    assert dropped == 2 and kept == [pairs[2], pairs[3]]
+
+
+def test_head_mask_follows_dimensions():
+    mask = head_mask([rec("p", "a", "b", "honest"), rec("p", "a", "c", "helpful", "harmless")])
+    assert mask.tolist() == [[False, True, False], [True, False, True]]
+
+
+def test_balanced_batches_draw_equally_from_every_head():
+    pairs = [rec(f"h{i}", "a", "b", "helpful") for i in range(30)] + [rec(f"o{i}", "a", "b", "honest") for i in range(7)]
+    pools = pools_by_head(pairs)
+    batches = balanced_batches(pools, per_head=30, batch_size=4, seed=0, epoch=0)
+    per_head = Counter("helpful" if i < 30 else "honest" for batch in batches for i in batch)
+    assert per_head == {"helpful": 30, "honest": 30}
+    assert set(i for b in batches for i in b) == set(range(37))  # every pair seen, the small pool cycled
+    assert all(len({"helpful" if i < 30 else "honest" for i in b}) == 1 for b in batches)  # single-head batches
+    honest_draws = Counter(i for b in batches for i in b if i >= 30)
+    assert max(honest_draws.values()) - min(honest_draws.values()) <= 1  # cycled through whole shuffles
+    assert batches == balanced_batches(pools, 30, 4, seed=0, epoch=0)  # same (seed, epoch): same order
+    assert batches != balanced_batches(pools, 30, 4, seed=0, epoch=1)
+
+
+def test_length_buckets_reduce_padding_but_keep_the_draw():
+    pairs = [rec(f"h{i}", "a", "b", "helpful") for i in range(64)]
+    lengths = [(i * 37) % 101 for i in range(64)]
+    plain = balanced_batches(pools_by_head(pairs), 64, 8, seed=1, epoch=0)
+    bucketed = balanced_batches(pools_by_head(pairs), 64, 8, seed=1, epoch=0, lengths=lengths, bucket=8)
+    assert sorted(i for b in plain for i in b) == sorted(i for b in bucketed for i in b)
+    padded = lambda bs: sum(len(b) * max(lengths[i] for i in b) for b in bs)  # noqa: E731
+    assert padded(bucketed) < padded(plain)
+
+
+def test_subsample_caps_each_head():
+    pairs = [rec(f"h{i}", "a", "b", "helpful") for i in range(10)] + [rec(f"o{i}", "a", "b", "honest") for i in range(3)]
+    kept = subsample(pairs, 4)
+    assert Counter(p.dimension[0] for p in kept) == {"helpful": 4, "honest": 3}
+    assert subsample(pairs, 4) == kept and subsample(pairs, 0) == pairs
