@@ -171,9 +171,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         reference = described.get("reference") or "its reference"
         if reference == "adapter disabled":
             base_model = described.get("base")
-            reference = f"{base_model} (its adapter disabled)" if base_model else "its adapter disabled"
-        verdict.append(f"KL cost: KL({cand} ‖ {reference}) on {cand}'s own samples = {fmt(c['kl/k1'])} nats per "
-                       f"response (k1; k3 = {fmt(c.get('kl/k3'))}).")
+            reference = f"{cand} with its adapter disabled" + (f", i.e. {base_model}" if base_model else "")
+        verdict.append(f"KL cost: KL({cand} ‖ reference) on {cand}'s own samples = {fmt(c['kl/k1'])} nats per "
+                       f"response (k1; k3 = {fmt(c.get('kl/k3'))}); reference: {reference}.")
     else:
         verdict.append(f"KL of {cand} to its reference was not measured (needs an adapter policy and sampled "
                        f"decoding at temperature 1).")
@@ -213,8 +213,11 @@ def diagnose(head: dict[str, Any], ppo_summary: dict[str, Any] | None) -> list[s
 # ---------------------------------------------------------------- tables
 
 
-def _variant_label(v: dict[str, Any]) -> str:
-    return f"{v['policy']} ({v['shots']}-shot, {v['decoding']})"
+def _variant_label(v: dict[str, Any], all_sources: Sequence[str] = ()) -> str:
+    """``sft (0-shot, sampled)``; a variant run on only some sources names them."""
+    sources = v.get("sources") or list(all_sources)
+    only = f"; {', '.join(sources)} only" if all_sources and list(sources) != list(all_sources) else ""
+    return f"{v['policy']} ({v['shots']}-shot, {v['decoding']}{only})"
 
 
 def overview_table(results: dict[str, Any]) -> ReportTable:
@@ -224,7 +227,7 @@ def overview_table(results: dict[str, Any]) -> ReportTable:
     rows = []
     for v in _variants(results):
         m = _metrics(results, v["key"])
-        rows.append([_variant_label(v),
+        rows.append([_variant_label(v, results.get("sources", [])),
                      fmt_interval(*(m.get(f"reward/composite{s}") for s in ("", "_low", "_high"))),
                      *[fmt(m.get(f"reward/{h}")) for h in HEADS], fmt(m.get("toxicity"), 4),
                      fmt(m.get("kl/k1")), fmt(m.get("kl/k3")),
