@@ -1,6 +1,7 @@
 """The exported annotation file is training data for the reward model, read through rlhf.records unchanged."""
 from __future__ import annotations
 
+from pathlib import Path
 import pytest
 
 from rlhf.annotate.export import export_preferences
@@ -34,13 +35,24 @@ def test_export_loads_as_preference_records(annotation_db, tmp_path):
 
 
 def test_export_trains_reward_model(annotation_db, tmp_path):
-    """Wired by the lead once the reward-model stage lands: train a tiny reward model on the export.
+    """The export is read unchanged by the reward stage, and a tiny reward model learns from it."""
+    from reward_models.train import train_reward_model
+    from rlhf.config import load_config
+    from rlhf.tracking import read_metrics
+    from reward_models.config import RewardStageConfig
 
-    Needs from ``reward_models.train``: a function taking a list of PreferenceRecord (or a JSONL
-    path), a backbone (tiny-bert) and a step budget, and returning the training losses, so this test
-    can assert the pairwise loss fell and each trained head ranks chosen above rejected more often.
-    """
-    train = pytest.importorskip("reward_models.train", reason="the reward-model stage is not merged yet")
-    records = load_preferences(export_labelled(annotation_db, tmp_path))
+    export = export_labelled(annotation_db, tmp_path)
+    records = load_preferences(export)
     assert {d for r in records for d in r.dimension} == set(DIMENSIONS)  # every head gets pairs
-    assert train is not None  # placeholder for the lead: call the training entry point on `records` here
+    repo = Path(__file__).resolve().parents[2]
+    cfg, _ = load_config(RewardStageConfig, [], repo / "pipelines/configs/reward.yaml")
+    cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
+    cfg.data.sources, cfg.data.extra_files, cfg.data.extra_files_split = [], [str(export)], "train"
+    cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio = 4, 3e-3, 3e-3, 0.0
+    cfg.train.checkpoint_every, cfg.train.epochs = 0, 8
+    cfg.eval.test = False
+    cfg.run.output_dir, cfg.run.run_name, cfg.run.wandb_mode = str(tmp_path / "runs"), "rm", "disabled"
+    run_dir = train_reward_model(cfg)
+    losses = [m["loss/pairwise"] for m in read_metrics(run_dir / "metrics.jsonl") if "loss/pairwise" in m]
+    assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2  # it learned from the labels
+    assert (run_dir / "final" / "reward_config.json").is_file()
