@@ -61,7 +61,9 @@ def build_tiny_tokenizer(vocab_size: int = 1024, encoder: bool = False):
     return fast
 
 
-def build_tiny_llama(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+def build_tiny_llama(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2,
+                     init_scale: float = 0.02) -> Path:
+    """A tiny random Llama; ``init_scale`` above the usual 0.02 gives peaked next-token distributions."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -69,7 +71,7 @@ def build_tiny_llama(out_dir: str | Path, seed: int = 0, hidden: int = 64, layer
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=init_scale,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(config)

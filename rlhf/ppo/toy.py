@@ -15,26 +15,12 @@ import torch
 
 
 def build_toy_policy(out_dir: str | Path, seed: int = 0, init_scale: float = 0.3) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rlhf.tiny import build_tiny_tokenizer
+    from rlhf.tiny import build_tiny_llama
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
-    tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, initializer_range=init_scale,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    return build_tiny_llama(out_dir, seed=seed, init_scale=init_scale)
 
 
 def frequent_token(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> int:
