@@ -152,7 +152,9 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
 
     # 1. run folder, processes, seed
     started = time.perf_counter()
-    accelerator = Accelerator()
+    # cpu=True on CPU machines: without it, accelerate 1.15 under torchrun sees no process group and every rank
+    # runs as a lone "main" process (each trains on everything and they race to write the same files).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     run_dir = resolve_run_dir(cfg.run, resume)
     set_seed(cfg.run.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
