@@ -225,7 +225,8 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
     """Generate for ``chats`` in batches (seeded per batch, so every policy gets the same random stream).
 
     ``policy`` is an :class:`rlhf.policies.Policy`; with ``measure_kl`` the KL of each sample to the
-    policy's reference is computed on the tokens just sampled.
+    policy's reference is computed on the tokens just sampled: the policy's log-probs come from the logits
+    generation already computed (one forward pass saved), the reference's from one forward pass.
     """
     model, tokenizer = policy.model, prepare_tokenizer(policy.tokenizer)
     eos_id = tokenizer.eos_token_id
@@ -238,7 +239,9 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
                           add_special_tokens=False).to(model.device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         with _autocast(bf16):
-            sequences = model.generate(**batch, **settings.hf_kwargs(tokenizer))  # (batch, prompt_len + response_len)
+            generated = model.generate(**batch, **settings.hf_kwargs(tokenizer), return_dict_in_generate=True,
+                                       output_logits=measure_kl)
+        sequences = generated.sequences  # (batch, prompt_len + response_len)
         prompt_len = batch["input_ids"].shape[1]
         response_ids = sequences[:, prompt_len:]  # (batch, response_len)
         mask = response_mask(response_ids, eos_id)  # (batch, response_len)
@@ -248,7 +251,9 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
         out.ended += (response_ids == eos_id).any(-1).tolist()
         if measure_kl:
             attention = torch.cat([batch["attention_mask"], mask], dim=1)  # (batch, prompt_len + response_len)
-            policy_lp = response_logprobs(model, sequences, attention, prompt_len)
+            # Raw logits of each sampling step = the sampling distribution (T=1, no filters: see measure_kl's caller).
+            step_logits = torch.stack(generated.logits, dim=1).float()  # (batch, response_len, vocab)
+            policy_lp = torch.log_softmax(step_logits, dim=-1).gather(-1, response_ids[..., None]).squeeze(-1)
             with policy.reference() as reference:
                 reference_lp = response_logprobs(reference, sequences, attention, prompt_len)
             kl = metrics.sequence_kl(policy_lp, reference_lp, mask)

@@ -112,6 +112,25 @@ def test_response_logprobs_unaffected_by_left_padding(tiny_llama_path):
     assert torch.allclose(batched[1], single[1][0], atol=1e-4)
 
 
+def test_generation_logits_equal_a_forward_pass(tiny_llama_path):
+    """The policy's log-probs for KL are taken from generate()'s logits: they must match a forward pass."""
+    from rlhf.generation import prepare_tokenizer, render_chat
+    from rlhf.zoo import load_causal_lm, load_tokenizer
+
+    model, tokenizer = load_causal_lm(tiny_llama_path).eval(), prepare_tokenizer(load_tokenizer(tiny_llama_path))
+    texts = [render_chat(tokenizer, _chat(q)) for q in ("Why is the sky blue? Tell me more.", "Hi")]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)  # left-padded
+    torch.manual_seed(0)
+    out = model.generate(**batch, **GenerationSettings(max_new_tokens=8).hf_kwargs(tokenizer),
+                         return_dict_in_generate=True, output_logits=True)
+    prompt_len = batch["input_ids"].shape[1]
+    response = out.sequences[:, prompt_len:]
+    mask = ev.response_mask(response, tokenizer.eos_token_id)
+    from_generate = torch.log_softmax(torch.stack(out.logits, 1).float(), -1).gather(-1, response[..., None]).squeeze(-1)
+    forward = ev.response_logprobs(model, out.sequences, torch.cat([batch["attention_mask"], mask], 1), prompt_len)
+    assert torch.allclose(from_generate * mask, forward * mask, atol=1e-4)
+
+
 def test_sampling_is_seeded_the_same_for_every_run(tiny_llama_path):
     policy = load_policy("base", tiny_llama_path)
     chats = [_chat("What is the capital of France?"), _chat("Summarize: A met B."), _chat("Hello")]
