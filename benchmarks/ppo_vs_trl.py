@@ -149,7 +149,8 @@ class ClassifierScorer:
     """The Scorer protocol over the benchmark's SmolLM2 sequence classifier (the same model TRL scores with).
 
     Our trainer hands over text (HH prompts, decoded responses); this re-tokenises prompt + response + EOS
-    with the shared tokenizer, left-padded, and reads the score at the last token, as TRL's get_reward does.
+    with the shared tokenizer and reads the score at the last token, as TRL's get_reward does (one text per
+    forward, so there is no padding to skip).
     """
 
     def __init__(self, path: str, tokenizer):
@@ -172,10 +173,13 @@ class ClassifierScorer:
 
         texts = [render_chat(self.tokenizer, prompt_to_messages(p)) + r + self.tokenizer.eos_token
                  for p, r in zip(prompts, responses)]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # (B, L) skip the left padding
+        # One text per forward: no padding, so no FLOPs on pad positions (lengths differ by up to ~3x here).
+        scores = []
         with torch.no_grad():
-            scores = self.model(**batch, position_ids=positions).logits[:, 0].float()  # (B,) at the last token
+            for text in texts:
+                ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]  # (1, L)
+                scores.append(self.model(input_ids=ids).logits[0, 0].float())  # score at the last token
+        scores = torch.stack(scores)  # (B,)
         return RewardScores(composite=scores, heads={"helpful": scores.clone()})
 
 
@@ -186,7 +190,7 @@ def our_config(wl: Workload):
 
     overrides = {
         "policy.model": wl.policy_path, "ppo.batch_size": wl.batch_size, "ppo.mini_batch_size": wl.mini_batch_size,
-        "ppo.micro_batch_size": wl.mini_batch_size, "ppo.epochs": wl.ppo_epochs,
+        "ppo.epochs": wl.ppo_epochs,  # micro-batch and forward batch: our defaults (1 rollout, padding-free)
         "generation.max_new_tokens": wl.max_new_tokens, "generation.temperature": wl.temperature,
         "generation.batch_size": wl.batch_size, "lora.r": wl.lora_r, "lora.alpha": wl.lora_alpha,
         "lora.target_modules": json.dumps(wl.lora_target_modules), "train.steps": wl.num_steps,

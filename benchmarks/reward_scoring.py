@@ -13,6 +13,7 @@ Without --model, an untrained MiniLM reward model is used: throughput does not d
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "reward_scoring.json"),
+                        help="where the numbers are written as JSON")
     args = parser.parse_args(argv)
 
     import torch
@@ -89,6 +92,15 @@ def main(argv=None) -> int:
     print(f"A  reward model only      : median {a:7.1f} responses/s  (rounds: {', '.join(f'{r:.1f}' for r in rates['A'])})")
     print(f"B  reward model + Detoxify: median {b:7.1f} responses/s  (rounds: {', '.join(f'{r:.1f}' for r in rates['B'])})")
     print(f"B/A throughput ratio {b / a:.2f} (Detoxify adds {1 / b - 1 / a:.4f} s per response)")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(["python", *sys.argv]),
+              "model": args.model or f"untrained {args.backbone} reward model", "responses": args.responses,
+              "batch_size": args.batch_size, "rounds": args.rounds, "threads": torch.get_num_threads(),
+              "load_before": list(load_before), "load_after": list(load_after),
+              "responses_per_s": {"reward_model": a, "reward_model_plus_detoxify": b},
+              "rounds_responses_per_s": rates, "ratio_with_detoxify": b / a}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"results: {args.out}")
     return 0
 
 

@@ -47,6 +47,14 @@ def test_equals_form_and_int_to_float():
     assert cfg.ppo.horizon is None
 
 
+def test_scientific_notation_without_a_dot_is_a_number():
+    # YAML 1.1 leaves "1e-4" a string; as a float field's value it must still read as 0.0001.
+    cfg, _ = load_config(StageConfig, ["--ppo.kl_coef", "1e-4"])
+    assert cfg.ppo.kl_coef == pytest.approx(1e-4) and isinstance(cfg.ppo.kl_coef, float)
+    with pytest.raises(ConfigError, match="^ppo.kl_coef: expected a number"):
+        load_config(StageConfig, ["--ppo.kl_coef", "1e-4x"])
+
+
 @pytest.mark.parametrize("argv, key", [
     (["--ppo.kl_coeff", "0.1"], "ppo.kl_coeff"),
     (["--learning_rate", "1"], "learning_rate"),
