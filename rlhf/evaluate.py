@@ -26,7 +26,7 @@ import torch
 
 from rlhf import metrics
 from rlhf.config import RunConfig
-from rlhf.generation import GenerationSettings, prepare_tokenizer, render_chat
+from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
 from rlhf.prompts import Shot, few_shot, pick_shots
 
 SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
@@ -230,14 +230,9 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
     """
     model, tokenizer = policy.model, prepare_tokenizer(policy.tokenizer)
     eos_id = tokenizer.eos_token_id
-    generator = torch.Generator().manual_seed(settings.seed)
     out = Samples()
     model.eval()
-    for start in range(0, len(chats), settings.batch_size):
-        texts = [render_chat(tokenizer, chat) for chat in chats[start:start + settings.batch_size]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
-                          add_special_tokens=False).to(model.device)
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
         with _autocast(bf16):
             generated = model.generate(**batch, **settings.hf_kwargs(tokenizer), return_dict_in_generate=True,
                                        output_logits=measure_kl)

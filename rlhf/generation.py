@@ -57,21 +57,29 @@ def render_chat(tokenizer, messages: Sequence[dict[str, str]], add_generation_pr
     return text + ("Assistant:" if add_generation_prompt else "")
 
 
+def seeded_chat_batches(tokenizer, chats: Sequence[Sequence[dict[str, str]]], settings: GenerationSettings,
+                        max_prompt_tokens: int, device):
+    """Yield the chats rendered and tokenized ``settings.batch_size`` at a time (left-padded, on ``device``),
+    seeding torch before each batch from ``settings.seed``: the same chats and settings give the same samples
+    whatever ran before, so every policy compared on them gets the same random stream."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    for start in range(0, len(chats), settings.batch_size):
+        texts = [render_chat(tokenizer, chat) for chat in chats[start:start + settings.batch_size]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
+                          add_special_tokens=False).to(device)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        yield batch
+
+
 @torch.no_grad()
 def generate_chat(model, tokenizer, chats: Sequence[Sequence[dict[str, str]]], settings: GenerationSettings,
                   max_prompt_tokens: int = 512) -> list[str]:
     """Answer each chat; returns the decoded responses (special tokens stripped)."""
     prepare_tokenizer(tokenizer)
-    generator = torch.Generator().manual_seed(settings.seed)
     responses: list[str] = []
     was_training = model.training
     model.eval()
-    for start in range(0, len(chats), settings.batch_size):
-        texts = [render_chat(tokenizer, chat) for chat in chats[start:start + settings.batch_size]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
-                          add_special_tokens=False).to(model.device)
-        # Seed per batch so results do not depend on what ran before (same seed -> same samples).
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
         out = model.generate(**batch, **settings.hf_kwargs(tokenizer))
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))

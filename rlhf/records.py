@@ -125,6 +125,19 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield from _read_with_datasets(path)
 
 
+def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
+    """The ``prompt`` field of each row (any file ``read_rows`` reads), the first ``limit`` rows only if given."""
+    prompts = []
+    for line, row in read_rows(path):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RecordError(path, line, "prompt", "missing, empty or not a string")
+        prompts.append(prompt)
+        if limit is not None and len(prompts) >= limit:
+            break
+    return prompts
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     seen_any = False
     for line_no, raw in _iter_lines(path):

@@ -36,3 +36,15 @@ def run_cfg(tmp_path):
     from rlhf.config import RunConfig
 
     return RunConfig(output_dir=str(tmp_path / "runs"), run_name="test", wandb_mode="disabled")
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and stay fast when other jobs share the 2 cores.
+    Test modules of tiny-model training and scoring use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,15 +13,8 @@ from reward_models.types import HEADS, RewardScores, Scorer
 PROMPTS = ["\n\nHuman: How do I make bread?\n\nAssistant:", "Is the earth flat?", "Summarize: A met B."]
 RESPONSES = ["Mix flour, water, yeast and salt, then bake.", "No, it is round.", "A and B met."]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and stay fast when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def test_last_token_index_for_right_and_left_padding():
     right = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])

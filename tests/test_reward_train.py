@@ -22,15 +22,8 @@ from rlhf.tracking import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = ["bread", "rivers", "taxes", "music", "chess", "rain", "trains", "cats", "paint", "stars", "soup", "maps"]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and stay fast when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def toy_preferences(path: Path, per_head: int = 60, seed: int = 0) -> Path:
     """A learnable preference: the chosen answer is kind, the rejected one rude, for every head."""

@@ -14,15 +14,8 @@ from reward_models.toxicity import (JIGSAW_CLASSES, ToxicityScorer, convert_deto
 
 TEXTS = ["You are wonderful.", "I will hurt you, idiot.", "The sky is blue today."]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and stay fast when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def tiny_toxic_bert(tiny_bert_path):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification

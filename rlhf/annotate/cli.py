@@ -86,7 +86,8 @@ def cmd_import(args) -> int:
 
 
 def cmd_make_tasks(args) -> int:
-    from rlhf.annotate.sampling import read_prompts, sample_items
+    from rlhf.annotate.sampling import sample_items
+    from rlhf.records import read_prompts
 
     prompts = read_prompts(args.prompts, limit=args.n)
     items = sample_items(prompts, args.policy, args.policy2, max_new_tokens=args.max_new_tokens, seed=args.seed)

@@ -8,23 +8,9 @@ from __future__ import annotations
 
 import random
 import sys
-from pathlib import Path
 
 from rlhf.annotate.store import NewItem
-from rlhf.records import RecordError, prompt_to_messages, read_rows
-
-
-def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
-    """The ``prompt`` field of each row (JSONL, JSON or CSV), first ``limit`` rows only if given."""
-    prompts = []
-    for line, row in read_rows(path):
-        prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise RecordError(path, line, "prompt", "missing, empty or not a string")
-        prompts.append(prompt)
-        if limit is not None and len(prompts) >= limit:
-            break
-    return prompts
+from rlhf.records import prompt_to_messages
 
 
 def _generate(policy: str, prompts: list[str], max_new_tokens: int, seeds: list[int]) -> list[list[str]]:

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from rlhf import sources
-from rlhf.records import RecordError, read_rows
+from rlhf.records import RecordError, read_prompts
 
 SHIPPED_PROMPTS: dict[str, Callable[[str], list[str]]] = {
     "hh-rlhf-harmless": lambda split: [r.prompt for r in sources.hh_harmless_pairs(split)],
@@ -27,13 +27,7 @@ def prompts_from_file(path: str | Path) -> list[str]:
         if not path.is_file():
             raise RecordError(path, None, None, "file not found")
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    prompts = []
-    for line, row in read_rows(path):
-        prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise RecordError(path, line, "prompt", "missing or not a non-empty string")
-        prompts.append(prompt)
-    return prompts
+    return read_prompts(path)
 
 
 def load_prompts(source_names: Sequence[str], split: str = "train") -> list[str]:
