@@ -41,6 +41,8 @@ class Workload:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Decoder layers with adapters, on both sides; negatives count from the top; [] = every layer.
+    lora_layers: list[int] = field(default_factory=lambda: list(range(-8, 0)))
     our_overrides: dict[str, str] = field(default_factory=dict)  # extra --key value for our config (variants)
 
     @property

@@ -130,14 +130,15 @@ def benchmark_prompts(tokenizer, count: int, max_tokens: int = MAX_PROMPT_TOKENS
     raise RuntimeError(f"only {len(prompts)} HH-harmless train prompts fit {max_tokens} tokens; {count} needed")
 
 
-def prepare_workload(path: Path, num_prompts: int, our_overrides: dict[str, str] | None = None) -> Workload:
+def prepare_workload(path: Path, num_prompts: int, lora_layers: list[int],
+                     our_overrides: dict[str, str] | None = None) -> Workload:
     from rlhf.zoo import load_tokenizer, resolve_model
 
     policy_path = resolve_model("smollm2-135m-instruct")
     reward_path = build_reward_model(policy_path, reward_model_dir())
     prompts, chat_prompts = benchmark_prompts(load_tokenizer(policy_path), num_prompts)
     workload = Workload(policy_path=policy_path, reward_path=str(reward_path), prompts=prompts,
-                        chat_prompts=chat_prompts, our_overrides=our_overrides or {})
+                        chat_prompts=chat_prompts, lora_layers=lora_layers, our_overrides=our_overrides or {})
     workload.save(path)
     return workload
 
@@ -149,8 +150,8 @@ class ClassifierScorer:
     """The Scorer protocol over the benchmark's SmolLM2 sequence classifier (the same model TRL scores with).
 
     Our trainer hands over text (HH prompts, decoded responses); this re-tokenises prompt + response + EOS
-    with the shared tokenizer and reads the score at the last token, as TRL's get_reward does (one text per
-    forward, so there is no padding to skip).
+    with the shared tokenizer and reads the score at the last token, as TRL's get_reward does (all texts in
+    one packed forward, so there is no padding to skip).
     """
 
     def __init__(self, path: str, tokenizer):
@@ -168,18 +169,22 @@ class ClassifierScorer:
         import torch
 
         from reward_models.types import RewardScores
+        from rlhf.ppo.packing import PackedRows
         from rlhf.generation import render_chat
         from rlhf.records import prompt_to_messages
 
         texts = [render_chat(self.tokenizer, prompt_to_messages(p)) + r + self.tokenizer.eos_token
                  for p, r in zip(prompts, responses)]
-        # One text per forward: no padding, so no FLOPs on pad positions (lengths differ by up to ~3x here).
-        scores = []
+        # All texts in one packed forward (rlhf.ppo.packing): no FLOPs on padding, one big matmul per layer
+        # instead of B small ones; the score head reads each text's last token, as the classifier does.
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        packed = PackedRows.from_mask(batch["attention_mask"])  # left padding: every text ends in the last column
         with torch.no_grad():
-            for text in texts:
-                ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]  # (1, L)
-                scores.append(self.model(input_ids=ids).logits[0, 0].float())  # score at the last token
-        scores = torch.stack(scores)  # (B,)
+            hidden = self.model.model(input_ids=packed.pack(batch["input_ids"]), position_ids=packed.position_ids,
+                                      attention_mask=packed.attention_mask(self.model.config._attn_implementation,
+                                                                           torch.float32), use_cache=False)
+            last = packed.unpack(hidden.last_hidden_state)[:, -1]  # (B, H)
+            scores = self.model.score(last)[:, 0].float()  # (B,)
         return RewardScores(composite=scores, heads={"helpful": scores.clone()})
 
 
@@ -193,7 +198,8 @@ def our_config(wl: Workload):
         "ppo.epochs": wl.ppo_epochs,  # micro-batch and forward batch: our defaults (1 rollout, padding-free)
         "generation.max_new_tokens": wl.max_new_tokens, "generation.temperature": wl.temperature,
         "generation.batch_size": wl.batch_size, "lora.r": wl.lora_r, "lora.alpha": wl.lora_alpha,
-        "lora.target_modules": json.dumps(wl.lora_target_modules), "train.steps": wl.num_steps,
+        "lora.target_modules": json.dumps(wl.lora_target_modules), "lora.layers": json.dumps(wl.lora_layers),
+        "train.steps": wl.num_steps,
         "train.learning_rate": wl.learning_rate, "train.threads": wl.threads, "train.save_every": 0,
         "train.sample_every": 0, "data.shuffle": "false", "run.seed": wl.seed, "run.wandb_mode": "disabled",
     }
@@ -243,8 +249,12 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     #    calls with grad enabled are the update's (rollout forwards run under no_grad)
     lm = trainer.unwrapped.causal_lm
     head_params = lm.get_output_embeddings().weight.numel()
+    # The update runs the decoder layers above the frozen trunk (all of them without one) and the final norm.
+    trunk = trainer.unwrapped.trunk_depth
+    below_trunk = {id(p) for layer in lm.get_decoder().layers[:trunk] for p in layer.parameters()}
     body_params = sum(p.numel() for name, p in lm.named_parameters()
-                      if "embed_tokens" not in name and "lm_head" not in name and "lora_" not in name)
+                      if "embed_tokens" not in name and "lm_head" not in name and "lora_" not in name
+                      and id(p) not in below_trunk)
     lora_params = sum(p.numel() for p in trainer.unwrapped.parameters() if p.requires_grad)
     counted = {"tokens": 0, "forward_flops": 0.0, "train_flops": 0.0}
 
@@ -284,7 +294,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
               f"cores), {steps[-1].generated_tokens} tokens, phases "
               + ", ".join(f"{k} {v:.2f}" for k, v in phases[-1].items()), flush=True)
     write_side_result(out, "ours", steps, {
-        "compute_dtype": str(dtype).replace("torch.", ""), "trainable_params": lora_params,
+        "compute_dtype": str(dtype).replace("torch.", ""), "trainable_params": lora_params, "trunk_depth": trunk,
         "model_body_params": body_params, "model_head_params": head_params, "phase_seconds": phases,
         "memory_trace": memory.points,
         "models_in_memory": "policy+LoRA+value head (reference = adapters disabled), reward model",
@@ -348,7 +358,8 @@ def training_flops_report(ours_runs: list[dict], peaks: dict[str, dict]) -> dict
     achieved = statistics.median(r["train_flops_per_s_median"] for r in runs)
     return {"formula": "LoRA on a frozen base: forward F = 2*(N_body*T + N_head*T_response); backward = F "
                        "(activation grads through the frozen matmuls) + 2*N_lora*T (adapter weight grads); "
-                       "T = non-pad tokens; attention seq^2 terms ignored",
+                       "T = non-pad tokens; N_body = the decoder layers the update runs (those above the "
+                       f"frozen trunk of {runs[0].get('trunk_depth', 0)} layers); attention seq^2 terms ignored",
             "N_body": runs[0]["model_body_params"], "N_head": runs[0]["model_head_params"],
             "N_lora": runs[0]["trainable_params"], "compute_dtype": runs[0]["compute_dtype"],
             "train_tokens_per_s": statistics.median(r["train_tokens_per_s_median"] for r in runs),
@@ -364,7 +375,9 @@ def format_table(result: dict) -> str:
     lines = [
         f"PPO, SmolLM2-135M-Instruct + SmolLM2-135M reward model: {wl['num_prompts']} prompts, batch "
         f"{wl['batch_size']}, mini-batch {wl['mini_batch_size']}, {wl['max_new_tokens']} new tokens, "
-        f"{wl['ppo_epochs']} PPO epoch, {wl['threads']} threads -> {wl['num_steps']} steps per run",
+        f"{wl['ppo_epochs']} PPO epoch, {wl['threads']} threads -> {wl['num_steps']} steps per run; LoRA r "
+        f"{wl['lora_r']} on {'/'.join(wl['lora_target_modules'])} of "
+        + (f"decoder layers {wl['lora_layers']} (both sides)" if wl.get("lora_layers") else "every decoder layer"),
         f"medians over {ours['runs']} (ours) / {trl['runs']} (TRL) fresh-process runs, alternating; "
         f"each run's value is its median over steps 2..{wl['num_steps']} (step 1 = warm-up, excluded)",
     ]
@@ -439,7 +452,8 @@ def run_benchmark(args) -> dict:
     trl_python = str(ensure_trl_venv())
     # 2. the workload (models and prompts), built in a subprocess so this process stays small
     workload_path = work / "workload.json"
-    subprocess.run([sys.executable, __file__, "--prepare", str(workload_path), "--num-prompts", str(args.num_prompts)]
+    subprocess.run([sys.executable, __file__, "--prepare", str(workload_path), "--num-prompts", str(args.num_prompts),
+                    "--lora-layers", args.lora_layers]
                    + [item for setting in args.ours_set for item in ("--ours-set", setting)], check=True, env=child_env(2))
     wl = Workload.load(workload_path)
     # 3. this machine's matmul peaks, measured now under the same load: bf16 (what the issue asks for) and
@@ -479,7 +493,8 @@ def run_benchmark(args) -> dict:
                            "mini_batch_size": wl.mini_batch_size, "max_new_tokens": wl.max_new_tokens,
                            "ppo_epochs": wl.ppo_epochs, "threads": wl.threads, "num_steps": wl.num_steps,
                            "temperature": wl.temperature, "lora_r": wl.lora_r, "lora_alpha": wl.lora_alpha,
-                           "lora_target_modules": wl.lora_target_modules, "our_overrides": wl.our_overrides,
+                           "lora_target_modules": wl.lora_target_modules, "lora_layers": wl.lora_layers,
+                           "our_overrides": wl.our_overrides,
                            "policy": wl.policy_path,
                            "reward_model": wl.reward_path},
               "targets": TARGETS, "matmul_peaks": peaks, "sides": sides, "runs": runs, "work_dir": str(work)}
@@ -497,9 +512,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Our PPO vs TRL 1.12 PPOTrainer: time/step, peak RSS, tokens/s")
     parser.add_argument("--runs", type=int, default=2, help="fresh-process runs per side, alternating")
     parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--lora-layers", default=json.dumps(list(range(-8, 0))),
+                        help="JSON list of adapted decoder layers on both sides, negatives from the top; [] = all")
     parser.add_argument("--sides", default="ours,trl", help="comma list; one side skips the ratios")
     parser.add_argument("--out", default=None, help="default: results/ppo_vs_trl.json for the plain two-sided "
-                        "run, results/ppo_vs_trl-variant.json otherwise (so a variant never overwrites it)")
+                        "run, results/ppo_vs_trl-variant.json otherwise (so a variant never overwrites it); "
+                        "-all-layers in the name with --lora-layers []")
     parser.add_argument("--trl-from", default=None, metavar="RESULTS_JSON",
                         help="with --sides ours: take TRL's medians from an earlier results file for the ratios")
     parser.add_argument("--work-dir", default=None, help="workload, per-run logs and results (default under RLHF_HOME)")
@@ -517,13 +535,15 @@ def main(argv: list[str]) -> int:
     args.sides = args.sides.split(",")
     if args.out is None:
         plain = set(args.sides) == set(SIDES) and not args.ours_set
-        args.out = str(BENCH_DIR / "results" / ("ppo_vs_trl.json" if plain else "ppo_vs_trl-variant.json"))
+        name = "ppo_vs_trl" + ("" if json.loads(args.lora_layers) else "-all-layers")
+        args.out = str(BENCH_DIR / "results" / (f"{name}.json" if plain else f"{name}-variant.json"))
 
     if args.setup_only:
         print(ensure_trl_venv())
         return 0
     if args.prepare:
-        prepare_workload(Path(args.prepare), args.num_prompts, dict(s.split("=", 1) for s in args.ours_set))
+        prepare_workload(Path(args.prepare), args.num_prompts, json.loads(args.lora_layers),
+                         dict(s.split("=", 1) for s in args.ours_set))
         return 0
     if args.side == "ours":
         return run_ours_side(Workload.load(args.workload), Path(args.out), args.profile_step)

@@ -2,8 +2,9 @@
 
     benchmarks/.venv-trl112/bin/python benchmarks/trl_ppo_side.py --workload W.json --out R.json
 
-TRL in its best setting for this workload: LoRA through ``peft_config`` (so its reference policy is the
-policy with the adapter disabled, no second copy), the value model a separate SmolLM2 classifier
+TRL in its best setting for this workload: LoRA through ``peft_config`` on the same layers as ours (so its
+reference policy is the policy with the adapter disabled, no second copy, and autograd stops its backward
+at the lowest adapted layer), the value model a separate SmolLM2 classifier
 initialised from the reward model as TRL's examples do (PPOTrainer requires one), no sample generations,
 no checkpoints. Precision follows the same rule as our "auto": bf16 autocast only on a CPU with native
 bf16 dot products; without them (AVX2-only machines) CPU bf16 linears are ~10x slower than fp32, so fp32. Nothing of TRL's is changed: a callback times the steps and a
@@ -59,8 +60,11 @@ def main(argv: list[str]) -> int:
     value_model = AutoModelForSequenceClassification.from_pretrained(wl.reward_path, num_labels=1, dtype=torch.float32)
     for model in (policy, reward_model, value_model):
         model.config.pad_token_id = tokenizer.pad_token_id
+    depth = policy.config.num_hidden_layers
+    layers = sorted({i + depth if i < 0 else i for i in wl.lora_layers}) or None  # the same layers as ours
     peft_config = peft.LoraConfig(r=wl.lora_r, lora_alpha=wl.lora_alpha, lora_dropout=0.0,
-                                  target_modules=wl.lora_target_modules, task_type="CAUSAL_LM")
+                                  target_modules=wl.lora_target_modules, task_type="CAUSAL_LM",
+                                  layers_to_transform=layers)
 
     # 3. prompts, tokenised once (the chat template is already applied)
     dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False)["input_ids"]

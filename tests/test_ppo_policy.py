@@ -142,12 +142,155 @@ def test_merged_sampling_restores_weights_bit_for_bit(actor_critic, tiny_llama_p
         outputs.append(actor_critic.generate_with_values(**enc, **kwargs))
     for name, param in actor_critic.named_parameters():
         assert torch.equal(before[name], param), name
-    (merged_ids, merged_logits, merged_hidden), (plain_ids, plain_logits, plain_hidden) = outputs
-    assert torch.equal(merged_ids, plain_ids)
-    torch.testing.assert_close(merged_logits, plain_logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(merged_hidden, plain_hidden, atol=1e-4, rtol=1e-4)
+    merged, plain = outputs
+    assert torch.equal(merged.sequences, plain.sequences)
+    torch.testing.assert_close(merged.logits, plain.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(merged.hidden, plain.hidden, atol=1e-4, rtol=1e-4)
+    actor_critic.pack_sequences = False  # the base model's padded forward, so equality can be exact
     ref_after = actor_critic.reference_logits(enc["input_ids"], enc["attention_mask"], 2)
     base = load_causal_lm(tiny_llama_path).eval()
     with torch.no_grad():
         base_logits = base(**enc, position_ids=response_position_ids(enc["attention_mask"])).logits[:, 1:-1]
     torch.testing.assert_close(ref_after, base_logits, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------- adapters on the top layers: the frozen trunk
+
+
+@pytest.fixture()
+def top_layer_actor_critic(tiny_llama_path):
+    """Adapters on the last layer only (of 2): layer 0 is the frozen trunk."""
+    model = build_actor_critic(PolicySection(model=tiny_llama_path, precision="fp32"),
+                               LoraSection(r=4, alpha=8, layers=[-1]), torch.float32)
+    perturb_lora(model)
+    with torch.no_grad():
+        model.value_head.weight.normal_()
+    return model.eval()
+
+
+def test_lora_layers_count_from_the_top_and_leave_a_frozen_trunk(top_layer_actor_critic):
+    lora_names = [n for n, _ in top_layer_actor_critic.named_parameters() if "lora_" in n]
+    assert lora_names and all(".layers.1." in n for n in lora_names)
+    assert top_layer_actor_critic.trunk_depth == 1
+
+
+def test_resolve_layers_counts_negatives_from_the_top_and_refuses_missing_layers():
+    from rlhf.ppo.policy import resolve_layers
+
+    assert resolve_layers([-1, 0, -2], 30) == [0, 28, 29]
+    assert resolve_layers(list(range(-8, 0)), 2) == [0, 1]  # "the last 8" of a 2-layer model: both
+    with pytest.raises(ValueError, match="lora.layers.*outside 0..29"):
+        resolve_layers([30], 30)
+
+
+def test_trunk_reuse_can_be_switched_off_and_is_off_with_adapters_everywhere(tiny_llama_path):
+    off = build_actor_critic(PolicySection(model=tiny_llama_path, precision="fp32", reuse_trunk=False),
+                             LoraSection(r=4, alpha=8, layers=[-1]), torch.float32)
+    everywhere = build_actor_critic(PolicySection(model=tiny_llama_path, precision="fp32"),
+                                    LoraSection(r=4, alpha=8), torch.float32)
+    assert off.trunk_depth == 0 and everywhere.trunk_depth == 0
+
+
+def test_rollouts_and_updates_from_the_trunk_equal_whole_model_forwards(top_layer_actor_critic, tiny_llama_path):
+    """Reference log-probs, old log-probs, values and the update's logits and gradients are the same whether
+    the layers below the adapters run again (trunk off, nothing from the sampling pass) or not."""
+    from rlhf.generation import GenerationSettings
+    from rlhf.ppo.experience import ExperienceMaker
+    from rlhf.ppo.scorers import TokenCountScorer
+    from rlhf.ppo.trainer import trim_padding
+
+    model = top_layer_actor_critic
+    tokenizer = load_tokenizer(tiny_llama_path)
+    settings = GenerationSettings(max_new_tokens=10, batch_size=3, temperature=0.7)
+    prompts = ["What is 2 + 2?", "Tell me a long story about a dragon and a knight", "Hi"]
+    scorer = TokenCountScorer(tokenizer, 5)
+    torch.manual_seed(0)
+    with_trunk = ExperienceMaker(model, tokenizer, scorer, settings, forward_batch_size=2).make(prompts)
+    model.trunk_depth = 0
+    torch.manual_seed(0)
+    whole = ExperienceMaker(model, tokenizer, scorer, settings, reuse_sampling_pass=False,
+                            forward_batch_size=2).make(prompts)
+    assert whole.trunk_hidden is None
+    assert torch.equal(with_trunk.input_ids, whole.input_ids)
+    assert with_trunk.trunk_hidden.shape == (*with_trunk.input_ids.shape, model.config.hidden_size)
+    assert (with_trunk.trunk_hidden[with_trunk.attention_mask == 0] == 0).all()
+    for name in ("ref_logprobs", "logprobs", "values"):
+        torch.testing.assert_close(getattr(with_trunk, name), getattr(whole, name), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(with_trunk.ref_logprobs, with_trunk.logprobs, atol=1e-3)  # adapters matter
+
+    model.trunk_depth = 1
+    part = trim_padding(with_trunk.rows(torch.tensor([0, 2])))
+    grads = []
+    for trunk in (part.trunk_hidden, None):
+        model.zero_grad(set_to_none=True)
+        logits, values = model(part.input_ids, part.attention_mask, part.response_start, trunk_hidden=trunk)
+        (logprobs_from_logits(logits, part.responses_ids) * part.response_mask).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("lora_B" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- packed rows
+
+
+def test_packed_rows_keep_each_row_to_itself():
+    from rlhf.ppo.packing import PackedRows
+
+    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])
+    packed = PackedRows.from_mask(mask)
+    assert packed.index.tolist() == [1, 2, 4, 5, 6, 7]
+    assert packed.position_ids.tolist() == [[0, 1, 0, 1, 2, 3]]
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0],
+                             [0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(packed.allowed, expected)
+    x = torch.arange(8.0).reshape(2, 4, 1)
+    assert packed.pack(x).flatten().tolist() == [1, 2, 4, 5, 6, 7]
+    assert torch.equal(packed.unpack(packed.pack(x)), x * mask.unsqueeze(-1))
+    additive = packed.attention_mask("eager", torch.float32)
+    assert additive.shape == (1, 1, 6, 6) and additive[0, 0, 0, 1] < -1e30 and additive[0, 0, 1, 0] == 0
+
+
+@pytest.mark.parametrize("trunk", [False, True])
+def test_packed_forwards_equal_padded_ones(top_layer_actor_critic, tiny_llama_path, trunk):
+    model = top_layer_actor_critic
+    tokenizer = load_tokenizer(tiny_llama_path)
+    enc = batch(tokenizer, ["What is the capital of France? Paris is", "Hello", "A b c d"])
+    start = enc["input_ids"].shape[1] - 2
+    kept = None
+    if trunk:
+        captured = []
+        with torch.no_grad(), model._keeping_trunk_output(captured):
+            model.causal_lm.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                          position_ids=response_position_ids(enc["attention_mask"]), use_cache=False)
+        kept = captured[0] * enc["attention_mask"].unsqueeze(-1)
+    outputs = []
+    for pack in (False, True):
+        model.pack_sequences = pack
+        with torch.no_grad():
+            outputs.append(model(enc["input_ids"], enc["attention_mask"], start, trunk_hidden=kept))
+            outputs.append((model.reference_logits(enc["input_ids"], enc["attention_mask"], start, kept),))
+    for padded, packed in zip(outputs[:2], outputs[2:]):
+        for a, b in zip(padded, packed):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_prefill_samples_what_plain_generate_samples(top_layer_actor_critic, tiny_llama_path):
+    from rlhf.generation import GenerationSettings
+
+    model = top_layer_actor_critic
+    tokenizer = load_tokenizer(tiny_llama_path)
+    enc = batch(tokenizer, ["What is 2 + 2?", "Tell me a long story about a dragon", "Hi"])
+    kwargs = GenerationSettings(max_new_tokens=8, temperature=0.9).hf_kwargs(tokenizer)
+    passes = []
+    for pack in (False, True):
+        model.pack_sequences = pack
+        torch.manual_seed(3)
+        passes.append(model.generate_with_values(**enc, **kwargs))
+    plain, packed = passes
+    assert torch.equal(plain.sequences, packed.sequences)
+    for name in ("logits", "hidden"):
+        torch.testing.assert_close(getattr(plain, name), getattr(packed, name), atol=1e-4, rtol=1e-4)
+    real = torch.cat([enc["attention_mask"], torch.ones_like(plain.sequences[:, enc["input_ids"].shape[1]:])], 1)
+    real = real.unsqueeze(-1).bool()
+    torch.testing.assert_close(plain.trunk * real, packed.trunk * real, atol=1e-4, rtol=1e-4)

@@ -18,6 +18,13 @@ class PolicySection:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware has bf16 matmuls, else fp32
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time
     merge_lora_for_sampling: bool = True  # fold LoRA into the weights while generating (exact restore after)
+    # With lora.layers above the bottom, the layers below the lowest adapter are frozen and identical for the
+    # policy, the reference and every update: run them once per rollout (in the sampling pass), keep their
+    # output, and start the reference forward and the update's forward+backward from it.
+    reuse_trunk: bool = True
+    # Forwards over several rollouts, and the prompt prefill before sampling, run packed: every row's real tokens
+    # end to end in one sequence with a block-diagonal causal mask, so no FLOPs go to padding (sdpa/eager only).
+    pack_sequences: bool = True
 
 
 @dataclass
@@ -28,6 +35,10 @@ class LoraSection:
     alpha: int = 32
     dropout: float = 0.0  # dropout makes the same forward give different log-probs; PPO ratios want it off
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Decoder layers that get adapters (empty: all); negative indices count from the top, so [-8, ..., -1] is
+    # "the last 8 layers" on any depth (all of them on a model with fewer). The layers below the lowest
+    # adapted one form a frozen trunk that policy.reuse_trunk computes once per rollout.
+    layers: list[int] = field(default_factory=list)
 
 
 @dataclass

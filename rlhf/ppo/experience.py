@@ -11,11 +11,12 @@ from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from reward_models.types import RewardScores, Scorer
 from rlhf.generation import GenerationSettings, prepare_tokenizer, render_chat
 from rlhf.ppo.maths import logprobs_from_logits
-from rlhf.ppo.policy import ActorCritic, evaluation_mode
+from rlhf.ppo.policy import ActorCritic, SamplingPass, evaluation_mode
 from rlhf.records import prompt_to_messages
 
 
@@ -35,6 +36,9 @@ class Experience:
     values: torch.Tensor  # (B, R) value of the state before each response token
     scores: RewardScores  # raw scorer output: composite (B,), heads {name: (B,)}, toxicity (B,) or None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, for logs and benchmarks
+    # (B, P + R, H) output of the policy's frozen trunk (the layers below the lowest adapter) at every
+    # position, zeros where attention_mask is 0; None without a trunk. Later forwards start from it.
+    trunk_hidden: torch.Tensor | None = None
     # Filled in by the trainer (rewards.token_rewards, maths.gae):
     rewards: torch.Tensor | None = None  # (B, R) per-token reward: -kl_coef * KL, + score at the last token
     advantages: torch.Tensor | None = None  # (B, R)
@@ -118,18 +122,13 @@ class ExperienceMaker:
         return self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                               max_length=self.max_prompt_tokens, add_special_tokens=False).to(self.device)
 
-    def _sample(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(response ids (b, r), policy log-probs (b, r) or None, values (b, r) or None) for one chunk."""
+    def _sample(self, input_ids, attention_mask) -> SamplingPass:
+        """One chunk's sampling pass; logits/hidden are only used with reuse_sampling_pass."""
         gen_kwargs = self.settings.hf_kwargs(self.tokenizer)
-        if not self.reuse_sampling_pass:
+        if not self.reuse_sampling_pass and not self.model.trunk_depth:
             sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
-            return sequences[:, input_ids.shape[1]:], None, None
-        sequences, logits, hidden = self.model.generate_with_values(input_ids=input_ids, attention_mask=attention_mask,
-                                                                    **gen_kwargs)
-        response_ids = sequences[:, input_ids.shape[1]:]  # (b, r)
-        logprobs = logprobs_from_logits(logits / self.settings.temperature, response_ids)  # (b, r)
-        values = None if self.model.critic is not None else self.model.values_from_hidden(hidden)  # (b, r)
-        return response_ids, logprobs, values
+            return SamplingPass(sequences, None, None, None)
+        return self.model.generate_with_values(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
 
     @torch.no_grad()
     def make(self, prompts: Sequence[str]) -> Experience:
@@ -146,20 +145,29 @@ class ExperienceMaker:
             start = time.perf_counter()
             batch = self.tokenize_prompts(prompts)
             prompt_len = batch["input_ids"].shape[1]
-            samples = [self._sample(batch["input_ids"][i:i + chunk], batch["attention_mask"][i:i + chunk])
-                       for i in range(0, len(prompts), chunk)]
-            width = max(ids.shape[1] for ids, _, _ in samples)
-            response_ids = pad_right([ids for ids, _, _ in samples], width, eos)  # (B, R)
+            passes = [self._sample(batch["input_ids"][i:i + chunk], batch["attention_mask"][i:i + chunk])
+                      for i in range(0, len(prompts), chunk)]
+            width = max(p.sequences.shape[1] - prompt_len for p in passes)
+            response_ids = pad_right([p.sequences[:, prompt_len:] for p in passes], width, eos)  # (B, R)
             response_mask, has_eos = response_mask_from_tokens(response_ids, eos)  # (B, R), (B,)
             input_ids = torch.cat([batch["input_ids"], response_ids], dim=1)  # (B, P + R)
             attention_mask = torch.cat([batch["attention_mask"], response_mask.long()], dim=1)  # (B, P + R)
+            trunk = None
+            if self.model.trunk_depth:  # (B, P + R, H); zeros on padding so no pad value can leak through attention
+                trunk = torch.cat([nn.functional.pad(p.trunk, (0, 0, 0, prompt_len + width - p.trunk.shape[1]))
+                                   for p in passes])
+                trunk = trunk * attention_mask.unsqueeze(-1).to(trunk.dtype)
             timings["generate"] = time.perf_counter() - start
 
             # 2. reference log-probs (adapters off); policy log-probs and values when sampling did not give them
             start = time.perf_counter()
-            logprobs = torch.cat([pad_right([lp], width, 0.0) for _, lp, _ in samples]) if self.reuse_sampling_pass else None
-            values = torch.cat([pad_right([v.float()], width, 0.0) for _, _, v in samples]) \
-                if self.reuse_sampling_pass and self.model.critic is None else None
+            logprobs = values = None
+            if self.reuse_sampling_pass:
+                response_logprobs = [logprobs_from_logits(p.logits / self.settings.temperature,
+                                                          p.sequences[:, prompt_len:]) for p in passes]  # (b, r) each
+                logprobs = pad_right(response_logprobs, width, 0.0)  # (B, R)
+                if self.model.critic is None:
+                    values = pad_right([self.model.values_from_hidden(p.hidden).float() for p in passes], width, 0.0)
             ref_logprobs = torch.zeros(response_ids.shape, device=response_ids.device)  # (B, R)
             fresh_logprobs = torch.zeros(response_ids.shape, device=response_ids.device)  # (B, R)
             fresh_values = torch.zeros(response_ids.shape, device=response_ids.device)  # (B, R)
@@ -167,13 +175,14 @@ class ExperienceMaker:
                 rows = slice(i, i + self.forward_batch_size)
                 first, end = padding_free_span(attention_mask[rows], response_mask[rows], prompt_len)
                 ids, mask = input_ids[rows, first:end], attention_mask[rows, first:end]  # (b, t)
+                kept = None if trunk is None else trunk[rows, first:end]  # (b, t, H)
                 start_col, targets = prompt_len - first, input_ids[rows, prompt_len:end]  # (b, r)
                 r = targets.shape[1]
-                ref_logits = self.model.reference_logits(ids, mask, start_col)
+                ref_logits = self.model.reference_logits(ids, mask, start_col, trunk_hidden=kept)
                 ref_logprobs[rows, :r] = logprobs_from_logits(ref_logits / self.settings.temperature, targets)
                 del ref_logits
                 if logprobs is None or values is None:
-                    logits, vals = self.model(ids, mask, start_col)
+                    logits, vals = self.model(ids, mask, start_col, trunk_hidden=kept)
                     fresh_logprobs[rows, :r] = logprobs_from_logits(logits / self.settings.temperature, targets)
                     fresh_values[rows, :r] = vals.float()
                     del logits
@@ -192,5 +201,5 @@ class ExperienceMaker:
             prompts=list(prompts), responses=responses, input_ids=input_ids, attention_mask=attention_mask,
             response_start=prompt_len, response_mask=response_mask, has_eos=has_eos,
             logprobs=logprobs * response_mask, ref_logprobs=ref_logprobs * response_mask,
-            values=values * response_mask, scores=scores, timings=timings,
+            values=values * response_mask, scores=scores, timings=timings, trunk_hidden=trunk,
         )

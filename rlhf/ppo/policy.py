@@ -6,18 +6,25 @@
   gives log-probs and values; a separate critic model (own LoRA, own head input) is an option.
 * Only response positions go through the LM head: with a 49k vocabulary the prompt's logits would be
   most of the forward's memory and are never used.
+* **Frozen trunk**: with adapters on the upper layers only (``lora.layers``), the layers below the lowest
+  adapter compute the same thing for the policy, the reference and every update. The sampling pass keeps
+  their output (the hidden state entering the first adapted layer, at every position), and later forwards
+  run only the layers above it: the reference forward and the update's forward and backward cost
+  (adapted layers / all layers) of a full pass.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from rlhf.ppo.config import LoraSection, PolicySection
+from rlhf.ppo.packing import PackedRows, packing_supported
 from rlhf.zoo import load_causal_lm, resolve_model
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -78,11 +85,23 @@ def _adapter_base(adapter: Path) -> str:
     return base
 
 
+def resolve_layers(layers, num_layers: int) -> list[int]:
+    """Layer indices, sorted; negatives count from the top and stop at the bottom layer, so "the last 8"
+    ([-8, ..., -1]) means every layer of a model with fewer. A non-negative index past the top is an error."""
+    bad = [i for i in layers if i >= num_layers]
+    if bad:
+        raise ValueError(f"lora.layers: {list(layers)} names layers {bad} outside 0..{num_layers - 1} "
+                         f"of this {num_layers}-layer model")
+    return sorted({max(i + num_layers, 0) if i < 0 else i for i in layers})
+
+
 def add_lora(model, lora: LoraSection, task_type: str | None = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model
 
+    layers = resolve_layers(lora.layers, model.config.num_hidden_layers) if lora.layers else None
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), bias="none", task_type=task_type)
+                        target_modules=list(lora.target_modules), bias="none", task_type=task_type,
+                        layers_to_transform=layers)
     # autocast_adapter_dtype: adapters are float32 even on bf16 weights (fp32 master weights).
     return get_peft_model(model, config, autocast_adapter_dtype=True)
 
@@ -102,6 +121,17 @@ def response_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- the model
 
 
+@dataclass
+class SamplingPass:
+    """What one ``generate`` call computed, kept for the rollout. B rows, P prompt + R generated positions."""
+
+    sequences: torch.Tensor  # (B, P + R) prompt and sampled tokens
+    logits: torch.Tensor  # (B, R, V) float32 logits each sampled token was drawn from (before temperature)
+    hidden: torch.Tensor  # (B, R, H) float32 last hidden state before each sampled token (the value head's input)
+    trunk: torch.Tensor | None  # (B, P + R, H) output of the frozen trunk at every position (None: no trunk)
+
+
+
 class ActorCritic(nn.Module):
     """Policy (PEFT model with LoRA) + value head; optional separate critic backbone (PEFT, own LoRA).
 
@@ -115,6 +145,8 @@ class ActorCritic(nn.Module):
         self.policy = policy  # peft.PeftModel over a causal LM
         self.critic = critic  # None, or peft.PeftModel over a causal LM whose decoder feeds the value head
         self.merge_for_sampling = True  # fold LoRA into the weights while generating (see merged_adapters)
+        self.trunk_depth = 0  # bottom decoder layers whose output rollouts keep (0: none; see use_frozen_trunk)
+        self.pack_sequences = False  # run multi-row forwards and the sampling prefill packed (see rlhf.ppo.packing)
         value_source = critic if critic is not None else policy
         hidden = value_source.get_base_model().config.hidden_size
         self.value_head = nn.Linear(hidden, 1, dtype=torch.float32)
@@ -131,11 +163,99 @@ class ActorCritic(nn.Module):
     def config(self):
         return self.causal_lm.config
 
-    def _hidden(self, lm, input_ids, attention_mask, response_start):
-        """Last hidden states of the states that predict each response token: (B, R, H)."""
-        out = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=response_position_ids(attention_mask), use_cache=False)
-        return out.last_hidden_state[:, response_start - 1:-1]
+    def _hidden(self, lm, input_ids, attention_mask, response_start, trunk_hidden=None):
+        """Last hidden states of the states that predict each response token: (B, R, H).
+
+        ``trunk_hidden`` (B, T, H), the frozen trunk's output at every position, replaces the layers below
+        ``trunk_depth``: only the layers above it run. With ``pack_sequences`` the rows run packed (no pads)."""
+        decoder = lm.get_decoder()
+        if trunk_hidden is not None and not self.trunk_depth:
+            raise ValueError("trunk_hidden was given but this model has no frozen trunk (trunk_depth 0)")
+        inputs = {"input_ids": input_ids} if trunk_hidden is None else {"inputs_embeds": trunk_hidden}
+        with self._layers_above_trunk(decoder) if trunk_hidden is not None else contextlib.nullcontext():
+            if self.pack_sequences and input_ids.shape[0] > 1:
+                packed = PackedRows.from_mask(attention_mask)
+                out = decoder(**{name: packed.pack(x) for name, x in inputs.items()},
+                              attention_mask=self._packed_mask(packed, lm), position_ids=packed.position_ids,
+                              use_cache=False)
+                hidden = packed.unpack(out.last_hidden_state)  # (B, T, H), zeros on padding
+            else:
+                hidden = decoder(**inputs, attention_mask=attention_mask, position_ids=response_position_ids(attention_mask),
+                                 use_cache=False).last_hidden_state
+        return hidden[:, response_start - 1:-1]
+
+    @staticmethod
+    def _packed_mask(packed: PackedRows, lm) -> torch.Tensor:
+        return packed.attention_mask(lm.config._attn_implementation, lm.get_input_embeddings().weight.dtype)
+
+    @contextlib.contextmanager
+    def _layers_above_trunk(self, decoder):
+        """The decoder with its layer list cut to the layers above the trunk: its own mask, rotary and final
+        norm code then runs on the trunk's output (``inputs_embeds``) exactly as it would after the trunk."""
+        layers = decoder.layers
+        decoder.layers = nn.ModuleList(list(layers)[self.trunk_depth:])
+        try:
+            yield
+        finally:
+            decoder.layers = layers
+
+    @contextlib.contextmanager
+    def _keeping_trunk_output(self, into: list):
+        """Append the hidden states entering layer ``trunk_depth`` at every forward: (B, t, H) each."""
+
+        def keep(_module, args, kwargs):
+            into.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+        handle = self.causal_lm.get_decoder().layers[self.trunk_depth].register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def adapter_free_depth(self) -> int:
+        """How many bottom decoder layers of the policy hold no LoRA module (0 if any adapter sits outside
+        the decoder layers, e.g. on the embeddings, since then nothing below is frozen)."""
+        from peft.tuners.lora import LoraLayer
+
+        layers = self.causal_lm.get_decoder().layers
+        layer_of = {id(sub): index for index, layer in enumerate(layers) for sub in layer.modules()}
+        indices = [layer_of.get(id(m)) for m in self.causal_lm.modules() if isinstance(m, LoraLayer)]
+        if not indices or None in indices:
+            return 0
+        return min(indices)
+
+    def use_packing(self, enabled: bool = True) -> bool:
+        """Pack multi-row forwards and the sampling prefill where the attention implementation allows it."""
+        self.pack_sequences = enabled and packing_supported(self.config) and (
+            self.critic is None or packing_supported(self.critic.get_base_model().config))
+        return self.pack_sequences
+
+    @torch.no_grad()
+    def use_frozen_trunk(self, enabled: bool = True) -> int:
+        """Turn trunk reuse on (when the adapters leave a frozen trunk) and return its depth.
+
+        A decoder whose forward does more to ``inputs_embeds`` than the layers (Gemma scales them, for one)
+        would give different results from the trunk's output, so the trunk path is first checked against a
+        full forward on a few tokens; on a mismatch it stays off, with a warning."""
+        self.trunk_depth = 0
+        depth = self.adapter_free_depth() if enabled else 0
+        if depth == 0:
+            return 0
+        self.trunk_depth = depth
+        vocab = self.config.vocab_size
+        ids = (torch.arange(3, 11, device=self.value_head.weight.device) * 7919 % vocab).unsqueeze(0)  # (1, 8)
+        mask = torch.ones_like(ids)
+        with evaluation_mode(self):
+            full, _ = self.forward(ids, mask, 1, with_values=False)
+            kept: list[torch.Tensor] = []
+            with self._keeping_trunk_output(kept):
+                self.causal_lm.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
+            fast, _ = self.forward(ids, mask, 1, with_values=False, trunk_hidden=kept[0])
+        if not torch.allclose(fast.float(), full.float(), rtol=1e-3, atol=1e-3 * float(full.abs().max())):
+            print(f"[ppo] warning: {type(self.causal_lm).__name__} does not reproduce its forward from the trunk's "
+                  "output; policy.reuse_trunk is off for this model", file=sys.stderr)
+            self.trunk_depth = 0
+        return self.trunk_depth
 
     def _values(self, hidden: torch.Tensor) -> torch.Tensor:
         # The head runs in float32 outside autocast: values feed a squared error, bf16 would round them.
@@ -143,8 +263,11 @@ class ActorCritic(nn.Module):
             return self.value_head(hidden.float()).squeeze(-1)  # (B, R)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,
-                with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden = self._hidden(self.causal_lm, input_ids, attention_mask, response_start)  # (B, R, H)
+                with_values: bool = True, trunk_hidden: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``trunk_hidden`` (B, T, H): the frozen trunk's output for these positions (``trunk_depth`` > 0),
+        so only the layers above it run; the separate critic, if any, always runs whole."""
+        hidden = self._hidden(self.causal_lm, input_ids, attention_mask, response_start, trunk_hidden)  # (B, R, H)
         logits = self.causal_lm.get_output_embeddings()(hidden)  # (B, R, V)
         if not with_values:
             return logits, None
@@ -153,16 +276,41 @@ class ActorCritic(nn.Module):
         return logits, self._values(hidden)
 
     @torch.no_grad()
-    def reference_logits(self, input_ids, attention_mask, response_start: int) -> torch.Tensor:
-        """Logits of the reference policy (adapters off): (B, R, V)."""
+    def reference_logits(self, input_ids, attention_mask, response_start: int,
+                         trunk_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the reference policy (adapters off): (B, R, V). The trunk has no adapters, so its
+        output is the reference's too."""
         with self.policy.disable_adapter():
-            logits, _ = self.forward(input_ids, attention_mask, response_start, with_values=False)
+            logits, _ = self.forward(input_ids, attention_mask, response_start, with_values=False,
+                                     trunk_hidden=trunk_hidden)
         return logits
 
     @torch.no_grad()
     def generate(self, **kwargs) -> torch.Tensor:
         with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext():
-            return self.policy.generate(**kwargs)
+            return self._generate(kwargs)[0]
+
+    def _generate(self, kwargs: dict) -> tuple[torch.Tensor, PackedRows | None]:
+        """``policy.generate``; with ``pack_sequences`` the prompts (all but their last token) are first run
+        packed into a KV cache that generate() continues from. Returns the sequences and the packing used."""
+        input_ids, attention_mask = kwargs["input_ids"], kwargs["attention_mask"]
+        if not (self.pack_sequences and input_ids.shape[0] > 1 and input_ids.shape[1] > 1):
+            return self.policy.generate(**kwargs), None
+        from transformers import DynamicCache
+
+        lm = self.causal_lm
+        # Left padding puts every row's last prompt token in the last column: generate() feeds that column.
+        packed = PackedRows.from_mask(attention_mask[:, :-1])
+        if packed.index.numel() == 0:
+            return self.policy.generate(**kwargs), None
+        prefill = DynamicCache(config=lm.config)
+        lm.get_decoder()(input_ids=packed.pack(input_ids[:, :-1]), attention_mask=self._packed_mask(packed, lm),
+                         position_ids=packed.position_ids, cache=prefill, use_cache=True)
+        cache = DynamicCache(config=lm.config)
+        for index, layer in enumerate(prefill.layers):  # (1, heads, N, d) -> (B, heads, P - 1, d), zeros on pads
+            keys, values = (packed.unpack(x.transpose(1, 2)).transpose(1, 2) for x in (layer.keys, layer.values))
+            cache.update(keys, values, index)
+        return self.policy.generate(**kwargs, cache=cache), packed
 
     @contextlib.contextmanager
     def merged_adapters(self):
@@ -190,15 +338,16 @@ class ActorCritic(nn.Module):
                     layer.get_base_layer().weight.copy_(weight)
 
     @torch.no_grad()
-    def generate_with_values(self, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample, and keep what the sampling pass computed anyway: (sequences (B, P + R), logits (B, R, V),
-        last hidden states (B, R, H)) of the state before each generated token.
+    def generate_with_values(self, **kwargs) -> "SamplingPass":
+        """Sample, and keep what the sampling pass computed anyway (see :class:`SamplingPass`).
 
         A hook on the LM head sees its input (the final hidden state) and output (the logits) at every
-        decoding step, so log-probs and (shared-backbone) values need no second forward over the rollout.
+        decoding step, so log-probs and (shared-backbone) values need no second forward over the rollout;
+        with a frozen trunk, a hook on the first adapted layer keeps the trunk's output the same way.
         """
         hidden_steps: list[torch.Tensor] = []
         logit_steps: list[torch.Tensor] = []
+        trunk_steps: list[torch.Tensor] = []
 
         def keep(_module, inputs, output):
             hidden_steps.append(inputs[0][:, -1].float())  # (B, H)
@@ -206,13 +355,23 @@ class ActorCritic(nn.Module):
 
         handle = self.causal_lm.get_output_embeddings().register_forward_hook(keep)
         try:
-            with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext():
-                sequences = self.policy.generate(**kwargs)
+            with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext(), \
+                    self._keeping_trunk_output(trunk_steps) if self.trunk_depth else contextlib.nullcontext():
+                sequences, packed = self._generate(kwargs)
         finally:
             handle.remove()
-        steps = sequences.shape[1] - kwargs["input_ids"].shape[1]
+        prompt_len = kwargs["input_ids"].shape[1]
+        steps = sequences.shape[1] - prompt_len
+        trunk = None
+        if self.trunk_depth:
+            if packed is not None:  # the packed prefill's capture, back to (B, P - 1, H)
+                trunk_steps[0] = packed.unpack(trunk_steps[0])
+            # Forwards ran over the prompt, then one token at a time; the last sampled token was never fed
+            # back (nothing follows it), so its column is zeros: it only ever feeds the discarded last output.
+            trunk = torch.cat(trunk_steps, 1)[:, :prompt_len + steps - 1]
+            trunk = nn.functional.pad(trunk, (0, 0, 0, sequences.shape[1] - trunk.shape[1]))
         # generate() runs one forward per new token; the last forward's output is never sampled from.
-        return sequences, torch.stack(logit_steps[:steps], 1), torch.stack(hidden_steps[:steps], 1)
+        return SamplingPass(sequences, torch.stack(logit_steps[:steps], 1), torch.stack(hidden_steps[:steps], 1), trunk)
 
     def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._values(hidden)
@@ -247,12 +406,16 @@ def build_actor_critic(policy_cfg: PolicySection, lora: LoraSection, dtype: torc
     model = ActorCritic(policy, critic)
     model.merge_for_sampling = policy_cfg.merge_lora_for_sampling
     disable_dropout(model)
+    model.use_packing(policy_cfg.pack_sequences)
+    model.use_frozen_trunk(policy_cfg.reuse_trunk)
     if policy_cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"[ppo] policy {policy_cfg.model}{' + ' + policy_cfg.sft_adapter if policy_cfg.sft_adapter else ''}: "
-          f"{trainable:,} trainable of {total:,} parameters ({dtype})", file=sys.stderr)
+          f"{trainable:,} trainable of {total:,} parameters ({dtype})"
+          + (f"; frozen trunk: layers 0-{model.trunk_depth - 1} run once per rollout" if model.trunk_depth else ""),
+          file=sys.stderr)
     return model
 
 

@@ -48,6 +48,8 @@ def trim_padding(part: Experience) -> Experience:
     trimmed = Experience(**{**part.__dict__})
     trimmed.input_ids = part.input_ids[:, first:end]
     trimmed.attention_mask = part.attention_mask[:, first:end]
+    if part.trunk_hidden is not None:
+        trimmed.trunk_hidden = part.trunk_hidden[:, first:end]
     trimmed.response_start = part.response_start - first
     for name in ("response_mask", "logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns"):
         value = getattr(part, name)
@@ -91,6 +93,10 @@ class PPOTrainer:
                                        num_training_steps=max(cfg.train.steps, 1))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.unwrapped: ActorCritic = acc.unwrap_model(self.model)
+        if self.unwrapped.trunk_depth and acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            # Sharded layers gather their weights inside their own wrappers; the trunk path cuts the layer list
+            # under them, which is only tested unsharded (single process and DDP).
+            self.unwrapped.trunk_depth = 0
         compute_dtype = self.unwrapped.causal_lm.get_input_embeddings().weight.dtype
         self.maker = ExperienceMaker(self.unwrapped, tokenizer, scorer, cfg.generation, cfg.data.max_prompt_tokens,
                                      compute_dtype, reuse_sampling_pass=cfg.ppo.logprobs_from_sampling,
@@ -254,7 +260,8 @@ class PPOTrainer:
             # Gradients are all-reduced once per mini-batch, on its last micro-batch.
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
                 with self.maker.autocast():
-                    logits, values = self.model(part.input_ids, part.attention_mask, part.response_start)
+                    logits, values = self.model(part.input_ids, part.attention_mask, part.response_start,
+                                                trunk_hidden=part.trunk_hidden)
                 losses = self._losses(part, logits, values)
                 if self._any_process(~torch.isfinite(losses["loss"])):
                     self.optimizer.zero_grad(set_to_none=True)
