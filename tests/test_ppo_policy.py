@@ -294,3 +294,12 @@ def test_packed_prefill_samples_what_plain_generate_samples(top_layer_actor_crit
     real = torch.cat([enc["attention_mask"], torch.ones_like(plain.sequences[:, enc["input_ids"].shape[1]:])], 1)
     real = real.unsqueeze(-1).bool()
     torch.testing.assert_close(plain.trunk * real, packed.trunk * real, atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_lm_head_matches_the_plain_head_and_is_restored(actor_critic):
+    head = actor_critic.causal_lm.get_output_embeddings()
+    x = torch.randn(3, 2, head.in_features)
+    expected = torch.nn.functional.linear(x, head.weight)
+    with torch.no_grad(), actor_critic.sampling_lm_head():
+        torch.testing.assert_close(head(x), expected, atol=1e-5, rtol=1e-4)
+    assert "forward" not in head.__dict__  # the class's own forward again

@@ -59,10 +59,10 @@ class PPOSection:
 
     batch_size: int = 8  # prompts per process per PPO step
     mini_batch_size: int = 4  # rollouts per optimizer step (per process)
-    micro_batch_size: int = 1  # rollouts per forward/backward; mini/micro = gradient accumulation steps.
-    # Each micro-batch is cut to its own padding-free span: 1 spends no FLOPs on padding and holds the
-    # fewest activations; larger ones make bigger matmuls (worth it on GPUs)
-    forward_batch_size: int = 1  # rollouts per no-grad forward (reference, separate critic); same trade-off
+    micro_batch_size: int = 4  # rollouts per forward/backward; mini/micro = gradient accumulation steps.
+    # With policy.pack_sequences a micro-batch runs packed (no FLOPs on padding, one big matmul per layer);
+    # without, it is cut to its own padding-free span. Smaller = fewer activations held at once.
+    forward_batch_size: int = 8  # rollouts per no-grad forward (reference, separate critic); same trade-off
     epochs: int = 1  # passes over each batch of rollouts
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE lambda

@@ -287,7 +287,7 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def generate(self, **kwargs) -> torch.Tensor:
-        with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext():
+        with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext(), self.sampling_lm_head():
             return self._generate(kwargs)[0]
 
     def _generate(self, kwargs: dict) -> tuple[torch.Tensor, PackedRows | None]:
@@ -311,6 +311,33 @@ class ActorCritic(nn.Module):
             keys, values = (packed.unpack(x.transpose(1, 2)).transpose(1, 2) for x in (layer.keys, layer.values))
             cache.update(keys, values, index)
         return self.policy.generate(**kwargs, cache=cache), packed
+
+    @contextlib.contextmanager
+    def sampling_lm_head(self):
+        """While sampling on a CPU, run the LM head through oneDNN (mkldnn) with its weight pre-packed.
+
+        Decoding multiplies a few rows by the whole 49k x H head every token; that shape is memory-bound and
+        oneDNN's packed weight streams it ~2x faster than the default GEMM here (measured in situ: ~0.8 s of
+        ~7.5 s per 8 x 32-token batch). Results differ from F.linear by float rounding only. The module keeps
+        its identity (only its ``forward`` is replaced for the duration), so hooks on it still fire."""
+        head = self.causal_lm.get_output_embeddings()
+        weight = head.weight
+        usable = (weight.device.type == "cpu" and weight.dtype == torch.float32 and getattr(head, "bias", None) is None
+                  and torch.backends.mkldnn.is_available() and type(head) is nn.Linear)
+        if not usable:
+            yield
+            return
+        packed = weight.detach().to_mkldnn()
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            out = torch._C._nn.mkldnn_linear(x.reshape(-1, x.shape[-1]).contiguous().to_mkldnn(), packed).to_dense()
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+
+        head.forward = forward
+        try:
+            yield
+        finally:
+            del head.forward
 
     @contextlib.contextmanager
     def merged_adapters(self):
@@ -356,7 +383,8 @@ class ActorCritic(nn.Module):
         handle = self.causal_lm.get_output_embeddings().register_forward_hook(keep)
         try:
             with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext(), \
-                    self._keeping_trunk_output(trunk_steps) if self.trunk_depth else contextlib.nullcontext():
+                    self._keeping_trunk_output(trunk_steps) if self.trunk_depth else contextlib.nullcontext(), \
+                    self.sampling_lm_head():
                 sequences, packed = self._generate(kwargs)
         finally:
             handle.remove()
