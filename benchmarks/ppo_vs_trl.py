@@ -160,7 +160,11 @@ class ClassifierScorer:
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from rlhf.ppo.packing import use_varlen_attention
+
         self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32).eval()
+        if not use_varlen_attention(self.model):
+            raise RuntimeError(f"{path}: packed scoring needs sdpa attention, not {self.model.config._attn_implementation}")
         self.tokenizer = copy.copy(tokenizer)  # own padding settings; the policy's tokenizer is left alone
         self.tokenizer.padding_side = "left"
         self.tokenizer.pad_token = "<|endoftext|>"  # never in text; SmolLM2's own pad is EOS
@@ -180,9 +184,8 @@ class ClassifierScorer:
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         packed = PackedRows.from_mask(batch["attention_mask"])  # left padding: every text ends in the last column
         with torch.no_grad():
-            hidden = self.model.model(input_ids=packed.pack(batch["input_ids"]), position_ids=packed.position_ids,
-                                      attention_mask=packed.attention_mask(self.model.config._attn_implementation,
-                                                                           torch.float32), use_cache=False)
+            hidden = self.model.model(input_ids=packed.pack(batch["input_ids"]), **packed.forward_kwargs(),
+                                      use_cache=False)
             last = packed.unpack(hidden.last_hidden_state)[:, -1]  # (B, H)
             scores = self.model.score(last)[:, 0].float()  # (B,)
         return RewardScores(composite=scores, heads={"helpful": scores.clone()})
@@ -375,8 +378,7 @@ def format_table(result: dict) -> str:
     lines = [
         f"PPO, SmolLM2-135M-Instruct + SmolLM2-135M reward model: {wl['num_prompts']} prompts, batch "
         f"{wl['batch_size']}, mini-batch {wl['mini_batch_size']}, {wl['max_new_tokens']} new tokens, "
-        f"{wl['ppo_epochs']} PPO epoch, {wl['threads']} threads -> {wl['num_steps']} steps per run; LoRA r "
-        f"{wl['lora_r']} on {'/'.join(wl['lora_target_modules'])} of "
+        f"{wl['ppo_epochs']} PPO epoch, {wl['threads']} threads -> {wl['num_steps']} steps per run; LoRA on "
         + (f"decoder layers {wl['lora_layers']} (both sides)" if wl.get("lora_layers") else "every decoder layer"),
         f"medians over {ours['runs']} (ours) / {trl['runs']} (TRL) fresh-process runs, alternating; "
         f"each run's value is its median over steps 2..{wl['num_steps']} (step 1 = warm-up, excluded)",

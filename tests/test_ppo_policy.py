@@ -234,21 +234,35 @@ def test_rollouts_and_updates_from_the_trunk_equal_whole_model_forwards(top_laye
 # ---------------------------------------------------------------- packed rows
 
 
-def test_packed_rows_keep_each_row_to_itself():
+def test_packed_rows_lay_the_real_tokens_end_to_end():
     from rlhf.ppo.packing import PackedRows
 
-    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
     packed = PackedRows.from_mask(mask)
-    assert packed.index.tolist() == [1, 2, 4, 5, 6, 7]
+    assert packed.index.tolist() == [1, 2, 8, 9, 10, 11]
     assert packed.position_ids.tolist() == [[0, 1, 0, 1, 2, 3]]
-    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0],
-                             [0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]], dtype=torch.bool)
-    assert torch.equal(packed.allowed, expected)
-    x = torch.arange(8.0).reshape(2, 4, 1)
-    assert packed.pack(x).flatten().tolist() == [1, 2, 4, 5, 6, 7]
+    assert packed.cu_seqlens.tolist() == [0, 2, 6]  # the empty row has no span
+    x = torch.arange(12.0).reshape(3, 4, 1)
+    assert packed.pack(x).flatten().tolist() == [1, 2, 8, 9, 10, 11]
     assert torch.equal(packed.unpack(packed.pack(x)), x * mask.unsqueeze(-1))
-    additive = packed.attention_mask("eager", torch.float32)
-    assert additive.shape == (1, 1, 6, 6) and additive[0, 0, 0, 1] < -1e30 and additive[0, 0, 1, 0] == 0
+
+
+def test_varlen_attention_keeps_each_row_to_itself(tiny_llama_path):
+    """A packed forward of two texts gives each the hidden states it has alone."""
+    from rlhf.ppo.packing import PackedRows, use_varlen_attention
+
+    model = load_causal_lm(tiny_llama_path).eval()
+    assert use_varlen_attention(model)
+    tokenizer = load_tokenizer(tiny_llama_path)
+    enc = batch(tokenizer, ["What is the capital of France? Paris is", "Hello there"])
+    packed = PackedRows.from_mask(enc["attention_mask"])
+    with torch.no_grad():
+        together = packed.unpack(model.model(input_ids=packed.pack(enc["input_ids"]), **packed.forward_kwargs(),
+                                             use_cache=False).last_hidden_state)
+        for row in range(2):
+            real = enc["attention_mask"][row].bool()
+            alone = model.model(input_ids=enc["input_ids"][row, real][None]).last_hidden_state[0]
+            torch.testing.assert_close(together[row, real], alone, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("trunk", [False, True])

@@ -1,18 +1,23 @@
 """Packed forwards: the real tokens of a padded batch laid end to end as one sequence.
 
 A left-padded batch of B rows spends FLOPs on every pad; trimming helps only with pads common to every
-row. Packing removes them all: the real tokens of every row form one (1, N) sequence, position ids restart
-at 0 for each row, and a block-diagonal causal mask keeps each row's attention inside its own tokens. The
-matmuls then see N rows at once (better for a CPU than B small forwards) and nothing else.
+row. Packing removes them all: the real tokens of every row form one (1, N) sequence and position ids
+restart at 0 for each row, so every matmul sees N rows at once (better for a CPU than B small forwards)
+and nothing else. Attention must stay inside each row: :func:`use_varlen_attention` gives the model an
+attention function that, when a forward passes ``cu_seq_lens_q`` (row boundaries in the packed sequence,
+as flash-attention's varlen kernels take them), runs PyTorch's SDPA once per row with a plain causal
+mask, and otherwise is transformers' own ``sdpa`` (generation steps, padded forwards). No N x N mask is
+ever applied, so attention costs what the rows cost alone.
 
-Used with attention implementations that take a 4D mask (``sdpa``, ``eager``); :func:`packing_supported`
-says so. Results equal the padded forward up to float rounding (tests compare them).
+Results equal the padded forward up to float rounding (tests compare them).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+VARLEN_SDPA = "rlhf_varlen_sdpa"
 
 
 @dataclass
@@ -21,25 +26,22 @@ class PackedRows:
 
     index: torch.Tensor  # (N,) flat indices (row-major into B*T) of the real tokens
     position_ids: torch.Tensor  # (1, N) each token's position within its own row (pads not counted)
-    allowed: torch.Tensor  # (N, N) bool: query i may attend key j (same row, j not after i)
+    cu_seqlens: torch.Tensor  # (rows + 1,) int32 start of each non-empty row in the packed sequence, then N
     shape: tuple[int, int]  # (B, T)
 
     @classmethod
     def from_mask(cls, attention_mask: torch.Tensor) -> "PackedRows":
         batch, width = attention_mask.shape
         index = attention_mask.reshape(-1).bool().nonzero().squeeze(1)  # (N,)
-        rows = index // width
         positions = (attention_mask.long().cumsum(1) - 1).reshape(-1)[index]
-        # Row-major flat indices grow with the column inside a row, so "not after" is index order.
-        allowed = (rows[:, None] == rows[None, :]) & (index[:, None] >= index[None, :])
-        return cls(index, positions.unsqueeze(0), allowed, (batch, width))
+        lengths = attention_mask.long().sum(1)
+        lengths = lengths[lengths > 0]
+        cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        return cls(index, positions.unsqueeze(0), cu_seqlens, (batch, width))
 
-    def attention_mask(self, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
-        """(1, 1, N, N) mask in the form the attention implementation takes: bool for sdpa, additive else."""
-        if attn_implementation == "sdpa":
-            return self.allowed[None, None]
-        return torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device).masked_fill(
-            ~self.allowed, torch.finfo(dtype).min)[None, None]
+    def forward_kwargs(self) -> dict:
+        """What a decoder forward over the packed sequence needs besides its inputs."""
+        return {"position_ids": self.position_ids, "cu_seq_lens_q": self.cu_seqlens, "attention_mask": None}
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (1, N, ...): the real positions only."""
@@ -51,6 +53,34 @@ class PackedRows:
         return flat.reshape(*self.shape, *y.shape[2:])
 
 
-def packing_supported(config) -> bool:
-    """4D custom masks reach the attention kernel as given only for these implementations."""
-    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+def varlen_sdpa_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, **kwargs):
+    """transformers' sdpa, or, given row boundaries ``cu_seq_lens_q``, causal SDPA row by row.
+
+    query (1, heads, N, d), key/value (1, kv_heads, N, d) -> (1, N, heads, d), as transformers' sdpa returns."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    bounds = cu_seq_lens_q.tolist()
+    kwargs.pop("is_causal", None)
+    rows = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+                                   None, is_causal=True, **kwargs)[0]
+            for start, end in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(rows, dim=1), None
+
+
+def use_varlen_attention(model) -> bool:
+    """Give an ``sdpa`` model the varlen attention (same results without ``cu_seq_lens_q``); False for other
+    attention implementations, which then run padded."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    config = model.config
+    if config._attn_implementation == VARLEN_SDPA:
+        return True
+    if config._attn_implementation != "sdpa":
+        return False
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_SDPA, sdpa_mask)  # padded calls get sdpa's masks
+    config._attn_implementation = VARLEN_SDPA
+    return True

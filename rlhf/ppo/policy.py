@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rlhf.ppo.config import LoraSection, PolicySection
-from rlhf.ppo.packing import PackedRows, packing_supported
+from rlhf.ppo.packing import PackedRows, use_varlen_attention
 from rlhf.zoo import load_causal_lm, resolve_model
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -175,18 +175,13 @@ class ActorCritic(nn.Module):
         with self._layers_above_trunk(decoder) if trunk_hidden is not None else contextlib.nullcontext():
             if self.pack_sequences and input_ids.shape[0] > 1:
                 packed = PackedRows.from_mask(attention_mask)
-                out = decoder(**{name: packed.pack(x) for name, x in inputs.items()},
-                              attention_mask=self._packed_mask(packed, lm), position_ids=packed.position_ids,
+                out = decoder(**{name: packed.pack(x) for name, x in inputs.items()}, **packed.forward_kwargs(),
                               use_cache=False)
                 hidden = packed.unpack(out.last_hidden_state)  # (B, T, H), zeros on padding
             else:
                 hidden = decoder(**inputs, attention_mask=attention_mask, position_ids=response_position_ids(attention_mask),
                                  use_cache=False).last_hidden_state
         return hidden[:, response_start - 1:-1]
-
-    @staticmethod
-    def _packed_mask(packed: PackedRows, lm) -> torch.Tensor:
-        return packed.attention_mask(lm.config._attn_implementation, lm.get_input_embeddings().weight.dtype)
 
     @contextlib.contextmanager
     def _layers_above_trunk(self, decoder):
@@ -225,9 +220,9 @@ class ActorCritic(nn.Module):
         return min(indices)
 
     def use_packing(self, enabled: bool = True) -> bool:
-        """Pack multi-row forwards and the sampling prefill where the attention implementation allows it."""
-        self.pack_sequences = enabled and packing_supported(self.config) and (
-            self.critic is None or packing_supported(self.critic.get_base_model().config))
+        """Pack multi-row forwards and the sampling prefill (``sdpa`` models: see rlhf.ppo.packing)."""
+        models = [self.causal_lm] + ([self.critic.get_base_model()] if self.critic is not None else [])
+        self.pack_sequences = enabled and all([use_varlen_attention(m) for m in models])
         return self.pack_sequences
 
     @torch.no_grad()
@@ -304,8 +299,8 @@ class ActorCritic(nn.Module):
         if packed.index.numel() == 0:
             return self.policy.generate(**kwargs), None
         prefill = DynamicCache(config=lm.config)
-        lm.get_decoder()(input_ids=packed.pack(input_ids[:, :-1]), attention_mask=self._packed_mask(packed, lm),
-                         position_ids=packed.position_ids, cache=prefill, use_cache=True)
+        lm.get_decoder()(input_ids=packed.pack(input_ids[:, :-1]), **packed.forward_kwargs(), cache=prefill,
+                         use_cache=True)
         cache = DynamicCache(config=lm.config)
         for index, layer in enumerate(prefill.layers):  # (1, heads, N, d) -> (B, heads, P - 1, d), zeros on pads
             keys, values = (packed.unpack(x.transpose(1, 2)).transpose(1, 2) for x in (layer.keys, layer.values))
