@@ -126,8 +126,8 @@ class SamplingPass:
     """What one ``generate`` call computed, kept for the rollout. B rows, P prompt + R generated positions."""
 
     sequences: torch.Tensor  # (B, P + R) prompt and sampled tokens
-    logits: torch.Tensor  # (B, R, V) float32 logits each sampled token was drawn from (before temperature)
-    hidden: torch.Tensor  # (B, R, H) float32 last hidden state before each sampled token (the value head's input)
+    logits: torch.Tensor | None  # (B, R, V) float32 logits each token was drawn from (before temperature); None: not kept
+    hidden: torch.Tensor | None  # (B, R, H) float32 last hidden state before each token (value head's input); None: not kept
     trunk: torch.Tensor | None  # (B, P + R, H) output of the frozen trunk at every position (None: no trunk)
 
 
