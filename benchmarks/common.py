@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 GIB = 1024**3
+DEFAULT_LORA_LAYERS = tuple(range(-8, 0))  # the last 8 decoder layers: our shipped default (pipelines/configs/ppo.yaml)
 
 
 # ---------------------------------------------------------------- the workload both sides run
@@ -42,7 +43,7 @@ class Workload:
     lora_alpha: int = 32
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     # Decoder layers with adapters, on both sides; negatives count from the top; [] = every layer.
-    lora_layers: list[int] = field(default_factory=lambda: list(range(-8, 0)))
+    lora_layers: list[int] = field(default_factory=lambda: list(DEFAULT_LORA_LAYERS))
     our_overrides: dict[str, str] = field(default_factory=dict)  # extra --key value for our config (variants)
 
     @property

@@ -25,7 +25,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import GIB, QUIET_FOREIGN_CORES, Workload, load_average, read_side_result, run_child  # noqa: E402
+from common import (DEFAULT_LORA_LAYERS, GIB, QUIET_FOREIGN_CORES, Workload, load_average,  # noqa: E402
+                    read_side_result, run_child)
 
 TRL_VENV = BENCH_DIR / ".venv-trl112"
 # torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); the rest pinned to the versions our
@@ -514,7 +515,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Our PPO vs TRL 1.12 PPOTrainer: time/step, peak RSS, tokens/s")
     parser.add_argument("--runs", type=int, default=2, help="fresh-process runs per side, alternating")
     parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--lora-layers", default=json.dumps(list(range(-8, 0))),
+    parser.add_argument("--lora-layers", default=json.dumps(list(DEFAULT_LORA_LAYERS)),
                         help="JSON list of adapted decoder layers on both sides, negatives from the top; [] = all")
     parser.add_argument("--sides", default="ours,trl", help="comma list; one side skips the ratios")
     parser.add_argument("--out", default=None, help="default: results/ppo_vs_trl.json for the plain two-sided "

@@ -282,8 +282,14 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def generate(self, **kwargs) -> torch.Tensor:
-        with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext(), self.sampling_lm_head():
+        with self._sampling_weights():
             return self._generate(kwargs)[0]
+
+    @contextlib.contextmanager
+    def _sampling_weights(self):
+        """The weights as sampling uses them: LoRA folded in (``merge_for_sampling``), the CPU LM head packed."""
+        with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext(), self.sampling_lm_head():
+            yield
 
     def _generate(self, kwargs: dict) -> tuple[torch.Tensor, PackedRows | None]:
         """``policy.generate``; with ``pack_sequences`` the prompts (all but their last token) are first run
@@ -377,9 +383,8 @@ class ActorCritic(nn.Module):
 
         handle = self.causal_lm.get_output_embeddings().register_forward_hook(keep)
         try:
-            with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext(), \
-                    self._keeping_trunk_output(trunk_steps) if self.trunk_depth else contextlib.nullcontext(), \
-                    self.sampling_lm_head():
+            with self._sampling_weights(), \
+                    self._keeping_trunk_output(trunk_steps) if self.trunk_depth else contextlib.nullcontext():
                 sequences, packed = self._generate(kwargs)
         finally:
             handle.remove()

@@ -96,7 +96,7 @@ class PPOTrainer:
         if self.unwrapped.trunk_depth and acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
             # Sharded layers gather their weights inside their own wrappers; the trunk path cuts the layer list
             # under them, which is only tested unsharded (single process and DDP).
-            self.unwrapped.trunk_depth = 0
+            self.unwrapped.use_frozen_trunk(False)
         compute_dtype = self.unwrapped.causal_lm.get_input_embeddings().weight.dtype
         self.maker = ExperienceMaker(self.unwrapped, tokenizer, scorer, cfg.generation, cfg.data.max_prompt_tokens,
                                      compute_dtype, reuse_sampling_pass=cfg.ppo.logprobs_from_sampling,
