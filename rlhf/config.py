@@ -244,5 +244,9 @@ def stage_cli(cls: type[T], defaults_file: str | Path | None, main, argv: Sequen
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = main(cfg, **flags)
+    try:
+        result = main(cfg, **flags)
+    except ConfigError as err:  # a value only the stage can judge (e.g. against the loaded model's depth)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0

@@ -162,9 +162,14 @@ def test_stage_script_end_to_end(run_cfg):
     assert summary["steps"] == 3 and "eval/reward/composite_after" in summary
 
 
-def test_cli_rejects_bad_config(capsys):
+def test_cli_rejects_bad_config(capsys, tmp_path):
     from pipelines.ppo import cli
 
     assert cli(["--ppo.batch_size", "6", "--ppo.mini_batch_size", "4"]) == 2
     assert "ppo.batch_size" in capsys.readouterr().err
     assert cli(["--ppo.nope", "1"]) == 2
+    capsys.readouterr()
+    # a value only the loaded model can judge: reported the same way, no traceback
+    assert cli(["--config", str(CONFIGS / "ppo_tiny.yaml"), "--lora.layers", "[5]", "--run.wandb_mode", "disabled",
+                "--run.output_dir", str(tmp_path)]) == 2
+    assert "lora.layers: [5] names layers [5] outside 0..1" in capsys.readouterr().err

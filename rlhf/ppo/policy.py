@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlhf.config import ConfigError
 from rlhf.ppo.config import LoraSection, PolicySection
 from rlhf.ppo.packing import PackedRows, use_varlen_attention
 from rlhf.zoo import load_causal_lm, resolve_model
@@ -90,7 +91,7 @@ def resolve_layers(layers, num_layers: int) -> list[int]:
     ([-8, ..., -1]) means every layer of a model with fewer. A non-negative index past the top is an error."""
     bad = [i for i in layers if i >= num_layers]
     if bad:
-        raise ValueError(f"lora.layers: {list(layers)} names layers {bad} outside 0..{num_layers - 1} "
+        raise ConfigError(f"lora.layers: {list(layers)} names layers {bad} outside 0..{num_layers - 1} "
                          f"of this {num_layers}-layer model")
     return sorted({max(i + num_layers, 0) if i < 0 else i for i in layers})
 
