@@ -113,8 +113,17 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
             f"unknown config key {prefix}{unknown[0]!s} (known keys of {prefix or cls.__name__}: "
             f"{', '.join(sorted(fields))})"
         )
-    kwargs = {name: _coerce(val, hints[name], f"{prefix}{name}") for name, val in values.items()}
+    kwargs = {name: _coerce(_over_default(fields[name], hints[name], val), hints[name], f"{prefix}{name}")
+              for name, val in values.items()}
     return cls(**kwargs)
+
+
+def _over_default(field: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """A mapping given for a nested section overrides the section's *default instance*, not its class defaults:
+    ``generation: {batch_size: 16}`` keeps a stage's ``GenerationSettings(max_new_tokens=32)`` at 32 tokens."""
+    if not (isinstance(value, dict) and dataclasses.is_dataclass(tp) and field.default_factory is not dataclasses.MISSING):
+        return value
+    return _merge(dataclasses.asdict(field.default_factory()), value)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -103,3 +103,13 @@ def test_stage_cli_prints_one_line_on_error(capsys):
     assert len(err) == 1 and "ppo.nope" in err[0]
     assert stage_cli(StageConfig, None, called.append, ["--ppo.epochs", "5"]) == 0
     assert called[0].ppo.epochs == 5
+
+
+def test_a_section_override_keeps_the_stage_defaults_of_its_other_keys():
+    """RL's generation section defaults to 32 new tokens and its LoRA to the last 8 layers (default instances that
+    differ from the classes' defaults): overriding one key of the section must keep the others."""
+    from rlhf.ppo.config import RLStageConfig
+
+    cfg, _ = load_config(RLStageConfig, ["--generation.batch_size", "16", "--lora.r", "8"])
+    assert cfg.generation.batch_size == 16 and cfg.generation.max_new_tokens == 32
+    assert cfg.lora.r == 8 and cfg.lora.layers == list(range(-8, 0))
