@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 GIB = 1024**3
-DEFAULT_LORA_LAYERS = tuple(range(-8, 0))  # the last 8 decoder layers: our shipped default (pipelines/configs/ppo.yaml)
+DEFAULT_LORA_LAYERS = tuple(range(-8, 0))  # the last 8 decoder layers: our shipped default (RLStageConfig.lora)
 
 
 # ---------------------------------------------------------------- the workload both sides run
@@ -297,7 +297,7 @@ def cpu_info() -> dict:
 def cpu_has_bf16_matmul() -> bool:
     """Native bf16 dot products (AVX512-BF16 or AMX). Without them CPU bf16 matmuls take slow paths.
 
-    The same rule as ``rlhf.ppo.policy.cpu_has_bf16_matmul`` (our precision "auto"), repeated here because
+    The same rule as ``rlhf.runtime.cpu_has_bf16_matmul`` (our precision "auto"), repeated here because
     the TRL side runs in a virtualenv without our package.
     """
     try:

@@ -39,7 +39,7 @@ TARGETS = {"sec_per_step": 0.4, "peak_rss": 0.4}  # ours / TRL must be at most t
 
 
 def our_config(wl: Workload):
-    """Our shipped PPO defaults (pipelines/configs/ppo.yaml), set to the benchmark's workload."""
+    """Our shipped PPO defaults (RLStageConfig's), set to the benchmark's workload."""
     from rlhf.config import load_config
     from rlhf.ppo.config import PPOStageConfig
 
@@ -57,7 +57,7 @@ def our_config(wl: Workload):
     # Flag values are read as YAML 1.1, where "1e-05" is a string: floats are written with a dot.
     argv = [item for key, value in overrides.items()
             for item in (f"--{key}", f"{value:.6e}" if isinstance(value, float) else str(value))]
-    cfg, _ = load_config(PPOStageConfig, argv, REPO / "pipelines" / "configs" / "ppo.yaml")
+    cfg, _ = load_config(PPOStageConfig, argv)
     return cfg
 
 
@@ -70,7 +70,8 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     torch.set_num_threads(wl.threads)
 
     from common import MemoryTrace, StepClock, StepRecord, forward_flops, lora_train_flops, write_side_result
-    from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer, resolve_dtype
+    from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
+    from rlhf.runtime import resolve_dtype
     from rlhf.ppo.trainer import PPOTrainer, make_accelerator, seed_everything
 
     # 1. as pipelines/ppo.py does: policy + LoRA + value head, the scorer, the trainer

@@ -1,6 +1,7 @@
-"""Stage 3: PPO with a KL penalty on a LoRA policy against the HHH reward model.
+"""Stage 3: online RL (PPO, GRPO, RLOO, REINFORCE++) with a KL penalty on a LoRA policy against the HHH reward model.
 
-    python pipelines/ppo.py --config pipelines/configs/ppo.yaml --train.steps 50
+    python pipelines/ppo.py --train.steps 50                   # PPO (the defaults)
+    rlhf rl --algo grpo --rl.samples_per_prompt 4              # = --rl.algo grpo
     accelerate launch --config_file pipelines/accelerate/ddp.yaml pipelines/ppo.py ...
     torchrun --nproc_per_node 2 pipelines/ppo.py ...          # CPU, gloo
     rlhf ppo ... --resume                                      # continue the run named by run.run_name
@@ -11,14 +12,14 @@ import sys
 from pathlib import Path
 
 from rlhf.config import stage_cli
-from rlhf.ppo.config import PPOStageConfig
+from rlhf.ppo.config import RLStageConfig
 
-DEFAULTS = Path(__file__).resolve().parent / "configs" / "ppo.yaml"
-STAGE = "ppo"
+DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 
 
-def resolve_run_dir(cfg: PPOStageConfig, resume: bool | str) -> Path:
-    """The run folder: a new one, or the one being resumed (--resume PATH, or run.run_name / newest ppo run)."""
+def resolve_run_dir(cfg: RLStageConfig, resume: bool | str) -> Path:
+    """The run folder: a new one, or the one being resumed (--resume PATH, or run.run_name / the newest run of
+    this algorithm); standalone runs are named after the algorithm (runs/grpo-<time>)."""
     from rlhf.ppo.checkpoint import find_checkpoint
     from rlhf.tracking import make_run_dir
 
@@ -27,13 +28,14 @@ def resolve_run_dir(cfg: PPOStageConfig, resume: bool | str) -> Path:
         if found is None:
             raise SystemExit(f"error: --resume {resume}: no checkpoint there")
         return found.parents[1]
+    stage = cfg.rl.algo
     if resume and not cfg.run.run_name:
-        runs = sorted((p for p in Path(cfg.run.output_dir).glob(f"{STAGE}-*") if find_checkpoint(p)),
+        runs = sorted((p for p in Path(cfg.run.output_dir).glob(f"{stage}-*") if find_checkpoint(p)),
                       key=lambda p: p.stat().st_mtime)
         if not runs:
-            raise SystemExit(f"error: --resume: no {STAGE} run with a checkpoint under {cfg.run.output_dir}")
+            raise SystemExit(f"error: --resume: no {stage} run with a checkpoint under {cfg.run.output_dir}")
         return runs[-1]
-    return make_run_dir(cfg.run, STAGE, create=False)
+    return make_run_dir(cfg.run, stage, create=False)
 
 
 def eval_summary(metrics_file: Path) -> dict[str, float]:
@@ -49,14 +51,16 @@ def eval_summary(metrics_file: Path) -> dict[str, float]:
             "eval/objective/kl_after": last["eval/objective/kl"]}
 
 
-def main(cfg: PPOStageConfig, resume: bool | str = False) -> Path:
+def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     from accelerate.utils import broadcast_object_list
 
+    from rlhf.ppo import checkpoint as ckpt
     from rlhf.ppo.curves import plot_reward_and_kl
-    from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer, resolve_dtype
+    from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
     from rlhf.ppo.prompts import held_out_prompts, prepare_prompts
     from rlhf.ppo.scorers import load_scorer
-    from rlhf.ppo.trainer import PPOTrainer, make_accelerator, seed_everything
+    from rlhf.ppo.trainer import RLTrainer, make_accelerator, seed_everything
+    from rlhf.runtime import resolve_dtype
     from rlhf.tracking import MetricsLogger
 
     # 1. processes, seed, one run folder for all of them
@@ -66,12 +70,12 @@ def main(cfg: PPOStageConfig, resume: bool | str = False) -> Path:
     if accelerator.num_processes > 1:
         broadcast_object_list(holder)
     run_dir = Path(holder[0])
-    logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=cfg.train.steps,
+    logger = MetricsLogger(run_dir, cfg.run, cfg.rl.algo, config=cfg, total_steps=cfg.train.steps,
                            enabled=accelerator.is_main_process)
 
-    # 2. policy: SFT start + PPO LoRA + value head (the reference is the same weights, adapters off)
+    # 2. policy: SFT start + LoRA (+ value head for PPO); the reference is the same weights, adapters off
     tokenizer = load_policy_tokenizer(cfg.policy)
-    model = build_actor_critic(cfg.policy, cfg.lora, resolve_dtype(cfg.policy.precision, accelerator.device))
+    model = build_policy_model(cfg, resolve_dtype(cfg.policy.precision, accelerator.device))
 
     # 3. the scorer: trained HHH reward model (or the toy reward)
     scorer = load_scorer(cfg.reward, tokenizer, accelerator.device, runs_dir=cfg.run.output_dir)
@@ -80,22 +84,22 @@ def main(cfg: PPOStageConfig, resume: bool | str = False) -> Path:
     prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
     eval_prompts = held_out_prompts(cfg.data, tokenizer, cfg.run.seed)
     if accelerator.is_main_process:
-        print(f"[ppo] {len(prompts)} training prompts from {', '.join(cfg.data.sources)} ({cfg.data.split}); "
+        print(f"[{cfg.rl.algo}] {len(prompts)} training prompts from {', '.join(cfg.data.sources)} ({cfg.data.split}); "
               f"{len(eval_prompts)} held-out ({cfg.data.eval_split})", file=sys.stderr)
 
     # 5. trainer; continue a killed run from its latest checkpoint
-    trainer = PPOTrainer(cfg, model, tokenizer, scorer, prompts, accelerator=accelerator, logger=logger,
-                         run_dir=run_dir)
+    trainer = RLTrainer(cfg, model, tokenizer, scorer, prompts, accelerator=accelerator, logger=logger,
+                        run_dir=run_dir)
     if resume:
-        trainer.load_checkpoint(resume if isinstance(resume, str) else run_dir)
+        ckpt.resume(trainer, resume if isinstance(resume, str) else run_dir)
 
     # 6. train, checkpointing every train.save_every steps and at the end
     history = trainer.train(eval_prompts=eval_prompts)
     if trainer.cfg.train.save_every == 0 or trainer.step_count % trainer.cfg.train.save_every:
-        trainer.save_checkpoint()
+        ckpt.save(trainer)
 
-    # 7. final artifacts: merged policy, adapter, value head; summary and reward/KL curve
-    trainer.save_final(run_dir / "final")
+    # 7. final artifacts: merged policy, adapter, value head (ppo); summary and reward/KL curve
+    ckpt.save_final(trainer, run_dir / "final")
     if accelerator.is_main_process and history:
         plot_reward_and_kl(run_dir / "metrics.jsonl", run_dir / "reward_kl.png",
                            cfg.kl.target if cfg.kl.adaptive else None)
@@ -114,7 +118,11 @@ def main(cfg: PPOStageConfig, resume: bool | str = False) -> Path:
 
 
 def cli(argv=None) -> int:
-    return stage_cli(PPOStageConfig, DEFAULTS, main, sys.argv[1:] if argv is None else argv, extra_flags=("resume",))
+    """``rlhf ppo`` / ``rlhf rl``; ``--algo X`` is short for ``--rl.algo X``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = ["--rl.algo" if a == "--algo" else "--rl.algo=" + a[len("--algo="):] if a.startswith("--algo=") else a
+            for a in argv]
+    return stage_cli(RLStageConfig, DEFAULTS, main, argv, extra_flags=("resume",))
 
 
 if __name__ == "__main__":

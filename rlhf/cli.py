@@ -1,4 +1,4 @@
-"""The ``rlhf`` command: ``rlhf models|data|chat|sft|reward|ppo|eval|pipeline|annotate ...``.
+"""The ``rlhf`` command: ``rlhf models|data|chat|sft|reward|rl|ppo|eval|pipeline|annotate ...``.
 
 Stage subcommands hand their arguments to the stage script's ``cli(argv)`` so ``rlhf sft --lora.r 8``
 and ``python pipelines/sft.py --lora.r 8`` are the same thing.
@@ -15,7 +15,8 @@ from typing import Sequence
 STAGES = {
     "sft": ("pipelines.sft:cli", "stage 1: supervised fine-tuning (full or LoRA)"),
     "reward": ("pipelines.reward:cli", "stage 2: train the HHH reward model"),
-    "ppo": ("pipelines.ppo:cli", "stage 3: PPO against the reward model with a KL penalty"),
+    "rl": ("pipelines.ppo:cli", "stage 3: online RL (--algo ppo|grpo|rloo|reinforce_pp) with a KL penalty"),
+    "ppo": ("pipelines.ppo:cli", "stage 3 with PPO (the same as rlhf rl --algo ppo)"),
     "eval": ("pipelines.evaluate:cli", "stage 4: compare policies and write a report"),
     "pipeline": ("pipelines.run:cli", "all stages end to end (--preset demo|tiny)"),
     "annotate": ("rlhf.annotate.cli:main", "preference collection web app, agreement and export"),

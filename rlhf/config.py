@@ -138,7 +138,8 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--{dotted}: {part} is not a section")
-    node[leaf] = value
+    # A mapping given for a mapping adds to it (--ppo.overrides '{rl.algo: grpo}' keeps the preset's other keys).
+    node[leaf] = _merge(node[leaf], value) if isinstance(value, dict) and isinstance(node.get(leaf), dict) else value
 
 
 def _parse_flag_value(raw: str) -> Any:

@@ -102,11 +102,11 @@ def substitute(tree: Any, values: dict[str, str]) -> Any:
     return tree
 
 
-def stage_entry(name: str) -> tuple[Callable, type, Path]:
-    """(main, config class, defaults YAML) of a stage script; the class is read from ``main``'s annotation."""
+def stage_entry(name: str) -> tuple[Callable, type, Path | None]:
+    """(main, config class, defaults YAML or None) of a stage script; the class is read from ``main``'s annotation."""
     module = importlib.import_module(STAGE_MODULES[name])
     config_cls = typing.get_type_hints(module.main)["cfg"]
-    return module.main, config_cls, Path(module.DEFAULTS)
+    return module.main, config_cls, Path(module.DEFAULTS) if module.DEFAULTS else None
 
 
 def config_path(path: str) -> Path:
@@ -116,11 +116,11 @@ def config_path(path: str) -> Path:
     return given if given.is_absolute() or given.exists() or not in_repo.exists() else in_repo
 
 
-def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, Path] | None = None) -> Stage:
+def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, Path | None] | None = None) -> Stage:
     """The stage's config: its defaults < spec.config < pipeline run settings < spec.overrides, placeholders filled."""
     main, config_cls, defaults = entry or stage_entry(name)
     spec: StageSpec = getattr(cfg, name)
-    tree = load_yaml(defaults) if defaults.is_file() else {}
+    tree = load_yaml(defaults) if defaults is not None and defaults.is_file() else {}
     if spec.config:
         tree = _merge(tree, load_yaml(config_path(spec.config)))
     run = dict(tree.get("run") or {})

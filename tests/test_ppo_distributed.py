@@ -24,8 +24,7 @@ DRIVER = textwrap.dedent('''
 
     out = sys.argv[1]
     cfg, _ = load_config(PPOStageConfig, ["--config", "pipelines/configs/ppo_tiny.yaml", "--ppo.batch_size", "4",
-                                          "--ppo.mini_batch_size", "2", "--ppo.micro_batch_size", "1"],
-                         "pipelines/configs/ppo.yaml")
+                                          "--ppo.mini_batch_size", "2", "--ppo.micro_batch_size", "1"])
     accelerator = make_accelerator()
     # Different seeds per rank before building: DDP must still start every rank from rank 0's weights.
     torch.manual_seed(accelerator.process_index)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.ppo.config import LoraSection, PolicySection
+from rlhf.lora import LoraConfig as LoraSection
+from rlhf.ppo.config import PolicySection
 from rlhf.ppo.maths import logprobs_from_logits
 from rlhf.ppo.policy import build_actor_critic, load_sft_model, response_position_ids
+from rlhf.ppo.sampler import FastSampler, sampling_lm_head
 from rlhf.zoo import load_causal_lm, load_tokenizer
 
 
@@ -138,8 +140,7 @@ def test_merged_sampling_restores_weights_bit_for_bit(actor_critic, tiny_llama_p
     kwargs = GenerationSettings(max_new_tokens=8, do_sample=False).hf_kwargs(tokenizer)
     outputs = []
     for merge in (True, False):
-        actor_critic.merge_for_sampling = merge
-        outputs.append(actor_critic.generate_with_values(**enc, **kwargs))
+        outputs.append(FastSampler(actor_critic, merge_lora=merge).sample(**enc, keep_logits=True, **kwargs))
     for name, param in actor_critic.named_parameters():
         assert torch.equal(before[name], param), name
     merged, plain = outputs
@@ -175,7 +176,7 @@ def test_lora_layers_count_from_the_top_and_leave_a_frozen_trunk(top_layer_actor
 
 
 def test_resolve_layers_counts_negatives_from_the_top_and_refuses_missing_layers():
-    from rlhf.ppo.policy import resolve_layers
+    from rlhf.lora import resolve_layers
 
     assert resolve_layers([-1, 0, -2], 30) == [0, 28, 29]
     assert resolve_layers(list(range(-8, 0)), 2) == [0, 1]  # "the last 8" of a 2-layer model: both
@@ -274,7 +275,7 @@ def test_packed_forwards_equal_padded_ones(top_layer_actor_critic, tiny_llama_pa
     kept = None
     if trunk:
         captured = []
-        with torch.no_grad(), model._keeping_trunk_output(captured):
+        with torch.no_grad(), model.keeping_trunk_output(captured):
             model.causal_lm.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                           position_ids=response_position_ids(enc["attention_mask"]), use_cache=False)
         kept = captured[0] * enc["attention_mask"].unsqueeze(-1)
@@ -300,7 +301,7 @@ def test_packed_prefill_samples_what_plain_generate_samples(top_layer_actor_crit
     for pack in (False, True):
         model.pack_sequences = pack
         torch.manual_seed(3)
-        passes.append(model.generate_with_values(**enc, **kwargs))
+        passes.append(FastSampler(model).sample(**enc, keep_logits=True, **kwargs))
     plain, packed = passes
     assert torch.equal(plain.sequences, packed.sequences)
     for name in ("logits", "hidden"):
@@ -314,6 +315,6 @@ def test_sampling_lm_head_matches_the_plain_head_and_is_restored(actor_critic):
     head = actor_critic.causal_lm.get_output_embeddings()
     x = torch.randn(3, 2, head.in_features)
     expected = torch.nn.functional.linear(x, head.weight)
-    with torch.no_grad(), actor_critic.sampling_lm_head():
+    with torch.no_grad(), sampling_lm_head(head):
         torch.testing.assert_close(head(x), expected, atol=1e-5, rtol=1e-4)
     assert "forward" not in head.__dict__  # the class's own forward again

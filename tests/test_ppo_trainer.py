@@ -27,7 +27,7 @@ REQUIRED_KEYS = ["reward/composite", "reward/helpful", "reward/honest", "reward/
 
 
 def tiny_cfg(run_cfg, *overrides: str) -> PPOStageConfig:
-    cfg, _ = load_config(PPOStageConfig, ["--config", str(CONFIGS / "ppo_tiny.yaml"), *overrides], CONFIGS / "ppo.yaml")
+    cfg, _ = load_config(PPOStageConfig, ["--config", str(CONFIGS / "ppo_tiny.yaml"), *overrides])
     cfg.run = run_cfg
     return cfg
 

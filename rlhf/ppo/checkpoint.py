@@ -119,3 +119,67 @@ def load_checkpoint(path: Path, rank: int, map_location: str | torch.device = "c
         "trainer_state": json.loads((path / STATE).read_text(encoding="utf-8")),
         "rng": torch.load(rng_file, weights_only=True) if rng_file.is_file() else None,
     }
+
+
+# ---------------------------------------------------------------- a trainer's checkpoints
+
+
+def save(trainer) -> Path | None:
+    """Write ``<run>/checkpoints/step-N`` of an ``RLTrainer`` atomically (every process writes its RNG state)."""
+    from accelerate.utils import broadcast_object_list
+
+    acc = trainer.accelerator
+    if trainer.run_dir is None:
+        raise ValueError("RLTrainer(run_dir=...) is needed to write checkpoints")
+    holder = [str(prepare_dir(trainer.run_dir, trainer.step_count)) if acc.is_main_process else ""]
+    if acc.num_processes > 1:
+        broadcast_object_list(holder)
+    tmp = Path(holder[0])
+    write_rank_files(tmp, acc.process_index)
+    acc.wait_for_everyone()
+    final = None
+    if acc.is_main_process:
+        save_main_files(tmp, trainer.unwrapped.trainable_state_dict(), trainer.optimizer.state_dict(),
+                        trainer.scheduler.state_dict(), trainer.trainer_state(),
+                        save_adapter=lambda path: trainer.unwrapped.policy.save_pretrained(path))
+        final = commit(trainer.run_dir, tmp, trainer.step_count, trainer.cfg.train.keep_checkpoints)
+    acc.wait_for_everyone()
+    return final
+
+
+def resume(trainer, path: str | Path) -> None:
+    """Continue an ``RLTrainer`` from a checkpoint folder (or a run folder's latest checkpoint)."""
+    found = find_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {path}")
+    state = load_checkpoint(found, trainer.accelerator.process_index, map_location=trainer.accelerator.device)
+    trainer.unwrapped.load_trainable_state_dict(state["trainable"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.load_trainer_state(state["trainer_state"])
+    if state["rng"] is not None:
+        set_rng_state(state["rng"])
+    if trainer.accelerator.is_main_process:
+        print(f"[{trainer.cfg.rl.algo}] resumed from {found} at step {trainer.step_count}")
+
+
+def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
+    """``out_dir/adapter`` (PEFT LoRA), ``value_head.safetensors`` (PPO) and, with ``merged``, the policy with
+    SFT + RL weights merged as a plain HF folder (what evaluation loads). Merging consumes the adapters:
+    call this last."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    acc, model = trainer.accelerator, trainer.unwrapped
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.policy.save_pretrained(out_dir / "adapter")
+        if model.value_head is not None:
+            save_file({k: v.contiguous().cpu() for k, v in model.value_head.state_dict().items()},
+                      str(out_dir / "value_head.safetensors"))
+        if merged:
+            model.policy.merge_and_unload().save_pretrained(out_dir)
+        trainer.tokenizer.save_pretrained(out_dir)
+    acc.wait_for_everyone()
+    return out_dir

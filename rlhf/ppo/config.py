@@ -1,4 +1,7 @@
-"""``PPOStageConfig``: every knob of stage 3, in nested sections (defaults in pipelines/configs/ppo.yaml)."""
+"""``RLStageConfig``: every knob of stage 3 (PPO, GRPO, RLOO, REINFORCE++), in nested sections.
+
+The dataclass defaults are what ``rlhf rl`` / ``rlhf ppo`` run; a YAML file given with ``--config`` (a preset,
+e.g. ``pipelines/configs/ppo_tiny.yaml``) only holds what it changes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,6 +9,9 @@ from typing import Literal
 
 from rlhf.config import ConfigError, RunConfig
 from rlhf.generation import GenerationSettings
+from rlhf.lora import LoraConfig
+from rlhf.ppo.advantages import ESTIMATORS
+from rlhf.runtime import Precision
 
 
 @dataclass
@@ -15,9 +21,12 @@ class PolicySection:
     model: str = "smollm2-135m-instruct"  # zoo name, folder (merged SFT weights or an SFT adapter folder) or hub id
     sft_adapter: str = ""  # optional SFT LoRA adapter folder, merged into `model` in memory before PPO's LoRA
     critic: str = ""  # "" = value head on the policy's backbone (one forward); else a model for a separate critic
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware has bf16 matmuls, else fp32
+    precision: Precision = "auto"  # auto: bf16 where the hardware has bf16 matmuls, else fp32 (rlhf.runtime)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time
-    merge_lora_for_sampling: bool = True  # fold LoRA into the weights while generating (exact restore after)
+    # Rollout sampler (rlhf.ppo.sampler): "fast" = merged LoRA, packed prefill, the trunk captured while sampling,
+    # old log-probs from the sampling pass; "plain" = model.generate, then a forward for the log-probs.
+    sampler: Literal["fast", "plain"] = "fast"
+    merge_lora_for_sampling: bool = True  # fast sampler: fold LoRA into the weights while generating (exact restore after)
     # With lora.layers above the bottom, the layers below the lowest adapter are frozen and identical for the
     # policy, the reference and every update: run them once per rollout (in the sampling pass), keep their
     # output, and start the reference forward and the update's forward+backward from it.
@@ -28,36 +37,37 @@ class PolicySection:
 
 
 @dataclass
-class LoraSection:
-    """PPO's LoRA adapters on the policy (and on a separate critic)."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0  # dropout makes the same forward give different log-probs; PPO ratios want it off
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # Decoder layers that get adapters (empty: all); negative indices count from the top, so [-8, ..., -1] is
-    # "the last 8 layers" on any depth (all of them on a model with fewer). The layers below the lowest
-    # adapted one form a frozen trunk that policy.reuse_trunk computes once per rollout.
-    layers: list[int] = field(default_factory=list)
-
-
-@dataclass
 class RewardSection:
     """Where scores come from and how they become the reward."""
 
     kind: Literal["model", "toy"] = "model"  # model: the trained HHH reward model; toy: token-count reward (tests)
     model: str = ""  # reward model folder (pipelines/reward.py writes <run>/final); "" = newest runs/reward-*/final
     toy_token: str = " the"  # kind toy: reward = share of response tokens equal to this token
-    missing_eos_penalty: float = 0.0  # subtracted from the score of a response that never emits EOS (0: off)
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a response that never emits EOS (0: off)
     normalize: bool = True  # standardise scores with a running mean/std (kept in checkpoints)
     clip: float = 5.0  # clip (normalised) scores to [-clip, clip]; 0 disables
 
 
 @dataclass
-class PPOSection:
-    """Rollout sizes and the PPO update."""
+class RLSection:
+    """Which algorithm: the advantage estimator, how many samples each prompt gets, how the loss is averaged."""
 
-    batch_size: int = 8  # prompts per process per PPO step
+    # ppo: GAE with a value head; grpo: group-normalised scores; rloo: leave-one-out baseline;
+    # reinforce_pp: REINFORCE++ (batch-whitened returns, token-level KL). See rlhf/ppo/advantages.py.
+    algo: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = "ppo"
+    samples_per_prompt: int = 1  # k responses sampled per prompt; the group estimators (grpo, rloo) need k >= 2
+    # How per-token policy losses become one number: token_mean (every token of the batch equal), sequence_mean
+    # (each response equal, GRPO's original), constant (sum over tokens / generation.max_new_tokens: Dr. GRPO's
+    # length-unbiased aggregation, Liu et al. 2025).
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
+    scale_rewards: bool = True  # grpo: divide by the group's std (false = Dr. GRPO's unscaled advantage)
+
+
+@dataclass
+class PPOSection:
+    """Rollout sizes and the policy update (shared by every algorithm; value keys only matter for ppo)."""
+
+    batch_size: int = 8  # prompts per process per step; rollouts = batch_size * rl.samples_per_prompt
     mini_batch_size: int = 4  # rollouts per optimizer step (per process)
     micro_batch_size: int = 4  # rollouts per forward/backward; mini/micro = gradient accumulation steps.
     # With policy.pack_sequences a micro-batch runs packed (no FLOPs on padding, one big matmul per layer);
@@ -80,11 +90,14 @@ class PPOSection:
 class KLSection:
     """The per-token KL penalty against the reference (the policy with its adapters off)."""
 
-    estimator: Literal["k1", "k3"] = "k1"
+    estimator: Literal["k1", "k3"] = "k1"  # k1 = log p/q (unbiased); k3 = (q/p - 1) - log q/p (never negative)
     coef: float = 0.05  # initial (or fixed) coefficient
-    adaptive: bool = False  # Ziegler et al. 2019 controller toward `target`
-    target: float = 6.0  # target KL per response (nats), adaptive only
-    horizon: int = 10000  # adaptive only
+    adaptive: bool = True  # Ziegler et al. 2019 controller toward `target`
+    target: float = 2.0  # target KL per response (nats), adaptive only
+    horizon: int = 2000  # rollouts over which a 20 % error moves the coefficient 20 %, adaptive only
+    # Where the KL enters: "reward" = a per-token penalty in the reward (PPO, RLOO, REINFORCE++); "loss" = a
+    # k3 KL(policy || reference) term added to the policy loss (GRPO); "auto" = loss for grpo, else reward.
+    placement: Literal["auto", "reward", "loss"] = "auto"
 
 
 @dataclass
@@ -110,7 +123,7 @@ class TrainSection:
     lr_scheduler: str = "linear"  # transformers scheduler name (constant, linear, cosine ...), stepped per PPO step
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    save_every: int = 0  # checkpoint every N PPO steps (0: only at the end)
+    save_every: int = 10  # checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = 2
     eval_every: int = 0  # evaluate on data.eval_prompts held-out prompts every N steps (0: only before and after)
     sample_every: int = 10  # log a samples table every N steps (0: never)
@@ -119,9 +132,14 @@ class TrainSection:
 
 
 @dataclass
-class PPOStageConfig:
+class RLStageConfig:
+    """Stage 3: online RL against the reward model with a KL penalty to the reference, LoRA on the SFT policy."""
+
     policy: PolicySection = field(default_factory=PolicySection)
-    lora: LoraSection = field(default_factory=LoraSection)
+    # Adapters on the last 8 decoder layers: the layers below run once per rollout (policy.reuse_trunk), so the
+    # reference forward and the update cost ~8/30 of a full pass on SmolLM2-135M (benchmarks/README.md).
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(layers=list(range(-8, 0))))
+    rl: RLSection = field(default_factory=RLSection)
     reward: RewardSection = field(default_factory=RewardSection)
     ppo: PPOSection = field(default_factory=PPOSection)
     kl: KLSection = field(default_factory=KLSection)
@@ -130,10 +148,36 @@ class PPOStageConfig:
     train: TrainSection = field(default_factory=TrainSection)
     run: RunConfig = field(default_factory=RunConfig)
 
+    @property
+    def rollouts_per_step(self) -> int:
+        """Rollouts each process makes per step: every prompt sampled ``rl.samples_per_prompt`` times."""
+        return self.ppo.batch_size * self.rl.samples_per_prompt
+
+    @property
+    def kl_in_loss(self) -> bool:
+        """The KL to the reference is a loss term (else a per-token reward penalty)."""
+        return self.kl.placement == "loss" or (self.kl.placement == "auto" and self.rl.algo == "grpo")
+
     def __post_init__(self) -> None:
-        ppo = self.ppo
-        if ppo.batch_size % ppo.mini_batch_size or ppo.mini_batch_size % ppo.micro_batch_size:
-            raise ConfigError(f"ppo.batch_size ({ppo.batch_size}) must be a multiple of ppo.mini_batch_size "
-                             f"({ppo.mini_batch_size}), itself a multiple of ppo.micro_batch_size ({ppo.micro_batch_size})")
+        ppo, rl = self.ppo, self.rl
+        estimator = ESTIMATORS[rl.algo]
+        if rl.samples_per_prompt < 1:
+            raise ConfigError(f"rl.samples_per_prompt: must be >= 1, got {rl.samples_per_prompt}")
+        if estimator.needs_groups and rl.samples_per_prompt < 2:
+            raise ConfigError(f"rl.samples_per_prompt: {rl.algo} compares responses to the same prompt, so it needs "
+                              f">= 2 samples per prompt, got {rl.samples_per_prompt}")
+        if self.policy.critic and not estimator.needs_values:
+            raise ConfigError(f"policy.critic: {rl.algo} is critic-free (no value function); leave policy.critic empty "
+                              "or use rl.algo ppo")
+        if not self.lora.enabled:
+            raise ConfigError("lora.enabled: stage 3 trains LoRA adapters only (the reference is the adapters switched off)")
+        rollouts = self.rollouts_per_step
+        if rollouts % ppo.mini_batch_size or ppo.mini_batch_size % ppo.micro_batch_size:
+            raise ConfigError(f"ppo.batch_size x rl.samples_per_prompt ({rollouts} rollouts) must be a multiple of "
+                              f"ppo.mini_batch_size ({ppo.mini_batch_size}), itself a multiple of ppo.micro_batch_size "
+                              f"({ppo.micro_batch_size})")
         if not self.generation.do_sample:
-            raise ConfigError("generation.do_sample must be true: PPO needs samples from the policy")
+            raise ConfigError("generation.do_sample must be true: RL needs samples from the policy")
+
+
+PPOStageConfig = RLStageConfig  # the stage's name before it ran more than PPO (rlhf ppo = rlhf rl --rl.algo ppo)

@@ -1,7 +1,8 @@
 """Making experience: prompts -> sampled responses, their log-probs, values, reference log-probs, scores.
 
 The trainer turns an :class:`Experience` into rewards and advantages (``rlhf.ppo.rewards``,
-``rlhf.ppo.maths``) and then learns from it; nothing here has gradients.
+``rlhf.ppo.advantages``) and then learns from it; nothing here has gradients. Sampling itself is the
+sampler's (``rlhf.ppo.sampler``); every algorithm shares this one experience path.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from torch import nn
 from reward_models.types import RewardScores, Scorer
 from rlhf.generation import GenerationSettings, prepare_tokenizer, render_chat
 from rlhf.ppo.maths import logprobs_from_logits
-from rlhf.ppo.policy import ActorCritic, SamplingPass, evaluation_mode
+from rlhf.ppo.policy import PolicyModel, evaluation_mode
+from rlhf.ppo.sampler import FastSampler
+from rlhf.sampling import Sampler, SamplingPass
 from rlhf.records import prompt_to_messages
 
 
@@ -33,7 +36,7 @@ class Experience:
     has_eos: torch.Tensor  # (B,) bool: the response ended with EOS (else it hit max_new_tokens)
     logprobs: torch.Tensor  # (B, R) policy log-probs of the response tokens at sampling time
     ref_logprobs: torch.Tensor  # (B, R) reference (adapters off) log-probs of the same tokens
-    values: torch.Tensor  # (B, R) value of the state before each response token
+    values: torch.Tensor | None  # (B, R) value of the state before each response token; None without a value head
     scores: RewardScores  # raw scorer output: composite (B,), heads {name: (B,)}, toxicity (B,) or None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, for logs and benchmarks
     # (B, P + R, H) output of the policy's frozen trunk (the layers below the lowest adapter) at every
@@ -41,8 +44,8 @@ class Experience:
     trunk_hidden: torch.Tensor | None = None
     # Filled in by the trainer (rewards.token_rewards, maths.gae):
     rewards: torch.Tensor | None = None  # (B, R) per-token reward: -kl_coef * KL, + score at the last token
-    advantages: torch.Tensor | None = None  # (B, R)
-    returns: torch.Tensor | None = None  # (B, R)
+    advantages: torch.Tensor | None = None  # (B, R) from the algorithm's estimator (rlhf.ppo.advantages)
+    returns: torch.Tensor | None = None  # (B, R) value targets (GAE only)
 
     @property
     def responses_ids(self) -> torch.Tensor:
@@ -90,12 +93,14 @@ def padding_free_span(attention_mask: torch.Tensor, response_mask: torch.Tensor,
 
 
 class ExperienceMaker:
-    """Generates, evaluates and scores rollouts for a list of prompts."""
+    """Generates, evaluates and scores rollouts for a list of prompts (through ``sampler``: by default the
+    fast one of ``rlhf.ppo.sampler``)."""
 
-    def __init__(self, model: ActorCritic, tokenizer, scorer: Scorer, settings: GenerationSettings,
+    def __init__(self, model: PolicyModel, tokenizer, scorer: Scorer, settings: GenerationSettings,
                  max_prompt_tokens: int = 512, compute_dtype: torch.dtype = torch.float32,
-                 reuse_sampling_pass: bool = True, forward_batch_size: int = 1):
+                 reuse_sampling_pass: bool = True, forward_batch_size: int = 1, sampler: Sampler | None = None):
         self.model = model
+        self.sampler = sampler if sampler is not None else FastSampler(model)
         self.tokenizer = prepare_tokenizer(tokenizer)
         self.scorer = scorer
         self.settings = settings
@@ -123,12 +128,13 @@ class ExperienceMaker:
                               max_length=self.max_prompt_tokens, add_special_tokens=False).to(self.device)
 
     def _sample(self, input_ids, attention_mask) -> SamplingPass:
-        """One chunk's sampling pass; logits/hidden are only used with reuse_sampling_pass."""
-        gen_kwargs = self.settings.hf_kwargs(self.tokenizer)
-        if not self.reuse_sampling_pass and not self.model.trunk_depth:
-            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
-            return SamplingPass(sequences, None, None, None)
-        return self.model.generate_with_values(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
+        """One chunk's sampling pass; logits (and hidden states) are only kept with reuse_sampling_pass."""
+        sampled = self.sampler.sample(input_ids, attention_mask, keep_logits=self.reuse_sampling_pass,
+                                      **self.settings.hf_kwargs(self.tokenizer))
+        if self.model.trunk_depth and sampled.trunk is None:
+            raise ValueError(f"{type(self.sampler).__name__} does not keep the frozen trunk's output; "
+                             "use the fast sampler or policy.reuse_trunk false")
+        return sampled
 
     @torch.no_grad()
     def make(self, prompts: Sequence[str]) -> Experience:
@@ -166,8 +172,9 @@ class ExperienceMaker:
                 response_logprobs = [logprobs_from_logits(p.logits / self.settings.temperature,
                                                           p.sequences[:, prompt_len:]) for p in passes]  # (b, r) each
                 logprobs = pad_right(response_logprobs, width, 0.0)  # (B, R)
-                if self.model.critic is None:
+                if all(p.hidden is not None for p in passes):
                     values = pad_right([self.model.values_from_hidden(p.hidden).float() for p in passes], width, 0.0)
+            has_values = self.model.value_head is not None
             ref_logprobs = torch.zeros(response_ids.shape, device=response_ids.device)  # (B, R)
             fresh_logprobs = torch.zeros(response_ids.shape, device=response_ids.device)  # (B, R)
             fresh_values = torch.zeros(response_ids.shape, device=response_ids.device)  # (B, R)
@@ -181,13 +188,15 @@ class ExperienceMaker:
                 ref_logits = self.model.reference_logits(ids, mask, start_col, trunk_hidden=kept)
                 ref_logprobs[rows, :r] = logprobs_from_logits(ref_logits / self.settings.temperature, targets)
                 del ref_logits
-                if logprobs is None or values is None:
+                if logprobs is None or (has_values and values is None):
                     logits, vals = self.model(ids, mask, start_col, trunk_hidden=kept)
                     fresh_logprobs[rows, :r] = logprobs_from_logits(logits / self.settings.temperature, targets)
-                    fresh_values[rows, :r] = vals.float()
+                    if has_values:
+                        fresh_values[rows, :r] = vals.float()
                     del logits
             logprobs = fresh_logprobs if logprobs is None else logprobs
-            values = fresh_values if values is None else values
+            if has_values and values is None:
+                values = fresh_values
             timings["forward"] = time.perf_counter() - start
 
         # 3. score the decoded responses
@@ -201,5 +210,5 @@ class ExperienceMaker:
             prompts=list(prompts), responses=responses, input_ids=input_ids, attention_mask=attention_mask,
             response_start=prompt_len, response_mask=response_mask, has_eos=has_eos,
             logprobs=logprobs * response_mask, ref_logprobs=ref_logprobs * response_mask,
-            values=values * response_mask, scores=scores, timings=timings, trunk_hidden=trunk,
+            values=None if values is None else values * response_mask, scores=scores, timings=timings, trunk_hidden=trunk,
         )

@@ -109,14 +109,60 @@ def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, returns
 
 
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Return-to-go G_t = sum_{t' >= t} gamma^(t' - t) r_t' over each response: rewards (B, R) -> (B, R).
+
+    GAE with lambda = 1 and no values; one matrix product with the discount matrix, as :func:`gae`."""
+    zeros = torch.zeros_like(rewards)
+    returns, _ = gae(zeros, rewards, mask, gamma, 1.0)
+    return returns
+
+
+def group_normalize(scores: torch.Tensor, k: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantage: each score minus the mean of its group of ``k`` consecutive rows, divided by the
+    group's (unbiased) std when ``scale``. scores (B,) with B a multiple of k -> (B,)."""
+    groups = scores.reshape(-1, k)  # (B / k, k)
+    centred = groups - groups.mean(1, keepdim=True)
+    if scale:
+        centred = centred / (groups.std(1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def leave_one_out(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """RLOO's advantage: each score minus the mean of the other k - 1 scores of its group. (B,) -> (B,)."""
+    groups = scores.reshape(-1, k)  # (B / k, k)
+    others = (groups.sum(1, keepdim=True) - groups) / (k - 1)
+    return (groups - others).reshape(-1)
+
+
 # ---------------------------------------------------------------- losses
 
 
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean", max_len: int = 0) -> torch.Tensor:
+    """A per-token loss (B, R) as one number.
+
+    token_mean: every real token of the batch weighs the same (long responses weigh more);
+    sequence_mean: each response's token mean, then the mean over responses (GRPO's original: a token of a
+    short response weighs more); constant: the sum over tokens divided by B x ``max_len`` (Dr. GRPO: no
+    length-dependent weight at all)."""
+    if mode == "token_mean":
+        return masked_mean(per_token, mask)
+    if mode == "sequence_mean":
+        return masked_mean(per_token, mask, dim=1).mean()
+    if mode == "constant":
+        if max_len <= 0:
+            raise ValueError("constant aggregation needs max_len > 0 (the generation budget)")
+        return masked_sum(per_token, mask) / (per_token.shape[0] * max_len)
+    raise ValueError(f"unknown loss aggregation {mode!r} (token_mean, sequence_mean or constant)")
+
+
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, clip_range: float) -> dict[str, torch.Tensor]:
+                        mask: torch.Tensor, clip_range: float, aggregation: str = "token_mean",
+                        max_len: int = 0) -> dict[str, torch.Tensor]:
     """PPO's clipped surrogate (to minimise) with its diagnostics; every value is a scalar.
 
-    loss = mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps))), r = exp(logp - old_logp).
+    loss = mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps))), r = exp(logp - old_logp), averaged as
+    ``aggregation`` says (:func:`aggregate`); the diagnostics are token means.
     ``clipfrac``: share of tokens where the clipped term is the active one. ``approxkl``: k3 estimate
     of KL(old || new) = mean((r - 1) - log r), the quantity the early stop watches.
     """
@@ -125,7 +171,7 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     return {
-        "loss": masked_mean(torch.maximum(unclipped, clipped), mask),
+        "loss": aggregate(torch.maximum(unclipped, clipped), mask, aggregation, max_len),
         "clipfrac": masked_mean((clipped > unclipped).float(), mask),
         "approxkl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
         "ratio": masked_mean(ratio, mask),

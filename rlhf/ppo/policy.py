@@ -1,4 +1,8 @@
-"""The PPO model: the SFT policy with LoRA adapters, a value head, and the reference for free.
+"""The RL policy model: the SFT policy with LoRA adapters, a value head (PPO only), and the reference for free.
+
+It does three things: ``forward`` (logits, and values when there is a value head), ``reference_logits``
+(adapters off) and ``values``. Sampling lives behind a sampler (``rlhf.ppo.sampler``), packing in
+``rlhf.ppo.packing``; this module only knows how to run the layers above a frozen trunk.
 
 * **Reference** = the same weights with the adapters switched off (``peft``'s ``disable_adapter()``), so
   no second copy of the model is ever held.
@@ -17,41 +21,18 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from rlhf.config import ConfigError
-from rlhf.ppo.config import LoraSection, PolicySection
+from rlhf.lora import LoraConfig, add_lora
+from rlhf.ppo.config import PolicySection, RLStageConfig
 from rlhf.ppo.packing import PackedRows, use_varlen_attention
 from rlhf.zoo import load_causal_lm, resolve_model
 
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-# ---------------------------------------------------------------- precision
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """Native bf16 dot products (AVX512-BF16 or AMX); without them bf16 matmuls are emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The compute (and frozen-weight) dtype; trainable parameters always stay float32."""
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16_matmul() else torch.float32
 
 
 # ---------------------------------------------------------------- loading the SFT start
@@ -86,27 +67,6 @@ def _adapter_base(adapter: Path) -> str:
     return base
 
 
-def resolve_layers(layers, num_layers: int) -> list[int]:
-    """Layer indices, sorted; negatives count from the top and stop at the bottom layer, so "the last 8"
-    ([-8, ..., -1]) means every layer of a model with fewer. A non-negative index past the top is an error."""
-    bad = [i for i in layers if i >= num_layers]
-    if bad:
-        raise ConfigError(f"lora.layers: {list(layers)} names layers {bad} outside 0..{num_layers - 1} "
-                         f"of this {num_layers}-layer model")
-    return sorted({max(i + num_layers, 0) if i < 0 else i for i in layers})
-
-
-def add_lora(model, lora: LoraSection, task_type: str | None = "CAUSAL_LM"):
-    from peft import LoraConfig, get_peft_model
-
-    layers = resolve_layers(lora.layers, model.config.num_hidden_layers) if lora.layers else None
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), bias="none", task_type=task_type,
-                        layers_to_transform=layers)
-    # autocast_adapter_dtype: adapters are float32 even on bf16 weights (fp32 master weights).
-    return get_peft_model(model, config, autocast_adapter_dtype=True)
-
-
 def disable_dropout(model: nn.Module) -> None:
     """PPO's ratio must be exactly 1 before the first update: no stochastic layers anywhere."""
     for module in model.modules():
@@ -122,38 +82,29 @@ def response_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- the model
 
 
-@dataclass
-class SamplingPass:
-    """What one ``generate`` call computed, kept for the rollout. B rows, P prompt + R generated positions."""
-
-    sequences: torch.Tensor  # (B, P + R) prompt and sampled tokens
-    logits: torch.Tensor | None  # (B, R, V) float32 logits each token was drawn from (before temperature); None: not kept
-    hidden: torch.Tensor | None  # (B, R, H) float32 last hidden state before each token (value head's input); None: not kept
-    trunk: torch.Tensor | None  # (B, P + R, H) output of the frozen trunk at every position (None: no trunk)
-
-
-
-class ActorCritic(nn.Module):
-    """Policy (PEFT model with LoRA) + value head; optional separate critic backbone (PEFT, own LoRA).
+class PolicyModel(nn.Module):
+    """Policy (PEFT model with LoRA), an optional value head, an optional separate critic (PEFT, own LoRA).
 
     ``forward(input_ids, attention_mask, response_start)`` returns ``(logits, values)`` for the response
     positions only: logits (B, R, V) predict tokens ``input_ids[:, response_start:]``, values (B, R) are
-    the value of the state before each of those tokens.
+    the value of the state before each of those tokens (None without a value head: GRPO, RLOO, REINFORCE++).
     """
 
-    def __init__(self, policy, critic=None):
+    def __init__(self, policy, critic=None, value_head: bool = True):
         super().__init__()
         self.policy = policy  # peft.PeftModel over a causal LM
         self.critic = critic  # None, or peft.PeftModel over a causal LM whose decoder feeds the value head
-        self.merge_for_sampling = True  # fold LoRA into the weights while generating (see merged_adapters)
+        if critic is not None and not value_head:
+            raise ValueError("a separate critic needs a value head")
         self.trunk_depth = 0  # bottom decoder layers whose output rollouts keep (0: none; see use_frozen_trunk)
         self.pack_sequences = False  # run multi-row forwards and the sampling prefill packed (see rlhf.ppo.packing)
-        value_source = critic if critic is not None else policy
-        hidden = value_source.get_base_model().config.hidden_size
-        self.value_head = nn.Linear(hidden, 1, dtype=torch.float32)
-        # Zero init: values start at 0 and the value loss sends no gradient into a shared backbone at first.
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head = None
+        if value_head:
+            value_source = critic if critic is not None else policy
+            self.value_head = nn.Linear(value_source.get_base_model().config.hidden_size, 1, dtype=torch.float32)
+            # Zero init: values start at 0 and the value loss sends no gradient into a shared backbone at first.
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
 
     # -- pieces of the wrapped models
     @property
@@ -196,7 +147,7 @@ class ActorCritic(nn.Module):
             decoder.layers = layers
 
     @contextlib.contextmanager
-    def _keeping_trunk_output(self, into: list):
+    def keeping_trunk_output(self, into: list):
         """Append the hidden states entering layer ``trunk_depth`` at every forward: (B, t, H) each."""
 
         def keep(_module, args, kwargs):
@@ -239,12 +190,13 @@ class ActorCritic(nn.Module):
             return 0
         self.trunk_depth = depth
         vocab = self.config.vocab_size
-        ids = (torch.arange(3, 11, device=self.value_head.weight.device) * 7919 % vocab).unsqueeze(0)  # (1, 8)
+        device = self.causal_lm.get_input_embeddings().weight.device
+        ids = (torch.arange(3, 11, device=device) * 7919 % vocab).unsqueeze(0)  # (1, 8)
         mask = torch.ones_like(ids)
         with evaluation_mode(self):
             full, _ = self.forward(ids, mask, 1, with_values=False)
             kept: list[torch.Tensor] = []
-            with self._keeping_trunk_output(kept):
+            with self.keeping_trunk_output(kept):
                 self.causal_lm.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
             fast, _ = self.forward(ids, mask, 1, with_values=False, trunk_hidden=kept[0])
         if not torch.allclose(fast.float(), full.float(), rtol=1e-3, atol=1e-3 * float(full.abs().max())):
@@ -265,7 +217,7 @@ class ActorCritic(nn.Module):
         so only the layers above it run; the separate critic, if any, always runs whole."""
         hidden = self._hidden(self.causal_lm, input_ids, attention_mask, response_start, trunk_hidden)  # (B, R, H)
         logits = self.causal_lm.get_output_embeddings()(hidden)  # (B, R, V)
-        if not with_values:
+        if not with_values or self.value_head is None:
             return logits, None
         if self.critic is not None:
             hidden = self._hidden(self.critic.get_base_model(), input_ids, attention_mask, response_start)
@@ -280,127 +232,6 @@ class ActorCritic(nn.Module):
             logits, _ = self.forward(input_ids, attention_mask, response_start, with_values=False,
                                      trunk_hidden=trunk_hidden)
         return logits
-
-    @torch.no_grad()
-    def generate(self, **kwargs) -> torch.Tensor:
-        with self._sampling_weights():
-            return self._generate(kwargs)[0]
-
-    @contextlib.contextmanager
-    def _sampling_weights(self):
-        """The weights as sampling uses them: LoRA folded in (``merge_for_sampling``), the CPU LM head packed."""
-        with self.merged_adapters() if self.merge_for_sampling else contextlib.nullcontext(), self.sampling_lm_head():
-            yield
-
-    def _generate(self, kwargs: dict) -> tuple[torch.Tensor, PackedRows | None]:
-        """``policy.generate``; with ``pack_sequences`` the prompts (all but their last token) are first run
-        packed into a KV cache that generate() continues from. Returns the sequences and the packing used."""
-        input_ids, attention_mask = kwargs["input_ids"], kwargs["attention_mask"]
-        if not (self.pack_sequences and input_ids.shape[0] > 1 and input_ids.shape[1] > 1):
-            return self.policy.generate(**kwargs), None
-        from transformers import DynamicCache
-
-        lm = self.causal_lm
-        # Left padding puts every row's last prompt token in the last column: generate() feeds that column.
-        packed = PackedRows.from_mask(attention_mask[:, :-1])
-        if packed.index.numel() == 0:
-            return self.policy.generate(**kwargs), None
-        prefill = DynamicCache(config=lm.config)
-        lm.get_decoder()(input_ids=packed.pack(input_ids[:, :-1]), **packed.forward_kwargs(), cache=prefill,
-                         use_cache=True)
-        cache = DynamicCache(config=lm.config)
-        for index, layer in enumerate(prefill.layers):  # (1, heads, N, d) -> (B, heads, P - 1, d), zeros on pads
-            keys, values = (packed.unpack(x.transpose(1, 2)).transpose(1, 2) for x in (layer.keys, layer.values))
-            cache.update(keys, values, index)
-        return self.policy.generate(**kwargs, cache=cache), packed
-
-    @contextlib.contextmanager
-    def sampling_lm_head(self):
-        """While sampling on a CPU, run the LM head through oneDNN (mkldnn) with its weight pre-packed.
-
-        Decoding multiplies a few rows by the whole 49k x H head every token; that shape is memory-bound and
-        oneDNN's packed weight streams it ~2x faster than the default GEMM here (measured in situ: ~0.8 s of
-        ~7.5 s per 8 x 32-token batch). Results differ from F.linear by float rounding only. The module keeps
-        its identity (only its ``forward`` is replaced for the duration), so hooks on it still fire."""
-        head = self.causal_lm.get_output_embeddings()
-        weight = head.weight
-        usable = (weight.device.type == "cpu" and weight.dtype == torch.float32 and getattr(head, "bias", None) is None
-                  and torch.backends.mkldnn.is_available() and type(head) is nn.Linear)
-        if not usable:
-            yield
-            return
-        packed = weight.detach().to_mkldnn()
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            out = torch._C._nn.mkldnn_linear(x.reshape(-1, x.shape[-1]).contiguous().to_mkldnn(), packed).to_dense()
-            return out.reshape(*x.shape[:-1], out.shape[-1])
-
-        head.forward = forward
-        try:
-            yield
-        finally:
-            del head.forward
-
-    @contextlib.contextmanager
-    def merged_adapters(self):
-        """Fold the LoRA deltas into the base weights while sampling, then restore the weights bit for bit.
-
-        Decoding is dominated by per-layer overhead, and every LoRA layer adds five small ops and peft's
-        Python dispatch to each of the ~30 layers x 4 projections per token; merged, they are plain matmuls.
-        The base weights are copied first (the LoRA-targeted matrices only) and copied back afterwards,
-        so merge/unmerge rounding never drifts the reference policy.
-        """
-        from peft.tuners.lora import LoraLayer
-
-        layers = [m for m in self.policy.modules() if isinstance(m, LoraLayer) and not m.merged]
-        saved = [m.get_base_layer().weight.detach().clone() for m in layers]
-        try:
-            with torch.no_grad():
-                for layer in layers:
-                    layer.merge()
-            yield
-        finally:
-            with torch.no_grad():
-                for layer, weight in zip(layers, saved):
-                    if layer.merged:
-                        layer.merged_adapters.clear()  # restored below from the exact copy, not by subtraction
-                    layer.get_base_layer().weight.copy_(weight)
-
-    @torch.no_grad()
-    def generate_with_values(self, **kwargs) -> "SamplingPass":
-        """Sample, and keep what the sampling pass computed anyway (see :class:`SamplingPass`).
-
-        A hook on the LM head sees its input (the final hidden state) and output (the logits) at every
-        decoding step, so log-probs and (shared-backbone) values need no second forward over the rollout;
-        with a frozen trunk, a hook on the first adapted layer keeps the trunk's output the same way.
-        """
-        hidden_steps: list[torch.Tensor] = []
-        logit_steps: list[torch.Tensor] = []
-        trunk_steps: list[torch.Tensor] = []
-
-        def keep(_module, inputs, output):
-            hidden_steps.append(inputs[0][:, -1].float())  # (B, H)
-            logit_steps.append(output[:, -1].float())  # (B, V)
-
-        handle = self.causal_lm.get_output_embeddings().register_forward_hook(keep)
-        try:
-            with self._sampling_weights(), \
-                    self._keeping_trunk_output(trunk_steps) if self.trunk_depth else contextlib.nullcontext():
-                sequences, packed = self._generate(kwargs)
-        finally:
-            handle.remove()
-        prompt_len = kwargs["input_ids"].shape[1]
-        steps = sequences.shape[1] - prompt_len
-        trunk = None
-        if self.trunk_depth:
-            if packed is not None:  # the packed prefill's capture, back to (B, P - 1, H)
-                trunk_steps[0] = packed.unpack(trunk_steps[0])
-            # Forwards ran over the prompt, then one token at a time; the last sampled token was never fed
-            # back (nothing follows it), so its column is zeros: it only ever feeds the discarded last output.
-            trunk = torch.cat(trunk_steps, 1)[:, :prompt_len + steps - 1]
-            trunk = nn.functional.pad(trunk, (0, 0, 0, sequences.shape[1] - trunk.shape[1]))
-        # generate() runs one forward per new token; the last forward's output is never sampled from.
-        return SamplingPass(sequences, torch.stack(logit_steps[:steps], 1), torch.stack(hidden_steps[:steps], 1), trunk)
 
     def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._values(hidden)
@@ -425,27 +256,38 @@ class ActorCritic(nn.Module):
                     gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_actor_critic(policy_cfg: PolicySection, lora: LoraSection, dtype: torch.dtype) -> ActorCritic:
-    """Load the SFT start, add PPO's LoRA (and the critic's, when separate); only those and the head train."""
+def build_policy_model(cfg: RLStageConfig, dtype: torch.dtype) -> "PolicyModel":
+    """The stage's policy model: a value head only when the algorithm's advantage estimator reads values."""
+    from rlhf.ppo.advantages import ESTIMATORS
+
+    return build_actor_critic(cfg.policy, cfg.lora, dtype, value_head=ESTIMATORS[cfg.rl.algo].needs_values)
+
+
+def build_actor_critic(policy_cfg: PolicySection, lora: LoraConfig, dtype: torch.dtype,
+                       value_head: bool = True) -> "PolicyModel":
+    """Load the SFT start, add the LoRA (and the critic's, when separate); only those and the head train."""
     base = load_sft_model(policy_cfg.model, policy_cfg.sft_adapter, dtype)
     policy = add_lora(base, lora)
     critic = None
     if policy_cfg.critic:
         critic = add_lora(load_sft_model(policy_cfg.critic, "", dtype), lora)
-    model = ActorCritic(policy, critic)
-    model.merge_for_sampling = policy_cfg.merge_lora_for_sampling
+    model = PolicyModel(policy, critic, value_head=value_head)
     disable_dropout(model)
     model.use_packing(policy_cfg.pack_sequences)
-    model.use_frozen_trunk(policy_cfg.reuse_trunk)
+    model.use_frozen_trunk(policy_cfg.reuse_trunk and policy_cfg.sampler == "fast")
     if policy_cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    print(f"[ppo] policy {policy_cfg.model}{' + ' + policy_cfg.sft_adapter if policy_cfg.sft_adapter else ''}: "
-          f"{trainable:,} trainable of {total:,} parameters ({dtype})"
+    print(f"[rl] policy {policy_cfg.model}{' + ' + policy_cfg.sft_adapter if policy_cfg.sft_adapter else ''}: "
+          f"{trainable:,} trainable of {total:,} parameters ({dtype}"
+          f"{', value head' if model.value_head is not None else ', no value head'})"
           + (f"; frozen trunk: layers 0-{model.trunk_depth - 1} run once per rollout" if model.trunk_depth else ""),
           file=sys.stderr)
     return model
+
+
+ActorCritic = PolicyModel  # its name while every policy had a value head
 
 
 @contextlib.contextmanager

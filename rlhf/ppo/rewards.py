@@ -2,6 +2,7 @@
 
 reward[t] = -kl_coef * KL_t                          for every response token t
 reward[last] += shaped score                         at the response's last token (its EOS, if any)
+(the advantage estimators may replace each score by a baseline-corrected one first: advantages.py)
 shaped score = clip(normalise(score - missing_eos_penalty * [no EOS]), +-clip)
 """
 from __future__ import annotations
@@ -60,7 +61,12 @@ def shape_scores(scores: torch.Tensor, has_eos: torch.Tensor, missing_eos_penalt
 
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """scores (B,), per-token KL (B, R), response mask (B, R) -> per-token rewards (B, R)."""
-    rewards = -kl_coef * kl * mask  # (B, R)
+    return place_scores(scores, -kl_coef * kl * mask, mask)
+
+
+def place_scores(scores: torch.Tensor, penalty: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token rewards: ``penalty`` (B, R) on every token, plus each score (B,) on its response's last token."""
+    rewards = penalty * mask  # (B, R), a new tensor
     last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of each response's last token
     rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
     return rewards

@@ -1,9 +1,13 @@
-"""The PPO loop on accelerate: make experience, shape rewards, compute advantages, update, log, checkpoint.
+"""The RL loop on accelerate: make experience, shape rewards, estimate advantages, update, log.
 
-One :meth:`PPOTrainer.step` is one PPO iteration for every process at once: each process generates for
-its own share of prompts, statistics that must agree (reward moments, advantage whitening, the KL
-controller, skip decisions, early stops) are reduced across processes, and gradients are all-reduced
-by DDP (or FSDP / DeepSpeed when accelerate is configured so).
+One loop for PPO, GRPO, RLOO and REINFORCE++: they differ only in their advantage estimator
+(``rlhf.ppo.advantages``), in whether a value head trains, in where the KL enters (a reward penalty or a
+loss term) and in how the policy loss is averaged, all read from the config.
+
+One :meth:`RLTrainer.step` is one iteration for every process at once: each process generates for its own
+share of prompts (k samples each), statistics that must agree (reward moments, advantage whitening, the
+KL controller, skip decisions, early stops) are reduced across processes, and gradients are all-reduced
+by DDP (or FSDP / DeepSpeed when accelerate is configured so). Checkpoints: ``rlhf.ppo.checkpoint``.
 """
 from __future__ import annotations
 
@@ -20,14 +24,16 @@ import torch
 
 from reward_models.types import Scorer
 from rlhf.ppo import checkpoint as ckpt
-from rlhf.ppo.config import PPOStageConfig
+from rlhf.ppo.advantages import make_estimator
+from rlhf.ppo.config import RLStageConfig
 from rlhf.ppo.experience import Experience, ExperienceMaker, padding_free_span
 from rlhf.ppo.kl import make_kl_controller
-from rlhf.ppo.maths import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_per_token,
+from rlhf.ppo.maths import (aggregate, clipped_policy_loss, clipped_value_loss, entropy_from_logits, kl_per_token,
                             logprobs_from_logits, masked_mean, masked_whiten)
-from rlhf.ppo.policy import ActorCritic
+from rlhf.ppo.policy import PolicyModel
 from rlhf.ppo.prompts import PromptStream
-from rlhf.ppo.rewards import RunningMoments, shape_scores, token_rewards
+from rlhf.ppo.rewards import RunningMoments, shape_scores
+from rlhf.ppo.sampler import make_sampler
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -66,15 +72,15 @@ def make_accelerator():
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
-class PPOTrainer:
-    """PPO with a KL penalty on a LoRA policy.
+class RLTrainer:
+    """Online RL with a KL penalty on a LoRA policy: PPO, GRPO, RLOO or REINFORCE++ (``cfg.rl.algo``).
 
-    >>> trainer = PPOTrainer(cfg, model, tokenizer, scorer, prompts)   # model: rlhf.ppo.policy.ActorCritic
-    >>> metrics = trainer.step()        # one PPO iteration on the next prompts; or trainer.step(list_of_prompts)
+    >>> trainer = RLTrainer(cfg, model, tokenizer, scorer, prompts)   # model: rlhf.ppo.policy.build_policy_model
+    >>> metrics = trainer.step()        # one iteration on the next prompts; or trainer.step(list_of_prompts)
     >>> history = trainer.train()       # cfg.train.steps iterations (continues from a loaded checkpoint)
     """
 
-    def __init__(self, cfg: PPOStageConfig, model: ActorCritic, tokenizer, scorer: Scorer, prompts: Sequence[str],
+    def __init__(self, cfg: RLStageConfig, model: PolicyModel, tokenizer, scorer: Scorer, prompts: Sequence[str],
                  accelerator=None, logger=None, run_dir: str | Path | None = None):
         from transformers import get_scheduler
 
@@ -84,29 +90,33 @@ class PPOTrainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
+        self.estimator = make_estimator(cfg.rl.algo, cfg.ppo.gamma, cfg.ppo.lam, cfg.rl.scale_rewards)
+        if self.estimator.needs_values and model.value_head is None:
+            raise ValueError(f"{cfg.rl.algo} needs a value head: build the model with build_policy_model(cfg, ...)")
         acc = self.accelerator
         model.to(acc.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-        # Stepped once per PPO step on every process (not prepared: accelerate would step it once per process).
+        # Stepped once per step on every process (not prepared: accelerate would step it once per process).
         self.scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                        num_training_steps=max(cfg.train.steps, 1))
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.unwrapped: ActorCritic = acc.unwrap_model(self.model)
+        self.unwrapped: PolicyModel = acc.unwrap_model(self.model)
         if self.unwrapped.trunk_depth and acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
             # Sharded layers gather their weights inside their own wrappers; the trunk path cuts the layer list
             # under them, which is only tested unsharded (single process and DDP).
             self.unwrapped.use_frozen_trunk(False)
         compute_dtype = self.unwrapped.causal_lm.get_input_embeddings().weight.dtype
+        sampler = make_sampler(self.unwrapped, cfg.policy.sampler, cfg.policy.merge_lora_for_sampling)
         self.maker = ExperienceMaker(self.unwrapped, tokenizer, scorer, cfg.generation, cfg.data.max_prompt_tokens,
                                      compute_dtype, reuse_sampling_pass=cfg.ppo.logprobs_from_sampling,
-                                     forward_batch_size=cfg.ppo.forward_batch_size)
+                                     forward_batch_size=cfg.ppo.forward_batch_size, sampler=sampler)
         self.tokenizer = self.maker.tokenizer
         self.kl_ctl = make_kl_controller(cfg.kl.coef, cfg.kl.adaptive, cfg.kl.target, cfg.kl.horizon)
         self.moments = RunningMoments() if cfg.reward.normalize else None
         self.stream = PromptStream(prompts, cfg.ppo.batch_size, acc.num_processes, acc.process_index,
                                    cfg.run.seed, cfg.data.shuffle)
-        self.step_count = 0  # PPO steps done; also the data position
+        self.step_count = 0  # steps done; also the data position
 
     # ------------------------------------------------------------ cross-process helpers
 
@@ -128,18 +138,21 @@ class PPOTrainer:
         reduced = self.accelerator.reduce(local, reduction="mean").tolist()
         return dict(zip(keys, reduced))
 
-    # ------------------------------------------------------------ one PPO iteration
+    # ------------------------------------------------------------ one iteration
 
     def step(self, prompts: Sequence[str] | None = None) -> dict[str, float]:
-        """Generate for ``prompts`` (default: this process's next share), learn from them; returns metrics."""
+        """Generate for ``prompts`` (default: this process's next share), learn from them; returns metrics.
+
+        Each prompt is sampled ``rl.samples_per_prompt`` times; its rollouts are consecutive rows (a group)."""
         cfg, acc = self.cfg, self.accelerator
         step = self.step_count + 1
         start = time.perf_counter()
         prompts = list(prompts) if prompts is not None else self.stream.batch(self.step_count)
+        k = cfg.rl.samples_per_prompt
         seed_everything(step_seed(cfg.run.seed, step, acc.process_index))
 
-        # 1. rollouts: responses, log-probs, values, reference log-probs, scores
-        exp = self.maker.make(prompts)
+        # 1. rollouts: k responses per prompt, log-probs, values (ppo), reference log-probs, scores
+        exp = self.maker.make([p for p in prompts for _ in range(k)])
         mask = exp.response_mask
         composite = exp.scores.composite.to(acc.device).float()  # (B,)
         kl_coef = self.kl_ctl.value
@@ -149,32 +162,32 @@ class PPOTrainer:
             metrics = {"skipped/nonfinite": 1.0, "response/length": mask.sum(1).mean().item()}
             return self._finish_step(step, exp, self._reduce_metrics(metrics), start)
 
-        # 3. per-token rewards: KL penalty on every token, shaped score on the last one
+        # 3. shaped scores (EOS penalty, running normalisation, clipping); the KL as a per-token penalty
+        #    unless it is a loss term
         kl = kl_per_token(exp.logprobs, exp.ref_logprobs, cfg.kl.estimator) * mask  # (B, R)
         has_eos = exp.has_eos.to(acc.device)
         if self.moments is not None:
             penalised = composite - cfg.reward.missing_eos_penalty * (~has_eos).float()
             self.moments.update(acc.gather(penalised).cpu())
         scores = shape_scores(composite, has_eos, cfg.reward.missing_eos_penalty, self.moments, cfg.reward.clip)
-        exp.rewards = token_rewards(scores, kl, mask, kl_coef)  # (B, R)
+        penalty = torch.zeros_like(kl) if cfg.kl_in_loss else -kl_coef * kl  # (B, R)
 
-        # 4. advantages: GAE, whitened over every process's tokens
-        advantages, exp.returns = gae(exp.values, exp.rewards, mask, cfg.ppo.gamma, cfg.ppo.lam)  # (B, R) each
-        if cfg.ppo.whiten_advantages:
+        # 4. advantages from the algorithm's estimator; whitened over every process's tokens if it says so
+        advantages, exp.returns = self.estimator(scores, penalty, mask, exp.values, k)  # (B, R) each
+        if self.estimator.whiten:
             mean, var = self._global_mean_var(advantages, mask)
             advantages = masked_whiten(advantages, mask, mean=mean, var=var)
         exp.advantages = advantages
 
-        # 5. PPO epochs over mini-batches
+        # 5. epochs over mini-batches
         update_start = time.perf_counter()
         update = self._update(exp, step)
         update_time = time.perf_counter() - update_start
 
         # 6. the KL controller sees the mean KL per response over every process
-        seq_kl = kl.sum(1).mean()
         metrics = {
             **exp.scores.as_metrics(),
-            "objective/kl": seq_kl.item(),
+            "objective/kl": kl.sum(1).mean().item(),
             "objective/kl_coef": kl_coef,
             "objective/scores": scores.mean().item(),
             "response/length": mask.sum(1).mean().item(),
@@ -183,8 +196,10 @@ class PPOTrainer:
             **{f"time/{k}_s": v for k, v in exp.timings.items()},
             **update,
         }
+        if self.estimator.needs_groups:  # how much the k samples of a prompt differ: no spread, no signal
+            metrics["reward/group_std"] = composite.reshape(-1, k).std(1).mean().item()
         metrics = self._reduce_metrics(metrics)
-        self.kl_ctl.update(metrics["objective/kl"], n_steps=len(prompts) * acc.num_processes)
+        self.kl_ctl.update(metrics["objective/kl"], n_steps=len(exp) * acc.num_processes)
         return self._finish_step(step, exp, metrics, start)
 
     def _finish_step(self, step: int, exp: Experience, metrics: dict[str, float], start: float) -> dict[str, float]:
@@ -200,7 +215,7 @@ class PPOTrainer:
                 self._log_samples(step, exp)
         save_every = self.cfg.train.save_every
         if self.run_dir is not None and save_every and step % save_every == 0:
-            self.save_checkpoint()
+            ckpt.save(self)
         return metrics
 
     def _log_samples(self, step: int, exp: Experience) -> None:
@@ -244,10 +259,17 @@ class PPOTrainer:
         self.model.eval()
         out = {key: value / max(updates, 1) for key, value in totals.items()}
         if not updates:
-            out = {key: math.nan for key in ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl",
-                                             "val/ratio", "val/clipfrac", "objective/entropy", "grad_norm")}
+            out = {key: math.nan for key in self._loss_keys()}
         out.update({"ppo/updates": float(updates), "skipped/nonfinite": float(skipped), "tokens/update": float(tokens)})
         return out
+
+    def _loss_keys(self) -> list[str]:
+        keys = ["loss/policy", "policy/clipfrac", "policy/approxkl", "val/ratio", "objective/entropy", "grad_norm"]
+        if self.unwrapped.value_head is not None:
+            keys += ["loss/value", "val/clipfrac"]
+        if self.cfg.kl_in_loss:
+            keys += ["loss/kl"]
+        return keys
 
     def _optimizer_step(self, exp: Experience, rows: torch.Tensor) -> dict[str, float] | None:
         """One optimizer step on a mini-batch, accumulated over micro-batches; None when it was skipped."""
@@ -281,33 +303,46 @@ class PPOTrainer:
         stats["grad_norm"] = float(grad_norm)
         return dict(stats)
 
-    def _losses(self, part: Experience, logits: torch.Tensor, values: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg = self.cfg.ppo
+    def _losses(self, part: Experience, logits: torch.Tensor, values: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Clipped policy loss (+ value loss with a value head, + k3 KL term when the KL is in the loss,
+        - entropy bonus), the policy and KL terms averaged as ``rl.loss_aggregation`` says."""
+        cfg, rl = self.cfg.ppo, self.cfg.rl
         mask = part.response_mask
+        max_len = self.cfg.generation.max_new_tokens
         logits = logits.float() / self.cfg.generation.temperature  # (b, r, V)
         logprobs = logprobs_from_logits(logits, part.responses_ids)  # (b, r)
-        policy = clipped_policy_loss(logprobs, part.logprobs, part.advantages, mask, cfg.clip_range)
-        value = clipped_value_loss(values, part.values, part.returns, mask, cfg.clip_range_value)
+        policy = clipped_policy_loss(logprobs, part.logprobs, part.advantages, mask, cfg.clip_range,
+                                     rl.loss_aggregation, max_len)
         # Without an entropy bonus the entropy is only logged: keep it out of the autograd graph.
         entropy = masked_mean(entropy_from_logits(logits if cfg.entropy_coef else logits.detach()), mask)
-        loss = policy["loss"] + cfg.vf_coef * value["loss"] - cfg.entropy_coef * entropy
-        return {"loss": loss, "loss/policy": policy["loss"].detach(), "loss/value": value["loss"].detach(),
-                "policy/clipfrac": policy["clipfrac"], "policy/approxkl": policy["approxkl"].detach(),
-                "val/ratio": policy["ratio"].detach(), "val/clipfrac": value["clipfrac"],
-                "objective/entropy": entropy.detach()}
+        loss = policy["loss"] - cfg.entropy_coef * entropy
+        out = {"loss/policy": policy["loss"].detach(), "policy/clipfrac": policy["clipfrac"],
+               "policy/approxkl": policy["approxkl"].detach(), "val/ratio": policy["ratio"].detach(),
+               "objective/entropy": entropy.detach()}
+        if values is not None:
+            value = clipped_value_loss(values, part.values, part.returns, mask, cfg.clip_range_value)
+            loss = loss + cfg.vf_coef * value["loss"]
+            out.update({"loss/value": value["loss"].detach(), "val/clipfrac": value["clipfrac"]})
+        if self.cfg.kl_in_loss:
+            # k3 on the current policy's samples: its gradient is that of KL(policy || reference) (GRPO's
+            # term); k1 would have zero expected gradient here.
+            kl = aggregate(kl_per_token(logprobs, part.ref_logprobs, "k3"), mask, rl.loss_aggregation, max_len)
+            loss = loss + self.kl_ctl.value * kl  # the controller moves only after the update
+            out["loss/kl"] = kl.detach()
+        return {"loss": loss, **out}
 
     # ------------------------------------------------------------ held-out evaluation
 
     @torch.no_grad()
     def evaluate(self, prompts: Sequence[str]) -> dict[str, float]:
-        """Mean scores and KL of fresh samples on ``prompts`` (split across processes), no update.
+        """Mean scores and KL of one fresh sample per prompt (split across processes), no update.
 
         Sampling uses a fixed seed, so evaluations at different steps see comparable draws."""
         acc = self.accelerator
         mine = list(prompts)[acc.process_index::acc.num_processes]
         seed_everything(step_seed(self.cfg.run.seed, 0, acc.process_index) + 1)
         totals: dict[str, float] = defaultdict(float)
-        batch = self.cfg.ppo.batch_size
+        batch = self.cfg.rollouts_per_step
         for first in range(0, len(mine), batch):
             exp = self.maker.make(mine[first:first + batch])
             kl = kl_per_token(exp.logprobs, exp.ref_logprobs, self.cfg.kl.estimator) * exp.response_mask
@@ -322,7 +357,7 @@ class PPOTrainer:
     # ------------------------------------------------------------ the whole run
 
     def train(self, steps: int | None = None, eval_prompts: Sequence[str] = ()) -> list[dict[str, float]]:
-        """Run PPO steps until ``steps`` (default ``train.steps``) are done; returns each step's metrics.
+        """Run steps until ``steps`` (default ``train.steps``) are done; returns each step's metrics.
 
         With ``eval_prompts``, held-out scores are logged (``eval/...``) before the first step, every
         ``train.eval_every`` steps and after the last."""
@@ -342,73 +377,20 @@ class PPOTrainer:
         if self.logger is not None:
             self.logger.log(metrics, step=self.step_count)
         if self.accelerator.is_main_process:
-            print(f"[ppo] held-out eval at step {self.step_count}: "
+            print(f"[{self.cfg.rl.algo}] held-out eval at step {self.step_count}: "
                   + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
         return metrics
 
-    # ------------------------------------------------------------ checkpoints
-
     def trainer_state(self) -> dict:
+        """What a checkpoint keeps besides weights, optimizer and scheduler (rlhf.ppo.checkpoint)."""
         return {"step": self.step_count, "kl_controller": self.kl_ctl.state_dict(),
                 "reward_moments": self.moments.state_dict() if self.moments is not None else None}
 
-    def save_checkpoint(self) -> Path | None:
-        """Write ``<run>/checkpoints/step-N`` atomically (every process writes its RNG state)."""
-        from accelerate.utils import broadcast_object_list
+    def load_trainer_state(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        if self.moments is not None and state.get("reward_moments"):
+            self.moments.load_state_dict(state["reward_moments"])
 
-        acc = self.accelerator
-        if self.run_dir is None:
-            raise ValueError("PPOTrainer(run_dir=...) is needed to write checkpoints")
-        holder = [str(ckpt.prepare_dir(self.run_dir, self.step_count)) if acc.is_main_process else ""]
-        if acc.num_processes > 1:
-            broadcast_object_list(holder)
-        tmp = Path(holder[0])
-        ckpt.write_rank_files(tmp, acc.process_index)
-        acc.wait_for_everyone()
-        final = None
-        if acc.is_main_process:
-            ckpt.save_main_files(tmp, self.unwrapped.trainable_state_dict(), self.optimizer.state_dict(),
-                                 self.scheduler.state_dict(), self.trainer_state(),
-                                 save_adapter=lambda path: self.unwrapped.policy.save_pretrained(path))
-            final = ckpt.commit(self.run_dir, tmp, self.step_count, self.cfg.train.keep_checkpoints)
-        acc.wait_for_everyone()
-        return final
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Continue from a checkpoint folder (or a run folder's latest checkpoint)."""
-        found = ckpt.find_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {path}")
-        state = ckpt.load_checkpoint(found, self.accelerator.process_index, map_location=self.accelerator.device)
-        self.unwrapped.load_trainable_state_dict(state["trainable"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        trainer_state = state["trainer_state"]
-        self.step_count = int(trainer_state["step"])
-        self.kl_ctl.load_state_dict(trainer_state["kl_controller"])
-        if self.moments is not None and trainer_state.get("reward_moments"):
-            self.moments.load_state_dict(trainer_state["reward_moments"])
-        if state["rng"] is not None:
-            ckpt.set_rng_state(state["rng"])
-        if self.accelerator.is_main_process:
-            print(f"[ppo] resumed from {found} at step {self.step_count}")
-
-    def save_final(self, out_dir: str | Path, merged: bool = True) -> Path:
-        """``out_dir/adapter`` (PEFT LoRA), ``value_head.safetensors`` and, with ``merged``, the policy with
-        SFT + PPO weights merged as a plain HF folder (what evaluation loads). Merging consumes the adapters:
-        call this last."""
-        from safetensors.torch import save_file
-
-        out_dir = Path(out_dir)
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self.unwrapped.policy.save_pretrained(out_dir / "adapter")
-            save_file({k: v.contiguous().cpu() for k, v in self.unwrapped.value_head.state_dict().items()},
-                      str(out_dir / "value_head.safetensors"))
-            if merged:
-                policy = self.unwrapped.policy.merge_and_unload()
-                policy.save_pretrained(out_dir)
-            self.tokenizer.save_pretrained(out_dir)
-        self.accelerator.wait_for_everyone()
-        return out_dir
+PPOTrainer = RLTrainer  # its name while it ran PPO only
