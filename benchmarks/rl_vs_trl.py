@@ -73,7 +73,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
 
     from common import MemoryTrace, StepClock, StepRecord, write_side_result
     from rlhf.config import load_config
-    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.ppo.config import RLStageConfig
     from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
     from rlhf.ppo.trainer import RLTrainer, make_accelerator, seed_everything
     from rlhf.runtime import resolve_dtype
@@ -81,7 +81,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     # 1. as the RL stage does: policy + LoRA (no value head for GRPO), the scorer, the trainer
     memory = MemoryTrace()
     memory.mark("start")
-    cfg, _ = load_config(PPOStageConfig, our_argv(wl), REPO / "pipelines" / "configs" / "ppo.yaml")
+    cfg, _ = load_config(RLStageConfig, our_argv(wl))  # the dataclass defaults are the stage's defaults
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
     tokenizer = load_policy_tokenizer(cfg.policy)

@@ -226,6 +226,14 @@ def test_our_argv_sets_grpo_and_the_kl_loss_term():
     assert float(flags["--kl.coef"]) == 0.04 and "." in flags["--kl.coef"]  # YAML 1.1 reads "4e-02" as a string
     assert flags["--generation.batch_size"] == "32"
     assert json.loads(flags["--lora.layers"]) == [-8, -7, -6, -5, -4, -3, -2, -1]
+    # and our stage config takes every one of them (strict keys), with the meaning the benchmark claims
+    from rlhf.config import load_config
+    from rlhf.ppo.config import RLStageConfig
+
+    cfg, _ = load_config(RLStageConfig, argv)
+    assert cfg.rl.algo == "grpo" and cfg.rl.samples_per_prompt == 4 and cfg.kl_in_loss and cfg.kl.coef == 0.04
+    assert (cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.micro_batch_size, cfg.ppo.epochs) == (8, 32, 8, 1)
+    assert cfg.generation.batch_size == 32 and cfg.train.learning_rate == 1e-5 and cfg.train.steps == 8
 
 
 def _grpo_run(side, run, sec, rss, tps, phases):
