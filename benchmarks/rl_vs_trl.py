@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from common import DEFAULT_LORA_LAYERS, GIB, Workload, cpu_has_bf16_matmul, cpu_info, load_average  # noqa: E402
@@ -108,8 +107,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
         steps.append(StepRecord(seconds=lap.seconds, cpu_seconds=lap.cpu_seconds,
                                 foreign_cpu_seconds=lap.foreign_cpu_seconds,
                                 generated_tokens=round(metrics["response/length"] * wl.rollouts_per_step),
-                                generation_seconds=metrics.get("time/generate_s"),
-                                train_seconds=None))
+                                generation_seconds=metrics["time/generate_s"]))
         phases.append({key[5:-2]: value for key, value in metrics.items() if key.startswith("time/")})
         memory.mark(f"step {len(steps)}")
         print(f"[ours] step {len(steps)}: {lap.seconds:.2f} s (others used {lap.foreign_cpu_seconds / lap.seconds:.2f} "
