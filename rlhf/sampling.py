@@ -22,6 +22,7 @@ class SamplingPass:
     logits: torch.Tensor | None = None  # (B, R, V) float32 logits each token was drawn from (before temperature); None: not kept
     hidden: torch.Tensor | None = None  # (B, R, H) float32 last hidden state before each token (value head's input); None: not kept
     trunk: torch.Tensor | None = None  # (B, P + R, H) output of a frozen trunk at every position; None: no trunk
+    logprobs: torch.Tensor | None = None  # (B, R) float32 log-prob of each sampled token at the sampling temperature; None: not kept
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -32,11 +33,11 @@ class SamplingPass:
 class Sampler(Protocol):
     """``sample(input_ids (B, P), attention_mask (B, P), **generate_kwargs) -> SamplingPass``; left-padded prompts.
 
-    ``keep_logits``: also return the logits each token was drawn from (for log-probs and KL without a
-    second forward)."""
+    ``keep_logits``: also return the logits each token was drawn from; ``keep_logprobs``: only the sampled
+    tokens' log-probs (for log-probs and KL without a second forward, without holding (B, R, V) logits)."""
 
     def sample(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_logits: bool = False,
-               **generate_kwargs) -> SamplingPass: ...
+               keep_logprobs: bool = False, **generate_kwargs) -> SamplingPass: ...
 
 
 class PlainSampler:
@@ -47,11 +48,16 @@ class PlainSampler:
 
     @torch.no_grad()
     def sample(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_logits: bool = False,
-               **generate_kwargs) -> SamplingPass:
-        if not keep_logits:
+               keep_logprobs: bool = False, **generate_kwargs) -> SamplingPass:
+        if not (keep_logits or keep_logprobs):
             sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
             return SamplingPass(sequences, input_ids.shape[1])
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, return_dict_in_generate=True,
                                   output_logits=True, **generate_kwargs)
         logits = torch.stack(out.logits, dim=1).float() if out.logits else None  # (B, R, V)
-        return SamplingPass(out.sequences, input_ids.shape[1], logits)
+        logprobs = None
+        if keep_logprobs and logits is not None:
+            tokens = out.sequences[:, input_ids.shape[1]:]  # (B, R)
+            logprobs = (logits / (generate_kwargs.get("temperature") or 1.0)).log_softmax(-1).gather(
+                -1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, R)
+        return SamplingPass(out.sequences, input_ids.shape[1], logits if keep_logits else None, logprobs=logprobs)

@@ -129,6 +129,51 @@ def test_logprobs_and_entropy_from_logits():
     torch.testing.assert_close(entropy_from_logits(logits), -(probs * probs.log()).sum(-1))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_no_grad_log_probs_and_entropy_by_row_chunks_equal_one_pass(monkeypatch, temperature):
+    """The no-grad path reduces the logits a few rows at a time (memory); the result must not change,
+    and the gradient path (one pass) must give the same values."""
+    from rlhf.ppo import maths
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 13).to(torch.bfloat16)  # bf16 in, float32 out, as under autocast
+    tokens = torch.randint(0, 13, (3, 5))
+    scaled = logits.float() / temperature
+    expected_logprobs = torch.log_softmax(scaled, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    probs = torch.softmax(scaled, -1)
+    expected_entropy = -(probs * probs.log()).sum(-1)
+    monkeypatch.setattr(maths, "NO_GRAD_CHUNK_ELEMENTS", 2 * 13)  # 2 rows per chunk: 8 chunks, the last short
+    chunked = logprobs_from_logits(logits, tokens, temperature), entropy_from_logits(logits, temperature)
+    graph = logits.float().requires_grad_()
+    whole = logprobs_from_logits(graph, tokens, temperature), entropy_from_logits(graph, temperature)
+    for got, want, expected in zip(chunked, whole, (expected_logprobs, expected_entropy)):
+        assert got.dtype == torch.float32 and got.shape == (3, 5)
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(want.detach(), expected)
+
+
+@pytest.mark.parametrize("dtype,temperature", [(torch.float64, 1.0), (torch.float64, 0.7), (torch.bfloat16, 0.7)])
+def test_log_probs_gradient_by_row_chunks_equals_autograd(monkeypatch, dtype, temperature):
+    """The chunked backward of logprobs_from_logits against autograd through log_softmax."""
+    from rlhf.ppo import maths
+
+    torch.manual_seed(0)
+    base = torch.randn(3, 5, 13, dtype=torch.float64)
+    tokens = torch.randint(0, 13, (3, 5))
+    weights = torch.randn(3, 5, dtype=torch.float64)
+    reference = base.to(dtype).double().requires_grad_()
+    expected = torch.log_softmax(reference / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    (expected * weights).sum().backward()
+    monkeypatch.setattr(maths, "NO_GRAD_CHUNK_ELEMENTS", 2 * 13)
+    logits = base.to(dtype).requires_grad_()
+    got = logprobs_from_logits(logits, tokens, temperature)
+    (got * weights.float()).sum().backward()
+    assert got.dtype == torch.float32 and logits.grad.dtype == dtype
+    tol = {"atol": 1e-2, "rtol": 1e-2} if dtype == torch.bfloat16 else {"atol": 1e-6, "rtol": 1e-5}
+    torch.testing.assert_close(got.double(), expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits.grad.double(), reference.grad, **tol)
+
+
 def test_token_rewards_put_the_score_on_the_last_response_token():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 9.0, 9.0]])

@@ -311,6 +311,59 @@ def test_packed_prefill_samples_what_plain_generate_samples(top_layer_actor_crit
     torch.testing.assert_close(plain.trunk * real, packed.trunk * real, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("pack", [False, True])
+def test_streamed_sampling_logprobs_equal_the_kept_logits(top_layer_actor_critic, tiny_llama_path, pack):
+    """keep_logprobs reduces each step's logits as soon as the next step feeds its token back (memory):
+    the log-probs, the tokens, the hidden states and the trunk must be those of the keep_logits pass."""
+    from rlhf.generation import GenerationSettings
+    from rlhf.sampling import PlainSampler
+
+    model = top_layer_actor_critic
+    model.pack_sequences = pack
+    tokenizer = load_tokenizer(tiny_llama_path)
+    enc = batch(tokenizer, ["What is 2 + 2?", "Tell me a long story about a dragon", "Hi"])
+    kwargs = GenerationSettings(max_new_tokens=8, temperature=0.7).hf_kwargs(tokenizer)
+    passes = []
+    for keep in ({"keep_logits": True}, {"keep_logprobs": True}):
+        torch.manual_seed(3)
+        passes.append(FastSampler(model).sample(**enc, **keep, **kwargs))
+    kept, streamed = passes
+    assert streamed.logits is None and kept.logprobs is None
+    assert torch.equal(kept.sequences, streamed.sequences)
+    expected = logprobs_from_logits(kept.logits, kept.response_ids, 0.7)  # (B, R)
+    assert streamed.logprobs.shape == expected.shape == kept.response_ids.shape
+    torch.testing.assert_close(streamed.logprobs, expected, atol=1e-6, rtol=1e-6)
+    assert torch.equal(kept.hidden, streamed.hidden) and torch.equal(kept.trunk, streamed.trunk)
+    # The plain sampler gives the same log-probs for its own samples (same model, same seed, no merge).
+    model.pack_sequences = False
+    torch.manual_seed(3)
+    plain = PlainSampler(model.policy).sample(**enc, keep_logprobs=True, **kwargs)
+    torch.manual_seed(3)
+    fast = FastSampler(model, merge_lora=False).sample(**enc, keep_logprobs=True, **kwargs)
+    assert torch.equal(plain.sequences, fast.sequences)
+    torch.testing.assert_close(plain.logprobs, fast.logprobs, atol=1e-4, rtol=1e-4)
+
+
+def test_the_lm_head_runs_as_one_matmul_without_copying_its_weight(top_layer_actor_critic, tiny_llama_path):
+    """A strided response slice made torch.matmul broadcast the (H, V) head weight into a (B, H, V) copy
+    (0.45 GiB per 8-rollout forward on SmolLM2): the head's input must be contiguous."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = top_layer_actor_critic
+    tokenizer = load_tokenizer(tiny_llama_path)
+    enc = batch(tokenizer, ["What is 2 + 2?", "Tell me a long story about a dragon", "Hi"])
+    vocab = model.config.vocab_size
+    for pack in (False, True):
+        model.pack_sequences = pack
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            logits, _ = model(enc["input_ids"], enc["attention_mask"], 4)
+            model.reference_logits(enc["input_ids"], enc["attention_mask"], 4)
+        assert logits.shape[-1] == vocab
+        copies = [e.input_shapes for e in prof.events() if e.name in ("aten::clone", "aten::bmm")
+                  and any(len(shape) == 3 and vocab in shape for shape in e.input_shapes)]
+        assert not copies, copies
+
+
 def test_sampling_lm_head_matches_the_plain_head_and_is_restored(actor_critic):
     head = actor_critic.causal_lm.get_output_embeddings()
     x = torch.randn(3, 2, head.in_features)

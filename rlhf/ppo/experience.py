@@ -17,6 +17,7 @@ from torch import nn
 from reward_models.types import RewardScores, Scorer
 from rlhf.generation import GenerationSettings, prepare_tokenizer, render_chat
 from rlhf.ppo.maths import logprobs_from_logits
+from rlhf.ppo.memory import release_freed_memory
 from rlhf.ppo.policy import PolicyModel, evaluation_mode
 from rlhf.ppo.sampler import FastSampler
 from rlhf.sampling import Sampler, SamplingPass
@@ -128,8 +129,8 @@ class ExperienceMaker:
                               max_length=self.max_prompt_tokens, add_special_tokens=False).to(self.device)
 
     def _sample(self, input_ids, attention_mask) -> SamplingPass:
-        """One chunk's sampling pass; logits (and hidden states) are only kept with reuse_sampling_pass."""
-        sampled = self.sampler.sample(input_ids, attention_mask, keep_logits=self.reuse_sampling_pass,
+        """One chunk's sampling pass; log-probs (and hidden states) are only kept with reuse_sampling_pass."""
+        sampled = self.sampler.sample(input_ids, attention_mask, keep_logprobs=self.reuse_sampling_pass,
                                       **self.settings.hf_kwargs(self.tokenizer))
         if self.model.trunk_depth and sampled.trunk is None:
             raise ValueError(f"{type(self.sampler).__name__} does not keep the frozen trunk's output; "
@@ -163,15 +164,14 @@ class ExperienceMaker:
                 trunk = torch.cat([nn.functional.pad(p.trunk, (0, 0, 0, prompt_len + width - p.trunk.shape[1]))
                                    for p in passes])
                 trunk = trunk * attention_mask.unsqueeze(-1).to(trunk.dtype)
+            release_freed_memory()  # the decoding steps' freed heap, before the reference forward's
             timings["generate"] = time.perf_counter() - start
 
             # 2. reference log-probs (adapters off); policy log-probs and values when sampling did not give them
             start = time.perf_counter()
             logprobs = values = None
             if self.reuse_sampling_pass:
-                response_logprobs = [logprobs_from_logits(p.logits / self.settings.temperature,
-                                                          p.sequences[:, prompt_len:]) for p in passes]  # (b, r) each
-                logprobs = pad_right(response_logprobs, width, 0.0)  # (B, R)
+                logprobs = pad_right([p.logprobs for p in passes], width, 0.0)  # (B, R)
                 if all(p.hidden is not None for p in passes):
                     values = pad_right([self.model.values_from_hidden(p.hidden).float() for p in passes], width, 0.0)
             has_values = self.model.value_head is not None
@@ -186,11 +186,11 @@ class ExperienceMaker:
                 start_col, targets = prompt_len - first, input_ids[rows, prompt_len:end]  # (b, r)
                 r = targets.shape[1]
                 ref_logits = self.model.reference_logits(ids, mask, start_col, trunk_hidden=kept)
-                ref_logprobs[rows, :r] = logprobs_from_logits(ref_logits / self.settings.temperature, targets)
+                ref_logprobs[rows, :r] = logprobs_from_logits(ref_logits, targets, self.settings.temperature)
                 del ref_logits
                 if logprobs is None or (has_values and values is None):
                     logits, vals = self.model(ids, mask, start_col, trunk_hidden=kept)
-                    fresh_logprobs[rows, :r] = logprobs_from_logits(logits / self.settings.temperature, targets)
+                    fresh_logprobs[rows, :r] = logprobs_from_logits(logits, targets, self.settings.temperature)
                     if has_values:
                         fresh_values[rows, :r] = vals.float()
                     del logits

@@ -17,6 +17,7 @@ import contextlib
 import torch
 from torch import nn
 
+from rlhf.ppo.maths import logprobs_from_logits
 from rlhf.ppo.packing import PackedRows
 from rlhf.ppo.policy import PolicyModel
 from rlhf.sampling import SamplingPass
@@ -29,28 +30,50 @@ class FastSampler:
 
     @torch.no_grad()
     def sample(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_logits: bool = False,
-               **generate_kwargs) -> SamplingPass:
-        """Sample; with ``keep_logits`` also keep the logits and (value head) last hidden states of every
-        step, and with a frozen trunk its output at every position (see :class:`SamplingPass`).
+               keep_logprobs: bool = False, **generate_kwargs) -> SamplingPass:
+        """Sample; with ``keep_logits`` also keep the logits of every step, with ``keep_logprobs`` only the
+        sampled tokens' log-probs; with either, (value head) the last hidden states; with a frozen trunk its
+        output at every position (see :class:`SamplingPass`).
 
         A hook on the LM head sees its input (the final hidden state) and output (the logits) at every
         decoding step, so log-probs and (shared-backbone) values need no second forward over the rollout;
-        with a frozen trunk, a hook on the first adapted layer keeps the trunk's output the same way."""
+        with a frozen trunk, a hook on the first adapted layer keeps the trunk's output the same way.
+        ``keep_logprobs`` streams: a step's logits are held only until the next step's forward feeds the
+        token drawn from them back in (a hook on the input embedding sees it), then reduced to (B,) log-probs
+        and dropped. Kept whole, the (B, R, V) float32 logits are ~0.2 GiB for 32 rollouts x 32 tokens over
+        SmolLM2's 49k vocabulary, and their stack and the log-softmax over them as much again each."""
         model = self.model
         hidden_steps: list[torch.Tensor] = []
         logit_steps: list[torch.Tensor] = []
+        logprob_steps: list[torch.Tensor] = []
+        pending: list[torch.Tensor] = []  # the last step's logits while its token is not yet known
         trunk_steps: list[torch.Tensor] = []
-        keep_hidden = keep_logits and model.value_head is not None and model.critic is None
+        keep_hidden = (keep_logits or keep_logprobs) and model.value_head is not None and model.critic is None
+        temperature = generate_kwargs.get("temperature") or 1.0
+
+        def reduce_pending(tokens: torch.Tensor) -> None:  # tokens (B,): the ones drawn from pending[0]
+            step_logits = pending.pop().unsqueeze(1)  # (B, 1, V)
+            logprob_steps.append(logprobs_from_logits(step_logits, tokens.unsqueeze(1), temperature)[:, 0])  # (B,)
 
         def keep(_module, inputs, output):
             if keep_hidden:
                 hidden_steps.append(inputs[0][:, -1].float())  # (B, H)
-            logit_steps.append(output[:, -1].float())  # (B, V)
+            if keep_logits:
+                logit_steps.append(output[:, -1].float())  # (B, V)
+            if keep_logprobs:
+                pending.append(output[:, -1])  # (B, V) in the head's dtype; float32 only when reduced
+
+        def fed_back(_module, args, kwargs):
+            if pending:  # a decoding step's forward: its input is the token drawn from the previous step
+                reduce_pending((args[0] if args else kwargs["input"])[:, -1])
 
         hooks = contextlib.ExitStack()
         with hooks:
-            if keep_logits:
+            if keep_logits or keep_logprobs:
                 handle = model.causal_lm.get_output_embeddings().register_forward_hook(keep)
+                hooks.callback(handle.remove)
+            if keep_logprobs:
+                handle = model.causal_lm.get_input_embeddings().register_forward_pre_hook(fed_back, with_kwargs=True)
                 hooks.callback(handle.remove)
             if model.trunk_depth:
                 hooks.enter_context(model.keeping_trunk_output(trunk_steps))
@@ -58,6 +81,8 @@ class FastSampler:
                 sequences, packed = self._generate(input_ids, attention_mask, generate_kwargs)
         prompt_len = input_ids.shape[1]
         steps = sequences.shape[1] - prompt_len
+        if pending:  # the last sampled token is never fed back
+            reduce_pending(sequences[:, prompt_len + len(logprob_steps)])
         trunk = None
         if model.trunk_depth:
             if packed is not None:  # the packed prefill's capture, back to (B, P - 1, H)
@@ -68,8 +93,9 @@ class FastSampler:
             trunk = nn.functional.pad(trunk, (0, 0, 0, sequences.shape[1] - trunk.shape[1]))
         # generate() runs one forward per new token; the last forward's output is never sampled from.
         logits = torch.stack(logit_steps[:steps], 1) if keep_logits else None
+        logprobs = torch.stack(logprob_steps[:steps], 1) if keep_logprobs else None
         hidden = torch.stack(hidden_steps[:steps], 1) if keep_hidden else None
-        return SamplingPass(sequences, prompt_len, logits, hidden, trunk)
+        return SamplingPass(sequences, prompt_len, logits, hidden, trunk, logprobs)
 
     @contextlib.contextmanager
     def sampling_weights(self):

@@ -30,6 +30,7 @@ from rlhf.ppo.experience import Experience, ExperienceMaker, padding_free_span
 from rlhf.ppo.kl import make_kl_controller
 from rlhf.ppo.maths import (aggregate, clipped_policy_loss, clipped_value_loss, entropy_from_logits, kl_per_token,
                             logprobs_from_logits, masked_mean, masked_whiten)
+from rlhf.ppo.memory import release_freed_memory
 from rlhf.ppo.policy import PolicyModel
 from rlhf.ppo.prompts import PromptStream
 from rlhf.ppo.rewards import RunningMoments, shape_scores
@@ -117,6 +118,7 @@ class RLTrainer:
         self.stream = PromptStream(prompts, cfg.ppo.batch_size, acc.num_processes, acc.process_index,
                                    cfg.run.seed, cfg.data.shuffle)
         self.step_count = 0  # steps done; also the data position
+        release_freed_memory()  # what loading and converting the checkpoints left on the heap
 
     # ------------------------------------------------------------ cross-process helpers
 
@@ -153,6 +155,7 @@ class RLTrainer:
 
         # 1. rollouts: k responses per prompt, log-probs, values (ppo), reference log-probs, scores
         exp = self.maker.make([p for p in prompts for _ in range(k)])
+        release_freed_memory()  # the sampling and forward transients, before the update's (rlhf.ppo.memory)
         mask = exp.response_mask
         composite = exp.scores.composite.to(acc.device).float()  # (B,)
         kl_coef = self.kl_ctl.value
@@ -182,6 +185,7 @@ class RLTrainer:
         # 5. epochs over mini-batches
         update_start = time.perf_counter()
         update = self._update(exp, step)
+        release_freed_memory()
         update_time = time.perf_counter() - update_start
 
         # 6. the KL controller sees the mean KL per response over every process
@@ -309,12 +313,12 @@ class RLTrainer:
         cfg, rl = self.cfg.ppo, self.cfg.rl
         mask = part.response_mask
         max_len = self.cfg.generation.max_new_tokens
-        logits = logits.float() / self.cfg.generation.temperature  # (b, r, V)
-        logprobs = logprobs_from_logits(logits, part.responses_ids)  # (b, r)
+        temperature = self.cfg.generation.temperature  # logits (b, r, V) in the compute dtype
+        logprobs = logprobs_from_logits(logits, part.responses_ids, temperature)  # (b, r) float32
         policy = clipped_policy_loss(logprobs, part.logprobs, part.advantages, mask, cfg.clip_range,
                                      rl.loss_aggregation, max_len)
         # Without an entropy bonus the entropy is only logged: keep it out of the autograd graph.
-        entropy = masked_mean(entropy_from_logits(logits if cfg.entropy_coef else logits.detach()), mask)
+        entropy = masked_mean(entropy_from_logits(logits if cfg.entropy_coef else logits.detach(), temperature), mask)
         loss = policy["loss"] - cfg.entropy_coef * entropy
         out = {"loss/policy": policy["loss"].detach(), "policy/clipfrac": policy["clipfrac"],
                "policy/approxkl": policy["approxkl"].detach(), "val/ratio": policy["ratio"].detach(),
