@@ -151,7 +151,9 @@ def test_merged_sampling_restores_weights_bit_for_bit(actor_critic, tiny_llama_p
     ref_after = actor_critic.reference_logits(enc["input_ids"], enc["attention_mask"], 2)
     base = load_causal_lm(tiny_llama_path).eval()
     with torch.no_grad():
-        base_logits = base(**enc, position_ids=response_position_ids(enc["attention_mask"])).logits[:, 1:-1]
+        hidden = base.model(**enc, position_ids=response_position_ids(enc["attention_mask"])).last_hidden_state
+        # The head on the same contiguous rows as PolicyModel's (another row count may round differently).
+        base_logits = base.lm_head(hidden[:, 1:-1].contiguous())
     torch.testing.assert_close(ref_after, base_logits, atol=0, rtol=0)
 
 
