@@ -27,6 +27,7 @@ import torch
 from rlhf import metrics
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
+from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
 
 SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
@@ -232,13 +233,13 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
     eos_id = tokenizer.eos_token_id
     out = Samples()
     model.eval()
+    sampler = PlainSampler(model)
     for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
         with _autocast(bf16):
-            generated = model.generate(**batch, **settings.hf_kwargs(tokenizer), return_dict_in_generate=True,
-                                       output_logits=measure_kl)
-        sequences = generated.sequences  # (batch, prompt_len + response_len)
-        prompt_len = batch["input_ids"].shape[1]
-        response_ids = sequences[:, prompt_len:]  # (batch, response_len)
+            generated = sampler.sample(batch["input_ids"], batch["attention_mask"], keep_logits=measure_kl,
+                                       **settings.hf_kwargs(tokenizer))
+        sequences, prompt_len = generated.sequences, generated.prompt_len  # (batch, prompt_len + response_len)
+        response_ids = generated.response_ids  # (batch, response_len)
         mask = response_mask(response_ids, eos_id)  # (batch, response_len)
         out.responses += [tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
                           for ids, m in zip(response_ids, mask)]
@@ -247,8 +248,7 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
         if measure_kl:
             attention = torch.cat([batch["attention_mask"], mask], dim=1)  # (batch, prompt_len + response_len)
             # Raw logits of each sampling step = the sampling distribution (T=1, no filters: see measure_kl's caller).
-            step_logits = torch.stack(generated.logits, dim=1).float()  # (batch, response_len, vocab)
-            policy_lp = torch.log_softmax(step_logits, dim=-1).gather(-1, response_ids[..., None]).squeeze(-1)
+            policy_lp = torch.log_softmax(generated.logits, dim=-1).gather(-1, response_ids[..., None]).squeeze(-1)
             with policy.reference() as reference:
                 reference_lp = response_logprobs(reference, sequences, attention, prompt_len)
             kl = metrics.sequence_kl(policy_lp, reference_lp, mask)

@@ -74,14 +74,17 @@ def seeded_chat_batches(tokenizer, chats: Sequence[Sequence[dict[str, str]]], se
 @torch.no_grad()
 def generate_chat(model, tokenizer, chats: Sequence[Sequence[dict[str, str]]], settings: GenerationSettings,
                   max_prompt_tokens: int = 512) -> list[str]:
-    """Answer each chat; returns the decoded responses (special tokens stripped)."""
+    """Answer each chat through the plain sampler (``rlhf.sampling``); returns the decoded responses (special
+    tokens stripped). SFT's sample tables, ``rlhf chat`` and ``rlhf annotate make-tasks`` use it."""
+    from rlhf.sampling import PlainSampler
+
     prepare_tokenizer(tokenizer)
     responses: list[str] = []
     was_training = model.training
     model.eval()
+    sampler = PlainSampler(model)
     for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
-        out = model.generate(**batch, **settings.hf_kwargs(tokenizer))
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
-        responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        sampled = sampler.sample(batch["input_ids"], batch["attention_mask"], **settings.hf_kwargs(tokenizer))
+        responses.extend(tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True))
     model.train(was_training)
     return [r.strip() for r in responses]
