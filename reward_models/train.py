@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from reward_models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from reward_models.checkpoint import has_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from reward_models.config import RewardStageConfig, ToxicitySettings
 from reward_models.data import (balanced_batches, drop_contradictions, head_mask, load_pairs, margins,
                                 pools_by_head, subsample)
@@ -74,7 +74,7 @@ class Window:
 def resolve_run_dir(run: RunConfig, resume: bool) -> Path:
     """The run folder; ``--resume`` without a run name picks the newest reward run that has a checkpoint."""
     if resume and not run.run_name:
-        candidates = [p for p in Path(run.output_dir).glob(f"{STAGE}-*") if latest_checkpoint(p)]
+        candidates = [p for p in Path(run.output_dir).glob(f"{STAGE}-*") if has_checkpoint(p)]
         if not candidates:
             raise FileNotFoundError(f"--resume: no {STAGE} run with a checkpoint under {run.output_dir}/ "
                                     "(name the run with --run.run_name)")
