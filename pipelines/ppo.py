@@ -52,6 +52,7 @@ def eval_summary(metrics_file: Path) -> dict[str, float]:
 def main(cfg: PPOStageConfig, resume: bool | str = False) -> Path:
     from accelerate.utils import broadcast_object_list
 
+    from rlhf.datatools import validate_stage_inputs
     from rlhf.ppo.curves import plot_reward_and_kl
     from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer, resolve_dtype
     from rlhf.ppo.prompts import held_out_prompts, prepare_prompts
@@ -59,6 +60,7 @@ def main(cfg: PPOStageConfig, resume: bool | str = False) -> Path:
     from rlhf.ppo.trainer import PPOTrainer, make_accelerator, seed_everything
     from rlhf.tracking import MetricsLogger
 
+    validate_stage_inputs("ppo", cfg)  # a bad input file: one line (exit 2), before any model or run folder
     # 1. processes, seed, one run folder for all of them
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from rlhf.config import stage_cli
+from rlhf.datatools import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixture
 from rlhf.sft.forgetting import truthfulqa_mc1
@@ -32,7 +33,9 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     from rlhf.generation import generate_chat
     from rlhf.zoo import load_causal_lm, load_tokenizer
 
-    # 1. run folder (rank 0 decides, every rank agrees), seed, precision
+    # 1. inputs checked (a bad file is one line, before any model loads or run folder exists); run folder
+    #    (rank 0 decides, every rank agrees), seed, precision
+    validate_stage_inputs("sft", cfg)
     init_distributed()
     run_dir, checkpoint = from_rank_zero(resolve_run(cfg.run, "sft", resume) if is_main_process() else None)
     set_seed(cfg.run.seed)

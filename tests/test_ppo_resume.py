@@ -90,7 +90,8 @@ def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, mo
         main(cfg)
     monkeypatch.undo()
     run_dir = tmp_path / "run"
-    compared = lambda: {r["step"]: r["loss/policy"] for r in last_per_step(read_metrics(run_dir / "metrics.jsonl"))}  # noqa: E731
+    def compared() -> dict[int, float]:
+        return {r["step"]: r["loss/policy"] for r in last_per_step(read_metrics(run_dir / "metrics.jsonl"))}
     before = compared()
     assert sorted(before) == [1, 2, 3, 4] and not (run_dir / "checkpoints/step-000004").exists()
     capsys.readouterr()

@@ -240,3 +240,29 @@ def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, mo
     err = capsys.readouterr().err
     assert f"skipping step-000008: {model_file}: sha256 differs" in err and "falling back to step-000006" in err
     assert losses() == pytest.approx(after, abs=1e-6)
+
+
+def test_non_finite_steps_are_skipped_and_an_all_non_finite_run_writes_no_final(tmp_path, monkeypatch):
+    """A margin past fp32's range (files are bounded by validation; records built in code are not) makes the
+    loss inf: such steps are skipped and counted; a run where every step is non-finite stops with one line."""
+    import reward_models.train as rt
+    from rlhf.config import ConfigError
+
+    data_file = toy_preferences(tmp_path / "toy.jsonl", per_head=20)
+    for name, broken in [("some", lambda r: "honest" in r.dimension), ("all", lambda r: True)]:
+        monkeypatch.setattr(rt, "margins", lambda pairs, b=broken: torch.tensor(
+            [float("inf") if b(r) else 0.0 for r in pairs]))
+        cfg = tiny_config(tmp_path / name, data_file, max_steps=6, batch_size=4, use_margin=True)
+        run_dir = tmp_path / name / "runs/rm"
+        if name == "all":
+            with pytest.raises(ConfigError, match="all 6 steps had a non-finite loss or gradient"):
+                train_reward_model(cfg)
+            assert not (run_dir / "final").exists()
+            continue
+        train_reward_model(cfg)
+        metrics = read_metrics(run_dir / "metrics.jsonl")
+        skipped = [m["step"] for m in metrics if m.get("skipped/nonfinite")]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert 0 < len(skipped) == summary["skipped/nonfinite"] < 6
+        assert all(isinstance(m["loss/pairwise"], float) for m in metrics if "loss/pairwise" in m)  # never "inf"
+        assert (run_dir / "final").is_dir()
