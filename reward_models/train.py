@@ -200,31 +200,38 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: RewardModel = accelerator.unwrap_model(model)
     step, best, best_weights, history = 0, {"accuracy": -1.0, "epoch": -1}, None, []
+    train_seconds, pairs_seen, skipped = 0.0, 0, 0  # whole-run totals: a checkpoint carries them over
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state, best_weights = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler)
         step, best, history = state["step"], state["best"], state["history"]
+        train_seconds, pairs_seen = state.get("train_seconds", 0.0), state.get("pairs_seen", 0)
+        skipped = state.get("skipped_nonfinite", 0)
         _say(accelerator, f"resumed from {checkpoint} at step {step}")
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}/checkpoints")
 
     logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=total_steps,
                            enabled=accelerator.is_main_process)
+    if checkpoint is not None:  # the steps after the checkpoint are redone: their old records go
+        logger.resumed_at(step)
     _say(accelerator, f"{len(train_pairs)} train pairs ({', '.join(f'{h}={len(p)}' for h, p in pools.items())}), "
                       f"{n_ties} dropped as ties, {len(dev_pairs)} dev pairs; {per_head} pairs per head per epoch; "
                       f"{steps_per_epoch} steps/epoch x {epochs} epochs = {total_steps} steps; bf16={bf16}")
 
     def save(trainer_state_epoch: int) -> None:
         if accelerator.is_main_process:
+            # The totals include the window not yet logged: a resumed run starts with an empty one.
             save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler,
-                            {"epoch": trainer_state_epoch, "best": best, "history": history}, best_weights,
-                            cfg.train.keep_checkpoints)
+                            {"epoch": trainer_state_epoch, "best": best, "history": history,
+                             "train_seconds": train_seconds + window.seconds,
+                             "pairs_seen": pairs_seen + window.pairs * world, "skipped_nonfinite": skipped},
+                            best_weights, cfg.train.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     # 5. training: balanced single-head batches, masked pairwise loss, clipped AdamW steps
     model.train()
-    window, train_seconds, pairs_seen = Window(), 0.0, 0
-    first_step, skipped = step, 0
+    window, first_step, skipped_before = Window(), step, skipped
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         batches = batches_of(epoch)
@@ -256,9 +263,9 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
 
         # 6. end of epoch: dev accuracy per head; the best epoch's weights are kept
         epoch_done = step % steps_per_epoch == 0 or step == total_steps
-        if epoch_done and skipped == step - first_step:  # nothing learned: stop before a dev pass or final/
+        if epoch_done and skipped - skipped_before == step - first_step:  # nothing learned: stop before final/
             logger.finish()
-            raise ConfigError(f"training: all {skipped} steps had a non-finite loss or gradient, so none updated the "
+            raise ConfigError(f"training: all {step - first_step} steps had a non-finite loss or gradient, so none updated the "
                               f"model and no final/ was written (check the data's margins, train.lr, train.precision)")
         if epoch_done:
             accuracy, _ = pair_accuracy(unwrapped, encoder, dev_pairs, cfg.eval.batch_size, bf16)

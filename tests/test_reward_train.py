@@ -231,6 +231,12 @@ def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, mo
     assert f"resumed from {run_dir / 'checkpoints/step-000004'} at step 4" in capsys.readouterr().err
     after = losses()
     assert {s: after[s] for s in before} == pytest.approx(before, abs=1e-6) and sorted(after) == list(range(1, 9))
+    logged = [m["step"] for m in read_metrics(run_dir / "metrics.jsonl") if "loss/pairwise" in m]
+    assert logged == list(range(1, 9))  # the redone steps 5-6 are in the file once
+    summary = json.loads((run_dir / "summary.json").read_text())
+    whole = json.loads((train_reward_model(tiny_config(tmp_path / "whole", data_file, max_steps=8, batch_size=4))
+                        / "summary.json").read_text())
+    assert summary["train/steps"] == 8 and summary["train/pairs_seen"] == whole["train/pairs_seen"]  # not 5-8's
 
     model_file = run_dir / "checkpoints/step-000008/model.pt"
     data = bytearray(model_file.read_bytes())

@@ -194,11 +194,15 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     assert sorted(uninterrupted) == list(range(1, 9))
     shutil.rmtree(run_dir / "checkpoints" / "checkpoint-8")
     shutil.rmtree(run_dir / "final")
+    (run_dir / "summary.json").unlink()  # a run killed after step 4 never wrote one
     torch.manual_seed(12345)  # a different global RNG state: the checkpoint's must be restored
     assert main(tiny_cfg(tmp_path, *flags), resume=True) == run_dir
     resumed = train_losses(run_dir)  # later records of steps 5..8 override the first run's
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss/train" in r]
-    assert [r["step"] for r in records[8:]] == [5, 6, 7, 8]  # the resumed run started after step 4
+    assert [r["step"] for r in records] == list(range(1, 9))  # the redone steps 5-8 are in the file once
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval/loss_before"] == next(r["eval/loss"] for r in read_metrics(run_dir / "metrics.jsonl")
+                                               if r["step"] == 0 and "eval/loss" in r)  # from the first run
     for step in range(5, 9):
         assert resumed[step] == pytest.approx(uninterrupted[step], abs=1e-6), step
     # the merged export is the adapter folded in: same logits as base + adapter

@@ -140,6 +140,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints.newest_intact(run_dir / CHECKPOINTS, PREFIX)
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The global step a ``checkpoint-N`` folder holds."""
+    return int(checkpoint.name.removeprefix(PREFIX))
+
+
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether the run finished writing a checkpoint (cheap: does not read the files)."""
     return any(checkpoints.is_complete(p) for _, p in checkpoints.numbered(run_dir / CHECKPOINTS, PREFIX))
