@@ -45,8 +45,7 @@ def summarize(model, tokenizer, chats, settings, max_prompt_tokens: int) -> tupl
 
 
 def sft_config(args, out_dir: Path):
-    """The SFT stage's config: its YAML defaults plus this experiment's settings (all recorded in the JSON)."""
-    from pipelines.sft import DEFAULTS
+    """The SFT stage's config: its defaults plus this experiment's settings (all recorded in the JSON)."""
     from rlhf.config import load_config
     from rlhf.sft.config import SFTStageConfig
 
@@ -65,7 +64,7 @@ def sft_config(args, out_dir: Path):
         "run.output_dir": str(out_dir), "run.run_name": "sft", "run.wandb_mode": "offline", "run.log_every": 5,
     }
     argv = [item for key, value in flags.items() for item in (f"--{key}", json.dumps(value))]
-    cfg, _ = load_config(SFTStageConfig, argv, DEFAULTS)
+    cfg, _ = load_config(SFTStageConfig, argv)
     return cfg, flags
 
 

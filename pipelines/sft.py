@@ -1,6 +1,6 @@
 """Stage 1: supervised fine-tuning (full or LoRA) on a weighted chat mixture, loss on assistant tokens only.
 
-    python pipelines/sft.py --config pipelines/configs/sft.yaml --train.max_steps 100
+    python pipelines/sft.py --train.max_steps 100                  # the defaults: SFTStageConfig()
     rlhf sft --lora.r 8 --data.mixture '[{source: dialogsum}, {source: hh-rlhf-harmless, weight: 0.5}]'
     torchrun --nproc_per_node 2 pipelines/sft.py --config pipelines/configs/sft_tiny.yaml   # DDP (gloo on CPU)
     rlhf sft --run.run_name my-run --resume                                                  # continue a run
@@ -23,7 +23,7 @@ from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, from_rank_ze
                               planned_steps, ranks_in_sync, resolve_run, save_final, use_bf16)
 from rlhf.tracking import MetricsLogger, is_main_process
 
-DEFAULTS = Path(__file__).resolve().parent / "configs" / "sft.yaml"
+DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 
 
 def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:

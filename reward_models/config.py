@@ -1,4 +1,4 @@
-"""The reward stage's config (``pipelines/configs/reward.yaml`` gives the defaults)."""
+"""The reward stage's config; its dataclass defaults are what ``rlhf reward`` runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -100,4 +100,4 @@ class RewardStageConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     composite: CompositeConfig = field(default_factory=CompositeConfig)
     toxicity: ToxicitySettings = field(default_factory=ToxicitySettings)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=10))

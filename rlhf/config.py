@@ -113,8 +113,27 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
             f"unknown config key {prefix}{unknown[0]!s} (known keys of {prefix or cls.__name__}: "
             f"{', '.join(sorted(fields))})"
         )
-    kwargs = {name: _coerce(val, hints[name], f"{prefix}{name}") for name, val in values.items()}
+    kwargs = {name: _coerce(_onto_default(fields[name], val), hints[name], f"{prefix}{name}")
+              for name, val in values.items()}
     return cls(**kwargs)
+
+
+def _onto_default(f: dataclasses.Field, value: Any) -> Any:
+    """A mapping given for a section is layered on that field's own default, not on the section class's.
+
+    ``lora: {r: 8}`` for a stage whose default is ``LoraConfig(layers=[-8, ..., -1])`` keeps those layers,
+    as a YAML file of defaults would: the dataclass defaults *are* the stage's defaults."""
+    if not isinstance(value, dict):
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return value
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        default = dataclasses.asdict(default)
+    return _merge(default, value) if isinstance(default, dict) else value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

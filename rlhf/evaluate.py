@@ -71,7 +71,9 @@ class EvalConfig:
     """Stage 4: evaluate policies and write report.md, plots and results.json."""
 
     run: RunConfig = field(default_factory=RunConfig)
-    policies: list[PolicyConfig] = field(default_factory=list)
+    # `rlhf pipeline` lists its own runs; alone, list yours: {name: sft, path: runs/<sft run>/final} (an adapter:
+    # KL reference = base), {name: ppo, path: runs/<ppo run>/final/adapter, base: runs/<sft run>/final} (KL ref = SFT)
+    policies: list[PolicyConfig] = field(default_factory=lambda: [PolicyConfig("base", "smollm2-135m-instruct")])
     reward_model: str = ""  # trained reward model folder (reward run's final/); empty: no reward metrics
     toxicity_checkpoint: str = ""  # Detoxify checkpoint to use instead of the reward model's own setting
     toxicity_config_path: str = ""  # its config/tokenizer folder (with toxicity_checkpoint)
@@ -79,8 +81,11 @@ class EvalConfig:
     candidate: str = "ppo"  # the headline compares this policy to the baseline
     headline_decoding: Literal["greedy", "sampled"] = "sampled"  # of the headline numbers (PPO trained on samples)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
-    variants: list[VariantConfig] = field(default_factory=lambda: [VariantConfig(decoding="greedy"),
-                                                                   VariantConfig(decoding="sampled")])
+    variants: list[VariantConfig] = field(default_factory=lambda: [
+        VariantConfig(decoding="sampled"),  # rewards, KL, win-rates on every source
+        VariantConfig(decoding="greedy", sources=["dialogsum"]),  # ROUGE of greedy summaries
+        VariantConfig(policies=["base"], shots=3, decoding="greedy", sources=["dialogsum"]),  # few-shot base model
+    ])
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=64))
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast only where bf16 is fast, else fp32
     score_batch_size: int = 32

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipelines.sft import DEFAULTS, cli, main
+from pipelines.sft import cli, main
 from rlhf.config import ConfigError, load_config
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import encode_records, to_dataset, training_mixture
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_cfg(out: Path, *flags: str) -> SFTStageConfig:
     cfg, _ = load_config(SFTStageConfig, ["--config", str(TINY), "--run.output_dir", str(out),
-                                          "--run.run_name", "test", "--forgetting.enabled", "false", *flags], DEFAULTS)
+                                          "--run.run_name", "test", "--forgetting.enabled", "false", *flags])
     return cfg
 
 
@@ -38,17 +38,17 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_shipped_configs_load_and_typos_fail():
-    full, _ = load_config(SFTStageConfig, [], DEFAULTS)
+    full, _ = load_config(SFTStageConfig, [])
     assert full.model.name == "smollm2-135m-instruct" and full.lora.enabled
     assert [s.source for s in full.data.mixture] == ["dialogsum", "hh-rlhf-harmless"]
-    tiny, _ = load_config(SFTStageConfig, ["--config", str(TINY)], DEFAULTS)
+    tiny, _ = load_config(SFTStageConfig, ["--config", str(TINY)])
     assert tiny.model.name == "tiny-llama" and tiny.train.max_steps == 8
-    over, _ = load_config(SFTStageConfig, ["--data.mixture", "[{source: truthfulqa, weight: 2}]"], DEFAULTS)
+    over, _ = load_config(SFTStageConfig, ["--data.mixture", "[{source: truthfulqa, weight: 2}]"])
     assert over.data.mixture[0].source == "truthfulqa" and over.data.mixture[0].weight == 2.0
     with pytest.raises(ConfigError, match="lora.rank"):
-        load_config(SFTStageConfig, ["--lora.rank", "4"], DEFAULTS)
+        load_config(SFTStageConfig, ["--lora.rank", "4"])
     with pytest.raises(ConfigError, match="train.bf16"):
-        load_config(SFTStageConfig, ["--train.bf16", "maybe"], DEFAULTS)
+        load_config(SFTStageConfig, ["--train.bf16", "maybe"])
     assert cli(["--help"]) == 0 and cli(["--lora.rank", "4"]) == 2
 
 

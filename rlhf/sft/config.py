@@ -1,4 +1,4 @@
-"""The SFT stage's config: one dataclass with nested sections, YAML defaults in ``pipelines/configs/sft.yaml``."""
+"""The SFT stage's config: one dataclass with nested sections; its defaults are what ``rlhf sft`` runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,10 +41,11 @@ class MixtureSource:
 
 @dataclass
 class DataConfig:
-    mixture: list[MixtureSource] = field(default_factory=lambda: [MixtureSource("dialogsum")])
+    mixture: list[MixtureSource] = field(default_factory=lambda: [MixtureSource("dialogsum"),
+                                                                  MixtureSource("hh-rlhf-harmless", max_examples=400)])
     # Examples in the training mixture; sources are up-/down-sampled to their weights. 0 = the capped sources' total.
     num_examples: int = 0
-    dev_max_examples: int = 200  # dev examples per source for eval loss (the sources' "dev" split)
+    dev_max_examples: int = 100  # dev examples per source for eval loss (the sources' "dev" split)
     samples: int = 4  # dev prompts whose generations are logged as a table at the end
 
 
@@ -89,4 +90,4 @@ class SFTStageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(do_sample=False))
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=5))
