@@ -58,7 +58,7 @@ def sft_config(args, out_dir: Path):
         "lora.layers": list(range(args.lora_from_layer, 30)),  # upper layers only: backprop stops there
         "train.max_steps": args.steps, "train.batch_size": args.batch_size,
         "train.learning_rate": args.lr, "train.warmup_steps": 2, "train.max_length": args.max_length,
-        "train.save_steps": args.steps, "train.bf16": "auto",
+        "train.save_steps": args.steps, "train.precision": "auto",
         "generation.max_new_tokens": args.max_new_tokens, "generation.do_sample": False,
         "forgetting.n": args.forgetting_n,
         "run.output_dir": str(out_dir), "run.run_name": "sft", "run.wandb_mode": "offline", "run.log_every": 5,

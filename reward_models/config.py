@@ -6,19 +6,8 @@ from typing import Literal
 
 from reward_models.types import HEADS
 from rlhf.config import RunConfig
-
-Precision = Literal["auto", "bf16", "fp32"]
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapters for a causal-LM backbone (merged into the weights when the model is saved)."""
-
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=list)  # empty: peft's default for the architecture
+from rlhf.lora import LoraConfig
+from rlhf.runtime import Precision
 
 
 @dataclass
@@ -28,7 +17,9 @@ class ModelConfig:
     backbone: str = "minilm-l6"  # zoo name, local folder or hub id; an encoder, or a causal LM with a chat template
     max_length: int = 256  # tokens per (prompt, response); the prompt loses its START when it is too long
     min_prompt_tokens: int = 64  # a very long response is cut at its end so the prompt keeps at least this many
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    # LoRA for a causal-LM backbone (off by default; merged into the weights when the model is saved);
+    # target_modules [] = peft's default for the architecture
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=False, dropout=0.05, target_modules=[]))
 
 
 @dataclass
@@ -56,7 +47,7 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     use_margin: bool = False  # loss -log sigmoid(r_c - r_r - margin) with each record's margin (0 if none)
-    precision: Precision = "auto"  # auto: bf16 autocast only where the hardware has fast bf16, else fp32
+    precision: Precision = "auto"  # bf16 autocast or fp32; auto: bf16 where the hardware has native bf16 (rlhf.runtime)
     checkpoint_every: int = 100  # optimizer steps between checkpoints (and at each epoch end); 0 = epoch ends only
     keep_checkpoints: int = 1  # how many recent checkpoints to keep on disk
 

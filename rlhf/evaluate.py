@@ -28,6 +28,7 @@ from rlhf import metrics
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
 from rlhf.prompts import Shot, few_shot, pick_shots
+from rlhf.runtime import Precision, use_bf16
 
 SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
 ALL = "all"  # the key of metrics over every source together
@@ -87,7 +88,7 @@ class EvalConfig:
         VariantConfig(policies=["base"], shots=3, decoding="greedy", sources=["dialogsum"]),  # few-shot base model
     ])
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=64))
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast only where bf16 is fast, else fp32
+    precision: Precision = "auto"  # bf16 autocast or fp32 (policies and scorer); auto: bf16 where native (rlhf.runtime)
     score_batch_size: int = 32
     threads: int = 0  # torch threads (0: torch's default); 1 for tiny models on a shared CPU
     win_tie_margin: float = 0.0  # |reward difference| <= this is a tie (counted half)
@@ -204,20 +205,6 @@ def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
     return logprobs.gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
 
 
-def use_bf16(precision: str) -> bool:
-    """bf16 autocast only where it is fast (AVX512-BF16/AMX CPUs): elsewhere bf16 matmuls are emulated, slower."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision: expected auto, bf16 or fp32, got {precision!r}")
-    if precision != "auto":
-        return precision == "bf16"
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
 def samples_own_distribution(settings: GenerationSettings) -> bool:
     """KL estimators need samples from the policy's own distribution: sampling at T=1, no top-k/top-p."""
     return settings.do_sample and settings.temperature == 1.0 and settings.top_k == 0 and settings.top_p >= 1.0 \
@@ -238,7 +225,7 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
     out = Samples()
     model.eval()
     for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
-        with _autocast(bf16):
+        with torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             generated = model.generate(**batch, **settings.hf_kwargs(tokenizer), return_dict_in_generate=True,
                                        output_logits=measure_kl)
         sequences = generated.sequences  # (batch, prompt_len + response_len)
@@ -320,7 +307,7 @@ def evaluate_variant(policy, variant: Variant, items: Sequence[EvalItem], shots_
     measure_kl = policy.has_reference and samples_own_distribution(settings)
     items = [it for it in items if it.source in variant.sources]
     chats = [with_shots(it.messages, shots_by_source[it.source][:variant.shots]) for it in items]
-    bf16 = use_bf16(cfg.precision)
+    bf16 = use_bf16(cfg.precision, policy.model.device)  # autocast on the device the policy runs on
     out = sample(policy, chats, settings, cfg.data.max_prompt_tokens, bf16=bf16, measure_kl=measure_kl)
     scores = (score_samples(scorer, [it.prompt for it in items], out.responses, cfg.score_batch_size)
               if scorer is not None else [{} for _ in items])

@@ -6,6 +6,8 @@ from typing import Literal
 
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings
+from rlhf.lora import LoraConfig
+from rlhf.runtime import Precision
 
 
 @dataclass
@@ -14,20 +16,6 @@ class ModelConfig:
 
     name: str = "smollm2-135m-instruct"  # zoo name, tiny-llama, local folder or hub id
     dtype: Literal["float32", "bfloat16"] = "float32"  # of the stored weights; float32 master weights train best
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapters (peft); ``enabled: false`` fine-tunes every weight."""
-
-    enabled: bool = True
-    r: int = 16  # rank of the update
-    alpha: int = 32  # scale = alpha / r
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # Adapt only these decoder layers (empty: all). Upper layers only = backprop stops early: much cheaper on CPU.
-    layers: list[int] = field(default_factory=list)
-    save_merged: bool = False  # also write base + adapter merged into <run_dir>/final-merged/
 
 
 @dataclass
@@ -63,11 +51,12 @@ class TrainConfig:
     eval_batch_size: int = 8
     max_length: int = 512  # tokens; longer examples are dropped (counted in data/dropped_too_long), never cut
     packing: bool = False  # best-fit packing of several examples per row (TRL bfd)
-    bf16: Literal["auto", "on", "off"] = "auto"  # autocast; auto = on where the hardware has fast bf16
+    precision: Precision = "auto"  # bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.runtime)
     gradient_checkpointing: bool = False  # saves memory, costs ~30 % more compute
     save_steps: int = 50  # checkpoint every N steps (resume with --resume)
     save_total_limit: int = 2  # keep the newest N checkpoints
     eval_steps: int = 0  # eval loss every N steps; 0 = only before and after training
+    save_merged: bool = False  # LoRA: also write base + adapter merged into <run_dir>/final-merged/
 
 
 @dataclass
@@ -85,7 +74,9 @@ class SFTStageConfig:
     """Stage 1: supervised fine-tuning on a chat mixture, full or LoRA."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    # lora.enabled false fine-tunes every weight; lora.layers [18, ..., 29] or [-12, ..., -1] (from the top) adapts
+    # upper layers only, so backprop stops early: much cheaper on CPU.
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.05))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(do_sample=False))
