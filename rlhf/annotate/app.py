@@ -43,7 +43,7 @@ MAX_RATIONALE_CHARS = 4000
 COOKIE_NAME = "rlhf_annotate_token"
 COOKIE_MAX_AGE_S = 30 * 24 * 3600
 # Keys per dimension for A better / B better / tie: one row of the keyboard per dimension.
-SHORTCUTS = {"helpful": ("1", "2", "3"), "honest": ("q", "w", "e"), "harmless": ("a", "s", "d")}
+SHORTCUTS = dict(zip(DIMENSIONS, [("1", "2", "3"), ("q", "w", "e"), ("a", "s", "d")], strict=True))
 CHOICE_TEXT = {"A": "A better", "B": "B better", "tie": "Tie"}
 STATIC_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
                   (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store")]
