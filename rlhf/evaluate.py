@@ -41,30 +41,49 @@ ALL = "all"  # the key of metrics over every source together
 class PolicyConfig:
     """One policy to evaluate."""
 
-    name: str = ""  # label in tables: base, sft, ppo ...
-    path: str = ""  # zoo name, hub id, model folder, or PEFT adapter folder (base read from adapter_config.json)
-    base: str = ""  # adapters only: put the adapter on this model instead (PPO's adapter on the SFT model)
-    reference: str = ""  # explicit reference for KL; empty: adapter disabled (adapters) or none (full models)
+    name: str = field(default="", metadata={"help": "label in tables: base, sft, ppo ..."})
+    path: str = field(
+        default="",
+        metadata={"help": "zoo name, hub id, model folder, or PEFT adapter folder (base from adapter_config.json)"})
+    base: str = field(
+        default="",
+        metadata={"help": "adapters only: put the adapter on this model instead (PPO's adapter on the SFT model)"})
+    reference: str = field(
+        default="",
+        metadata={"help": "explicit reference for KL; empty: adapter disabled (adapters) or none (full models)"})
 
 
 @dataclass
 class VariantConfig:
     """Some policies, run one way, on some sources."""
 
-    policies: list[str] = field(default_factory=list)  # policy names; empty: every policy
-    shots: int = 0  # in-context examples before each prompt (from the train split)
-    decoding: Literal["greedy", "sampled"] = "sampled"
-    sources: list[str] = field(default_factory=list)  # empty: every source of data.sources
+    policies: list[str] = field(default_factory=list, metadata={"help": "policy names; empty: every policy"})
+    shots: int = field(default=0, metadata={"help": "in-context examples before each prompt (from the train split)"})
+    decoding: Literal["greedy", "sampled"] = field(
+        default="sampled",
+        metadata={"help": "greedy, or sampled with the generation settings (do_sample on)"})
+    sources: list[str] = field(default_factory=list, metadata={"help": "empty: every source of data.sources"})
 
 
 @dataclass
 class EvalDataConfig:
-    sources: list[str] = field(default_factory=lambda: list(SOURCES))
-    split: Literal["train", "dev", "test"] = "test"  # held out from every stage; "dev" only for quick checks
-    prompts_per_source: int = 16  # 0: all prompts of the split
-    seed: int = 0  # which prompts and which in-context examples are drawn (fixed across policies)
-    max_prompt_tokens: int = 1024  # longer prompts are cut from the left (few-shot examples go first)
-    max_example_chars: int = 1200  # in-context examples whose prompt is longer than this are not used as shots
+    """The held-out prompts every policy answers."""
+
+    sources: list[str] = field(default_factory=lambda: list(SOURCES),
+                               metadata={"help": "shipped sources whose held-out prompts every policy answers"})
+    split: Literal["train", "dev", "test"] = field(
+        default="test",
+        metadata={"help": 'held out from every stage; "dev" only for quick checks'})
+    prompts_per_source: int = field(default=16, metadata={"help": "0: all prompts of the split"})
+    seed: int = field(
+        default=0,
+        metadata={"help": "which prompts and which in-context examples are drawn (fixed across policies)"})
+    max_prompt_tokens: int = field(
+        default=1024,
+        metadata={"help": "longer prompts are cut from the left (few-shot examples go first)"})
+    max_example_chars: int = field(
+        default=1200,
+        metadata={"help": "in-context examples whose prompt is longer than this are not used as shots"})
 
 
 @dataclass
@@ -74,27 +93,40 @@ class EvalConfig:
     run: RunConfig = field(default_factory=RunConfig)
     # `rlhf pipeline` lists its own runs; alone, list yours: {name: sft, path: runs/<sft run>/final} (an adapter:
     # KL reference = base), {name: ppo, path: runs/<ppo run>/final/adapter, base: runs/<sft run>/final} (KL ref = SFT)
-    policies: list[PolicyConfig] = field(default_factory=lambda: [PolicyConfig("base", "smollm2-135m-instruct")])
-    reward_model: str = ""  # trained reward model folder (reward run's final/); empty: no reward metrics
-    toxicity_checkpoint: str = ""  # Detoxify checkpoint to use instead of the reward model's own setting
-    toxicity_config_path: str = ""  # its config/tokenizer folder (with toxicity_checkpoint)
-    baseline: str = "sft"  # win-rates are against this policy
-    candidate: str = "ppo"  # the headline compares this policy to the baseline
-    headline_decoding: Literal["greedy", "sampled"] = "sampled"  # of the headline numbers (PPO trained on samples)
+    policies: list[PolicyConfig] = field(default_factory=lambda: [PolicyConfig("base", "smollm2-135m-instruct")],
+                                         metadata={"help": "the policies compared: [{name, path, base, reference}]"})
+    reward_model: str = field(
+        default="",
+        metadata={"help": "trained reward model folder (reward run's final/); empty: no reward metrics"})
+    toxicity_checkpoint: str = field(
+        default="",
+        metadata={"help": "Detoxify checkpoint to use instead of the reward model's own setting"})
+    toxicity_config_path: str = field(default="",
+                                      metadata={"help": "its config/tokenizer folder (with toxicity_checkpoint)"})
+    baseline: str = field(default="sft", metadata={"help": "win-rates are against this policy"})
+    candidate: str = field(default="ppo", metadata={"help": "the headline compares this policy to the baseline"})
+    headline_decoding: Literal["greedy", "sampled"] = field(
+        default="sampled",
+        metadata={"help": "of the headline numbers (PPO trained on samples)"})
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     variants: list[VariantConfig] = field(default_factory=lambda: [
         VariantConfig(decoding="sampled"),  # rewards, KL, win-rates on every source
         VariantConfig(decoding="greedy", sources=["dialogsum"]),  # ROUGE of greedy summaries
         VariantConfig(policies=["base"], shots=3, decoding="greedy", sources=["dialogsum"]),  # few-shot base model
-    ])
+    ], metadata={"help": "how the policies run: [{policies, shots, decoding, sources}]; empty policies/sources = all"})
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=64))
-    precision: Precision = "auto"  # bf16 autocast or fp32 (policies and scorer); auto: bf16 where native (rlhf.runtime)
-    score_batch_size: int = 32
-    threads: int = 0  # torch threads (0: torch's default); 1 for tiny models on a shared CPU
-    win_tie_margin: float = 0.0  # |reward difference| <= this is a tie (counted half)
-    confidence: float = 0.95
-    training_runs: dict[str, str] = field(default_factory=dict)  # stage -> run dir, for training curves in the report
-    examples_in_report: int = 2  # example generations per source, side by side
+    precision: Precision = field(
+        default="auto",
+        metadata={"help": "bf16 autocast or fp32 (policies and scorer); auto: bf16 where native (rlhf.runtime)"})
+    score_batch_size: int = field(default=32, metadata={"help": "responses per reward-model forward pass"})
+    threads: int = field(default=0,
+                         metadata={"help": "torch threads (0: torch's default); 1 for tiny models on a shared CPU"})
+    win_tie_margin: float = field(default=0.0, metadata={"help": "|reward difference| <= this is a tie (counted half)"})
+    confidence: float = field(default=0.95,
+                              metadata={"help": "level of the confidence intervals of means and win-rates"})
+    training_runs: dict[str, str] = field(default_factory=dict,
+                                          metadata={"help": "stage -> run dir, for training curves in the report"})
+    examples_in_report: int = field(default=2, metadata={"help": "example generations per source, side by side"})
 
 
 # ---------------------------------------------------------------- prompts

@@ -10,15 +10,18 @@ from rlhf.config import ConfigError
 class LoraConfig:
     """LoRA adapters (peft). Stages differ only in their defaults (e.g. PPO has no dropout)."""
 
-    enabled: bool = True  # false: train every weight (stages that allow it)
-    r: int = 16  # rank of the update
-    alpha: int = 32  # scale = alpha / r
-    dropout: float = 0.0  # adapter dropout
-    # [all-linear]: every linear layer; []: peft's default for the architecture
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    enabled: bool = field(default=True, metadata={"help": "false: train every weight (stages that allow it)"})
+    r: int = field(default=16, metadata={"help": "rank of the update"})
+    alpha: int = field(default=32, metadata={"help": "scale = alpha / r"})
+    dropout: float = field(default=0.0, metadata={"help": "adapter dropout"})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "modules with adapters; [all-linear]: every linear one; []: peft's default for the model"})
     # Decoder layers that get adapters (empty: all); negative indices count from the top, so [-8, ..., -1] is
     # "the last 8 layers" on any depth (all of them on a model with fewer). Backprop stops at the lowest one.
-    layers: list[int] = field(default_factory=list)
+    layers: list[int] = field(
+        default_factory=list,
+        metadata={"help": "decoder layers that get adapters (empty: all); negative indices count from the top"})
 
 
 def resolve_layers(layers, num_layers: int) -> list[int]:

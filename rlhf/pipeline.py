@@ -44,8 +44,11 @@ PLACEHOLDER = re.compile(r"\{(base|run_dir|sft|reward|ppo|sft_run|reward_run|ppo
 class StageSpec:
     """How the pipeline configures one stage."""
 
-    config: str = ""  # a YAML layered on the stage's dataclass defaults (e.g. configs/sft_tiny.yaml); "" = none
-    overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys, as --section.key flags; placeholders ok
+    config: str = field(
+        default="",
+        metadata={"help": "a YAML layered on the stage's dataclass defaults (e.g. configs/sft_tiny.yaml); empty: none"})
+    overrides: dict[str, Any] = field(default_factory=dict,
+                                      metadata={"help": "dotted keys, as --section.key flags; placeholders ok"})
 
 
 @dataclass
@@ -54,8 +57,11 @@ class PipelineConfig:
 
     # stages write to <output_dir>/<run_name>/<stage>
     run: RunConfig = field(default_factory=lambda: RunConfig(run_name="pipeline"))
-    base_model: str = "smollm2-135m-instruct"  # {base}: the model SFT starts from and evaluation's "base"
-    threads: int = 0  # torch threads for every stage (0: torch's default); 1 suits tiny models on a shared CPU
+    base_model: str = field(default="smollm2-135m-instruct",
+                            metadata={"help": "{base}: the model SFT starts from and evaluation's base policy"})
+    threads: int = field(
+        default=0,
+        metadata={"help": "torch threads for every stage (0: torch's default); 1 suits tiny models on a shared CPU"})
     sft: StageSpec = field(default_factory=StageSpec)
     reward: StageSpec = field(default_factory=StageSpec)
     ppo: StageSpec = field(default_factory=StageSpec)
