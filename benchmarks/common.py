@@ -25,15 +25,18 @@ DEFAULT_LORA_LAYERS = tuple(range(-8, 0))  # the last 8 decoder layers: our ship
 
 @dataclass
 class Workload:
-    """One PPO workload, written to JSON by the orchestrator and read by each side's subprocess."""
+    """One RL workload (PPO or GRPO), written to JSON by the orchestrator and read by each side's subprocess."""
 
     policy_path: str  # SmolLM2-135M-Instruct folder (fp32 safetensors)
     reward_path: str  # SmolLM2-135M sequence classifier (num_labels=1) both sides load
     prompts: list[str]  # HH transcripts ("\n\nHuman: ... \n\nAssistant:"), what our trainer takes
     chat_prompts: list[str]  # the same prompts rendered with the chat template, what TRL tokenises
-    batch_size: int = 8  # rollouts per PPO step
-    mini_batch_size: int = 4  # samples per optimizer step
+    batch_size: int = 8  # prompts per step (rollouts per step: batch_size * samples_per_prompt)
+    mini_batch_size: int = 4  # rollouts per optimizer step
     ppo_epochs: int = 1
+    samples_per_prompt: int = 1  # completions per prompt: 1 for PPO, the group size for GRPO
+    micro_batch_size: int = 0  # rollouts per forward/backward; 0 = each side's own default
+    kl_coef: float = 0.0  # GRPO: coefficient of the k3 KL-to-reference loss term (TRL's beta); PPO ignores it
     max_new_tokens: int = 32
     temperature: float = 1.0
     threads: int = 2
@@ -49,6 +52,10 @@ class Workload:
     @property
     def num_steps(self) -> int:
         return len(self.prompts) // self.batch_size
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.batch_size * self.samples_per_prompt
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
@@ -263,6 +270,28 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float = 3600.0, 
     return ChildRun(returncode=proc.returncode, wall_seconds=time.perf_counter() - start,
                     ru_maxrss_bytes=usage.ru_maxrss * 1024, sampled_peak_rss_bytes=sampled_peak,
                     load_before=load_before, load_after=load_average())
+
+
+def parse_lscpu(text: str) -> dict:
+    """The CPU model and the bf16 instruction sets from ``lscpu``'s output (``Model name:`` and ``Flags:``)."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("Flags", "").split())
+    return {"model_name": fields.get("Model name"), "avx512_bf16": "avx512_bf16" in flags,
+            "amx_bf16": "amx_bf16" in flags, "amx_tile": "amx_tile" in flags}
+
+
+def cpu_info() -> dict:
+    """This machine's CPU as ``lscpu`` reports it (model name, whether avx512_bf16 / AMX are present)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True,
+                              env={**os.environ, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.CalledProcessError):
+        text = ""
+    return {**parse_lscpu(text), "cpus": os.cpu_count()}
 
 
 def cpu_has_bf16_matmul() -> bool:

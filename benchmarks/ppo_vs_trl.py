@@ -25,171 +25,17 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import (DEFAULT_LORA_LAYERS, GIB, QUIET_FOREIGN_CORES, Workload, load_average,  # noqa: E402
-                    read_side_result, run_child)
+from common import DEFAULT_LORA_LAYERS, GIB, QUIET_FOREIGN_CORES, Workload, load_average  # noqa: E402
+from harness import (ClassifierScorer, aggregate, child_env, ensure_trl_venv, prepare_workload,  # noqa: E402
+                     profile_table, run_alternating)
 
 TRL_VENV = BENCH_DIR / ".venv-trl112"
-# torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); the rest pinned to the versions our
-# own virtualenv runs, so the comparison differs in the trainer code, not in the libraries under it.
-TRL_TORCH = "torch==2.13.0"
-TRL_PACKAGES = ["trl==1.12.0", "peft==0.21.2", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0"]
+TRL_VERSION = "1.12.0"  # with our torch, peft, transformers, accelerate and datasets versions (harness.py)
+TRL_PROBE = "from trl.experimental.ppo import PPOTrainer"
 TARGETS = {"sec_per_step": 0.4, "peak_rss": 0.4}  # ours / TRL must be at most this
 
 
-# ---------------------------------------------------------------- 1. the peer's virtualenv
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def trl_venv_ready(venv: Path) -> bool:
-    if not venv_python(venv).exists():
-        return False
-    probe = subprocess.run([str(venv_python(venv)), "-c",
-                            "import torch, trl, peft; from trl.experimental.ppo import PPOTrainer; print(trl.__version__)"],
-                           capture_output=True, text=True)
-    return probe.returncode == 0 and probe.stdout.strip() == "1.12.0"
-
-
-def ensure_trl_venv(venv: Path = TRL_VENV, log=print) -> Path:
-    """Create the peer's virtualenv once; later runs reuse it."""
-    if trl_venv_ready(venv):
-        return venv_python(venv)
-    log(f"creating {venv} (torch first, then trl 1.12.0) ...")
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv_python(venv)), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run(pip + [TRL_TORCH], check=True)
-    subprocess.run(pip + TRL_PACKAGES, check=True)
-    if not trl_venv_ready(venv):
-        raise RuntimeError(f"{venv}: trl 1.12.0 does not import after install; see pip's output above")
-    return venv_python(venv)
-
-
-
-# ---------------------------------------------------------------- 2. the workload (run in a subprocess)
-
-REWARD_SEED = 0
-MAX_PROMPT_TOKENS = 128  # keeps every batch's padded length alike on both sides (HH prompts reach ~900)
-
-
-def reward_model_dir(seed: int = REWARD_SEED) -> Path:
-    from rlhf.zoo import rlhf_home
-
-    return rlhf_home() / "benchmarks" / f"smollm2-135m-reward-seed{seed}"
-
-
-def build_reward_model(policy_path: str, out: Path, seed: int = REWARD_SEED) -> Path:
-    """SmolLM2-135M with a seeded random score head (num_labels=1), saved once for both sides.
-
-    Its pad token is <|endoftext|> (never in text): SmolLM2's own pad is EOS, which ends every chat turn,
-    and a sequence classifier pools at the last token that is not the pad.
-    """
-    import shutil
-    import tempfile
-
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    if (out / "config.json").is_file():
-        return out
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    tokenizer.pad_token = "<|endoftext|>"
-    model = AutoModelForSequenceClassification.from_pretrained(policy_path, num_labels=1, dtype=torch.float32)
-    torch.nn.init.normal_(model.score.weight, std=model.config.initializer_range,
-                          generator=torch.Generator().manual_seed(seed))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    model.save_pretrained(staged)
-    tokenizer.save_pretrained(staged)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staged, out)  # atomic: a folder with config.json is complete
-    return out
-
-
-def benchmark_prompts(tokenizer, count: int, max_tokens: int = MAX_PROMPT_TOKENS) -> tuple[list[str], list[str]]:
-    """The first ``count`` distinct HH-harmless train prompts whose chat rendering fits ``max_tokens``:
-    (HH transcripts, the same rendered with the chat template)."""
-    from rlhf.generation import render_chat
-    from rlhf.records import prompt_to_messages
-    from rlhf.sources import hh_harmless_pairs
-
-    prompts, rendered, seen = [], [], set()
-    for record in hh_harmless_pairs("train"):
-        if record.prompt in seen:
-            continue
-        seen.add(record.prompt)
-        text = render_chat(tokenizer, prompt_to_messages(record.prompt))
-        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens:
-            prompts.append(record.prompt)
-            rendered.append(text)
-        if len(prompts) == count:
-            return prompts, rendered
-    raise RuntimeError(f"only {len(prompts)} HH-harmless train prompts fit {max_tokens} tokens; {count} needed")
-
-
-def prepare_workload(path: Path, num_prompts: int, lora_layers: list[int],
-                     our_overrides: dict[str, str] | None = None) -> Workload:
-    from rlhf.zoo import load_tokenizer, resolve_model
-
-    policy_path = resolve_model("smollm2-135m-instruct")
-    reward_path = build_reward_model(policy_path, reward_model_dir())
-    prompts, chat_prompts = benchmark_prompts(load_tokenizer(policy_path), num_prompts)
-    workload = Workload(policy_path=policy_path, reward_path=str(reward_path), prompts=prompts,
-                        chat_prompts=chat_prompts, lora_layers=lora_layers, our_overrides=our_overrides or {})
-    workload.save(path)
-    return workload
-
-
 # ---------------------------------------------------------------- our side (run in its own subprocess)
-
-
-class ClassifierScorer:
-    """The Scorer protocol over the benchmark's SmolLM2 sequence classifier (the same model TRL scores with).
-
-    Our trainer hands over text (HH prompts, decoded responses); this re-tokenises prompt + response + EOS
-    with the shared tokenizer and reads the score at the last token, as TRL's get_reward does (all texts in
-    one packed forward, so there is no padding to skip).
-    """
-
-    def __init__(self, path: str, tokenizer):
-        import copy
-
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        from rlhf.ppo.packing import use_varlen_attention
-
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32).eval()
-        if not use_varlen_attention(self.model):
-            raise RuntimeError(f"{path}: packed scoring needs sdpa attention, not {self.model.config._attn_implementation}")
-        self.tokenizer = copy.copy(tokenizer)  # own padding settings; the policy's tokenizer is left alone
-        self.tokenizer.padding_side = "left"
-        self.tokenizer.pad_token = "<|endoftext|>"  # never in text; SmolLM2's own pad is EOS
-
-    def score(self, prompts, responses):
-        import torch
-
-        from reward_models.types import RewardScores
-        from rlhf.ppo.packing import PackedRows
-        from rlhf.generation import render_chat
-        from rlhf.records import prompt_to_messages
-
-        texts = [render_chat(self.tokenizer, prompt_to_messages(p)) + r + self.tokenizer.eos_token
-                 for p, r in zip(prompts, responses)]
-        # All texts in one packed forward (rlhf.ppo.packing): no FLOPs on padding, one big matmul per layer
-        # instead of B small ones; the score head reads each text's last token, as the classifier does.
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        packed = PackedRows.from_mask(batch["attention_mask"])  # left padding: every text ends in the last column
-        with torch.no_grad():
-            hidden = self.model.model(input_ids=packed.pack(batch["input_ids"]), **packed.forward_kwargs(),
-                                      use_cache=False)
-            last = packed.unpack(hidden.last_hidden_state)[:, -1]  # (B, H)
-            scores = self.model.score(last)[:, 0].float()  # (B,)
-        return RewardScores(composite=scores, heads={"helpful": scores.clone()})
 
 
 def our_config(wl: Workload):
@@ -213,15 +59,6 @@ def our_config(wl: Workload):
             for item in (f"--{key}", f"{value:.6e}" if isinstance(value, float) else str(value))]
     cfg, _ = load_config(PPOStageConfig, argv)
     return cfg
-
-
-def profile_table(step_fn, rows: int = 30) -> tuple[object, str]:
-    """Run ``step_fn`` under torch.profiler (CPU); its result and the ops by self CPU time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = step_fn()
-    return result, prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
@@ -313,46 +150,10 @@ SIDES = ("ours", "trl")
 SIDE_LABEL = {"ours": "ours", "trl": "TRL 1.12"}
 
 
-def child_env(threads: int) -> dict:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               WANDB_MODE="disabled", HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
 def side_command(side: str, python: str, workload: Path, out: Path) -> list[str]:
     if side == "ours":
         return [python, str(Path(__file__).resolve()), "--side", "ours", "--workload", str(workload), "--out", str(out)]
     return [python, str(BENCH_DIR / "trl_ppo_side.py"), "--workload", str(workload), "--out", str(out)]
-
-
-def aggregate(runs: list[dict]) -> dict:
-    """Medians over runs of each run's own medians (each over steps 2..N)."""
-    def med(key):
-        return statistics.median(r[key] for r in runs)
-
-    for r in runs:  # the peak reached while loading models, before the first step
-        loaded = [p for p in r.get("memory_trace", []) if p["at"] == "models loaded"]
-        r["peak_rss_after_load_bytes"] = loaded[0]["peak_rss_bytes"] if loaded else None
-    summary = {"runs": len(runs), "sec_per_step": med("sec_per_step_median"),
-               "peak_rss_bytes": med("peak_rss_bytes"), "tokens_per_s": med("tokens_per_s_median"),
-               "sec_per_step_per_run": [r["sec_per_step_median"] for r in runs],
-               "peak_rss_bytes_per_run": [r["peak_rss_bytes"] for r in runs]}
-    quiet = [r["sec_per_step_quiet_median"] for r in runs if r.get("sec_per_step_quiet_median") is not None]
-    summary["sec_per_step_quiet"] = statistics.median(quiet) if quiet else None
-    summary["quiet_steps"] = sum(r.get("quiet_steps", 0) for r in runs)
-    summary["counted_steps"] = sum(r["steps"] - r["warmup_steps_excluded"] for r in runs)
-    if all("cpu_sec_per_step_median" in r for r in runs):
-        summary["cpu_sec_per_step"] = med("cpu_sec_per_step_median")
-    if all(r["peak_rss_after_load_bytes"] for r in runs):
-        summary["peak_rss_after_load_bytes"] = med("peak_rss_after_load_bytes")
-    if all("generation_seconds_median" in r for r in runs):
-        summary["generation_seconds"] = med("generation_seconds_median")
-    if all("train_seconds_median" in r for r in runs):
-        summary["train_seconds"] = med("train_seconds_median")
-        summary["train_tokens_per_s"] = med("train_tokens_per_s_median")
-    return summary
 
 
 def training_flops_report(ours_runs: list[dict], peaks: dict[str, dict]) -> dict | None:
@@ -453,7 +254,7 @@ def run_benchmark(args) -> dict:
     work = Path(args.work_dir or rlhf_home() / "benchmarks" / time.strftime("ppo_vs_trl-%Y%m%d-%H%M%S"))
     work.mkdir(parents=True, exist_ok=True)
     # 1. the peer's virtualenv
-    trl_python = str(ensure_trl_venv())
+    trl_python = str(ensure_trl_venv(TRL_VENV, TRL_VERSION, TRL_PROBE))
     # 2. the workload (models and prompts), built in a subprocess so this process stays small
     workload_path = work / "workload.json"
     subprocess.run([sys.executable, __file__, "--prepare", str(workload_path), "--num-prompts", str(args.num_prompts),
@@ -465,25 +266,10 @@ def run_benchmark(args) -> dict:
     peaks = {dtype: measure_peak(dtype, wl.threads) for dtype in ("bfloat16", "float32")}
     # 4. alternate the sides, each in a fresh process
     pythons = {"ours": sys.executable, "trl": trl_python}
-    runs, per_side = [], {side: [] for side in SIDES}
-    for run in range(args.runs):
-        for side in [s for s in SIDES if s in args.sides]:
-            out, log = work / f"{side}-{run}.json", work / f"{side}-{run}.log"
-            print(f"run {run + 1}/{args.runs}, {SIDE_LABEL[side]} (log: {log}) ...", flush=True)
-            child = run_child(side_command(side, pythons[side], workload_path, out), env=child_env(wl.threads),
-                              timeout=args.timeout, log_path=log)
-            if child.returncode != 0:
-                tail = log.read_text()[-3000:] if log.exists() else ""
-                raise RuntimeError(f"{side} run {run} failed with exit code {child.returncode}; {log}:\n{tail}")
-            result = read_side_result(out)
-            result.update(run=run, wall_seconds=child.wall_seconds, wait4_ru_maxrss_bytes=child.ru_maxrss_bytes,
-                          sampled_peak_rss_bytes=child.sampled_peak_rss_bytes, load_before=child.load_before,
-                          load_after=child.load_after, log=str(log))
-            runs.append(result)
-            per_side[side].append(result)
-            print(f"  {result['sec_per_step_median']:.2f} s/step ({result['quiet_steps']} quiet steps), peak RSS {result['peak_rss_bytes'] / GIB:.2f} GiB, "
-                  f"{result['tokens_per_s_median']:.1f} tokens/s, load {child.load_before} -> {child.load_after}",
-                  flush=True)
+    runs, per_side = run_alternating(
+        [s for s in SIDES if s in args.sides], args.runs,
+        lambda side, out: side_command(side, pythons[side], workload_path, out),
+        work, wl.threads, args.timeout, SIDE_LABEL)
     # 5. medians, ratios, FLOP/s
     sides = {side: aggregate(rs) for side, rs in per_side.items() if rs}
     if "trl" not in sides and args.trl_from:  # a variant of ours against an earlier run's TRL side
@@ -543,11 +329,11 @@ def main(argv: list[str]) -> int:
         args.out = str(BENCH_DIR / "results" / (f"{name}.json" if plain else f"{name}-variant.json"))
 
     if args.setup_only:
-        print(ensure_trl_venv())
+        print(ensure_trl_venv(TRL_VENV, TRL_VERSION, TRL_PROBE))
         return 0
     if args.prepare:
-        prepare_workload(Path(args.prepare), args.num_prompts, json.loads(args.lora_layers),
-                         dict(s.split("=", 1) for s in args.ours_set))
+        prepare_workload(Path(args.prepare), args.num_prompts, lora_layers=json.loads(args.lora_layers),
+                         our_overrides=dict(s.split("=", 1) for s in args.ours_set))
         return 0
     if args.side == "ours":
         return run_ours_side(Workload.load(args.workload), Path(args.out), args.profile_step)

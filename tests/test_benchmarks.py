@@ -1,6 +1,7 @@
 """The benchmark harness's helpers: step medians, token counting, FLOP formulas, per-child peak RSS, the table.
 
-Fast and untimed: nothing here asserts a speed; the benchmark itself is `benchmarks/ppo_vs_trl.py`.
+Fast and untimed: nothing here asserts a speed; the benchmarks themselves are `benchmarks/ppo_vs_trl.py` and
+`benchmarks/rl_vs_trl.py`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
 import common  # noqa: E402
+import harness  # noqa: E402
 import ppo_vs_trl  # noqa: E402
+import rl_vs_trl  # noqa: E402
+import trl_grpo_side  # noqa: E402  (standard library + common only at import, like on TRL's side)
 
 
 def test_steady_median_drops_the_warmup_step():
@@ -128,12 +132,12 @@ def test_benchmark_prompts_fit_and_are_distinct(tiny_llama_path):
     from rlhf.zoo import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_llama_path)
-    prompts, rendered = ppo_vs_trl.benchmark_prompts(tokenizer, 8, max_tokens=128)
+    prompts, rendered = harness.benchmark_prompts(tokenizer, 8, max_tokens=128)
     assert len(prompts) == len(set(prompts)) == len(rendered) == 8
     assert all(p.rstrip().endswith("Assistant:") for p in prompts)  # HH transcripts, what our trainer takes
     assert all(len(tokenizer(r, add_special_tokens=False)["input_ids"]) <= 128 for r in rendered)
     with pytest.raises(RuntimeError, match="fit 1 tokens"):
-        ppo_vs_trl.benchmark_prompts(tokenizer, 8, max_tokens=1)
+        harness.benchmark_prompts(tokenizer, 8, max_tokens=1)
 
 
 def _side_run(side, run, sec, rss, tps):
@@ -152,7 +156,7 @@ def test_aggregate_ratios_and_table():
         run.update(train_tokens_per_s_median=1000.0, train_seconds_median=1.0, train_flops_per_s_median=4.2e5,
                    train_full_6nt_flops_per_s_median=6e5, model_body_params=100, model_head_params=50,
                    trainable_params=10, compute_dtype="float32")
-    sides = {"ours": ppo_vs_trl.aggregate(ours), "trl": ppo_vs_trl.aggregate(trl)}
+    sides = {"ours": harness.aggregate(ours), "trl": harness.aggregate(trl)}
     assert sides["ours"]["sec_per_step"] == 5.0 and sides["trl"]["peak_rss_bytes"] == 5.1 * gib
     peaks = {"bfloat16": {"n": 2048, "threads": 2, "repeats": 5, "flops_per_s_median": 1e6},
              "float32": {"n": 2048, "threads": 2, "repeats": 5, "flops_per_s_median": 4e6}}
@@ -171,3 +175,93 @@ def test_aggregate_ratios_and_table():
     assert "quiet steps only" in table and "(10/14 ours, 10/14 TRL steps" in table
     assert "CPU-seconds / step" in table
     assert "42% of the bfloat16 peak" in table and "10% of the float32 peak" in table
+
+
+# ---------------------------------------------------------------- GRPO against TRL (rl_vs_trl.py)
+
+
+def test_workload_defaults_keep_the_ppo_meaning():
+    ppo = common.Workload(policy_path="p", reward_path="r", prompts=["q"] * 64, chat_prompts=["c"] * 64)
+    assert ppo.samples_per_prompt == 1 and ppo.rollouts_per_step == ppo.batch_size == 8 and ppo.num_steps == 8
+    grpo = common.Workload(policy_path="p", reward_path="r", prompts=["q"] * 64, chat_prompts=["c"] * 64,
+                           **rl_vs_trl.GRPO_WORKLOAD)
+    assert grpo.rollouts_per_step == 32 and grpo.num_steps == 8  # 8 prompts x 4 completions, all 64 prompts once
+
+
+def test_parse_lscpu_reads_the_model_and_the_bf16_flags():
+    text = ("Architecture:            x86_64\n"
+            "Model name:              AMD EPYC 9B14\n"
+            "Flags:                   fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert common.parse_lscpu(text) == {"model_name": "AMD EPYC 9B14", "avx512_bf16": True, "amx_bf16": False,
+                                        "amx_tile": False}
+    amx = common.parse_lscpu("Model name: Intel Xeon\nFlags: avx2 amx_bf16 amx_tile amx_int8\n")
+    assert amx["amx_bf16"] and amx["amx_tile"] and not amx["avx512_bf16"]
+    assert common.parse_lscpu("") == {"model_name": None, "avx512_bf16": False, "amx_bf16": False, "amx_tile": False}
+
+
+def test_trl_grpo_batching_gives_one_optimizer_step_per_generation():
+    wl = common.Workload(policy_path="p", reward_path="r", prompts=["q"] * 64, chat_prompts=["c"] * 64,
+                         **rl_vs_trl.GRPO_WORKLOAD)
+    fields = trl_grpo_side.grpo_batching(wl)
+    assert fields == {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 4, "steps_per_generation": 4,
+                      "num_generations": 4}
+    # what GRPOConfig derives from them: a generation batch of 32 rollouts = one optimizer step's
+    assert fields["per_device_train_batch_size"] * fields["steps_per_generation"] == wl.rollouts_per_step
+    whole = common.Workload(policy_path="p", reward_path="r", prompts=[], chat_prompts=[],
+                            **{**rl_vs_trl.GRPO_WORKLOAD, "micro_batch_size": 0})
+    assert trl_grpo_side.grpo_batching(whole)["gradient_accumulation_steps"] == 1  # 0 = all 32 in one pass
+    with pytest.raises(ValueError, match="rollouts per step"):
+        trl_grpo_side.grpo_batching(common.Workload(policy_path="p", reward_path="r", prompts=[], chat_prompts=[],
+                                                    **{**rl_vs_trl.GRPO_WORKLOAD, "mini_batch_size": 16}))
+
+
+def test_our_argv_sets_grpo_and_the_kl_loss_term():
+    wl = common.Workload(policy_path="p", reward_path="r", prompts=["q"] * 64, chat_prompts=["c"] * 64,
+                         **rl_vs_trl.GRPO_WORKLOAD)
+    argv = rl_vs_trl.our_argv(wl)
+    flags = dict(zip(argv[::2], argv[1::2]))
+    assert flags["--rl.algo"] == "grpo" and flags["--rl.samples_per_prompt"] == "4"
+    assert flags["--ppo.batch_size"] == "8" and flags["--ppo.mini_batch_size"] == "32"
+    assert flags["--kl.placement"] == "loss" and flags["--kl.estimator"] == "k3"
+    assert float(flags["--kl.coef"]) == 0.04 and "." in flags["--kl.coef"]  # YAML 1.1 reads "4e-02" as a string
+    assert flags["--generation.batch_size"] == "32"
+    assert json.loads(flags["--lora.layers"]) == [-8, -7, -6, -5, -4, -3, -2, -1]
+    # and our stage config takes every one of them (strict keys), with the meaning the benchmark claims
+    from rlhf.config import load_config
+    from rlhf.ppo.config import RLStageConfig
+
+    cfg, _ = load_config(RLStageConfig, argv)
+    assert cfg.rl.algo == "grpo" and cfg.rl.samples_per_prompt == 4 and cfg.kl_in_loss and cfg.kl.coef == 0.04
+    assert (cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.micro_batch_size, cfg.ppo.epochs) == (8, 32, 8, 1)
+    assert cfg.generation.batch_size == 32 and cfg.train.learning_rate == 1e-5 and cfg.train.steps == 8
+
+
+def _grpo_run(side, run, sec, rss, tps, phases):
+    return {**_side_run(side, run, sec, rss, tps), "generation_seconds_median": sec / 2,
+            "phase_seconds": [{name: 100.0 for name in phases}] + [dict(phases)] * 7}
+
+
+def test_rl_vs_trl_phases_ratios_and_table():
+    gib = common.GIB
+    ours = [_grpo_run("ours", 0, 10.0, 1.0 * gib, 100.0, {"generate": 5.0, "update": 3.0}),
+            _grpo_run("ours", 1, 12.0, 1.2 * gib, 80.0, {"generate": 7.0, "update": 4.0})]
+    trl = [_grpo_run("trl", 0, 28.0, 3.0 * gib, 35.0, {"generate": 7.0, "reward": 2.0, "rest": 19.0}),
+           _grpo_run("trl", 1, 30.0, 3.2 * gib, 33.0, {"generate": 8.0, "reward": 2.0, "rest": 20.0})]
+    # the warm-up step (all 100 s) is left out of each run's median
+    assert rl_vs_trl.median_phases(ours) == {"generate": 6.0, "update": 3.5}
+    sides = {side: {**harness.aggregate(runs), "phase_seconds": rl_vs_trl.median_phases(runs)}
+             for side, runs in (("ours", ours), ("trl", trl))}
+    ratios = rl_vs_trl.ratios(sides)
+    assert ratios == {"sec_per_step": pytest.approx(11.0 / 29.0), "peak_rss": pytest.approx(1.1 / 3.1),
+                      "tokens_per_s": pytest.approx(90.0 / 34.0)}
+    result = {"sides": sides, "runs": ours + trl, "ratios": ratios, "precision": "bf16",
+              "machine": {"cpu": {"model_name": "AMD EPYC", "cpus": 2, "avx512_bf16": True, "amx_bf16": False}},
+              "workload": {"num_prompts": 64, "batch_size": 8, "samples_per_prompt": 4, "max_new_tokens": 32,
+                           "kl_coef": 0.04, "threads": 2, "num_steps": 8, "lora_layers": [-2, -1]}}
+    table = rl_vs_trl.format_table(result)
+    assert "seconds / step" in table and "0.38x" in table and "<= 0.5  PASS" in table
+    assert "peak RSS (GiB)" in table and "0.35x" in table
+    assert "TRL 1.16 per run: s/step [28.00, 30.00]" in table and "generate 6.00, update 3.50" in table
+    assert "AMD EPYC" in table and "avx512_bf16 True" in table and "ours#0: 1.00->2.00" in table
+    slow = {**sides, "ours": {**sides["ours"], "sec_per_step": 20.0}}
+    assert "MISS" in rl_vs_trl.format_table({**result, "sides": slow, "ratios": rl_vs_trl.ratios(slow)})

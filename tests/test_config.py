@@ -121,3 +121,13 @@ def test_a_section_given_in_part_keeps_the_stage_defaults_of_its_other_keys(tmp_
     assert cfg.weights == {"a": 1.0, "b": 2.0}  # a mapping default is added to, as a YAML of defaults would be
     cfg, _ = load_config(StageWithSectionDefaults, ["--ppo.target_modules", "[o_proj]"])
     assert cfg.ppo.target_modules == ["o_proj"]  # lists are replaced, never appended to
+
+
+def test_a_section_override_keeps_the_stage_defaults_of_its_other_keys():
+    """RL's generation section defaults to 32 new tokens and its LoRA to the last 8 layers (default instances that
+    differ from the classes' defaults): overriding one key of the section must keep the others."""
+    from rlhf.ppo.config import RLStageConfig
+
+    cfg, _ = load_config(RLStageConfig, ["--generation.batch_size", "16", "--lora.r", "8"])
+    assert cfg.generation.batch_size == 16 and cfg.generation.max_new_tokens == 32
+    assert cfg.lora.r == 8 and cfg.lora.layers == list(range(-8, 0))
