@@ -265,7 +265,8 @@ def field_help(f: dataclasses.Field, tp: Any = None) -> str:
 
 def _flow(value: Any) -> str:
     """A value as one line of YAML, as it would be given on the command line."""
-    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20, sort_keys=False).removesuffix("\n...\n").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20, sort_keys=False)
+    return text.removesuffix("\n...\n").strip()  # a bare scalar is dumped as a document: "x\n...\n"
 
 
 def describe(cfg: Any, prefix: str = "") -> list[str]:
