@@ -1,6 +1,6 @@
 """Stage 1: supervised fine-tuning (full or LoRA) on a weighted chat mixture, loss on assistant tokens only.
 
-    python pipelines/sft.py --config pipelines/configs/sft.yaml --train.max_steps 100
+    python pipelines/sft.py --train.max_steps 100                  # the defaults: SFTStageConfig()
     rlhf sft --lora.r 8 --data.mixture '[{source: dialogsum}, {source: hh-rlhf-harmless, weight: 0.5}]'
     torchrun --nproc_per_node 2 pipelines/sft.py --config pipelines/configs/sft_tiny.yaml   # DDP (gloo on CPU)
     rlhf sft --run.run_name my-run --resume                                                  # continue a run
@@ -20,11 +20,12 @@ from rlhf.datatools import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixture
 from rlhf.sft.forgetting import truthfulqa_mc1
+from rlhf.runtime import use_bf16
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, checkpoint_step, from_rank_zero, init_distributed,
-                              perplexity, planned_steps, ranks_in_sync, resolve_run, save_final, use_bf16)
+                              perplexity, planned_steps, ranks_in_sync, resolve_run, save_final, train_device)
 from rlhf.tracking import MetricsLogger, is_main_process, logged_value
 
-DEFAULTS = Path(__file__).resolve().parent / "configs" / "sft.yaml"
+DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 
 
 def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
@@ -39,7 +40,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     init_distributed()
     run_dir, checkpoint = from_rank_zero(resolve_run(cfg.run, "sft", resume) if is_main_process() else None)
     set_seed(cfg.run.seed)
-    bf16 = use_bf16(cfg.train.bf16)
+    bf16 = use_bf16(cfg.train.precision, train_device())
     main_rank = is_main_process()
 
     # 2. base model and tokenizer (fp32 master weights unless told otherwise)
@@ -104,7 +105,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
                                                               cfg.forgetting.batch_size, autocast=bf16)
             forgetting["forgetting/delta"] = forgetting["forgetting/sft_acc"] - forgetting["forgetting/base_acc"]
             logger.log(forgetting, step=step)
-    paths = save_final(trainer, tokenizer, run_dir, cfg.lora.save_merged)
+    paths = save_final(trainer, tokenizer, run_dir, cfg.train.save_merged)
     logger.summary({**summary, **forgetting, **{f"paths/{k}": v for k, v in paths.items()}})
     logger.finish()
     return run_dir

@@ -26,10 +26,11 @@ from reward_models.data import (balanced_batches, drop_contradictions, head_mask
 from reward_models.encoding import Encoded, collate
 from reward_models.evaluation import normalisation_stats, pair_accuracy
 from reward_models.losses import pairwise_correct, pairwise_loss
-from reward_models.model import RewardModel, autocast, new_reward_model, save_reward_model, use_bf16
+from reward_models.model import RewardModel, autocast, new_reward_model, save_reward_model
 from reward_models.types import HEADS
 from rlhf.config import ConfigError, RunConfig
 from rlhf.records import PreferenceRecord
+from rlhf.runtime import use_bf16
 from rlhf.tracking import MetricsLogger, make_run_dir
 
 STAGE = "reward"

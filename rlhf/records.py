@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+# The HHH dimensions, defined here only: the labels a preference pair speaks for, the reward model's heads
+# (reward_models.types.HEADS), the annotation form's questions and the report's columns, in this order.
 DIMENSIONS = ("helpful", "honest", "harmless")
 ROLES = ("system", "user", "assistant")
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: longer lines are almost always a broken export, not a real example

@@ -74,8 +74,7 @@ def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, mo
     cfg, _ = load_config(PPOStageConfig, ["--config", str(configs / "ppo_tiny.yaml"), "--train.steps", "4",
                                           "--train.save_every", "2", "--train.sample_every", "0",
                                           "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4",
-                                          "--ppo.micro_batch_size", "4", "--data.eval_prompts", "0"],
-                         configs / "ppo.yaml")
+                                          "--ppo.micro_batch_size", "4", "--data.eval_prompts", "0"])
     cfg.run = RunConfig(output_dir=str(tmp_path), run_name="run", wandb_mode="disabled")
     save_main_files = ckpt.save_main_files
 

@@ -15,7 +15,6 @@ from reward_models.evaluation import pair_accuracy
 from reward_models.losses import pairwise_loss
 from reward_models.model import new_reward_model
 from reward_models.train import train_reward_model
-from rlhf.config import load_config
 from rlhf.records import PreferenceRecord
 from rlhf.tracking import read_metrics
 
@@ -41,7 +40,7 @@ def toy_preferences(path: Path, per_head: int = 60, seed: int = 0) -> Path:
 
 
 def tiny_config(tmp_path, data_file, **train) -> RewardStageConfig:
-    cfg, _ = load_config(RewardStageConfig, [], REPO / "pipelines/configs/reward.yaml")
+    cfg = RewardStageConfig()
     cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
     cfg.data.sources, cfg.data.extra_files, cfg.data.pairs_per_head = [], [str(data_file)], 0
     cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio = 8, 3e-3, 3e-3, 0.0

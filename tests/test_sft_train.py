@@ -10,13 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipelines.sft import DEFAULTS, cli, main
+from pipelines.sft import cli, main
 from rlhf.checkpoints import write_manifest
 from rlhf.config import ConfigError, load_config
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import encode_records, to_dataset, training_mixture
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, hf_logs_to_metrics, latest_checkpoint,
-                              planned_steps, resolve_run, save_final, use_bf16)
+                              peft_config, planned_steps, resolve_run, save_final, train_device)
+from rlhf.runtime import use_bf16
 from rlhf.tracking import MetricsLogger, read_metrics
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "sft_tiny.yaml"
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_cfg(out: Path, *flags: str) -> SFTStageConfig:
     cfg, _ = load_config(SFTStageConfig, ["--config", str(TINY), "--run.output_dir", str(out),
-                                          "--run.run_name", "test", "--forgetting.enabled", "false", *flags], DEFAULTS)
+                                          "--run.run_name", "test", "--forgetting.enabled", "false", *flags])
     return cfg
 
 
@@ -39,17 +40,17 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_shipped_configs_load_and_typos_fail():
-    full, _ = load_config(SFTStageConfig, [], DEFAULTS)
+    full, _ = load_config(SFTStageConfig, [])
     assert full.model.name == "smollm2-135m-instruct" and full.lora.enabled
     assert [s.source for s in full.data.mixture] == ["dialogsum", "hh-rlhf-harmless"]
-    tiny, _ = load_config(SFTStageConfig, ["--config", str(TINY)], DEFAULTS)
+    tiny, _ = load_config(SFTStageConfig, ["--config", str(TINY)])
     assert tiny.model.name == "tiny-llama" and tiny.train.max_steps == 8
-    over, _ = load_config(SFTStageConfig, ["--data.mixture", "[{source: truthfulqa, weight: 2}]"], DEFAULTS)
+    over, _ = load_config(SFTStageConfig, ["--data.mixture", "[{source: truthfulqa, weight: 2}]"])
     assert over.data.mixture[0].source == "truthfulqa" and over.data.mixture[0].weight == 2.0
     with pytest.raises(ConfigError, match="lora.rank"):
-        load_config(SFTStageConfig, ["--lora.rank", "4"], DEFAULTS)
-    with pytest.raises(ConfigError, match="train.bf16"):
-        load_config(SFTStageConfig, ["--train.bf16", "maybe"], DEFAULTS)
+        load_config(SFTStageConfig, ["--lora.rank", "4"])
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config(SFTStageConfig, ["--train.precision", "on"])  # one meaning everywhere: auto | bf16 | fp32
     assert cli(["--help"]) == 0 and cli(["--lora.rank", "4"]) == 2
 
 
@@ -61,8 +62,14 @@ def test_trainer_logs_are_renamed_into_our_namespaces():
     assert metrics["train/grad_norm"] == 0.5 and "train/total_flos" not in metrics
 
 
-def test_bf16_modes_and_planned_steps():
-    assert use_bf16("on") and not use_bf16("off")
+def test_precision_lora_layers_and_planned_steps():
+    assert use_bf16("bf16", train_device()) and not use_bf16("fp32", train_device())
+    # lora.layers counts from the top when negative (the same LoraConfig as stage 3): [-1] of 2 layers = [1]
+    assert peft_config(SFTStageConfig().lora, 2).layers_to_transform is None  # empty: every layer
+    lora, _ = load_config(SFTStageConfig, ["--lora.layers", "[-1]"])
+    assert peft_config(lora.lora, 2).layers_to_transform == [1] and peft_config(lora.lora, 2).lora_dropout == 0.05
+    lora.lora.enabled = False
+    assert peft_config(lora.lora, 2) is None
     cfg = SFTStageConfig()
     cfg.train.batch_size, cfg.train.grad_accum, cfg.train.epochs = 4, 2, 2.0
     assert planned_steps(40, cfg) == 10  # 10 batches an epoch, 5 steps an epoch, 2 epochs
@@ -188,7 +195,7 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
 
     from rlhf.zoo import load_causal_lm
 
-    flags = ("--lora.dropout", "0.1", "--lora.save_merged", "true", "--train.learning_rate", "0.02")
+    flags = ("--lora.dropout", "0.1", "--train.save_merged", "true", "--train.learning_rate", "0.02")
     run_dir = main(tiny_cfg(tmp_path, *flags))
     uninterrupted = train_losses(run_dir)
     assert sorted(uninterrupted) == list(range(1, 9))

@@ -53,7 +53,7 @@ CSRF_FIELD = "csrf_token"  # hidden form field; API clients may send the X-CSRF-
 MAX_FORM_FIELDS = len(DIMENSIONS) + 4  # the label form: one per dimension, rationale, CSRF token
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Keys per dimension for A better / B better / tie: one row of the keyboard per dimension.
-SHORTCUTS = {"helpful": ("1", "2", "3"), "honest": ("q", "w", "e"), "harmless": ("a", "s", "d")}
+SHORTCUTS = dict(zip(DIMENSIONS, [("1", "2", "3"), ("q", "w", "e"), ("a", "s", "d")], strict=True))
 CHOICE_TEXT = {"A": "A better", "B": "B better", "tie": "Tie"}
 # Referrer-Policy same-origin, not no-referrer: item URLs still never leak to other sites, but under
 # no-referrer browsers send "Origin: null" on the app's own form posts, which SameOriginPosts must refuse.

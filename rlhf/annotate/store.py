@@ -38,7 +38,9 @@ SESSION_MAX_S = 7 * 24 * 3600
 MAX_ROW_ID = 2**63 - 1
 REVOKED_PREFIX = "revoked:"  # a token_hash no token hashes to (sha256 gives hex digits only)
 
-# The label columns are the HHH dimensions of rlhf.records, spelled out so the SQL stays literal.
+# The label columns are the HHH dimensions of rlhf.records, one per dimension, filled in from DIMENSIONS (constants,
+# never user input) so the dimension names are written in one place.
+_DIMS = ", ".join(DIMENSIONS)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotators (
     id INTEGER PRIMARY KEY,
@@ -74,16 +76,15 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS labels (
     item_id INTEGER NOT NULL,
     annotator_id INTEGER NOT NULL,
-    helpful TEXT NOT NULL CHECK (helpful IN ('A', 'B', 'tie')),
-    honest TEXT NOT NULL CHECK (honest IN ('A', 'B', 'tie')),
-    harmless TEXT NOT NULL CHECK (harmless IN ('A', 'B', 'tie')),
+{label_columns}
     rationale TEXT NOT NULL DEFAULT '',
     seconds_spent REAL,
     submitted_at REAL NOT NULL,
     PRIMARY KEY (item_id, annotator_id),
     FOREIGN KEY (item_id, annotator_id) REFERENCES assignments(item_id, annotator_id)
 );
-"""
+""".replace("{label_columns}",
+           "\n".join(f"    {d} TEXT NOT NULL CHECK ({d} IN ('A', 'B', 'tie'))," for d in DIMENSIONS))
 
 
 @dataclass(frozen=True)
@@ -386,10 +387,10 @@ class Store:
                            (item_id, annotator_id)).fetchone()
         if row is None:
             return None
-        label = conn.execute("SELECT helpful, honest, harmless, rationale FROM labels"
+        label = conn.execute(f"SELECT {_DIMS}, rationale FROM labels"
                              " WHERE item_id = ? AND annotator_id = ?", (item_id, annotator_id)).fetchone()
-        choices = dict(zip(DIMENSIONS, label[:3])) if label else None
-        return Item(*row), choices, (label[3] if label else "")
+        choices = dict(zip(DIMENSIONS, label[:-1])) if label else None
+        return Item(*row), choices, (label[-1] if label else "")
 
     def next_unlabelled(self, annotator_id: int) -> int | None:
         conn = self._connection()
@@ -429,15 +430,14 @@ class Store:
         now = self.clock()
         with self._write() as conn:
             cursor = conn.execute(
-                "INSERT INTO labels (item_id, annotator_id, helpful, honest, harmless, rationale, seconds_spent,"
-                " submitted_at) SELECT item_id, annotator_id, ?, ?, ?, ?, ? - served_at, ? FROM assignments"
-                " WHERE item_id = ? AND annotator_id = ?"
-                " ON CONFLICT (item_id, annotator_id) DO UPDATE SET helpful = excluded.helpful,"
-                " honest = excluded.honest, harmless = excluded.harmless, rationale = excluded.rationale,"
+                f"INSERT INTO labels (item_id, annotator_id, {_DIMS}, rationale, seconds_spent, submitted_at)"
+                f" SELECT item_id, annotator_id, {', '.join('?' for _ in DIMENSIONS)}, ?, ? - served_at, ?"
+                " FROM assignments WHERE item_id = ? AND annotator_id = ?"
+                " ON CONFLICT (item_id, annotator_id) DO UPDATE SET"
+                f" {', '.join(f'{d} = excluded.{d}' for d in DIMENSIONS)}, rationale = excluded.rationale,"
                 " seconds_spent = COALESCE(excluded.seconds_spent, labels.seconds_spent),"
                 " submitted_at = excluded.submitted_at",
-                (choices["helpful"], choices["honest"], choices["harmless"], rationale, now, now,
-                 item_id, annotator_id))
+                (*(choices[d] for d in DIMENSIONS), rationale, now, now, item_id, annotator_id))
             if cursor.rowcount == 0:
                 return False
             conn.execute("UPDATE assignments SET served_at = NULL WHERE item_id = ? AND annotator_id = ?",
@@ -446,11 +446,12 @@ class Store:
 
     def labels(self) -> list[Label]:
         conn = self._connection()
-        rows = conn.execute("SELECT l.item_id, a.name, l.helpful, l.honest, l.harmless, l.rationale,"
+        rows = conn.execute(f"SELECT l.item_id, a.name, {', '.join(f'l.{d}' for d in DIMENSIONS)}, l.rationale,"
                             " l.seconds_spent, l.submitted_at FROM labels l"
                             " JOIN annotators a ON a.id = l.annotator_id ORDER BY l.item_id, a.name").fetchall()
-        return [Label(item_id=r[0], annotator=r[1], choices=dict(zip(DIMENSIONS, r[2:5])), rationale=r[5],
-                      seconds_spent=r[6], submitted_at=r[7]) for r in rows]
+        n = len(DIMENSIONS)
+        return [Label(item_id=r[0], annotator=r[1], choices=dict(zip(DIMENSIONS, r[2:2 + n])), rationale=r[2 + n],
+                      seconds_spent=r[3 + n], submitted_at=r[4 + n]) for r in rows]
 
     def counts(self) -> dict[str, int]:
         conn = self._connection()

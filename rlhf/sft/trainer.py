@@ -17,7 +17,8 @@ from transformers import TrainerCallback
 
 from rlhf import checkpoints
 from rlhf.config import RunConfig
-from rlhf.sft.config import LoraSettings, SFTStageConfig
+from rlhf.lora import LoraConfig, peft_lora_config
+from rlhf.sft.config import SFTStageConfig
 from rlhf.tracking import MetricsLogger, make_run_dir
 
 CHECKPOINTS = "checkpoints"
@@ -27,38 +28,19 @@ PREFIX = "checkpoint-"  # HF Trainer's folder names: checkpoint-<global step>
 # ---------------------------------------------------------------- precision
 
 
-def cpu_has_fast_bf16() -> bool:
-    """oneDNN's own check for bf16 kernels (AVX512 and up). Without them bf16 matmuls are emulated: on an
-    AVX2-only EPYC a bf16-autocast SmolLM2 training step measured more than 2x slower than fp32."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private op: absent from some builds
-        return False
+def train_device() -> torch.device:
+    """Where the Trainer trains (``use_cpu`` without a GPU): ``rlhf.runtime.use_bf16`` decides bf16 autocast for it.
 
-
-def use_bf16(mode: str) -> bool:
-    """``on``/``off`` as told; ``auto`` = bf16 autocast where the hardware runs it fast."""
-    if mode in ("on", "off"):
-        return mode == "on"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_fast_bf16()
+    (On an AVX2-only EPYC a bf16-autocast SmolLM2 training step measured more than 2x slower than fp32.)"""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---------------------------------------------------------------- LoRA
 
 
-def peft_config(lora: LoraSettings):
-    """A peft ``LoraConfig`` for a causal LM, or None for full fine-tuning."""
-    if not lora.enabled:
-        return None
-    from peft import LoraConfig, TaskType
-
-    targets: Any = lora.target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=targets, layers_to_transform=list(lora.layers) or None, bias="none")
+def peft_config(lora: LoraConfig, num_layers: int):
+    """A peft ``LoraConfig`` for a causal LM of ``num_layers`` decoder layers, or None for full fine-tuning."""
+    return peft_lora_config(lora, num_layers) if lora.enabled else None
 
 
 # ---------------------------------------------------------------- logging
@@ -191,7 +173,7 @@ def training_args(cfg: SFTStageConfig, run_dir: Path, bf16: bool, eval_on_start:
     from trl import SFTConfig
 
     t = cfg.train
-    on_cpu = not torch.cuda.is_available()
+    on_cpu = train_device().type == "cpu"
     return SFTConfig(
         output_dir=str(run_dir / CHECKPOINTS),
         num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -223,7 +205,7 @@ def build_trainer(cfg: SFTStageConfig, model, tokenizer, train_dataset, eval_dat
     datasets.disable_progress_bars()  # TRL's label-building maps would print a bar per pass
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=peft_config(cfg.lora),
+                         processing_class=tokenizer, peft_config=peft_config(cfg.lora, model.config.num_hidden_layers),
                          callbacks=[tracker, CheckpointManifest(), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; our logger already shows them
     return trainer
