@@ -103,8 +103,7 @@ def test_good_files_pass_and_unknown_shipped_names_are_named(tmp_path):
     from reward_models.config import RewardStageConfig
 
     good = f"[{FIXTURES / 'good' / 'prefs.jsonl'}, {FIXTURES / 'good' / 'prefs.csv'}]"
-    cfg, _ = load_config(RewardStageConfig, ["--config", str(CONFIGS / "reward_tiny.yaml"), "--data.extra_files", good],
-                         CONFIGS / "reward.yaml")
+    cfg, _ = load_config(RewardStageConfig, ["--config", str(CONFIGS / "reward_tiny.yaml"), "--data.extra_files", good])
     validate_stage_inputs("reward", cfg)
     cfg.data.sources = ["truthfulqa", "my_prefs.jsonl"]
     with pytest.raises(ConfigError, match=r"data.sources\[1\]: unknown source 'my_prefs.jsonl' .*data.extra_files"):
