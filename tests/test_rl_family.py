@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import ConfigError, load_config
+from rlhf.config import load_config
 from rlhf.ppo.advantages import ESTIMATORS, GAE, GroupNormalized, LeaveOneOut, ReinforcePlusPlus, make_estimator
 from rlhf.ppo.config import RLStageConfig
 from rlhf.ppo.maths import aggregate, discounted_returns, gae, group_normalize, leave_one_out
