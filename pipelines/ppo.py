@@ -21,7 +21,7 @@ def resolve_run_dir(cfg: RLStageConfig, resume: bool | str) -> Path:
     """The run folder: a new one, or the one being resumed (--resume PATH, or run.run_name / the newest run of
     this algorithm); standalone runs are named after the algorithm (runs/grpo-<time>)."""
     from rlhf.ppo.checkpoint import find_checkpoint
-    from rlhf.tracking import make_run_dir
+    from rlhf.tracking import ensure_new_run_dir, make_run_dir
 
     if isinstance(resume, str):
         found = find_checkpoint(resume)
@@ -35,7 +35,8 @@ def resolve_run_dir(cfg: RLStageConfig, resume: bool | str) -> Path:
         if not runs:
             raise SystemExit(f"error: --resume: no {stage} run with a checkpoint under {cfg.run.output_dir}")
         return runs[-1]
-    return make_run_dir(cfg.run, stage, create=False)
+    run_dir = make_run_dir(cfg.run, stage, create=False)
+    return run_dir if resume else ensure_new_run_dir(run_dir)
 
 
 def eval_summary(run_dir: Path) -> dict[str, float]:

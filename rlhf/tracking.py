@@ -31,6 +31,17 @@ def make_run_dir(run: RunConfig, stage: str, create: bool = True) -> Path:
     return run_dir
 
 
+def ensure_new_run_dir(run_dir: Path) -> Path:
+    """A run that is not a resume must not write into an earlier run's folder: its metrics would be appended to
+    the old ones and its checkpoints mixed with them. One line naming the key, before any model loads."""
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+        from rlhf.config import ConfigError
+
+        raise ConfigError(f"run.run_name: {run_dir} holds an earlier run; --resume continues it, another "
+                          "run.run_name (or none) starts a new one")
+    return run_dir
+
+
 def _scalar(value: Any) -> Any:
     """Tensors and numpy scalars become Python numbers; NaN/inf are kept as strings JSON can hold."""
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
