@@ -6,8 +6,8 @@ Steps (each PPO run is a fresh subprocess; the orchestrator never loads torch):
   1. the workload: SmolLM2-135M-Instruct, top-8-layer LoRA, 8 rollouts x 32 new tokens, the toy
      TokenCountScorer (so the policy is what is timed), --steps PPO steps, median of steps 2..N
   2. per round, for each condition (alone; beside a `nice -n 19` busy process; beside a busy process of our
-     own priority) and each setting (old: 2 threads, libgomp's default spin-then-sleep waits; new:
-     rlhf.threads, imported before torch, its ThreadGovernor before every step), one run: A B A B
+     own priority) and each setting (old: always 2 threads; new: rlhf.threads.ThreadGovernor before every
+     step), one run: A B A B; --settings adds variants (OMP_WAIT_POLICY=PASSIVE, 1 thread)
   3. slowdown = a setting's median s/step under load / the same setting's alone; also against old alone
   4. load averages before and after every run, the CPU model (lscpu); JSON to benchmarks/results/
 
@@ -24,7 +24,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -37,7 +36,7 @@ CONDITIONS = ("alone", "nice19", "same")  # beside: nothing; a `nice -n 19` spin
 BUSY_NICE = {"alone": None, "nice19": 19, "same": 0}
 SETTINGS = {  # name -> (environment for the child, train.threads; 0 = rlhf.threads.ThreadGovernor follows the load)
     "old": ({}, 2),  # the shipped behaviour before issue 17: torch's default 2 threads, libgomp's default waits
-    "new": ({}, 0),  # rlhf.threads: OMP_WAIT_POLICY=PASSIVE (set on import), threads re-chosen every step
+    "new": ({}, 0),  # rlhf.threads.ThreadGovernor: threads re-chosen every step from the others' CPU use
     # variants, for --settings: one knob at a time
     "passive2": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
     "one": ({"OMP_WAIT_POLICY": "PASSIVE"}, 1),
@@ -52,9 +51,7 @@ BATCH, NEW_TOKENS = 8, 32
 
 def run_side(setting: str, steps: int, out: Path) -> int:
     """A fixed PPO workload, each step timed whole; writes the side's result JSON."""
-    env, threads = SETTINGS[setting]
-    if setting != "old":
-        import rlhf.threads  # noqa: F401  before torch: libgomp reads OMP_WAIT_POLICY when it loads
+    _, threads = SETTINGS[setting]
     import torch
 
     from common import StepClock, StepRecord, Workload, write_side_result

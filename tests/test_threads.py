@@ -1,10 +1,9 @@
-"""rlhf.threads (thread count and OpenMP wait policy on a shared CPU) and benchmarks/shared_cpu.py's pure logic.
+"""rlhf.threads (the thread count on a shared CPU) and benchmarks/shared_cpu.py's pure logic.
 
 Fast and untimed: the speed itself is measured by `benchmarks/shared_cpu.py`.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +28,19 @@ def test_threads_for_leaves_the_cores_others_use(cores, foreign, expected):
     assert threads.threads_for(cores, foreign) == expected
 
 
+def test_busy_ticks_leave_out_niced_time_unless_asked():
+    line = "cpu  100 40 20 500 7 1 2 3 0 0"  # user nice system idle iowait irq softirq steal guest guest_nice
+    assert threads.busy_ticks(line, include_niced=False) == 100 + 20 + 1 + 2 + 3
+    assert threads.busy_ticks(line, include_niced=True) == 100 + 40 + 20 + 1 + 2 + 3
+
+
 def test_governor_fixed_count_ignores_the_load(monkeypatch):
     import torch
 
     before = torch.get_num_threads()
     try:
         busy = iter([0.0, 100.0])  # others used every core there is
-        monkeypatch.setattr(threads, "machine_busy_seconds", lambda: next(busy))
+        monkeypatch.setattr(threads, "busy_seconds", lambda include_niced: next(busy))
         governor = threads.ThreadGovernor(1, cores=2)
         assert torch.get_num_threads() == 1
         assert governor.before_step() == 1 and governor.before_step() == 1
@@ -48,7 +53,7 @@ def test_governor_follows_the_cpu_others_used_during_the_last_step(monkeypatch):
 
     before = torch.get_num_threads()
     clock = {"wall": 0.0, "busy": 0.0, "own": 0.0}
-    monkeypatch.setattr(threads, "machine_busy_seconds", lambda: clock["busy"])
+    monkeypatch.setattr(threads, "busy_seconds", lambda include_niced: clock["busy"])
     monkeypatch.setattr(threads.time, "perf_counter", lambda: clock["wall"])
     monkeypatch.setattr(threads.time, "process_time", lambda: clock["own"])
 
@@ -71,17 +76,6 @@ def test_governor_follows_the_cpu_others_used_during_the_last_step(monkeypatch):
 def test_governor_rejects_a_negative_count():
     with pytest.raises(ValueError, match="threads"):
         threads.ThreadGovernor(-1)
-
-
-@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_import_sets_a_passive_wait_policy_unless_the_user_chose_one(given, expected):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given:
-        env["OMP_WAIT_POLICY"] = given
-    env["PYTHONPATH"] = str(REPO)
-    code = "import os, sys, rlhf.threads; assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected
 
 
 # ---------------------------------------------------------------- benchmarks/shared_cpu.py
