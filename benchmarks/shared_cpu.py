@@ -1,6 +1,6 @@
 """Our PPO step alone and beside a busy process: how much slower it gets, old thread settings against new.
 
-    flock /tmp/rlhf-cpu.lock python benchmarks/shared_cpu.py             # 2 rounds, ~12 min on 2 cores
+    flock /tmp/rlhf-cpu.lock python benchmarks/shared_cpu.py             # 2 rounds, ~10 min on 2 cores
 
 Steps (each PPO run is a fresh subprocess; the orchestrator never loads torch):
   1. the workload: SmolLM2-135M-Instruct, top-8-layer LoRA, 8 rollouts x 32 new tokens, the toy
