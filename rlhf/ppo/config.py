@@ -191,7 +191,7 @@ class TrainSection:
         metadata={"help": "evaluate on data.eval_prompts held-out prompts every N steps (0: only before and after)"})
     sample_every: int = field(default=10, metadata={"help": "log a samples table every N steps (0: never)"})
     num_samples: int = field(default=4, metadata={"help": "rows in the samples table"})
-    threads: int = field(default=0, metadata={"help": "torch threads per process (0: torch's default)"})
+    threads: int = field(default=0, metadata={"help": "torch threads per process (0: follow the load: the cores other processes leave free, re-checked every step)"})
 
 
 @dataclass
