@@ -12,6 +12,7 @@ that need them, so the orchestrators stay small and never load torch themselves.
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -258,3 +259,25 @@ def aggregate(runs: list[dict]) -> dict:
         summary["train_seconds"] = med("train_seconds_median")
         summary["train_tokens_per_s"] = med("train_tokens_per_s_median")
     return summary
+
+
+def dispatch(args, trl_venv: tuple[Path, str, str], prepare: Callable[[], object], run_ours: Callable[[], int],
+             run_benchmark: Callable[[object], dict], format_table: Callable[[dict], str]) -> int:
+    """The body of a side-by-side benchmark's ``main`` once its arguments are parsed: ``--setup-only`` (the TRL
+    virtualenv), the internal ``--prepare`` and ``--side ours`` subprocess entries, or the whole benchmark
+    (its result JSON written to ``args.out`` and its table printed)."""
+    if args.setup_only:
+        print(ensure_trl_venv(*trl_venv))
+        return 0
+    if args.prepare:
+        prepare()
+        return 0
+    if args.side == "ours":
+        return run_ours()
+    result = run_benchmark(args)
+    table = format_table(result) if "ratios" in result else json.dumps(result["sides"], indent=1)
+    result["table"] = table
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print("\n" + table + f"\n\nresults: {args.out}")
+    return 0

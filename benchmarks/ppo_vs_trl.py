@@ -26,7 +26,7 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from common import DEFAULT_LORA_LAYERS, GIB, QUIET_FOREIGN_CORES, Workload, load_average  # noqa: E402
-from harness import (ClassifierScorer, aggregate, child_env, ensure_trl_venv, prepare_workload,  # noqa: E402
+from harness import (ClassifierScorer, aggregate, child_env, dispatch, ensure_trl_venv, prepare_workload,  # noqa: E402
                      profile_table, run_alternating)
 
 TRL_VENV = BENCH_DIR / ".venv-trl112"
@@ -328,24 +328,11 @@ def main(argv: list[str]) -> int:
         name = "ppo_vs_trl" + ("" if json.loads(args.lora_layers) else "-all-layers")
         args.out = str(BENCH_DIR / "results" / (f"{name}.json" if plain else f"{name}-variant.json"))
 
-    if args.setup_only:
-        print(ensure_trl_venv(TRL_VENV, TRL_VERSION, TRL_PROBE))
-        return 0
-    if args.prepare:
-        prepare_workload(Path(args.prepare), args.num_prompts, lora_layers=json.loads(args.lora_layers),
-                         our_overrides=dict(s.split("=", 1) for s in args.ours_set))
-        return 0
-    if args.side == "ours":
-        return run_ours_side(Workload.load(args.workload), Path(args.out), args.profile_step)
-
-    result = run_benchmark(args)
-    table = format_table(result) if "ratios" in result else json.dumps(result["sides"], indent=1)
-    result["table"] = table
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print("\n" + table + f"\n\nresults: {args.out}")
-    return 0
-
+    return dispatch(args, (TRL_VENV, TRL_VERSION, TRL_PROBE),
+                    prepare=lambda: prepare_workload(Path(args.prepare), args.num_prompts, lora_layers=json.loads(args.lora_layers),
+                                 our_overrides=dict(s.split("=", 1) for s in args.ours_set)),
+                    run_ours=lambda: run_ours_side(Workload.load(args.workload), Path(args.out), args.profile_step),
+                    run_benchmark=run_benchmark, format_table=format_table)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

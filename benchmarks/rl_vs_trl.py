@@ -23,7 +23,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from common import DEFAULT_LORA_LAYERS, GIB, Workload, cpu_has_bf16_matmul, cpu_info, load_average  # noqa: E402
-from harness import (ClassifierScorer, aggregate, child_env, ensure_trl_venv, prepare_workload,  # noqa: E402
+from harness import (ClassifierScorer, aggregate, child_env, dispatch, ensure_trl_venv, prepare_workload,  # noqa: E402
                      profile_table, run_alternating)
 
 TRL_VENV = BENCH_DIR / ".venv-trl116"
@@ -249,24 +249,11 @@ def main(argv: list[str]) -> int:
         args.out = str(BENCH_DIR / "results" / (f"{name}.json" if set(args.sides) == set(SIDES)
                                                 else f"{name}-one-side.json"))
 
-    if args.setup_only:
-        print(ensure_trl_venv(TRL_VENV, TRL_VERSION, TRL_PROBE))
-        return 0
-    if args.prepare:
-        prepare_workload(Path(args.prepare), args.num_prompts, lora_layers=json.loads(args.lora_layers),
-                         **GRPO_WORKLOAD)
-        return 0
-    if args.side == "ours":
-        return run_ours_side(Workload.load(args.workload), Path(args.out), args.profile_step)
-
-    result = run_benchmark(args)
-    table = format_table(result) if "ratios" in result else json.dumps(result["sides"], indent=1)
-    result["table"] = table
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print("\n" + table + f"\n\nresults: {args.out}")
-    return 0
-
+    return dispatch(args, (TRL_VENV, TRL_VERSION, TRL_PROBE),
+                    prepare=lambda: prepare_workload(Path(args.prepare), args.num_prompts, lora_layers=json.loads(args.lora_layers),
+                                 **GRPO_WORKLOAD),
+                    run_ours=lambda: run_ours_side(Workload.load(args.workload), Path(args.out), args.profile_step),
+                    run_benchmark=run_benchmark, format_table=format_table)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -45,8 +45,7 @@ def summarize(model, tokenizer, chats, settings, max_prompt_tokens: int) -> tupl
 
 
 def sft_config(args, out_dir: Path):
-    """The SFT stage's config: its YAML defaults plus this experiment's settings (all recorded in the JSON)."""
-    from pipelines.sft import DEFAULTS
+    """The SFT stage's config: its defaults plus this experiment's settings (all recorded in the JSON)."""
     from rlhf.config import load_config
     from rlhf.sft.config import SFTStageConfig
 
@@ -59,13 +58,13 @@ def sft_config(args, out_dir: Path):
         "lora.layers": list(range(args.lora_from_layer, 30)),  # upper layers only: backprop stops there
         "train.max_steps": args.steps, "train.batch_size": args.batch_size,
         "train.learning_rate": args.lr, "train.warmup_steps": 2, "train.max_length": args.max_length,
-        "train.save_steps": args.steps, "train.bf16": "auto",
+        "train.save_steps": args.steps, "train.precision": "auto",
         "generation.max_new_tokens": args.max_new_tokens, "generation.do_sample": False,
         "forgetting.n": args.forgetting_n,
         "run.output_dir": str(out_dir), "run.run_name": "sft", "run.wandb_mode": "offline", "run.log_every": 5,
     }
     argv = [item for key, value in flags.items() for item in (f"--{key}", json.dumps(value))]
-    cfg, _ = load_config(SFTStageConfig, argv, DEFAULTS)
+    cfg, _ = load_config(SFTStageConfig, argv)
     return cfg, flags
 
 

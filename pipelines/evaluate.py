@@ -1,6 +1,6 @@
 """Stage 4: evaluate policies on held-out prompts and write the report.
 
-    python pipelines/evaluate.py --config pipelines/configs/eval.yaml --reward_model runs/reward-.../final
+    python pipelines/evaluate.py --reward_model runs/reward-.../final        # the defaults: EvalConfig()
     rlhf eval --config my_eval.yaml --data.prompts_per_source 32
 
 Policies are listed in the config (``policies: [{name, path, base, reference}]``) and the ways to run them
@@ -16,7 +16,7 @@ from pathlib import Path
 from rlhf.config import stage_cli
 from rlhf.evaluate import EvalConfig
 
-DEFAULTS = Path(__file__).resolve().parent / "configs" / "eval.yaml"
+DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 STAGE = "eval"
 
 

@@ -21,7 +21,7 @@ def resolve_run_dir(cfg: RLStageConfig, resume: bool | str) -> Path:
     """The run folder: a new one, or the one being resumed (--resume PATH, or run.run_name / the newest run of
     this algorithm); standalone runs are named after the algorithm (runs/grpo-<time>)."""
     from rlhf.ppo.checkpoint import find_checkpoint
-    from rlhf.tracking import make_run_dir
+    from rlhf.tracking import ensure_new_run_dir, make_run_dir
 
     if isinstance(resume, str):
         found = find_checkpoint(resume)
@@ -35,14 +35,15 @@ def resolve_run_dir(cfg: RLStageConfig, resume: bool | str) -> Path:
         if not runs:
             raise SystemExit(f"error: --resume: no {stage} run with a checkpoint under {cfg.run.output_dir}")
         return runs[-1]
-    return make_run_dir(cfg.run, stage, create=False)
+    run_dir = make_run_dir(cfg.run, stage, create=False)
+    return run_dir if resume else ensure_new_run_dir(run_dir)
 
 
-def eval_summary(metrics_file: Path) -> dict[str, float]:
-    """Held-out reward and KL before training and at the end (from the eval/ records of metrics.jsonl)."""
-    from rlhf.tracking import read_metrics
+def eval_summary(run_dir: Path) -> dict[str, float]:
+    """Held-out reward and KL before training and at the end (the eval/ records of the whole run)."""
+    from rlhf.tracking import run_history
 
-    evals = [r for r in read_metrics(metrics_file) if "eval/reward/composite" in r]
+    evals = run_history(run_dir, "eval/reward/composite")
     if len(evals) < 2:
         return {}
     first, last = evals[0], evals[-1]
@@ -54,6 +55,7 @@ def eval_summary(metrics_file: Path) -> dict[str, float]:
 def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     from accelerate.utils import broadcast_object_list
 
+    from rlhf.datatools import validate_stage_inputs
     from rlhf.ppo import checkpoint as ckpt
     from rlhf.ppo.curves import plot_reward_and_kl
     from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
@@ -61,9 +63,10 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     from rlhf.ppo.scorers import load_scorer
     from rlhf.ppo.trainer import RLTrainer, make_accelerator, seed_everything
     from rlhf.runtime import resolve_dtype
-    from rlhf.tracking import MetricsLogger
+    from rlhf.tracking import MetricsLogger, run_history
 
-    # 1. processes, seed, one run folder for all of them
+    # 1. inputs checked (a bad file: one line, exit 2, before any model or run folder); processes, seed, run folder
+    validate_stage_inputs("ppo", cfg)
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
     holder = [str(resolve_run_dir(cfg, resume)) if accelerator.is_main_process else ""]
@@ -92,14 +95,16 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
                         run_dir=run_dir)
     if resume:
         ckpt.resume(trainer, resume if isinstance(resume, str) else run_dir)
+        logger.resumed_at(trainer.step_count)  # the killed run's later steps are redone: drop their records
 
     # 6. train, checkpointing every train.save_every steps and at the end
-    history = trainer.train(eval_prompts=eval_prompts)
+    trainer.train(eval_prompts=eval_prompts)
     if trainer.cfg.train.save_every == 0 or trainer.step_count % trainer.cfg.train.save_every:
         ckpt.save(trainer)
 
     # 7. final artifacts: merged policy, adapter, value head (ppo); summary and reward/KL curve
     ckpt.save_final(trainer, run_dir / "final")
+    history = run_history(run_dir, "reward/composite")  # the whole run, also across a resume
     if accelerator.is_main_process and history:
         plot_reward_and_kl(run_dir / "metrics.jsonl", run_dir / "reward_kl.png",
                            cfg.kl.target if cfg.kl.adaptive else None)
@@ -112,7 +117,7 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
                         "objective/kl_last": mean(history[-quarter:], "objective/kl"),
                         "objective/kl_coef_last": history[-1].get("objective/kl_coef"),
                         "time/step_s_median": sorted(r["time/step_s"] for r in history)[len(history) // 2],
-                        **eval_summary(run_dir / "metrics.jsonl")})
+                        **eval_summary(run_dir)})
     logger.finish()
     return run_dir
 

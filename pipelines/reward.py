@@ -1,6 +1,6 @@
 """Stage 2: train the HHH reward model (helpful, honest, harmless heads).
 
-    python pipelines/reward.py --config pipelines/configs/reward.yaml --train.epochs 2
+    python pipelines/reward.py --train.epochs 2          # the defaults: RewardStageConfig()
     accelerate launch pipelines/reward.py --train.lr 3e-5
     rlhf reward --model.backbone minilm-l6 --data.extra_files '[annotations.jsonl]'
     rlhf reward --run.run_name rm1 --resume          # continue a killed run from its last checkpoint
@@ -20,12 +20,14 @@ if __name__ == "__main__" and __package__ is None:  # `python pipelines/reward.p
 from reward_models.config import RewardStageConfig  # noqa: E402
 from reward_models.train import train_reward_model  # noqa: E402
 from rlhf.config import stage_cli  # noqa: E402
+from rlhf.datatools import validate_stage_inputs  # noqa: E402
 
-DEFAULTS = Path(__file__).with_name("configs") / "reward.yaml"
+DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 
 
 def main(cfg: RewardStageConfig, resume: bool = False) -> Path:
-    """Train, select on dev, save ``<run>/final``, report test accuracy; returns the run folder."""
+    """Check the inputs; train, select on dev, save ``<run>/final``, report test accuracy; returns the run folder."""
+    validate_stage_inputs("reward", cfg)  # a bad file is one line, before any model loads or run folder exists
     run_dir = train_reward_model(cfg, resume=resume)
     print(f"reward model: {run_dir / 'final'}")
     return run_dir

@@ -1,6 +1,6 @@
 """Stage 1: supervised fine-tuning (full or LoRA) on a weighted chat mixture, loss on assistant tokens only.
 
-    python pipelines/sft.py --config pipelines/configs/sft.yaml --train.max_steps 100
+    python pipelines/sft.py --train.max_steps 100                  # the defaults: SFTStageConfig()
     rlhf sft --lora.r 8 --data.mixture '[{source: dialogsum}, {source: hh-rlhf-harmless, weight: 0.5}]'
     torchrun --nproc_per_node 2 pipelines/sft.py --config pipelines/configs/sft_tiny.yaml   # DDP (gloo on CPU)
     rlhf sft --run.run_name my-run --resume                                                  # continue a run
@@ -16,14 +16,16 @@ from pathlib import Path
 import torch
 
 from rlhf.config import stage_cli
+from rlhf.datatools import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixture
 from rlhf.sft.forgetting import truthfulqa_mc1
-from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, from_rank_zero, init_distributed, perplexity,
-                              planned_steps, ranks_in_sync, resolve_run, save_final, use_bf16)
-from rlhf.tracking import MetricsLogger, is_main_process
+from rlhf.runtime import use_bf16
+from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, checkpoint_step, from_rank_zero, init_distributed,
+                              perplexity, planned_steps, ranks_in_sync, resolve_run, save_final, train_device)
+from rlhf.tracking import MetricsLogger, is_main_process, logged_value
 
-DEFAULTS = Path(__file__).resolve().parent / "configs" / "sft.yaml"
+DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 
 
 def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
@@ -32,11 +34,13 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     from rlhf.generation import generate_chat
     from rlhf.zoo import load_causal_lm, load_tokenizer
 
-    # 1. run folder (rank 0 decides, every rank agrees), seed, precision
+    # 1. inputs checked (a bad file is one line, before any model loads or run folder exists); run folder
+    #    (rank 0 decides, every rank agrees), seed, precision
+    validate_stage_inputs("sft", cfg)
     init_distributed()
     run_dir, checkpoint = from_rank_zero(resolve_run(cfg.run, "sft", resume) if is_main_process() else None)
     set_seed(cfg.run.seed)
-    bf16 = use_bf16(cfg.train.bf16)
+    bf16 = use_bf16(cfg.train.precision, train_device())
     main_rank = is_main_process()
 
     # 2. base model and tokenizer (fp32 master weights unless told otherwise)
@@ -55,6 +59,8 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     logger = MetricsLogger(run_dir, cfg.run, "sft", config=cfg,
                            total_steps=planned_steps(len(train_encoded), cfg, world_size))
+    if checkpoint is not None:  # the steps after the checkpoint are redone: their old records go
+        logger.resumed_at(checkpoint_step(checkpoint))
     logger.log({"data/train_examples": len(train_encoded), "data/dev_examples": len(dev_encoded),
                 "data/dropped_too_long": train_dropped + dev_dropped, "train/bf16_autocast": int(bf16)}, step=0)
 
@@ -76,9 +82,9 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     # 7. train: first the base model's eval loss (step 0), then the updates; a resumed run restores
     #    optimizer, scheduler, RNG and data position from the checkpoint
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if 0 in tracker.eval_losses:
-        logger.summary({"eval/loss_before": tracker.eval_losses[0],
-                        "eval/perplexity_before": perplexity(tracker.eval_losses[0])})
+    loss_before = tracker.eval_losses.get(0, logged_value(run_dir, "eval/loss", step=0))  # a resumed run: logged
+    if loss_before is not None:
+        logger.summary({"eval/loss_before": loss_before, "eval/perplexity_before": perplexity(loss_before)})
     step = trainer.state.global_step
     summary = {"train/steps": step, "data/train_examples": len(train_encoded)}
     if dev_encoded:
@@ -99,7 +105,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
                                                               cfg.forgetting.batch_size, autocast=bf16)
             forgetting["forgetting/delta"] = forgetting["forgetting/sft_acc"] - forgetting["forgetting/base_acc"]
             logger.log(forgetting, step=step)
-    paths = save_final(trainer, tokenizer, run_dir, cfg.lora.save_merged)
+    paths = save_final(trainer, tokenizer, run_dir, cfg.train.save_merged)
     logger.summary({**summary, **forgetting, **{f"paths/{k}": v for k, v in paths.items()}})
     logger.finish()
     return run_dir

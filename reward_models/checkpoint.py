@@ -2,18 +2,21 @@
 
 ``<run>/checkpoints/step-000120/``: model.pt (state dict), optimizer.pt, scheduler.pt, rng.pt,
 best.pt (the trainable weights of the best epoch so far, if any) and trainer_state.json (step,
-epoch, best dev accuracy ...). A folder is built under a temporary name and renamed into place, so
-a run killed while writing never leaves a checkpoint that looks complete.
+epoch, best dev accuracy ...). A folder is built under a temporary name, gets its ``manifest.json``
+(sizes and sha256, :mod:`rlhf.checkpoints`) and is renamed into place, so a run killed while writing
+never leaves a checkpoint that looks complete; resuming verifies the manifest and falls back to the
+newest intact checkpoint, naming the bad file.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rlhf import checkpoints
 
 PREFIX = "step-"
 
@@ -23,9 +26,13 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    root = run_dir / "checkpoints"
-    done = sorted(p for p in root.glob(f"{PREFIX}*") if (p / "trainer_state.json").is_file()) if root.is_dir() else []
-    return done[-1] if done else None
+    """The newest intact checkpoint (sizes and hashes verified); one line for each newer one skipped."""
+    return checkpoints.newest_intact(run_dir / "checkpoints", PREFIX)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run finished writing a checkpoint (cheap: does not read the files)."""
+    return any(checkpoints.is_complete(p) for _, p in checkpoints.numbered(run_dir / "checkpoints", PREFIX))
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,8 +62,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
     if best_weights is not None:
         torch.save(best_weights, tmp / "best.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    checkpoints.commit_folder(tmp, final)
+    checkpoints.drop_newer(final.parent, PREFIX, step)  # left by a run that resumed from an earlier checkpoint
     done = sorted(p for p in final.parent.glob(f"{PREFIX}*") if p.is_dir())
     for old in done[:-max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
@@ -66,10 +73,13 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Restore model, optimizer, scheduler and RNG in place; returns (trainer_state, best weights or None)."""
-    load = lambda name: torch.load(folder / name, map_location="cpu", weights_only=True)  # noqa: E731
+    def load(name: str):  # a file that will not load is named in the error
+        return checkpoints.read_file(folder / name, lambda f: torch.load(f, map_location="cpu", weights_only=True))
+
     model.load_state_dict(load("model.pt"))
     optimizer.load_state_dict(load("optimizer.pt"))
     scheduler.load_state_dict(load("scheduler.pt"))
     set_rng_state(load("rng.pt"))
     best = load("best.pt") if (folder / "best.pt").is_file() else None
-    return json.loads((folder / "trainer_state.json").read_text()), best
+    state = checkpoints.read_file(folder / "trainer_state.json", lambda f: json.loads(f.read_text()))
+    return state, best

@@ -25,10 +25,11 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from reward_models.config import LoraSettings, Precision, ToxicitySettings
+from reward_models.config import ToxicitySettings
 from reward_models.encoding import Encoded, InputFormat, PairEncoder, collate
 from reward_models.types import HEADS
 from rlhf.config import from_dict
+from rlhf.lora import LoraConfig, add_lora
 
 REWARD_CONFIG = "reward_config.json"
 Pooling = Literal["model", "last_token"]
@@ -109,7 +110,7 @@ def head_config_kwargs() -> dict:
                 problem_type="regression")
 
 
-def new_reward_model(backbone: str, lora: LoraSettings | None = None, max_length: int = 384,
+def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: int = 384,
                      min_prompt_tokens: int = 64) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
     """A fresh reward model on ``backbone`` with untrained heads, its encoder, and its scoring config."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -125,11 +126,7 @@ def new_reward_model(backbone: str, lora: LoraSettings | None = None, max_length
         extra["pad_token_id"] = tokenizer.pad_token_id
     model = load_model(backbone, AutoModelForSequenceClassification, **head_config_kwargs(), **extra)
     if lora is not None and lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=lora.r, lora_alpha=lora.alpha,
-                                                 lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules) or None))
+        model = add_lora(model, lora, task_type="SEQ_CLS")
     input_format: InputFormat = "chat" if causal and getattr(tokenizer, "chat_template", None) else "pair"
     if causal and input_format == "pair":
         raise ValueError(f"{backbone}: a causal LM needs a chat template to lay out (prompt, response)")
@@ -178,22 +175,9 @@ def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: Scoring
     return out_dir
 
 
-def use_bf16(precision: Precision, device: torch.device) -> bool:
-    """bf16 autocast only where it is fast: CUDA with bf16, or CPUs with AVX512-BF16/AMX.
-
-    On CPUs without them (AVX2 only), bf16 matmuls are emulated and ~20x SLOWER than fp32.
-    """
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return False
-
-
 def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast when ``bf16`` (decided by ``rlhf.runtime.use_bf16``: on AVX2-only CPUs bf16 matmuls are
+    emulated, ~20x slower than fp32)."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 

@@ -15,10 +15,11 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-from reward_models.config import Precision, ToxicitySettings
-from reward_models.model import REWARD_CONFIG, load_reward_model, score_sequences, use_bf16
+from reward_models.config import ToxicitySettings
+from reward_models.model import REWARD_CONFIG, load_reward_model, score_sequences
 from reward_models.toxicity import ToxicityScorer, load_toxicity
 from reward_models.types import RewardScores
+from rlhf.runtime import Precision, use_bf16
 
 
 def composite_reward(heads: Mapping[str, torch.Tensor], weights: Mapping[str, float], mean: Mapping[str, float],
@@ -58,7 +59,7 @@ class RewardScorer:
 
         toxicity: ``"config"`` = the Detoxify settings saved in reward_config.json; a ToxicitySettings
             or a ready ToxicityScorer to use instead; None = no toxicity (scores carry toxicity=None).
-        precision: ``auto`` = bf16 autocast where the hardware makes it fast, else fp32.
+        precision: bf16 autocast or fp32; ``auto`` = bf16 where ``device`` has native bf16 (``rlhf.runtime``).
         weights: override the saved head weights (e.g. ``{"harmless": 2.0}``; missing heads keep theirs).
         """
         device = torch.device(device)

@@ -19,17 +19,18 @@ from typing import Sequence
 
 import torch
 
-from reward_models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from reward_models.checkpoint import has_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from reward_models.config import RewardStageConfig, ToxicitySettings
 from reward_models.data import (balanced_batches, drop_contradictions, head_mask, load_pairs, margins,
                                 pools_by_head, subsample)
 from reward_models.encoding import Encoded, collate
 from reward_models.evaluation import normalisation_stats, pair_accuracy
 from reward_models.losses import pairwise_correct, pairwise_loss
-from reward_models.model import RewardModel, autocast, new_reward_model, save_reward_model, use_bf16
+from reward_models.model import RewardModel, autocast, new_reward_model, save_reward_model
 from reward_models.types import HEADS
-from rlhf.config import RunConfig
+from rlhf.config import ConfigError, RunConfig
 from rlhf.records import PreferenceRecord
+from rlhf.runtime import use_bf16
 from rlhf.tracking import MetricsLogger, make_run_dir
 
 STAGE = "reward"
@@ -60,9 +61,19 @@ class Window:
     counted: torch.Tensor = field(default_factory=lambda: torch.zeros(len(HEADS)))
     pairs: int = 0
     seconds: float = 0.0
+    skipped: int = 0  # optimizer steps skipped for a non-finite loss or gradient
+
+    def add(self, step: "Window") -> None:
+        """Count one optimizer step's sums in this window."""
+        self.loss, self.batches = self.loss + step.loss, self.batches + step.batches
+        self.pairs += step.pairs
+        self.head_loss, self.head_batches = self.head_loss + step.head_loss, self.head_batches + step.head_batches
+        self.correct, self.counted = self.correct + step.correct, self.counted + step.counted
 
     def metrics(self) -> dict[str, float]:
-        out = {"loss/pairwise": self.loss / max(self.batches, 1)}
+        out: dict[str, float] = {"skipped/nonfinite": float(self.skipped)}
+        if self.batches:  # a window of skipped steps only has no loss to report
+            out["loss/pairwise"] = self.loss / self.batches
         for i, head in enumerate(HEADS):
             if self.head_batches[i] > 0:
                 out[f"loss/{head}"] = (self.head_loss[i] / self.head_batches[i]).item()
@@ -74,7 +85,7 @@ class Window:
 def resolve_run_dir(run: RunConfig, resume: bool) -> Path:
     """The run folder; ``--resume`` without a run name picks the newest reward run that has a checkpoint."""
     if resume and not run.run_name:
-        candidates = [p for p in Path(run.output_dir).glob(f"{STAGE}-*") if latest_checkpoint(p)]
+        candidates = [p for p in Path(run.output_dir).glob(f"{STAGE}-*") if has_checkpoint(p)]
         if not candidates:
             raise FileNotFoundError(f"--resume: no {STAGE} run with a checkpoint under {run.output_dir}/ "
                                     "(name the run with --run.run_name)")
@@ -190,40 +201,57 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: RewardModel = accelerator.unwrap_model(model)
     step, best, best_weights, history = 0, {"accuracy": -1.0, "epoch": -1}, None, []
+    train_seconds, pairs_seen, skipped = 0.0, 0, 0  # whole-run totals: a checkpoint carries them over
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state, best_weights = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler)
         step, best, history = state["step"], state["best"], state["history"]
+        train_seconds, pairs_seen = state.get("train_seconds", 0.0), state.get("pairs_seen", 0)
+        skipped = state.get("skipped_nonfinite", 0)
         _say(accelerator, f"resumed from {checkpoint} at step {step}")
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}/checkpoints")
 
     logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=total_steps,
                            enabled=accelerator.is_main_process)
+    if checkpoint is not None:  # the steps after the checkpoint are redone: their old records go
+        logger.resumed_at(step)
     _say(accelerator, f"{len(train_pairs)} train pairs ({', '.join(f'{h}={len(p)}' for h, p in pools.items())}), "
                       f"{n_ties} dropped as ties, {len(dev_pairs)} dev pairs; {per_head} pairs per head per epoch; "
                       f"{steps_per_epoch} steps/epoch x {epochs} epochs = {total_steps} steps; bf16={bf16}")
 
     def save(trainer_state_epoch: int) -> None:
         if accelerator.is_main_process:
+            # The totals include the window not yet logged: a resumed run starts with an empty one.
             save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler,
-                            {"epoch": trainer_state_epoch, "best": best, "history": history}, best_weights,
-                            cfg.train.keep_checkpoints)
+                            {"epoch": trainer_state_epoch, "best": best, "history": history,
+                             "train_seconds": train_seconds + window.seconds,
+                             "pairs_seen": pairs_seen + window.pairs * world, "skipped_nonfinite": skipped},
+                            best_weights, cfg.train.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     # 5. training: balanced single-head batches, masked pairwise loss, clipped AdamW steps
     model.train()
-    window, train_seconds, pairs_seen = Window(), 0.0, 0
+    window, first_step, skipped_before = Window(), step, skipped
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         batches = batches_of(epoch)
         start = time.perf_counter()
         group = batches[step_in_epoch * batches_per_step:(step_in_epoch + 1) * batches_per_step]
+        this_step = Window()
         train_step(model, group[rank::world], data, encoder.pad_token_id, accelerator, bf16,
-                   cfg.train.use_margin, window)
+                   cfg.train.use_margin, this_step)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+        # A non-finite loss or gradient on any process skips the update on all of them (the gradient norm is
+        # already all-reduced; the loss is not): no optimizer or schedule step, only the data position advances.
+        finite = torch.tensor([float(math.isfinite(this_step.loss) and math.isfinite(float(grad_norm)))],
+                              device=accelerator.device)
+        if accelerator.reduce(finite, reduction="sum").item() == world:
+            optimizer.step()
+            scheduler.step()
+            window.add(this_step)
+        else:
+            window.skipped, skipped = window.skipped + 1, skipped + 1
         optimizer.zero_grad(set_to_none=True)
         step += 1
         window.seconds += time.perf_counter() - start
@@ -236,6 +264,10 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
 
         # 6. end of epoch: dev accuracy per head; the best epoch's weights are kept
         epoch_done = step % steps_per_epoch == 0 or step == total_steps
+        if epoch_done and skipped - skipped_before == step - first_step:  # nothing learned: stop before final/
+            logger.finish()
+            raise ConfigError(f"training: all {step - first_step} steps had a non-finite loss or gradient, so none updated the "
+                              f"model and no final/ was written (check the data's margins, train.lr, train.precision)")
         if epoch_done:
             accuracy, _ = pair_accuracy(unwrapped, encoder, dev_pairs, cfg.eval.batch_size, bf16)
             mean_accuracy = sum(accuracy.values()) / len(accuracy) if accuracy else float("nan")
@@ -258,11 +290,14 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     scoring.mean, scoring.std = normalisation_stats(unwrapped, encoder, reference, cfg.eval.batch_size, bf16)
     scoring.normalised_on = f"{'dev' if reference is dev_pairs else 'train'} responses ({2 * len(reference)})"
     final_dir = run_dir / "final"
+    bad = next((n for n, p in unwrapped.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:  # never hand a broken model to the PPO stage
+        raise ConfigError(f"training: parameter {bad} is not finite; no final/ was written")
     if accelerator.is_main_process:
         save_reward_model(unwrapped, encoder, scoring, final_dir)
 
     # 8. held-out test accuracy (prompts no stage trains on) and the run's summary
-    summary = {"final_model": str(final_dir), "train/seconds": train_seconds,
+    summary = {"final_model": str(final_dir), "train/seconds": train_seconds, "skipped/nonfinite": skipped,
                "train/pairs_per_s": pairs_seen / max(train_seconds, 1e-9), "train/pairs": len(train_pairs),
                "train/pairs_seen": pairs_seen,
                "train/steps": step, "best/epoch": best.get("epoch"), "best/dev_accuracy_mean": best["accuracy"]}

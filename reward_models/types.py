@@ -10,7 +10,9 @@ from typing import Protocol, Sequence
 
 import torch
 
-HEADS = ("helpful", "honest", "harmless")
+from rlhf.records import DIMENSIONS
+
+HEADS = DIMENSIONS  # one head per HHH dimension of the preference records, in the same order
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""Stage configs: dataclasses with YAML defaults and command-line overrides.
+"""Stage configs: dataclasses whose defaults are the stage's defaults, YAML presets and command-line overrides.
 
 Every stage has one dataclass (nested sub-configs allowed). Values come from, in order:
 the dataclass defaults, a YAML file given with ``--config FILE``, then ``--section.key VALUE`` flags.
 Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key, so a typo
-never silently falls back to a default.
+never silently falls back to a default. As in TRL's config classes, every field carries a one-line
+``metadata={"help": ...}`` (a section's help is its class docstring); ``--help`` prints each key with its
+resolved value and that help.
 """
 from __future__ import annotations
 
@@ -30,13 +32,15 @@ class ConfigError(ValueError):
 class RunConfig:
     """Where a run writes and how it is tracked; shared by every stage."""
 
-    output_dir: str = "runs"  # runs/<stage>-<time>/ is made under this
-    run_name: str = ""  # empty: <stage>-<YYYYmmdd-HHMMSS>
-    seed: int = 0
-    wandb_project: str = "rlhf"
-    wandb_mode: str = "offline"  # offline (sync later with `wandb sync`), online or disabled
-    tags: list[str] = dataclasses.field(default_factory=list)
-    log_every: int = 1  # log metrics every N optimisation steps
+    output_dir: str = dataclasses.field(default="runs", metadata={"help": "runs/<stage>-<time>/ is made under this"})
+    run_name: str = dataclasses.field(default="", metadata={"help": "empty: <stage>-<YYYYmmdd-HHMMSS>"})
+    seed: int = dataclasses.field(default=0,
+                                  metadata={"help": "seed of the run (data order, initialisation, sampling)"})
+    wandb_project: str = dataclasses.field(default="rlhf", metadata={"help": "W&B project"})
+    wandb_mode: str = dataclasses.field(default="offline",
+                            metadata={"help": "offline (sync later with `wandb sync`), online or disabled"})
+    tags: list[str] = dataclasses.field(default_factory=list, metadata={"help": "W&B tags"})
+    log_every: int = dataclasses.field(default=1, metadata={"help": "log metrics every N optimisation steps"})
 
 
 def _type_name(tp: Any) -> str:
@@ -113,17 +117,27 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
             f"unknown config key {prefix}{unknown[0]!s} (known keys of {prefix or cls.__name__}: "
             f"{', '.join(sorted(fields))})"
         )
-    kwargs = {name: _coerce(_over_default(fields[name], hints[name], val), hints[name], f"{prefix}{name}")
+    kwargs = {name: _coerce(_onto_default(fields[name], val), hints[name], f"{prefix}{name}")
               for name, val in values.items()}
     return cls(**kwargs)
 
 
-def _over_default(field: dataclasses.Field, tp: Any, value: Any) -> Any:
-    """A mapping given for a nested section overrides the section's *default instance*, not its class defaults:
-    ``generation: {batch_size: 16}`` keeps a stage's ``GenerationSettings(max_new_tokens=32)`` at 32 tokens."""
-    if not (isinstance(value, dict) and dataclasses.is_dataclass(tp) and field.default_factory is not dataclasses.MISSING):
+def _onto_default(f: dataclasses.Field, value: Any) -> Any:
+    """A mapping given for a section is layered on that field's own default, not on the section class's.
+
+    ``lora: {r: 8}`` for a stage whose default is ``LoraConfig(layers=[-8, ..., -1])`` keeps those layers,
+    as a YAML file of defaults would: the dataclass defaults *are* the stage's defaults."""
+    if not isinstance(value, dict):
         return value
-    return _merge(dataclasses.asdict(field.default_factory()), value)
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return value
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        default = dataclasses.asdict(default)
+    return _merge(default, value) if isinstance(default, dict) else value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -237,23 +251,68 @@ def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
 
 
+def field_help(f: dataclasses.Field, tp: Any = None) -> str:
+    """A field's one-line help: its ``metadata["help"]``, else (a section) its class's own docstring."""
+    text = f.metadata.get("help", "")
+    if not text and dataclasses.is_dataclass(tp):
+        doc = tp.__doc__ or ""
+        # dataclass() writes "Name(field: type = ...)" as the docstring of a class without one: not help
+        text = "" if doc.startswith(f"{tp.__name__}(") else doc.strip().splitlines()[0] if doc.strip() else ""
+    if text and get_origin(tp) is Literal:
+        text += f" ({' | '.join(str(choice) for choice in get_args(tp))})"
+    return text.strip()
+
+
+def _flow(value: Any) -> str:
+    """A value as one line of YAML, as it would be given on the command line."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20, sort_keys=False)
+    return text.removesuffix("\n...\n").strip()  # a bare scalar is dumped as a document: "x\n...\n"
+
+
+def describe(cfg: Any, prefix: str = "") -> list[str]:
+    """Every key of a resolved config: ``--key value`` then its help, each section under its own help."""
+    lines: list[str] = []
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, tp, key = getattr(cfg, f.name), hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            lines += ["", f"{key}: {field_help(f, type(value))}", *describe(value, f"{key}.")]
+        else:
+            lines += [f"  --{key} {_flow(_plain(value))}",
+                      f"        {field_help(f, tp)}"]
+    return lines
+
+
+def _plain(value: Any) -> Any:
+    """Lists of dataclasses (e.g. data.mixture) as the mappings a YAML file or flag would give."""
+    if isinstance(value, list):
+        return [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+    return value
+
+
 def stage_cli(cls: type[T], defaults_file: str | Path | None, main, argv: Sequence[str],
               extra_flags: Sequence[str] = ()) -> int:
     """The body of every stage's ``cli(argv)``: resolve the config, then ``main(cfg, **flags)``.
 
-    Config mistakes end with one line naming the key (exit 2), never a traceback.
+    ``--help`` prints every key with its value resolved from the other arguments (defaults < ``--config``
+    file < flags) and its help, and runs nothing. Config mistakes end with one line naming the key (exit 2),
+    never a traceback.
     """
     import sys
 
-    if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: --config FILE.yaml --section.key VALUE ... [{' '.join('--' + f for f in extra_flags)}]\n"
-              f"defaults: {defaults_file}\n\n" + yaml.safe_dump(to_dict(cls()), sort_keys=False))
-        return 0
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    argv = [a for a in argv if a not in ("-h", "--help")]
     try:
         cfg, flags = load_config(cls, argv, defaults_file, extra_flags)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if wants_help:
+        extra = "".join(f" [--{name}]" for name in extra_flags)
+        print(f"usage: [--config FILE.yaml] [--section.key VALUE ...]{extra}\n{(cls.__doc__ or '').strip()}\n"
+              "Values below: the defaults, then --config FILE, then the flags given with --help.")
+        print("\n".join(describe(cfg)))
+        return 0
     try:
         result = main(cfg, **flags)
     except ConfigError as err:  # a value only the stage can judge (e.g. against the loaded model's depth)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import statistics
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Literal, Sequence
 
+from rlhf.config import ConfigError
 from rlhf.records import DIMENSIONS, LoadResult, PreferenceRecord, RecordError, SFTRecord, load_records, write_jsonl
 
 
@@ -105,3 +107,76 @@ def stats(files: Sequence[str], out=None) -> int:
 
 def format_error(err: RecordError) -> str:
     return f"error: {err}"
+
+
+# ---------------------------------------------------------------- a stage's inputs, checked before it starts
+
+
+@dataclass(frozen=True)
+class StageInput:
+    key: str  # the config key it comes from, e.g. data.extra_files[0]
+    value: str  # a shipped source name or a file
+    kind: Literal["sft", "preference", "prompt"]  # what a file must hold (prompt: rows with a prompt field, or .txt)
+    shipped: Sequence[str]  # the source names the key accepts
+    files: bool = True  # whether the key also accepts a file
+
+
+def _sft_inputs(cfg) -> list[StageInput]:
+    from rlhf.sources import SFT_SOURCES
+
+    return [StageInput(f"data.mixture[{i}].source", s.source, "sft", list(SFT_SOURCES))
+            for i, s in enumerate(cfg.data.mixture)]
+
+
+def _reward_inputs(cfg) -> list[StageInput]:
+    from rlhf.sources import PREFERENCE_SOURCES
+
+    names = list(PREFERENCE_SOURCES)
+    return ([StageInput(f"data.sources[{i}]", name, "preference", names, files=False)  # files go in extra_files
+             for i, name in enumerate(cfg.data.sources)]
+            + [StageInput(f"data.extra_files[{i}]", path, "preference", [])
+               for i, path in enumerate(cfg.data.extra_files)])
+
+
+def _ppo_inputs(cfg) -> list[StageInput]:
+    from rlhf.ppo.prompts import SHIPPED_PROMPTS
+
+    return [StageInput(f"data.sources[{i}]", source, "prompt", list(SHIPPED_PROMPTS))
+            for i, source in enumerate(cfg.data.sources)]
+
+
+STAGE_INPUTS: dict[str, Callable[[Any], list[StageInput]]] = {
+    "sft": _sft_inputs, "reward": _reward_inputs, "ppo": _ppo_inputs}
+
+
+def input_problems(item: StageInput) -> list[str]:
+    """Every problem of one stage input, worded as ``rlhf data validate`` words them (file:line: field ...)."""
+    if item.value in item.shipped:
+        return []
+    if not item.files:
+        return [f"unknown source {item.value!r} (shipped: {', '.join(item.shipped)}; put your own files in "
+                "data.extra_files)"]
+    if not Path(item.value).exists():
+        shipped = f"a shipped source ({', '.join(item.shipped)}) nor " if item.shipped else ""
+        return [f"{item.value!r} is neither {shipped}an existing file"]
+    if item.kind == "prompt":
+        from rlhf.ppo.prompts import prompts_from_file  # the stage's own reader: .txt lines or prompt rows
+
+        try:
+            prompts_from_file(item.value)
+        except RecordError as err:
+            return [str(err)]
+        return []
+    return [str(err) for err in load_records(item.value, kind=item.kind).errors]
+
+
+def validate_stage_inputs(stage: str, cfg) -> None:
+    """Step 1 of the sft, reward and ppo stages: every input they will read, checked before any model loads
+    and before the run folder exists. A bad one raises ConfigError: one line naming the config key, then
+    file, line and field (``stage_cli`` prints it and exits 2)."""
+    for item in STAGE_INPUTS[stage](cfg):
+        problems = input_problems(item)
+        if problems:
+            more = (f" (and {len(problems) - 1} more: `rlhf data validate {item.value}` lists them)"
+                    if len(problems) > 1 else "")
+            raise ConfigError(f"{item.key}: {problems[0]}{more}")

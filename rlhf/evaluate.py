@@ -27,7 +27,9 @@ import torch
 from rlhf import metrics
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
+from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
+from rlhf.runtime import Precision, use_bf16
 
 SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
 ALL = "all"  # the key of metrics over every source together
@@ -40,30 +42,49 @@ ALL = "all"  # the key of metrics over every source together
 class PolicyConfig:
     """One policy to evaluate."""
 
-    name: str = ""  # label in tables: base, sft, ppo ...
-    path: str = ""  # zoo name, hub id, model folder, or PEFT adapter folder (base read from adapter_config.json)
-    base: str = ""  # adapters only: put the adapter on this model instead (PPO's adapter on the SFT model)
-    reference: str = ""  # explicit reference for KL; empty: adapter disabled (adapters) or none (full models)
+    name: str = field(default="", metadata={"help": "label in tables: base, sft, ppo ..."})
+    path: str = field(
+        default="",
+        metadata={"help": "zoo name, hub id, model folder, or PEFT adapter folder (base from adapter_config.json)"})
+    base: str = field(
+        default="",
+        metadata={"help": "adapters only: put the adapter on this model instead (PPO's adapter on the SFT model)"})
+    reference: str = field(
+        default="",
+        metadata={"help": "explicit reference for KL; empty: adapter disabled (adapters) or none (full models)"})
 
 
 @dataclass
 class VariantConfig:
     """Some policies, run one way, on some sources."""
 
-    policies: list[str] = field(default_factory=list)  # policy names; empty: every policy
-    shots: int = 0  # in-context examples before each prompt (from the train split)
-    decoding: Literal["greedy", "sampled"] = "sampled"
-    sources: list[str] = field(default_factory=list)  # empty: every source of data.sources
+    policies: list[str] = field(default_factory=list, metadata={"help": "policy names; empty: every policy"})
+    shots: int = field(default=0, metadata={"help": "in-context examples before each prompt (from the train split)"})
+    decoding: Literal["greedy", "sampled"] = field(
+        default="sampled",
+        metadata={"help": "greedy, or sampled with the generation settings (do_sample on)"})
+    sources: list[str] = field(default_factory=list, metadata={"help": "empty: every source of data.sources"})
 
 
 @dataclass
 class EvalDataConfig:
-    sources: list[str] = field(default_factory=lambda: list(SOURCES))
-    split: Literal["train", "dev", "test"] = "test"  # held out from every stage; "dev" only for quick checks
-    prompts_per_source: int = 16  # 0: all prompts of the split
-    seed: int = 0  # which prompts and which in-context examples are drawn (fixed across policies)
-    max_prompt_tokens: int = 1024  # longer prompts are cut from the left (few-shot examples go first)
-    max_example_chars: int = 1200  # in-context examples whose prompt is longer than this are not used as shots
+    """The held-out prompts every policy answers."""
+
+    sources: list[str] = field(default_factory=lambda: list(SOURCES),
+                               metadata={"help": "shipped sources whose held-out prompts every policy answers"})
+    split: Literal["train", "dev", "test"] = field(
+        default="test",
+        metadata={"help": 'held out from every stage; "dev" only for quick checks'})
+    prompts_per_source: int = field(default=16, metadata={"help": "0: all prompts of the split"})
+    seed: int = field(
+        default=0,
+        metadata={"help": "which prompts and which in-context examples are drawn (fixed across policies)"})
+    max_prompt_tokens: int = field(
+        default=1024,
+        metadata={"help": "longer prompts are cut from the left (few-shot examples go first)"})
+    max_example_chars: int = field(
+        default=1200,
+        metadata={"help": "in-context examples whose prompt is longer than this are not used as shots"})
 
 
 @dataclass
@@ -71,24 +92,42 @@ class EvalConfig:
     """Stage 4: evaluate policies and write report.md, plots and results.json."""
 
     run: RunConfig = field(default_factory=RunConfig)
-    policies: list[PolicyConfig] = field(default_factory=list)
-    reward_model: str = ""  # trained reward model folder (reward run's final/); empty: no reward metrics
-    toxicity_checkpoint: str = ""  # Detoxify checkpoint to use instead of the reward model's own setting
-    toxicity_config_path: str = ""  # its config/tokenizer folder (with toxicity_checkpoint)
-    baseline: str = "sft"  # win-rates are against this policy
-    candidate: str = "ppo"  # the headline compares this policy to the baseline
-    headline_decoding: Literal["greedy", "sampled"] = "sampled"  # of the headline numbers (PPO trained on samples)
+    # `rlhf pipeline` lists its own runs; alone, list yours: {name: sft, path: runs/<sft run>/final} (an adapter:
+    # KL reference = base), {name: ppo, path: runs/<ppo run>/final/adapter, base: runs/<sft run>/final} (KL ref = SFT)
+    policies: list[PolicyConfig] = field(default_factory=lambda: [PolicyConfig("base", "smollm2-135m-instruct")],
+                                         metadata={"help": "the policies compared: [{name, path, base, reference}]"})
+    reward_model: str = field(
+        default="",
+        metadata={"help": "trained reward model folder (reward run's final/); empty: no reward metrics"})
+    toxicity_checkpoint: str = field(
+        default="",
+        metadata={"help": "Detoxify checkpoint to use instead of the reward model's own setting"})
+    toxicity_config_path: str = field(default="",
+                                      metadata={"help": "its config/tokenizer folder (with toxicity_checkpoint)"})
+    baseline: str = field(default="sft", metadata={"help": "win-rates are against this policy"})
+    candidate: str = field(default="ppo", metadata={"help": "the headline compares this policy to the baseline"})
+    headline_decoding: Literal["greedy", "sampled"] = field(
+        default="sampled",
+        metadata={"help": "of the headline numbers (PPO trained on samples)"})
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
-    variants: list[VariantConfig] = field(default_factory=lambda: [VariantConfig(decoding="greedy"),
-                                                                   VariantConfig(decoding="sampled")])
+    variants: list[VariantConfig] = field(default_factory=lambda: [
+        VariantConfig(decoding="sampled"),  # rewards, KL, win-rates on every source
+        VariantConfig(decoding="greedy", sources=["dialogsum"]),  # ROUGE of greedy summaries
+        VariantConfig(policies=["base"], shots=3, decoding="greedy", sources=["dialogsum"]),  # few-shot base model
+    ], metadata={"help": "how the policies run: [{policies, shots, decoding, sources}]; empty policies/sources = all"})
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=64))
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast only where bf16 is fast, else fp32
-    score_batch_size: int = 32
-    threads: int = 0  # torch threads (0: torch's default); 1 for tiny models on a shared CPU
-    win_tie_margin: float = 0.0  # |reward difference| <= this is a tie (counted half)
-    confidence: float = 0.95
-    training_runs: dict[str, str] = field(default_factory=dict)  # stage -> run dir, for training curves in the report
-    examples_in_report: int = 2  # example generations per source, side by side
+    precision: Precision = field(
+        default="auto",
+        metadata={"help": "bf16 autocast or fp32 (policies and scorer); auto: bf16 where native (rlhf.runtime)"})
+    score_batch_size: int = field(default=32, metadata={"help": "responses per reward-model forward pass"})
+    threads: int = field(default=0,
+                         metadata={"help": "torch threads (0: torch's default); 1 for tiny models on a shared CPU"})
+    win_tie_margin: float = field(default=0.0, metadata={"help": "|reward difference| <= this is a tie (counted half)"})
+    confidence: float = field(default=0.95,
+                              metadata={"help": "level of the confidence intervals of means and win-rates"})
+    training_runs: dict[str, str] = field(default_factory=dict,
+                                          metadata={"help": "stage -> run dir, for training curves in the report"})
+    examples_in_report: int = field(default=2, metadata={"help": "example generations per source, side by side"})
 
 
 # ---------------------------------------------------------------- prompts
@@ -199,20 +238,6 @@ def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
     return logprobs.gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
 
 
-def use_bf16(precision: str) -> bool:
-    """bf16 autocast only where it is fast (AVX512-BF16/AMX CPUs): elsewhere bf16 matmuls are emulated, slower."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision: expected auto, bf16 or fp32, got {precision!r}")
-    if precision != "auto":
-        return precision == "bf16"
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
 def samples_own_distribution(settings: GenerationSettings) -> bool:
     """KL estimators need samples from the policy's own distribution: sampling at T=1, no top-k/top-p."""
     return settings.do_sample and settings.temperature == 1.0 and settings.top_k == 0 and settings.top_p >= 1.0 \
@@ -232,13 +257,13 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
     eos_id = tokenizer.eos_token_id
     out = Samples()
     model.eval()
+    sampler = PlainSampler(model)
     for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
-        with _autocast(bf16):
-            generated = model.generate(**batch, **settings.hf_kwargs(tokenizer), return_dict_in_generate=True,
-                                       output_logits=measure_kl)
-        sequences = generated.sequences  # (batch, prompt_len + response_len)
-        prompt_len = batch["input_ids"].shape[1]
-        response_ids = sequences[:, prompt_len:]  # (batch, response_len)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            generated = sampler.sample(batch["input_ids"], batch["attention_mask"], keep_logits=measure_kl,
+                                       **settings.hf_kwargs(tokenizer))
+        sequences, prompt_len = generated.sequences, generated.prompt_len  # (batch, prompt_len + response_len)
+        response_ids = generated.response_ids  # (batch, response_len)
         mask = response_mask(response_ids, eos_id)  # (batch, response_len)
         out.responses += [tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
                           for ids, m in zip(response_ids, mask)]
@@ -247,8 +272,7 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
         if measure_kl:
             attention = torch.cat([batch["attention_mask"], mask], dim=1)  # (batch, prompt_len + response_len)
             # Raw logits of each sampling step = the sampling distribution (T=1, no filters: see measure_kl's caller).
-            step_logits = torch.stack(generated.logits, dim=1).float()  # (batch, response_len, vocab)
-            policy_lp = torch.log_softmax(step_logits, dim=-1).gather(-1, response_ids[..., None]).squeeze(-1)
+            policy_lp = torch.log_softmax(generated.logits, dim=-1).gather(-1, response_ids[..., None]).squeeze(-1)
             with policy.reference() as reference:
                 reference_lp = response_logprobs(reference, sequences, attention, prompt_len)
             kl = metrics.sequence_kl(policy_lp, reference_lp, mask)
@@ -315,7 +339,7 @@ def evaluate_variant(policy, variant: Variant, items: Sequence[EvalItem], shots_
     measure_kl = policy.has_reference and samples_own_distribution(settings)
     items = [it for it in items if it.source in variant.sources]
     chats = [with_shots(it.messages, shots_by_source[it.source][:variant.shots]) for it in items]
-    bf16 = use_bf16(cfg.precision)
+    bf16 = use_bf16(cfg.precision, policy.model.device)  # autocast on the device the policy runs on
     out = sample(policy, chats, settings, cfg.data.max_prompt_tokens, bf16=bf16, measure_kl=measure_kl)
     scores = (score_samples(scorer, [it.prompt for it in items], out.responses, cfg.score_batch_size)
               if scorer is not None else [{} for _ in items])

@@ -5,7 +5,7 @@ same way; :func:`generate_chat` does left-padded, KV-cached batched generation t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -15,14 +15,19 @@ import torch
 class GenerationSettings:
     """How to decode. ``do_sample=False`` is greedy; otherwise temperature / top-k / top-p sampling."""
 
-    max_new_tokens: int = 64
-    do_sample: bool = True
-    temperature: float = 1.0  # > 0; 1.0 samples from the model's own distribution (what PPO needs)
-    top_k: int = 0  # 0 disables top-k filtering
-    top_p: float = 1.0  # 1.0 disables nucleus filtering
-    repetition_penalty: float = 1.0
-    batch_size: int = 8  # prompts generated together
-    seed: int = 0
+    max_new_tokens: int = field(default=64,
+                                metadata={"help": "response tokens at most (generation stops earlier at EOS)"})
+    do_sample: bool = field(default=True, metadata={"help": "sample with temperature / top-k / top-p; false = greedy"})
+    temperature: float = field(default=1.0,
+                               metadata={"help": "> 0; 1.0 samples from the model's own distribution (what PPO needs)"})
+    top_k: int = field(default=0, metadata={"help": "0 disables top-k filtering"})
+    top_p: float = field(default=1.0, metadata={"help": "1.0 disables nucleus filtering"})
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "> 1 penalises tokens already generated (transformers' repetition_penalty); 1.0 = off"})
+    batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
+    seed: int = field(default=0,
+                      metadata={"help": "seed of each batch's sampling: every policy gets the same random stream"})
 
     def hf_kwargs(self, tokenizer) -> dict:
         kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
@@ -74,14 +79,17 @@ def seeded_chat_batches(tokenizer, chats: Sequence[Sequence[dict[str, str]]], se
 @torch.no_grad()
 def generate_chat(model, tokenizer, chats: Sequence[Sequence[dict[str, str]]], settings: GenerationSettings,
                   max_prompt_tokens: int = 512) -> list[str]:
-    """Answer each chat; returns the decoded responses (special tokens stripped)."""
+    """Answer each chat through the plain sampler (``rlhf.sampling``); returns the decoded responses (special
+    tokens stripped). SFT's sample tables, ``rlhf chat`` and ``rlhf annotate make-tasks`` use it."""
+    from rlhf.sampling import PlainSampler
+
     prepare_tokenizer(tokenizer)
     responses: list[str] = []
     was_training = model.training
     model.eval()
+    sampler = PlainSampler(model)
     for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
-        out = model.generate(**batch, **settings.hf_kwargs(tokenizer))
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
-        responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        sampled = sampler.sample(batch["input_ids"], batch["attention_mask"], **settings.hf_kwargs(tokenizer))
+        responses.extend(tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True))
     model.train(was_training)
     return [r.strip() for r in responses]

@@ -10,14 +10,18 @@ from rlhf.config import ConfigError
 class LoraConfig:
     """LoRA adapters (peft). Stages differ only in their defaults (e.g. PPO has no dropout)."""
 
-    enabled: bool = True  # false: train every weight (stages that allow it)
-    r: int = 16  # rank of the update
-    alpha: int = 32  # scale = alpha / r
-    dropout: float = 0.0  # adapter dropout
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    enabled: bool = field(default=True, metadata={"help": "false: train every weight (stages that allow it)"})
+    r: int = field(default=16, metadata={"help": "rank of the update"})
+    alpha: int = field(default=32, metadata={"help": "scale = alpha / r"})
+    dropout: float = field(default=0.0, metadata={"help": "adapter dropout"})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "modules with adapters; [all-linear]: every linear one; []: peft's default for the model"})
     # Decoder layers that get adapters (empty: all); negative indices count from the top, so [-8, ..., -1] is
     # "the last 8 layers" on any depth (all of them on a model with fewer). Backprop stops at the lowest one.
-    layers: list[int] = field(default_factory=list)
+    layers: list[int] = field(
+        default_factory=list,
+        metadata={"help": "decoder layers that get adapters (empty: all); negative indices count from the top"})
 
 
 def resolve_layers(layers, num_layers: int) -> list[int]:
@@ -34,7 +38,8 @@ def peft_lora_config(lora: LoraConfig, num_layers: int, task_type: str | None = 
     """The peft ``LoraConfig`` for ``lora`` on a model of ``num_layers`` decoder layers."""
     from peft import LoraConfig as PeftLoraConfig
 
-    targets = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
+    # ["all-linear"] is peft's every-linear shorthand; [] leaves the choice to peft's default for the architecture.
+    targets = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules) or None
     layers = resolve_layers(lora.layers, num_layers) if lora.layers else None
     return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                           bias="none", task_type=task_type, layers_to_transform=layers)

@@ -1,7 +1,7 @@
 """The whole pipeline from one config: SFT -> reward model -> PPO -> evaluation and report.
 
 Each stage is its own script (``pipelines/<stage>.py``, ``main(cfg) -> run dir``) with its own config
-class and YAML defaults; the pipeline config says, per stage, which YAML to layer on those defaults and
+class, whose defaults are the stage's; the pipeline config says, per stage, which YAML to layer on them and
 which keys to override, and wires the stages together with placeholders in string values:
 
     {base}        the base model (``base_model``)          {run_dir}     this pipeline's folder
@@ -44,8 +44,11 @@ PLACEHOLDER = re.compile(r"\{(base|run_dir|sft|reward|ppo|sft_run|reward_run|ppo
 class StageSpec:
     """How the pipeline configures one stage."""
 
-    config: str = ""  # a YAML layered on the stage's defaults (pipelines/configs/<stage>.yaml); "" = defaults only
-    overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys, as --section.key flags; placeholders ok
+    config: str = field(
+        default="",
+        metadata={"help": "a YAML layered on the stage's dataclass defaults (e.g. configs/sft_tiny.yaml); empty: none"})
+    overrides: dict[str, Any] = field(default_factory=dict,
+                                      metadata={"help": "dotted keys, as --section.key flags; placeholders ok"})
 
 
 @dataclass
@@ -54,8 +57,11 @@ class PipelineConfig:
 
     # stages write to <output_dir>/<run_name>/<stage>
     run: RunConfig = field(default_factory=lambda: RunConfig(run_name="pipeline"))
-    base_model: str = "smollm2-135m-instruct"  # {base}: the model SFT starts from and evaluation's "base"
-    threads: int = 0  # torch threads for every stage (0: torch's default); 1 suits tiny models on a shared CPU
+    base_model: str = field(default="smollm2-135m-instruct",
+                            metadata={"help": "{base}: the model SFT starts from and evaluation's base policy"})
+    threads: int = field(
+        default=0,
+        metadata={"help": "torch threads for every stage (0: torch's default); 1 suits tiny models on a shared CPU"})
     sft: StageSpec = field(default_factory=StageSpec)
     reward: StageSpec = field(default_factory=StageSpec)
     ppo: StageSpec = field(default_factory=StageSpec)
@@ -124,9 +130,12 @@ def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, P
     if spec.config:
         tree = _merge(tree, load_yaml(config_path(spec.config)))
     run = dict(tree.get("run") or {})
+    # A stage whose defaults set their own logging interval (SFT: 5, reward: 10) keeps it; others take the pipeline's.
+    stage_log_every = config_cls().run.log_every
+    own_log_every = stage_log_every if stage_log_every != RunConfig().log_every else cfg.run.log_every
     run.update(seed=cfg.run.seed, wandb_project=cfg.run.wandb_project, wandb_mode=cfg.run.wandb_mode,
                tags=[*cfg.run.tags, f"pipeline:{pipeline_dir(cfg).name}"],
-               log_every=run.get("log_every", cfg.run.log_every))
+               log_every=run.get("log_every", own_log_every))
     tree["run"] = run
     for dotted, value in spec.overrides.items():
         _set_dotted(tree, dotted, value)

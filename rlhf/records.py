@@ -20,9 +20,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+# The HHH dimensions, defined here only: the labels a preference pair speaks for, the reward model's heads
+# (reward_models.types.HEADS), the annotation form's questions and the report's columns, in this order.
 DIMENSIONS = ("helpful", "honest", "harmless")
 ROLES = ("system", "user", "assistant")
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: longer lines are almost always a broken export, not a real example
+# A margin is in reward units (a difference of scores, i.e. logits): the loss -log sigmoid(diff - margin)
+# is flat beyond a few tens, so a margin past 1e3 is a unit mistake (percent, a scale x 1000), and one
+# past fp32's 3.4e38 turns every loss into inf.
+MAX_MARGIN = 1e3
 RecordKind = Literal["preference", "sft"]
 
 
@@ -97,9 +103,7 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                     raise RecordError(path, line_no, None, f"line longer than {MAX_LINE_BYTES} bytes")
                 yield line_no, raw
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
-        if isinstance(err, RecordError):
-            raise
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # other OSErrors (unreadable ...): read_rows says so
         raise RecordError(path, line_no + 1, None, f"compressed data is truncated or corrupt ({type(err).__name__}: {err})") from None
 
 
@@ -112,17 +116,18 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.exists():
         raise RecordError(path, None, None, "file not found")
+    if path.is_dir():
+        raise RecordError(path, None, None, "is a directory, not a data file")
     if path.stat().st_size == 0:
         raise RecordError(path, None, None, "file is empty")
     name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-        yield from _read_jsonl(path)
-    elif name.endswith((".csv", ".csv.gz")):
-        yield from _read_csv(path)
-    elif name.endswith(".json"):
-        yield from _read_json(path)
-    else:
-        yield from _read_with_datasets(path)
+    reader = (_read_jsonl if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")) else
+              _read_csv if name.endswith((".csv", ".csv.gz")) else
+              _read_json if name.endswith(".json") else _read_with_datasets)
+    try:
+        yield from reader(path)
+    except OSError as err:  # permission denied, a FIFO, an I/O error: named, and the next file is still read
+        raise RecordError(path, None, None, f"cannot be read ({err.strerror or err})") from None
 
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
@@ -259,6 +264,9 @@ def _margin(value: Any, path, line: int) -> float | None:
         raise RecordError(path, line, "margin", f"must be a finite number, got {value!r}")
     if margin < 0:
         raise RecordError(path, line, "margin", f"must be >= 0 (swap chosen and rejected instead), got {margin}")
+    if margin > MAX_MARGIN:
+        raise RecordError(path, line, "margin",
+                          f"must be <= {MAX_MARGIN:g} (a difference of reward scores), got {value!r}")
     return margin
 
 
@@ -304,6 +312,10 @@ def parse_sft(row: dict[str, Any], path="<record>", line: int = 0) -> SFTRecord:
                 raise RecordError(path, line, f"{where}.content", "is empty")
         if not any(m["role"] == "assistant" for m in messages):
             raise RecordError(path, line, "messages", "has no assistant turn to learn from")
+        first = next(i for i, m in enumerate(messages) if m["role"] != "system")
+        if messages[first]["role"] != "user":  # an assistant turn nobody asked for cannot be trained as an answer
+            raise RecordError(path, line, f"messages[{first}].role",
+                              "the chat must start with a user turn (after any system turns), got 'assistant'")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     return SFTRecord(messages=messages, source=_text(row, "source", path, line, required=False) or None)
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rlhf.records import DIMENSIONS as HEADS  # the reward model's heads
 from rlhf.tracking import read_metrics
 
-HEADS = ("helpful", "honest", "harmless")
 ALL = "all"
 _MD_SPECIALS = {"|": "&#124;", "*": "&#42;", "`": "&#96;", "[": "&#91;", "]": "&#93;",
                 "\\": "&#92;", "~": "&#126;"}

@@ -31,6 +31,17 @@ def make_run_dir(run: RunConfig, stage: str, create: bool = True) -> Path:
     return run_dir
 
 
+def ensure_new_run_dir(run_dir: Path) -> Path:
+    """A run that is not a resume must not write into an earlier run's folder: its metrics would be appended to
+    the old ones and its checkpoints mixed with them. One line naming the key, before any model loads."""
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+        from rlhf.config import ConfigError
+
+        raise ConfigError(f"run.run_name: {run_dir} holds an earlier run; --resume continues it, another "
+                          "run.run_name (or none) starts a new one")
+    return run_dir
+
+
 def _scalar(value: Any) -> Any:
     """Tensors and numpy scalars become Python numbers; NaN/inf are kept as strings JSON can hold."""
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
@@ -92,6 +103,27 @@ class MetricsLogger:
             shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
             print(f"[{self.stage}] step {step}: {shown}", file=sys.stderr, flush=True)
 
+    def resumed_at(self, step: int) -> None:
+        """Call when a run resumes from its checkpoint of ``step``: the records of later steps (logged by the
+        run that was cut short, and about to be redone) leave ``metrics.jsonl``, so every step is in it once
+        and summaries read from it describe the whole run. A line torn by the kill goes too."""
+        if not self.enabled:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        self._jsonl.close()
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        self._jsonl = open(path, "a", encoding="utf-8")
+
     def log_table(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], step: int) -> None:
         """Tables (sample generations ...) go to ``<name>.jsonl`` and to W&B as a wandb.Table."""
         if not self.enabled:
@@ -144,6 +176,22 @@ def _start_wandb(run_dir: Path, run: RunConfig, stage: str, config: Any):
     except Exception as err:  # tracking must never kill a training run
         print(f"[{stage}] W&B unavailable ({type(err).__name__}: {err}); metrics.jsonl only", file=sys.stderr)
         return None
+
+
+def logged_value(run_dir: str | Path, key: str, step: int) -> Any:
+    """The value of ``key`` that ``metrics.jsonl`` holds for ``step`` (the last one logged), or None."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    return next((r[key] for r in reversed(read_metrics(path)) if r.get("step") == step and key in r), None)
+
+
+def run_history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
+    """The records of the whole run that hold ``key``, one per step in step order (the last, should a step
+    appear twice): what a summary of a resumed run must be built from, not the resumed process's memory."""
+    path = Path(run_dir) / "metrics.jsonl"
+    by_step = {r["step"]: r for r in read_metrics(path) if key in r} if path.is_file() else {}
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

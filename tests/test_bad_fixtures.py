@@ -30,6 +30,8 @@ EXPECTED = {
     "sft_bad_role.jsonl": (1, "messages[0].role", "expected one of"),
     "sft_no_assistant.jsonl": (1, "messages", "no assistant turn"),
     "sft_empty_content.jsonl": (1, "messages[1].content", "is empty"),
+    "sft_assistant_first.jsonl": (1, "messages[1].role", "must start with a user turn"),
+    "huge_margin.jsonl": (2, "margin", "must be <= 1000"),
     "csv_extra_cells.csv": (2, None, "more cells than the header"),
     "neither_kind.jsonl": (1, None, "neither a preference"),
 }
@@ -64,3 +66,31 @@ def test_keep_valid_writes_good_rows_elsewhere(tmp_path, capsys):
     assert main(["data", "validate", str(BAD / "missing_field.jsonl"), "--keep-valid",
                  str(BAD / "missing_field.jsonl")]) == 2  # refuses to overwrite an input
     assert re.search("must not overwrite", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name", ["data.jsonl", "data.csv", "data.json", "data.jsonl.gz"])
+def test_a_directory_named_like_a_data_file_is_reported_and_the_next_file_still_checked(tmp_path, capsys, name):
+    (tmp_path / name).mkdir()
+    good = Path(__file__).parent / "fixtures" / "good" / "prefs.jsonl"
+    assert main(["data", "validate", str(tmp_path / name), str(good)]) == 1
+    out = capsys.readouterr().out
+    assert f"error: {tmp_path / name}: is a directory, not a data file" in out
+    assert f"{good}: ok:" in out  # the file after it was still checked
+
+
+def test_an_unreadable_file_is_named_as_such(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    from rlhf import records
+
+    locked = tmp_path / "locked.jsonl"
+    locked.write_text('{"prompt": "p", "chosen": "a", "rejected": "b", "dimension": "honest"}\n')
+
+    def no_permission(path, *args, **kwargs):  # tests run as root, where chmod 000 still reads
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(records, "open", no_permission, raising=False)
+    assert main(["data", "validate", str(locked)]) == 1
+    assert f"error: {locked}: cannot be read (Permission denied)" in capsys.readouterr().out

@@ -105,6 +105,24 @@ def test_stage_cli_prints_one_line_on_error(capsys):
     assert called[0].ppo.epochs == 5
 
 
+@dataclass
+class StageWithSectionDefaults:
+    ppo: PPOSection = field(default_factory=lambda: PPOSection(epochs=4, target_modules=["q_proj", "v_proj"]))
+    weights: dict[str, float] = field(default_factory=lambda: {"a": 1.0, "b": 1.0})
+
+
+def test_a_section_given_in_part_keeps_the_stage_defaults_of_its_other_keys(tmp_path):
+    # The stage's default for a section (PPOSection(epochs=4, ...)) is the base, not PPOSection()'s own defaults.
+    cfg, _ = load_config(StageWithSectionDefaults, ["--ppo.kl_coef", "0.3"])
+    assert cfg.ppo == PPOSection(kl_coef=0.3, epochs=4, target_modules=["q_proj", "v_proj"])
+    preset = write_yaml(tmp_path / "p.yaml", {"ppo": {"estimator": "k3"}, "weights": {"b": 2.0}})
+    cfg, _ = load_config(StageWithSectionDefaults, ["--config", str(preset)])
+    assert cfg.ppo.epochs == 4 and cfg.ppo.estimator == "k3"
+    assert cfg.weights == {"a": 1.0, "b": 2.0}  # a mapping default is added to, as a YAML of defaults would be
+    cfg, _ = load_config(StageWithSectionDefaults, ["--ppo.target_modules", "[o_proj]"])
+    assert cfg.ppo.target_modules == ["o_proj"]  # lists are replaced, never appended to
+
+
 def test_a_section_override_keeps_the_stage_defaults_of_its_other_keys():
     """RL's generation section defaults to 32 new tokens and its LoRA to the last 8 layers (default instances that
     differ from the classes' defaults): overriding one key of the section must keep the others."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rlhf import pipeline as pl
 from rlhf.config import ConfigError, RunConfig
@@ -165,6 +166,23 @@ def test_tiny_preset_end_to_end(tmp_path, capsys):
     assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path)]) == 0
     pipeline = json.loads((root / "pipeline.json").read_text())
     assert all(s["reused"] for s in pipeline["stages"].values())
+
+
+def test_pipeline_runs_another_algorithm_in_stage_3(tmp_path):
+    """`--ppo.overrides '{rl.algo: grpo, ...}'` adds to the preset's stage-3 overrides (its wiring to the SFT and
+    reward outputs stays) and the pipeline runs GRPO there: no value head is saved, the KL sits in the loss."""
+    from rlhf.cli import main
+    from rlhf.tracking import read_metrics
+
+    overrides = "{rl.algo: grpo, rl.samples_per_prompt: 2, ppo.batch_size: 4}"
+    assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path), "--ppo.overrides", overrides]) == 0
+    stage = tmp_path / "tiny" / "ppo"
+    config = yaml.safe_load((stage / "config.yaml").read_text())
+    assert config["rl"]["algo"] == "grpo" and config["policy"]["model"] == str(tmp_path / "tiny" / "sft" / "final")
+    assert (stage / "final" / "adapter" / "adapter_config.json").is_file()
+    assert not (stage / "final" / "value_head.safetensors").exists()
+    steps = [r for r in read_metrics(stage / "metrics.jsonl") if "loss/policy" in r]
+    assert len(steps) == 4 and all("loss/kl" in r and "loss/value" not in r for r in steps)
 
 
 def test_preset_flag(capsys):

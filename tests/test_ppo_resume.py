@@ -55,3 +55,56 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
                for run in ("full", "killed")]
     for name, tensor in weights[0].items():
         assert (weights[1][name] - tensor).abs().max().item() < 1e-6, name
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, and the files written so far stay as they are."""
+
+
+def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, monkeypatch, capsys):
+    """Killed while writing step 4 (its temporary folder half full): --resume takes step 2. A checkpoint whose
+    bytes changed after it was written (same size) is skipped, naming the file, and the redone steps match."""
+    from pipelines.ppo import main
+    from rlhf.checkpoints import problem
+    from rlhf.config import RunConfig, load_config
+    from rlhf.ppo import checkpoint as ckpt
+    from rlhf.ppo.config import PPOStageConfig
+
+    configs = ROOT / "pipelines" / "configs"
+    cfg, _ = load_config(PPOStageConfig, ["--config", str(configs / "ppo_tiny.yaml"), "--train.steps", "4",
+                                          "--train.save_every", "2", "--train.sample_every", "0",
+                                          "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4",
+                                          "--ppo.micro_batch_size", "4", "--data.eval_prompts", "0"])
+    cfg.run = RunConfig(output_dir=str(tmp_path), run_name="run", wandb_mode="disabled")
+    save_main_files = ckpt.save_main_files
+
+    def killed_while_writing_4(tmp, trainable, *args, **kwargs):
+        save_main_files(tmp, trainable, *args, **kwargs)
+        if tmp.name.startswith(".step-000004"):
+            (tmp / ckpt.TRAINABLE).write_bytes(b"\0" * 100)  # as if cut mid-file
+            raise Killed
+
+    monkeypatch.setattr(ckpt, "save_main_files", killed_while_writing_4)
+    with pytest.raises(Killed):
+        main(cfg)
+    monkeypatch.undo()
+    run_dir = tmp_path / "run"
+    def compared() -> dict[int, float]:
+        return {r["step"]: r["loss/policy"] for r in last_per_step(read_metrics(run_dir / "metrics.jsonl"))}
+    before = compared()
+    assert sorted(before) == [1, 2, 3, 4] and not (run_dir / "checkpoints/step-000004").exists()
+    capsys.readouterr()
+    main(cfg, resume=True)
+    assert f"resumed from {run_dir / 'checkpoints/step-000002'} at step 2" in capsys.readouterr().out
+    assert compared() == pytest.approx(before, rel=1e-5, abs=1e-7)
+    assert problem(run_dir / "checkpoints/step-000004") is None
+
+    trainable = run_dir / "checkpoints/step-000004" / ckpt.TRAINABLE
+    data = bytearray(trainable.read_bytes())
+    data[-8] ^= 0x01  # a finite value changed in place: loads fine, only the checksum can tell
+    trainable.write_bytes(bytes(data))
+    main(cfg, resume=True)
+    out = capsys.readouterr()
+    assert f"skipping step-000004: {trainable}: sha256 differs" in out.err and "falling back to step-000002" in out.err
+    assert f"resumed from {run_dir / 'checkpoints/step-000002'} at step 2" in out.out
+    assert compared() == pytest.approx(before, rel=1e-5, abs=1e-7)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.records import (RecordError, load_preferences, load_records, load_sft, parse_dimensions,
+from rlhf.records import (DIMENSIONS, RecordError, load_preferences, load_records, load_sft, parse_dimensions,
                           transcript_to_messages, write_jsonl)
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -61,3 +61,14 @@ def test_transcript_to_messages():
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "how are you?"}]
     assert transcript_to_messages("What is 2+2?") == [{"role": "user", "content": "What is 2+2?"}]
+
+
+def test_the_hhh_dimensions_are_defined_once():
+    """Records, reward-model heads, report columns and the annotation form all use rlhf.records.DIMENSIONS."""
+    from reward_models.types import HEADS
+    from rlhf import report
+    from rlhf.annotate import app, store
+
+    assert HEADS is DIMENSIONS and report.HEADS is DIMENSIONS
+    assert list(app.SHORTCUTS) == list(DIMENSIONS)
+    assert all(f"{d} TEXT NOT NULL" in store.SCHEMA for d in DIMENSIONS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reward_models.config import LoraSettings
+from rlhf.lora import LoraConfig
 from reward_models.encoding import collate
 from reward_models.model import last_token_index, load_reward_model, new_reward_model, save_reward_model
 from reward_models.scoring import RewardScorer, composite_reward
@@ -99,7 +99,7 @@ def test_causal_lm_is_scored_at_the_last_real_token_even_when_it_is_eos(tiny_lla
 
 
 def test_causal_lm_with_lora_saves_merged_and_reloads_to_the_same_scores(tmp_path, tiny_llama_path):
-    model, encoder, scoring = new_reward_model(tiny_llama_path, LoraSettings(enabled=True, r=4, alpha=8), max_length=64)
+    model, encoder, scoring = new_reward_model(tiny_llama_path, LoraConfig(r=4, alpha=8, target_modules=[]), max_length=64)
     assert scoring.input_format == "chat" and scoring.pooling == "last_token"
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "score" in n for n in trainable)

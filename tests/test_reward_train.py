@@ -15,7 +15,6 @@ from reward_models.evaluation import pair_accuracy
 from reward_models.losses import pairwise_loss
 from reward_models.model import new_reward_model
 from reward_models.train import train_reward_model
-from rlhf.config import load_config
 from rlhf.records import PreferenceRecord
 from rlhf.tracking import read_metrics
 
@@ -41,7 +40,7 @@ def toy_preferences(path: Path, per_head: int = 60, seed: int = 0) -> Path:
 
 
 def tiny_config(tmp_path, data_file, **train) -> RewardStageConfig:
-    cfg, _ = load_config(RewardStageConfig, [], REPO / "pipelines/configs/reward.yaml")
+    cfg = RewardStageConfig()
     cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
     cfg.data.sources, cfg.data.extra_files, cfg.data.pairs_per_head = [], [str(data_file)], 0
     cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio = 8, 3e-3, 3e-3, 0.0
@@ -199,3 +198,76 @@ def test_train_on_preferences_takes_records_and_uses_them_all(tmp_path):
     model, encoder, _ = load_reward_model(result.model_dir)
     accuracy, counts = pair_accuracy(model, encoder, records)
     assert counts == {"helpful": 16, "honest": 16, "harmless": 16} and min(accuracy.values()) >= 0.9
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, and the files written so far stay as they are."""
+
+
+def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, monkeypatch, capsys):
+    """Killed while writing step 6 (its temporary folder half full): --resume takes step 4 and redoes 5-6
+    exactly. A checkpoint whose bytes changed after it was written (same size) is skipped, naming the file."""
+    data_file = toy_preferences(tmp_path / "toy.jsonl", per_head=20)
+    cfg = tiny_config(tmp_path, data_file, max_steps=8, batch_size=4, checkpoint_every=2, keep_checkpoints=2)
+    save = torch.save
+
+    def killed_while_writing_6(obj, path, *args, **kwargs):
+        if Path(path).name == "rng.pt" and "step-000006" in str(path):
+            raise Killed
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", killed_while_writing_6)
+    with pytest.raises(Killed):
+        train_reward_model(cfg)
+    monkeypatch.undo()
+    run_dir = tmp_path / "runs/rm"
+    losses = lambda: {m["step"]: m["loss/pairwise"] for m in read_metrics(run_dir / "metrics.jsonl")  # noqa: E731
+                      if "loss/pairwise" in m}
+    before = losses()
+    assert sorted(before) == list(range(1, 7))
+    capsys.readouterr()
+    train_reward_model(cfg, resume=True)
+    assert f"resumed from {run_dir / 'checkpoints/step-000004'} at step 4" in capsys.readouterr().err
+    after = losses()
+    assert {s: after[s] for s in before} == pytest.approx(before, abs=1e-6) and sorted(after) == list(range(1, 9))
+    logged = [m["step"] for m in read_metrics(run_dir / "metrics.jsonl") if "loss/pairwise" in m]
+    assert logged == list(range(1, 9))  # the redone steps 5-6 are in the file once
+    summary = json.loads((run_dir / "summary.json").read_text())
+    whole = json.loads((train_reward_model(tiny_config(tmp_path / "whole", data_file, max_steps=8, batch_size=4))
+                        / "summary.json").read_text())
+    assert summary["train/steps"] == 8 and summary["train/pairs_seen"] == whole["train/pairs_seen"]  # not 5-8's
+
+    model_file = run_dir / "checkpoints/step-000008/model.pt"
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    train_reward_model(cfg, resume=True)
+    err = capsys.readouterr().err
+    assert f"skipping step-000008: {model_file}: sha256 differs" in err and "falling back to step-000006" in err
+    assert losses() == pytest.approx(after, abs=1e-6)
+
+
+def test_non_finite_steps_are_skipped_and_an_all_non_finite_run_writes_no_final(tmp_path, monkeypatch):
+    """A margin past fp32's range (files are bounded by validation; records built in code are not) makes the
+    loss inf: such steps are skipped and counted; a run where every step is non-finite stops with one line."""
+    import reward_models.train as rt
+    from rlhf.config import ConfigError
+
+    data_file = toy_preferences(tmp_path / "toy.jsonl", per_head=20)
+    for name, broken in [("some", lambda r: "honest" in r.dimension), ("all", lambda r: True)]:
+        monkeypatch.setattr(rt, "margins", lambda pairs, b=broken: torch.tensor(
+            [float("inf") if b(r) else 0.0 for r in pairs]))
+        cfg = tiny_config(tmp_path / name, data_file, max_steps=6, batch_size=4, use_margin=True)
+        run_dir = tmp_path / name / "runs/rm"
+        if name == "all":
+            with pytest.raises(ConfigError, match="all 6 steps had a non-finite loss or gradient"):
+                train_reward_model(cfg)
+            assert not (run_dir / "final").exists()
+            continue
+        train_reward_model(cfg)
+        metrics = read_metrics(run_dir / "metrics.jsonl")
+        skipped = [m["step"] for m in metrics if m.get("skipped/nonfinite")]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert 0 < len(skipped) == summary["skipped/nonfinite"] < 6
+        assert all(isinstance(m["loss/pairwise"], float) for m in metrics if "loss/pairwise" in m)  # never "inf"
+        assert (run_dir / "final").is_dir()

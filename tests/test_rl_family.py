@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import ConfigError, load_config
+from rlhf.config import load_config
 from rlhf.ppo.advantages import ESTIMATORS, GAE, GroupNormalized, LeaveOneOut, ReinforcePlusPlus, make_estimator
 from rlhf.ppo.config import RLStageConfig
 from rlhf.ppo.maths import aggregate, discounted_returns, gae, group_normalize, leave_one_out
@@ -237,3 +237,16 @@ def test_plain_and_fast_samplers_make_the_same_experience(tiny_llama_path):
     assert plain.values is None and fast.values is None
     torch.testing.assert_close(plain.logprobs, fast.logprobs, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(plain.ref_logprobs, fast.ref_logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_a_new_run_refuses_an_earlier_runs_folder(run_cfg, tmp_path, capsys):
+    """Not a resume, same run name: one line, nothing of the earlier run touched (its metrics would be mixed)."""
+    from pipelines.ppo import cli
+
+    earlier = tmp_path / "runs" / "same"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert cli(["--config", str(CONFIGS / "ppo_tiny.yaml"), "--run.output_dir", str(tmp_path / "runs"),
+                "--run.run_name", "same", "--run.wandb_mode", "disabled"]) == 2
+    assert "run.run_name" in capsys.readouterr().err
+    assert (earlier / "metrics.jsonl").read_text() == '{"step": 1}\n'

@@ -10,12 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipelines.sft import DEFAULTS, cli, main
+from pipelines.sft import cli, main
+from rlhf.checkpoints import write_manifest
 from rlhf.config import ConfigError, load_config
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import encode_records, to_dataset, training_mixture
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, hf_logs_to_metrics, latest_checkpoint,
-                              planned_steps, resolve_run, save_final, use_bf16)
+                              peft_config, planned_steps, resolve_run, save_final, train_device)
+from rlhf.runtime import use_bf16
 from rlhf.tracking import MetricsLogger, read_metrics
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "sft_tiny.yaml"
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_cfg(out: Path, *flags: str) -> SFTStageConfig:
     cfg, _ = load_config(SFTStageConfig, ["--config", str(TINY), "--run.output_dir", str(out),
-                                          "--run.run_name", "test", "--forgetting.enabled", "false", *flags], DEFAULTS)
+                                          "--run.run_name", "test", "--forgetting.enabled", "false", *flags])
     return cfg
 
 
@@ -38,17 +40,17 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_shipped_configs_load_and_typos_fail():
-    full, _ = load_config(SFTStageConfig, [], DEFAULTS)
+    full, _ = load_config(SFTStageConfig, [])
     assert full.model.name == "smollm2-135m-instruct" and full.lora.enabled
     assert [s.source for s in full.data.mixture] == ["dialogsum", "hh-rlhf-harmless"]
-    tiny, _ = load_config(SFTStageConfig, ["--config", str(TINY)], DEFAULTS)
+    tiny, _ = load_config(SFTStageConfig, ["--config", str(TINY)])
     assert tiny.model.name == "tiny-llama" and tiny.train.max_steps == 8
-    over, _ = load_config(SFTStageConfig, ["--data.mixture", "[{source: truthfulqa, weight: 2}]"], DEFAULTS)
+    over, _ = load_config(SFTStageConfig, ["--data.mixture", "[{source: truthfulqa, weight: 2}]"])
     assert over.data.mixture[0].source == "truthfulqa" and over.data.mixture[0].weight == 2.0
     with pytest.raises(ConfigError, match="lora.rank"):
-        load_config(SFTStageConfig, ["--lora.rank", "4"], DEFAULTS)
-    with pytest.raises(ConfigError, match="train.bf16"):
-        load_config(SFTStageConfig, ["--train.bf16", "maybe"], DEFAULTS)
+        load_config(SFTStageConfig, ["--lora.rank", "4"])
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config(SFTStageConfig, ["--train.precision", "on"])  # one meaning everywhere: auto | bf16 | fp32
     assert cli(["--help"]) == 0 and cli(["--lora.rank", "4"]) == 2
 
 
@@ -60,8 +62,14 @@ def test_trainer_logs_are_renamed_into_our_namespaces():
     assert metrics["train/grad_norm"] == 0.5 and "train/total_flos" not in metrics
 
 
-def test_bf16_modes_and_planned_steps():
-    assert use_bf16("on") and not use_bf16("off")
+def test_precision_lora_layers_and_planned_steps():
+    assert use_bf16("bf16", train_device()) and not use_bf16("fp32", train_device())
+    # lora.layers counts from the top when negative (the same LoraConfig as stage 3): [-1] of 2 layers = [1]
+    assert peft_config(SFTStageConfig().lora, 2).layers_to_transform is None  # empty: every layer
+    lora, _ = load_config(SFTStageConfig, ["--lora.layers", "[-1]"])
+    assert peft_config(lora.lora, 2).layers_to_transform == [1] and peft_config(lora.lora, 2).lora_dropout == 0.05
+    lora.lora.enabled = False
+    assert peft_config(lora.lora, 2) is None
     cfg = SFTStageConfig()
     cfg.train.batch_size, cfg.train.grad_accum, cfg.train.epochs = 4, 2, 2.0
     assert planned_steps(40, cfg) == 10  # 10 batches an epoch, 5 steps an epoch, 2 epochs
@@ -73,11 +81,18 @@ def test_resolve_run_finds_the_newest_checkpoint(tmp_path, run_cfg):
     run_cfg.output_dir, run_cfg.run_name = str(tmp_path), ""
     with pytest.raises(FileNotFoundError, match="no sft run"):
         resolve_run(run_cfg, "sft", True)
-    for n in (5, 10, 15):
-        (tmp_path / "sft-1" / "checkpoints" / f"checkpoint-{n}").mkdir(parents=True)
+    for n in (5, 10, 15, 20):
+        folder = tmp_path / "sft-1" / "checkpoints" / f"checkpoint-{n}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(bytes(range(n)))
+        if n < 20:  # checkpoint-20 was cut short: its manifest was never written
+            write_manifest(folder)
+    (tmp_path / "sft-2" / "checkpoints" / "checkpoint-30").mkdir(parents=True)  # newer run, nothing complete
     assert resolve_run(run_cfg, "sft", True) == (tmp_path / "sft-1", tmp_path / "sft-1/checkpoints/checkpoint-15")
     picked = tmp_path / "sft-1/checkpoints/checkpoint-10"
     assert resolve_run(run_cfg, "sft", str(picked)) == (tmp_path / "sft-1", picked)
+    with pytest.raises(ConfigError, match="checkpoint-20: no manifest.json"):
+        resolve_run(run_cfg, "sft", str(tmp_path / "sft-1/checkpoints/checkpoint-20"))
     assert latest_checkpoint(tmp_path / "nowhere") is None
 
 
@@ -180,17 +195,21 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
 
     from rlhf.zoo import load_causal_lm
 
-    flags = ("--lora.dropout", "0.1", "--lora.save_merged", "true", "--train.learning_rate", "0.02")
+    flags = ("--lora.dropout", "0.1", "--train.save_merged", "true", "--train.learning_rate", "0.02")
     run_dir = main(tiny_cfg(tmp_path, *flags))
     uninterrupted = train_losses(run_dir)
     assert sorted(uninterrupted) == list(range(1, 9))
     shutil.rmtree(run_dir / "checkpoints" / "checkpoint-8")
     shutil.rmtree(run_dir / "final")
+    (run_dir / "summary.json").unlink()  # a run killed after step 4 never wrote one
     torch.manual_seed(12345)  # a different global RNG state: the checkpoint's must be restored
     assert main(tiny_cfg(tmp_path, *flags), resume=True) == run_dir
     resumed = train_losses(run_dir)  # later records of steps 5..8 override the first run's
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss/train" in r]
-    assert [r["step"] for r in records[8:]] == [5, 6, 7, 8]  # the resumed run started after step 4
+    assert [r["step"] for r in records] == list(range(1, 9))  # the redone steps 5-8 are in the file once
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval/loss_before"] == next(r["eval/loss"] for r in read_metrics(run_dir / "metrics.jsonl")
+                                               if r["step"] == 0 and "eval/loss" in r)  # from the first run
     for step in range(5, 9):
         assert resumed[step] == pytest.approx(uninterrupted[step], abs=1e-6), step
     # the merged export is the adapter folded in: same logits as base + adapter
@@ -199,3 +218,47 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
         adapter = PeftModel.from_pretrained(load_causal_lm("tiny-llama"), run_dir / "final").eval()(input_ids=ids)
         merged = load_causal_lm(str(run_dir / "final-merged")).eval()(input_ids=ids)
     torch.testing.assert_close(merged.logits, adapter.logits, atol=1e-5, rtol=1e-5)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, and the files written so far stay as they are."""
+
+
+def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, monkeypatch, capsys):
+    """Killed while writing checkpoint-8 (weights and optimizer written, RNG and trainer state not):
+    --resume takes checkpoint-4, says so, and redoes steps 5-8 exactly. A checkpoint whose bytes changed
+    after it was written (same size) is skipped the same way, naming the file."""
+    from transformers import Trainer
+
+    from rlhf.checkpoints import problem
+
+    save_rng_state = Trainer._save_rng_state
+
+    def killed_while_writing_8(self, output_dir):
+        if self.state.global_step == 8:
+            raise Killed
+        return save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", killed_while_writing_8)
+    with pytest.raises(Killed):
+        main(tiny_cfg(tmp_path))
+    monkeypatch.undo()
+    run_dir = tmp_path / "test"
+    before = train_losses(run_dir)  # steps 1-8 were trained and logged before the kill
+    assert sorted(before) == list(range(1, 9)) and (run_dir / "checkpoints/checkpoint-8/optimizer.pt").is_file()
+    capsys.readouterr()
+    main(tiny_cfg(tmp_path), resume=True)
+    err = capsys.readouterr().err
+    assert ("skipping checkpoint-8: " in err and "checkpoint-8: no manifest.json" in err
+            and "; falling back to checkpoint-4" in err)
+    assert train_losses(run_dir) == pytest.approx(before, abs=1e-6)
+    assert (run_dir / "final").is_dir() and problem(run_dir / "checkpoints/checkpoint-8") is None
+
+    optimizer = run_dir / "checkpoints/checkpoint-8/optimizer.pt"
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    optimizer.write_bytes(bytes(data))
+    main(tiny_cfg(tmp_path), resume=True)
+    err = capsys.readouterr().err
+    assert f"skipping checkpoint-8: {optimizer}: sha256 differs" in err and "falling back to checkpoint-4" in err
+    assert train_losses(run_dir) == pytest.approx(before, abs=1e-6)

@@ -2,7 +2,7 @@ import json
 import math
 
 from rlhf.config import RunConfig
-from rlhf.tracking import MetricsLogger, make_run_dir, read_metrics
+from rlhf.tracking import MetricsLogger, make_run_dir, read_metrics, run_history
 
 
 def test_logger_writes_config_metrics_and_tables(tmp_path, run_cfg):
@@ -29,3 +29,21 @@ def test_wandb_offline_run_needs_no_login(tmp_path, monkeypatch):
     logger.finish()
     offline_runs = list((tmp_path / "offline" / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1  # syncable later with `wandb sync`
+
+
+def test_a_resumed_run_keeps_each_step_once(tmp_path, run_cfg):
+    first = MetricsLogger(tmp_path, run_cfg, stage="x", enabled=True)
+    for step in range(0, 6):
+        first.log({"loss": float(step)}, step=step)
+    first._jsonl.write('{"step": 6, "loss": 0.')  # the kill tore the last line
+    first.finish()
+    resumed = MetricsLogger(tmp_path, run_cfg, stage="x", enabled=True)
+    resumed.resumed_at(3)  # checkpoint of step 3: steps 4-6 are redone
+    for step in range(4, 7):
+        resumed.log({"loss": 10.0 + step}, step=step)
+    resumed.finish()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["loss"]) for r in records] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0),
+                                                         (5, 15.0), (6, 16.0)]
+    assert [r["loss"] for r in run_history(tmp_path, "loss")] == [0.0, 1.0, 2.0, 3.0, 14.0, 15.0, 16.0]
+    assert run_history(tmp_path / "nowhere", "loss") == []

@@ -1,6 +1,6 @@
 """The annotation web app (Starlette, server-rendered HTML): login, label items, guidelines, admin routes.
 
-Routes (all but /login need a token: ``Authorization: Bearer TOKEN`` or the cookie /login sets):
+Routes (all but /login need a token: ``Authorization: Bearer TOKEN`` or the session cookie /login sets):
 
     GET  /login, POST /login, POST /logout
     GET  /                     -> 303 to the annotator's next unlabelled item, or the "all done" page
@@ -13,14 +13,22 @@ Routes (all but /login need a token: ``Authorization: Bearer TOKEN`` or the cook
 Every text is rendered through Jinja2 autoescaping; the one inline script carries a per-response CSP
 nonce, so even a response text that slipped through unescaped could not run script. Items assigned
 to someone else answer 404, exactly as items that do not exist.
+
+Cross-site request forgery is refused twice over: every POST whose ``Origin`` or ``Sec-Fetch-Site``
+says it comes from another origin (another port or a sibling subdomain included, which SameSite does
+not cover) gets 403, login included; and a POST authenticated by the session cookie must carry that
+session's CSRF token (the forms hold it in a hidden field). A POST with ``Authorization: Bearer`` needs
+no CSRF token: browsers never add that header on their own, so another site cannot forge it.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import secrets
 from pathlib import Path
 from typing import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import jinja2
 from markdown_it import MarkdownIt
@@ -34,18 +42,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlhf.annotate.export import collect_preferences
 from rlhf.annotate.stats import compute_stats
-from rlhf.annotate.store import CHOICES, Annotator, Store
+from rlhf.annotate.store import CHOICES, SESSION_IDLE_S, Annotator, Store
 from rlhf.records import DIMENSIONS
 
 DEFAULT_GUIDELINES = Path(__file__).resolve().parents[2] / "data" / "annotation_guidelines.md"
 MAX_BODY_BYTES = 64 * 1024  # a label is a few hundred bytes; a rationale gets MAX_RATIONALE_CHARS
 MAX_RATIONALE_CHARS = 4000
-COOKIE_NAME = "rlhf_annotate_token"
-COOKIE_MAX_AGE_S = 30 * 24 * 3600
+COOKIE_NAME = "rlhf_annotate_session"
+CSRF_FIELD = "csrf_token"  # hidden form field; API clients may send the X-CSRF-Token header instead
+MAX_FORM_FIELDS = len(DIMENSIONS) + 4  # the label form: one per dimension, rationale, CSRF token
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Keys per dimension for A better / B better / tie: one row of the keyboard per dimension.
-SHORTCUTS = {"helpful": ("1", "2", "3"), "honest": ("q", "w", "e"), "harmless": ("a", "s", "d")}
+SHORTCUTS = dict(zip(DIMENSIONS, [("1", "2", "3"), ("q", "w", "e"), ("a", "s", "d")], strict=True))
 CHOICE_TEXT = {"A": "A better", "B": "B better", "tie": "Tie"}
-STATIC_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+# Referrer-Policy same-origin, not no-referrer: item URLs still never leak to other sites, but under
+# no-referrer browsers send "Origin: null" on the app's own form posts, which SameOriginPosts must refuse.
+STATIC_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
                   (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store")]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -71,6 +83,46 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class SameOriginPosts:
+    """403 for any state-changing request a browser says comes from another origin.
+
+    Browsers send ``Origin`` on every POST and ``Sec-Fetch-Site`` on most; clients that send
+    neither (curl, scripts) are not browsers, so no other site can be driving them.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            problem = cross_origin_problem(Request(scope))
+            if problem is not None:
+                return await PlainTextResponse(f"Forbidden: {problem}", status_code=403)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def cross_origin_problem(request: Request) -> str | None:
+    """Why this request is not from the app's own pages (None if it may be)."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):  # none: typed, bookmarked
+        return f"cross-origin request (Sec-Fetch-Site: {fetch_site})"
+    origin = request.headers.get("origin")
+    if origin is not None:
+        # Host is what the browser addressed, so it is this server's origin as the browser sees it
+        # (behind an HTTPS proxy the scheme differs, the host and port do not).
+        if origin == "null" or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+            return f"cross-origin request (Origin: {origin})"
+    return None
+
+
+class AnnotateApp(Starlette):
+    """Starlette with SecurityHeaders outermost, so that the responses Starlette makes itself
+    (413 from the body limit, 500 from the error middleware) carry the headers too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 # ---------------------------------------------------------------- rendering and auth helpers
 
 
@@ -80,7 +132,8 @@ def render(request: Request, template: str, context: dict | None = None, status_
     csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
     annotator = getattr(request.state, "annotator", None)
-    full_context = {"nonce": nonce, "annotator": annotator, **(context or {})}
+    full_context = {"nonce": nonce, "annotator": annotator, "csrf_token": getattr(request.state, "csrf_token", None),
+                    **(context or {})}
     if annotator is not None and "progress" not in full_context:
         full_context["progress"] = request.app.state.store.progress(annotator.id)
     templates: Jinja2Templates = request.app.state.templates
@@ -88,27 +141,55 @@ def render(request: Request, template: str, context: dict | None = None, status_
                                       headers={"content-security-policy": csp, **(headers or {})})
 
 
-def request_token(request: Request) -> str | None:
+def bearer_token(request: Request) -> str | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get(COOKIE_NAME)
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def csrf_token_of(session_token: str) -> str:
+    # Derived from the session's secret, which only the browser's HttpOnly cookie holds: another
+    # site can neither read nor compute it, and it changes with every login.
+    return hashlib.sha256(f"csrf:{session_token}".encode("utf-8")).hexdigest()
+
+
+def set_session_cookie(response: Response, request: Request, session_token: str) -> None:
+    # httponly: scripts cannot read it; SameSite=Strict: other sites' links and forms do not send it.
+    response.set_cookie(COOKIE_NAME, session_token, max_age=SESSION_IDLE_S, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
 
 
 def login_required(admin: bool = False) -> Callable[[Endpoint], Endpoint]:
-    """401 (with the login form, for browsers) without a valid token; 403 for non-admins on admin routes."""
+    """401 (with the login form, for browsers) without a valid token or session; 403 for a cookie-
+    authenticated POST without its session's CSRF token, and for non-admins on admin routes."""
 
     def decorate(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def guarded(request: Request) -> Response:
-            annotator = request.app.state.store.authenticate(request_token(request))
+            store: Store = request.app.state.store
+            token, session = bearer_token(request), None
+            if token is not None:
+                annotator = store.authenticate(token)
+            else:
+                session = store.session(request.cookies.get(COOKIE_NAME))
+                annotator = session.annotator if session else None
             if annotator is None:
                 return render(request, "login.html", {"error": None}, status_code=401,
                               headers={"www-authenticate": "Bearer"})
             request.state.annotator = annotator
+            if session is not None:
+                request.state.csrf_token = csrf_token_of(request.cookies[COOKIE_NAME])
+                if request.method not in SAFE_METHODS:
+                    form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)  # cached for the endpoint
+                    sent = str(form.get(CSRF_FIELD) or request.headers.get("x-csrf-token", ""))
+                    if not secrets.compare_digest(sent, request.state.csrf_token):
+                        return PlainTextResponse("Forbidden: missing or wrong CSRF token (reload the page)",
+                                                 status_code=403)
             if admin and not annotator.is_admin:
                 return PlainTextResponse("Forbidden: admin only", status_code=403)
-            return await endpoint(request)
+            response = await endpoint(request)
+            if session is not None and session.renewed:  # the cookie's max-age follows the session's
+                set_session_cookie(response, request, request.cookies[COOKIE_NAME])
+            return response
 
         return guarded
 
@@ -127,18 +208,21 @@ async def login_page(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    form = await request.form()
-    token = str(form.get("token", "")).strip()
-    if request.app.state.store.authenticate(token) is None:
+    # Cross-origin logins (login CSRF) were already refused by SameOriginPosts.
+    form = await request.form(max_files=0, max_fields=2)
+    store: Store = request.app.state.store
+    annotator = store.authenticate(str(form.get("token", "")).strip())
+    if annotator is None:
         return render(request, "login.html", {"error": "Unknown token."}, status_code=401)
     response = RedirectResponse("/", status_code=303)
-    # httponly: scripts cannot read the token; SameSite=Strict: other sites cannot post with it (CSRF).
-    response.set_cookie(COOKIE_NAME, token, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    # The cookie holds a fresh session token, not the annotator's: it expires, and logout ends it.
+    set_session_cookie(response, request, store.start_session(annotator.id))
     return response
 
 
+@login_required()
 async def logout(request: Request) -> Response:
+    request.app.state.store.end_session(request.cookies.get(COOKIE_NAME))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, httponly=True, samesite="strict")
     return response
@@ -179,7 +263,7 @@ async def item_page(request: Request) -> Response:
 async def submit_label(request: Request) -> Response:
     store: Store = request.app.state.store
     annotator, item_id = current(request), request.path_params["item_id"]
-    form = await request.form(max_files=0, max_fields=len(DIMENSIONS) + 4)
+    form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
     choices = {d: str(form.get(d, "")) for d in DIMENSIONS}
     rationale = str(form.get("rationale", "")).strip()
     problems = [f"choose A better, B better or tie for {d}" for d in DIMENSIONS if choices[d] not in CHOICES]
@@ -240,7 +324,7 @@ def create_app(db_path: str | Path, guidelines_path: str | Path | None = None,
         Route("/admin/export", admin_export, methods=["GET"]),
     ]
     # Starlette answers 413 itself once a body passes max_body_size (by Content-Length or as it streams).
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)], max_body_size=max_body_bytes)
+    app = AnnotateApp(routes=routes, middleware=[Middleware(SameOriginPosts)], max_body_size=max_body_bytes)
     app.state.store = Store(db_path)
     app.state.guidelines_path = Path(guidelines_path or DEFAULT_GUIDELINES)
     env = jinja2.Environment(loader=jinja2.PackageLoader("rlhf.annotate", "templates"), autoescape=True,

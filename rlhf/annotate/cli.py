@@ -23,6 +23,8 @@ EXAMPLES = """typical session:
   rlhf annotate serve --db prefs.sqlite --port 8000
   rlhf annotate stats --db prefs.sqlite
   rlhf annotate export prefs.jsonl --db prefs.sqlite
+  rlhf annotate rotate-token bob --db prefs.sqlite             # bob's token leaked: prints a new one
+  rlhf annotate revoke-token carol --db prefs.sqlite           # carol has left: no token works for her
 """
 
 
@@ -107,6 +109,20 @@ def cmd_add_annotator(args) -> int:
     return 0
 
 
+def cmd_rotate_token(args) -> int:
+    token = _existing_store(args.db).rotate_token(args.name)
+    print(f"{args.name}: old token revoked and sessions ended; their new token (shown once):", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_revoke_token(args) -> int:
+    _existing_store(args.db).revoke_token(args.name)
+    print(f"{args.name}: token revoked and sessions ended; their labels are kept "
+          f"(`rlhf annotate rotate-token {args.name}` gives them a new token)", file=sys.stderr)
+    return 0
+
+
 def cmd_stats(args) -> int:
     from rlhf.annotate.stats import compute_stats, format_stats
 
@@ -171,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--admin", action="store_true", help="may read stats and export over HTTP; gets no items")
     p.set_defaults(func=cmd_add_annotator)
+
+    p = with_db(sub.add_parser("rotate-token", help="replace an annotator's token (prints the new one); "
+                                                    "logs them out everywhere"))
+    p.add_argument("name")
+    p.set_defaults(func=cmd_rotate_token)
+
+    p = with_db(sub.add_parser("revoke-token", help="lock an annotator out: no token works; logs them out"))
+    p.add_argument("name")
+    p.set_defaults(func=cmd_revoke_token)
 
     p = with_db(sub.add_parser("stats", help="counts, ties, Cohen's kappa and Krippendorff's alpha per dimension"))
     p.add_argument("--json", action="store_true")

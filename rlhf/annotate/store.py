@@ -30,8 +30,17 @@ from rlhf.records import DIMENSIONS
 CHOICES = ("A", "B", "tie")
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 BUSY_TIMEOUT_S = 30.0  # writers queue on SQLite's lock; each write takes milliseconds
+# A browser session lasts SESSION_IDLE_S after its last renewal and never past SESSION_MAX_S after login:
+# a stolen or forgotten cookie dies within a working day of disuse, and within a week in any case.
+SESSION_IDLE_S = 12 * 3600
+SESSION_MAX_S = 7 * 24 * 3600
+# SQLite INTEGER is signed 64-bit: a larger id (e.g. from a URL) cannot name a row, and binding it overflows.
+MAX_ROW_ID = 2**63 - 1
+REVOKED_PREFIX = "revoked:"  # a token_hash no token hashes to (sha256 gives hex digits only)
 
-# The label columns are the HHH dimensions of rlhf.records, spelled out so the SQL stays literal.
+# The label columns are the HHH dimensions of rlhf.records, one per dimension, filled in from DIMENSIONS (constants,
+# never user input) so the dimension names are written in one place.
+_DIMS = ", ".join(DIMENSIONS)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotators (
     id INTEGER PRIMARY KEY,
@@ -57,19 +66,25 @@ CREATE TABLE IF NOT EXISTS assignments (
     PRIMARY KEY (item_id, annotator_id)
 );
 CREATE INDEX IF NOT EXISTS assignments_by_annotator ON assignments(annotator_id, item_id);
+-- Browser sessions: the cookie holds a random session token (hashed here), never the annotator's token.
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,
+    annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS labels (
     item_id INTEGER NOT NULL,
     annotator_id INTEGER NOT NULL,
-    helpful TEXT NOT NULL CHECK (helpful IN ('A', 'B', 'tie')),
-    honest TEXT NOT NULL CHECK (honest IN ('A', 'B', 'tie')),
-    harmless TEXT NOT NULL CHECK (harmless IN ('A', 'B', 'tie')),
+{label_columns}
     rationale TEXT NOT NULL DEFAULT '',
     seconds_spent REAL,
     submitted_at REAL NOT NULL,
     PRIMARY KEY (item_id, annotator_id),
     FOREIGN KEY (item_id, annotator_id) REFERENCES assignments(item_id, annotator_id)
 );
-"""
+""".replace("{label_columns}",
+           "\n".join(f"    {d} TEXT NOT NULL CHECK ({d} IN ('A', 'B', 'tie'))," for d in DIMENSIONS))
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,13 @@ class Annotator:
     id: int
     name: str
     is_admin: bool
+
+
+@dataclass(frozen=True)
+class Session:
+    annotator: Annotator
+    expires_at: float
+    renewed: bool  # expires_at was pushed back by this lookup: the caller re-sends the cookie
 
 
 @dataclass(frozen=True)
@@ -134,6 +156,11 @@ def hash_token(token: str) -> str:
     # Tokens are 256-bit random strings, so a fast unsalted hash is enough: there is nothing to
     # brute-force, and a leaked database holds no usable token.
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def storable_id(item_id: int) -> bool:
+    """Whether ``item_id`` can be a row id; larger ones cannot exist, so callers answer "not found"."""
+    return 0 < item_id <= MAX_ROW_ID
 
 
 def check_annotator_name(name: str) -> str:
@@ -218,6 +245,59 @@ class Store:
                            (hash_token(token),)).fetchone()
         return Annotator(row[0], row[1], bool(row[2])) if row else None
 
+    def rotate_token(self, name: str) -> str:
+        """Give ``name`` a new token (returned; print it now) and end their sessions: the old token stops working."""
+        token = secrets.token_urlsafe(32)
+        self._replace_token_hash(name, hash_token(token))
+        return token
+
+    def revoke_token(self, name: str) -> None:
+        """Lock ``name`` out: no token authenticates them and their sessions end; their labels stay."""
+        self._replace_token_hash(name, REVOKED_PREFIX + secrets.token_hex(16))
+
+    def _replace_token_hash(self, name: str, token_hash: str) -> None:
+        with self._write() as conn:
+            row = conn.execute("SELECT id FROM annotators WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise ValueError(f"no annotator named {name!r}")
+            conn.execute("UPDATE annotators SET token_hash = ? WHERE id = ?", (token_hash, row[0]))
+            conn.execute("DELETE FROM sessions WHERE annotator_id = ?", (row[0],))
+
+    # ------------------------------------------------------------ browser sessions
+
+    def start_session(self, annotator_id: int) -> str:
+        """A new session for a logged-in browser; returns its token (only the hash is stored)."""
+        token, now = secrets.token_urlsafe(32), self.clock()
+        with self._write() as conn:
+            conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))  # keep the table small
+            conn.execute("INSERT INTO sessions (token_hash, annotator_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                         (hash_token(token), annotator_id, now, now + SESSION_IDLE_S))
+        return token
+
+    def session(self, token: str | None) -> Session | None:
+        """The live session of ``token``, renewed when over half its idle time has passed (None if expired)."""
+        if not token:
+            return None
+        now, token_hash = self.clock(), hash_token(token)
+        row = self._connection().execute(
+            "SELECT a.id, a.name, a.is_admin, s.created_at, s.expires_at FROM sessions s"
+            " JOIN annotators a ON a.id = s.annotator_id WHERE s.token_hash = ?", (token_hash,)).fetchone()
+        if row is None or row[4] <= now:
+            return None
+        annotator, created_at, expires_at = Annotator(row[0], row[1], bool(row[2])), row[3], row[4]
+        renewed_until = min(now + SESSION_IDLE_S, created_at + SESSION_MAX_S)
+        # Renewing only past half-life keeps page views from writing on every request.
+        if expires_at - now < SESSION_IDLE_S / 2 and renewed_until > expires_at:
+            with self._write(durable=False) as conn:
+                conn.execute("UPDATE sessions SET expires_at = ? WHERE token_hash = ?", (renewed_until, token_hash))
+            return Session(annotator, renewed_until, renewed=True)
+        return Session(annotator, expires_at, renewed=False)
+
+    def end_session(self, token: str | None) -> None:
+        if token:
+            with self._write() as conn:
+                conn.execute("DELETE FROM sessions WHERE token_hash = ?", (hash_token(token),))
+
     def annotators(self, include_admins: bool = False) -> list[Annotator]:
         conn = self._connection()
         rows = conn.execute("SELECT id, name, is_admin FROM annotators WHERE is_admin = 0 OR ? ORDER BY id",
@@ -295,6 +375,8 @@ class Store:
         a form comes back with an error). None when not assigned: the caller cannot tell "not yours"
         from "does not exist", which is the point.
         """
+        if not storable_id(item_id):
+            return None
         if start_timer:
             with self._write(durable=False) as conn:  # a page view: only the time statistic needs it
                 conn.execute("UPDATE assignments SET served_at = ? WHERE item_id = ? AND annotator_id = ?",
@@ -305,10 +387,10 @@ class Store:
                            (item_id, annotator_id)).fetchone()
         if row is None:
             return None
-        label = conn.execute("SELECT helpful, honest, harmless, rationale FROM labels"
+        label = conn.execute(f"SELECT {_DIMS}, rationale FROM labels"
                              " WHERE item_id = ? AND annotator_id = ?", (item_id, annotator_id)).fetchone()
-        choices = dict(zip(DIMENSIONS, label[:3])) if label else None
-        return Item(*row), choices, (label[3] if label else "")
+        choices = dict(zip(DIMENSIONS, label[:-1])) if label else None
+        return Item(*row), choices, (label[-1] if label else "")
 
     def next_unlabelled(self, annotator_id: int) -> int | None:
         conn = self._connection()
@@ -343,18 +425,19 @@ class Store:
         missing = [d for d in DIMENSIONS if choices.get(d) not in CHOICES]
         if missing:
             raise ValueError(f"no valid choice for {', '.join(missing)} (expected one of {', '.join(CHOICES)})")
+        if not storable_id(item_id):
+            return False
         now = self.clock()
         with self._write() as conn:
             cursor = conn.execute(
-                "INSERT INTO labels (item_id, annotator_id, helpful, honest, harmless, rationale, seconds_spent,"
-                " submitted_at) SELECT item_id, annotator_id, ?, ?, ?, ?, ? - served_at, ? FROM assignments"
-                " WHERE item_id = ? AND annotator_id = ?"
-                " ON CONFLICT (item_id, annotator_id) DO UPDATE SET helpful = excluded.helpful,"
-                " honest = excluded.honest, harmless = excluded.harmless, rationale = excluded.rationale,"
+                f"INSERT INTO labels (item_id, annotator_id, {_DIMS}, rationale, seconds_spent, submitted_at)"
+                f" SELECT item_id, annotator_id, {', '.join('?' for _ in DIMENSIONS)}, ?, ? - served_at, ?"
+                " FROM assignments WHERE item_id = ? AND annotator_id = ?"
+                " ON CONFLICT (item_id, annotator_id) DO UPDATE SET"
+                f" {', '.join(f'{d} = excluded.{d}' for d in DIMENSIONS)}, rationale = excluded.rationale,"
                 " seconds_spent = COALESCE(excluded.seconds_spent, labels.seconds_spent),"
                 " submitted_at = excluded.submitted_at",
-                (choices["helpful"], choices["honest"], choices["harmless"], rationale, now, now,
-                 item_id, annotator_id))
+                (*(choices[d] for d in DIMENSIONS), rationale, now, now, item_id, annotator_id))
             if cursor.rowcount == 0:
                 return False
             conn.execute("UPDATE assignments SET served_at = NULL WHERE item_id = ? AND annotator_id = ?",
@@ -363,11 +446,12 @@ class Store:
 
     def labels(self) -> list[Label]:
         conn = self._connection()
-        rows = conn.execute("SELECT l.item_id, a.name, l.helpful, l.honest, l.harmless, l.rationale,"
+        rows = conn.execute(f"SELECT l.item_id, a.name, {', '.join(f'l.{d}' for d in DIMENSIONS)}, l.rationale,"
                             " l.seconds_spent, l.submitted_at FROM labels l"
                             " JOIN annotators a ON a.id = l.annotator_id ORDER BY l.item_id, a.name").fetchall()
-        return [Label(item_id=r[0], annotator=r[1], choices=dict(zip(DIMENSIONS, r[2:5])), rationale=r[5],
-                      seconds_spent=r[6], submitted_at=r[7]) for r in rows]
+        n = len(DIMENSIONS)
+        return [Label(item_id=r[0], annotator=r[1], choices=dict(zip(DIMENSIONS, r[2:2 + n])), rationale=r[2 + n],
+                      seconds_spent=r[3 + n], submitted_at=r[4 + n]) for r in rows]
 
     def counts(self) -> dict[str, int]:
         conn = self._connection()

@@ -5,7 +5,9 @@ trainable weights (LoRA + value head, ``trainable.safetensors``; the LoRA also a
 ``optimizer.pt``, ``scheduler.pt``, ``trainer_state.json`` (step = data position, KL controller, reward
 moments) and one ``rng-rank<r>.pt`` per process. It is written into a temporary folder and renamed into
 place, and ``checkpoints/latest`` is replaced atomically afterwards, so a run killed at any moment leaves
-either the previous checkpoint or the new one, never half of one.
+either the previous checkpoint or the new one, never half of one. Its ``manifest.json`` (sizes and
+sha256, :mod:`rlhf.checkpoints`) is written before the rename; resuming verifies it and falls back to
+the newest intact checkpoint, naming the bad file.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from rlhf import checkpoints
 
 LATEST = "latest"
 STATE = "trainer_state.json"
@@ -69,10 +73,8 @@ def write_rank_files(tmp: Path, rank: int) -> None:
 def commit(run_dir: str | Path, tmp: Path, step: int, keep: int) -> Path:
     """Rename ``tmp`` into place, point ``latest`` at it, and drop old checkpoints beyond ``keep``."""
     root = checkpoint_root(run_dir)
-    final = root / step_dir_name(step)
-    if final.exists():  # a resumed run reaching the same step again
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = checkpoints.commit_folder(tmp, root / step_dir_name(step))
+    checkpoints.drop_newer(root, "step-", step)  # left by a run that resumed from an earlier checkpoint
     write_text_atomic(root / LATEST, final.name)
     if keep > 0:
         for old in sorted(root.glob("step-*"))[:-keep]:
@@ -93,31 +95,26 @@ def save_main_files(tmp: Path, trainable: dict[str, torch.Tensor], optimizer_sta
 
 
 def find_checkpoint(run_dir_or_checkpoint: str | Path) -> Path | None:
-    """A checkpoint folder itself, or the ``latest`` one of a run folder; None when the run has none."""
+    """A checkpoint folder itself (CheckpointError naming the bad file unless intact), or a run folder's
+    newest intact checkpoint (one line per newer one skipped); None when the run has none."""
     path = Path(run_dir_or_checkpoint)
-    if (path / STATE).is_file():
-        return path
-    root = checkpoint_root(path)
-    pointer = root / LATEST
-    if pointer.is_file():
-        candidate = root / pointer.read_text(encoding="utf-8").strip()
-        if (candidate / STATE).is_file():
-            return candidate
-    complete = sorted(p for p in root.glob("step-*") if (p / STATE).is_file()) if root.is_dir() else []
-    return complete[-1] if complete else None
+    if (path / STATE).is_file() or (path / checkpoints.MANIFEST).is_file():
+        return checkpoints.verified(path)
+    return checkpoints.newest_intact(checkpoint_root(path), "step-")
 
 
 def load_checkpoint(path: Path, rank: int, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Everything a checkpoint holds, loaded safely (tensors only, no arbitrary pickled objects)."""
     from safetensors.torch import load_file
 
+    read = checkpoints.read_file  # a file that will not load is named in the error
     rng_file = path / f"rng-rank{rank}.pt"
     return {
-        "trainable": load_file(str(path / TRAINABLE), device=str(map_location)),
-        "optimizer": torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True),
-        "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
-        "trainer_state": json.loads((path / STATE).read_text(encoding="utf-8")),
-        "rng": torch.load(rng_file, weights_only=True) if rng_file.is_file() else None,
+        "trainable": read(path / TRAINABLE, lambda f: load_file(str(f), device=str(map_location))),
+        "optimizer": read(path / "optimizer.pt", lambda f: torch.load(f, map_location=map_location, weights_only=True)),
+        "scheduler": read(path / "scheduler.pt", lambda f: torch.load(f, weights_only=True)),
+        "trainer_state": read(path / STATE, lambda f: json.loads(f.read_text(encoding="utf-8"))),
+        "rng": read(rng_file, lambda f: torch.load(f, weights_only=True)) if rng_file.is_file() else None,
     }
 
 

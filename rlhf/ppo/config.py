@@ -18,34 +18,59 @@ from rlhf.runtime import Precision
 class PolicySection:
     """The model PPO starts from and how it is held in memory."""
 
-    model: str = "smollm2-135m-instruct"  # zoo name, folder (merged SFT weights or an SFT adapter folder) or hub id
-    sft_adapter: str = ""  # optional SFT LoRA adapter folder, merged into `model` in memory before PPO's LoRA
-    critic: str = ""  # "" = value head on the policy's backbone (one forward); else a model for a separate critic
-    precision: Precision = "auto"  # auto: bf16 where the hardware has bf16 matmuls, else fp32 (rlhf.runtime)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time
+    model: str = field(default="smollm2-135m-instruct",
+                       metadata={"help": "zoo name, folder (merged SFT weights or an SFT adapter folder) or hub id"})
+    sft_adapter: str = field(
+        default="",
+        metadata={"help": "optional SFT LoRA adapter folder, merged into `model` in memory before PPO's LoRA"})
+    critic: str = field(
+        default="",
+        metadata={"help": "empty: a value head on the policy's backbone (one forward); else a separate critic model"})
+    precision: Precision = field(
+        default="auto",
+        metadata={"help": "bf16 frozen weights (trainable ones fp32) or fp32; auto: bf16 where matmuls are native"})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in backward: less memory, ~30 % more time"})
     # Rollout sampler (rlhf.ppo.sampler): "fast" = merged LoRA, packed prefill, the trunk captured while sampling,
     # old log-probs from the sampling pass; "plain" = model.generate, then a forward for the log-probs.
-    sampler: Literal["fast", "plain"] = "fast"
-    merge_lora_for_sampling: bool = True  # fast sampler: fold LoRA into the weights while generating (exact restore after)
+    sampler: Literal["fast", "plain"] = field(
+        default="fast",
+        metadata={"help": "rollout sampler: fast (merged LoRA, packed prefill, trunk captured) or plain"})
+    merge_lora_for_sampling: bool = field(
+        default=True,
+        metadata={"help": "fast sampler: fold LoRA into the weights while generating (exact restore after)"})
     # With lora.layers above the bottom, the layers below the lowest adapter are frozen and identical for the
     # policy, the reference and every update: run them once per rollout (in the sampling pass), keep their
     # output, and start the reference forward and the update's forward+backward from it.
-    reuse_trunk: bool = True
+    reuse_trunk: bool = field(
+        default=True,
+        metadata={"help": "run the frozen layers below the lowest adapter once per rollout, then reuse their output"})
     # Forwards over several rollouts, and the prompt prefill before sampling, run packed: every row's real tokens
     # end to end in one sequence with a block-diagonal causal mask, so no FLOPs go to padding (sdpa/eager only).
-    pack_sequences: bool = True
+    pack_sequences: bool = field(
+        default=True,
+        metadata={"help": "run forwards and the prompt prefill packed: no FLOPs on padding (sdpa/eager only)"})
 
 
 @dataclass
 class RewardSection:
     """Where scores come from and how they become the reward."""
 
-    kind: Literal["model", "toy"] = "model"  # model: the trained HHH reward model; toy: token-count reward (tests)
-    model: str = ""  # reward model folder (pipelines/reward.py writes <run>/final); "" = newest runs/reward-*/final
-    toy_token: str = " the"  # kind toy: reward = share of response tokens equal to this token
-    missing_eos_penalty: float = 1.0  # subtracted from the score of a response that never emits EOS (0: off)
-    normalize: bool = True  # standardise scores with a running mean/std (kept in checkpoints)
-    clip: float = 5.0  # clip (normalised) scores to [-clip, clip]; 0 disables
+    kind: Literal["model", "toy"] = field(
+        default="model",
+        metadata={"help": "model: the trained HHH reward model; toy: token-count reward (tests)"})
+    model: str = field(
+        default="",
+        metadata={"help": "reward model folder (a reward run's final/); empty: the newest runs/reward-*/final"})
+    toy_token: str = field(default=" the",
+                           metadata={"help": "kind toy: reward = share of response tokens equal to this token"})
+    missing_eos_penalty: float = field(
+        default=1.0,
+        metadata={"help": "subtracted from the score of a response that never emits EOS (0: off)"})
+    normalize: bool = field(default=True,
+                            metadata={"help": "standardise scores with a running mean/std (kept in checkpoints)"})
+    clip: float = field(default=5.0, metadata={"help": "clip (normalised) scores to [-clip, clip]; 0 disables"})
 
 
 @dataclass
@@ -54,84 +79,119 @@ class RLSection:
 
     # ppo: GAE with a value head; grpo: group-normalised scores; rloo: leave-one-out baseline;
     # reinforce_pp: REINFORCE++ (batch-whitened returns, token-level KL). See rlhf/ppo/advantages.py.
-    algo: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = "ppo"
-    samples_per_prompt: int = 1  # k responses sampled per prompt; the group estimators (grpo, rloo) need k >= 2
+    algo: Literal["ppo", "grpo", "rloo", "reinforce_pp"] = field(
+        default="ppo",
+        metadata={"help": "the advantage estimator: ppo (GAE, value head), grpo, rloo or reinforce_pp"})
+    samples_per_prompt: int = field(
+        default=1,
+        metadata={"help": "k responses sampled per prompt; the group estimators (grpo, rloo) need k >= 2"})
     # How per-token policy losses become one number: token_mean (every token of the batch equal), sequence_mean
     # (each response equal, GRPO's original), constant (sum over tokens / generation.max_new_tokens: Dr. GRPO's
     # length-unbiased aggregation, Liu et al. 2025).
-    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
-    scale_rewards: bool = True  # grpo: divide by the group's std (false = Dr. GRPO's unscaled advantage)
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = field(
+        default="token_mean",
+        metadata={"help": "how per-token losses become one number; constant = Dr. GRPO's"})
+    scale_rewards: bool = field(
+        default=True,
+        metadata={"help": "grpo: divide by the group's std (false = Dr. GRPO's unscaled advantage)"})
 
 
 @dataclass
 class PPOSection:
     """Rollout sizes and the policy update (shared by every algorithm; value keys only matter for ppo)."""
 
-    batch_size: int = 8  # prompts per process per step; rollouts = batch_size * rl.samples_per_prompt
-    mini_batch_size: int = 4  # rollouts per optimizer step (per process)
-    micro_batch_size: int = 4  # rollouts per forward/backward; mini/micro = gradient accumulation steps.
+    batch_size: int = field(
+        default=8,
+        metadata={"help": "prompts per process per step; rollouts = batch_size * rl.samples_per_prompt"})
+    mini_batch_size: int = field(default=4, metadata={"help": "rollouts per optimizer step (per process)"})
+    micro_batch_size: int = field(
+        default=4,
+        metadata={"help": "rollouts per forward/backward; mini/micro = gradient accumulation steps"})
     # With policy.pack_sequences a micro-batch runs packed (no FLOPs on padding, one big matmul per layer);
     # without, it is cut to its own padding-free span. Smaller = fewer activations held at once.
-    forward_batch_size: int = 8  # rollouts per no-grad forward (reference, separate critic); same trade-off
-    epochs: int = 1  # passes over each batch of rollouts
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    clip_range: float = 0.2  # policy ratio clip
-    clip_range_value: float = 0.2  # value clip around the rollout-time values
-    vf_coef: float = 0.1  # weight of the value loss
-    entropy_coef: float = 0.0  # weight of the entropy bonus
-    whiten_advantages: bool = True
-    max_approx_kl: float = 0.0  # stop the rest of an update once approx-KL(old||new) exceeds this (0: never)
-    # Old log-probs + values from the sampling pass (no extra forward): the behaviour policy's own numbers. Exact
-    # in fp32; in bf16 the KV-cached decoding rounds differently from the full forward the reference runs, which
-    # shows as a KL floor before any update (measured: 0.13 nats per ~35-token response on SmolLM2). False
-    # recomputes them with the reference's forward path (KL exactly 0 at the start; one more forward per rollout).
-    logprobs_from_sampling: bool = True
+    forward_batch_size: int = field(
+        default=8,
+        metadata={"help": "rollouts per no-grad forward (reference, separate critic); same trade-off"})
+    epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts"})
+    gamma: float = field(default=1.0, metadata={"help": "discount"})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    clip_range: float = field(default=0.2, metadata={"help": "policy ratio clip"})
+    clip_range_value: float = field(default=0.2, metadata={"help": "value clip around the rollout-time values"})
+    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "standardise advantages over the batch"})
+    max_approx_kl: float = field(
+        default=0.0,
+        metadata={"help": "stop the rest of an update once approx-KL(old||new) exceeds this (0: never)"})
+    # The behaviour policy's own numbers. Exact in fp32; in bf16 the KV-cached decoding rounds differently from
+    # the full forward the reference runs, which shows as a KL floor before any update (measured: 0.13 nats per
+    # ~35-token response on SmolLM2). False recomputes them with the reference's forward path (KL exactly 0 at the
+    # start; one more forward per rollout).
+    logprobs_from_sampling: bool = field(
+        default=True,
+        metadata={"help": "old log-probs + values from the sampling pass (no extra forward)"})
 
 
 @dataclass
 class KLSection:
     """The per-token KL penalty against the reference (the policy with its adapters off)."""
 
-    estimator: Literal["k1", "k3"] = "k1"  # k1 = log p/q (unbiased); k3 = (q/p - 1) - log q/p (never negative)
-    coef: float = 0.05  # initial (or fixed) coefficient
-    adaptive: bool = True  # Ziegler et al. 2019 controller toward `target`
-    target: float = 2.0  # target KL per response (nats), adaptive only
-    horizon: int = 2000  # rollouts over which a 20 % error moves the coefficient 20 %, adaptive only
+    estimator: Literal["k1", "k3"] = field(
+        default="k1",
+        metadata={"help": "k1 = log p/q (unbiased); k3 = (q/p - 1) - log q/p (never negative)"})
+    coef: float = field(default=0.05, metadata={"help": "initial (or fixed) coefficient"})
+    adaptive: bool = field(default=True, metadata={"help": "Ziegler et al. 2019 controller toward `target`"})
+    target: float = field(default=2.0, metadata={"help": "target KL per response (nats), adaptive only"})
+    horizon: int = field(
+        default=2000,
+        metadata={"help": "rollouts over which a 20 % error moves the coefficient 20 %, adaptive only"})
     # Where the KL enters: "reward" = a per-token penalty in the reward (PPO, RLOO, REINFORCE++); "loss" = a
     # k3 KL(policy || reference) term added to the policy loss (GRPO); "auto" = loss for grpo, else reward.
-    placement: Literal["auto", "reward", "loss"] = "auto"
+    placement: Literal["auto", "reward", "loss"] = field(
+        default="auto",
+        metadata={"help": "where the KL enters: per-token reward penalty, k3 loss term, or auto (loss for grpo)"})
 
 
 @dataclass
 class DataSection:
     """Training prompts."""
 
-    sources: list[str] = field(default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"])  # or files
-    split: Literal["train", "dev", "test", "all"] = "train"  # "test" is held out from every stage
-    max_prompts: int = 0  # 0: all
-    max_prompt_tokens: int = 256  # longer prompts (rendered as chat) are dropped, not cut
-    shuffle: bool = True
-    eval_split: Literal["train", "dev", "test", "all"] = "test"  # held-out prompts for train.eval_every
-    eval_prompts: int = 0  # held-out prompts scored before training, every train.eval_every steps and at the end (0: off)
+    sources: list[str] = field(default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
+                               metadata={"help": "prompt sources: shipped names or files"})
+    split: Literal["train", "dev", "test", "all"] = field(default="train",
+                                                          metadata={"help": "test is held out from every stage"})
+    max_prompts: int = field(default=0, metadata={"help": "use at most this many training prompts; 0: all"})
+    max_prompt_tokens: int = field(default=256,
+                                   metadata={"help": "longer prompts (rendered as chat) are dropped, not cut"})
+    shuffle: bool = field(default=True, metadata={"help": "shuffle the training prompts (seeded by run.seed)"})
+    eval_split: Literal["train", "dev", "test", "all"] = field(
+        default="test",
+        metadata={"help": "held-out prompts for train.eval_every"})
+    eval_prompts: int = field(
+        default=0,
+        metadata={"help": "held-out prompts scored before training, every train.eval_every steps, at the end; 0: off"})
 
 
 @dataclass
 class TrainSection:
     """The optimisation loop."""
 
-    steps: int = 100  # PPO steps (generate -> score -> update)
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"  # transformers scheduler name (constant, linear, cosine ...), stepped per PPO step
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    save_every: int = 10  # checkpoint every N steps (0: only at the end)
-    keep_checkpoints: int = 2
-    eval_every: int = 0  # evaluate on data.eval_prompts held-out prompts every N steps (0: only before and after)
-    sample_every: int = 10  # log a samples table every N steps (0: never)
-    num_samples: int = 4  # rows in the samples table
-    threads: int = 0  # torch threads per process (0: torch's default)
+    steps: int = field(default=100, metadata={"help": "PPO steps (generate -> score -> update)"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr_scheduler: str = field(
+        default="linear",
+        metadata={"help": "transformers scheduler name (constant, linear, cosine ...), stepped per PPO step"})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this"})
+    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "keep the newest N checkpoints"})
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "evaluate on data.eval_prompts held-out prompts every N steps (0: only before and after)"})
+    sample_every: int = field(default=10, metadata={"help": "log a samples table every N steps (0: never)"})
+    num_samples: int = field(default=4, metadata={"help": "rows in the samples table"})
+    threads: int = field(default=0, metadata={"help": "torch threads per process (0: follow the load: the cores other processes leave free, re-checked every step)"})
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The reward/KL curve of a PPO run as a PNG (for notes and reports)."""
+"""The reward/KL curve of an RL run (any algorithm) as a PNG (for notes and reports)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +30,7 @@ def plot_reward_and_kl(metrics_file: str | Path, out_png: str | Path, kl_target:
     if evals:
         ax_reward.plot([r["step"] for r in evals], [r["eval/reward/composite"] for r in evals], marker="s",
                        color="black", label="held-out prompts")
-    ax_reward.set(xlabel="PPO step", ylabel="reward/composite", title="reward")
+    ax_reward.set(xlabel="step", ylabel="reward/composite", title="reward")
     ax_reward.legend()
     ax_kl.plot(steps, [r["objective/kl"] for r in records], marker=".", color="tab:red", label="objective/kl")
     if evals:
@@ -38,7 +38,7 @@ def plot_reward_and_kl(metrics_file: str | Path, out_png: str | Path, kl_target:
                    label="held-out prompts")
     if kl_target:
         ax_kl.axhline(kl_target, linestyle="--", color="gray", label=f"target {kl_target:g}")
-    ax_kl.set(xlabel="PPO step", ylabel="KL(policy || reference) per response (nats)", title="KL")
+    ax_kl.set(xlabel="step", ylabel="KL(policy || reference) per response (nats)", title="KL")
     ax_kl.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)

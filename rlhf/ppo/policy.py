@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhf.config import ConfigError
 from rlhf.lora import LoraConfig, add_lora
 from rlhf.ppo.config import PolicySection, RLStageConfig
 from rlhf.ppo.packing import PackedRows, use_varlen_attention

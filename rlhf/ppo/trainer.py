@@ -35,6 +35,7 @@ from rlhf.ppo.policy import PolicyModel
 from rlhf.ppo.prompts import PromptStream
 from rlhf.ppo.rewards import RunningMoments, shape_scores
 from rlhf.ppo.sampler import make_sampler
+from rlhf.threads import ThreadGovernor
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -89,8 +90,7 @@ class RLTrainer:
         self.accelerator = accelerator or make_accelerator()
         self.logger = logger
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
+        self.threads = ThreadGovernor(cfg.train.threads)  # 0: threads follow the cores other processes leave free
         self.estimator = make_estimator(cfg.rl.algo, cfg.ppo.gamma, cfg.ppo.lam, cfg.rl.scale_rewards)
         if self.estimator.needs_values and model.value_head is None:
             raise ValueError(f"{cfg.rl.algo} needs a value head: build the model with build_policy_model(cfg, ...)")
@@ -147,6 +147,7 @@ class RLTrainer:
 
         Each prompt is sampled ``rl.samples_per_prompt`` times; its rollouts are consecutive rows (a group)."""
         cfg, acc = self.cfg, self.accelerator
+        self.threads.before_step()  # re-choose the thread count from the CPU others used during the last step
         step = self.step_count + 1
         start = time.perf_counter()
         prompts = list(prompts) if prompts is not None else self.stream.batch(self.step_count)

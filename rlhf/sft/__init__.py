@@ -7,8 +7,6 @@
 * :mod:`rlhf.sft.trainer` – TRL ``SFTTrainer`` from the config, logging into our MetricsLogger, resume, saving
 * :mod:`rlhf.sft.forgetting` – TruthfulQA MC1 by log-likelihood, before vs after
 """
-from rlhf.sft.config import (DataConfig, ForgettingConfig, LoraSettings, MixtureSource, ModelConfig,
-                             SFTStageConfig, TrainConfig)
+from rlhf.sft.config import DataConfig, ForgettingConfig, MixtureSource, ModelConfig, SFTStageConfig, TrainConfig
 
-__all__ = ["DataConfig", "ForgettingConfig", "LoraSettings", "MixtureSource", "ModelConfig", "SFTStageConfig",
-           "TrainConfig"]
+__all__ = ["DataConfig", "ForgettingConfig", "MixtureSource", "ModelConfig", "SFTStageConfig", "TrainConfig"]

@@ -1,4 +1,4 @@
-"""The SFT stage's config: one dataclass with nested sections, YAML defaults in ``pipelines/configs/sft.yaml``."""
+"""The SFT stage's config: one dataclass with nested sections; its defaults are what ``rlhf sft`` runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,77 +6,89 @@ from typing import Literal
 
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings
+from rlhf.lora import LoraConfig
+from rlhf.runtime import Precision
 
 
 @dataclass
 class ModelConfig:
     """The policy to fine-tune."""
 
-    name: str = "smollm2-135m-instruct"  # zoo name, tiny-llama, local folder or hub id
-    dtype: Literal["float32", "bfloat16"] = "float32"  # of the stored weights; float32 master weights train best
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapters (peft); ``enabled: false`` fine-tunes every weight."""
-
-    enabled: bool = True
-    r: int = 16  # rank of the update
-    alpha: int = 32  # scale = alpha / r
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # Adapt only these decoder layers (empty: all). Upper layers only = backprop stops early: much cheaper on CPU.
-    layers: list[int] = field(default_factory=list)
-    save_merged: bool = False  # also write base + adapter merged into <run_dir>/final-merged/
+    name: str = field(default="smollm2-135m-instruct",
+                      metadata={"help": "zoo name, tiny-llama, local folder or hub id"})
+    dtype: Literal["float32", "bfloat16"] = field(
+        default="float32",
+        metadata={"help": "dtype of the stored weights; float32 master weights train best"})
 
 
 @dataclass
 class MixtureSource:
     """One ingredient of the training mixture."""
 
-    source: str  # shipped name (hh-rlhf-harmless, dialogsum, truthfulqa) or a JSONL/CSV path of SFT records
-    weight: float = 1.0  # share of the mixture, relative to the other sources' weights
-    max_examples: int = 0  # use at most this many of the source's examples (a seeded subset); 0 = all
+    source: str = field(
+        metadata={"help": "shipped name (hh-rlhf-harmless, dialogsum, truthfulqa) or a JSONL/CSV path of SFT records"})
+    weight: float = field(default=1.0,
+                          metadata={"help": "share of the mixture, relative to the other sources' weights"})
+    max_examples: int = field(
+        default=0,
+        metadata={"help": "use at most this many of the source's examples (a seeded subset); 0 = all"})
 
 
 @dataclass
 class DataConfig:
-    mixture: list[MixtureSource] = field(default_factory=lambda: [MixtureSource("dialogsum")])
-    # Examples in the training mixture; sources are up-/down-sampled to their weights. 0 = the capped sources' total.
-    num_examples: int = 0
-    dev_max_examples: int = 200  # dev examples per source for eval loss (the sources' "dev" split)
-    samples: int = 4  # dev prompts whose generations are logged as a table at the end
+    """What SFT trains on and how it is checked."""
+
+    mixture: list[MixtureSource] = field(
+        default_factory=lambda: [MixtureSource("dialogsum"), MixtureSource("hh-rlhf-harmless", max_examples=400)],
+        metadata={"help": "training sources: [{source, weight, max_examples}, ...]"})
+    num_examples: int = field(
+        default=0,
+        metadata={"help": "training examples, sources re-sampled to their weights; 0 = the capped sources' total"})
+    dev_max_examples: int = field(
+        default=100,
+        metadata={"help": "dev examples per source for eval loss (the sources' dev split)"})
+    samples: int = field(default=4, metadata={"help": "dev prompts whose generations are logged as a table at the end"})
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "linear"  # any transformers scheduler name: linear, cosine, constant ...
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 4  # per device
-    grad_accum: int = 1  # optimiser step every N batches
-    eval_batch_size: int = 8
-    max_length: int = 512  # tokens; longer examples are dropped (counted in data/dropped_too_long), never cut
-    packing: bool = False  # best-fit packing of several examples per row (TRL bfd)
-    bf16: Literal["auto", "on", "off"] = "auto"  # autocast; auto = on where the hardware has fast bf16
-    gradient_checkpointing: bool = False  # saves memory, costs ~30 % more compute
-    save_steps: int = 50  # checkpoint every N steps (resume with --resume)
-    save_total_limit: int = 2  # keep the newest N checkpoints
-    eval_steps: int = 0  # eval loss every N steps; 0 = only before and after training
+    """The optimisation (TRL SFTTrainer), checkpoints and eval loss."""
+
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training mixture (fractions allowed)"})
+    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
+    lr_scheduler: str = field(default="linear",
+                              metadata={"help": "any transformers scheduler name: linear, cosine, constant ..."})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this"})
+    batch_size: int = field(default=4, metadata={"help": "examples per device per forward/backward"})
+    grad_accum: int = field(default=1, metadata={"help": "optimiser step every N batches"})
+    eval_batch_size: int = field(default=8, metadata={"help": "per device, for the eval loss"})
+    max_length: int = field(
+        default=512,
+        metadata={"help": "tokens; longer examples are dropped (counted in data/dropped_too_long), never cut"})
+    packing: bool = field(default=False, metadata={"help": "best-fit packing of several examples per row (TRL bfd)"})
+    precision: Precision = field(
+        default="auto",
+        metadata={"help": "bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.runtime)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "saves memory, costs ~30 % more compute"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume with --resume)"})
+    save_total_limit: int = field(default=2, metadata={"help": "keep the newest N checkpoints"})
+    eval_steps: int = field(default=0, metadata={"help": "eval loss every N steps; 0 = only before and after training"})
+    save_merged: bool = field(default=False,
+                              metadata={"help": "LoRA: also write base + adapter merged into <run_dir>/final-merged/"})
 
 
 @dataclass
 class ForgettingConfig:
     """Catastrophic-forgetting check: a held-out task scored before and after fine-tuning."""
 
-    enabled: bool = True
-    task: Literal["truthfulqa_mc"] = "truthfulqa_mc"  # MC1 by log-likelihood on TruthfulQA's test split
-    n: int = 60  # questions (0 = all of the test split)
-    batch_size: int = 8
+    enabled: bool = field(default=True, metadata={"help": "score the forgetting task before and after fine-tuning"})
+    task: Literal["truthfulqa_mc"] = field(default="truthfulqa_mc",
+                                           metadata={"help": "MC1 by log-likelihood on TruthfulQA's test split"})
+    n: int = field(default=60, metadata={"help": "questions (0 = all of the test split)"})
+    batch_size: int = field(default=8, metadata={"help": "questions per forward pass"})
 
 
 @dataclass
@@ -84,9 +96,11 @@ class SFTStageConfig:
     """Stage 1: supervised fine-tuning on a chat mixture, full or LoRA."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    # lora.enabled false fine-tunes every weight; lora.layers [18, ..., 29] or [-12, ..., -1] (from the top) adapts
+    # upper layers only, so backprop stops early: much cheaper on CPU.
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.05))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(do_sample=False))
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=5))

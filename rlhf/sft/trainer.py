@@ -15,48 +15,32 @@ from typing import Any, Mapping, Sequence
 import torch
 from transformers import TrainerCallback
 
+from rlhf import checkpoints
 from rlhf.config import RunConfig
-from rlhf.sft.config import LoraSettings, SFTStageConfig
+from rlhf.lora import LoraConfig, peft_lora_config
+from rlhf.sft.config import SFTStageConfig
 from rlhf.tracking import MetricsLogger, make_run_dir
 
 CHECKPOINTS = "checkpoints"
+PREFIX = "checkpoint-"  # HF Trainer's folder names: checkpoint-<global step>
 
 
 # ---------------------------------------------------------------- precision
 
 
-def cpu_has_fast_bf16() -> bool:
-    """oneDNN's own check for bf16 kernels (AVX512 and up). Without them bf16 matmuls are emulated: on an
-    AVX2-only EPYC a bf16-autocast SmolLM2 training step measured more than 2x slower than fp32."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private op: absent from some builds
-        return False
+def train_device() -> torch.device:
+    """Where the Trainer trains (``use_cpu`` without a GPU): ``rlhf.runtime.use_bf16`` decides bf16 autocast for it.
 
-
-def use_bf16(mode: str) -> bool:
-    """``on``/``off`` as told; ``auto`` = bf16 autocast where the hardware runs it fast."""
-    if mode in ("on", "off"):
-        return mode == "on"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_fast_bf16()
+    (On an AVX2-only EPYC a bf16-autocast SmolLM2 training step measured more than 2x slower than fp32.)"""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---------------------------------------------------------------- LoRA
 
 
-def peft_config(lora: LoraSettings):
-    """A peft ``LoraConfig`` for a causal LM, or None for full fine-tuning."""
-    if not lora.enabled:
-        return None
-    from peft import LoraConfig, TaskType
-
-    targets: Any = lora.target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=targets, layers_to_transform=list(lora.layers) or None, bias="none")
+def peft_config(lora: LoraConfig, num_layers: int):
+    """A peft ``LoraConfig`` for a causal LM of ``num_layers`` decoder layers, or None for full fine-tuning."""
+    return peft_lora_config(lora, num_layers) if lora.enabled else None
 
 
 # ---------------------------------------------------------------- logging
@@ -113,37 +97,66 @@ class MetricsLoggerCallback(TrainerCallback):
 # ---------------------------------------------------------------- run folders and resuming
 
 
+class CheckpointManifest(TrainerCallback):
+    """Completes each ``checkpoint-N`` the HF Trainer wrote in place: its manifest (sizes, sha256) is
+    written after every file, so a folder without one was cut short (see :mod:`rlhf.checkpoints`).
+
+    ``on_save`` runs once ``_save_checkpoint`` has written model, optimizer, scheduler, RNG and trainer
+    state; under DDP every rank first waits there, since each writes its own RNG file."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if state.is_world_process_zero:
+            root = Path(args.output_dir)
+            checkpoints.write_manifest(root / f"{PREFIX}{state.global_step}")
+            # HF's rotation keeps the newest by mtime, so after a resume it may leave abandoned later folders.
+            checkpoints.drop_newer(root, PREFIX, state.global_step)
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The ``checkpoint-N`` with the largest N under ``<run_dir>/checkpoints``."""
-    found = [(int(m.group(1)), p) for p in (run_dir / CHECKPOINTS).glob("checkpoint-*")
-             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
+    """The newest intact ``checkpoint-N`` under ``<run_dir>/checkpoints`` (manifest verified); one line for
+    each newer one skipped."""
+    return checkpoints.newest_intact(run_dir / CHECKPOINTS, PREFIX)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The global step a ``checkpoint-N`` folder holds."""
+    return int(checkpoint.name.removeprefix(PREFIX))
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run finished writing a checkpoint (cheap: does not read the files)."""
+    return any(checkpoints.is_complete(p) for _, p in checkpoints.numbered(run_dir / CHECKPOINTS, PREFIX))
 
 
 def resolve_run(run: RunConfig, stage: str, resume: bool | str | None) -> tuple[Path, Path | None]:
     """(run dir, checkpoint to resume from or None).
 
     ``--resume`` alone continues ``run.run_name`` if set, else the newest ``<stage>-*`` run that has a
-    checkpoint; ``--resume PATH`` takes a run folder or one of its checkpoints.
+    checkpoint; ``--resume PATH`` takes a run folder or one of its checkpoints. Either way the checkpoint
+    must be intact (:mod:`rlhf.checkpoints`); a run folder falls back to its newest intact one.
     """
     if not resume:
         return make_run_dir(run, stage), None
     if isinstance(resume, str):
         path = Path(resume)
         if re.fullmatch(r"checkpoint-\d+", path.name) and path.is_dir():
-            return path.parent.parent, path
+            return path.parent.parent, checkpoints.verified(path)
         run_dir = path
     elif run.run_name:
         run_dir = Path(run.output_dir) / run.run_name
     else:
-        candidates = sorted((p for p in Path(run.output_dir).glob(f"{stage}-*") if latest_checkpoint(p)),
+        candidates = sorted((p for p in Path(run.output_dir).glob(f"{stage}-*") if has_checkpoint(p)),
                             key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise FileNotFoundError(f"--resume: no {stage} run with checkpoints under {run.output_dir}/")
         run_dir = candidates[-1]
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {run_dir / CHECKPOINTS}/")
+        raise FileNotFoundError(f"--resume: no intact checkpoint under {run_dir / CHECKPOINTS}/")
     return run_dir, checkpoint
 
 
@@ -160,7 +173,7 @@ def training_args(cfg: SFTStageConfig, run_dir: Path, bf16: bool, eval_on_start:
     from trl import SFTConfig
 
     t = cfg.train
-    on_cpu = not torch.cuda.is_available()
+    on_cpu = train_device().type == "cpu"
     return SFTConfig(
         output_dir=str(run_dir / CHECKPOINTS),
         num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -192,7 +205,8 @@ def build_trainer(cfg: SFTStageConfig, model, tokenizer, train_dataset, eval_dat
     datasets.disable_progress_bars()  # TRL's label-building maps would print a bar per pass
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=peft_config(cfg.lora), callbacks=[tracker, *callbacks])
+                         processing_class=tokenizer, peft_config=peft_config(cfg.lora, model.config.num_hidden_layers),
+                         callbacks=[tracker, CheckpointManifest(), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; our logger already shows them
     return trainer
 

@@ -32,7 +32,8 @@ def test_login_form_sets_an_httponly_strict_cookie(client, annotation_db):
     assert cookie.startswith(f"{COOKIE_NAME}=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
     page = client.get("/items/" + str(annotation_db.items_of("alice")[0]))  # the client keeps the cookie
     assert page.status_code == 200 and "alice" in page.text
-    client.post("/logout")
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text).group(1)
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 303
     assert client.get("/").status_code == 401
 
 
@@ -155,3 +156,24 @@ def test_shipped_guidelines_cover_every_dimension(client, annotation_db):
         assert f"<h2>{heading}</h2>" in page.text
     assert page.text.count("<strong>Example.</strong>") >= 3
     assert "&lt;" not in page.text  # the shipped file uses no raw HTML (it would show as text)
+
+
+def test_ids_beyond_sqlite_integers_are_not_found(client, annotation_db):
+    alice = annotation_db.auth("alice")
+    for item_id in (2**63 - 1, 2**63, 10**30):
+        assert client.get(f"/items/{item_id}", headers=alice).status_code == 404
+        assert client.post(f"/items/{item_id}", headers=alice, data=LABEL).status_code == 404
+
+
+def test_error_responses_carry_the_security_headers(annotation_db, monkeypatch):
+    app = create_app(annotation_db.path, max_body_bytes=100)
+    alice, item_id = annotation_db.auth("alice"), annotation_db.items_of("alice")[0]
+    with TestClient(app, follow_redirects=False, raise_server_exceptions=False) as client:
+        too_big = client.post(f"/items/{item_id}", headers=alice, data={**LABEL, "rationale": "x" * 200})
+        missing = client.get("/no-such-page", headers=alice)
+        monkeypatch.setattr(app.state.store, "next_unlabelled", lambda _: 1 / 0)
+        broken = client.get("/", headers=alice)
+    assert [r.status_code for r in (too_big, missing, broken)] == [413, 404, 500]
+    for response in (too_big, missing, broken):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["cache-control"] == "no-store" and response.headers["x-frame-options"] == "DENY"

@@ -1,7 +1,6 @@
 """The exported annotation file is training data for the reward model, read through rlhf.records unchanged."""
 from __future__ import annotations
 
-from pathlib import Path
 import pytest
 
 from rlhf.annotate.export import export_preferences
@@ -37,15 +36,13 @@ def test_export_loads_as_preference_records(annotation_db, tmp_path):
 def test_export_trains_reward_model(annotation_db, tmp_path):
     """The export is read unchanged by the reward stage, and a tiny reward model learns from it."""
     from reward_models.train import train_reward_model
-    from rlhf.config import load_config
     from rlhf.tracking import read_metrics
     from reward_models.config import RewardStageConfig
 
     export = export_labelled(annotation_db, tmp_path)
     records = load_preferences(export)
     assert {d for r in records for d in r.dimension} == set(DIMENSIONS)  # every head gets pairs
-    repo = Path(__file__).resolve().parents[2]
-    cfg, _ = load_config(RewardStageConfig, [], repo / "pipelines/configs/reward.yaml")
+    cfg = RewardStageConfig()
     cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
     cfg.data.sources, cfg.data.extra_files, cfg.data.extra_files_split = [], [str(export)], "train"
     cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio = 4, 3e-3, 3e-3, 0.0

@@ -1,0 +1,171 @@
+"""Which checkpoint a stage may resume from: one manifest, written last, verified on resume (SFT, reward, PPO).
+
+A checkpoint folder is *complete* once it holds ``manifest.json``, which lists every other file in it
+with its size and sha256 and is written (and fsynced) after all of them: a run killed while writing
+leaves a folder without one. It is *intact* when every listed file is there with its listed size and
+hash, so a truncated file or bytes overwritten with other (even finite, loadable) values are caught.
+
+Resuming takes the newest intact checkpoint. Each newer one that is not gets one line naming the bad
+file and the checkpoint taken instead; the run then redoes those steps, and the stage deletes the
+abandoned newer folders when it commits its next checkpoint (:func:`drop_newer`), so they can never
+be mistaken for progress nor crowd intact ones out of the ``keep`` limit.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from rlhf.config import ConfigError
+
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+class CheckpointError(ConfigError):
+    """No usable checkpoint where ``--resume`` points (one line, exit 2 through ``stage_cli``)."""
+
+
+def _digest_and_sync(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+        os.fsync(f.fileno())  # on disk before the manifest says it is: a power cut cannot un-complete it
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path) -> Path:
+    """List every file under ``folder`` (size, sha256) in ``manifest.json``, written atomically and last."""
+    folder = Path(folder)
+    own = {folder / MANIFEST, folder / f".{MANIFEST}.tmp"}
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p not in own)
+    entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _digest_and_sync(p)}
+               for p in files}
+    tmp = folder / f".{MANIFEST}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"files": entries}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MANIFEST)
+    _fsync_dir(folder)
+    return folder / MANIFEST
+
+
+def is_complete(folder: Path) -> bool:
+    """Cheap: the manifest is there (the write finished). :func:`problem` also checks the bytes."""
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def problem(folder: Path) -> str | None:
+    """Why ``folder`` is not an intact checkpoint, naming the file (None if it is)."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return f"{folder}: no {MANIFEST} (the run stopped while writing this checkpoint)"
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        listed = [(name, int(e["bytes"]), str(e["sha256"])) for name, e in entries.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{manifest}: unreadable ({err.__class__.__name__}: {err})"
+    for name, size, sha256 in listed:
+        path = folder / name
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != size:
+            return f"{path}: {path.stat().st_size} bytes, the manifest says {size} (truncated or overwritten)"
+        with open(path, "rb") as f:
+            digest = hashlib.sha256()
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            return f"{path}: sha256 differs from the manifest (the file was corrupted after it was written)"
+    return None
+
+
+def numbered(root: Path, prefix: str) -> list[tuple[int, Path]]:
+    """``(step, folder)`` for the folders ``<prefix><digits>`` under ``root``, lowest step first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    pattern = re.compile(re.escape(prefix) + r"(\d+)")
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := pattern.fullmatch(p.name)) and p.is_dir())
+
+
+def _say(line: str) -> None:
+    print(f"[resume] {line}", file=sys.stderr, flush=True)
+
+
+_reported: set[str] = set()
+
+
+def newest_intact(root: Path, prefix: str, say: Callable[[str], None] = _say) -> Path | None:
+    """The newest intact checkpoint under ``root``; each newer one that is not gets one line saying so.
+
+    A line is said once per process: PPO looks for the run's checkpoint both to pick the run and to load it.
+    """
+    candidates: Sequence[tuple[int, Path]] = numbered(root, prefix)
+    rejected: list[str] = []
+    for _, folder in reversed(candidates):
+        bad = problem(folder)
+        if bad is None:
+            for line in rejected:
+                _say_once(f"{line}; falling back to {folder.name}", say)
+            return folder
+        rejected.append(f"skipping {folder.name}: {bad}")
+    for line in rejected:
+        _say_once(f"{line}; no older intact checkpoint", say)
+    return None
+
+
+def _say_once(line: str, say: Callable[[str], None]) -> None:
+    if line not in _reported:
+        _reported.add(line)
+        say(line)
+
+
+def verified(folder: Path) -> Path:
+    """``folder`` itself if intact, else CheckpointError naming the bad file (for an explicitly named checkpoint)."""
+    bad = problem(folder)
+    if bad is not None:
+        raise CheckpointError(f"--resume {folder}: {bad}")
+    return Path(folder)
+
+
+def commit_folder(tmp: Path, final: Path) -> Path:
+    """Write ``tmp``'s manifest, then rename it to ``final`` (replacing a stale one): atomic and verifiable."""
+    write_manifest(tmp)
+    if final.exists():  # a resumed run reaching the same step again
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
+def drop_newer(root: Path, prefix: str, step: int) -> None:
+    """Delete the checkpoints after ``step``: a run that resumed from an earlier one has abandoned them."""
+    for later_step, folder in numbered(root, prefix):
+        if later_step > step:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_file(path: Path, load: Callable[[Path], object]) -> object:
+    """``load(path)``, with a failure named by its file (a checkpoint from another version, say)."""
+    try:
+        return load(path)
+    except Exception as err:  # noqa: BLE001 - torch/safetensors raise many kinds; all mean "unreadable"
+        raise CheckpointError(f"{path}: cannot be read ({err.__class__.__name__}: {str(err).splitlines()[0][:200]})"
+                              ) from err
