@@ -61,7 +61,6 @@ def run_side(setting: str, steps: int, out: Path) -> int:
     from rlhf.ppo.scorers import TokenCountScorer
     from rlhf.ppo.trainer import PPOTrainer, make_accelerator, seed_everything
     from rlhf.runtime import resolve_dtype
-    from rlhf.threads import ThreadGovernor
     from rlhf.zoo import load_tokenizer, resolve_model
 
     policy_path = resolve_model("smollm2-135m-instruct")
@@ -75,14 +74,14 @@ def run_side(setting: str, steps: int, out: Path) -> int:
     dtype = resolve_dtype(cfg.policy.precision, accelerator.device)
     model = build_actor_critic(cfg.policy, cfg.lora, dtype)
     trainer = PPOTrainer(cfg, model, tokenizer, TokenCountScorer(tokenizer, "."), prompts, accelerator=accelerator)
-    governor = ThreadGovernor(threads)  # what the trainer does once wired (rlhf/threads.py)
+    # train.threads = 0: the trainer's own rlhf.threads.ThreadGovernor re-chooses the thread count before each step
 
     records, used, clock = [], [], StepClock()
     for _ in range(steps):
-        used.append(governor.before_step())
         clock.start()
         metrics = trainer.step()
         lap = clock.lap()
+        used.append(torch.get_num_threads())  # what the step ran with
         records.append(StepRecord(seconds=lap.seconds, cpu_seconds=lap.cpu_seconds,
                                   foreign_cpu_seconds=lap.foreign_cpu_seconds,
                                   generated_tokens=round(metrics["response/length"] * BATCH),
