@@ -260,7 +260,7 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
     sampler = PlainSampler(model)
     for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
         with torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            generated = sampler.sample(batch["input_ids"], batch["attention_mask"], keep_logits=measure_kl,
+            generated = sampler.sample(batch["input_ids"], batch["attention_mask"], keep_logprobs=measure_kl,
                                        **settings.hf_kwargs(tokenizer))
         sequences, prompt_len = generated.sequences, generated.prompt_len  # (batch, prompt_len + response_len)
         response_ids = generated.response_ids  # (batch, response_len)
@@ -271,8 +271,8 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
         out.ended += (response_ids == eos_id).any(-1).tolist()
         if measure_kl:
             attention = torch.cat([batch["attention_mask"], mask], dim=1)  # (batch, prompt_len + response_len)
-            # Raw logits of each sampling step = the sampling distribution (T=1, no filters: see measure_kl's caller).
-            policy_lp = torch.log_softmax(generated.logits, dim=-1).gather(-1, response_ids[..., None]).squeeze(-1)
+            # From each sampling step's raw logits = the sampling distribution (T=1, no filters: see measure_kl's caller).
+            policy_lp = generated.logprobs  # (batch, response_len)
             with policy.reference() as reference:
                 reference_lp = response_logprobs(reference, sequences, attention, prompt_len)
             kl = metrics.sequence_kl(policy_lp, reference_lp, mask)

@@ -57,7 +57,8 @@ class PlainSampler:
         logits = torch.stack(out.logits, dim=1).float() if out.logits else None  # (B, R, V)
         logprobs = None
         if keep_logprobs and logits is not None:
-            tokens = out.sequences[:, input_ids.shape[1]:]  # (B, R)
-            logprobs = (logits / (generate_kwargs.get("temperature") or 1.0)).log_softmax(-1).gather(
-                -1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, R)
+            from rlhf.ppo.maths import logprobs_from_logits
+
+            logprobs = logprobs_from_logits(logits, out.sequences[:, input_ids.shape[1]:],
+                                            generate_kwargs.get("temperature") or 1.0)  # (B, R)
         return SamplingPass(out.sequences, input_ids.shape[1], logits if keep_logits else None, logprobs=logprobs)

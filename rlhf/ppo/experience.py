@@ -43,7 +43,7 @@ class Experience:
     # (B, P + R, H) output of the policy's frozen trunk (the layers below the lowest adapter) at every
     # position, zeros where attention_mask is 0; None without a trunk. Later forwards start from it.
     trunk_hidden: torch.Tensor | None = None
-    # Filled in by the trainer (rewards.token_rewards, maths.gae):
+    # Filled in by the trainer (rewards.place_scores, the algorithm's estimator in advantages.py):
     rewards: torch.Tensor | None = None  # (B, R) per-token reward: -kl_coef * KL, + score at the last token
     advantages: torch.Tensor | None = None  # (B, R) from the algorithm's estimator (rlhf.ppo.advantages)
     returns: torch.Tensor | None = None  # (B, R) value targets (GAE only)
