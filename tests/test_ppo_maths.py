@@ -10,7 +10,7 @@ from rlhf.ppo.experience import response_mask_from_tokens
 from rlhf.ppo.kl import AdaptiveKLController, FixedKLController, make_kl_controller
 from rlhf.ppo.maths import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_per_token,
                             logprobs_from_logits, masked_mean, masked_var, masked_whiten)
-from rlhf.ppo.rewards import RunningMoments, shape_scores, token_rewards
+from rlhf.ppo.rewards import RunningMoments, place_scores, shape_scores
 
 
 def slow_gae(values, rewards, lengths, gamma, lam):
@@ -177,7 +177,7 @@ def test_log_probs_gradient_by_row_chunks_equals_autograd(monkeypatch, dtype, te
 def test_token_rewards_put_the_score_on_the_last_response_token():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 9.0, 9.0]])
-    rewards = token_rewards(torch.tensor([1.0, 2.0]), kl, mask, kl_coef=0.5)
+    rewards = place_scores(torch.tensor([1.0, 2.0]), -0.5 * kl, mask)  # KL penalty coefficient 0.5
     torch.testing.assert_close(rewards, torch.tensor([[-0.05, -0.1, -0.15 + 1.0], [-0.25 + 2.0, 0.0, 0.0]]))
 
 

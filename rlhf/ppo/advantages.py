@@ -21,7 +21,7 @@ the advantages over every process when ``whiten`` is set.
 | reinforce_pp (Hu 2025) | as is | return-to-go | yes | no |
 
 Per-token rewards are the KL penalty on every token plus the (corrected) score on the last one
-(``rlhf.ppo.rewards.token_rewards``), so with the KL in the loss (GRPO's default) the return-to-go is the
+(``rlhf.ppo.rewards.place_scores``), so with the KL in the loss (GRPO's default) the return-to-go is the
 sequence advantage on every token, as in GRPO's outcome supervision.
 """
 from __future__ import annotations

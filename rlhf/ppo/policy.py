@@ -289,8 +289,6 @@ def build_actor_critic(policy_cfg: PolicySection, lora: LoraConfig, dtype: torch
     return model
 
 
-ActorCritic = PolicyModel  # its name while every policy had a value head
-
 
 @contextlib.contextmanager
 def evaluation_mode(module: nn.Module):

@@ -59,11 +59,6 @@ def shape_scores(scores: torch.Tensor, has_eos: torch.Tensor, missing_eos_penalt
     return shaped
 
 
-def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """scores (B,), per-token KL (B, R), response mask (B, R) -> per-token rewards (B, R)."""
-    return place_scores(scores, -kl_coef * kl * mask, mask)
-
-
 def place_scores(scores: torch.Tensor, penalty: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-token rewards: ``penalty`` (B, R) on every token, plus each score (B,) on its response's last token."""
     rewards = penalty * mask  # (B, R), a new tensor
