@@ -189,20 +189,6 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     scoring.weights = _check_weights(cfg.composite.weights)
     scoring.toxicity = _absolute_paths(cfg.toxicity)
     data = encode_pairs(encoder, train_pairs)
-
-    # 3b. model inputs: token ids, or (frozen trunk) the trunk's output, computed once per text and kept on disk
-    inputs = trunk_cache.model_inputs(model, cfg.train.trunk_cache, cfg.train.cache_dir or rlhf_home() / "trunk-cache",
-                                      bf16, data.chosen[:2], encoder.pad_token_id, cfg.eval.batch_size,
-                                      log=lambda msg: _say(accelerator, msg))
-    cache_started = time.perf_counter()
-    with accelerator.main_process_first():  # one process fills the cache, the others read it
-        train_batches = inputs.batches(data.chosen + data.rejected, encoder.pad_token_id)
-    cache_seconds = time.perf_counter() - cache_started
-    if inputs.trunk is not None:
-        kept = ("the score head's input (backbone frozen)" if inputs.trunk.pooled
-                else f"the output of layers 0-{inputs.trunk.depth - 1}")
-        _say(accelerator, f"trunk cache: {kept}, computed once per text, in {inputs.folder} "
-                          f"({cache_seconds:.1f} s for the train set)")
     pools, lengths = pools_by_head(train_pairs), data.lengths()
     per_head = cfg.data.pairs_per_head or max(len(p) for p in pools.values())
     batches_of = functools.lru_cache(maxsize=1)(  # one epoch's batch order, a function of (seed, epoch) only
@@ -220,6 +206,20 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: RewardModel = accelerator.unwrap_model(model)
+
+    # 4b. model inputs: token ids, or (frozen trunk) the trunk's output, computed once per text and kept on disk
+    inputs = trunk_cache.model_inputs(unwrapped, cfg.train.trunk_cache, cfg.train.cache_dir or rlhf_home() / "trunk-cache",
+                                      bf16, data.chosen[:2], encoder.pad_token_id, cfg.eval.batch_size,
+                                      log=lambda msg: _say(accelerator, msg))
+    cache_started = time.perf_counter()
+    with accelerator.main_process_first():  # one process fills the cache, the others read it
+        train_batches = inputs.batches(data.chosen + data.rejected, encoder.pad_token_id)
+    cache_seconds = time.perf_counter() - cache_started
+    if inputs.trunk is not None:
+        kept = ("the score head's input (backbone frozen)" if inputs.trunk.pooled
+                else f"the output of layers 0-{inputs.trunk.depth - 1}")
+        _say(accelerator, f"trunk cache: {kept}, computed once per text, in {inputs.folder} "
+                          f"({cache_seconds:.1f} s for the train set)")
     step, best, best_weights, history = 0, {"accuracy": -1.0, "epoch": -1}, None, []
     train_seconds, pairs_seen, skipped = 0.0, 0, 0  # whole-run totals: a checkpoint carries them over
     checkpoint = latest_checkpoint(run_dir) if resume else None
