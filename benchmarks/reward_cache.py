@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # our package, for the sides
+sys.path.insert(0, str(ROOT / "benchmarks"))  # common and harness, as the other benchmarks import them
 
-from benchmarks.common import cpu_info, load_average, own_peak_rss_bytes, run_child  # noqa: E402
-from benchmarks.harness import child_env  # noqa: E402
+from common import cpu_info, load_average, own_peak_rss_bytes, run_child  # noqa: E402
+from harness import child_env  # noqa: E402
 
 SIDES = {"plain": "A: no cache", "cached": "B: trunk cache"}
 BACKBONE = "smollm2-135m-instruct"
@@ -83,11 +84,12 @@ def table(result: dict) -> str:
     lines += [f"| {name} | {x:.3g} | {y:.3g} | {y / x:.2f} |" if x else f"| {name} | {x:.3g} | {y:.3g} | |"
               for name, x, y in rows]
     w = result["workload"]
+    loads = ", ".join(f"{r['side']} {r['load_before'][0]}->{r['load_after'][0]}" for r in result["every"])
     lines += ["", f"Workload: {w['backbone']}, LoRA on layers {w['lora_layers']}, {w['train_pairs']} train pairs, "
                   f"max_length {w['max_length']}, batch {w['batch_size']} pairs, {w['epochs']} epochs "
                   f"({w['steps']} steps), {w['threads']} threads, bf16={w['bf16']}; {result['runs']} runs per side, "
                   f"A B A B. CPU: {result['cpu']['model_name']} ({result['cpu']['cpus']} CPUs); load average "
-                  f"before/after each run: {', '.join(f'{r['side']} {r['load_before'][0]}->{r['load_after'][0]}' for r in result['every'])}."]
+                  f"before/after each run: {loads}."]
     return "\n".join(lines)
 
 
