@@ -81,7 +81,7 @@ def table(result: dict) -> str:
             ("training loop, s", a["train_seconds"], b["train_seconds"]),
             ("whole run, s (load, cache, train, dev eval, save)", a["run_seconds"], b["run_seconds"])]
     lines = ["| | A: no cache | B: trunk cache | B / A |", "|---|---|---|---|"]
-    lines += [f"| {name} | {x:.3g} | {y:.3g} | {y / x:.2f} |" if x else f"| {name} | {x:.3g} | {y:.3g} | |"
+    lines += [f"| {name} | {x:.3g} | {y:.3g} | {y / x:.2f} |" if x > 0.01 else f"| {name} | {x:.2g} | {y:.3g} | |"
               for name, x, y in rows]
     w = result["workload"]
     loads = ", ".join(f"{r['side']} {r['load_before'][0]}->{r['load_after'][0]}" for r in result["every"])
@@ -136,8 +136,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=2, help="runs per side, alternating A B A B")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--pairs-per-head", type=int, default=8, help="train pairs per head (data.max_train_pairs_per_head)")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--pairs-per-head", type=int, default=16, help="train pairs per head (data.max_train_pairs_per_head)")
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-pairs-per-head", type=int, default=4)
