@@ -134,3 +134,21 @@ def test_ppo_config_rejects_a_penalty_without_an_ensemble_and_bad_members(member
     cfg, _ = load_config(RLStageConfig, ["--reward.ensemble", f"[{a}, {tmp_path}]"])
     with pytest.raises(ConfigError, match=r"reward.ensemble\[1\]: .* is not a reward model folder"):
         check_ensemble(cfg.reward)
+
+
+def test_ppo_stage_optimises_the_conservative_reward_and_logs_the_spread(members, run_cfg):
+    from pathlib import Path
+
+    from pipelines.ppo import main
+    from rlhf.tracking import read_metrics
+
+    a, b = members
+    tiny = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "ppo_tiny.yaml"
+    cfg, _ = load_config(RLStageConfig, ["--config", str(tiny), "--reward.kind", "model", "--reward.ensemble", f"[{a}, {b}]",
+                                         "--reward.spread_penalty", "0.5", "--train.steps", "2", "--train.save_every", "0",
+                                         "--train.sample_every", "0", "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4"])
+    cfg.run = run_cfg
+    run_dir = main(cfg)
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "reward/composite" in r]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["reward/spread"] > 0 and "reward/spread_harmless" in r for r in records)
