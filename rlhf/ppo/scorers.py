@@ -39,19 +39,33 @@ def _single_token_id(tokenizer, token: str) -> int:
 
 
 def newest_reward_model(runs_dir: str | Path = "runs") -> Path | None:
-    """The ``final/`` folder of the newest ``runs/reward-*`` run, if any."""
+    """The ``final/`` folder of the newest ``runs/reward-*`` run that is not a gold judge, if any."""
+    from rlhf.judges import GOLD, role_of
+
     finals = sorted(Path(runs_dir).glob("reward*/final"), key=lambda p: p.stat().st_mtime)
+    finals = [p for p in finals if not (p / "reward_config.json").is_file() or role_of(p) != GOLD]
     return finals[-1] if finals else None
+
+
+def check_reward_model(reward: RewardSection, runs_dir: str | Path = "runs") -> Path | None:
+    """The reward model folder training will use (None for the toy); refuses a gold judge (``reward.model``)."""
+    if reward.kind == "toy":
+        return None
+    from rlhf.judges import refuse_gold
+
+    path = Path(reward.model) if reward.model else newest_reward_model(runs_dir)
+    if path is None or not path.is_dir():
+        raise FileNotFoundError(f"reward.model: no reward model folder ({reward.model or f'{runs_dir}/reward-*/final'}); "
+                                "train one with `rlhf reward` or set reward.model")
+    refuse_gold(path, "reward.model")
+    return path
 
 
 def load_scorer(reward: RewardSection, tokenizer, device: torch.device, runs_dir: str | Path = "runs") -> Scorer:
     """The scorer the config names: the trained HHH reward model (``reward_models.scoring``) or the toy."""
     if reward.kind == "toy":
         return TokenCountScorer(tokenizer, reward.toy_token)
-    path = Path(reward.model) if reward.model else newest_reward_model(runs_dir)
-    if path is None or not path.is_dir():
-        raise FileNotFoundError(f"reward.model: no reward model folder ({reward.model or f'{runs_dir}/reward-*/final'}); "
-                                "train one with `rlhf reward` or set reward.model")
+    path = check_reward_model(reward, runs_dir)
     from reward_models.scoring import RewardScorer
 
     print(f"[ppo] reward model: {path}", file=sys.stderr)
