@@ -6,9 +6,9 @@ numbers, see :mod:`rlhf.evaluate`), its per-sample ``samples.jsonl``, and the ``
 
 Plots (matplotlib, Agg backend, no display needed): training curves per stage, a before/after bar chart per
 reward head (proxy, and gold when a gold judge is set), reward and KL distributions, ROUGE per policy, and
-proxy and gold score vs sqrt(KL) (best-of-n; other methods can add points to the same axes). Model outputs are escaped before they enter
-markdown (HTML entities for ``< > & | * _ ` [ ]``; newlines as ``<br>``), so a generation can never break a
-table or inject markup.
+proxy and gold score vs sqrt(KL) (best-of-n; other methods can add points to the same axes). Model outputs
+are escaped before they enter markdown (HTML entities for ``< > & | * _ ` [ ]``; newlines as ``<br>``), so a
+generation can never break a table or inject markup.
 """
 from __future__ import annotations
 
@@ -383,7 +383,7 @@ def judged_table(results: dict[str, Any]) -> ReportTable:
     return ReportTable("eval/judged", "Proxy and gold judges side by side (all sources)", columns, rows,
                        note=f"Means with {level} intervals; differences and win-rates are paired per prompt against "
                             f"the {base} run with the same decoding. Each judge's scores are on its own scale "
-                            "(its heads standardised on its own dev responses).")
+                            "(composite: its heads standardised on its own dev responses).")
 
 
 def best_of_n_table(results: dict[str, Any]) -> ReportTable:

@@ -458,7 +458,8 @@ def test_eval_stage_with_gold_and_best_of_n_on_tiny_real_models(tmp_path, tiny_l
     assert results["judges"]["gold"]["test_accuracy"] == {"helpful": None, "honest": None, "harmless": None}
     (group,) = results["best_of_n"]
     assert group["samples_per_prompt"] == 4 and [r["n"] for r in group["per_n"]] == [1, 2, 4]
-    assert [r["kl"] for r in group["per_n"]] == pytest.approx([0.0, 0.6931471805599453 - 0.5, 1.3862943611198906 - 0.75])
+    log2, log4 = 0.6931471805599453, 1.3862943611198906
+    assert [r["kl"] for r in group["per_n"]] == pytest.approx([0.0, log2 - 0.5, log4 - 0.75])
     proxies = [r["reward/composite"] for r in group["per_n"]]
     assert proxies[0] <= proxies[1] <= proxies[2] and proxies[0] < proxies[2]
     assert all("gold/composite" in r and r["prompts"] == 6 for r in group["per_n"])
