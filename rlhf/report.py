@@ -409,7 +409,9 @@ def best_of_n_table(results: dict[str, Any]) -> ReportTable:
 
 def build_tables(results: dict[str, Any], records: Sequence[dict[str, Any]],
                  examples_per_source: int = 2) -> list[ReportTable]:
-    tables = [overview_table(results), judges_table(results)]
+    tables = [overview_table(results)]
+    if any((results.get("judges") or {}).values()):
+        tables.append(judges_table(results))
     if any("gold/composite" in m.get(ALL, {}) for m in results.get("metrics", {}).values()):
         tables.append(judged_table(results))
     if results.get("best_of_n"):
