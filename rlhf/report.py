@@ -402,7 +402,8 @@ def best_of_n_table(results: dict[str, Any]) -> ReportTable:
                          fmt_interval(r.get("gold/win_rate"), r.get("gold/win_rate/low"), r.get("gold/win_rate/high"))])
         notes.append(f"{group['policy']}: {group['samples_per_prompt']} samples drawn once per prompt "
                      f"({group['shots']}-shot, {group['decoding']}); each n keeps the proxy's favourite among the "
-                     "first n of them, so the n's reuse the same samples.")
+                     "first n of them, so the n's reuse the same samples (a draw of its own: best-of-1 is not the "
+                     "plain sampled run).")
     return ReportTable("eval/best_of_n", "Best-of-n: keep the proxy's favourite of n samples", columns, rows,
                        note=" ".join(notes) + " KL = log n − (n−1)/n (analytic).")
 
