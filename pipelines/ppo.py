@@ -67,7 +67,7 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
 
     # 1. inputs checked (a bad file: one line, exit 2, before any model or run folder); processes, seed, run folder
     validate_stage_inputs("ppo", cfg)
-    check_reward_model(cfg.reward, cfg.run.output_dir)  # a gold judge is never trained against: refused here
+    check_reward_model(cfg.reward, cfg.run.output_dir)  # ensemble members too; a gold judge is never trained against
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
     holder = [str(resolve_run_dir(cfg, resume)) if accelerator.is_main_process else ""]
@@ -81,7 +81,7 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     tokenizer = load_policy_tokenizer(cfg.policy)
     model = build_policy_model(cfg, resolve_dtype(cfg.policy.precision, accelerator.device))
 
-    # 3. the scorer: trained HHH reward model (or the toy reward)
+    # 3. the scorer: trained HHH reward model, an ensemble of them (mean - penalty * spread), or the toy reward
     scorer = load_scorer(cfg.reward, tokenizer, accelerator.device, runs_dir=cfg.run.output_dir)
 
     # 4. training prompts (chat prompts that fit data.max_prompt_tokens)

@@ -86,3 +86,14 @@ def test_reward_stage_role_gold_marks_the_saved_model(tmp_path):
     assert json.loads((final / "reward_config.json").read_text())["role"] == "gold"
     with pytest.raises(ValueError, match="reward.model: .* is a gold reward model"):
         check_reward_model(RewardSection(kind="model", model=str(final)))
+
+
+def test_a_gold_member_of_a_reward_ensemble_is_refused(tmp_path):
+    from rlhf.config import ConfigError
+    from rlhf.ppo.config import RewardSection
+    from rlhf.ppo.scorers import check_reward_model
+
+    proxy, gold = _saved(tmp_path / "a", "proxy"), _saved(tmp_path / "b", "gold")
+    assert check_reward_model(RewardSection(kind="model", ensemble=[str(proxy), str(proxy / "final")])) is None
+    with pytest.raises(ConfigError, match=r"reward.ensemble\[1\]: .* is a gold reward model"):
+        check_reward_model(RewardSection(kind="model", ensemble=[str(proxy), str(gold)]))
