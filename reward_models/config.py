@@ -138,3 +138,6 @@ class RewardStageConfig:
     composite: CompositeConfig = field(default_factory=CompositeConfig)
     toxicity: ToxicitySettings = field(default_factory=ToxicitySettings)
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=10))
+    role: Literal["proxy", "gold"] = field(
+        default="proxy",
+        metadata={"help": "gold: a judge for `rlhf eval --gold.model`, refused by every training stage"})

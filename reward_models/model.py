@@ -51,6 +51,9 @@ class ScoringConfig:
     min_prompt_tokens: int = 64
     truncation_side: Literal["left"] = "left"  # the prompt loses its start; the response is kept
     toxicity: ToxicitySettings = field(default_factory=ToxicitySettings)
+    # "gold": trained to judge (``rlhf eval --gold.model``); every training stage refuses it, so no policy is
+    # ever optimised against the judge that measures it.
+    role: Literal["proxy", "gold"] = "proxy"
 
     def save(self, folder: str | Path) -> None:
         Path(folder, REWARD_CONFIG).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
