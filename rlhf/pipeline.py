@@ -252,7 +252,8 @@ def run_pipeline(cfg: PipelineConfig, force: bool | str = False, log: Callable[[
     say = log or (lambda msg: bar.write(msg, file=sys.stderr))
     markers: dict[str, dict[str, Any] | None] = {}
     for i, stage in enumerate(stages, 1):
-        key = stage_key(stage, [markers.get(u) for u in UPSTREAM[stage.name]])  # a stage not run: None
+        # upstream stages this pipeline runs (a default pipeline's keys are what they were before dpo existed)
+        key = stage_key(stage, [markers[u] for u in UPSTREAM[stage.name] if u in markers])
         marker = read_marker(stage.run_dir)
         reusable = marker is not None and marker.get("key") == key and is_finished(stage)
         bar.set_description(f"pipeline [{stage.name}]")
