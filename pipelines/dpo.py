@@ -52,6 +52,9 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
 
     # 1. inputs checked and the pairs read (a bad file, or none left after the dimension filter, is one line,
     #    exit 2, before any model loads or a run folder exists); the run folder; seed and precision
+    if not cfg.lora.enabled:  # without adapters there is no adapters-off reference (TRL would load the base)
+        raise ConfigError("lora.enabled: DPO here trains LoRA on the SFT policy (the reference is the adapters-off "
+                          "model); full fine-tuning is not supported")
     validate_stage_inputs(STAGE, cfg)
     pairs = load_pairs(cfg.data, cfg.run.seed)
     run_dir, checkpoint = resolve_run_dir(cfg, resume)

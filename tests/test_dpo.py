@@ -138,6 +138,8 @@ def test_no_pairs_after_filtering_shipped_sources_and_unknown_dimension(tmp_path
     assert "data: no training pairs labelled harmless in truthfulqa" in capsys.readouterr().err
     assert cli(tiny_args(out, "--data.dimensions", "[harmles]")) == 2
     assert "data.dimensions: unknown dimension 'harmles'" in capsys.readouterr().err
+    assert cli(tiny_args(out, "--lora.enabled", "false")) == 2
+    assert "lora.enabled: DPO here trains LoRA" in capsys.readouterr().err
     assert not out.exists()
 
 
