@@ -6,6 +6,7 @@
     rlhf pipeline --preset demo --force ppo     # rerun PPO and evaluation, reuse SFT and the reward model
     rlhf pipeline --preset demo --ppo.overrides '{train.steps: 40}'
     rlhf pipeline --preset demo --dry-run       # print every stage's resolved config and stop
+    rlhf pipeline --preset demo --stages '[sft, reward, ppo, dpo, eval]'   # DPO too, evaluated beside PPO
 
 The last line printed names the report.
 """
@@ -32,7 +33,7 @@ def main(cfg: PipelineConfig, force: bool | str = False, dry_run: bool = False) 
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"pipeline finished in {record['seconds']:.0f} s; report: {record['report']}")
+    print(f"pipeline finished in {record['seconds']:.0f} s; report: {record.get('report', 'none (no eval stage)')}")
     return pipeline_dir(cfg)
 
 

@@ -146,7 +146,8 @@ def _ppo_inputs(cfg) -> list[StageInput]:
 
 
 STAGE_INPUTS: dict[str, Callable[[Any], list[StageInput]]] = {
-    "sft": _sft_inputs, "reward": _reward_inputs, "ppo": _ppo_inputs}
+    "sft": _sft_inputs, "reward": _reward_inputs, "ppo": _ppo_inputs,
+    "dpo": _reward_inputs}  # DPO reads the reward model's inputs: data.sources + data.extra_files
 
 
 def input_problems(item: StageInput) -> list[str]:
@@ -171,7 +172,7 @@ def input_problems(item: StageInput) -> list[str]:
 
 
 def validate_stage_inputs(stage: str, cfg) -> None:
-    """Step 1 of the sft, reward and ppo stages: every input they will read, checked before any model loads
+    """Step 1 of the sft, reward, ppo and dpo stages: every input they will read, checked before any model loads
     and before the run folder exists. A bad one raises ConfigError: one line naming the config key, then
     file, line and field (``stage_cli`` prints it and exits 2)."""
     for item in STAGE_INPUTS[stage](cfg):

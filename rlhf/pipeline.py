@@ -1,4 +1,4 @@
-"""The whole pipeline from one config: SFT -> reward model -> PPO -> evaluation and report.
+"""The whole pipeline from one config: SFT -> reward model -> PPO (and/or DPO) -> evaluation and report.
 
 Each stage is its own script (``pipelines/<stage>.py``, ``main(cfg) -> run dir``) with its own config
 class, whose defaults are the stage's; the pipeline config says, per stage, which YAML to layer on them and
@@ -8,6 +8,11 @@ which keys to override, and wires the stages together with placeholders in strin
     {sft}         <run_dir>/sft/final (SFT adapter)        {sft_run}     <run_dir>/sft
     {reward}      <run_dir>/reward/final (reward model)    {reward_run}  <run_dir>/reward
     {ppo}         <run_dir>/ppo/final                      {ppo_run}     <run_dir>/ppo
+    {dpo}         <run_dir>/dpo/final                      {dpo_run}     <run_dir>/dpo
+
+``stages`` picks which run (default sft, reward, ppo, eval; DPO is optional: ``--stages '[sft, reward, dpo,
+eval]'`` or all five). Evaluation compares the policies of the stages that run: a policy whose path or base
+lies in the folder of a stage left out is dropped from ``eval.policies`` (and from the variants naming it).
 
 Every stage writes to ``<run_dir>/<stage>/``. A stage whose finished output is there, made from the same
 resolved config and the same upstream outputs, is reused; ``--force`` (all stages) or ``--force STAGE``
@@ -32,12 +37,13 @@ from typing import Any, Callable
 
 from rlhf.config import ConfigError, RunConfig, _merge, _set_dotted, from_dict, load_yaml, to_dict
 
-STAGES = ("sft", "reward", "ppo", "eval")
+STAGES = ("sft", "reward", "ppo", "dpo", "eval")  # the order they run in
+DEFAULT_STAGES = ("sft", "reward", "ppo", "eval")
 STAGE_MODULES = {"sft": "pipelines.sft", "reward": "pipelines.reward", "ppo": "pipelines.ppo",
-                 "eval": "pipelines.evaluate"}
-UPSTREAM = {"sft": (), "reward": (), "ppo": ("sft", "reward"), "eval": ("sft", "reward", "ppo")}
+                 "dpo": "pipelines.dpo", "eval": "pipelines.evaluate"}
+UPSTREAM = {"sft": (), "reward": (), "ppo": ("sft", "reward"), "dpo": ("sft",), "eval": ("sft", "reward", "ppo", "dpo")}
 MARKER = "pipeline_stage.json"  # written into a stage's folder when it finished: what it was made from, a run id
-PLACEHOLDER = re.compile(r"\{(base|run_dir|sft|reward|ppo|sft_run|reward_run|ppo_run)\}")
+PLACEHOLDER = re.compile(r"\{(base|run_dir|sft|reward|ppo|dpo|sft_run|reward_run|ppo_run|dpo_run)\}")
 
 
 @dataclass
@@ -62,9 +68,13 @@ class PipelineConfig:
     threads: int = field(
         default=0,
         metadata={"help": "torch threads for every stage (0: torch's default); 1 suits tiny models on a shared CPU"})
+    stages: list[str] = field(
+        default_factory=lambda: list(DEFAULT_STAGES),
+        metadata={"help": "stages to run, in pipeline order: sft, reward, ppo, dpo, eval (dpo is optional)"})
     sft: StageSpec = field(default_factory=StageSpec)
     reward: StageSpec = field(default_factory=StageSpec)
     ppo: StageSpec = field(default_factory=StageSpec)
+    dpo: StageSpec = field(default_factory=StageSpec)
     eval: StageSpec = field(default_factory=StageSpec)
 
 
@@ -91,7 +101,7 @@ def pipeline_dir(cfg: PipelineConfig) -> Path:
 def placeholders(cfg: PipelineConfig) -> dict[str, str]:
     root = pipeline_dir(cfg)
     values = {"base": cfg.base_model, "run_dir": str(root)}
-    for stage in ("sft", "reward", "ppo"):
+    for stage in ("sft", "reward", "ppo", "dpo"):
         values[f"{stage}_run"] = str(root / stage)
         values[stage] = str(root / stage / "final")
     return values
@@ -105,6 +115,40 @@ def substitute(tree: Any, values: dict[str, str]) -> Any:
         return {k: substitute(v, values) for k, v in tree.items()}
     if isinstance(tree, list):
         return [substitute(v, values) for v in tree]
+    return tree
+
+
+def selected_stages(cfg: PipelineConfig) -> list[str]:
+    """``cfg.stages`` in pipeline order; an unknown name is a ConfigError naming the key."""
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+    return [s for s in STAGES if s in cfg.stages]
+
+
+def drop_unrun_policies(tree: dict[str, Any], cfg: PipelineConfig) -> dict[str, Any]:
+    """Evaluation's config without the policies (and training runs) of stages that do not run in this pipeline,
+    so one preset can list PPO and DPO; a variant left without its policies goes too (empty would mean all)."""
+    root = pipeline_dir(cfg)
+    absent = [str(root / s) for s in STAGES if s not in selected_stages(cfg) and s != "eval"]
+    in_absent = lambda path: any(str(path) == a or str(path).startswith(a + "/") for a in absent)  # noqa: E731
+    policies = tree.get("policies")
+    if isinstance(policies, list):
+        gone = {p.get("name") for p in policies
+                if isinstance(p, dict) and (in_absent(p.get("path", "")) or in_absent(p.get("base", "")))}
+        tree["policies"] = [p for p in policies if not (isinstance(p, dict) and p.get("name") in gone)]
+        variants = []
+        for v in tree.get("variants") or []:
+            names = v.get("policies") if isinstance(v, dict) else None
+            if names and gone & set(names):
+                v = {**v, "policies": [n for n in names if n not in gone]}
+                if not v["policies"]:
+                    continue
+            variants.append(v)
+        if "variants" in tree:
+            tree["variants"] = variants
+    if isinstance(tree.get("training_runs"), dict):
+        tree["training_runs"] = {k: v for k, v in tree["training_runs"].items() if not in_absent(v)}
     return tree
 
 
@@ -142,6 +186,8 @@ def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, P
     # Where each stage writes is the pipeline's business: reuse depends on it.
     tree["run"].update(output_dir=str(pipeline_dir(cfg)), run_name=name)
     tree = substitute(tree, placeholders(cfg))
+    if name == "eval":
+        tree = drop_unrun_policies(tree, cfg)
     try:
         config = from_dict(config_cls, tree)
     except ConfigError as err:
@@ -207,7 +253,8 @@ def run_pipeline(cfg: PipelineConfig, force: bool | str = False, log: Callable[[
         import torch
 
         torch.set_num_threads(cfg.threads)
-    stages = [resolve_stage(cfg, name, (entries or {}).get(name)) for name in STAGES]  # fail fast on config errors
+    stages = [resolve_stage(cfg, name, (entries or {}).get(name))  # fail fast on config errors
+              for name in selected_stages(cfg)]
     root.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"run_dir": str(root), "stages": {}}
     started = time.perf_counter()
@@ -215,7 +262,8 @@ def run_pipeline(cfg: PipelineConfig, force: bool | str = False, log: Callable[[
     say = log or (lambda msg: bar.write(msg, file=sys.stderr))
     markers: dict[str, dict[str, Any] | None] = {}
     for i, stage in enumerate(stages, 1):
-        key = stage_key(stage, [markers[u] for u in upstream_of(stage)])
+        # upstream stages this pipeline runs (a default pipeline's keys are what they were before dpo existed)
+        key = stage_key(stage, [markers[u] for u in upstream_of(stage) if u in markers])
         marker = read_marker(stage.run_dir)
         reusable = marker is not None and marker.get("key") == key and is_finished(stage)
         bar.set_description(f"pipeline [{stage.name}]")
@@ -248,9 +296,11 @@ def run_pipeline(cfg: PipelineConfig, force: bool | str = False, log: Callable[[
         bar.update(1)
     bar.close()
     record["seconds"] = time.perf_counter() - started
-    record["report"] = str(stages[-1].run_dir / "report.md")
+    if stages[-1].name == "eval":  # a pipeline may stop before evaluation (--stages '[sft, dpo]')
+        record["report"] = str(stages[-1].run_dir / "report.md")
     (root / "pipeline.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    append_timings(Path(record["report"]), record)
+    if "report" in record:
+        append_timings(Path(record["report"]), record)
     return record
 
 
@@ -271,4 +321,4 @@ def describe(cfg: PipelineConfig) -> str:
     import yaml
 
     return "\n".join(f"# ---- {s.name} -> {s.run_dir}\n" + yaml.safe_dump(to_dict(s.config), sort_keys=False)
-                     for s in (resolve_stage(cfg, name) for name in STAGES))
+                     for s in (resolve_stage(cfg, name) for name in selected_stages(cfg)))

@@ -472,6 +472,10 @@ STAGE_PANELS: dict[str, list[Panel]] = {
                   "score"),
             Panel("PPO KL to reference", lambda k: k in ("objective/kl", "objective/kl_k3"), "nats"),
             Panel("PPO KL coefficient", lambda k: k == "objective/kl_coef", "β")],
+    "dpo": [Panel("DPO loss", lambda k: k in ("loss/dpo", "eval/loss/dpo"), "loss"),
+            Panel("DPO implicit reward margin (β log-ratio, chosen - rejected)",
+                  lambda k: k in ("reward/margin", "eval/reward/margin"), "margin"),
+            Panel("DPO reward accuracy", lambda k: k in ("reward/accuracy", "eval/reward/accuracy"), "accuracy")],
 }
 
 

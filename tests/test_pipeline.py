@@ -88,7 +88,7 @@ def test_force(tmp_path):
     assert [c[0] for c in calls] == ["reward", "ppo", "eval"]
     calls.clear()
     pl.run_pipeline(_cfg(tmp_path), force=True, entries=entries, log=lambda m: None)
-    assert [c[0] for c in calls] == list(pl.STAGES)
+    assert [c[0] for c in calls] == list(pl.DEFAULT_STAGES)
     with pytest.raises(ConfigError, match="--force nope"):
         pl.run_pipeline(_cfg(tmp_path), force="nope", entries=entries, log=lambda m: None)
 
@@ -109,6 +109,29 @@ def test_config_errors_fail_before_any_stage_runs(tmp_path):
     with pytest.raises(ConfigError, match="pipeline stage ppo: unknown config key stepz"):
         pl.run_pipeline(_cfg(tmp_path, stepz=3), entries=entries, log=lambda m: None)
     assert calls == []
+
+
+def test_stages_pick_what_runs_and_eval_drops_the_policies_of_stages_left_out(tmp_path):
+    calls: list = []
+    entries = _stub_entries(tmp_path, calls)
+    cfg = _cfg(tmp_path)
+    cfg.stages = ["eval", "dpo", "sft"]  # run in pipeline order, whatever order they are named in
+    cfg.dpo = pl.StageSpec(overrides={"model": "{sft}"})
+    pl.run_pipeline(cfg, entries=entries, log=lambda m: None)
+    root = tmp_path / "runs" / "p"
+    assert [c[0] for c in calls] == ["sft", "dpo", "eval"] and calls[1][1] == str(root / "sft" / "final")
+    tree = {"policies": [{"name": "sft", "path": "{sft}"}, {"name": "ppo", "path": "{ppo_run}/final/adapter"},
+                         {"name": "dpo", "path": "{dpo_run}/final/adapter", "base": "{sft}"},
+                         {"name": "other", "path": "elsewhere", "base": "{ppo}"}],
+            "variants": [{"policies": ["ppo"]}, {"policies": ["sft", "ppo", "dpo"]}, {"decoding": "greedy"}],
+            "training_runs": {"sft": "{sft_run}", "ppo": "{ppo_run}", "dpo": "{dpo_run}"}}
+    kept = pl.drop_unrun_policies(pl.substitute(tree, pl.placeholders(cfg)), cfg)
+    assert [p["name"] for p in kept["policies"]] == ["sft", "dpo"]
+    assert kept["variants"] == [{"policies": ["sft", "dpo"]}, {"decoding": "greedy"}]  # ppo-only variant gone
+    assert sorted(kept["training_runs"]) == ["dpo", "sft"]
+    cfg.stages = ["sft", "dpo!"]
+    with pytest.raises(ConfigError, match="stages: unknown stage 'dpo!'"):
+        pl.run_pipeline(cfg, entries=entries, log=lambda m: None)
 
 
 def test_incomplete_stage_output_is_an_error(tmp_path):
@@ -132,8 +155,11 @@ def test_presets_resolve_against_the_real_stage_configs():
         cfg, _ = load_config(pl.PipelineConfig, [], preset)
         stages = {name: pl.resolve_stage(cfg, name) for name in pl.STAGES}
         assert stages["eval"].config.reward_model == str(pl.pipeline_dir(cfg) / "reward" / "final")
-        assert {p.name for p in stages["eval"].config.policies} == {"base", "sft", "ppo"}
+        assert {p.name for p in stages["eval"].config.policies} == {"base", "sft", "ppo"}  # dpo: not run
         assert stages["ppo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
+        assert stages["dpo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
+        cfg.stages = list(pl.STAGES)
+        assert {p.name for p in pl.resolve_stage(cfg, "eval").config.policies} == {"base", "sft", "ppo", "dpo"}
 
 
 def test_tiny_preset_end_to_end(tmp_path, capsys):
@@ -166,6 +192,23 @@ def test_tiny_preset_end_to_end(tmp_path, capsys):
     assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path)]) == 0
     pipeline = json.loads((root / "pipeline.json").read_text())
     assert all(s["reused"] for s in pipeline["stages"].values())
+
+
+def test_tiny_preset_with_dpo_instead_of_ppo(tmp_path):
+    """`--stages '[sft, reward, dpo, eval]'`: DPO starts from the SFT output and evaluation compares it to SFT,
+    with SFT as its KL reference; PPO neither runs nor appears in the report."""
+    from rlhf.cli import main
+
+    assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path),
+                 "--stages", "[sft, reward, dpo, eval]"]) == 0
+    root = tmp_path / "tiny"
+    config = yaml.safe_load((root / "dpo" / "config.yaml").read_text())
+    assert config["policy"]["model"] == str(root / "sft" / "final")
+    assert (root / "dpo" / "final" / "adapter" / "adapter_config.json").is_file() and not (root / "ppo").exists()
+    results = json.loads((root / "eval" / "results.json").read_text())
+    assert set(results["policies"]) == {"base", "sft", "dpo"}
+    assert results["metrics"]["dpo/0-shot/sampled"]["all"]["kl/k3"] >= 0  # measured against SFT
+    assert (root / "eval" / "training_dpo.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_pipeline_runs_another_algorithm_in_stage_3(tmp_path):

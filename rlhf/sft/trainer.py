@@ -58,15 +58,17 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-def hf_logs_to_metrics(logs: Mapping[str, Any]) -> dict[str, Any]:
+def hf_logs_to_metrics(logs: Mapping[str, Any], renames: Mapping[str, str] | None = None) -> dict[str, Any]:
     """HF Trainer log keys -> our namespaced keys (``loss`` -> ``loss/train``, ``eval_loss`` -> ``eval/loss``,
-    plus ``eval/perplexity``); anything else goes under ``train/`` or ``eval/``."""
+    plus ``eval/perplexity``); anything else goes under ``train/`` or ``eval/``. ``renames`` (another stage's,
+    e.g. DPO's) replaces SFT's table."""
+    renames = _RENAMES if renames is None else renames
     out: dict[str, Any] = {}
     for key, value in logs.items():
         if key in _DROPPED or not isinstance(value, (int, float)):
             continue
-        if key in _RENAMES:
-            out[_RENAMES[key]] = value
+        if key in renames:
+            out[renames[key]] = value
         elif key.startswith("eval_"):
             out["eval/" + key[len("eval_"):]] = value
         else:
@@ -80,12 +82,13 @@ class MetricsLoggerCallback(TrainerCallback):
     """Route the Trainer's logs into our MetricsLogger at the optimisation step they belong to, and keep
     every eval loss by step (``eval_losses[0]`` is the base model's, from ``eval_on_start``)."""
 
-    def __init__(self, logger: MetricsLogger):
+    def __init__(self, logger: MetricsLogger, renames: Mapping[str, str] | None = None):
         self.logger = logger
+        self.renames = renames
         self.eval_losses: dict[int, float] = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        metrics = hf_logs_to_metrics(logs or {})
+        metrics = hf_logs_to_metrics(logs or {}, self.renames)
         if metrics:
             self.logger.log(metrics, step=state.global_step)
 

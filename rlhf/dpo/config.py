@@ -1,0 +1,97 @@
+"""The DPO stage's config: one dataclass with nested sections; its defaults are what ``rlhf dpo`` runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rlhf.config import RunConfig
+from rlhf.lora import LoraConfig
+from rlhf.runtime import Precision
+
+# TRL's DPOConfig.loss_type values for one pair-wise loss (sigmoid = DPO, ipo = IPO, ...); combinations
+# (TRL's list form, MPO) are left out: one name, one loss.
+LossType = Literal["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
+
+
+@dataclass
+class PolicyConfig:
+    """The policy DPO starts from (the SFT model), loaded exactly as the RL stage loads it."""
+
+    model: str = field(default="smollm2-135m-instruct",
+                       metadata={"help": "zoo name, folder (merged SFT weights or an SFT adapter folder) or hub id"})
+    sft_adapter: str = field(
+        default="",
+        metadata={"help": "optional SFT LoRA adapter folder, merged into `model` in memory before DPO's LoRA"})
+
+
+@dataclass
+class DataConfig:
+    """Which preference pairs DPO learns from."""
+
+    sources: list[str] = field(
+        default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
+        metadata={"help": "shipped pairs: hh-rlhf-harmless (harmless), truthfulqa (honest), dialogsum (helpful)"})
+    extra_files: list[str] = field(default_factory=list,
+                                   metadata={"help": "annotated preference files (JSONL/CSV records)"})
+    extra_files_split: Literal["hash", "train"] = field(
+        default="hash",
+        metadata={"help": "hash: split by prompt like shipped data; train: all to train"})
+    # Empty: one composite preference over every dimension (each pair counts once, whatever it speaks for).
+    dimensions: list[str] = field(
+        default_factory=list,
+        metadata={"help": "keep pairs labelled with one of these (helpful, honest, harmless); empty: all pairs"})
+    max_train_pairs: int = field(default=0,
+                                 metadata={"help": "a seeded subset of the training pairs (quick runs); 0 = all"})
+    dev_max_pairs: int = field(default=64,
+                               metadata={"help": "dev pairs for the eval loss and reward accuracy; 0 = no eval"})
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation (TRL DPOTrainer), checkpoints and eval."""
+
+    beta: float = field(default=0.1,
+                        metadata={"help": "KL strength: higher stays closer to the SFT policy (IPO: its tau)"})
+    loss_type: LossType = field(default="sigmoid",
+                                metadata={"help": "sigmoid = DPO, ipo = IPO, or another TRL pair-wise loss"})
+    label_smoothing: float = field(default=0.0,
+                                   metadata={"help": "robust DPO: probability a label is flipped; exo_pair: epsilon"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"})
+    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW, LoRA weights)"})
+    lr_scheduler: str = field(default="linear",
+                              metadata={"help": "any transformers scheduler name: linear, cosine, constant ..."})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this"})
+    batch_size: int = field(default=4, metadata={"help": "pairs per device per forward/backward"})
+    grad_accum: int = field(default=1, metadata={"help": "optimiser step every N batches"})
+    eval_batch_size: int = field(default=8, metadata={"help": "pairs per device, for the eval loss"})
+    max_length: int = field(
+        default=512,
+        metadata={"help": "tokens of prompt + longer answer; longer pairs are dropped (data/dropped_too_long), never cut"})
+    precision: Precision = field(
+        default="auto",
+        metadata={"help": "bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.runtime)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "saves memory, costs ~30 % more compute"})
+    threads: int = field(default=0,
+                         metadata={"help": "torch threads: 0 follows the cores other processes leave free; n: fixed"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume with --resume)"})
+    save_total_limit: int = field(default=2, metadata={"help": "keep the newest N checkpoints"})
+    eval_steps: int = field(default=0, metadata={"help": "eval every N steps; 0 = only before and after training"})
+    save_merged: bool = field(
+        default=True,
+        metadata={"help": "also write SFT + DPO weights merged into final/ (as PPO does); the adapter is final/adapter"})
+
+
+@dataclass
+class DPOStageConfig:
+    """DPO (or IPO, ...) on preference pairs: LoRA on the SFT policy, the reference = the same weights, adapters off."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # Adapters on the top 8 decoder layers, as in the RL stage: backprop stops there, ~3x cheaper on SmolLM2.
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(layers=list(range(-8, 0))))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=5))

@@ -1,0 +1,115 @@
+"""TRL ``DPOTrainer`` set up from a :class:`DPOStageConfig`: LoRA on the SFT policy, reference = adapters off.
+
+Nothing of DPO is written here: TRL computes the loss, the implicit rewards and their accuracy. This module
+maps our config onto ``DPOConfig``, renames TRL's logs into our namespaces (``loss/dpo``, ``reward/margin``
+...) and saves ``final/`` the way the RL stage does, so ``rlhf eval`` loads either the same way.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from transformers import TrainerCallback
+
+from rlhf.dpo.config import DPOStageConfig
+from rlhf.lora import peft_lora_config
+from rlhf.sft.trainer import CHECKPOINTS, CheckpointManifest, MetricsLoggerCallback, train_device
+from rlhf.threads import ThreadGovernor
+
+# TRL's DPO log keys -> ours; the rest land under train/ or eval/ (rlhf.sft.trainer.hf_logs_to_metrics).
+RENAMES = {
+    "loss": "loss/dpo", "train_loss": "loss/dpo_mean", "learning_rate": "train/lr",
+    "rewards/chosen": "reward/chosen", "rewards/rejected": "reward/rejected",
+    "rewards/margins": "reward/margin", "rewards/accuracies": "reward/accuracy",
+    "logps/chosen": "logps/chosen", "logps/rejected": "logps/rejected",
+    "train_runtime": "train/runtime_s",
+    "eval_loss": "eval/loss/dpo", "eval_rewards/chosen": "eval/reward/chosen",
+    "eval_rewards/rejected": "eval/reward/rejected", "eval_rewards/margins": "eval/reward/margin",
+    "eval_rewards/accuracies": "eval/reward/accuracy", "eval_runtime": "eval/runtime_s",
+}
+
+
+class GovernThreads(TrainerCallback):
+    """The shared CPU's thread rule (:class:`rlhf.threads.ThreadGovernor`), re-checked before every step."""
+
+    def __init__(self, threads: int):
+        self.governor = ThreadGovernor(threads)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.governor.before_step()
+
+
+def training_args(cfg: DPOStageConfig, run_dir: Path, bf16: bool, eval_on_start: bool = False):
+    """TRL's DPOConfig from ours. TRL's defaults that are wrong for a CPU run (bf16 and gradient checkpointing
+    on) are set explicitly; ``max_length`` is ours too, and longer pairs never reach TRL (rlhf.dpo.data)."""
+    from trl import DPOConfig
+
+    t = cfg.train
+    return DPOConfig(
+        output_dir=str(run_dir / CHECKPOINTS),
+        beta=t.beta, loss_type=[t.loss_type], label_smoothing=t.label_smoothing,
+        num_train_epochs=t.epochs, max_steps=t.max_steps,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        bf16=bf16, fp16=False, use_cpu=train_device().type == "cpu",
+        gradient_checkpointing=t.gradient_checkpointing,
+        max_length=t.max_length,
+        eval_strategy="steps" if t.eval_steps > 0 else "no", eval_steps=t.eval_steps or None,
+        eval_on_start=eval_on_start,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        logging_steps=cfg.run.log_every, logging_first_step=True,
+        seed=cfg.run.seed, data_seed=cfg.run.seed,
+        report_to="none", disable_tqdm=True,  # our MetricsLogger shows progress and is the one tracker
+        dataloader_num_workers=0,
+    )
+
+
+def build_trainer(cfg: DPOStageConfig, model, tokenizer, train_dataset, eval_dataset, run_dir: Path,
+                  tracker: MetricsLoggerCallback, bf16: bool, eval_on_start: bool = False,
+                  callbacks: Sequence[TrainerCallback] = ()):
+    """A TRL DPOTrainer on the SFT model: ``peft_config`` puts our LoRA on it and ``ref_model=None`` makes
+    the reference the same weights with the adapters disabled (TRL's PEFT path: no second model in memory)."""
+    import datasets
+    from transformers.trainer_callback import PrinterCallback
+    from trl import DPOTrainer
+
+    datasets.disable_progress_bars()  # TRL's tokenizing maps would print a bar per pass
+    args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=tokenizer,
+                         peft_config=peft_lora_config(cfg.lora, model.config.num_hidden_layers),
+                         callbacks=[tracker, CheckpointManifest(), GovernThreads(cfg.train.threads), *callbacks])
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; our logger already shows them
+    return trainer
+
+
+def adapter_base_path(cfg: DPOStageConfig) -> str:
+    """What the DPO adapter sits on, for its ``adapter_config.json``: the SFT adapter (its own config names
+    the base below it) or the SFT model; local folders absolute, so the run folder can move."""
+    start = cfg.policy.sft_adapter or cfg.policy.model
+    return str(Path(start).expanduser().resolve()) if Path(start).expanduser().exists() else start
+
+
+def save_final(trainer, tokenizer, cfg: DPOStageConfig, run_dir: Path) -> dict[str, str]:
+    """``final/adapter`` (PEFT LoRA whose base is the SFT policy) and, with ``train.save_merged``, SFT + DPO
+    merged as a plain HF folder in ``final/``, plus the tokenizer: the RL stage's layout, so ``rlhf eval``
+    loads ``{path: <run>/final/adapter}`` with the SFT policy as its KL reference, or ``<run>/final`` as full
+    weights. Merging consumes the adapter: call this last."""
+    final = run_dir / "final"
+    paths = {"final": str(final), "adapter": str(final / "adapter")}
+    if not trainer.is_world_process_zero():
+        return paths
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.save_pretrained(paths["adapter"])
+    config_file = final / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    # The merged SFT weights in memory carry the base model's name; the adapter was trained on the SFT policy.
+    config["base_model_name_or_path"] = adapter_base_path(cfg)
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if cfg.train.save_merged:
+        model.merge_and_unload().save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    return paths
