@@ -11,12 +11,13 @@ import torch
 from rlhf.ppo import memory
 
 
-def test_onednn_cache_is_capped_at_import_unless_the_user_set_it():
-    code = "import os, rlhf.ppo; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
-    env = {k: v for k, v in os.environ.items() if k != memory.ONEDNN_CACHE_ENV}
+@pytest.mark.parametrize("variable", [memory.ONEDNN_CACHE_ENV, memory.IDEEP_CACHE_ENV])
+def test_kernel_caches_are_capped_at_import_unless_the_user_set_them(variable):
+    code = f"import os, rlhf.ppo; print(os.environ['{variable}'])"
+    env = {k: v for k, v in os.environ.items() if k not in (memory.ONEDNN_CACHE_ENV, memory.IDEEP_CACHE_ENV)}
     capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert capped.stdout.strip() == str(memory.ONEDNN_CACHE_CAPACITY)
-    mine = subprocess.run([sys.executable, "-c", code], env={**env, memory.ONEDNN_CACHE_ENV: "7"},
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, variable: "7"},
                           capture_output=True, text=True, check=True)
     assert mine.stdout.strip() == "7"
 
