@@ -643,6 +643,33 @@ def best_of_n_points(results: dict[str, Any]) -> list[CurvePoint]:
     return points
 
 
+def policy_points(results: dict[str, Any]) -> list[CurvePoint]:
+    """The sampled, zero-shot policies as curve points at their measured KL (``kl/k1``) to their reference.
+
+    A policy named ``method@label`` (``grpo@30``: the GRPO checkpoint of step 30) joins the curve of
+    ``method``; every curve starts at the baseline policy (KL 0), which all methods start from. Policies
+    without a KL (no reference) are left out."""
+    metrics, baseline = results.get("metrics", {}), results.get("baseline")
+    found: list[tuple[str, str, dict]] = []
+    for variant in results.get("variants", []):
+        if variant.get("decoding") != "sampled" or variant.get("shots") or variant.get("best_of_n"):
+            continue
+        numbers = metrics.get(variant["key"], {}).get(ALL, {})
+        method, _, label = variant["policy"].partition("@")
+        found.append((method, label, numbers))
+    start = next((numbers for method, _, numbers in found if method == baseline), None)
+    points = []
+    for method, label, numbers in found:
+        if method == baseline or "kl/k1" not in numbers:
+            continue
+        if start is not None and not any(p.method == method and p.kl == 0.0 for p in points):
+            points.append(CurvePoint(method, 0.0, start.get("reward/composite", float("nan")),
+                                     start.get("gold/composite"), baseline))
+        points.append(CurvePoint(method, numbers["kl/k1"], numbers.get("reward/composite", float("nan")),
+                                 numbers.get("gold/composite"), label))
+    return points
+
+
 def plot_overoptimisation(points: Sequence[CurvePoint], out: Path) -> Path | None:
     """Gold (solid) and proxy (dashed) score vs sqrt(KL), one colour per method (Gao et al. 2022, fig. 1).
 
@@ -704,8 +731,8 @@ def write_report(out_dir: str | Path, results: dict[str, Any], records: Sequence
     training_plots = plot_training(training_runs, out_dir)
     figures = [("Reward per head, before and after", plot_heads(results, out_dir / "reward_heads.png")),
                ("Gold judge per head", plot_heads(results, out_dir / "gold_heads.png", judge="gold")),
-               ("Proxy and gold vs sqrt(KL)", plot_overoptimisation(best_of_n_points(results),
-                                                                    out_dir / "overoptimisation.png")),
+               ("Proxy and gold vs sqrt(KL)", plot_overoptimisation(
+                   best_of_n_points(results) + policy_points(results), out_dir / "overoptimisation.png")),
                ("Reward and KL distributions", plot_distributions(results, records, out_dir / "distributions.png")),
                ("ROUGE on DialogSum", plot_rouge(results, out_dir / "rouge.png"))]
     prompts, generation = results.get("prompts", {}), results.get("generation", {})

@@ -226,3 +226,19 @@ def test_overoptimisation_plot_takes_points_of_several_methods(tmp_path):
     out = report.plot_overoptimisation(points, tmp_path / "curve.png")
     assert out.read_bytes()[:8] == PNG and len(out.read_bytes()) > 10_000
     assert report.plot_overoptimisation([], tmp_path / "none.png") is None
+
+
+def test_policy_points_put_checkpoints_on_their_method_curve_from_the_baseline():
+    variant = lambda policy, **kw: {"key": f"{policy}/v", "policy": policy, "shots": 0, "decoding": "sampled", **kw}
+    results = {"baseline": "sft",
+               "variants": [variant("sft"), variant("grpo@10"), variant("grpo@20"), variant("dpo"),
+                            variant("sft", best_of_n=[1, 2], key="sft/bon"), variant("base", shots=3, key="b/3")],
+               "metrics": {"sft/v": {"all": {"kl/k1": 0.0, "reward/composite": 0.1, "gold/composite": 0.2}},
+                           "grpo@10/v": {"all": {"kl/k1": 0.5, "reward/composite": 0.6, "gold/composite": 0.3}},
+                           "grpo@20/v": {"all": {"kl/k1": 2.0, "reward/composite": 1.5, "gold/composite": 0.25}},
+                           "dpo/v": {"all": {"kl/k1": 0.3, "reward/composite": 0.2}},
+                           "sft/bon": {"all": {"kl/k1": 9.0}}, "b/3": {"all": {"kl/k1": 9.0}}}}
+    points = report.policy_points(results)
+    as_tuples = [(p.method, p.kl, p.proxy, p.gold, p.label) for p in points]
+    assert as_tuples == [("grpo", 0.0, 0.1, 0.2, "sft"), ("grpo", 0.5, 0.6, 0.3, "10"), ("grpo", 2.0, 1.5, 0.25, "20"),
+                         ("dpo", 0.0, 0.1, 0.2, "sft"), ("dpo", 0.3, 0.2, None, "")]
