@@ -17,6 +17,7 @@ STAGES = {
     "reward": ("pipelines.reward:cli", "stage 2: train the HHH reward model"),
     "rl": ("pipelines.ppo:cli", "stage 3: online RL (--algo ppo|grpo|rloo|reinforce_pp) with a KL penalty"),
     "ppo": ("pipelines.ppo:cli", "stage 3 with PPO (the same as rlhf rl --algo ppo)"),
+    "compare": ("pipelines.compare:cli", "which method aligns best: SFT, best-of-n, RL checkpoints, DPO; proxy and gold"),
     "dpo": ("pipelines.dpo:cli", "stage 3, offline: DPO/IPO (TRL DPOTrainer) with LoRA on the SFT policy"),
     "eval": ("pipelines.evaluate:cli", "stage 4: compare policies and write a report"),
     "eval-rm": ("pipelines.eval_rm:cli", "reward-model report: accuracy, length control, calibration, agreement"),

@@ -1,0 +1,200 @@
+"""Which method aligns best? SFT, best-of-n, RL checkpoints and DPO, judged by the proxy and by a gold judge.
+
+    rlhf compare --sft runs/demo/sft/final --proxy runs/demo/reward/final --gold runs/gold-smollm2-lora4 \\
+                 --rl_runs '[runs/grpo-curve]' --dpo_runs '[runs/dpo-all]' --best_of_n '[1, 2, 4, 8, 16]'
+
+One evaluation (``rlhf eval``, so the same held-out prompts, seeds and decoding for every method) of:
+the SFT start; best-of-n samples of it picked by the proxy; every kept checkpoint of each RL run and its
+final policy (``grpo@15``, ``grpo@30`` ... ``grpo@final``: the over-optimisation curve, at the KL each one
+measures); each DPO run's final policy. Then ``compare.md``: one row per method with gold and proxy
+(mean and 95 % CI), the gold's difference to SFT and win-rate against it, KL, ROUGE-L, length and the
+training wall time, which is how the methods' CPU budgets are put side by side (best-of-n spends its
+budget at sampling time: n samples per prompt and n proxy scores).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf.config import ConfigError, RunConfig, stage_cli
+from rlhf.evaluate import ALL, EvalConfig, EvalDataConfig, GoldConfig, PolicyConfig, VariantConfig
+from rlhf.generation import GenerationSettings
+
+DEFAULTS = None
+STAGE = "compare"
+
+
+@dataclass
+class CompareConfig:
+    """Methods from the same SFT start, judged on the same held-out prompts by the proxy and the gold."""
+
+    sft: str = field(default="", metadata={"help": "the SFT policy every method starts from (its final/ folder)"})
+    proxy: str = field(default="", metadata={"help": "the reward model the methods optimised or selected by"})
+    gold: str = field(default="", metadata={"help": "a reward model no method optimised (rlhf reward --role gold)"})
+    rl_runs: list[str] = field(default_factory=list,
+                               metadata={"help": "RL run folders: each kept checkpoint and final/ is a point"})
+    dpo_runs: list[str] = field(default_factory=list, metadata={"help": "DPO run folders (their final/ policy)"})
+    best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16],
+                                 metadata={"help": "best-of-n from the SFT policy, picked by the proxy; [] = none"})
+    prompts_per_source: int = field(default=16, metadata={"help": "held-out test prompts per source"})
+    max_new_tokens: int = field(default=32, metadata={"help": "per response (as the RL runs sample)"})
+    run: RunConfig = field(default_factory=lambda: RunConfig(wandb_mode="offline"))
+
+
+def rl_method(run_dir: Path) -> str:
+    """The curve an RL run's checkpoints are drawn on: its algorithm (from its config), plus the run's name
+    when the name does not start with it (two GRPO runs are two curves)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    algo = (config.get("rl") or {}).get("algo", "ppo")
+    return algo if run_dir.name.startswith(algo) else f"{algo}:{run_dir.name}"
+
+
+def dpo_method(run_dir: Path, runs: int) -> str:
+    return "dpo" if runs == 1 else f"dpo:{run_dir.name}"
+
+
+def rl_policies(run_dir: Path, sft: str) -> list[PolicyConfig]:
+    """``method@step`` for each kept checkpoint's adapter, and ``method@final``; KL reference = SFT."""
+    method = rl_method(run_dir)
+    found = [PolicyConfig(f"{method}@{int(c.name.split('-')[-1])}", str(c / "adapter"), sft)
+             for c in sorted((run_dir / "checkpoints").glob("step-*")) if (c / "adapter").is_dir()]
+    if (run_dir / "final" / "adapter").is_dir():
+        found.append(PolicyConfig(f"{method}@final", str(run_dir / "final" / "adapter"), sft))
+    return found
+
+
+def method_runs(cfg: "CompareConfig") -> dict[str, Path]:
+    """method name -> its training run folder."""
+    runs = {rl_method(Path(p)): Path(p) for p in cfg.rl_runs}
+    runs.update({dpo_method(Path(p), len(cfg.dpo_runs)): Path(p) for p in cfg.dpo_runs})
+    return runs
+
+
+def training_seconds(run_dir: Path) -> float | None:
+    """A training run's wall time: its summary's total, else the sum of its steps' times."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text(encoding="utf-8"))
+        for key in ("run/seconds", "train/seconds", "train_runtime", "time/total_s"):
+            if isinstance(data.get(key), (int, float)):
+                return float(data[key])
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        steps = [json.loads(line).get("time/step_s") for line in metrics.read_text(encoding="utf-8").splitlines() if line]
+        steps = [s for s in steps if isinstance(s, (int, float))]
+        return float(sum(steps)) if steps else None
+    return None
+
+
+def eval_config(cfg: CompareConfig) -> EvalConfig:
+    """The evaluation that compares the methods: every policy sampled, best-of-n on SFT, both judges."""
+    missing = [(key, path) for key, path in (("sft", cfg.sft), ("proxy", cfg.proxy), ("gold", cfg.gold))
+               if not path or not Path(path).exists()]
+    missing += [(f"rl_runs[{i}]", p) for i, p in enumerate(cfg.rl_runs) if not Path(p).is_dir()]
+    missing += [(f"dpo_runs[{i}]", p) for i, p in enumerate(cfg.dpo_runs) if not (Path(p) / "final" / "adapter").is_dir()]
+    if missing:
+        key, path = missing[0]
+        raise ConfigError(f"{key}: {path or '(empty)'} is not there (a folder written by the matching stage)")
+    policies = [PolicyConfig("sft", cfg.sft)]
+    for i, run in enumerate(map(Path, cfg.rl_runs)):
+        found = rl_policies(run, cfg.sft)
+        if not found:
+            raise ConfigError(f"rl_runs[{i}]: {run} has no checkpoints/step-*/adapter and no final/adapter")
+        policies += found
+    policies += [PolicyConfig(dpo_method(run, len(cfg.dpo_runs)), str(run / "final" / "adapter"), cfg.sft)
+                 for run in map(Path, cfg.dpo_runs)]
+    if any(n < 1 for n in cfg.best_of_n):
+        raise ConfigError(f"best_of_n: {list(cfg.best_of_n)} has n < 1 (each n is how many samples the proxy picks from)")
+    variants = [VariantConfig(decoding="sampled")]
+    if cfg.best_of_n:
+        variants.append(VariantConfig(policies=["sft"], decoding="sampled", best_of_n=list(cfg.best_of_n)))
+    return EvalConfig(run=cfg.run, policies=policies, reward_model=cfg.proxy, gold=GoldConfig(cfg.gold),
+                      baseline="sft", candidate=policies[-1].name,
+                      data=EvalDataConfig(prompts_per_source=cfg.prompts_per_source),
+                      variants=variants, generation=GenerationSettings(max_new_tokens=cfg.max_new_tokens),
+                      training_runs={"ppo": str(p) for p in cfg.rl_runs[:1]})
+
+
+def _cell(numbers: dict, key: str, digits: int = 3) -> str:
+    """``mean [low, high]`` of a metric and its interval (``key_low``/``key_high``; a delta's ``key_low``)."""
+    if key not in numbers:
+        return "–"
+    low, high = numbers.get(f"{key}_low"), numbers.get(f"{key}_high")
+    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None and high is not None else ""
+    return f"{numbers[key]:.{digits}f}{interval}"
+
+
+def comparison_rows(results: dict, seconds: dict[str, float | None]) -> list[list[str]]:
+    """A header and one row per evaluated policy (sampled, zero-shot) and per best-of-n."""
+    metrics = results.get("metrics", {})
+    heads = sorted({k.split("/")[1] for m in metrics.values() for k in m.get(ALL, {})
+                    if k.startswith("gold/") and k.count("/") == 1
+                    and k.split("/")[1] not in ("composite", "win_rate") and not k.endswith(("_low", "_high", "_delta"))})
+    listed = []  # (label, KL, metrics on all sources, metrics on DialogSum, training seconds or a word)
+    for variant in results.get("variants", []):
+        if variant.get("decoding") == "sampled" and not variant.get("shots") and not variant.get("best_of_n"):
+            m = metrics[variant["key"]]
+            wall = seconds.get(variant["policy"].split("@")[0])
+            listed.append((variant["policy"], m[ALL].get("kl/k1", 0.0), m[ALL], m.get("dialogsum", {}),
+                           f"{wall:.0f}" if wall else "–"))
+    for group in results.get("best_of_n") or []:
+        for r in group["per_n"]:
+            m = metrics[r["variant"]]
+            listed.append((f"best-of-{r['n']} ({group['policy']})", r["kl"], m[ALL], m.get("dialogsum", {}),
+                           "0 (samples n)"))
+    rows = [["method", "KL to SFT", "proxy composite", "gold composite", "gold Δ vs SFT", "gold win-rate vs SFT",
+             *[f"gold {h}" for h in heads], "ROUGE-L (DialogSum)", "length", "training s", "prompts"]]
+    for label, kl, m, dialog, wall in listed:
+        rows.append([label, f"{kl:.2f}", _cell(m, "reward/composite"), _cell(m, "gold/composite"),
+                     _cell(m, "gold/composite_delta"), _win(m), *[_cell(m, f"gold/{h}") for h in heads],
+                     f"{dialog['rouge/rougeL']:.3f}" if "rouge/rougeL" in dialog else "–",
+                     f"{m.get('length', float('nan')):.1f}", wall, str(int(m.get("n", 0)))])
+    return rows
+
+
+def _win(m: dict) -> str:
+    if "gold/win_rate" not in m:
+        return "–"
+    return f"{m['gold/win_rate']:.3f} [{m['gold/win_rate/low']:.3f}, {m['gold/win_rate/high']:.3f}]"
+
+
+def write_comparison(run_dir: Path, results: dict, seconds: dict[str, float | None]) -> Path:
+    rows = comparison_rows(results, seconds)
+    lines = ["# Method comparison (held-out prompts; gold = a reward model no method optimised)", "",
+             "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    lines += ["", "Means with 95 % intervals; Δ = paired difference to SFT on the same prompts (an interval that "
+                  "crosses 0 is no gain shown). KL: k1 estimate per response (best-of-n: log n − (n−1)/n). "
+                  "Training s: the run's wall time on this machine (best-of-n trains nothing and pays at sampling).",
+              "", "See report.md for per-source tables and overoptimisation.png for gold and proxy vs √KL."]
+    out = run_dir / "compare.md"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def main(cfg: CompareConfig) -> Path:
+    from pipelines.evaluate import main as evaluate
+
+    # 1. the evaluation: every method's policies (checked: one line naming the key before any model loads)
+    ecfg = eval_config(cfg)
+    # 2. it runs as rlhf eval does: report.md, results.json, overoptimisation.png in the run folder
+    run_dir = evaluate(ecfg)
+    # 3. the comparison table, with each training run's wall time
+    seconds = {method: training_seconds(run) for method, run in method_runs(cfg).items()}
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    table = write_comparison(run_dir, results, seconds)
+    print(f"[compare] {table}", file=sys.stderr)
+    return run_dir
+
+
+def cli(argv=None) -> int:
+    return stage_cli(CompareConfig, DEFAULTS, main, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

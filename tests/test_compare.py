@@ -1,0 +1,78 @@
+"""rlhf compare: the methods' policies from their run folders, refusals, and the table from saved results."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines import compare
+from rlhf.config import ConfigError
+
+
+def _rl_run(tmp_path, name="grpo-curve", algo="grpo", steps=(15, 30)):
+    run = tmp_path / name
+    for step in steps:
+        (run / "checkpoints" / f"step-{step:06d}" / "adapter").mkdir(parents=True)
+    (run / "final" / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"rl:\n  algo: {algo}\n")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"time/step_s": 2.5}) + "\n" for _ in range(4)))
+    return run
+
+
+def _folders(tmp_path):
+    for name in ("sft", "proxy", "gold"):
+        (tmp_path / name).mkdir()
+    dpo = tmp_path / "dpo-all"
+    (dpo / "final" / "adapter").mkdir(parents=True)
+    (dpo / "summary.json").write_text(json.dumps({"train_runtime": 42.0}))
+    return compare.CompareConfig(sft=str(tmp_path / "sft"), proxy=str(tmp_path / "proxy"), gold=str(tmp_path / "gold"),
+                                 rl_runs=[str(_rl_run(tmp_path))], dpo_runs=[str(dpo)], best_of_n=[1, 4])
+
+
+def test_every_checkpoint_and_final_is_a_policy_on_its_method_curve(tmp_path):
+    cfg = _folders(tmp_path)
+    ecfg = compare.eval_config(cfg)
+    assert [p.name for p in ecfg.policies] == ["sft", "grpo@15", "grpo@30", "grpo@final", "dpo"]
+    assert all(p.base == cfg.sft for p in ecfg.policies[1:])  # KL to the SFT start
+    assert ecfg.gold.model == cfg.gold and ecfg.reward_model == cfg.proxy and ecfg.baseline == "sft"
+    assert ecfg.variants[1].best_of_n == [1, 4] and ecfg.variants[1].policies == ["sft"]
+    other = _rl_run(tmp_path, name="run-b", algo="rloo", steps=(5,))
+    assert compare.rl_method(other) == "rloo:run-b"
+    assert {m: compare.training_seconds(r) for m, r in compare.method_runs(cfg).items()} == {"grpo": 10.0, "dpo": 42.0}
+
+
+@pytest.mark.parametrize("change, key", [({"gold": ""}, "gold"), ({"best_of_n": [0, 2]}, "best_of_n"),
+                                         ({"dpo_runs": ["/nope"]}, "dpo_runs[0]")])
+def test_bad_input_names_the_key(tmp_path, change, key):
+    cfg = _folders(tmp_path)
+    for name, value in change.items():
+        setattr(cfg, name, value)
+    with pytest.raises(ConfigError, match=rf"^{__import__('re').escape(key)}:"):
+        compare.eval_config(cfg)
+
+
+def test_table_from_saved_results(tmp_path):
+    judged = lambda c, g, kl: {"kl/k1": kl, "reward/composite": c, "reward/composite_low": c - 1,
+                               "reward/composite_high": c + 1, "gold/composite": g, "gold/composite_low": g - 0.5,
+                               "gold/composite_high": g + 0.5, "gold/harmless": g / 2, "length": 20.0, "n": 48}
+    results = {
+        "variants": [{"key": "sft/s", "policy": "sft", "shots": 0, "decoding": "sampled"},
+                     {"key": "grpo@15/s", "policy": "grpo@15", "shots": 0, "decoding": "sampled"},
+                     {"key": "sft/bon4", "policy": "sft", "shots": 0, "decoding": "sampled", "best_of_n": 4}],
+        "metrics": {"sft/s": {"all": judged(0.0, 0.1, 0.0), "dialogsum": {"rouge/rougeL": 0.25}},
+                    "grpo@15/s": {"all": {**judged(1.0, 0.3, 1.5), "gold/composite_delta": 0.2,
+                                          "gold/composite_delta_low": 0.05, "gold/composite_delta_high": 0.35,
+                                          "gold/win_rate": 0.6, "gold/win_rate/low": 0.5, "gold/win_rate/high": 0.7}},
+                    "sft/bon4": {"all": judged(2.0, 0.4, 0.0)}}}
+    results["best_of_n"] = [{"policy": "sft", "per_n": [{"n": 4, "variant": "sft/bon4", "kl": 0.636}]}]
+    rows = compare.comparison_rows(results, {"grpo": 600.0})
+    header = rows[0]
+    assert header[:6] == ["method", "KL to SFT", "proxy composite", "gold composite", "gold Δ vs SFT",
+                          "gold win-rate vs SFT"] and "gold harmless" in header
+    by_method = {r[0]: dict(zip(header, r)) for r in rows[1:]}
+    assert by_method["grpo@15"]["gold Δ vs SFT"] == "0.200 [0.050, 0.350]"
+    assert by_method["grpo@15"]["gold win-rate vs SFT"] == "0.600 [0.500, 0.700]"
+    assert by_method["grpo@15"]["training s"] == "600" and by_method["sft"]["ROUGE-L (DialogSum)"] == "0.250"
+    assert by_method["best-of-4 (sft)"]["KL to SFT"] == "0.64" and by_method["best-of-4 (sft)"]["gold composite"] == "0.400 [-0.100, 0.900]"
+    out = compare.write_comparison(tmp_path, results, {"grpo": 600.0})
+    assert "| grpo@15 | 1.50 |" in out.read_text()
