@@ -43,14 +43,17 @@ class CompareConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(wandb_mode="offline"))
 
 
-def rl_method(run_dir: Path) -> str:
-    """The curve an RL run's checkpoints are drawn on: its algorithm (from its config), plus the run's name
-    when the name does not start with it (two GRPO runs are two curves)."""
+def _run_config(run_dir: Path) -> dict:
     import yaml
 
     path = run_dir / "config.yaml"
-    config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    algo = (config.get("rl") or {}).get("algo", "ppo")
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
+def rl_method(run_dir: Path) -> str:
+    """The curve an RL run's checkpoints are drawn on: its algorithm (from its config), plus the run's name
+    when the name does not start with it (two GRPO runs are two curves)."""
+    algo = (_run_config(run_dir).get("rl") or {}).get("algo", "ppo")
     return algo if run_dir.name.startswith(algo) else f"{algo}:{run_dir.name}"
 
 
@@ -59,11 +62,13 @@ def dpo_method(run_dir: Path, runs: int) -> str:
 
 
 def rl_policies(run_dir: Path, sft: str) -> list[PolicyConfig]:
-    """``method@step`` for each kept checkpoint's adapter, and ``method@final``; KL reference = SFT."""
+    """``method@step`` for each kept checkpoint's adapter, and ``method@final`` unless the last checkpoint is
+    the final step (the same weights); KL reference = SFT."""
     method = rl_method(run_dir)
     found = [PolicyConfig(f"{method}@{int(c.name.split('-')[-1])}", str(c / "adapter"), sft)
              for c in sorted((run_dir / "checkpoints").glob("step-*")) if (c / "adapter").is_dir()]
-    if (run_dir / "final" / "adapter").is_dir():
+    steps = (_run_config(run_dir).get("train") or {}).get("steps")
+    if (run_dir / "final" / "adapter").is_dir() and not (found and found[-1].name == f"{method}@{steps}"):
         found.append(PolicyConfig(f"{method}@final", str(run_dir / "final" / "adapter"), sft))
     return found
 

@@ -14,7 +14,7 @@ def _rl_run(tmp_path, name="grpo-curve", algo="grpo", steps=(15, 30)):
     for step in steps:
         (run / "checkpoints" / f"step-{step:06d}" / "adapter").mkdir(parents=True)
     (run / "final" / "adapter").mkdir(parents=True)
-    (run / "config.yaml").write_text(f"rl:\n  algo: {algo}\n")
+    (run / "config.yaml").write_text(f"rl:\n  algo: {algo}\ntrain:\n  steps: 40\n")
     (run / "metrics.jsonl").write_text("".join(json.dumps({"time/step_s": 2.5}) + "\n" for _ in range(4)))
     return run
 
@@ -36,8 +36,9 @@ def test_every_checkpoint_and_final_is_a_policy_on_its_method_curve(tmp_path):
     assert all(p.base == cfg.sft for p in ecfg.policies[1:])  # KL to the SFT start
     assert ecfg.gold.model == cfg.gold and ecfg.reward_model == cfg.proxy and ecfg.baseline == "sft"
     assert ecfg.variants[1].best_of_n == [1, 4] and ecfg.variants[1].policies == ["sft"]
-    other = _rl_run(tmp_path, name="run-b", algo="rloo", steps=(5,))
+    other = _rl_run(tmp_path, name="run-b", algo="rloo", steps=(20, 40))
     assert compare.rl_method(other) == "rloo:run-b"
+    assert [p.name for p in compare.rl_policies(other, cfg.sft)] == ["rloo:run-b@20", "rloo:run-b@40"]  # 40 = final
     assert {m: compare.training_seconds(r) for m, r in compare.method_runs(cfg).items()} == {"grpo": 10.0, "dpo": 42.0}
 
 
