@@ -94,7 +94,8 @@ def resolve_run_dir(run: RunConfig, resume: bool) -> Path:
 
 
 def load_split(cfg: RewardStageConfig, split: str, cap: int) -> list[PreferenceRecord]:
-    pairs = load_pairs(cfg.data.sources, cfg.data.extra_files, split, cfg.data.extra_files_split)
+    pairs = load_pairs(cfg.data.sources, cfg.data.extra_files, split, cfg.data.extra_files_split,
+                       cfg.data.default_dimension)
     return subsample(pairs, cap, seed=cfg.run.seed)
 
 
