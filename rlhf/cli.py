@@ -20,6 +20,7 @@ STAGES = {
     "eval": ("pipelines.evaluate:cli", "stage 4: compare policies and write a report"),
     "pipeline": ("pipelines.run:cli", "all stages end to end (--preset demo|tiny)"),
     "annotate": ("rlhf.annotate.cli:main", "preference collection web app, agreement and export"),
+    "export": ("rlhf.export:cli", "a run's model as a hub-ready folder with a model card (--push-to-hub)"),
 }
 
 
