@@ -2,6 +2,8 @@
 
     python pipelines/evaluate.py --reward_model runs/reward-.../final        # the defaults: EvalConfig()
     rlhf eval --config my_eval.yaml --data.prompts_per_source 32
+    rlhf eval ... --gold.model runs/reward-gold/final     # a second judge, never trained against
+    rlhf eval ... --variants '[{policies: [sft], best_of_n: [1, 2, 4, 8, 16]}]'
 
 Policies are listed in the config (``policies: [{name, path, base, reference}]``) and the ways to run them
 in ``variants: [{policies, shots, decoding, sources}]``; the report (report.md, PNGs, results.json,
@@ -21,17 +23,19 @@ STAGE = "eval"
 
 
 def main(cfg: EvalConfig) -> Path:
-    from rlhf.evaluate import build_results, load_scorer, run_evaluation, variants_of
+    from rlhf.evaluate import build_results, check_config, load_gold, load_scorer, run_evaluation, variants_of
     from rlhf.report import headline, write_report
     from rlhf.tracking import MetricsLogger, make_run_dir
 
-    # 1. run folder and logger (one progress step per variant = policy x shots x decoding)
+    # 1. config checked (best-of-n, gold judge != proxy: one line naming the key, before any model loads);
+    #    run folder and logger (one progress step per variant = policy x shots x decoding [x n])
+    check_config(cfg)
     run_dir = make_run_dir(cfg.run, STAGE)
     variants = variants_of(cfg)
     logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=len(variants))
 
-    # 2. the judge: trained HHH reward model (+ Detoxify when configured)
-    scorer = load_scorer(cfg)
+    # 2. the judges: the proxy HHH reward model (+ Detoxify when configured) and the gold, which only judges
+    scorer, gold = load_scorer(cfg), load_gold(cfg)
 
     # 3. every variant answers the same held-out prompts with the same seeds, then is scored
     started: list[str] = []
@@ -40,7 +44,7 @@ def main(cfg: EvalConfig) -> Path:
         started.append(variant_key)
         logger.log({"eval/variants_started": len(started)}, step=len(started))
 
-    records, policies = run_evaluation(cfg, scorer, progress=progress)
+    records, policies = run_evaluation(cfg, scorer, progress=progress, gold=gold)
 
     # 4. numbers: per variant and source; the headline candidate-vs-baseline comparison
     results = build_results(cfg, records, policies)
@@ -54,7 +58,8 @@ def main(cfg: EvalConfig) -> Path:
     for table in tables:
         logger.log_table(table.name, table.columns, table.rows, step=len(variants))
     logger.log_images(sorted(report.parent.glob("*.png")), step=len(variants))
-    logger.log_artifact(report, "eval-report", inputs=[*(p.path for p in cfg.policies), cfg.reward_model])
+    logger.log_artifact(report, "eval-report",
+                        inputs=[*(p.path for p in cfg.policies), cfg.reward_model, cfg.gold.model])
     logger.summary({k: v for k, v in results["headline"].items() if isinstance(v, (int, float))})
     logger.finish()
     for line in results["headline"]["verdict"]:

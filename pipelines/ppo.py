@@ -60,13 +60,14 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     from rlhf.ppo.curves import plot_reward_and_kl
     from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
     from rlhf.ppo.prompts import held_out_prompts, prepare_prompts
-    from rlhf.ppo.scorers import load_scorer
+    from rlhf.ppo.scorers import check_reward_model, load_scorer
     from rlhf.ppo.trainer import RLTrainer, make_accelerator, seed_everything
     from rlhf.runtime import resolve_dtype
     from rlhf.tracking import MetricsLogger, run_history
 
     # 1. inputs checked (a bad file: one line, exit 2, before any model or run folder); processes, seed, run folder
     validate_stage_inputs("ppo", cfg)
+    check_reward_model(cfg.reward, cfg.run.output_dir)  # ensemble members too; a gold judge is never trained against
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
     holder = [str(resolve_run_dir(cfg, resume)) if accelerator.is_main_process else ""]
@@ -80,7 +81,7 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     tokenizer = load_policy_tokenizer(cfg.policy)
     model = build_policy_model(cfg, resolve_dtype(cfg.policy.precision, accelerator.device))
 
-    # 3. the scorer: trained HHH reward model (or the toy reward)
+    # 3. the scorer: trained HHH reward model, an ensemble of them (mean - penalty * spread), or the toy reward
     scorer = load_scorer(cfg.reward, tokenizer, accelerator.device, runs_dir=cfg.run.output_dir)
 
     # 4. training prompts (chat prompts that fit data.max_prompt_tokens)
@@ -105,7 +106,8 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     # 7. final artifacts: merged policy, adapter, value head (ppo); summary and reward/KL curve
     ckpt.save_final(trainer, run_dir / "final")
     logger.log_artifact(run_dir / "final", "model", inputs=[cfg.policy.model, cfg.policy.sft_adapter,
-                                                            cfg.reward.model if cfg.reward.kind != "toy" else ""])
+                                                            cfg.reward.model if cfg.reward.kind != "toy" else "",
+                                                            *cfg.reward.ensemble])
     history = run_history(run_dir, "reward/composite")  # the whole run, also across a resume
     if accelerator.is_main_process and history:
         plot_reward_and_kl(run_dir / "metrics.jsonl", run_dir / "reward_kl.png",

@@ -10,5 +10,7 @@ checkpoint.py  training checkpoints for --resume
 evaluation.py  accuracy per head, normalisation statistics
 train.py       train_reward_model(cfg): the whole stage
 scoring.py     RewardScorer: score(prompts, responses) -> RewardScores, used by PPO and evaluation
+ensemble.py    RewardEnsemble: k reward models, the mean and spread of their scores (conservative reward)
+report.py      rlhf eval-rm: accuracy per head/source, length-binned accuracy, calibration, head agreement
 toxicity.py    Detoxify from local files, loaded weights-only
 """

@@ -26,6 +26,9 @@ class ModelConfig:
     # LoRA for a causal-LM backbone (off by default; merged into the weights when the model is saved);
     # target_modules [] = peft's default for the architecture
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=False, dropout=0.05, target_modules=[]))
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={"help": "train only the score head on the backbone's features (a linear probe); needs lora off"})
 
 
 @dataclass
@@ -74,6 +77,13 @@ class TrainConfig:
     precision: Precision = field(
         default="auto",
         metadata={"help": "bf16 autocast or fp32; auto: bf16 where the hardware has native bf16 (rlhf.runtime)"})
+    trunk_cache: Literal["auto", "off"] = field(
+        default="auto",
+        metadata={"help": "auto: when the layers below the trainable ones are frozen (lora.layers, freeze_backbone), "
+                          "run them once per text and keep their output on disk (reward_models/trunk_cache.py)"})
+    cache_dir: str = field(
+        default="",
+        metadata={"help": "where the trunk cache lives; empty: $RLHF_HOME/trunk-cache (~/.cache/rlhf), shared by runs"})
     checkpoint_every: int = field(
         default=100,
         metadata={"help": "optimizer steps between checkpoints (and at each epoch end); 0 = epoch ends only"})
@@ -131,3 +141,6 @@ class RewardStageConfig:
     composite: CompositeConfig = field(default_factory=CompositeConfig)
     toxicity: ToxicitySettings = field(default_factory=ToxicitySettings)
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=10))
+    role: Literal["proxy", "gold"] = field(
+        default="proxy",
+        metadata={"help": "gold: a judge for `rlhf eval --gold.model`, refused by every training stage"})

@@ -42,6 +42,11 @@ def pairwise_correct(chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.T
     Args: chosen, rejected (batch, heads) scores; mask (batch, heads) bool.
     Returns: correct (heads,) float, counts (heads,) long.
     """
-    wins = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()  # (batch, heads)
+    wins = pairwise_wins(chosen, rejected)  # (batch, heads)
     correct = torch.where(mask, wins, torch.zeros_like(wins)).sum(0)
     return correct, mask.sum(0)
+
+
+def pairwise_wins(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Elementwise 1 where chosen > rejected, 0.5 on a tie, 0 else (float): the accuracy of one pair."""
+    return (chosen > rejected).float() + 0.5 * (chosen == rejected).float()

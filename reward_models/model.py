@@ -14,6 +14,7 @@ weights, normalisation statistics, toxicity settings, input format, lengths).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -50,6 +51,9 @@ class ScoringConfig:
     min_prompt_tokens: int = 64
     truncation_side: Literal["left"] = "left"  # the prompt loses its start; the response is kept
     toxicity: ToxicitySettings = field(default_factory=ToxicitySettings)
+    # "gold": trained to judge (``rlhf eval --gold.model``); every training stage refuses it, so no policy is
+    # ever optimised against the judge that measures it.
+    role: Literal["proxy", "gold"] = "proxy"
 
     def save(self, folder: str | Path) -> None:
         Path(folder, REWARD_CONFIG).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
@@ -86,6 +90,7 @@ class RewardModel(nn.Module):
         super().__init__()
         self.model = model  # an HF *ForSequenceClassification, or a peft model around one
         self.pooling = pooling
+        self.trunk = None  # a reward_models.trunk_cache.TrunkSpec when batches carry the frozen trunk's output
 
     @property
     def hf_model(self):
@@ -93,7 +98,15 @@ class RewardModel(nn.Module):
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, trunk_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """``trunk_hidden``: the frozen trunk's output for these sequences (``reward_models.trunk_cache``), so
+        only what is above the trunk runs."""
+        if trunk_hidden is not None:
+            from reward_models.trunk_cache import forward_above_trunk
+
+            if self.trunk is None:
+                raise ValueError("trunk_hidden was given but this model has no frozen trunk (see trunk_cache)")
+            return forward_above_trunk(self, self.trunk, trunk_hidden, input_ids, attention_mask, token_type_ids)
         if self.pooling == "model":
             extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # (batch, heads)
@@ -111,12 +124,21 @@ def head_config_kwargs() -> dict:
 
 
 def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: int = 384,
-                     min_prompt_tokens: int = 64) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
-    """A fresh reward model on ``backbone`` with untrained heads, its encoder, and its scoring config."""
+                     min_prompt_tokens: int = 64, freeze_backbone: bool = False,
+                     ) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
+    """A fresh reward model on ``backbone`` with untrained heads, its encoder, and its scoring config.
+
+    ``backbone`` may be a PEFT adapter folder, such as the SFT stage's ``final/``: its base is loaded with the
+    adapter merged in, and the adapter folder's tokenizer is used (``rlhf.policies``). ``freeze_backbone``:
+    only the score head trains (a linear probe on the backbone's features)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from rlhf.policies import adapter_folder
     from rlhf.zoo import load_model, load_tokenizer, resolve_model
 
+    adapter = adapter_folder(resolve_model(backbone)) if Path(backbone).expanduser().is_dir() else None
+    if adapter is not None:
+        return _reward_model_from_adapter(adapter, lora, max_length, min_prompt_tokens, freeze_backbone)
     tokenizer = load_tokenizer(backbone)
     causal = is_causal_lm(AutoConfig.from_pretrained(resolve_model(backbone)).model_type)
     extra = {}
@@ -125,8 +147,42 @@ def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: 
             tokenizer.pad_token = tokenizer.eos_token
         extra["pad_token_id"] = tokenizer.pad_token_id
     model = load_model(backbone, AutoModelForSequenceClassification, **head_config_kwargs(), **extra)
+    return _finish(backbone, model, tokenizer, causal, lora, max_length, min_prompt_tokens, freeze_backbone)
+
+
+def _reward_model_from_adapter(adapter: Path, lora: LoraConfig | None, max_length: int, min_prompt_tokens: int,
+                               freeze_backbone: bool) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
+    """A reward model whose backbone is a causal LM with a PEFT adapter merged in (the SFT policy)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf.policies import _load_weights, _tokenizer_source
+    from rlhf.zoo import load_tokenizer
+
+    policy = _load_weights(str(adapter), torch.float32)  # base + adapter(s), merged
+    tokenizer = load_tokenizer(_tokenizer_source(str(adapter)))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config = copy.deepcopy(policy.config)
+    config.update(head_config_kwargs() | {"pad_token_id": tokenizer.pad_token_id})
+    model = AutoModelForSequenceClassification.from_config(config)
+    prefix = model.base_model_prefix
+    # The sequence classifier shares the causal LM's backbone module (``model``): the merged weights go there;
+    # the score head keeps its fresh initialisation.
+    getattr(model, prefix).load_state_dict(getattr(policy, prefix).state_dict())
+    return _finish(str(adapter), model, tokenizer, True, lora, max_length, min_prompt_tokens, freeze_backbone)
+
+
+def _finish(backbone: str, model, tokenizer, causal: bool, lora: LoraConfig | None, max_length: int,
+            min_prompt_tokens: int, freeze_backbone: bool) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
+    if freeze_backbone and lora is not None and lora.enabled:
+        raise ValueError("model.freeze_backbone trains only the score head: set model.lora.enabled false")
     if lora is not None and lora.enabled:
         model = add_lora(model, lora, task_type="SEQ_CLS")
+    if freeze_backbone:
+        head = getattr(model, "score", None) or getattr(model, "classifier")
+        trainable = {id(p) for p in head.parameters()}
+        for param in model.parameters():
+            param.requires_grad_(id(param) in trainable)
     input_format: InputFormat = "chat" if causal and getattr(tokenizer, "chat_template", None) else "pair"
     if causal and input_format == "pair":
         raise ValueError(f"{backbone}: a causal LM needs a chat template to lay out (prompt, response)")
@@ -158,8 +214,6 @@ def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: Scoring
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     hf = model.model
     if hasattr(hf, "merge_and_unload"):  # LoRA: fold the adapters into the weights of a copy
-        import copy
-
         hf = copy.deepcopy(hf).merge_and_unload()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
@@ -183,8 +237,11 @@ def autocast(device: torch.device, bf16: bool):
 
 @torch.no_grad()
 def score_sequences(model: nn.Module, sequences: Sequence[Encoded], pad_token_id: int, batch_size: int = 64,
-                    bf16: bool = False) -> torch.Tensor:
-    """(n, heads) float32 scores of encoded sequences; batched by length so padding stays small."""
+                    bf16: bool = False, inputs=None) -> torch.Tensor:
+    """(n, heads) float32 scores of encoded sequences; batched by length so padding stays small.
+
+    ``inputs``: what turns sequences into model inputs (``reward_models.trunk_cache``); None: token ids only."""
+    batch_of = inputs.batches(sequences, pad_token_id) if inputs is not None else None
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -192,7 +249,8 @@ def score_sequences(model: nn.Module, sequences: Sequence[Encoded], pad_token_id
     scores = torch.empty((len(sequences), len(HEADS)), dtype=torch.float32)  # (n, heads)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([sequences[i] for i in chunk], pad_token_id).items()}
+        batch = batch_of(chunk) if batch_of is not None else collate([sequences[i] for i in chunk], pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device, bf16):
             scores[chunk] = model(**batch).float().cpu()
     model.train(was_training)

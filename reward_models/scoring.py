@@ -22,13 +22,19 @@ from reward_models.types import RewardScores
 from rlhf.runtime import Precision, use_bf16
 
 
+def normalise_heads(heads: Mapping[str, torch.Tensor], mean: Mapping[str, float],
+                    std: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """name -> (batch,) float32 ``(score - mean) / std``: each head on the scale of its reference responses."""
+    return {name: (scores.float() - mean[name]) / std[name] for name, scores in heads.items()}
+
+
 def composite_reward(heads: Mapping[str, torch.Tensor], weights: Mapping[str, float], mean: Mapping[str, float],
                      std: Mapping[str, float], toxicity: torch.Tensor | None = None,
                      toxicity_weight: float = 0.0) -> torch.Tensor:
     """(batch,) weighted sum of standardised head scores, minus the toxicity penalty when there is one."""
     total = torch.zeros_like(next(iter(heads.values())), dtype=torch.float32)
-    for name, scores in heads.items():
-        total = total + weights.get(name, 0.0) * (scores.float() - mean[name]) / std[name]
+    for name, scores in normalise_heads(heads, mean, std).items():
+        total = total + weights.get(name, 0.0) * scores
     if toxicity is not None:
         total = total - toxicity_weight * toxicity.float()
     return total

@@ -1,4 +1,4 @@
-"""The ``rlhf`` command: ``rlhf models|data|chat|sft|reward|rl|ppo|eval|pipeline|annotate ...``.
+"""The ``rlhf`` command: ``rlhf models|data|chat|sft|reward|rl|ppo|eval|eval-rm|pipeline|annotate ...``.
 
 Stage subcommands hand their arguments to the stage script's ``cli(argv)`` so ``rlhf sft --lora.r 8``
 and ``python pipelines/sft.py --lora.r 8`` are the same thing.
@@ -18,6 +18,7 @@ STAGES = {
     "rl": ("pipelines.ppo:cli", "stage 3: online RL (--algo ppo|grpo|rloo|reinforce_pp) with a KL penalty"),
     "ppo": ("pipelines.ppo:cli", "stage 3 with PPO (the same as rlhf rl --algo ppo)"),
     "eval": ("pipelines.evaluate:cli", "stage 4: compare policies and write a report"),
+    "eval-rm": ("pipelines.eval_rm:cli", "reward-model report: accuracy, length control, calibration, agreement"),
     "pipeline": ("pipelines.run:cli", "all stages end to end (--preset demo|tiny)"),
     "annotate": ("rlhf.annotate.cli:main", "preference collection web app, agreement and export"),
     "export": ("rlhf.export:cli", "a run's model as a hub-ready folder with a model card (--push-to-hub)"),

@@ -4,7 +4,13 @@ Evaluation axes: each policy runs as one or more *variants* = (policy, shots, de
 
 * shots: 0 (the prompt alone), 1 or k in-context examples taken from the **train** split of the same
   source (so never a test prompt), built with ``rlhf.prompts``;
-* decoding: ``greedy`` or ``sampled`` (the shared :class:`GenerationSettings` with ``do_sample=True``).
+* decoding: ``greedy`` or ``sampled`` (the shared :class:`GenerationSettings` with ``do_sample=True``);
+* best-of-n (``best_of_n: [1, 2, 4]``, sampled only): max(n) samples per prompt are drawn once and each n
+  keeps the proxy reward model's favourite among the first n (so every n reuses the same samples); its KL
+  to the policy is the analytic log n - (n-1)/n (:mod:`rlhf.best_of_n`).
+
+Judges: ``reward_model`` is the *proxy* (the one PPO optimised); ``gold.model`` an optional second reward
+model that only judges (:mod:`rlhf.judges`), so proxy and gold scores stand side by side.
 
 The config lists them (``variants: [{policies, shots, decoding, sources}]``), so a CPU budget goes where
 it matters: e.g. every policy sampled on every source (rewards, KL, win-rates) and greedy only on
@@ -25,6 +31,8 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from rlhf import metrics
+from rlhf.best_of_n import analytic_kl, choose_best
+from rlhf.config import ConfigError
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
 from rlhf.sampling import PlainSampler
@@ -33,6 +41,8 @@ from rlhf.runtime import Precision, use_bf16
 
 SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
 ALL = "all"  # the key of metrics over every source together
+JUDGES = ("reward", "gold")  # record key prefixes: the proxy reward model (PPO optimised it) and the gold judge
+JUDGED = tuple(f"{j}/" for j in JUDGES)
 
 
 # ---------------------------------------------------------------- config
@@ -64,6 +74,19 @@ class VariantConfig:
         default="sampled",
         metadata={"help": "greedy, or sampled with the generation settings (do_sample on)"})
     sources: list[str] = field(default_factory=list, metadata={"help": "empty: every source of data.sources"})
+    best_of_n: list[int] = field(
+        default_factory=list,
+        metadata={"help": "sampled only: e.g. [1, 2, 4, 8, 16]: draw max(n) per prompt once, keep the proxy's "
+                          "favourite of the first n for each n; empty: one sample"})
+
+
+@dataclass
+class GoldConfig:
+    """A second reward model that only judges: never trained against (PPO refuses a gold-marked model)."""
+
+    model: str = field(
+        default="",
+        metadata={"help": "gold reward model (a reward run folder or its final/); empty: the proxy is the only judge"})
 
 
 @dataclass
@@ -99,6 +122,7 @@ class EvalConfig:
     reward_model: str = field(
         default="",
         metadata={"help": "trained reward model folder (reward run's final/); empty: no reward metrics"})
+    gold: GoldConfig = field(default_factory=GoldConfig)
     toxicity_checkpoint: str = field(
         default="",
         metadata={"help": "Detoxify checkpoint to use instead of the reward model's own setting"})
@@ -290,10 +314,11 @@ class Variant:
     shots: int
     decoding: str
     sources: tuple[str, ...]
+    best_of: int = 0  # n of best-of-n; 0: the plain run (one sample or greedy)
 
     @property
     def key(self) -> str:
-        return f"{self.policy}/{self.shots}-shot/{self.decoding}"
+        return f"{self.policy}/{self.shots}-shot/{self.decoding}" + (f"/best-of-{self.best_of}" if self.best_of else "")
 
 
 def variants_of(cfg: EvalConfig) -> list[Variant]:
@@ -303,56 +328,150 @@ def variants_of(cfg: EvalConfig) -> list[Variant]:
     for i, v in enumerate(cfg.variants):
         unknown = [n for n in v.policies if n not in names] + [s for s in v.sources if s not in cfg.data.sources]
         if unknown:
-            raise ValueError(f"variants[{i}]: {unknown[0]!r} is not a configured policy ({', '.join(names)}) "
+            raise ConfigError(f"variants[{i}]: {unknown[0]!r} is not a configured policy ({', '.join(names)}) "
                              f"or source ({', '.join(cfg.data.sources)})")
+        check_best_of_n(v, f"variants[{i}]", cfg.reward_model)
         for name in v.policies or names:
-            variant = Variant(name, v.shots, v.decoding, tuple(v.sources or cfg.data.sources))
-            if variant.key in out:
-                raise ValueError(f"variants[{i}]: {variant.key} is asked for twice")
-            out[variant.key] = variant
-    return sorted(out.values(), key=lambda v: (names.index(v.policy), v.shots, v.decoding != "greedy"))
+            for n in v.best_of_n or [0]:
+                variant = Variant(name, v.shots, v.decoding, tuple(v.sources or cfg.data.sources), n)
+                if variant.key in out:
+                    raise ConfigError(f"variants[{i}]: {variant.key} is asked for twice")
+                out[variant.key] = variant
+    return sorted(out.values(), key=lambda v: (names.index(v.policy), v.shots, v.decoding != "greedy", v.best_of))
+
+
+def check_best_of_n(v: VariantConfig, where: str, proxy: str) -> None:
+    """Best-of-n needs integers n >= 1, sampled decoding (greedy gives n copies) and a proxy to pick with."""
+    key = f"{where}.best_of_n"
+    for n in v.best_of_n:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"{key}: every n must be an integer >= 1, got {n!r}")
+    if len(set(v.best_of_n)) != len(v.best_of_n):
+        raise ConfigError(f"{key}: an n is listed twice ({v.best_of_n})")
+    if v.best_of_n and v.decoding != "sampled":
+        raise ConfigError(f"{key}: needs decoding: sampled (greedy decoding gives n identical answers)")
+    if v.best_of_n and not proxy:
+        raise ConfigError(f"{key}: needs reward_model (the proxy that picks the best of n)")
+
+
+def check_judges(cfg: EvalConfig) -> None:
+    """The gold judge must exist and be another model than the proxy (same folder after resolving run folder ->
+    final/ and symlinks): one line naming the key, before any model loads."""
+    from pathlib import Path
+
+    from rlhf.judges import model_folder
+    from reward_models.model import REWARD_CONFIG
+
+    for key, path in (("reward_model", cfg.reward_model), ("gold.model", cfg.gold.model)):
+        if path and not (model_folder(path) / REWARD_CONFIG).is_file():
+            missing = "does not exist" if not Path(path).expanduser().exists() else f"has no {REWARD_CONFIG}"
+            raise ConfigError(f"{key}: {path} {missing} (not a reward model folder or reward run folder)")
+    if cfg.gold.model and cfg.reward_model and model_folder(cfg.gold.model) == model_folder(cfg.reward_model):
+        raise ConfigError(f"gold.model: {cfg.gold.model} is the same model as reward_model ({cfg.reward_model}); "
+                          "the gold judge must be a reward model the policies were not optimised against")
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """What can be judged from the config alone (variants, best-of-n, judges), before run folder and models."""
+    variants_of(cfg)
+    check_judges(cfg)
 
 
 def settings_for(decoding: str, base: GenerationSettings) -> GenerationSettings:
     return GenerationSettings(**{**asdict(base), "do_sample": decoding == "sampled"})
 
 
-def score_samples(scorer, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> list[dict[str, float]]:
-    """Per-sample scores from a :class:`reward_models.types.Scorer`: composite, each head, toxicity."""
+def score_samples(scorer, prompts: Sequence[str], responses: Sequence[str], batch_size: int,
+                  prefix: str = "reward") -> list[dict[str, float]]:
+    """Per-sample scores from a :class:`reward_models.types.Scorer`: ``{prefix}/composite``, each head, toxicity.
+
+    The gold judge scores under ``gold/``; toxicity is kept from the proxy only (the same Detoxify).
+    """
     rows: list[dict[str, float]] = []
     for start in range(0, len(prompts), batch_size):
         with torch.no_grad():  # the scorer picks its own precision
             scores = scorer.score(list(prompts[start:start + batch_size]), list(responses[start:start + batch_size]))
-        columns = {"reward/composite": scores.composite}
-        columns.update({f"reward/{name}": values for name, values in scores.heads.items()})
-        if scores.toxicity is not None:
+        columns = {f"{prefix}/composite": scores.composite}
+        columns.update({f"{prefix}/{name}": values for name, values in scores.heads.items()})
+        if scores.toxicity is not None and prefix == "reward":
             columns["toxicity"] = scores.toxicity
         values = {k: v.detach().float().tolist() for k, v in columns.items()}
         rows += [{k: v[i] for k, v in values.items()} for i in range(len(next(iter(values.values()))))]
     return rows
 
 
+def judge(scorer, gold, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> list[dict[str, float]]:
+    """Per-sample proxy (``reward/``) and gold (``gold/``) scores; a missing judge adds nothing."""
+    rows: list[dict[str, float]] = [{} for _ in responses]
+    for judge_scorer, prefix in ((scorer, "reward"), (gold, "gold")):
+        if judge_scorer is not None:
+            for row, scores in zip(rows, score_samples(judge_scorer, prompts, responses, batch_size, prefix)):
+                row.update(scores)
+    return rows
+
+
+def _record(variant: Variant, item: EvalItem, out: Samples, i: int, scores: dict[str, float]) -> dict[str, Any]:
+    """One item's record: what was asked, the ``i``-th sample of ``out`` and its scores."""
+    return {"variant": variant.key, "policy": variant.policy, "shots": variant.shots, "decoding": variant.decoding,
+            "source": item.source, "id": item.id, "prompt": item.prompt, "response": out.responses[i],
+            "references": item.references, "length": out.lengths[i], "ended": out.ended[i], **scores}
+
+
+def _chats(variant: Variant, items: Sequence[EvalItem], shots_by_source: dict[str, list[Shot]]) -> list:
+    return [with_shots(it.messages, shots_by_source[it.source][:variant.shots]) for it in items]
+
+
 def evaluate_variant(policy, variant: Variant, items: Sequence[EvalItem], shots_by_source: dict[str, list[Shot]],
-                     scorer, cfg: EvalConfig) -> list[dict[str, Any]]:
+                     scorer, cfg: EvalConfig, gold=None) -> list[dict[str, Any]]:
     """Run one variant on every item; one record per item (response, length, EOS, KL, scores)."""
     settings = settings_for(variant.decoding, cfg.generation)
     measure_kl = policy.has_reference and samples_own_distribution(settings)
     items = [it for it in items if it.source in variant.sources]
-    chats = [with_shots(it.messages, shots_by_source[it.source][:variant.shots]) for it in items]
     bf16 = use_bf16(cfg.precision, policy.model.device)  # autocast on the device the policy runs on
-    out = sample(policy, chats, settings, cfg.data.max_prompt_tokens, bf16=bf16, measure_kl=measure_kl)
-    scores = (score_samples(scorer, [it.prompt for it in items], out.responses, cfg.score_batch_size)
-              if scorer is not None else [{} for _ in items])
+    out = sample(policy, _chats(variant, items, shots_by_source), settings, cfg.data.max_prompt_tokens, bf16=bf16,
+                 measure_kl=measure_kl)
+    scores = judge(scorer, gold, [it.prompt for it in items], out.responses, cfg.score_batch_size)
     records = []
     for i, it in enumerate(items):
-        record = {"variant": variant.key, "policy": variant.policy, "shots": variant.shots,
-                  "decoding": variant.decoding, "source": it.source, "id": it.id, "prompt": it.prompt,
-                  "response": out.responses[i], "references": it.references, "length": out.lengths[i],
-                  "ended": out.ended[i], **scores[i]}
+        record = _record(variant, it, out, i, scores[i])
         if measure_kl:
             record.update({"kl/k1": out.kl_k1[i], "kl/k3": out.kl_k3[i]})
         records.append(record)
     return records
+
+
+def best_of_n_records(variants: Sequence[Variant], items: Sequence[EvalItem], out: Samples, scorer, gold,
+                      batch_size: int) -> list[dict[str, Any]]:
+    """Best-of-n from one draw: ``out`` holds max(n) samples per item (item-major); each n keeps the proxy's
+    favourite of the first n. The proxy scores every sample; the gold only the kept ones."""
+    draws = max(v.best_of for v in variants)
+    prompts = [it.prompt for it in items for _ in range(draws)]
+    proxy = score_samples(scorer, prompts, out.responses, batch_size)  # (items * draws) rows
+    composite = [[proxy[i * draws + j]["reward/composite"] for j in range(draws)] for i in range(len(items))]
+    chosen = {v.best_of: choose_best(composite, v.best_of) for v in variants}  # n -> per item the kept sample
+    kept = sorted({i * draws + j for picks in chosen.values() for i, j in enumerate(picks)})
+    gold_rows = dict(zip(kept, judge(None, gold, [prompts[k] for k in kept], [out.responses[k] for k in kept],
+                                     batch_size)))
+    records = []
+    for v in variants:
+        for i, (it, j) in enumerate(zip(items, chosen[v.best_of])):
+            flat = i * draws + j
+            records.append({**_record(v, it, out, flat, {**proxy[flat], **gold_rows[flat]}),
+                            "best_of": v.best_of, "sample_index": j, "kl/best_of_n": analytic_kl(v.best_of)})
+    return records
+
+
+def evaluate_best_of_n(policy, variants: Sequence[Variant], items: Sequence[EvalItem],
+                       shots_by_source: dict[str, list[Shot]], scorer, cfg: EvalConfig,
+                       gold=None) -> list[dict[str, Any]]:
+    """Best-of-n variants that differ only in n: max(n) samples per prompt drawn once, reused by every n."""
+    first = variants[0]
+    items = [it for it in items if it.source in first.sources]
+    draws = max(v.best_of for v in variants)
+    chats = [chat for chat in _chats(first, items, shots_by_source) for _ in range(draws)]  # item-major
+    settings = settings_for(first.decoding, cfg.generation)
+    out = sample(policy, chats, settings, cfg.data.max_prompt_tokens, bf16=use_bf16(cfg.precision, policy.model.device))
+    return best_of_n_records(variants, items, out, scorer, gold, cfg.score_batch_size)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -373,13 +492,12 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
     out["eos_rate"] = metrics.eos_rate([r["ended"] for r in records])
     out["distinct/1"] = metrics.distinct_n(responses, 1)
     out["distinct/2"] = metrics.distinct_n(responses, 2)
-    score_keys = sorted({k for r in records for k in r if k.startswith(("reward/", "kl/")) or k == "toxicity"})
+    score_keys = sorted({k for r in records for k in r if k.startswith(JUDGED + ("kl/",)) or k == "toxicity"})
     for key in score_keys:
         values = [r[key] for r in records if key in r]
         out[key] = _mean(values)
-    if "reward/composite" in out:
-        _, low, high = metrics.mean_interval([r["reward/composite"] for r in records], confidence)
-        out["reward/composite_low"], out["reward/composite_high"] = low, high
+        if key.startswith(JUDGED):  # every judge's composite and heads with their interval
+            _, out[f"{key}_low"], out[f"{key}_high"] = metrics.mean_interval(values, confidence)
     with_refs = [r for r in records if r["references"]]
     if with_refs:
         out["bleu"], out["bleu_signature"] = metrics.bleu([r["response"] for r in with_refs],
@@ -388,14 +506,16 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
     if summaries:  # ROUGE against the one reference summary, as DialogSum is scored
         scores = metrics.rouge([r["response"] for r in summaries], [r["references"][0] for r in summaries])
         out.update({f"rouge/{k}": v for k, v in scores.items()})
-    if baseline is not None and "reward/composite" in out:
+    if baseline is not None and any(f"{j}/composite" in out for j in JUDGES):
         base_by_item = {(r["source"], r["id"]): r for r in baseline}
         pairs = [(r, base_by_item[(r["source"], r["id"])]) for r in records if (r["source"], r["id"]) in base_by_item]
-        if pairs:
-            wr = metrics.win_rate([r["reward/composite"] for r, _ in pairs], [b["reward/composite"] for _, b in pairs],
-                                  tie_margin, confidence)
-            out.update({"win_rate": wr.rate, "win_rate/low": wr.low, "win_rate/high": wr.high,
-                        "win_rate/wins": wr.wins, "win_rate/ties": wr.ties, "win_rate/losses": wr.losses})
+        for judge_prefix, name in zip(JUDGES, ("win_rate", "gold/win_rate")):  # proxy's keys keep their old names
+            key = f"{judge_prefix}/composite"
+            judged = [(r[key], b[key]) for r, b in pairs if key in r and key in b]
+            if judged:
+                wr = metrics.win_rate([x for x, _ in judged], [y for _, y in judged], tie_margin, confidence)
+                out.update({name: wr.rate, f"{name}/low": wr.low, f"{name}/high": wr.high,
+                            f"{name}/wins": wr.wins, f"{name}/ties": wr.ties, f"{name}/losses": wr.losses})
         for key in [k for k in score_keys if not k.startswith("kl/")]:  # paired differences to the baseline
             diffs = [r[key] - b[key] for r, b in pairs if key in r and key in b]
             if diffs:
@@ -406,7 +526,7 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
 
 def baseline_variant(variant: Variant, variants: Sequence[Variant], baseline: str) -> Variant | None:
     """The baseline's variant a variant is compared with: same decoding, the baseline's fewest shots."""
-    candidates = [v for v in variants if v.policy == baseline and v.decoding == variant.decoding]
+    candidates = [v for v in variants if v.policy == baseline and v.decoding == variant.decoding and not v.best_of]
     return min(candidates, key=lambda v: v.shots) if candidates else None
 
 
@@ -441,11 +561,22 @@ def check_local_path(path: str, what: str) -> None:
         raise FileNotFoundError(f"{what}: {path} does not exist (a stage that should have written it did not run?)")
 
 
+def best_of_n_groups(variants: Sequence[Variant]) -> list[list[Variant]]:
+    """Best-of-n variants that share one draw of samples: same policy, shots, decoding and sources."""
+    groups: dict[tuple, list[Variant]] = {}
+    for v in variants:
+        if v.best_of:
+            groups.setdefault((v.policy, v.shots, v.decoding, v.sources), []).append(v)
+    return list(groups.values())
+
+
 def run_evaluation(cfg: EvalConfig, scorer, load_policy: Callable | None = None,
-                   progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                   progress: Callable[[str], None] | None = None,
+                   gold=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Evaluate every variant of every policy; returns (per-sample records, policy descriptions).
 
-    Policies are loaded one at a time (only one model in memory besides the reward model).
+    Policies are loaded one at a time (only one model in memory besides the reward models). ``gold``: the
+    gold judge's scorer (scores under ``gold/``), or None.
     """
     from rlhf.policies import load_policy as default_loader
 
@@ -471,12 +602,27 @@ def run_evaluation(cfg: EvalConfig, scorer, load_policy: Callable | None = None,
         policy = load_policy(pcfg.name, pcfg.path, base=pcfg.base, reference=pcfg.reference)
         described[pcfg.name] = {"path": pcfg.path, "base": pcfg.base, "kind": policy.kind,
                                 "reference": pcfg.reference or ("adapter disabled" if policy.kind == "adapter" else "")}
-        for variant in [v for v in variants if v.policy == pcfg.name]:
+        mine = [v for v in variants if v.policy == pcfg.name]
+        for variant in [v for v in mine if not v.best_of]:
             if progress:
                 progress(variant.key)
-            records += evaluate_variant(policy, variant, items, shots_by_source, scorer, cfg)
+            records += evaluate_variant(policy, variant, items, shots_by_source, scorer, cfg, gold)
+        for group in best_of_n_groups(mine):
+            for variant in group:
+                if progress:
+                    progress(variant.key)
+            records += evaluate_best_of_n(policy, group, items, shots_by_source, scorer, cfg, gold)
         del policy
     return records, described
+
+
+def load_gold(cfg: EvalConfig):
+    """The gold judge (its own saved settings, Detoxify included), or None when ``gold.model`` is empty."""
+    if not cfg.gold.model:
+        return None
+    from reward_models.scoring import RewardScorer
+
+    return RewardScorer.from_pretrained(cfg.gold.model, precision=cfg.precision, batch_size=cfg.score_batch_size)
 
 
 def load_scorer(cfg: EvalConfig):
@@ -508,6 +654,7 @@ def finite(value: Any) -> Any:
 def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], policies: dict[str, Any]) -> dict[str, Any]:
     """Everything the report needs, JSON-ready: settings, policies, and metrics per variant and source."""
     variants = variants_of(cfg)
+    table = aggregate_all(records, variants, cfg.baseline, cfg.win_tie_margin, cfg.confidence)
     prompts: dict[str, int] = {}
     for source, _ in dict.fromkeys((r["source"], r["id"]) for r in records):
         prompts[source] = prompts.get(source, 0) + 1
@@ -521,9 +668,35 @@ def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], policies: 
         "confidence": cfg.confidence,
         "generation": asdict(cfg.generation),
         "reward_model": cfg.reward_model,
+        "gold_model": cfg.gold.model,
+        "judges": {"proxy": describe_judge(cfg.reward_model), "gold": describe_judge(cfg.gold.model)},
         "toxicity_available": any("toxicity" in r for r in records),
         "policies": policies,
         "variants": [{"key": v.key, "policy": v.policy, "shots": v.shots, "decoding": v.decoding,
-                      "sources": list(v.sources)} for v in variants],
-        "metrics": aggregate_all(records, variants, cfg.baseline, cfg.win_tie_margin, cfg.confidence),
+                      "sources": list(v.sources), "best_of": v.best_of} for v in variants],
+        "metrics": table,
+        "best_of_n": best_of_n_results(variants, table),
     })
+
+
+def describe_judge(path: str) -> dict[str, Any] | None:
+    """A reward model's path, role and held-out test accuracy per head (None: no such judge configured)."""
+    from rlhf.judges import describe
+
+    return describe(path) if path else None
+
+
+def best_of_n_results(variants: Sequence[Variant], table: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
+    """Per best-of-n group, per n: KL and proxy/gold scores on all sources (for the report and later comparisons)."""
+    out = []
+    for group in best_of_n_groups(variants):
+        first = group[0]
+        rows = []
+        for v in sorted(group, key=lambda v: v.best_of):
+            m = table[v.key][ALL]
+            rows.append({"n": v.best_of, "variant": v.key, "kl": analytic_kl(v.best_of), "prompts": m.get("n", 0),
+                         **{k: m[k] for k in m if k.startswith(JUDGED) or "win_rate" in k}})
+        out.append({"policy": first.policy, "shots": first.shots, "decoding": first.decoding,
+                    "sources": list(first.sources), "samples_per_prompt": max(v.best_of for v in group),
+                    "reused_samples": True, "per_n": rows})
+    return out

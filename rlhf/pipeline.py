@@ -166,6 +166,16 @@ def read_marker(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def upstream_of(stage: Stage) -> tuple[str, ...]:
+    """The stages whose output this one consumes: the fixed ones, and any earlier stage whose folder its config
+    names (the reward stage with ``model.backbone: "{sft}"`` starts from the SFT policy)."""
+    text = json.dumps(to_dict(stage.config), default=str)
+    earlier = STAGES[:STAGES.index(stage.name)]
+    named = tuple(s for s in earlier if s not in UPSTREAM[stage.name]
+                  and re.search(re.escape(str(stage.run_dir.parent / s)) + r'[/"]', text))
+    return UPSTREAM[stage.name] + named
+
+
 def stage_key(stage: Stage, upstream_markers: list[dict[str, Any] | None]) -> str:
     """What a stage's output was made from: its config and the exact upstream runs (their run ids) it consumed."""
     upstream = [m.get("run_id") if m else None for m in upstream_markers]
@@ -205,7 +215,7 @@ def run_pipeline(cfg: PipelineConfig, force: bool | str = False, log: Callable[[
     say = log or (lambda msg: bar.write(msg, file=sys.stderr))
     markers: dict[str, dict[str, Any] | None] = {}
     for i, stage in enumerate(stages, 1):
-        key = stage_key(stage, [markers[u] for u in UPSTREAM[stage.name]])
+        key = stage_key(stage, [markers[u] for u in upstream_of(stage)])
         marker = read_marker(stage.run_dir)
         reusable = marker is not None and marker.get("key") == key and is_finished(stage)
         bar.set_description(f"pipeline [{stage.name}]")

@@ -5,9 +5,10 @@ numbers, see :mod:`rlhf.evaluate`), its per-sample ``samples.jsonl``, and the ``
 ``summary.json`` of each training stage (SFT, reward model, PPO) for the training curves.
 
 Plots (matplotlib, Agg backend, no display needed): training curves per stage, a before/after bar chart per
-reward head, reward and KL distributions, ROUGE per policy. Model outputs are escaped before they enter
-markdown (HTML entities for ``< > & | * _ ` [ ]``; newlines as ``<br>``), so a generation can never break a
-table or inject markup.
+reward head (proxy, and gold when a gold judge is set), reward and KL distributions, ROUGE per policy, and
+proxy and gold score vs sqrt(KL) (best-of-n; other methods can add points to the same axes). Model outputs
+are escaped before they enter markdown (HTML entities for ``< > & | * _ ` [ ]``; newlines as ``<br>``), so a
+generation can never break a table or inject markup.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import html
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -100,9 +101,10 @@ def _main_variant(results: dict[str, Any], policy: str, decoding: str, fallback:
 
     With ``fallback``, a policy run only with another decoding gives that run (plots label it).
     """
-    found = [v for v in _variants(results) if v["policy"] == policy and v["decoding"] == decoding]
+    plain = [v for v in _variants(results) if not v.get("best_of")]  # best-of-n runs are not the policy itself
+    found = [v for v in plain if v["policy"] == policy and v["decoding"] == decoding]
     if not found and fallback:
-        found = [v for v in _variants(results) if v["policy"] == policy]
+        found = [v for v in plain if v["policy"] == policy]
     return min(found, key=lambda v: v["shots"])["key"] if found else None
 
 
@@ -133,13 +135,16 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         return out
     c, b = _metrics(results, ck), _metrics(results, bk)
     out.update({"candidate_variant": ck, "baseline_variant": bk})
-    for key in ("reward/composite", *[f"reward/{h}" for h in HEADS], "toxicity", "kl/k1", "kl/k3"):
+    for key in ("reward/composite", *[f"reward/{h}" for h in HEADS], "gold/composite", *[f"gold/{h}" for h in HEADS],
+                "toxicity", "kl/k1", "kl/k3"):
         if key in c:
             out[f"{cand}/{key}"] = c[key]
         if key in b:
             out[f"{base}/{key}"] = b[key]
-    for key in ("win_rate", "win_rate/low", "win_rate/high", *[f"{k}_delta{s}" for k in (
-            "reward/composite", "reward/harmless", "toxicity") for s in ("", "_low", "_high")]):
+    for key in ("win_rate", "win_rate/low", "win_rate/high", "gold/win_rate", "gold/win_rate/low",
+                "gold/win_rate/high", *[f"{k}_delta{s}" for k in ("reward/composite", "gold/composite",
+                                                                   "reward/harmless", "toxicity")
+                                        for s in ("", "_low", "_high")]):
         if key in c:
             out[key] = c[key]
     verdict = out["verdict"]
@@ -166,6 +171,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                        f"{fmt_interval(c['win_rate'], c.get('win_rate/low'), c.get('win_rate/high'))} "
                        f"({int(c.get('win_rate/wins', 0))} wins, {int(c.get('win_rate/ties', 0))} ties, "
                        f"{int(c.get('win_rate/losses', 0))} losses).")
+    verdict += gold_lines(c, b, cand, base, level, n)
     if "kl/k1" in c:
         described = results.get("policies", {}).get(cand, {})
         reference = described.get("reference") or "its reference"
@@ -185,6 +191,27 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         elif key == "toxicity":
             verdict.append("Toxicity: unavailable (no Detoxify checkpoint is configured for the reward model).")
     return out
+
+
+NO_GOLD = ("The only judge is the proxy reward model that the policies were optimised against, so a rise in its "
+           "score can be reward hacking; set gold.model to a second reward model no stage trained on to tell.")
+
+
+def gold_lines(c: dict[str, Any], b: dict[str, Any], cand: str, base: str, level: str, n: int) -> list[str]:
+    """The headline judged by the gold reward model (never trained against), or the plain warning without one."""
+    if "gold/composite" not in c:
+        return [NO_GOLD]
+    delta, low, high = (c.get(f"gold/composite_delta{s}") for s in ("", "_low", "_high"))
+    clear = (isinstance(low, (int, float)) and low > 0) or (isinstance(high, (int, float)) and high < 0)
+    direction = "above" if isinstance(delta, (int, float)) and delta > 0 else "below"
+    lines = [f"**Gold judge** (a reward model no stage trained against): {cand} {fmt(c['gold/composite'])} vs {base} "
+             f"{fmt(b.get('gold/composite'))} on {n} prompts, difference {fmt(delta)} ({level} interval "
+             f"[{fmt(low)}, {fmt(high)}]): {cand} is {direction} {base}"
+             + ("." if clear else ", but the interval includes 0.")]
+    if "gold/win_rate" in c:
+        lines.append(f"Win-rate of {cand} against {base} judged by the gold: "
+                     f"{fmt_interval(c['gold/win_rate'], c.get('gold/win_rate/low'), c.get('gold/win_rate/high'))}.")
+    return lines
 
 
 def diagnose(head: dict[str, Any], ppo_summary: dict[str, Any] | None) -> list[str]:
@@ -217,7 +244,8 @@ def _variant_label(v: dict[str, Any], all_sources: Sequence[str] = ()) -> str:
     """``sft (0-shot, sampled)``; a variant run on only some sources names them."""
     sources = v.get("sources") or list(all_sources)
     only = f"; {', '.join(sources)} only" if all_sources and list(sources) != list(all_sources) else ""
-    return f"{v['policy']} ({v['shots']}-shot, {v['decoding']}{only})"
+    best_of = f", best-of-{v['best_of']}" if v.get("best_of") else ""
+    return f"{v['policy']} ({v['shots']}-shot, {v['decoding']}{best_of}{only})"
 
 
 def overview_table(results: dict[str, Any]) -> ReportTable:
@@ -318,10 +346,82 @@ def summary_tables(training_runs: dict[str, str]) -> list[ReportTable]:
     return tables
 
 
+def _accuracy_cell(value: Any) -> str:
+    return fmt(value) if isinstance(value, (int, float)) else "unknown"
+
+
+def judges_table(results: dict[str, Any]) -> ReportTable:
+    """Each reward model judging here: folder, role, and held-out test accuracy per head (from its run)."""
+    rows = []
+    for name, judge in (results.get("judges") or {}).items():
+        if judge:
+            accuracy = judge.get("test_accuracy") or {}
+            rows.append([name, judge.get("path", ""), judge.get("role", ""),
+                         *[_accuracy_cell(accuracy.get(h)) for h in HEADS]])
+    return ReportTable("eval/judges", "The judges: proxy (optimised against) and gold (only judges)",
+                       ["judge", "model", "role", *[f"test accuracy {h}" for h in HEADS]], rows,
+                       note="Pairwise accuracy on the held-out test split, read from each reward run's summary.json; "
+                            "unknown where the run did not record it.")
+
+
+def _ci(m: dict[str, Any], key: str) -> str:
+    return fmt_interval(m.get(key), m.get(f"{key}_low"), m.get(f"{key}_high"))
+
+
+def judged_table(results: dict[str, Any]) -> ReportTable:
+    """Proxy and gold side by side per variant: composite and heads (mean, CI), n, paired difference and win-rate."""
+    base = results.get("baseline", "sft")
+    columns = ["policy", "judge", "n", "composite (CI)", *[f"{h} (CI)" for h in HEADS],
+               f"composite − {base} (CI, paired)", f"win-rate vs {base} (CI)"]
+    rows = []
+    for v in _variants(results):
+        m = _metrics(results, v["key"])
+        for judge, prefix, win in (("proxy", "reward", "win_rate"), ("gold", "gold", "gold/win_rate")):
+            if f"{prefix}/composite" in m:
+                rows.append([_variant_label(v, results.get("sources", [])), judge, fmt(m.get("n")),
+                             _ci(m, f"{prefix}/composite"), *[_ci(m, f"{prefix}/{h}") for h in HEADS],
+                             fmt_interval(*(m.get(f"{prefix}/composite_delta{s}") for s in ("", "_low", "_high"))),
+                             fmt_interval(m.get(win), m.get(f"{win}/low"), m.get(f"{win}/high"))])
+    level = f"{round(100 * results.get('confidence', 0.95))} %"
+    return ReportTable("eval/judged", "Proxy and gold judges side by side (all sources)", columns, rows,
+                       note=f"Means with {level} intervals; differences and win-rates are paired per prompt against "
+                            f"the {base} run with the same decoding. Each judge's scores are on its own scale "
+                            "(composite: its heads standardised on its own dev responses).")
+
+
+def best_of_n_table(results: dict[str, Any]) -> ReportTable:
+    """Per n: analytic KL, proxy and gold composite (CI), their paired difference to the baseline, gold win-rate."""
+    base = results.get("baseline", "sft")
+    columns = ["policy", "n", "KL (nats)", "√KL", "proxy composite (CI)", f"proxy − {base} (CI)",
+               "gold composite (CI)", f"gold − {base} (CI)", f"gold win-rate vs {base} (CI)"]
+    rows, notes = [], []
+    for group in results.get("best_of_n") or []:
+        for r in group["per_n"]:
+            rows.append([group["policy"], str(r["n"]), fmt(r["kl"]), fmt(math.sqrt(r["kl"])),
+                         _ci(r, "reward/composite"),
+                         fmt_interval(*(r.get(f"reward/composite_delta{s}") for s in ("", "_low", "_high"))),
+                         _ci(r, "gold/composite"),
+                         fmt_interval(*(r.get(f"gold/composite_delta{s}") for s in ("", "_low", "_high"))),
+                         fmt_interval(r.get("gold/win_rate"), r.get("gold/win_rate/low"), r.get("gold/win_rate/high"))])
+        notes.append(f"{group['policy']}: {group['samples_per_prompt']} samples drawn once per prompt "
+                     f"({group['shots']}-shot, {group['decoding']}); each n keeps the proxy's favourite among the "
+                     "first n of them, so the n's reuse the same samples (a draw of its own: best-of-1 is not the "
+                     "plain sampled run).")
+    return ReportTable("eval/best_of_n", "Best-of-n: keep the proxy's favourite of n samples", columns, rows,
+                       note=" ".join(notes) + " KL = log n − (n−1)/n (analytic).")
+
+
 def build_tables(results: dict[str, Any], records: Sequence[dict[str, Any]],
                  examples_per_source: int = 2) -> list[ReportTable]:
-    return [overview_table(results), rouge_table(results), per_source_table(results),
-            examples_table(results, records, examples_per_source)]
+    tables = [overview_table(results)]
+    if any((results.get("judges") or {}).values()):
+        tables.append(judges_table(results))
+    if any("gold/composite" in m.get(ALL, {}) for m in results.get("metrics", {}).values()):
+        tables.append(judged_table(results))
+    if results.get("best_of_n"):
+        tables.append(best_of_n_table(results))
+    return tables + [rouge_table(results), per_source_table(results),
+                     examples_table(results, records, examples_per_source)]
 
 
 # ---------------------------------------------------------------- plots
@@ -416,15 +516,18 @@ def plot_curves(records: Sequence[dict[str, Any]], panels: Sequence[Panel], titl
     return out
 
 
-def plot_heads(results: dict[str, Any], out: Path) -> Path | None:
-    """Before/after bars per reward head (composite, helpful, honest, harmless) and toxicity, one bar per policy."""
+def plot_heads(results: dict[str, Any], out: Path, judge: str = "reward") -> Path | None:
+    """Before/after bars per reward head (composite, helpful, honest, harmless) and toxicity, one bar per policy.
+
+    ``judge``: ``reward`` (the proxy) or ``gold`` (the gold judge's scores; toxicity is drawn with the proxy).
+    """
     decoding = results.get("headline_decoding", "sampled")
     policies = list(dict.fromkeys(v["policy"] for v in _variants(results)))
     keys = {p: k for p in policies if (k := _main_variant(results, p, decoding, fallback=True))}
-    heads = ["reward/composite", *[f"reward/{h}" for h in HEADS]]
-    if not any("reward/composite" in _metrics(results, k) for k in keys.values()):
+    heads = [f"{judge}/composite", *[f"{judge}/{h}" for h in HEADS]]
+    if not any(heads[0] in _metrics(results, k) for k in keys.values()):
         return None
-    has_tox = any("toxicity" in _metrics(results, k) for k in keys.values())
+    has_tox = judge == "reward" and any("toxicity" in _metrics(results, k) for k in keys.values())
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2 if has_tox else 1, figsize=(10 if has_tox else 7, 3.8), squeeze=False,
                              gridspec_kw={"width_ratios": [4, 1]} if has_tox else None)
@@ -435,7 +538,7 @@ def plot_heads(results: dict[str, Any], out: Path) -> Path | None:
         values = [m.get(h, float("nan")) for h in heads]
         xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(heads))]
         bars = ax.bar(xs, values, width, label=_label(results, key, decoding))
-        low, high = m.get("reward/composite_low"), m.get("reward/composite_high")
+        low, high = m.get(f"{heads[0]}_low"), m.get(f"{heads[0]}_high")
         if isinstance(low, float) and isinstance(high, float):  # the composite's confidence interval
             ax.errorbar(xs[0], values[0], yerr=[[values[0] - low], [high - values[0]]], color="black", capsize=3,
                         linewidth=1)
@@ -443,7 +546,8 @@ def plot_heads(results: dict[str, Any], out: Path) -> Path | None:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(range(len(heads)), [h.split("/")[-1] for h in heads])
     ax.set_ylabel("mean score")
-    ax.set_title(f"Reward per head on held-out prompts ({decoding}; composite with its CI)", fontsize=10)
+    name = "proxy reward model" if judge == "reward" else "gold judge"
+    ax.set_title(f"{name}: score per head on held-out prompts ({decoding}; composite with its CI)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     if has_tox:
@@ -517,6 +621,58 @@ def plot_rouge(results: dict[str, Any], out: Path) -> Path | None:
     return out
 
 
+@dataclass
+class CurvePoint:
+    """One point of the over-optimisation figure: a method at some KL from its start, judged by proxy and gold."""
+
+    method: str  # "best-of-n", "ppo", ...: one colour per method
+    kl: float  # nats, to the policy the method starts from
+    proxy: float  # proxy composite (the reward the method optimised or selected by)
+    gold: float | None = None  # gold composite; None without a gold judge
+    label: str = field(default="")  # e.g. "n=4" or "step 200", written next to the gold point
+
+
+def best_of_n_points(results: dict[str, Any]) -> list[CurvePoint]:
+    """The evaluation's best-of-n results as curve points (one method per best-of-n policy)."""
+    points = []
+    for group in results.get("best_of_n") or []:
+        method = "best-of-n" + (f" ({group['policy']})" if len(results["best_of_n"]) > 1 else "")
+        points += [CurvePoint(method, r["kl"], r.get("reward/composite", float("nan")), r.get("gold/composite"),
+                              f"n={r['n']}") for r in group["per_n"]]
+    return points
+
+
+def plot_overoptimisation(points: Sequence[CurvePoint], out: Path) -> Path | None:
+    """Gold (solid) and proxy (dashed) score vs sqrt(KL), one colour per method (Gao et al. 2022, fig. 1).
+
+    Takes any methods' points, so RL checkpoints can share the axes with best-of-n.
+    """
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, method in enumerate(dict.fromkeys(p.method for p in points)):
+        mine = sorted((p for p in points if p.method == method), key=lambda p: p.kl)
+        xs = [math.sqrt(max(p.kl, 0.0)) for p in mine]
+        ax.plot(xs, [p.proxy for p in mine], linestyle="--", marker="o", color=f"C{i}", label=f"{method}: proxy")
+        golds = [(x, p) for x, p in zip(xs, mine) if p.gold is not None and math.isfinite(p.gold)]
+        if golds:
+            ax.plot([x for x, _ in golds], [p.gold for _, p in golds], linestyle="-", marker="s", color=f"C{i}",
+                    label=f"{method}: gold")
+            for x, p in golds:
+                if p.label:
+                    ax.annotate(p.label, (x, p.gold), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("√KL (nats^½) to the starting policy")
+    ax.set_ylabel("composite score (each judge on its own scale)")
+    ax.set_title("Proxy vs gold as the policy moves away (over-optimisation)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_training(training_runs: dict[str, str], out_dir: Path) -> dict[str, Path]:
     """One PNG of training curves per stage that has a ``metrics.jsonl``."""
     plots = {}
@@ -546,6 +702,9 @@ def write_report(out_dir: str | Path, results: dict[str, Any], records: Sequence
     tables = build_tables(results, records, examples_per_source)  # also returned for W&B
     training_plots = plot_training(training_runs, out_dir)
     figures = [("Reward per head, before and after", plot_heads(results, out_dir / "reward_heads.png")),
+               ("Gold judge per head", plot_heads(results, out_dir / "gold_heads.png", judge="gold")),
+               ("Proxy and gold vs sqrt(KL)", plot_overoptimisation(best_of_n_points(results),
+                                                                    out_dir / "overoptimisation.png")),
                ("Reward and KL distributions", plot_distributions(results, records, out_dir / "distributions.png")),
                ("ROUGE on DialogSum", plot_rouge(results, out_dir / "rouge.png"))]
     prompts, generation = results.get("prompts", {}), results.get("generation", {})
@@ -568,7 +727,10 @@ def write_report(out_dir: str | Path, results: dict[str, Any], records: Sequence
                      + (f" (KL reference: {escape_cell(p['reference'])})" if p.get("reference") else "")
                      for n, p in policies.items()]
         reward_model = escape_cell(results.get("reward_model") or "none")
-        lines += ["Policies: " + "; ".join(described) + f". Reward model: {reward_model}.", ""]
+        gold = f" Gold judge: {escape_cell(results['gold_model'])}." if results.get("gold_model") else ""
+        lines += ["Policies: " + "; ".join(described) + f". Reward model (proxy): {reward_model}.{gold}", ""]
+    if results.get("reward_model") and not results.get("gold_model") and NO_GOLD not in head["verdict"]:
+        lines += [f"**{NO_GOLD}**", ""]
     lines += ["## Results", ""]
     for table in tables:
         lines += [table.markdown(), ""]

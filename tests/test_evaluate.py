@@ -344,3 +344,132 @@ def test_eval_stage_writes_report_and_strict_json(tmp_path, tiny_llama_path, ada
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["win_rate"] == results["headline"]["win_rate"]
     assert (run_dir / "eval_overview.jsonl").is_file()  # the tables as logged for W&B
+
+
+# ---------------------------------------------------------------- best-of-n and the gold judge
+
+
+def test_best_of_n_kl_by_hand():
+    from rlhf.best_of_n import analytic_kl
+
+    assert analytic_kl(1) == 0.0
+    assert analytic_kl(2) == pytest.approx(0.6931471805599453 - 0.5)  # log 2 - 1/2
+    assert analytic_kl(4) == pytest.approx(1.3862943611198906 - 0.75)  # log 4 - 3/4
+    with pytest.raises(ValueError, match="best_of_n"):
+        analytic_kl(0)
+
+
+def test_choose_best_keeps_the_highest_of_the_first_n():
+    from rlhf.best_of_n import choose_best
+
+    scores = [[0.1, 0.5, 0.3, 0.9], [0.7, 0.2, 0.7, 0.1], [-1.0, -2.0, -0.5, -3.0]]
+    assert choose_best(scores, 1) == [0, 0, 0]
+    assert choose_best(scores, 2) == [1, 0, 0]
+    assert choose_best(scores, 3) == [1, 0, 2]  # a tie keeps the first sample
+    assert choose_best(scores, 4) == [3, 0, 2]
+
+
+class GoldCounter(TheScorer):
+    """A second toy judge that records what it was asked to score (the gold scores only the kept samples)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def score(self, prompts, responses):
+        self.seen += list(responses)
+        scores = super().score(prompts, responses)
+        return RewardScores(composite=-scores.composite, heads={k: -v for k, v in scores.heads.items()})
+
+
+def test_best_of_n_selection_by_the_proxy_from_one_draw():
+    items = [ev.EvalItem("truthfulqa", f"q{i}", f"question {i}", _chat(f"question {i}")) for i in range(2)]
+    answers = [["a b", "the b", "the the", "a the"], ["the x y", "x y z", "the the the", "x"]]  # 4 draws per item
+    out = ev.Samples(responses=[a for row in answers for a in row], lengths=[3] * 8, ended=[True] * 8)
+    variants = [ev.Variant("sft", 0, "sampled", ("truthfulqa",), n) for n in (1, 2, 4)]
+    gold = GoldCounter()
+    records = ev.best_of_n_records(variants, items, out, TheScorer(), gold, batch_size=3)
+    kept = {(r["best_of"], r["id"]): r["response"] for r in records}
+    assert kept == {(1, "q0"): "a b", (1, "q1"): "the x y", (2, "q0"): "the b", (2, "q1"): "the x y",
+                    (4, "q0"): "the the", (4, "q1"): "the the the"}
+    assert sorted(gold.seen) == sorted(set(kept.values()))  # the gold judged only what was kept, once each
+    by_n = {r["best_of"]: r for r in records if r["id"] == "q0"}
+    assert by_n[4]["reward/composite"] == 1.0 and by_n[4]["gold/composite"] == -1.0
+    assert by_n[2]["kl/best_of_n"] == pytest.approx(0.6931471805599453 - 0.5) and by_n[1]["kl/best_of_n"] == 0.0
+    assert by_n[4]["sample_index"] == 2 and "toxicity" in by_n[4]  # toxicity from the proxy
+
+
+def _tiny_reward_model(folder, seed, role="proxy", summary=None):
+    """A real tiny-BERT reward model saved like a reward run (random heads: a different judge per seed)."""
+    from reward_models.model import new_reward_model, save_reward_model
+
+    torch.manual_seed(seed)
+    model, encoder, scoring = new_reward_model("tiny-bert", max_length=128, min_prompt_tokens=32)
+    scoring.role = role
+    save_reward_model(model, encoder, scoring, folder / "final")
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+@pytest.mark.parametrize("flags, key", [
+    (["--variants", "[{best_of_n: [0, 2]}]"], "variants[0].best_of_n"),
+    (["--variants", "[{best_of_n: [1.5]}]"], "variants[0].best_of_n"),
+    (["--variants", "[{decoding: greedy, best_of_n: [2]}]"], "variants[0].best_of_n"),
+    (["--gold.model", "{proxy}"], "gold.model"),
+    (["--gold.model", "{proxy}/final"], "gold.model"),
+    (["--gold.model", "{link}"], "gold.model"),
+    (["--gold.model", "{proxy}/missing"], "gold.model"),
+])
+def test_bad_best_of_n_or_gold_is_one_line_before_any_model(flags, key, tmp_path, capsys, monkeypatch):
+    from pipelines.evaluate import cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(ev, "load_scorer", refuse)
+    monkeypatch.setattr(ev, "load_gold", refuse)
+    proxy = _tiny_reward_model(tmp_path / "proxy", 0)
+    (tmp_path / "link").symlink_to(proxy / "final")
+    flags = [f.replace("{proxy}", str(proxy)).replace("{link}", str(tmp_path / "link")) for f in flags]
+    argv = ["--run.output_dir", str(tmp_path / "runs"), "--run.wandb_mode", "disabled",
+            "--reward_model", str(proxy), "--policies", "[{name: sft, path: tiny-llama}]", "--variants", "[{}]", *flags]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {key}"), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_eval_stage_with_gold_and_best_of_n_on_tiny_real_models(tmp_path, tiny_llama_path, adapters):
+    """Proxy and gold are real tiny reward models; best-of-n's proxy score cannot fall as n grows (one draw)."""
+    from pipelines import evaluate as stage
+
+    proxy = _tiny_reward_model(tmp_path / "proxy", 0, summary={"test/accuracy_helpful": 0.6,
+                                                                "test/accuracy_honest": 0.55,
+                                                                "test/accuracy_harmless": 0.5})
+    gold = _tiny_reward_model(tmp_path / "gold", 1, role="gold")
+    cfg = _cfg(tmp_path, [ev.PolicyConfig("sft", tiny_llama_path), ev.PolicyConfig("ppo", adapters["random"])],
+               variants=[ev.VariantConfig(), ev.VariantConfig(policies=["sft"], best_of_n=[1, 2, 4])],
+               prompts_per_source=2, reward_model=str(proxy))
+    cfg.gold.model = str(gold / "final")
+    run_dir = stage.main(cfg)
+    results = json.loads((run_dir / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert results["judges"]["gold"]["role"] == "gold" and results["judges"]["proxy"]["role"] == "proxy"
+    assert results["judges"]["proxy"]["test_accuracy"]["honest"] == 0.55
+    assert results["judges"]["gold"]["test_accuracy"] == {"helpful": None, "honest": None, "harmless": None}
+    (group,) = results["best_of_n"]
+    assert group["samples_per_prompt"] == 4 and [r["n"] for r in group["per_n"]] == [1, 2, 4]
+    log2, log4 = 0.6931471805599453, 1.3862943611198906
+    assert [r["kl"] for r in group["per_n"]] == pytest.approx([0.0, log2 - 0.5, log4 - 0.75])
+    proxies = [r["reward/composite"] for r in group["per_n"]]
+    assert proxies[0] <= proxies[1] <= proxies[2] and proxies[0] < proxies[2]
+    assert all("gold/composite" in r and r["prompts"] == 6 for r in group["per_n"])
+    ppo = results["metrics"]["ppo/0-shot/sampled"]["all"]
+    assert {"gold/composite_low", "gold/composite_delta", "gold/win_rate", "reward/harmless_high"} <= set(ppo)
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    best4 = [s for s in samples if s.get("best_of") == 4]
+    assert len(best4) == 6 and all(0 <= s["sample_index"] < 4 for s in best4)
+    report = (run_dir / "report.md").read_text()
+    assert "Gold judge" in report and "Best-of-n" in report and "unknown" in report and "0.550" in report
+    assert "The only judge is the proxy" not in report
+    for png in ("gold_heads.png", "overoptimisation.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

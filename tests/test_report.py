@@ -156,3 +156,73 @@ def test_diagnose_explains_a_ppo_that_did_not_win():
     assert "stayed close to its start" in reasons[0] and "did not carry over" in reasons[1]
     assert "did not rise" in report.diagnose(head, {"reward/composite_first": 0.4, "reward/composite_last": 0.1})[1]
     assert report.diagnose({**head, "reward/composite_delta": 0.5, "reward/composite_delta_low": 0.1}, None) == []
+
+
+def _judged_results(tmp_path, with_gold: bool):
+    """Saved-style results of sft plain and best-of-{1,2,4}, scored by a proxy and (optionally) a gold judge."""
+    from reward_models.model import ScoringConfig
+
+    proxy = tmp_path / "proxy"
+    (proxy / "final").mkdir(parents=True)
+    ScoringConfig().save(proxy / "final")
+    (proxy / "summary.json").write_text('{"test/accuracy_helpful": 0.8}')
+    records = []
+    for key, best_of, shift in (("sft/0-shot/sampled", 0, 0.0), *[(f"sft/0-shot/sampled/best-of-{n}", n, s) for n, s in
+                                                                   ((1, 0.0), (2, 0.5), (4, 1.0))]):
+        for i in range(6):
+            records.append({"variant": key, "policy": "sft", "shots": 0, "decoding": "sampled",
+                            "source": ev.SOURCES[i % 3], "id": str(i), "prompt": f"p{i}", "response": f"r{i}",
+                            "references": [], "length": 4, "ended": True, "reward/composite": shift + i / 10,
+                            **({"gold/composite": shift / 2 - i / 20} if with_gold else {}),
+                            **({"best_of": best_of, "kl/best_of_n": report_kl(best_of)} if best_of else {})})
+    cfg = ev.EvalConfig(policies=[ev.PolicyConfig("sft", "x")], reward_model=str(proxy),
+                        variants=[ev.VariantConfig(), ev.VariantConfig(best_of_n=[1, 2, 4])])
+    if with_gold:
+        gold = tmp_path / "gold"
+        (gold / "final").mkdir(parents=True)
+        ScoringConfig(role="gold").save(gold / "final")
+        cfg.gold.model = str(gold)
+    return ev.build_results(cfg, records, {"sft": {"path": "x", "kind": "full", "reference": ""}}), records
+
+
+def report_kl(n):
+    from rlhf.best_of_n import analytic_kl
+
+    return analytic_kl(n)
+
+
+def test_report_with_gold_and_best_of_n_from_saved_results(tmp_path):
+    import json
+
+    results, records = _judged_results(tmp_path, with_gold=True)
+    saved = json.loads(json.dumps(results))  # what a later comparison report reads back from results.json
+    assert [r["n"] for r in saved["best_of_n"][0]["per_n"]] == [1, 2, 4]
+    path, tables = report.write_report(tmp_path / "out", saved, records, {})
+    text = path.read_text()
+    names = [t.name for t in tables]
+    assert {"eval/judges", "eval/judged", "eval/best_of_n"} <= set(names)
+    judges = next(t for t in tables if t.name == "eval/judges")
+    assert judges.rows[0][2:] == ["proxy", "0.800", "unknown", "unknown"] and judges.rows[1][2] == "gold"
+    best = next(t for t in tables if t.name == "eval/best_of_n")
+    assert [row[1] for row in best.rows] == ["1", "2", "4"] and best.rows[1][2] == "0.193"  # log 2 - 1/2
+    assert best.rows[2][4].startswith("1.250")  # proxy mean of best-of-4 = 1.0 + mean(i / 10)
+    assert "reuse the same samples" in text and "The only judge is the proxy" not in text
+    assert (tmp_path / "out" / "overoptimisation.png").read_bytes()[:8] == PNG
+    assert "](overoptimisation.png)" in text
+
+
+def test_report_without_gold_says_the_proxy_is_the_only_judge(tmp_path):
+    results, records = _judged_results(tmp_path, with_gold=False)
+    path, tables = report.write_report(tmp_path / "out", results, records, {})
+    assert report.NO_GOLD in path.read_text()
+    assert "eval/judged" not in [t.name for t in tables]
+    assert not (tmp_path / "out" / "gold_heads.png").exists()
+
+
+def test_overoptimisation_plot_takes_points_of_several_methods(tmp_path):
+    points = [report.CurvePoint("best-of-n", kl, proxy, gold, f"n={n}")
+              for n, kl, proxy, gold in ((1, 0.0, 0.0, 0.0), (4, 0.64, 0.8, 0.3), (16, 1.83, 1.5, 0.1))]
+    points += [report.CurvePoint("ppo", 0.5, 0.9, None), report.CurvePoint("ppo", 2.0, 2.5, None)]
+    out = report.plot_overoptimisation(points, tmp_path / "curve.png")
+    assert out.read_bytes()[:8] == PNG and len(out.read_bytes()) > 10_000
+    assert report.plot_overoptimisation([], tmp_path / "none.png") is None

@@ -63,6 +63,14 @@ class RewardSection:
     model: str = field(
         default="",
         metadata={"help": "reward model folder (a reward run's final/); empty: the newest runs/reward-*/final"})
+    # An ensemble (k seeds or k backbones) scores with the mean of its members' standardised scores and reports
+    # their spread (std across members); spread_penalty > 0 optimises mean - penalty * spread (conservative).
+    ensemble: list[str] = field(
+        default_factory=list,
+        metadata={"help": "reward model folders scored together (replaces reward.model); empty: one model"})
+    spread_penalty: float = field(
+        default=0.0,
+        metadata={"help": "ensemble only: reward = mean - spread_penalty * spread across members (0: off)"})
     toy_token: str = field(default=" the",
                            metadata={"help": "kind toy: reward = share of response tokens equal to this token"})
     missing_eos_penalty: float = field(
@@ -239,6 +247,12 @@ class RLStageConfig:
             raise ConfigError(f"ppo.batch_size x rl.samples_per_prompt ({rollouts} rollouts) must be a multiple of "
                               f"ppo.mini_batch_size ({ppo.mini_batch_size}), itself a multiple of ppo.micro_batch_size "
                               f"({ppo.micro_batch_size})")
+        reward = self.reward
+        if reward.ensemble and (reward.model or reward.kind == "toy"):
+            raise ConfigError("reward.ensemble: lists every member itself; leave reward.model empty and reward.kind model")
+        if reward.spread_penalty < 0 or (reward.spread_penalty and len(reward.ensemble) < 2):
+            raise ConfigError(f"reward.spread_penalty: needs >= 0 and an ensemble of >= 2 models in reward.ensemble "
+                              f"(got {reward.spread_penalty} with {len(reward.ensemble)})")
         if not self.generation.do_sample:
             raise ConfigError("generation.do_sample must be true: RL needs samples from the policy")
 

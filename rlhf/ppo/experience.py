@@ -65,8 +65,7 @@ class Experience:
             elif isinstance(value, list):
                 value = [value[i] for i in index.tolist()]
             elif isinstance(value, RewardScores):
-                value = RewardScores(value.composite[index], {k: v[index] for k, v in value.heads.items()},
-                                     None if value.toxicity is None else value.toxicity[index])
+                value = value.select(index)
             picked[f.name] = value
         return Experience(**picked)
 

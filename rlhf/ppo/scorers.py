@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from reward_models.types import RewardScores, Scorer
+from rlhf.config import ConfigError
 from rlhf.ppo.config import RewardSection
 
 
@@ -39,19 +40,58 @@ def _single_token_id(tokenizer, token: str) -> int:
 
 
 def newest_reward_model(runs_dir: str | Path = "runs") -> Path | None:
-    """The ``final/`` folder of the newest ``runs/reward-*`` run, if any."""
+    """The ``final/`` folder of the newest ``runs/reward-*`` run that is not a gold judge, if any."""
+    from rlhf.judges import GOLD, role_of
+
     finals = sorted(Path(runs_dir).glob("reward*/final"), key=lambda p: p.stat().st_mtime)
+    finals = [p for p in finals if not (p / "reward_config.json").is_file() or role_of(p) != GOLD]
     return finals[-1] if finals else None
 
 
-def load_scorer(reward: RewardSection, tokenizer, device: torch.device, runs_dir: str | Path = "runs") -> Scorer:
-    """The scorer the config names: the trained HHH reward model (``reward_models.scoring``) or the toy."""
+def check_ensemble(reward: RewardSection) -> None:
+    """Every ``reward.ensemble`` member is a saved reward model and none is a gold judge (before any model loads)."""
+    from reward_models.model import REWARD_CONFIG
+    from reward_models.scoring import resolve_model_folder
+    from rlhf.judges import refuse_gold
+
+    for i, member in enumerate(reward.ensemble):
+        if not (resolve_model_folder(member) / REWARD_CONFIG).is_file():
+            raise ConfigError(f"reward.ensemble[{i}]: {member} is not a reward model folder (no {REWARD_CONFIG} "
+                              "in it or in its final/)")
+        refuse_gold(member, f"reward.ensemble[{i}]")
+
+
+def check_reward_model(reward: RewardSection, runs_dir: str | Path = "runs") -> Path | None:
+    """The reward model folder training will use (None for the toy or an ensemble, whose members are checked);
+    refuses a gold judge (``reward.model``, ``reward.ensemble[i]``): no policy is trained against the judge."""
     if reward.kind == "toy":
-        return TokenCountScorer(tokenizer, reward.toy_token)
+        return None
+    if reward.ensemble:
+        check_ensemble(reward)
+        return None
+    from rlhf.judges import refuse_gold
+
     path = Path(reward.model) if reward.model else newest_reward_model(runs_dir)
     if path is None or not path.is_dir():
         raise FileNotFoundError(f"reward.model: no reward model folder ({reward.model or f'{runs_dir}/reward-*/final'}); "
                                 "train one with `rlhf reward` or set reward.model")
+    refuse_gold(path, "reward.model")
+    return path
+
+
+def load_scorer(reward: RewardSection, tokenizer, device: torch.device, runs_dir: str | Path = "runs") -> Scorer:
+    """The scorer the config names: the trained HHH reward model (``reward_models.scoring``), an ensemble of
+    them (``reward_models.ensemble``), or the toy."""
+    if reward.kind == "toy":
+        return TokenCountScorer(tokenizer, reward.toy_token)
+    if reward.ensemble:
+        from reward_models.ensemble import RewardEnsemble
+
+        check_ensemble(reward)
+        print(f"[ppo] reward ensemble of {len(reward.ensemble)}: {', '.join(reward.ensemble)} "
+              f"(spread penalty {reward.spread_penalty})", file=sys.stderr)
+        return RewardEnsemble.from_pretrained(reward.ensemble, device=device, spread_penalty=reward.spread_penalty)
+    path = check_reward_model(reward, runs_dir)
     from reward_models.scoring import RewardScorer
 
     print(f"[ppo] reward model: {path}", file=sys.stderr)

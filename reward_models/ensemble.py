@@ -1,0 +1,108 @@
+"""An ensemble of reward models (k seeds or k backbones) scored together: the mean and the spread.
+
+>>> ensemble = RewardEnsemble.from_pretrained(["runs/rm-seed0", "runs/rm-seed1", "runs/rm-seed2"])
+>>> scores = ensemble.score(prompts, responses)
+>>> scores.composite, scores.spread, scores.heads["harmless"], scores.head_spread["harmless"]
+
+Members may differ in backbone, so their raw head scores are on different scales: every member's heads
+are first standardised with its own saved mean/std (the same standardisation its composite uses), and
+the ensemble reports, per head and for the composite, the mean and the spread (standard deviation
+across members) of those. With ``spread_penalty`` λ > 0, ``composite`` is the conservative reward
+``mean - λ * spread`` (Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization"): a
+response the members disagree on is worth less, which guards PPO against exploiting one model's errors.
+Detoxify, when configured, runs once and enters every member's composite the same way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+import torch
+
+from reward_models.config import ToxicitySettings
+from reward_models.model import ScoringConfig
+from reward_models.scoring import RewardScorer, composite_reward, normalise_heads, resolve_model_folder
+from reward_models.toxicity import ToxicityScorer, load_toxicity
+from reward_models.types import RewardScores
+from rlhf.runtime import Precision
+
+
+def mean_and_spread(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(members, batch) -> ((batch,) mean, (batch,) population std across members).
+
+    Computed as offsets from the first member, so identical members give a spread of exactly 0 and a
+    mean equal to that member's score to the last bit (a plain mean of three equal floats need not be).
+    The population std (divide by k, not k - 1) makes a one-member "ensemble" a spread of 0, not NaN.
+    """
+    first = stacked[0]  # (batch,)
+    offsets = stacked - first  # (members, batch)
+    return first + offsets.mean(0), (offsets - offsets.mean(0)).pow(2).mean(0).sqrt()
+
+
+def conservative_reward(mean: torch.Tensor, spread: torch.Tensor, spread_penalty: float) -> torch.Tensor:
+    """(batch,) ``mean - spread_penalty * spread``: the reward PPO optimises with an ensemble."""
+    return mean - spread_penalty * spread if spread_penalty else mean
+
+
+class RewardEnsemble:
+    """k saved reward models behind the ``Scorer`` protocol; ``score`` returns the members' mean and spread."""
+
+    def __init__(self, members: Sequence[RewardScorer], toxicity: ToxicityScorer | None = None,
+                 spread_penalty: float = 0.0):
+        if not members:
+            raise ValueError("an ensemble needs at least one reward model")
+        heads = members[0].heads
+        for i, member in enumerate(members[1:], start=1):
+            if member.heads != heads:
+                raise ValueError(f"ensemble member {i} has heads {member.heads}, member 0 has {heads}")
+        if spread_penalty < 0:
+            raise ValueError(f"spread_penalty must be >= 0, got {spread_penalty}")
+        self.members, self.toxicity, self.spread_penalty = list(members), toxicity, spread_penalty
+        # one Detoxify for all: the members' composites subtract the same term
+        self.toxicity_weight = toxicity.settings.weight if toxicity is not None else 0.0
+
+    @classmethod
+    def from_pretrained(cls, paths: Sequence[str | Path], device: str | torch.device = "cpu",
+                        toxicity: ToxicitySettings | ToxicityScorer | Literal["config"] | None = "config",
+                        precision: Precision = "auto", batch_size: int = 32,
+                        weights: Mapping[str, float] | None = None, spread_penalty: float = 0.0) -> "RewardEnsemble":
+        """Load every member (model folders or reward run folders), as :meth:`RewardScorer.from_pretrained` does.
+
+        toxicity: ``"config"`` = the Detoxify settings saved with the FIRST member; else as RewardScorer.
+        """
+        if not paths:
+            raise ValueError("an ensemble needs at least one reward model folder")
+        device = torch.device(device)
+        members = [RewardScorer.from_pretrained(p, device, toxicity=None, precision=precision, batch_size=batch_size,
+                                                weights=weights) for p in paths]
+        if isinstance(toxicity, ToxicityScorer):
+            toxicity_scorer = toxicity
+        else:
+            settings = (ScoringConfig.load(resolve_model_folder(paths[0])).toxicity if toxicity == "config"
+                        else toxicity or ToxicitySettings())
+            toxicity_scorer = load_toxicity(settings, device)
+        return cls(members, toxicity_scorer, spread_penalty)
+
+    @property
+    def heads(self) -> list[str]:
+        return self.members[0].heads
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardScores:
+        """heads: mean standardised score per head; composite: mean (minus λ·spread); spread, head_spread."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        toxicity = self.toxicity.score(responses) if self.toxicity is not None and prompts else None  # (batch,)
+        composites, standardised = [], []
+        for member in self.members:
+            raw = member.score_heads(prompts, responses) if prompts else {h: torch.zeros(0) for h in self.heads}
+            cfg = member.config
+            composites.append(composite_reward(raw, cfg.weights, cfg.mean, cfg.std, toxicity, self.toxicity_weight))
+            standardised.append(normalise_heads(raw, cfg.mean, cfg.std))
+        mean, spread = mean_and_spread(torch.stack(composites))  # (batch,) each
+        heads, head_spread = {}, {}
+        for name in self.heads:
+            heads[name], head_spread[name] = mean_and_spread(torch.stack([s[name] for s in standardised]))
+        if toxicity is None and self.toxicity is not None:
+            toxicity = torch.zeros(0)
+        return RewardScores(composite=conservative_reward(mean, spread, self.spread_penalty), heads=heads,
+                            toxicity=toxicity, spread=spread, head_spread=head_spread)

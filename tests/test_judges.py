@@ -1,0 +1,99 @@
+"""Gold judges: `rlhf reward --role gold` marks the model, and a training stage given it refuses before loading."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reward_models.model import ScoringConfig
+from rlhf import judges
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "pipelines" / "configs"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _saved(folder: Path, role: str, summary: dict | None = None) -> Path:
+    """A reward run folder with only what the checks read: final/reward_config.json (+ summary.json)."""
+    (folder / "final").mkdir(parents=True)
+    ScoringConfig(role=role).save(folder / "final")
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_role_and_accuracy_are_read_from_the_run(tmp_path):
+    gold = _saved(tmp_path / "gold", "gold", {"test/accuracy_helpful": 0.75, "test/accuracy_honest": 0.5})
+    proxy = _saved(tmp_path / "proxy", "proxy")
+    assert judges.role_of(gold) == "gold" and judges.role_of(gold / "final") == "gold"
+    assert judges.role_of(proxy) == "proxy"
+    assert judges.model_folder(gold) == judges.model_folder(gold / "final") == (gold / "final").resolve()
+    assert judges.held_out_accuracy(gold) == {"helpful": 0.75, "honest": 0.5, "harmless": None}
+    assert judges.held_out_accuracy(proxy) == {"helpful": None, "honest": None, "harmless": None}
+    # A model saved before roles existed has no "role" key: it is a proxy.
+    config = json.loads((proxy / "final" / "reward_config.json").read_text())
+    del config["role"]
+    (proxy / "final" / "reward_config.json").write_text(json.dumps(config))
+    assert judges.role_of(proxy) == "proxy"
+
+
+def test_rl_stage_refuses_a_gold_reward_model_before_loading_anything(tmp_path, capsys, monkeypatch):
+    import rlhf.ppo.policy
+    from pipelines.ppo import cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the reward model was checked")
+
+    monkeypatch.setattr(rlhf.ppo.policy, "build_policy_model", refuse)
+    monkeypatch.setattr(rlhf.ppo.policy, "load_policy_tokenizer", refuse)
+    gold = _saved(tmp_path / "gold", "gold")
+    out = tmp_path / "runs"
+    for path in (gold, gold / "final"):  # the run folder or its final/
+        argv = ["--config", str(CONFIGS / "ppo_tiny.yaml"), "--run.output_dir", str(out),
+                "--run.wandb_mode", "disabled", "--reward.kind", "model", "--reward.model", str(path)]
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: reward.model:") and "gold" in err, err
+    assert not out.exists()
+
+
+def test_newest_reward_model_skips_gold_judges(tmp_path):
+    import os
+
+    from rlhf.ppo.scorers import newest_reward_model
+
+    proxy = _saved(tmp_path / "reward-1", "proxy")
+    gold = _saved(tmp_path / "reward-2", "gold")
+    os.utime(gold / "final", (2e9, 2e9))  # the gold is the newest
+    assert newest_reward_model(tmp_path) == proxy / "final"
+
+
+def test_reward_stage_role_gold_marks_the_saved_model(tmp_path):
+    """`rlhf reward --role gold` on a tiny model: the saved reward_config.json says gold, and PPO refuses it."""
+    from pipelines.reward import cli
+    from rlhf.ppo.config import RewardSection
+    from rlhf.ppo.scorers import check_reward_model
+    from tests.test_reward_train import toy_preferences
+
+    data = toy_preferences(tmp_path / "toy.jsonl", per_head=8)
+    argv = ["--config", str(CONFIGS / "reward_tiny.yaml"), "--run.output_dir", str(tmp_path / "runs"),
+            "--run.run_name", "gold", "--run.wandb_mode", "disabled", "--data.sources", "[]",
+            "--data.extra_files", f"['{data}']", "--train.max_steps", "2", "--eval.test", "false", "--role", "gold"]
+    assert cli(argv) == 0
+    final = tmp_path / "runs" / "gold" / "final"
+    assert json.loads((final / "reward_config.json").read_text())["role"] == "gold"
+    with pytest.raises(ValueError, match="reward.model: .* is a gold reward model"):
+        check_reward_model(RewardSection(kind="model", model=str(final)))
+
+
+def test_a_gold_member_of_a_reward_ensemble_is_refused(tmp_path):
+    from rlhf.config import ConfigError
+    from rlhf.ppo.config import RewardSection
+    from rlhf.ppo.scorers import check_reward_model
+
+    proxy, gold = _saved(tmp_path / "a", "proxy"), _saved(tmp_path / "b", "gold")
+    assert check_reward_model(RewardSection(kind="model", ensemble=[str(proxy), str(proxy / "final")])) is None
+    with pytest.raises(ConfigError, match=r"reward.ensemble\[1\]: .* is a gold reward model"):
+        check_reward_model(RewardSection(kind="model", ensemble=[str(proxy), str(gold)]))

@@ -1,0 +1,157 @@
+"""The reward-model report (rlhf eval-rm): its maths on hand-computed cases, and a tiny model end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from reward_models.report import (LENGTH_BINS, RMReportConfig, ScoredPairs, accuracy_interval, agreement,
+                                  build_report, calibration, length_bins, prefers_longer)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SHORTER, SIMILAR, LONGER = LENGTH_BINS
+
+
+def test_accuracy_interval_by_hand():
+    got = accuracy_interval(torch.tensor([1.0, 1.0, 0.0, 0.5]))  # a tie counts half: 2.5 / 4
+    # Wilson, z = 1.96, p = 0.625, n = 4: centre 0.5638, half-width 0.3443
+    assert got["accuracy"] == 0.625 and got["n"] == 4
+    assert got["low"] == pytest.approx(0.2194, abs=1e-3) and got["high"] == pytest.approx(0.9081, abs=1e-3)
+    empty = accuracy_interval(torch.zeros(0))
+    assert empty["n"] == 0 and math.isnan(empty["accuracy"])
+
+
+def test_length_bins_by_hand():
+    assert length_bins(torch.tensor([-10, -5, 0, 3, 6]), 5) == [SHORTER, SIMILAR, SIMILAR, SIMILAR, LONGER]
+    assert length_bins(torch.tensor([-1, 0, 1]), 0) == [SHORTER, SIMILAR, LONGER]
+
+
+def test_prefers_longer_by_hand():
+    # equal lengths (last pair) say nothing; a score tie counts half
+    got = prefers_longer(torch.tensor([1.0, -1.0, 2.0, 0.0, 5.0]), torch.tensor([3, 4, -2, 7, 0]))
+    assert got.tolist() == [1.0, 0.0, 0.0, 0.5]
+
+
+def test_calibration_by_hand():
+    ece, rows = calibration(torch.tensor([0.9, 0.6, 0.3]), bins=2)
+    # both orders: (0.9,1) (0.6,1) (0.3,1) (0.1,0) (0.4,0) (0.7,0)
+    # bin [0, .5): 0.3, 0.1, 0.4 -> predicted 0.2667, observed 1/3; bin [.5, 1]: 0.9, 0.6, 0.7 -> 0.7333, 2/3
+    assert [r["n"] for r in rows] == [3, 3]
+    assert rows[0]["predicted"] == pytest.approx(0.8 / 3) and rows[0]["observed"] == pytest.approx(1 / 3)
+    assert rows[1]["predicted"] == pytest.approx(2.2 / 3) and rows[1]["observed"] == pytest.approx(2 / 3)
+    assert ece == pytest.approx(1 / 15)
+    assert calibration(torch.tensor([0.5, 0.5]), bins=10)[0] == pytest.approx(0.0)  # unsure and right half the time
+    ece, rows = calibration(torch.tensor([1.0]), bins=4)  # p = 1 lands in the top bin, p = 0 in the bottom one
+    assert ece == 0.0 and [(r["low"], r["n"]) for r in rows] == [(0.0, 1), (0.75, 1)]
+
+
+def test_agreement_by_hand():
+    assert agreement(torch.tensor([1.0, -1.0, 2.0, 0.0]), torch.tensor([3.0, 1.0, 1.0, 0.0])) == 0.75
+
+
+def test_build_report_from_hand_made_scores():
+    scored = ScoredPairs(
+        diff={"helpful": torch.tensor([1.0, 2.0, -1.0, 0.5]), "honest": torch.tensor([1.0, -2.0, -1.0, 3.0]),
+              "composite": torch.tensor([1.0, 1.0, 1.0, -1.0])},
+        labelled={"helpful": torch.tensor([True, True, True, False]), "honest": torch.tensor([False, False, False, True]),
+                  "composite": torch.ones(4, dtype=torch.bool)},
+        length_diff=torch.tensor([10, -10, 0, 2]), sources=["a", "a", "b", "c"])
+    report = build_report(scored, RMReportConfig(similar_tokens=3))
+    assert report["accuracy"]["helpful"]["accuracy"] == pytest.approx(2 / 3) and report["accuracy"]["helpful"]["n"] == 3
+    assert report["accuracy"]["honest"]["accuracy"] == 1.0 and report["accuracy"]["composite"]["accuracy"] == 0.75
+    assert report["accuracy_by_source"]["a"]["helpful"]["accuracy"] == 1.0
+    assert report["accuracy_by_source"]["b"]["helpful"]["accuracy"] == 0.0 and "honest" not in report["accuracy_by_source"]["a"]
+    helpful = report["length"]["helpful"]
+    assert [helpful["bins"][b]["n"] for b in LENGTH_BINS] == [1, 1, 1]
+    assert [helpful["bins"][b]["accuracy"] for b in LENGTH_BINS] == [1.0, 0.0, 1.0]
+    assert helpful["longer_wins"]["accuracy"] == pytest.approx(1.5 / 3)  # +10 wins, -10 loses, 0 ties
+    assert helpful["shorter_wins"]["accuracy"] == pytest.approx(1.5 / 3)
+    assert helpful["picks_longer"]["accuracy"] == 0.5 and helpful["picks_longer"]["n"] == 2  # +10: yes; -10: no
+    assert "composite" not in report["calibration"] and report["calibration"]["helpful"]["n"] == 3
+    assert report["agreement"] == {"helpful/honest": {"agreement": 0.75, "n": 4}}
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory):
+    from reward_models.train import train_on_preferences
+    from rlhf.sources import preference_records
+
+    records = preference_records(["truthfulqa", "dialogsum"], "train")[::6]
+    out = tmp_path_factory.mktemp("rm")
+    return train_on_preferences(records, out, max_steps=12, max_length=96).run_dir
+
+
+def write_pairs(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_eval_rm_end_to_end_on_a_tiny_model(tiny_reward_model, tmp_path, capsys):
+    from pipelines.eval_rm import cli
+    from reward_models.data import load_pairs, subsample
+    from reward_models.evaluation import pair_accuracy
+    from reward_models.model import load_reward_model
+
+    out = tmp_path / "report"
+    assert cli([str(tiny_reward_model), "--out", str(out), "--max_pairs_per_head", "24",
+                "--precision", "fp32"]) == 0  # the run folder stands for its final/
+    assert {p.name for p in out.iterdir()} == {"rm_report.json", "rm_report.md", "rm_report.png"}
+    report = json.loads((out / "rm_report.json").read_text())
+    assert report["split"] == "test" and report["model"] == str(tiny_reward_model / "final")
+    # the head accuracies agree with the reward stage's own evaluation on the same pairs
+    pairs = subsample(load_pairs(RMReportConfig().sources, [], "test"), 24)
+    model, encoder, _ = load_reward_model(tiny_reward_model / "final")
+    expected, counts = pair_accuracy(model, encoder, pairs)
+    assert report["pairs"] == len(pairs) == report["accuracy"]["composite"]["n"]
+    for head, accuracy in expected.items():
+        assert report["accuracy"][head]["accuracy"] == pytest.approx(accuracy)
+        assert report["accuracy"][head]["n"] == counts[head]
+        bins = report["length"][head]["bins"]
+        assert sum(b["n"] for b in bins.values()) == counts[head]
+        assert sum(b["accuracy"] * b["n"] for b in bins.values() if b["n"]) == pytest.approx(accuracy * counts[head])
+        assert sum(r["n"] for r in report["calibration"][head]["bins"]) == 2 * counts[head]
+    assert set(report["agreement"]) == {"helpful/honest", "helpful/harmless", "honest/harmless"}
+    assert {"hh-rlhf-harmless", "truthfulqa", "dialogsum"} == set(report["accuracy_by_source"])
+    md = (out / "rm_report.md").read_text()
+    assert "Length-controlled accuracy" in md and "Agreement between heads" in md and "ECE" in md
+    assert (out / "rm_report.png").stat().st_size > 10_000
+    assert "report in" in capsys.readouterr().out
+
+
+def test_eval_rm_length_baselines_on_a_file_where_the_longer_answer_always_wins(tiny_reward_model, tmp_path):
+    from pipelines.eval_rm import cli
+
+    rows = [{"prompt": f"Question {i}?", "chosen": "a long and careful answer " * (i + 2), "rejected": "no",
+             "dimension": ["helpful"], "source": "mine"} for i in range(12)]
+    data = write_pairs(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "report"
+    assert cli([str(tiny_reward_model / "final"), "--out", str(out), "--sources", "[]", "--extra_files", f"[{data}]",
+                "--split", "all"]) == 0
+    report = json.loads((out / "rm_report.json").read_text())
+    assert report["pairs"] == 12 and list(report["accuracy_by_source"]) == ["mine"]
+    length = report["length"]["helpful"]
+    assert length["longer_wins"]["accuracy"] == 1.0 and length["shorter_wins"]["accuracy"] == 0.0
+    assert length["bins"]["chosen longer"]["n"] == 12 and length["bins"]["chosen shorter"]["n"] == 0
+    assert report["length"]["helpful"]["bins"]["similar"]["accuracy"] is None  # an empty bin: null, not NaN
+
+
+def test_eval_rm_bad_input_is_one_line_and_exit_2(tiny_reward_model, tmp_path, capsys):
+    from pipelines.eval_rm import cli
+
+    assert cli([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path) in err and "not a reward model folder" in err
+    bad = write_pairs(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "a", "dimension": ["helpful"]}])
+    assert cli([str(tiny_reward_model), "--extra_files", f"[{bad}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "extra_files[0]" in err and "bad.jsonl" in err
+    assert cli([str(tiny_reward_model), "--nope", "1"]) == 2
+    assert not (tmp_path / "rm_report").exists()
+
+
+def test_eval_rm_is_a_subcommand():
+    from rlhf.cli import STAGES
+
+    assert STAGES["eval-rm"][0] == "pipelines.eval_rm:cli"
