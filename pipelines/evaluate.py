@@ -57,6 +57,9 @@ def main(cfg: EvalConfig) -> Path:
     report, tables = write_report(run_dir, results, records, cfg.training_runs, cfg.examples_in_report)
     for table in tables:
         logger.log_table(table.name, table.columns, table.rows, step=len(variants))
+    logger.log_images(sorted(report.parent.glob("*.png")), step=len(variants))
+    logger.log_artifact(report, "eval-report",
+                        inputs=[*(p.path for p in cfg.policies), cfg.reward_model, cfg.gold.model])
     logger.summary({k: v for k, v in results["headline"].items() if isinstance(v, (int, float))})
     logger.finish()
     for line in results["headline"]["verdict"]:

@@ -105,10 +105,14 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
 
     # 7. final artifacts: merged policy, adapter, value head (ppo); summary and reward/KL curve
     ckpt.save_final(trainer, run_dir / "final")
+    logger.log_artifact(run_dir / "final", "model", inputs=[cfg.policy.model, cfg.policy.sft_adapter,
+                                                            cfg.reward.model if cfg.reward.kind != "toy" else "",
+                                                            *cfg.reward.ensemble])
     history = run_history(run_dir, "reward/composite")  # the whole run, also across a resume
     if accelerator.is_main_process and history:
         plot_reward_and_kl(run_dir / "metrics.jsonl", run_dir / "reward_kl.png",
                            cfg.kl.target if cfg.kl.adaptive else None)
+        logger.log_images([run_dir / "reward_kl.png"], step=trainer.step_count)
         quarter = max(1, len(history) // 4)
         mean = lambda rows, key: sum(r.get(key, float("nan")) for r in rows) / len(rows)  # noqa: E731
         logger.summary({"steps": trainer.step_count,

@@ -106,6 +106,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
             forgetting["forgetting/delta"] = forgetting["forgetting/sft_acc"] - forgetting["forgetting/base_acc"]
             logger.log(forgetting, step=step)
     paths = save_final(trainer, tokenizer, run_dir, cfg.train.save_merged)
+    logger.log_artifact(paths["final"], "model", inputs=[cfg.model.name])
     logger.summary({**summary, **forgetting, **{f"paths/{k}": v for k, v in paths.items()}})
     logger.finish()
     return run_dir

@@ -39,7 +39,10 @@ class DataConfig:
         default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
         metadata={"help": "shipped pairs: hh-rlhf-harmless (harmless), truthfulqa (honest), dialogsum (helpful)"})
     extra_files: list[str] = field(default_factory=list,
-                                   metadata={"help": "annotated preference files (JSONL/CSV records)"})
+                                   metadata={"help": "preference files (JSONL/CSV/parquet, TRL formats too) or hub dataset names"})
+    default_dimension: list[str] = field(
+        default_factory=list,
+        metadata={"help": "dimension(s) for extra_files rows without one (TRL datasets have none), e.g. [helpful]"})
     extra_files_split: Literal["hash", "train"] = field(
         default="hash",
         metadata={"help": "hash: split by prompt like shipped data; train: all to train"})

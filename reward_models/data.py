@@ -27,7 +27,8 @@ Split = Literal["train", "dev", "test"]
 
 
 def load_pairs(shipped: Sequence[str], extra_files: Sequence[str], split: Split,
-               extra_files_split: Literal["hash", "train"] = "hash") -> list[PreferenceRecord]:
+               extra_files_split: Literal["hash", "train"] = "hash",
+               default_dimension: Sequence[str] = ()) -> list[PreferenceRecord]:
     """Pairs of one split from shipped source names and annotated preference files."""
     unknown = [s for s in shipped if s not in sources.PREFERENCE_SOURCES]
     if unknown:
@@ -37,7 +38,7 @@ def load_pairs(shipped: Sequence[str], extra_files: Sequence[str], split: Split,
     for name in shipped:
         records.extend(sources.PREFERENCE_SOURCES[name](split))
     for path in extra_files:
-        loaded = load_preferences(path)
+        loaded = load_preferences(path, default_dimension=list(default_dimension) or None)
         if extra_files_split == "train":
             records.extend(loaded if split == "train" else [])
         else:

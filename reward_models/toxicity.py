@@ -1,11 +1,11 @@
-"""Toxicity of responses with Detoxify, from local files only, loaded without arbitrary pickle.
+"""Toxicity of responses with a Detoxify checkpoint, from local files only, loaded without arbitrary pickle.
 
-Detoxify 0.5.4 reads its checkpoint with ``torch.load(..., weights_only=False)`` (any pickled object
-would run) and builds its transformers config from the hub name in the checkpoint
-(``bert-base-uncased``) before it looks at ``huggingface_config_path``. While a :class:`Detoxify` is
-being built, :func:`_safe_detoxify` swaps both for safe versions: ``torch.load`` with
-``weights_only=True`` (tensors and plain containers only), and the hub name replaced by the local
-``huggingface_config_path`` folder. The real ``Detoxify`` class still does the loading and scoring.
+Detoxify's models are plain transformers classifiers (its "original" model: a BERT with six Jigsaw labels)
+whose scores are the sigmoid of the logits. So :class:`ToxicityScorer` reads the checkpoint with
+``torch.load(weights_only=True)`` (tensors and plain containers only: a file with pickled objects is
+refused), builds ``AutoModelForSequenceClassification`` from the local ``huggingface_config_path`` folder
+(never the hub name inside the checkpoint) and loads the state dict into it. Nothing of the ``detoxify``
+package is patched or even imported; the tests check the scores against the real ``Detoxify`` class.
 
 No checkpoint configured -> toxicity is unavailable: :func:`load_toxicity` logs one line saying so and
 returns None, and scores carry ``toxicity=None`` (never a silent 0). A configured checkpoint that
@@ -19,12 +19,9 @@ tokenizer_name, num_classes}}, "dataset": {"args": {"classes": [...]}}}, "state_
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import types
 from pathlib import Path
 from typing import Sequence
-from unittest import mock
 
 import torch
 
@@ -33,45 +30,15 @@ from reward_models.config import ToxicitySettings
 log = logging.getLogger(__name__)
 
 JIGSAW_CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]  # Detoxify "original"
-
-
-class _WeightsOnlyTorch(types.ModuleType):
-    """``torch`` as Detoxify sees it while loading: ``load`` can only read tensors and plain containers."""
-
-    def __init__(self):
-        super().__init__("torch")
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    @staticmethod
-    def load(f, *args, **kwargs):
-        kwargs["weights_only"] = True
-        return torch.load(f, *args, **kwargs)
-
-
-@contextlib.contextmanager
-def _safe_detoxify(huggingface_config_path: str):
-    """Patch detoxify's module while a Detoxify is built: weights-only loading, local config only."""
-    import detoxify.detoxify as detox_module
-
-    original_builder = detox_module.get_model_and_tokenizer
-
-    def local_builder(model_type, model_name, tokenizer_name, num_classes, state_dict, huggingface_config_path=None):
-        # model_type is a hub name; the same files lie in the local folder, so read them there.
-        return original_builder(huggingface_config_path, model_name, tokenizer_name, num_classes, state_dict,
-                                huggingface_config_path=huggingface_config_path)
-
-    with mock.patch.object(detox_module, "torch", _WeightsOnlyTorch()), \
-            mock.patch.object(detox_module, "get_model_and_tokenizer", local_builder):
-        yield
+# Detoxify's own names for the Jigsaw classes (its `load_checkpoint`): settings.label uses these.
+DETOXIFY_NAMES = {"toxic": "toxicity", "identity_hate": "identity_attack", "severe_toxic": "severe_toxicity"}
 
 
 class ToxicityScorer:
     """Detoxify probability of the configured class for each text, batched."""
 
     def __init__(self, settings: ToxicitySettings, device: str | torch.device = "cpu"):
-        from detoxify import Detoxify
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         checkpoint, config_dir = settings.checkpoint, settings.huggingface_config_path
         if not checkpoint or not Path(checkpoint).is_file():
@@ -79,21 +46,40 @@ class ToxicityScorer:
         if not config_dir or not Path(config_dir, "config.json").is_file():
             raise FileNotFoundError(f"toxicity.huggingface_config_path: {config_dir!r} has no config.json "
                                     "(the folder with the Detoxify model's config and tokenizer files)")
-        with _safe_detoxify(str(config_dir)):
-            self.detoxify = Detoxify(checkpoint=str(checkpoint), device=str(device),
-                                     huggingface_config_path=str(config_dir))
-        if settings.label not in self.detoxify.class_names:
+        loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)  # UnpicklingError on objects
+        try:
+            num_classes = int(loaded["config"]["arch"]["args"]["num_classes"])
+            classes = list(loaded["config"]["dataset"]["args"]["classes"])
+            state_dict = loaded["state_dict"]
+        except (KeyError, TypeError):
+            raise ValueError(f"toxicity.checkpoint: {checkpoint} is not a Detoxify checkpoint "
+                             "(needs config.arch.args.num_classes, config.dataset.args.classes, state_dict)") from None
+        config = AutoConfig.from_pretrained(config_dir, num_labels=num_classes)
+        model = AutoModelForSequenceClassification.from_config(config)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        # position_ids is a buffer some transformers versions save and others do not: not a weight
+        missing, unexpected = ([k for k in keys if not k.endswith("position_ids")] for keys in (missing, unexpected))
+        if missing or unexpected:
+            raise ValueError(f"toxicity.checkpoint: {checkpoint} does not fit {type(model).__name__} of {config_dir} "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.model = model.to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(config_dir)
+        self.class_names = [DETOXIFY_NAMES.get(c, c) for c in classes]
+        if settings.label not in self.class_names:
             raise ValueError(f"toxicity.label {settings.label!r} is not a class of {checkpoint} "
-                             f"(classes: {', '.join(self.detoxify.class_names)})")
+                             f"(classes: {', '.join(self.class_names)})")
         self.settings = settings
+        self._column = self.class_names.index(settings.label)
 
+    @torch.no_grad()
     def score(self, texts: Sequence[str]) -> torch.Tensor:
-        """(n,) float32 probabilities in [0, 1]."""
-        out: list[float] = []
+        """(n,) float32 probabilities in [0, 1]: sigmoid of the label's logit, as Detoxify's predict."""
+        out = []
         for start in range(0, len(texts), self.settings.batch_size):
-            scores = self.detoxify.predict(list(texts[start:start + self.settings.batch_size]))[self.settings.label]
-            out.extend(scores if isinstance(scores, list) else [scores])  # Detoxify squeezes a batch of one
-        return torch.tensor(out, dtype=torch.float32)
+            batch = self.tokenizer(list(texts[start:start + self.settings.batch_size]), return_tensors="pt",
+                                   truncation=True, padding=True).to(self.model.device)
+            out.append(torch.sigmoid(self.model(**batch).logits[:, self._column].float()).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
 
 
 def load_toxicity(settings: ToxicitySettings, device: str | torch.device = "cpu") -> ToxicityScorer | None:

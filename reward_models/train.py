@@ -96,7 +96,8 @@ def resolve_run_dir(run: RunConfig, resume: bool) -> Path:
 
 
 def load_split(cfg: RewardStageConfig, split: str, cap: int) -> list[PreferenceRecord]:
-    pairs = load_pairs(cfg.data.sources, cfg.data.extra_files, split, cfg.data.extra_files_split)
+    pairs = load_pairs(cfg.data.sources, cfg.data.extra_files, split, cfg.data.extra_files_split,
+                       cfg.data.default_dimension)
     return subsample(pairs, cap, seed=cfg.run.seed)
 
 
@@ -318,6 +319,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         raise ConfigError(f"training: parameter {bad} is not finite; no final/ was written")
     if accelerator.is_main_process:
         save_reward_model(unwrapped, encoder, scoring, final_dir)
+        logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.backbone, *cfg.data.extra_files])
 
     # 8. held-out test accuracy (prompts no stage trains on) and the run's summary
     summary = {"final_model": str(final_dir), "train/seconds": train_seconds, "skipped/nonfinite": skipped,

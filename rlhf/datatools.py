@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from rlhf.config import ConfigError
-from rlhf.records import DIMENSIONS, LoadResult, PreferenceRecord, RecordError, SFTRecord, load_records, write_jsonl
+from rlhf.records import (DIMENSIONS, LoadResult, PreferenceRecord, RecordError, SFTRecord, is_hub_name, load_records,
+                          parse_dimensions, write_jsonl)
 
 
 def validate(files: Sequence[str], keep_valid: str | None = None, kind: str | None = None, out=None) -> int:
@@ -118,7 +119,8 @@ class StageInput:
     value: str  # a shipped source name or a file
     kind: Literal["sft", "preference", "prompt"]  # what a file must hold (prompt: rows with a prompt field, or .txt)
     shipped: Sequence[str]  # the source names the key accepts
-    files: bool = True  # whether the key also accepts a file
+    files: bool = True  # whether the key also accepts a file (or a hub dataset name)
+    default_dimension: Sequence[str] = ()  # preference rows without `dimension` take these
 
 
 def _sft_inputs(cfg) -> list[StageInput]:
@@ -134,7 +136,8 @@ def _reward_inputs(cfg) -> list[StageInput]:
     names = list(PREFERENCE_SOURCES)
     return ([StageInput(f"data.sources[{i}]", name, "preference", names, files=False)  # files go in extra_files
              for i, name in enumerate(cfg.data.sources)]
-            + [StageInput(f"data.extra_files[{i}]", path, "preference", [])
+            + [StageInput(f"data.extra_files[{i}]", path, "preference", [],
+                          default_dimension=tuple(cfg.data.default_dimension))
                for i, path in enumerate(cfg.data.extra_files)])
 
 
@@ -157,9 +160,9 @@ def input_problems(item: StageInput) -> list[str]:
     if not item.files:
         return [f"unknown source {item.value!r} (shipped: {', '.join(item.shipped)}; put your own files in "
                 "data.extra_files)"]
-    if not Path(item.value).exists():
+    if not Path(item.value).exists() and not (item.kind != "prompt" and is_hub_name(item.value)):
         shipped = f"a shipped source ({', '.join(item.shipped)}) nor " if item.shipped else ""
-        return [f"{item.value!r} is neither {shipped}an existing file"]
+        return [f"{item.value!r} is neither {shipped}an existing file nor a hub dataset name (owner/name)"]
     if item.kind == "prompt":
         from rlhf.ppo.prompts import prompts_from_file  # the stage's own reader: .txt lines or prompt rows
 
@@ -168,13 +171,20 @@ def input_problems(item: StageInput) -> list[str]:
         except RecordError as err:
             return [str(err)]
         return []
-    return [str(err) for err in load_records(item.value, kind=item.kind).errors]
+    return [str(err) for err in load_records(item.value, kind=item.kind,
+                                             default_dimension=list(item.default_dimension) or None).errors]
 
 
 def validate_stage_inputs(stage: str, cfg) -> None:
     """Step 1 of the sft, reward, ppo and dpo stages: every input they will read, checked before any model loads
     and before the run folder exists. A bad one raises ConfigError: one line naming the config key, then
     file, line and field (``stage_cli`` prints it and exits 2)."""
+    default_dimension = getattr(cfg.data, "default_dimension", None)
+    if default_dimension:
+        try:
+            parse_dimensions(list(default_dimension), "data.default_dimension")
+        except RecordError as err:
+            raise ConfigError(f"data.default_dimension: {err.message}") from None
     for item in STAGE_INPUTS[stage](cfg):
         problems = input_problems(item)
         if problems:

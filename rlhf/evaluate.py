@@ -500,7 +500,8 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
             _, out[f"{key}_low"], out[f"{key}_high"] = metrics.mean_interval(values, confidence)
     with_refs = [r for r in records if r["references"]]
     if with_refs:
-        out["bleu"] = metrics.corpus_bleu([r["response"] for r in with_refs], [r["references"] for r in with_refs])
+        out["bleu"], out["bleu_signature"] = metrics.bleu([r["response"] for r in with_refs],
+                                                          [r["references"] for r in with_refs])
     summaries = [r for r in with_refs if r["source"] == "dialogsum"]
     if summaries:  # ROUGE against the one reference summary, as DialogSum is scored
         scores = metrics.rouge([r["response"] for r in summaries], [r["references"][0] for r in summaries])

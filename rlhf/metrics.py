@@ -4,8 +4,7 @@ Everything here takes plain lists or tensors and returns numbers, so each metric
 cases (``tests/test_metrics.py``). All scores are fractions in [0, 1] (ROUGE and BLEU too), never percents.
 
 * ROUGE-1/2/L F-measure (``rouge_score``, Porter stemming: the DialogSum convention).
-* BLEU: a small own implementation of Papineni et al. (2002), sentence (smoothed) and corpus level,
-  checked against NLTK in the tests (no sacrebleu dependency).
+* BLEU: corpus BLEU through sacreBLEU (standard tokenisation; its signature goes into the report).
 * Win-rate of A over B with ties counting half, and a Wilson score interval.
 * distinct-n (Li et al., 2016), response length, EOS rate: signs of degenerate output and reward hacking.
 * KL of a policy to its reference on the policy's own samples, per sequence: k1 = sum of log-ratios
@@ -27,8 +26,12 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words and punctuation marks: the tokenisation BLEU and distinct-n count on."""
+    """Lower-cased words and punctuation marks: the tokenisation distinct-n counts on."""
     return _TOKEN.findall(text.lower())
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
 
 
 # ---------------------------------------------------------------- ROUGE
@@ -54,72 +57,29 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 # ---------------------------------------------------------------- BLEU
 
 
-def _ngrams(tokens: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> tuple[float, str]:
+    """(corpus BLEU as a fraction, sacreBLEU's signature): sacreBLEU's standard settings (13a tokenisation,
+    mixed case, exponential smoothing), so the number is comparable with published ones and the signature
+    says how it was computed. Hypotheses may have different numbers of references."""
+    from sacrebleu.metrics import BLEU
 
-
-@dataclass
-class _BleuCounts:
-    matches: list[int]  # clipped n-gram matches, n = 1..max_n
-    totals: list[int]  # n-grams in the hypothesis, n = 1..max_n
-    hyp_len: int
-    ref_len: int  # the reference length closest to the hypothesis length (shorter wins ties)
-
-
-def _bleu_counts(hypothesis: str, references: Sequence[str], max_n: int) -> _BleuCounts:
-    hyp = tokenize(hypothesis)
-    refs = [tokenize(r) for r in references]
-    if not refs:
+    if len(hypotheses) != len(references):
+        raise ValueError(f"bleu: {len(hypotheses)} hypotheses but {len(references)} reference lists")
+    if any(not refs for refs in references):
         raise ValueError("bleu: every hypothesis needs at least one reference")
-    matches, totals = [], []
-    for n in range(1, max_n + 1):
-        hyp_ngrams = _ngrams(hyp, n)
-        # Clip each n-gram's count by the most times any one reference has it.
-        max_ref = Counter()
-        for ref in refs:
-            max_ref |= _ngrams(ref, n)
-        matches.append(sum(min(count, max_ref[gram]) for gram, count in hyp_ngrams.items()))
-        totals.append(max(len(hyp) - n + 1, 0))
-    ref_len = min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
-    return _BleuCounts(matches, totals, len(hyp), ref_len)
-
-
-def _bleu_from_counts(matches: Sequence[float], totals: Sequence[int], hyp_len: int, ref_len: int,
-                      smooth_epsilon: float) -> float:
-    if hyp_len == 0:
-        return 0.0
-    log_precision = 0.0
-    for match, total in zip(matches, totals):
-        if total == 0:
-            return 0.0
-        if match == 0:
-            if smooth_epsilon <= 0:
-                return 0.0
-            match = smooth_epsilon  # NLTK's smoothing method 1: a small count instead of zero
-        log_precision += math.log(match / total) / len(matches)
-    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-    return brevity * math.exp(log_precision)
-
-
-def sentence_bleu(hypothesis: str, references: Sequence[str], max_n: int = 4, smooth_epsilon: float = 0.1) -> float:
-    """Smoothed BLEU of one hypothesis (a zero n-gram count becomes ``smooth_epsilon``, NLTK method 1)."""
-    c = _bleu_counts(hypothesis, references, max_n)
-    return _bleu_from_counts(c.matches, c.totals, c.hyp_len, c.ref_len, smooth_epsilon)
+    metric = BLEU(max_ngram_order=max_n)
+    if not hypotheses:
+        return float("nan"), str(metric.get_signature())
+    # sacreBLEU takes reference streams (the k-th reference of every hypothesis); None pads the shorter lists.
+    depth = max(len(refs) for refs in references)
+    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(depth)]
+    score = metric.corpus_score(list(hypotheses), streams)
+    return score.score / 100.0, str(metric.get_signature())
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
-    """Corpus BLEU: n-gram matches and lengths summed over all hypotheses before the precision is taken."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"corpus_bleu: {len(hypotheses)} hypotheses but {len(references)} reference lists")
-    if not hypotheses:
-        return float("nan")
-    matches, totals, hyp_len, ref_len = [0] * max_n, [0] * max_n, 0, 0
-    for hypothesis, refs in zip(hypotheses, references):
-        c = _bleu_counts(hypothesis, refs, max_n)
-        matches = [a + b for a, b in zip(matches, c.matches)]
-        totals = [a + b for a, b in zip(totals, c.totals)]
-        hyp_len, ref_len = hyp_len + c.hyp_len, ref_len + c.ref_len
-    return _bleu_from_counts(matches, totals, hyp_len, ref_len, smooth_epsilon=0.0)
+    """Corpus BLEU as a fraction (sacreBLEU, see :func:`bleu`)."""
+    return bleu(hypotheses, references, max_n)[0]
 
 
 # ---------------------------------------------------------------- win-rate and intervals

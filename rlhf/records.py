@@ -1,9 +1,15 @@
 """The two record types every stage reads, and strict validation of user files.
 
 * SFT record: ``{"messages": [{"role": "user"|"assistant"|"system", "content": str}, ...]}`` (TRL's
-  conversational format). TRL's ``{"prompt": str, "completion": str}`` is accepted and converted.
+  conversational format). TRL's prompt-completion rows are accepted and converted, standard
+  (``{"prompt": str, "completion": str}``) or conversational (both message lists).
 * Preference record: ``{"prompt", "chosen", "rejected", "dimension", "margin"?, "source"?, "annotator"?}``:
-  TRL's explicit-prompt preference columns plus the HHH ``dimension`` labels the pair speaks for.
+  TRL's explicit-prompt preference columns plus the HHH ``dimension`` labels the pair speaks for. TRL's
+  other preference rows are accepted too (:func:`preference_texts`): conversational (``chosen``/``rejected``
+  as message lists, with or without a ``prompt`` list) and implicit-prompt (no ``prompt``: it is the turns
+  both share). A multi-turn prompt is kept as an HH transcript (``prompt_to_messages`` reads it back).
+  Rows without ``dimension`` take the caller's ``default_dimension`` (``--data.default_dimension``).
+* Besides files, a hub dataset name (``owner/name``) is read through ``datasets.load_dataset``.
 
 Every problem is a :class:`RecordError` naming file, line and field. Reading never writes: a bad
 file is reported, and with ``keep_valid`` its good rows can be used, but nothing on disk is changed.
@@ -115,6 +121,9 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """
     path = Path(path)
     if not path.exists():
+        if is_hub_name(str(path)):
+            yield from _read_hub(str(path))
+            return
         raise RecordError(path, None, None, "file not found")
     if path.is_dir():
         raise RecordError(path, None, None, "is a directory, not a data file")
@@ -213,6 +222,122 @@ def _read_with_datasets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield i, dict(row)
 
 
+def is_hub_name(name: str) -> bool:
+    """``owner/name`` (no such local path): what ``datasets.load_dataset`` looks up on the hub."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) is not None and not Path(name).exists()
+
+
+def _read_hub(name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The ``train`` split of a hub dataset (from the datasets cache when offline); rows are numbered from 1."""
+    import datasets
+
+    try:
+        table = datasets.load_dataset(name, split="train")
+    except Exception as err:  # offline, no such dataset, no train split: datasets raises many types
+        raise RecordError(name, None, None, f"hub dataset could not be reached or read ({type(err).__name__}); "
+                          "local files work (.jsonl, .json, .csv, .parquet)") from None
+    for i, row in enumerate(table, start=1):
+        yield i, dict(row)
+
+
+# ---------------------------------------------------------------- TRL's conversational and implicit-prompt rows
+
+_SPEAKERS = {"system": "System", "user": "Human", "assistant": "Assistant"}
+
+
+def _messages(value: Any, path, line: int, key: str) -> list[dict[str, str]]:
+    """A validated copy of a list of ``{role, content}`` messages (other keys dropped)."""
+    if not isinstance(value, list) or not value:
+        raise RecordError(path, line, key, "expected a non-empty list of {role, content}")
+    for i, msg in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(msg, dict):
+            raise RecordError(path, line, where, "expected an object with role and content")
+        if msg.get("role") not in ROLES:
+            raise RecordError(path, line, f"{where}.role", f"expected one of {', '.join(ROLES)}, got {msg.get('role')!r}")
+        if not isinstance(msg.get("content"), str):
+            raise RecordError(path, line, f"{where}.content", "missing or not a string")
+        if not msg["content"].strip():
+            raise RecordError(path, line, f"{where}.content", "is empty")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def messages_to_prompt(messages: list[dict[str, str]]) -> str:
+    """Prompt turns as a preference prompt: one user turn is its text; more turns an HH transcript ending in
+    ``"\n\nAssistant:"``, which :func:`prompt_to_messages` turns back into the same messages."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return "".join(f"\n\n{_SPEAKERS[m['role']]}: {m['content']}" for m in messages) + "\n\nAssistant:"
+
+
+def split_last_turn(transcript: str) -> tuple[str, str]:
+    """An HH transcript -> (prompt up to and including the last "\n\nAssistant:", final assistant response)."""
+    cut = transcript.rfind("\n\nAssistant:")
+    if cut < 0:
+        raise ValueError("no Assistant turn")
+    head = cut + len("\n\nAssistant:")
+    return transcript[:head], transcript[head:].strip()
+
+
+def _split_conversation(messages: list[dict[str, str]], path, line: int, key: str):
+    """(prompt turns, the answer's text): the answer is the assistant turns after the last other turn."""
+    start = max(i for i, m in enumerate(messages) if m["role"] != "assistant") + 1 if any(
+        m["role"] != "assistant" for m in messages) else 0
+    if start == len(messages):
+        raise RecordError(path, line, key, "ends without an assistant answer")
+    return messages[:start], "\n\n".join(m["content"] for m in messages[start:])
+
+
+def _first_difference(a: list, b: list) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def preference_texts(row: dict[str, Any], path="<record>", line: int = 0) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) texts of any TRL preference row; see the module docstring."""
+    if isinstance(row.get("chosen"), list) or isinstance(row.get("rejected"), list):
+        chosen_msgs = _messages(row.get("chosen"), path, line, "chosen")
+        rejected_msgs = _messages(row.get("rejected"), path, line, "rejected")
+        if isinstance(row.get("prompt"), list):  # explicit conversational prompt: the pair holds answers only
+            prompt_msgs = _messages(row["prompt"], path, line, "prompt")
+            for key, msgs in (("chosen", chosen_msgs), ("rejected", rejected_msgs)):
+                if any(m["role"] != "assistant" for m in msgs):
+                    raise RecordError(path, line, key, "with a conversational prompt it must hold only assistant turns")
+            answers = ["\n\n".join(m["content"] for m in msgs) for msgs in (chosen_msgs, rejected_msgs)]
+        else:  # implicit prompt (a string `prompt` beside conversational pairs is ignored, as TRL does)
+            prompt_msgs, chosen = _split_conversation(chosen_msgs, path, line, "chosen")
+            rejected_prompt, rejected = _split_conversation(rejected_msgs, path, line, "rejected")
+            if rejected_prompt != prompt_msgs:
+                turn = _first_difference(prompt_msgs, rejected_prompt)
+                raise RecordError(path, line, "rejected", f"its prompt turns differ from chosen's at turn {turn} "
+                                  "(an implicit-prompt pair shares every turn before the answer)")
+            answers = [chosen, rejected]
+        if not prompt_msgs:
+            raise RecordError(path, line, "prompt", "missing: no turn before the answer")
+        return messages_to_prompt(prompt_msgs), answers[0], answers[1]
+    if row.get("prompt") is None and isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
+        return _implicit_text_prompt(row, path, line)
+    return _text(row, "prompt", path, line), _text(row, "chosen", path, line), _text(row, "rejected", path, line)
+
+
+def _implicit_text_prompt(row: dict[str, Any], path, line: int) -> tuple[str, str, str]:
+    """Standard implicit-prompt rows: HH transcripts split at their last Assistant turn, other texts at the
+    end of their common beginning (TRL's ``extract_prompt``)."""
+    chosen, rejected = row["chosen"], row["rejected"]
+    if "\n\nAssistant:" in chosen and "\n\nAssistant:" in rejected:
+        (prompt, chosen), (rejected_prompt, rejected) = split_last_turn(chosen), split_last_turn(rejected)
+        if prompt != rejected_prompt:
+            raise RecordError(path, line, "rejected", "its transcript's turns before the last Assistant turn differ "
+                              "from chosen's (an implicit-prompt pair shares them)")
+    else:
+        cut = _first_difference(list(chosen), list(rejected))
+        prompt, chosen, rejected = chosen[:cut].rstrip(), chosen[cut:].strip(), rejected[cut:].strip()
+    if not prompt.strip():
+        raise RecordError(path, line, "prompt", "missing, and chosen and rejected share no beginning to take it from")
+    return prompt, chosen, rejected
+
+
 # ---------------------------------------------------------------- validating rows
 
 
@@ -272,9 +397,10 @@ def _margin(value: Any, path, line: int) -> float | None:
 
 def parse_preference(row: dict[str, Any], path="<record>", line: int = 0,
                      default_dimension: list[str] | None = None) -> PreferenceRecord:
-    prompt = _text(row, "prompt", path, line)
-    chosen = _text(row, "chosen", path, line)
-    rejected = _text(row, "rejected", path, line)
+    prompt, chosen, rejected = preference_texts(row, path, line)
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        if not value.strip():
+            raise RecordError(path, line, key, "is empty")
     if chosen.strip() == rejected.strip():
         raise RecordError(path, line, "rejected", "is identical to chosen")
     if "dimension" in row and row["dimension"] not in (None, ""):
@@ -292,31 +418,26 @@ def parse_preference(row: dict[str, Any], path="<record>", line: int = 0,
 
 
 def parse_sft(row: dict[str, Any], path="<record>", line: int = 0) -> SFTRecord:
-    if "messages" not in row:
+    if "messages" not in row and not any(isinstance(row.get(k), list) for k in ("prompt", "completion")):
         prompt = _text(row, "prompt", path, line)
         completion = _text(row, "completion", path, line)
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     else:
-        messages = row["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise RecordError(path, line, "messages", "expected a non-empty list of {role, content}")
-        for i, msg in enumerate(messages):
-            where = f"messages[{i}]"
-            if not isinstance(msg, dict):
-                raise RecordError(path, line, where, "expected an object with role and content")
-            if msg.get("role") not in ROLES:
-                raise RecordError(path, line, f"{where}.role", f"expected one of {', '.join(ROLES)}, got {msg.get('role')!r}")
-            if not isinstance(msg.get("content"), str):
-                raise RecordError(path, line, f"{where}.content", "missing or not a string")
-            if not msg["content"].strip():
-                raise RecordError(path, line, f"{where}.content", "is empty")
+        if "messages" in row:
+            messages = _messages(row["messages"], path, line, "messages")
+        else:  # conversational prompt-completion; a plain string on either side is one user / assistant turn
+            prompt_msgs, completion_msgs = (
+                [{"role": role, "content": _text(row, key, path, line)}] if isinstance(row.get(key), str)
+                else _messages(row.get(key), path, line, key) for key, role in (("prompt", "user"), ("completion", "assistant")))
+            if any(m["role"] != "assistant" for m in completion_msgs):
+                raise RecordError(path, line, "completion", "must hold only assistant turns")
+            messages = prompt_msgs + completion_msgs
         if not any(m["role"] == "assistant" for m in messages):
             raise RecordError(path, line, "messages", "has no assistant turn to learn from")
         first = next(i for i, m in enumerate(messages) if m["role"] != "system")
         if messages[first]["role"] != "user":  # an assistant turn nobody asked for cannot be trained as an answer
             raise RecordError(path, line, f"messages[{first}].role",
                               "the chat must start with a user turn (after any system turns), got 'assistant'")
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     return SFTRecord(messages=messages, source=_text(row, "source", path, line, required=False) or None)
 
 
@@ -396,12 +517,13 @@ def transcript_to_messages(text: str) -> list[dict[str, str]]:
     """``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` -> chat messages. Plain text -> one user message."""
     import re
 
-    parts = re.split(r"\n\n(Human|Assistant):", "\n\n" + text.strip() if not text.startswith("\n\n") else text)
+    parts = re.split(r"\n\n(Human|Assistant|System):", "\n\n" + text.strip() if not text.startswith("\n\n") else text)
     if len(parts) < 3:
         return [{"role": "user", "content": text.strip()}]
     messages = []
+    roles = {speaker: role for role, speaker in _SPEAKERS.items()}
     for speaker, content in zip(parts[1::2], parts[2::2]):
-        role = "user" if speaker == "Human" else "assistant"
+        role = roles[speaker]
         content = content.strip()
         if messages and messages[-1]["role"] == role:
             messages[-1]["content"] += "\n\n" + content

@@ -279,9 +279,12 @@ def rouge_table(results: dict[str, Any]) -> ReportTable:
         rows.append([_variant_label(v), fmt(d.get("rouge/rouge1")), fmt(d.get("rouge/rouge2")),
                      fmt(d.get("rouge/rougeL")), fmt(d.get("bleu")), fmt(t.get("bleu"))])
     n = _metrics(results, order[0]["key"], "dialogsum").get("n") if order else None
+    signature = next((m["bleu_signature"] for v in order for m in results.get("metrics", {}).get(v["key"], {}).values()
+                      if isinstance(m, dict) and "bleu_signature" in m), None)
     return ReportTable("eval/rouge", "Reference overlap: DialogSum summaries (ROUGE F1, BLEU) and TruthfulQA "
                        "answers (BLEU)", columns, rows,
-                       note=f"On {fmt(n)} held-out DialogSum dialogues; fractions in [0, 1].")
+                       note=f"On {fmt(n)} held-out DialogSum dialogues; fractions in [0, 1]."
+                       + (f" BLEU: sacreBLEU, signature `{signature}`." if signature else ""))
 
 
 def per_source_table(results: dict[str, Any]) -> ReportTable:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence, TypeVar
 
-from rlhf.records import PreferenceRecord, SFTRecord, load_records, transcript_to_messages
+from rlhf.records import PreferenceRecord, SFTRecord, load_records, split_last_turn, transcript_to_messages
 
 Split = Literal["train", "dev", "test", "all"]
 R = TypeVar("R")
@@ -52,23 +52,14 @@ def take_split(items: Iterable[R], split: Split, key=lambda r: r.prompt) -> list
 # ---------------------------------------------------------------- HH-RLHF harmless
 
 
-def _split_hh(transcript: str) -> tuple[str, str]:
-    """(prompt up to and including the last "\\n\\nAssistant:", final assistant response)."""
-    cut = transcript.rfind("\n\nAssistant:")
-    if cut < 0:
-        raise ValueError("no Assistant turn")
-    head = cut + len("\n\nAssistant:")
-    return transcript[:head], transcript[head:].strip()
-
-
 def hh_harmless_pairs(split: Split = "all", path: str | Path | None = None) -> list[PreferenceRecord]:
     path = Path(path) if path else data_dir() / HH_HARMLESS
     records = []
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
-            prompt, chosen = _split_hh(row["chosen"])
-            rejected_prompt, rejected = _split_hh(row["rejected"])
+            prompt, chosen = split_last_turn(row["chosen"])
+            rejected_prompt, rejected = split_last_turn(row["rejected"])
             # Pairs whose prompts differ, or whose answers are equal/empty, teach nothing.
             if rejected_prompt != prompt or not chosen or not rejected or chosen == rejected:
                 continue

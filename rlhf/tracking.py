@@ -3,6 +3,14 @@
 Keys are namespaced (``loss/policy``, ``objective/kl``, ``reward/harmless`` ...) and the same keys
 reach every sink. W&B runs offline unless asked otherwise (``wandb sync runs/<run>/wandb`` later) and
 never prompts for a login. Only the main process writes; other ranks get a logger that drops records.
+
+W&B as its users set it (:func:`wandb_settings`): ``WANDB_MODE``, ``WANDB_PROJECT`` and ``WANDB_ENTITY``
+override ``run.wandb_mode`` / ``run.wandb_project`` (only ``run.wandb_mode: disabled`` is final); the stages
+of one ``rlhf pipeline`` run share a W&B ``group`` (its folder name; ``WANDB_RUN_GROUP`` overrides). Each
+stage's product is logged as an artifact (:meth:`MetricsLogger.log_artifact`: SFT policy -> reward model ->
+RL policy -> eval report) whose inputs are the upstream artifacts, so a run's inputs are traceable: online as
+W&B lineage, and always in ``<run>/artifact.json`` and in the artifact's metadata (W&B cannot record an
+artifact's use offline).
 """
 from __future__ import annotations
 
@@ -84,8 +92,9 @@ class MetricsLogger:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, desc=stage, dynamic_ncols=True, file=sys.stderr)
-        if run.wandb_mode != "disabled":
-            self._wandb = _start_wandb(self.run_dir, run, stage, config)
+        self.wandb_settings = wandb_settings(run)
+        if self.wandb_settings["mode"] != "disabled":
+            self._wandb = _start_wandb(self.run_dir, run, stage, config, self.wandb_settings)
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         if not self.enabled:
@@ -137,6 +146,43 @@ class MetricsLogger:
 
             self._wandb.log({name: wandb.Table(columns=list(columns), data=rows)}, step=step)
 
+    def log_images(self, paths: Iterable[str | Path], step: int) -> None:
+        """Plots (PNG files already written) to W&B as ``wandb.Image`` under ``plots/<file stem>``."""
+        if not self.enabled or self._wandb is None:
+            return
+        import wandb
+
+        images = {f"plots/{Path(p).stem}": wandb.Image(str(p)) for p in paths if Path(p).is_file()}
+        if images:
+            self._wandb.log(images, step=step)
+
+    def log_artifact(self, path: str | Path, kind: str, inputs: Iterable[str | Path] = ()) -> dict[str, Any]:
+        """Record ``path`` (a model folder, a report folder) as this stage's product, made from ``inputs``.
+
+        Writes ``<run>/artifact.json`` (name, type, path and the upstream artifacts: what each input's own run
+        recorded, or just its path for a zoo model) and logs a W&B artifact that references the files in place
+        (no copy of a model into the wandb folder). Online, each upstream artifact is marked as used, so W&B
+        draws the lineage; the same references give the same digest, hence the upstream run's version."""
+        if not self.enabled:
+            return {}
+        group = self.wandb_settings.get("group")
+        record = {"name": artifact_name(f"{group}-{self.stage}" if group else self.run_dir.name), "type": kind,
+                  "path": str(Path(path).resolve()), "stage": self.stage, "group": group,
+                  "inputs": [upstream_artifact(p) for p in inputs if p]}
+        (self.run_dir / "artifact.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        if self._wandb is not None:
+            try:
+                import wandb
+
+                if self.wandb_settings["mode"] == "online":
+                    for used in record["inputs"]:
+                        if "name" in used and Path(used["path"]).exists():
+                            self._wandb.use_artifact(_reference_artifact(wandb, used))
+                self._wandb.log_artifact(_reference_artifact(wandb, record))
+            except Exception as err:  # tracking must never kill a run
+                print(f"[{self.stage}] W&B artifact not logged ({type(err).__name__}: {err})", file=sys.stderr)
+        return record
+
     def summary(self, values: Mapping[str, Any]) -> None:
         """Final numbers of a run: ``summary.json`` and the W&B run summary."""
         if not self.enabled:
@@ -159,19 +205,58 @@ class MetricsLogger:
             self._wandb = None
 
 
-def _start_wandb(run_dir: Path, run: RunConfig, stage: str, config: Any):
-    # Offline by default: no network here, and a login prompt must never block a run.
+PIPELINE_TAG = "pipeline:"  # rlhf.pipeline tags every stage of a pipeline run with pipeline:<its folder name>
+
+
+def wandb_settings(run: RunConfig, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """mode, project, entity and group of a stage's W&B run: the user's WANDB_* environment first (as W&B's own
+    tools read it), then the run config. ``run.wandb_mode: disabled`` stays disabled whatever the environment."""
+    env = os.environ if environ is None else environ
+    group = env.get("WANDB_RUN_GROUP") or next(
+        (t[len(PIPELINE_TAG):] for t in run.tags if t.startswith(PIPELINE_TAG)), None)
+    return {"mode": "disabled" if run.wandb_mode == "disabled" else env.get("WANDB_MODE") or run.wandb_mode,
+            "project": env.get("WANDB_PROJECT") or run.wandb_project,
+            "entity": env.get("WANDB_ENTITY") or None, "group": group}
+
+
+def artifact_name(text: str) -> str:
+    """W&B artifact names allow letters, digits, dashes, underscores and dots."""
+    import re
+
+    return re.sub(r"[^\w.-]+", "-", text).strip("-") or "artifact"
+
+
+def upstream_artifact(path: str | Path) -> dict[str, Any]:
+    """What an input was: the ``artifact.json`` its stage wrote (in the folder or the run folder above it; an
+    RL ``final/adapter`` is two levels down), else just its path (a zoo model, a hub id)."""
+    folder = Path(path).expanduser()
+    for candidate in (folder, *list(folder.parents)[:2]):
+        record = candidate / "artifact.json"
+        if record.is_file():
+            data = json.loads(record.read_text(encoding="utf-8"))
+            return {k: data[k] for k in ("name", "type", "path", "stage") if k in data}
+    return {"path": str(path)}
+
+
+def _reference_artifact(wandb, record: Mapping[str, Any]):
+    art = wandb.Artifact(record["name"], type=record["type"],
+                         metadata={"path": record["path"], "inputs": record.get("inputs", [])})
+    art.add_reference(Path(record["path"]).resolve().as_uri())
+    return art
+
+
+def _start_wandb(run_dir: Path, run: RunConfig, stage: str, config: Any, settings: Mapping[str, Any]):
+    # Offline by default: no network here, and a login prompt must never block a run. The user's WANDB_* are
+    # kept: `settings` already gave them precedence over the config.
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
-    if run.wandb_mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"
     try:
         import wandb
 
         return wandb.init(
-            project=run.wandb_project, name=run_dir.name, tags=[stage, *run.tags], dir=str(run_dir),
-            config=to_dict(config) if config is not None else None, mode=run.wandb_mode,
-            job_type=stage, reinit="finish_previous", settings=wandb.Settings(silent=True),
+            project=settings["project"], entity=settings["entity"], group=settings["group"], name=run_dir.name,
+            tags=[stage, *run.tags], dir=str(run_dir), config=to_dict(config) if config is not None else None,
+            mode=settings["mode"], job_type=stage, reinit="finish_previous", settings=wandb.Settings(silent=True),
         )
     except Exception as err:  # tracking must never kill a training run
         print(f"[{stage}] W&B unavailable ({type(err).__name__}: {err}); metrics.jsonl only", file=sys.stderr)

@@ -44,31 +44,30 @@ def test_rouge_rejects_unpaired_lists():
 
 
 def test_bleu_hand_cases():
-    assert metrics.sentence_bleu("the cat sat on the mat", ["the cat sat on the mat"]) == pytest.approx(1.0)
     assert metrics.corpus_bleu(["the cat sat on the mat"], [["the cat sat on the mat"]]) == pytest.approx(1.0)
     assert metrics.corpus_bleu(["dogs bark"], [["the cat sat"]]) == 0.0
-    assert metrics.sentence_bleu("", ["the cat"]) == 0.0
     # Brevity penalty: a correct but short hypothesis (3 of 6 tokens, unigram precision 1) -> BP = e^(1 - 2).
     short = metrics.corpus_bleu(["the cat sat"], [["the cat sat on the mat"]], max_n=1)
     assert short == pytest.approx(math.exp(-1.0))
     # Clipping: "the the the" against "the cat" has 1 clipped unigram match of 3.
     assert metrics.corpus_bleu(["the the the"], [["the cat"]], max_n=1) == pytest.approx(1 / 3)
+    # A second reference for one hypothesis only: the best-matching one counts.
+    assert metrics.corpus_bleu(["a b", "c d"], [["x y", "a b"], ["c d"]], max_n=2) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least one reference"):
+        metrics.corpus_bleu(["a"], [[]])
 
 
-def test_bleu_matches_nltk_reference():
-    nltk_bleu = pytest.importorskip("nltk.translate.bleu_score")
-    hyps = ["the quick brown fox jumps over the lazy dog", "a man is talking to his friend about the weather",
-            "she will buy a new car next week"]
-    refs = [["the fast brown fox jumped over the lazy dog", "a quick brown fox jumps over a lazy dog"],
-            ["the man talks with his friend about the weather today"],
-            ["next week she is going to buy a new car", "she buys a new car next week"]]
-    tok = [metrics.tokenize(h) for h in hyps]
-    tok_refs = [[metrics.tokenize(r) for r in rs] for rs in refs]
-    assert metrics.corpus_bleu(hyps, refs) == pytest.approx(nltk_bleu.corpus_bleu(tok_refs, tok), abs=1e-9)
-    smooth = nltk_bleu.SmoothingFunction(epsilon=0.1).method1
-    for h, t, rs, trs in zip(hyps, tok, refs, tok_refs):
-        ours = metrics.sentence_bleu(h, rs)
-        assert ours == pytest.approx(nltk_bleu.sentence_bleu(trs, t, smoothing_function=smooth), abs=1e-9)
+def test_bleu_is_sacrebleus_with_its_signature():
+    sacrebleu = pytest.importorskip("sacrebleu")
+    hyps = ["The quick brown fox jumps over the lazy dog.", "A man is talking to his friend about the weather.",
+            "She will buy a new car next week."]
+    refs = [["The fast brown fox jumped over the lazy dog.", "A quick brown fox jumps over a lazy dog."],
+            ["The man talks with his friend about the weather today."],
+            ["Next week she is going to buy a new car.", "She buys a new car next week."]]
+    score, signature = metrics.bleu(hyps, refs)
+    streams = [[r[0] for r in refs], [r[1] if len(r) > 1 else None for r in refs]]
+    assert score == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score / 100, abs=1e-12)
+    assert "tok:13a" in signature and f"version:{sacrebleu.__version__}" in signature
 
 
 # ---------------------------------------------------------------- win-rate

@@ -1,3 +1,4 @@
+import os
 import json
 import math
 
@@ -47,3 +48,65 @@ def test_a_resumed_run_keeps_each_step_once(tmp_path, run_cfg):
                                                          (5, 15.0), (6, 16.0)]
     assert [r["loss"] for r in run_history(tmp_path, "loss")] == [0.0, 1.0, 2.0, 3.0, 14.0, 15.0, 16.0]
     assert run_history(tmp_path / "nowhere", "loss") == []
+
+
+def test_wandb_settings_follow_the_users_environment():
+    from rlhf.tracking import wandb_settings
+
+    run = RunConfig(wandb_mode="offline", wandb_project="rlhf", tags=["x", "pipeline:demo"])
+    assert wandb_settings(run, {}) == {"mode": "offline", "project": "rlhf", "entity": None, "group": "demo"}
+    env = {"WANDB_MODE": "online", "WANDB_PROJECT": "mine", "WANDB_ENTITY": "lab", "WANDB_RUN_GROUP": "g7"}
+    assert wandb_settings(run, env) == {"mode": "online", "project": "mine", "entity": "lab", "group": "g7"}
+    off = RunConfig(wandb_mode="disabled")  # an explicit "no tracking" is final
+    assert wandb_settings(off, env)["mode"] == "disabled" and wandb_settings(off, {})["group"] is None
+
+
+def test_offline_pipeline_stages_share_a_group_and_log_artifacts_with_lineage(tmp_path, monkeypatch):
+    """Four stages of one pipeline run, offline: read back from their files (artifact.json and the .wandb logs)."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_PROJECT", "lineage-test")
+    root = tmp_path / "demo"
+    products = {}
+
+    def stage(name, kind, inputs, product_file):
+        run = RunConfig(output_dir=str(root), run_name=name, wandb_mode="online", tags=["pipeline:demo"])
+        logger = MetricsLogger(make_run_dir(run, name), run, name, config=run)
+        product = root / name / product_file
+        product.parent.mkdir(parents=True, exist_ok=True)
+        product.write_text(f"{name} weights")
+        logger.log({"loss": 1.0}, step=1)
+        if name == "eval":
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            plt.plot([0, 1], [1, 0])
+            plt.savefig(root / name / "rouge.png")
+            logger.log_images([root / name / "rouge.png"], step=1)
+        record = logger.log_artifact(product if name == "eval" else product.parent, kind, inputs)
+        logger.finish()
+        products[name] = product.parent
+        return record
+
+    stage("sft", "model", ["tiny-llama"], "final/adapter_model.safetensors")
+    stage("reward", "reward-model", ["tiny-bert"], "final/model.safetensors")
+    stage("ppo", "model", [products["sft"], products["reward"]], "final/model.safetensors")
+    report = stage("eval", "eval-report", [products["ppo"] / "adapter", products["sft"]], "report.md")
+    assert os.environ["WANDB_MODE"] == "offline"  # the user's setting was not rewritten
+
+    assert report["name"] == "demo-eval" and report["group"] == "demo"
+    assert [i["name"] for i in report["inputs"]] == ["demo-ppo", "demo-sft"]
+    ppo = json.loads((root / "ppo" / "artifact.json").read_text())
+    assert [i["name"] for i in ppo["inputs"]] == ["demo-sft", "demo-reward"]
+    sft = json.loads((root / "sft" / "artifact.json").read_text())
+    assert sft["inputs"] == [{"path": "tiny-llama"}]  # a zoo model: no upstream artifact
+    for name in ("sft", "reward", "ppo", "eval"):
+        [log] = list((root / name / "wandb").glob("offline-run-*/run-*.wandb"))
+        data = log.read_bytes()
+        assert b"demo" in data and f"demo-{name}".encode() in data and b"lineage-test" in data, name
+    eval_log = next((root / "eval" / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    assert b'"inputs":[{"name":"demo-ppo"' in eval_log  # the inputs travel in the artifact's metadata
+    assert list((root / "eval" / "wandb").glob("offline-run-*/files/media/images/plots/rouge_*.png"))

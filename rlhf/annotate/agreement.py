@@ -1,4 +1,5 @@
-"""Inter-annotator agreement as pure functions: Cohen's kappa and Krippendorff's alpha (nominal).
+"""Inter-annotator agreement as pure functions: Cohen's kappa and Krippendorff's alpha (nominal and ordinal,
+through the ``krippendorff`` package).
 
 Both return ``nan`` where the statistic is undefined (no data, or no variation at all: expected
 disagreement is 0 and the ratio is 0/0). Callers decide how to show that; averaging skips it.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from typing import Hashable, Iterable, Mapping, Sequence
+from typing import Hashable, Iterable, Literal, Mapping, Sequence
 
 
 def cohen_kappa(labels_a: Sequence[Hashable], labels_b: Sequence[Hashable]) -> float:
@@ -47,29 +48,42 @@ def mean_pairwise_kappa(labels_by_annotator: Mapping[str, Mapping[Hashable, Hash
     return (sum(kappas) / len(kappas) if kappas else math.nan), len(kappas)
 
 
-def krippendorff_alpha_nominal(units: Iterable[Iterable[Hashable | None]]) -> float:
-    """Krippendorff's alpha for nominal data; each unit is the values its coders gave (``None`` = missing).
+def krippendorff_alpha(units: Iterable[Iterable[Hashable | None]], level: Literal["nominal", "ordinal"] = "nominal",
+                       order: Sequence[Hashable] | None = None) -> float:
+    """Krippendorff's alpha through the ``krippendorff`` package; each unit is the values its coders gave
+    (``None`` = missing), so units may have different numbers of coders.
 
-    Built from the coincidence matrix (Krippendorff 2011, "Computing Krippendorff's Alpha-Reliability"):
-    a unit with m values adds ``1/(m-1)`` for every ordered pair of its values. Units with fewer than
-    two values are not pairable and are ignored. alpha = 1 - (n - 1) * D_o / D_e with
-    D_o = sum of off-diagonal coincidences, D_e = sum over c != k of n_c * n_k.
+    ``ordinal`` needs ``order``, the values from lowest to highest (A better < tie < B better): a one-step
+    disagreement (A vs tie) then counts less than A vs B. Units with fewer than two values are not pairable;
+    no pairable value, or a single value used throughout, gives ``nan``.
     """
-    coincidences: Counter[tuple[Hashable, Hashable]] = Counter()
-    for unit in units:
-        values = Counter(v for v in unit if v is not None)
-        m = sum(values.values())
-        if m < 2:
-            continue
-        for c, k in itertools.product(values, repeat=2):
-            pairs = values[c] * (values[k] - (c == k))
-            coincidences[c, k] += pairs / (m - 1)
-    value_totals: Counter[Hashable] = Counter()
-    for (c, _), count in coincidences.items():
-        value_totals[c] += count
-    n = sum(value_totals.values())
-    observed = sum(count for (c, k), count in coincidences.items() if c != k)
-    expected = sum(value_totals[c] * value_totals[k] for c, k in itertools.permutations(value_totals, 2))
-    if n == 0 or expected == 0:  # nothing pairable, or a single value used throughout
+    import krippendorff
+    import numpy as np
+
+    units = [[v for v in unit if v is not None] for unit in units]
+    units = [unit for unit in units if len(unit) >= 2]
+    values = {v for unit in units for v in unit}
+    if len(values) < 2:
         return math.nan
-    return 1.0 - (n - 1) * observed / expected
+    if level == "ordinal":
+        if order is None or values - set(order):
+            raise ValueError(f"ordinal alpha: values {sorted(map(str, values - set(order or ())))} are not in `order`")
+        rank = {v: i for i, v in enumerate(order)}
+    else:
+        rank = {v: i for i, v in enumerate(sorted(values, key=str))}
+    # The package takes coders x units; which coder gave a value does not matter to alpha, only the unit.
+    data = np.full((max(len(u) for u in units), len(units)), np.nan)
+    for j, unit in enumerate(units):
+        data[:len(unit), j] = [rank[v] for v in unit]
+    return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level,
+                                    value_domain=sorted(set(rank.values()))))
+
+
+def krippendorff_alpha_nominal(units: Iterable[Iterable[Hashable | None]]) -> float:
+    """Krippendorff's alpha for nominal data (:func:`krippendorff_alpha`)."""
+    return krippendorff_alpha(units, "nominal")
+
+
+def krippendorff_alpha_ordinal(units: Iterable[Iterable[Hashable | None]], order: Sequence[Hashable]) -> float:
+    """Krippendorff's alpha for ordered values, ``order`` from lowest to highest (:func:`krippendorff_alpha`)."""
+    return krippendorff_alpha(units, "ordinal", order)

@@ -7,9 +7,11 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from rlhf.annotate.agreement import krippendorff_alpha_nominal, mean_pairwise_kappa
+from rlhf.annotate.agreement import krippendorff_alpha_nominal, krippendorff_alpha_ordinal, mean_pairwise_kappa
 from rlhf.annotate.store import CHOICES, Label
 from rlhf.records import DIMENSIONS
+
+ORDER = ("A", "tie", "B")  # the choices as a scale: A better < tie < B better
 
 
 @dataclass
@@ -20,6 +22,7 @@ class DimensionStats:
     kappa: float  # Cohen's kappa averaged over annotator pairs, on the items each pair shares
     kappa_pairs: int
     alpha: float  # Krippendorff's alpha (nominal) over all items with two or more labels
+    alpha_ordinal: float  # the same, ordinal: A better < tie < B better, so A vs tie is half a disagreement
 
 
 @dataclass
@@ -58,11 +61,12 @@ def compute_stats(labels: Sequence[Label], counts: dict[str, int]) -> Annotation
         for label in labels:
             by_annotator[label.annotator][label.item_id] = label.choices[dimension]
         kappa, pairs = mean_pairwise_kappa(by_annotator)
-        alpha = krippendorff_alpha_nominal([[lb.choices[dimension] for lb in group] for group in by_item.values()])
+        units = [[lb.choices[dimension] for lb in group] for group in by_item.values()]
+        alpha = krippendorff_alpha_nominal(units)
         dimensions.append(DimensionStats(
             dimension=dimension, counts={c: choice_counts.get(c, 0) for c in CHOICES},
             tie_fraction=choice_counts.get("tie", 0) / len(labels) if labels else math.nan,
-            kappa=kappa, kappa_pairs=pairs, alpha=alpha))
+            kappa=kappa, kappa_pairs=pairs, alpha=alpha, alpha_ordinal=krippendorff_alpha_ordinal(units, ORDER)))
     seconds = [label.seconds_spent for label in labels if label.seconds_spent is not None]
     return AnnotationStats(
         items=counts["items"], assignments=counts["assignments"], labels=len(labels),
@@ -83,9 +87,10 @@ def format_stats(stats: AnnotationStats) -> str:
         "labels per annotator: " + (", ".join(f"{n} {c}" for n, c in stats.labels_per_annotator.items()) or "-"),
         f"time per item: mean {num(stats.seconds_per_item_mean, '.1f')} s, "
         f"median {num(stats.seconds_per_item_median, '.1f')} s",
-        f"{'dimension':10s} {'A':>6s} {'B':>6s} {'tie':>6s} {'ties':>6s} {'kappa':>7s} {'pairs':>6s} {'alpha':>7s}",
+        f"{'dimension':10s} {'A':>6s} {'B':>6s} {'tie':>6s} {'ties':>6s} {'kappa':>7s} {'pairs':>6s} {'alpha':>7s} {'ordinal':>7s}",
     ]
     for d in stats.dimensions:
         lines.append(f"{d.dimension:10s} {d.counts['A']:6d} {d.counts['B']:6d} {d.counts['tie']:6d} "
-                     f"{num(d.tie_fraction, '.0%'):>6s} {num(d.kappa):>7s} {d.kappa_pairs:6d} {num(d.alpha):>7s}")
+                     f"{num(d.tie_fraction, '.0%'):>6s} {num(d.kappa):>7s} {d.kappa_pairs:6d} {num(d.alpha):>7s} "
+                     f"{num(d.alpha_ordinal):>7s}")
     return "\n".join(lines)

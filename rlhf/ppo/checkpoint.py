@@ -160,10 +160,45 @@ def resume(trainer, path: str | Path) -> None:
         print(f"[{trainer.cfg.rl.algo}] resumed from {found} at step {trainer.step_count}")
 
 
+SFT_BASE = "sft-base"  # in final/: the SFT start as full weights, when it existed only as base + SFT adapter
+
+
+def sft_start_folder(policy_cfg) -> str | None:
+    """The folder (or hub id) whose weights are exactly the RL LoRA's base, or None when that base was made in
+    memory by merging an SFT adapter (then only a saved copy can stand for it)."""
+    from rlhf.ppo.policy import ADAPTER_CONFIG
+    from rlhf.zoo import resolve_model
+
+    path = resolve_model(policy_cfg.model)
+    if policy_cfg.sft_adapter or (Path(path) / ADAPTER_CONFIG).is_file():
+        return None
+    return str(Path(path).resolve()) if Path(path).is_dir() else path
+
+
+def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
+    """Make ``AutoPeftModelForCausalLM.from_pretrained(adapter_dir)`` give the trained policy: peft writes the
+    raw base's name into ``adapter_config.json``, which would silently drop the SFT weights. The base becomes
+    the SFT folder (absolute: peft resolves it from the working directory), or a merged copy saved beside the
+    adapter in ``../sft-base`` when the SFT was an adapter. Returns the base written."""
+    from rlhf.ppo.policy import ADAPTER_CONFIG, load_sft_model
+
+    base = sft_start_folder(policy_cfg)
+    if base is None:
+        folder = adapter_dir.parent / SFT_BASE
+        load_sft_model(policy_cfg.model, policy_cfg.sft_adapter).save_pretrained(folder)  # fp32, as on disk
+        tokenizer.save_pretrained(folder)
+        base = str(folder.resolve())
+    config_file = adapter_dir / ADAPTER_CONFIG
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    write_text_atomic(config_file, json.dumps(config, indent=2, sort_keys=True))
+    return base
+
+
 def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
-    """``out_dir/adapter`` (PEFT LoRA), ``value_head.safetensors`` (PPO) and, with ``merged``, the policy with
-    SFT + RL weights merged as a plain HF folder (what evaluation loads). Merging consumes the adapters:
-    call this last."""
+    """``out_dir/adapter`` (PEFT LoRA whose base is the SFT model, see :func:`point_adapter_at_sft`),
+    ``value_head.safetensors`` (PPO) and, with ``merged``, the policy with SFT + RL weights merged as a plain
+    HF folder (what evaluation loads). Merging consumes the adapters: call this last."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -172,6 +207,7 @@ def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.policy.save_pretrained(out_dir / "adapter")
+        point_adapter_at_sft(out_dir / "adapter", trainer.cfg.policy, trainer.tokenizer)
         if model.value_head is not None:
             save_file({k: v.contiguous().cpu() for k, v in model.value_head.state_dict().items()},
                       str(out_dir / "value_head.safetensors"))

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from rlhf.annotate.agreement import cohen_kappa, krippendorff_alpha_nominal, mean_pairwise_kappa
+from rlhf.annotate.agreement import (cohen_kappa, krippendorff_alpha, krippendorff_alpha_nominal,
+                                     krippendorff_alpha_ordinal, mean_pairwise_kappa)
 
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section C: 4 observers x 12 units,
 # nominal values 1-5, None = missing. The paper gives alpha = 0.743 for nominal data.
@@ -94,3 +95,20 @@ def test_alpha_edge_cases():
     assert krippendorff_alpha_nominal([["A", "A"], ["B", "B"], ["tie", "tie"]]) == pytest.approx(1.0)
     assert math.isnan(krippendorff_alpha_nominal([["A", "A"], ["A", "A"]]))  # no variation: undefined
     assert math.isnan(krippendorff_alpha_nominal([["A"], ["B", None]]))  # nothing pairable
+
+
+def test_alpha_krippendorff_2011_ordinal_example():
+    # The same data as ordinal values 1 < 2 < ... < 5: the paper gives alpha = 0.815.
+    alpha = krippendorff_alpha_ordinal(units_of(KRIPPENDORFF_2011_OBSERVERS), order=[1, 2, 3, 4, 5])
+    assert alpha == pytest.approx(0.815, abs=5e-4)
+
+
+def test_ordinal_alpha_counts_a_near_miss_as_less_disagreement():
+    # Both label sets disagree on unit 1 only: A vs tie (one step) or A vs B (the whole scale).
+    near = [["A", "tie"], ["A", "A"], ["B", "B"], ["tie", "tie"]]
+    far = [["A", "B"], ["A", "A"], ["B", "B"], ["tie", "tie"]]
+    order = ["A", "tie", "B"]
+    assert krippendorff_alpha_ordinal(near, order) > krippendorff_alpha_ordinal(far, order)
+    assert krippendorff_alpha_nominal(near) == pytest.approx(krippendorff_alpha_nominal(far))  # nominal: the same
+    with pytest.raises(ValueError, match="not in `order`"):
+        krippendorff_alpha(near, "ordinal", order=["A", "B"])
