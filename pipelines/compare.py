@@ -134,29 +134,62 @@ def _cell(numbers: dict, key: str, digits: int = 3) -> str:
     return f"{numbers[key]:.{digits}f}{interval}"
 
 
-def comparison_rows(results: dict, seconds: dict[str, float | None]) -> list[list[str]]:
+def same_draw_deltas(results: dict, records: list[dict], judge: str = "gold") -> dict[str, tuple[float, float, float]]:
+    """Per best-of-n variant: the paired difference of its ``judge`` composite to best-of-1 of the SAME draw
+    (mean, low, high over prompts). Best-of-1 is a plain sample of the policy, so this isolates what the
+    selection gained from the draw-to-draw noise that a comparison with the plain sampled run also carries."""
+    from rlhf import metrics
+
+    key = f"{judge}/composite"
+    by_variant: dict[str, dict[tuple, float]] = {}
+    for r in records:
+        if key in r:
+            by_variant.setdefault(r["variant"], {})[(r["source"], r["id"])] = r[key]
+    out = {}
+    for group in results.get("best_of_n") or []:
+        first = next((r for r in group["per_n"] if r["n"] == 1), None)
+        if first is None:
+            continue
+        base = by_variant.get(first["variant"], {})
+        for r in group["per_n"]:
+            mine = by_variant.get(r["variant"], {})
+            diffs = [mine[item] - base[item] for item in mine if item in base]
+            if r["n"] > 1 and len(diffs) > 1:
+                out[r["variant"]] = metrics.mean_interval(diffs, results.get("confidence", 0.95))
+    return out
+
+
+def comparison_rows(results: dict, seconds: dict[str, float | None],
+                    records: list[dict] | None = None) -> list[list[str]]:
     """A header and one row per evaluated policy (sampled, zero-shot) and per best-of-n."""
     metrics = results.get("metrics", {})
     heads = sorted({k.split("/")[1] for m in metrics.values() for k in m.get(ALL, {})
                     if k.startswith("gold/") and k.count("/") == 1
                     and k.split("/")[1] not in ("composite", "win_rate") and not k.endswith(("_low", "_high", "_delta"))})
-    listed = []  # (label, KL, metrics on all sources, metrics on DialogSum, training seconds or a word)
+    baseline = results.get("baseline", "sft")
+    listed = []  # (label, KL, variant key, metrics on all sources, on DialogSum, training seconds or a word)
     for variant in results.get("variants", []):
-        if variant.get("decoding") == "sampled" and not variant.get("shots") and not variant.get("best_of_n"):
+        if variant.get("decoding") == "sampled" and not variant.get("shots") and not variant.get("best_of"):
             m = metrics[variant["key"]]
             wall = seconds.get(variant["policy"].split("@")[0])
-            listed.append((variant["policy"], m[ALL].get("kl/k1", 0.0), m[ALL], m.get("dialogsum", {}),
+            kl = 0.0 if variant["policy"] == baseline else m[ALL].get("kl/k1", float("nan"))  # the start itself
+            listed.append((variant["policy"], kl, variant["key"], m[ALL], m.get("dialogsum", {}),
                            f"{wall:.0f}" if wall else "–"))
     for group in results.get("best_of_n") or []:
         for r in group["per_n"]:
             m = metrics[r["variant"]]
-            listed.append((f"best-of-{r['n']} ({group['policy']})", r["kl"], m[ALL], m.get("dialogsum", {}),
-                           "0 (samples n)"))
+            listed.append((f"best-of-{r['n']} ({group['policy']})", r["kl"], r["variant"], m[ALL],
+                           m.get("dialogsum", {}), "0 (samples n)"))
+    same_draw = same_draw_deltas(results, records or [])
     rows = [["method", "KL to SFT", "proxy composite", "gold composite", "gold Δ vs SFT", "gold win-rate vs SFT",
-             *[f"gold {h}" for h in heads], "ROUGE-L (DialogSum)", "length", "training s", "prompts"]]
-    for label, kl, m, dialog, wall in listed:
+             "gold Δ vs best-of-1 (same draw)", *[f"gold {h}" for h in heads], "ROUGE-L (DialogSum)", "length",
+             "training s", "prompts"]]
+    for label, kl, key, m, dialog, wall in listed:
+        mean_low_high = same_draw.get(key)
         rows.append([label, f"{kl:.2f}", _cell(m, "reward/composite"), _cell(m, "gold/composite"),
-                     _cell(m, "gold/composite_delta"), _win(m), *[_cell(m, f"gold/{h}") for h in heads],
+                     _cell(m, "gold/composite_delta"), _win(m),
+                     "{:.3f} [{:.3f}, {:.3f}]".format(*mean_low_high) if mean_low_high else "–",
+                     *[_cell(m, f"gold/{h}") for h in heads],
                      f"{dialog['rouge/rougeL']:.3f}" if "rouge/rougeL" in dialog else "–",
                      f"{m.get('length', float('nan')):.1f}", wall, str(int(m.get("n", 0)))])
     return rows
@@ -168,13 +201,16 @@ def _win(m: dict) -> str:
     return f"{m['gold/win_rate']:.3f} [{m['gold/win_rate/low']:.3f}, {m['gold/win_rate/high']:.3f}]"
 
 
-def write_comparison(run_dir: Path, results: dict, seconds: dict[str, float | None]) -> Path:
-    rows = comparison_rows(results, seconds)
+def write_comparison(run_dir: Path, results: dict, seconds: dict[str, float | None],
+                     records: list[dict] | None = None) -> Path:
+    rows = comparison_rows(results, seconds, records)
     lines = ["# Method comparison (held-out prompts; gold = a reward model no method optimised)", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     lines += ["", "Means with 95 % intervals; Δ = paired difference to SFT on the same prompts (an interval that "
-                  "crosses 0 is no gain shown). KL: k1 estimate per response (best-of-n: log n − (n−1)/n). "
+                  "crosses 0 is no gain shown). Best-of-n draws its own samples: its Δ vs SFT carries the draw-to-draw "
+                  "noise that best-of-1 (a plain sample of SFT) shows, and the same-draw Δ isolates the selection. "
+                  "KL: k1 estimate per response (best-of-n: log n − (n−1)/n). "
                   "Training s: the run's wall time on this machine (best-of-n trains nothing and pays at sampling).",
               "", "See report.md for per-source tables and overoptimisation.png for gold and proxy vs √KL."]
     out = run_dir / "compare.md"
@@ -192,7 +228,8 @@ def main(cfg: CompareConfig) -> Path:
     # 3. the comparison table, with each training run's wall time
     seconds = {method: training_seconds(run) for method, run in method_runs(cfg).items()}
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    table = write_comparison(run_dir, results, seconds)
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    table = write_comparison(run_dir, results, seconds, records)
     print(f"[compare] {table}", file=sys.stderr)
     return run_dir
 

@@ -655,8 +655,8 @@ def policy_points(results: dict[str, Any]) -> list[CurvePoint]:
     metrics, baseline = results.get("metrics", {}), results.get("baseline")
     found: list[tuple[str, str, dict]] = []
     for variant in results.get("variants", []):
-        if variant.get("decoding") != "sampled" or variant.get("shots") or variant.get("best_of_n"):
-            continue
+        if variant.get("decoding") != "sampled" or variant.get("shots") or variant.get("best_of"):
+            continue  # best-of-n variants have their own points (best_of_n_points)
         numbers = metrics.get(variant["key"], {}).get(ALL, {})
         method, _, label = variant["policy"].partition("@")
         found.append((method, label, numbers))

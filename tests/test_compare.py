@@ -59,14 +59,20 @@ def test_table_from_saved_results(tmp_path):
     results = {
         "variants": [{"key": "sft/s", "policy": "sft", "shots": 0, "decoding": "sampled"},
                      {"key": "grpo@15/s", "policy": "grpo@15", "shots": 0, "decoding": "sampled"},
-                     {"key": "sft/bon4", "policy": "sft", "shots": 0, "decoding": "sampled", "best_of_n": 4}],
+                     {"key": "sft/bon1", "policy": "sft", "shots": 0, "decoding": "sampled", "best_of": 1},
+                     {"key": "sft/bon4", "policy": "sft", "shots": 0, "decoding": "sampled", "best_of": 4}],
         "metrics": {"sft/s": {"all": judged(0.0, 0.1, 0.0), "dialogsum": {"rouge/rougeL": 0.25}},
                     "grpo@15/s": {"all": {**judged(1.0, 0.3, 1.5), "gold/composite_delta": 0.2,
                                           "gold/composite_delta_low": 0.05, "gold/composite_delta_high": 0.35,
                                           "gold/win_rate": 0.6, "gold/win_rate/low": 0.5, "gold/win_rate/high": 0.7}},
-                    "sft/bon4": {"all": judged(2.0, 0.4, 0.0)}}}
-    results["best_of_n"] = [{"policy": "sft", "per_n": [{"n": 4, "variant": "sft/bon4", "kl": 0.636}]}]
-    rows = compare.comparison_rows(results, {"grpo": 600.0})
+                    "sft/bon1": {"all": judged(0.5, 0.2, 0.0)}, "sft/bon4": {"all": judged(2.0, 0.4, 0.0)}}}
+    results["best_of_n"] = [{"policy": "sft", "per_n": [{"n": 1, "variant": "sft/bon1", "kl": 0.0},
+                                                        {"n": 4, "variant": "sft/bon4", "kl": 0.636}]}]
+    # the same draw: best-of-4 beats best-of-1 by 0.1 on one prompt and 0.3 on the other
+    records = [{"variant": v, "source": "s", "id": i, "gold/composite": g}
+               for v, i, g in (("sft/bon1", "a", 0.0), ("sft/bon1", "b", 1.0), ("sft/bon4", "a", 0.1),
+                               ("sft/bon4", "b", 1.3), ("sft/s", "a", 5.0))]
+    rows = compare.comparison_rows(results, {"grpo": 600.0}, records)
     header = rows[0]
     assert header[:6] == ["method", "KL to SFT", "proxy composite", "gold composite", "gold Δ vs SFT",
                           "gold win-rate vs SFT"] and "gold harmless" in header
@@ -75,5 +81,9 @@ def test_table_from_saved_results(tmp_path):
     assert by_method["grpo@15"]["gold win-rate vs SFT"] == "0.600 [0.500, 0.700]"
     assert by_method["grpo@15"]["training s"] == "600" and by_method["sft"]["ROUGE-L (DialogSum)"] == "0.250"
     assert by_method["best-of-4 (sft)"]["KL to SFT"] == "0.64" and by_method["best-of-4 (sft)"]["gold composite"] == "0.400 [-0.100, 0.900]"
+    assert by_method["best-of-4 (sft)"]["gold Δ vs best-of-1 (same draw)"].startswith("0.200 [")
+    assert by_method["best-of-1 (sft)"]["gold Δ vs best-of-1 (same draw)"] == "–"
+    assert [r[0] for r in rows[1:]] == ["sft", "grpo@15", "best-of-1 (sft)", "best-of-4 (sft)"]  # no duplicates
+    assert by_method["sft"]["KL to SFT"] == "0.00"
     out = compare.write_comparison(tmp_path, results, {"grpo": 600.0})
     assert "| grpo@15 | 1.50 |" in out.read_text()

@@ -232,7 +232,7 @@ def test_policy_points_put_checkpoints_on_their_method_curve_from_the_baseline()
     variant = lambda policy, **kw: {"key": f"{policy}/v", "policy": policy, "shots": 0, "decoding": "sampled", **kw}
     results = {"baseline": "sft",
                "variants": [variant("sft"), variant("grpo@10"), variant("grpo@20"), variant("dpo"),
-                            variant("sft", best_of_n=[1, 2], key="sft/bon"), variant("base", shots=3, key="b/3")],
+                            variant("sft", best_of=2, key="sft/bon"), variant("base", shots=3, key="b/3")],
                "metrics": {"sft/v": {"all": {"kl/k1": 0.0, "reward/composite": 0.1, "gold/composite": 0.2}},
                            "grpo@10/v": {"all": {"kl/k1": 0.5, "reward/composite": 0.6, "gold/composite": 0.3}},
                            "grpo@20/v": {"all": {"kl/k1": 2.0, "reward/composite": 1.5, "gold/composite": 0.25}},
