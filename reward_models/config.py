@@ -8,6 +8,7 @@ from reward_models.types import HEADS
 from rlhf.config import RunConfig
 from rlhf.lora import LoraConfig
 from rlhf.runtime import Precision
+from rlhf.sources import PreferenceSourcesConfig
 
 
 @dataclass
@@ -32,20 +33,9 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(PreferenceSourcesConfig):
     """Which preference pairs train which head."""
 
-    sources: list[str] = field(
-        default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
-        metadata={"help": "shipped pairs: hh-rlhf-harmless (harmless), truthfulqa (honest), dialogsum (helpful)"})
-    extra_files: list[str] = field(default_factory=list,
-                                   metadata={"help": "preference files (JSONL/CSV/parquet, TRL formats too) or hub dataset names"})
-    default_dimension: list[str] = field(
-        default_factory=list,
-        metadata={"help": "dimension(s) for extra_files rows without one (TRL datasets have none), e.g. [helpful]"})
-    extra_files_split: Literal["hash", "train"] = field(
-        default="hash",
-        metadata={"help": "hash: split by prompt like shipped data; train: all to train"})
     pairs_per_head: int = field(
         default=0,
         metadata={"help": "pairs drawn per head each epoch (smaller sets cycle); 0 = the largest head's train set"})

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence, TypeVar
 
@@ -200,3 +200,21 @@ def sft_records(source: str, split: Split = "train") -> list[SFTRecord]:
 def shipped_files() -> list[Path]:
     root = data_dir()
     return [root / HH_HARMLESS, root / TRUTHFULQA, root / DIALOGSUM]
+
+
+@dataclass
+class PreferenceSourcesConfig:
+    """Where a stage's preference pairs come from: shipped sources and the user's files (reward model, DPO)."""
+
+    sources: list[str] = field(
+        default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
+        metadata={"help": "shipped pairs: hh-rlhf-harmless (harmless), truthfulqa (honest), dialogsum (helpful)"})
+    extra_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "preference files (JSONL/CSV/parquet, TRL formats too) or hub dataset names"})
+    default_dimension: list[str] = field(
+        default_factory=list,
+        metadata={"help": "dimension(s) for extra_files rows without one (TRL datasets have none), e.g. [helpful]"})
+    extra_files_split: Literal["hash", "train"] = field(
+        default="hash",
+        metadata={"help": "hash: split by prompt like shipped data; train: all to train"})

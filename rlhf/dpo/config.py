@@ -7,6 +7,7 @@ from typing import Literal
 from rlhf.config import RunConfig
 from rlhf.lora import LoraConfig
 from rlhf.runtime import Precision
+from rlhf.sources import PreferenceSourcesConfig
 
 # TRL's DPOConfig.loss_type values for one pair-wise loss (sigmoid = DPO, ipo = IPO, ...); combinations
 # (TRL's list form, MPO) are left out: one name, one loss.
@@ -26,17 +27,9 @@ class PolicyConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(PreferenceSourcesConfig):
     """Which preference pairs DPO learns from."""
 
-    sources: list[str] = field(
-        default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
-        metadata={"help": "shipped pairs: hh-rlhf-harmless (harmless), truthfulqa (honest), dialogsum (helpful)"})
-    extra_files: list[str] = field(default_factory=list,
-                                   metadata={"help": "annotated preference files (JSONL/CSV records)"})
-    extra_files_split: Literal["hash", "train"] = field(
-        default="hash",
-        metadata={"help": "hash: split by prompt like shipped data; train: all to train"})
     # Empty: one composite preference over every dimension (each pair counts once, whatever it speaks for).
     dimensions: list[str] = field(
         default_factory=list,

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from rlhf.dpo.config import DPOStageConfig
 from rlhf.lora import peft_lora_config
-from rlhf.sft.trainer import CHECKPOINTS, CheckpointManifest, MetricsLoggerCallback, train_device
+from rlhf.sft.trainer import CheckpointManifest, MetricsLoggerCallback, common_training_args
 from rlhf.threads import ThreadGovernor
 
 # TRL's DPO log keys -> ours; the rest land under train/ or eval/ (rlhf.sft.trainer.hf_logs_to_metrics).
@@ -46,25 +46,8 @@ def training_args(cfg: DPOStageConfig, run_dir: Path, bf16: bool, eval_on_start:
     from trl import DPOConfig
 
     t = cfg.train
-    return DPOConfig(
-        output_dir=str(run_dir / CHECKPOINTS),
-        beta=t.beta, loss_type=[t.loss_type], label_smoothing=t.label_smoothing,
-        num_train_epochs=t.epochs, max_steps=t.max_steps,
-        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        bf16=bf16, fp16=False, use_cpu=train_device().type == "cpu",
-        gradient_checkpointing=t.gradient_checkpointing,
-        max_length=t.max_length,
-        eval_strategy="steps" if t.eval_steps > 0 else "no", eval_steps=t.eval_steps or None,
-        eval_on_start=eval_on_start,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        logging_steps=cfg.run.log_every, logging_first_step=True,
-        seed=cfg.run.seed, data_seed=cfg.run.seed,
-        report_to="none", disable_tqdm=True,  # our MetricsLogger shows progress and is the one tracker
-        dataloader_num_workers=0,
-    )
+    return DPOConfig(**common_training_args(t, cfg.run, run_dir, bf16, eval_on_start),
+                     beta=t.beta, loss_type=[t.loss_type], label_smoothing=t.label_smoothing)
 
 
 def build_trainer(cfg: DPOStageConfig, model, tokenizer, train_dataset, eval_dataset, run_dir: Path,

@@ -176,24 +176,30 @@ def training_args(cfg: SFTStageConfig, run_dir: Path, bf16: bool, eval_on_start:
     from trl import SFTConfig
 
     t = cfg.train
-    on_cpu = train_device().type == "cpu"
-    return SFTConfig(
+    return SFTConfig(**common_training_args(t, cfg.run, run_dir, bf16, eval_on_start),
+                     packing=t.packing, eval_packing=False, remove_unused_columns=True)
+
+
+def common_training_args(t, run, run_dir: Path, bf16: bool, eval_on_start: bool) -> dict:
+    """The TrainingArguments our TRL-backed stages (SFT, DPO) share, from a train section ``t`` with the
+    same keys (epochs, max_steps, learning_rate ... save_total_limit) and the run section."""
+    return dict(
         output_dir=str(run_dir / CHECKPOINTS),
         num_train_epochs=t.epochs, max_steps=t.max_steps,
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        bf16=bf16, fp16=False, use_cpu=on_cpu,  # multi-process on CPU: accelerate picks gloo
+        bf16=bf16, fp16=False, use_cpu=train_device().type == "cpu",  # multi-process on CPU: accelerate picks gloo
         gradient_checkpointing=t.gradient_checkpointing,
-        max_length=t.max_length, packing=t.packing, eval_packing=False,
+        max_length=t.max_length,
         eval_strategy="steps" if t.eval_steps > 0 else "no", eval_steps=t.eval_steps or None,
         eval_on_start=eval_on_start,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        logging_steps=cfg.run.log_every, logging_first_step=True,
-        seed=cfg.run.seed, data_seed=cfg.run.seed,
+        logging_steps=run.log_every, logging_first_step=True,
+        seed=run.seed, data_seed=run.seed,
         report_to="none", disable_tqdm=True,  # our MetricsLogger shows progress and is the one tracker
-        dataloader_num_workers=0, remove_unused_columns=True,
+        dataloader_num_workers=0,
     )
 
 
