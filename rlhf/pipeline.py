@@ -22,7 +22,7 @@ folder is refused before anything runs (and the RL stage refuses a gold-marked m
 
 Every stage writes to ``<run_dir>/<stage>/``. A stage whose finished output is there, made from the same
 resolved config and the same upstream outputs, is reused; ``--force`` (all stages) or ``--force STAGE``
-(that stage and the ones after it) runs again. All four configs are resolved before anything runs, so a
+(that stage and the ones after it) runs again. All the configs are resolved before anything runs, so a
 typo fails in a second, not after SFT.
 """
 from __future__ import annotations
