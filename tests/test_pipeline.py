@@ -18,6 +18,7 @@ class StubConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: str = ""
     steps: int = 1
+    role: str = "proxy"  # the gold stage sets role: gold
 
 
 def _stub_entries(tmp_path, calls, broken: str = ""):
