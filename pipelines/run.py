@@ -1,4 +1,4 @@
-"""The whole pipeline: SFT -> reward model -> PPO -> evaluation, from one config.
+"""The whole pipeline: SFT -> reward model (and a gold judge) -> PPO -> evaluation, from one config.
 
     rlhf pipeline --preset demo                 # the README's main command: SmolLM2 + MiniLM + shipped data
     rlhf pipeline --preset tiny                 # tiny random models, under a minute (the end-to-end test)
@@ -6,7 +6,8 @@
     rlhf pipeline --preset demo --force ppo     # rerun PPO and evaluation, reuse SFT and the reward model
     rlhf pipeline --preset demo --ppo.overrides '{train.steps: 40}'
     rlhf pipeline --preset demo --dry-run       # print every stage's resolved config and stop
-    rlhf pipeline --preset demo --stages '[sft, reward, ppo, dpo, eval]'   # DPO too, evaluated beside PPO
+    rlhf pipeline --preset demo --stages '[sft, reward, gold, ppo, dpo, eval]'   # DPO too, evaluated beside PPO
+    rlhf pipeline --preset demo --stages '[sft, reward, ppo, eval]'   # no gold stage: the proxy is the only judge
 
 The last line printed names the report.
 """

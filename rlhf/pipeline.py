@@ -1,4 +1,4 @@
-"""The whole pipeline from one config: SFT -> reward model -> PPO (and/or DPO) -> evaluation and report.
+"""The whole pipeline from one config: SFT -> reward model (and a gold judge) -> PPO (and/or DPO) -> evaluation.
 
 Each stage is its own script (``pipelines/<stage>.py``, ``main(cfg) -> run dir``) with its own config
 class, whose defaults are the stage's; the pipeline config says, per stage, which YAML to layer on them and
@@ -7,16 +7,22 @@ which keys to override, and wires the stages together with placeholders in strin
     {base}        the base model (``base_model``)          {run_dir}     this pipeline's folder
     {sft}         <run_dir>/sft/final (SFT adapter)        {sft_run}     <run_dir>/sft
     {reward}      <run_dir>/reward/final (reward model)    {reward_run}  <run_dir>/reward
+    {gold}        <run_dir>/gold/final (gold judge)        {gold_run}    <run_dir>/gold
     {ppo}         <run_dir>/ppo/final                      {ppo_run}     <run_dir>/ppo
     {dpo}         <run_dir>/dpo/final                      {dpo_run}     <run_dir>/dpo
 
 ``stages`` picks which run (default sft, reward, ppo, eval; DPO is optional: ``--stages '[sft, reward, dpo,
-eval]'`` or all five). Evaluation compares the policies of the stages that run: a policy whose path or base
+eval]'`` or all six). Evaluation compares the policies of the stages that run: a policy whose path or base
 lies in the folder of a stage left out is dropped from ``eval.policies`` (and from the variants naming it).
+
+``gold`` (optional; on in the demo and tiny presets) is a second reward-stage run, ``role: gold``, trained apart
+from the proxy: evaluation's ``gold.model: "{gold}"`` judges with it beside the proxy (without the stage,
+evaluation has no gold). It never feeds a training stage: a training stage whose config names the gold's
+folder is refused before anything runs (and the RL stage refuses a gold-marked model anyway).
 
 Every stage writes to ``<run_dir>/<stage>/``. A stage whose finished output is there, made from the same
 resolved config and the same upstream outputs, is reused; ``--force`` (all stages) or ``--force STAGE``
-(that stage and the ones after it) runs again. All four configs are resolved before anything runs, so a
+(that stage and the ones after it) runs again. All the configs are resolved before anything runs, so a
 typo fails in a second, not after SFT.
 """
 from __future__ import annotations
@@ -37,13 +43,15 @@ from typing import Any, Callable
 
 from rlhf.config import ConfigError, RunConfig, _merge, _set_dotted, from_dict, load_yaml, to_dict
 
-STAGES = ("sft", "reward", "ppo", "dpo", "eval")  # the order they run in
+STAGES = ("sft", "reward", "gold", "ppo", "dpo", "eval")  # the order they run in
 DEFAULT_STAGES = ("sft", "reward", "ppo", "eval")
-STAGE_MODULES = {"sft": "pipelines.sft", "reward": "pipelines.reward", "ppo": "pipelines.ppo",
-                 "dpo": "pipelines.dpo", "eval": "pipelines.evaluate"}
-UPSTREAM = {"sft": (), "reward": (), "ppo": ("sft", "reward"), "dpo": ("sft",), "eval": ("sft", "reward", "ppo", "dpo")}
+TRAINING_STAGES = ("sft", "reward", "ppo", "dpo")  # none may consume the gold judge's output
+STAGE_MODULES = {"sft": "pipelines.sft", "reward": "pipelines.reward", "gold": "pipelines.reward",
+                 "ppo": "pipelines.ppo", "dpo": "pipelines.dpo", "eval": "pipelines.evaluate"}
+UPSTREAM = {"sft": (), "reward": (), "gold": (), "ppo": ("sft", "reward"), "dpo": ("sft",),
+            "eval": ("sft", "reward", "gold", "ppo", "dpo")}
 MARKER = "pipeline_stage.json"  # written into a stage's folder when it finished: what it was made from, a run id
-PLACEHOLDER = re.compile(r"\{(base|run_dir|sft|reward|ppo|dpo|sft_run|reward_run|ppo_run|dpo_run)\}")
+PLACEHOLDER = re.compile(r"\{(base|run_dir|sft|reward|gold|ppo|dpo|sft_run|reward_run|gold_run|ppo_run|dpo_run)\}")
 
 
 @dataclass
@@ -70,9 +78,11 @@ class PipelineConfig:
         metadata={"help": "torch threads for every stage (0: torch's default); 1 suits tiny models on a shared CPU"})
     stages: list[str] = field(
         default_factory=lambda: list(DEFAULT_STAGES),
-        metadata={"help": "stages to run, in pipeline order: sft, reward, ppo, dpo, eval (dpo is optional)"})
+        metadata={"help": "stages to run, in pipeline order: sft, reward, gold, ppo, dpo, eval (gold, dpo optional)"})
     sft: StageSpec = field(default_factory=StageSpec)
     reward: StageSpec = field(default_factory=StageSpec)
+    gold: StageSpec = field(default_factory=StageSpec,
+                            metadata={"help": "the gold judge: a reward-stage run with role gold, for eval only"})
     ppo: StageSpec = field(default_factory=StageSpec)
     dpo: StageSpec = field(default_factory=StageSpec)
     eval: StageSpec = field(default_factory=StageSpec)
@@ -101,7 +111,7 @@ def pipeline_dir(cfg: PipelineConfig) -> Path:
 def placeholders(cfg: PipelineConfig) -> dict[str, str]:
     root = pipeline_dir(cfg)
     values = {"base": cfg.base_model, "run_dir": str(root)}
-    for stage in ("sft", "reward", "ppo", "dpo"):
+    for stage in ("sft", "reward", "gold", "ppo", "dpo"):
         values[f"{stage}_run"] = str(root / stage)
         values[stage] = str(root / stage / "final")
     return values
@@ -149,7 +159,17 @@ def drop_unrun_policies(tree: dict[str, Any], cfg: PipelineConfig) -> dict[str, 
             tree["variants"] = variants
     if isinstance(tree.get("training_runs"), dict):
         tree["training_runs"] = {k: v for k, v in tree["training_runs"].items() if not in_absent(v)}
+    if isinstance(tree.get("gold"), dict) and in_absent(tree["gold"].get("model", "")):
+        tree["gold"] = {**tree["gold"], "model": ""}  # no gold stage: the proxy is the only judge
     return tree
+
+
+def gold_key(tree: Any, gold_dir: Path, key: str = "") -> str | None:
+    """The dotted key of the first string in a stage's config tree that names the gold stage's folder, or None."""
+    if isinstance(tree, str):
+        return key if tree == str(gold_dir) or tree.startswith(str(gold_dir) + "/") else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    return next((found for k, v in items if (found := gold_key(v, gold_dir, f"{key}.{k}" if key else str(k)))), None)
 
 
 def stage_entry(name: str) -> tuple[Callable, type, Path | None]:
@@ -188,6 +208,14 @@ def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, P
     tree = substitute(tree, placeholders(cfg))
     if name == "eval":
         tree = drop_unrun_policies(tree, cfg)
+    if name == "gold":  # the gold stage's model is a judge by definition: marked so, refused by training stages
+        if tree.get("role", "gold") != "gold":
+            raise ConfigError(f"pipeline stage gold: role: {tree['role']!r}: the gold stage trains a gold judge "
+                              "(role: gold); a proxy reward model is the reward stage")
+        tree["role"] = "gold"
+    if name in TRAINING_STAGES and (key := gold_key(tree, pipeline_dir(cfg) / "gold")):
+        raise ConfigError(f"pipeline stage {name}: {key}: names the gold judge's output ({pipeline_dir(cfg) / 'gold'});"
+                          " the gold only judges in eval and never feeds a training stage")
     try:
         config = from_dict(config_cls, tree)
     except ConfigError as err:

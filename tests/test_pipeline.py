@@ -18,6 +18,7 @@ class StubConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: str = ""
     steps: int = 1
+    role: str = "proxy"  # the gold stage sets role: gold
 
 
 def _stub_entries(tmp_path, calls, broken: str = ""):
@@ -134,6 +135,52 @@ def test_stages_pick_what_runs_and_eval_drops_the_policies_of_stages_left_out(tm
         pl.run_pipeline(cfg, entries=entries, log=lambda m: None)
 
 
+def _gold_cfg(tmp_path, **gold_overrides):
+    """The stub pipeline with a gold stage that evaluation judges with."""
+    cfg = _cfg(tmp_path)
+    cfg.stages = ["sft", "reward", "gold", "ppo", "eval"]
+    cfg.gold = pl.StageSpec(overrides={"model": "tiny-bert-gold", **gold_overrides})
+    cfg.eval = pl.StageSpec(overrides={"model": "{gold}"})
+    return cfg
+
+
+def test_gold_stage_runs_before_eval_feeds_it_and_is_reused(tmp_path):
+    calls: list = []
+    entries = _stub_entries(tmp_path, calls)
+    root = tmp_path / "runs" / "p"
+    pl.run_pipeline(_gold_cfg(tmp_path), entries=entries, log=lambda m: None)
+    assert [c[0] for c in calls] == ["sft", "reward", "gold", "ppo", "eval"]
+    assert calls[2][1] == "tiny-bert-gold" and calls[-1][1] == str(root / "gold" / "final")
+    calls.clear()
+    pl.run_pipeline(_gold_cfg(tmp_path), entries=entries, log=lambda m: None)
+    assert calls == []
+    # A new gold is another judge: evaluation reruns, the policies (no stage trains on the gold) are kept.
+    pl.run_pipeline(_gold_cfg(tmp_path, steps=3), entries=entries, log=lambda m: None)
+    assert [c[0] for c in calls] == ["gold", "eval"]
+    calls.clear()
+    pl.run_pipeline(_gold_cfg(tmp_path, steps=3), force="gold", entries=entries, log=lambda m: None)
+    assert [c[0] for c in calls] == ["gold", "ppo", "eval"]  # --force: that stage and every later one
+
+
+def test_gold_stage_is_the_only_one_with_role_gold_and_never_feeds_training(tmp_path):
+    calls: list = []
+    entries = _stub_entries(tmp_path, calls)
+    cfg = _gold_cfg(tmp_path)
+    cfg.ppo = pl.StageSpec(overrides={"model": "{gold_run}/final"})
+    with pytest.raises(ConfigError, match=r"^pipeline stage ppo: model: names the gold judge's output \(") as err:
+        pl.run_pipeline(cfg, entries=entries, log=lambda m: None)
+    assert "\n" not in str(err.value) and calls == []  # one line, before SFT ran
+    cfg.stages = ["sft", "reward", "ppo", "eval"]  # a gold path is refused even where the gold stage does not run
+    with pytest.raises(ConfigError, match="pipeline stage ppo: model: names the gold"):
+        pl.run_pipeline(cfg, entries=entries, log=lambda m: None)
+    tree = {"reward_model": "{reward}", "gold": {"model": "{gold}"}, "training_runs": {"gold": "{gold_run}"}}
+    without = pl.drop_unrun_policies(pl.substitute(tree, pl.placeholders(cfg)), cfg)
+    assert without["gold"] == {"model": ""} and without["training_runs"] == {}  # eval simply has no gold
+    cfg.stages.insert(2, "gold")
+    kept = pl.drop_unrun_policies(pl.substitute(tree, pl.placeholders(cfg)), cfg)
+    assert kept["gold"]["model"] == str(tmp_path / "runs" / "p" / "gold" / "final")
+
+
 def test_incomplete_stage_output_is_an_error(tmp_path):
     entries = _stub_entries(tmp_path, [], broken="reward")
     with pytest.raises(RuntimeError, match="stage reward returned but its output is incomplete"):
@@ -158,12 +205,21 @@ def test_presets_resolve_against_the_real_stage_configs():
         assert {p.name for p in stages["eval"].config.policies} == {"base", "sft", "ppo"}  # dpo: not run
         assert stages["ppo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
         assert stages["dpo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
+        assert "gold" in cfg.stages and stages["gold"].config.role == "gold"
+        assert stages["eval"].config.gold.model == str(pl.pipeline_dir(cfg) / "gold" / "final")
+        # the gold is trained apart from the proxy, on more pairs per head (0 = all)
+        gold_cap, proxy_cap = (stages[s].config.data.max_train_pairs_per_head for s in ("gold", "reward"))
+        assert (gold_cap == 0 or gold_cap > proxy_cap) and stages["gold"].config.model.freeze_backbone
+        cfg.gold.overrides["role"] = "proxy"
+        with pytest.raises(ConfigError, match="pipeline stage gold: role: 'proxy'"):
+            pl.resolve_stage(cfg, "gold")
+        del cfg.gold.overrides["role"]
         cfg.stages = list(pl.STAGES)
         assert {p.name for p in pl.resolve_stage(cfg, "eval").config.policies} == {"base", "sft", "ppo", "dpo"}
 
 
 def test_tiny_preset_end_to_end(tmp_path, capsys):
-    """`rlhf pipeline --preset tiny`: all four stages on tiny models; the report and its plots exist.
+    """`rlhf pipeline --preset tiny`: all five stages on tiny models; the report, its plots and the gold judge.
 
     Its time (about 20-40 s on 2 cores) is printed, not asserted: timings belong in benchmarks, and a shared
     CI machine's load would make a timed assertion flaky."""
@@ -186,6 +242,12 @@ def test_tiny_preset_end_to_end(tmp_path, capsys):
     assert metrics["sft/0-shot/sampled"]["all"]["kl/k3"] > 0  # SFT moved away from the base
     assert "win_rate" in metrics["ppo/0-shot/sampled"]["all"]
     assert "rouge/rougeL" in metrics["base/1-shot/greedy"]["dialogsum"]
+    gold = root / "gold" / "final"
+    assert json.loads((gold / "reward_config.json").read_text())["role"] == "gold"
+    assert results["judges"]["gold"]["folder"] == str(gold.resolve()) and results["judges"]["gold"]["role"] == "gold"
+    assert {"gold/composite", "gold/win_rate"} <= set(metrics["ppo/0-shot/sampled"]["all"])
+    report = (root / "eval" / "report.md").read_text()
+    assert str(gold) in report and "**Gold judge**" in report and "| gold | " in report  # named, beside the proxy
     for png in ("training_sft.png", "training_reward.png", "training_ppo.png", "reward_heads.png", "rouge.png"):
         assert (root / "eval" / png).read_bytes()[:4] == b"\x89PNG"
     # A second run reuses every finished stage.
@@ -207,6 +269,7 @@ def test_tiny_preset_with_dpo_instead_of_ppo(tmp_path):
     assert (root / "dpo" / "final" / "adapter" / "adapter_config.json").is_file() and not (root / "ppo").exists()
     results = json.loads((root / "eval" / "results.json").read_text())
     assert set(results["policies"]) == {"base", "sft", "dpo"}
+    assert results["judges"]["gold"] is None and not (root / "gold").exists()  # no gold stage: no gold judge
     assert results["metrics"]["dpo/0-shot/sampled"]["all"]["kl/k3"] >= 0  # measured against SFT
     assert (root / "eval" / "training_dpo.png").read_bytes()[:4] == b"\x89PNG"
 

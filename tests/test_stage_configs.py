@@ -126,7 +126,8 @@ def test_help_prints_every_key_with_its_resolved_value_and_help(name, capsys):
     ran = []
     flag = {"sft": ["--lora.r", "4"], "reward": ["--train.lr", "0.5"], "ppo": ["--kl.coef", "0.25"],
             "eval": ["--data.seed", "7"], "pipeline": ["--threads", "1"], "dpo": ["--train.beta", "0.25"],
-            "compare": ["--prompts_per_source", "3"], "eval_rm": ["--split", "dev"]}[name]
+            "compare": ["--prompts_per_source", "3"], "eval_rm": ["--split", "dev"]}
+    flag = flag["reward" if name == "gold" else name]  # the gold stage is a reward-stage run
     assert stage_cli(cls, defaults, ran.append, ["--help", *flag]) == 0 and ran == []  # help runs nothing
     out = capsys.readouterr().out
     cfg, _ = load_config(cls, flag, defaults)
