@@ -17,17 +17,15 @@ INSTALL = "pip install 'rlhf[qlora]'"
 
 
 def check_backend(kind: str, key: str = "model.quantization") -> None:
-    """Raise ConfigError (one line naming ``key``) when this machine cannot load a ``kind`` base; call it
-    before any model loads."""
+    """Raise ConfigError (one line naming ``key``) when this machine cannot load a ``kind`` base (bitsandbytes
+    missing); call it before any model loads."""
     if kind == "none":
         return
     try:
         importlib.import_module("bitsandbytes")
     except ImportError:
         raise ConfigError(f"{key}: {kind} needs bitsandbytes, which is not installed ({INSTALL})") from None
-    if kind == "8bit" and not torch.cuda.is_available():
-        # bitsandbytes' LLM.int8() matmul has no CPU kernel: loading works, the first forward fails deep inside
-        raise ConfigError(f"{key}: 8bit (LLM.int8) runs on CUDA only in bitsandbytes; on CPU use 4bit (NF4) or none")
+    # bitsandbytes >= 0.49 runs both on CPU as well (checked with 0.50.2: 8-bit casts activations to fp16 there)
 
 
 def bnb_config(kind: str, compute_dtype: torch.dtype = torch.float32):

@@ -42,14 +42,19 @@ def test_a_missing_backend_is_one_line(monkeypatch):
         check_backend("4bit")
 
 
-def test_8bit_without_cuda_is_refused_before_loading(tmp_path, capsys):
+def test_8bit_and_4bit_bases_load_and_run_a_forward():
     needs_bitsandbytes()
-    if torch.cuda.is_available():
-        pytest.skip("CUDA is present: 8-bit can run here")
-    cfg = ["--config", str(TINY), "--model.quantization", "8bit", "--run.output_dir", str(tmp_path)]
-    assert cli(cfg) == 2
-    assert "model.quantization: 8bit (LLM.int8) runs on CUDA only" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())  # refused before any run folder was made
+    from rlhf.zoo import load_causal_lm
+
+    ids = torch.arange(3, 20).unsqueeze(0)  # (1, 17)
+    full = load_causal_lm("tiny-llama").eval()
+    with torch.no_grad():
+        expected = full(input_ids=ids).logits
+        for kind in ("8bit", "4bit"):
+            model = load_causal_lm("tiny-llama", **load_kwargs(kind)).eval()
+            assert is_quantized(model) and model.get_memory_footprint() < full.get_memory_footprint(), kind
+            logits = model(input_ids=ids).logits  # (1, 17, V): close to the float model's, not equal
+            assert torch.isfinite(logits).all() and not torch.equal(logits, expected), kind
 
 
 def test_qlora_trains_adapters_on_a_4bit_base_and_final_loads(tmp_path):

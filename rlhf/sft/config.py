@@ -22,8 +22,8 @@ class ModelConfig:
         metadata={"help": "dtype of the stored weights; float32 master weights train best"})
     quantization: Quantization = field(
         default="none",
-        metadata={"help": "load the frozen base quantized (bitsandbytes) under the adapters: 4bit = QLoRA's NF4; "
-                          "8bit needs CUDA"})
+        metadata={"help": "load the frozen base quantized (bitsandbytes) under the adapters: 4bit = QLoRA's NF4, "
+                          "8bit = LLM.int8"})
 
 
 @dataclass
