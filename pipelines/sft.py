@@ -1,7 +1,10 @@
-"""Stage 1: supervised fine-tuning (full or LoRA) on a weighted chat mixture, loss on assistant tokens only.
+"""Stage 1: supervised fine-tuning (full, LoRA or prompt tuning) on a weighted chat mixture, loss on assistant
+tokens only.
 
     python pipelines/sft.py --train.max_steps 100                  # the defaults: SFTStageConfig()
     rlhf sft --lora.r 8 --data.mixture '[{source: dialogsum}, {source: hh-rlhf-harmless, weight: 0.5}]'
+    rlhf sft --model.quantization 4bit                               # QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes)
+    rlhf sft --lora.enabled false --prompt_tuning.enabled true --prompt_tuning.num_virtual_tokens 50  # soft prompt
     torchrun --nproc_per_node 2 pipelines/sft.py --config pipelines/configs/sft_tiny.yaml   # DDP (gloo on CPU)
     rlhf sft --run.run_name my-run --resume                                                  # continue a run
 
@@ -20,6 +23,7 @@ from rlhf.datatools import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixture
 from rlhf.sft.forgetting import truthfulqa_mc1
+from rlhf.quantization import check_backend, load_kwargs as quantized_load_kwargs
 from rlhf.runtime import use_bf16
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, checkpoint_step, from_rank_zero, init_distributed,
                               perplexity, planned_steps, ranks_in_sync, resolve_run, save_final, train_device)
@@ -37,15 +41,17 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     # 1. inputs checked (a bad file is one line, before any model loads or run folder exists); run folder
     #    (rank 0 decides, every rank agrees), seed, precision
     validate_stage_inputs("sft", cfg)
+    check_backend(cfg.model.quantization)
     init_distributed()
     run_dir, checkpoint = from_rank_zero(resolve_run(cfg.run, "sft", resume) if is_main_process() else None)
     set_seed(cfg.run.seed)
     bf16 = use_bf16(cfg.train.precision, train_device())
     main_rank = is_main_process()
 
-    # 2. base model and tokenizer (fp32 master weights unless told otherwise)
+    # 2. base model and tokenizer (fp32 master weights unless told otherwise; frozen and quantized for QLoRA)
     tokenizer = load_tokenizer(cfg.model.name)
-    model = load_causal_lm(cfg.model.name, dtype=getattr(torch, cfg.model.dtype))
+    dtype = getattr(torch, cfg.model.dtype)
+    model = load_causal_lm(cfg.model.name, dtype=dtype, **quantized_load_kwargs(cfg.model.quantization, dtype))
 
     # 3. data: the weighted training mixture and the dev split, tokenized with the assistant-only mask
     train = training_mixture(cfg.data, cfg.run.seed)
@@ -73,7 +79,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
         forgetting["forgetting/base_acc"] = truthfulqa_mc1(model, tokenizer, cfg.forgetting.n,
                                                            cfg.forgetting.batch_size, autocast=bf16)
 
-    # 6. trainer (LoRA attached here)
+    # 6. trainer (LoRA or the soft prompt attached here)
     tracker = MetricsLoggerCallback(logger)
     trainer = build_trainer(cfg, model, tokenizer, to_dataset(train_encoded),
                             to_dataset(dev_encoded) if dev_encoded else None, run_dir, tracker, bf16,

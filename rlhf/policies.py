@@ -4,7 +4,7 @@ A policy path is any of:
 
 * a zoo name or hub id (``smollm2-135m-instruct``, ``tiny-llama``) or a folder of full weights
   (an SFT ``final-merged/``): no reference unless one is named explicitly;
-* a folder holding a PEFT adapter (``adapter_config.json``, or an ``adapter/`` subfolder with one when the
+* a folder holding a PEFT adapter (LoRA or an SFT soft prompt; ``adapter_config.json``, or an ``adapter/`` subfolder with one when the
   folder has no weights of its own): the base named in ``base_model_name_or_path`` is loaded, or the
   ``base`` given explicitly (PPO's adapter sits on the SFT model, which may itself be an adapter: a base
   that is an adapter folder is loaded and merged first), and the adapter put on top. Its **reference is
@@ -56,6 +56,23 @@ def adapter_base(path: str | Path) -> str:
     return str(relative) if not Path(base).is_absolute() and relative.is_dir() else base
 
 
+def is_prompt_learning(adapter: str | Path) -> bool:
+    """Whether an adapter folder holds a soft prompt (prompt tuning) rather than weight deltas such as LoRA."""
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(str(adapter)).is_prompt_learning
+
+
+def merged_adapter(base, adapter: str | Path):
+    """``base`` with the adapter folded into its weights. A soft prompt has no weights to fold: one line says so."""
+    from peft import PeftModel
+
+    if is_prompt_learning(adapter):
+        raise PolicyLoadError(f"{adapter}: a prompt-tuning adapter (soft prompt) cannot be merged into the weights, "
+                              "so it cannot be the base of another adapter; use it as the policy itself")
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+
+
 def _has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
@@ -66,10 +83,7 @@ def _load_weights(path: str, dtype) -> Any:
 
     adapter = adapter_folder(path)
     if adapter is not None:
-        from peft import PeftModel
-
-        base = _load_weights(adapter_base(adapter), dtype)
-        return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        return merged_adapter(_load_weights(adapter_base(adapter), dtype), adapter)
     return load_causal_lm(path, dtype=dtype)
 
 

@@ -49,13 +49,12 @@ def load_sft_model(model: str, sft_adapter: str = "", dtype: torch.dtype = torch
         adapter, path = path, _adapter_base(Path(path))
     if not adapter:
         return load_causal_lm(path, dtype=dtype)
-    from peft import PeftModel
+    from rlhf.policies import merged_adapter
 
     if not (Path(adapter) / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"policy.sft_adapter: {adapter} has no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
     base = load_causal_lm(path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    return merged.to(dtype)
+    return merged_adapter(base, adapter).to(dtype)
 
 
 def _adapter_base(adapter: Path) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhf.config import RunConfig
+from rlhf.config import ConfigError, RunConfig
 from rlhf.generation import GenerationSettings
 from rlhf.lora import LoraConfig
+from rlhf.quantization import Quantization
 from rlhf.runtime import Precision
 
 
@@ -19,6 +20,22 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = field(
         default="float32",
         metadata={"help": "dtype of the stored weights; float32 master weights train best"})
+    quantization: Quantization = field(
+        default="none",
+        metadata={"help": "load the frozen base quantized (bitsandbytes) under the adapters: 4bit = QLoRA's NF4, "
+                          "8bit = LLM.int8"})
+
+
+@dataclass
+class PromptTuningConfig:
+    """Prompt tuning (peft): a soft prompt of virtual tokens learned in front of every example, the model frozen."""
+
+    enabled: bool = field(default=False,
+                          metadata={"help": "train only a soft prompt instead of LoRA or every weight (needs lora.enabled false)"})
+    num_virtual_tokens: int = field(default=20, metadata={"help": "soft-prompt length in tokens (20-100 is usual)"})
+    init_text: str = field(
+        default="Follow the user's instructions and answer helpfully and concisely.",
+        metadata={"help": "start the virtual tokens as this text's embeddings (repeated or cut to length); '': random"})
 
 
 @dataclass
@@ -93,14 +110,43 @@ class ForgettingConfig:
 
 @dataclass
 class SFTStageConfig:
-    """Stage 1: supervised fine-tuning on a chat mixture, full or LoRA."""
+    """Stage 1: supervised fine-tuning on a chat mixture: LoRA, prompt tuning or every weight."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     # lora.enabled false fine-tunes every weight; lora.layers [18, ..., 29] or [-12, ..., -1] (from the top) adapts
     # upper layers only, so backprop stops early: much cheaper on CPU.
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.05))
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(do_sample=False))
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=5))
+
+    @property
+    def method(self) -> str:
+        """What the stage trains: "lora", "prompt_tuning" or "full" (every weight)."""
+        return "prompt_tuning" if self.prompt_tuning.enabled else "lora" if self.lora.enabled else "full"
+
+    def __post_init__(self) -> None:
+        if self.model.quantization != "none" and self.method == "full":
+            raise ConfigError(f"model.quantization: a {self.model.quantization} base is frozen; train adapters on it "
+                              "(lora.enabled true, or prompt_tuning.enabled true) or use quantization none")
+        if self.model.quantization != "none" and self.train.save_merged:
+            raise ConfigError("train.save_merged: merging into quantized weights would round the update away; "
+                              "merge the adapter onto the unquantized base instead (final/ names it)")
+        pt = self.prompt_tuning
+        if not pt.enabled:
+            return
+        if self.lora.enabled:
+            raise ConfigError("prompt_tuning.enabled: LoRA is on as well; train one adapter kind at a time "
+                              "(add --lora.enabled false)")
+        if pt.num_virtual_tokens < 1:
+            raise ConfigError(f"prompt_tuning.num_virtual_tokens: must be >= 1, got {pt.num_virtual_tokens}")
+        if self.train.save_merged:
+            raise ConfigError("train.save_merged: a soft prompt cannot be merged into the weights; "
+                              "final/ loads as an adapter (rlhf chat, rlhf eval, AutoPeftModelForCausalLM)")
+        if self.train.packing:
+            # peft prepends the soft prompt once per row: packed examples after the first would not see it
+            raise ConfigError("train.packing: prompt tuning prepends its soft prompt once per row, so packed "
+                              "examples would share one; use packing false")

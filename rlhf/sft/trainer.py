@@ -1,4 +1,4 @@
-"""TRL ``SFTTrainer`` set up from an :class:`SFTStageConfig`: precision, LoRA, checkpoints, our logger.
+"""TRL ``SFTTrainer`` set up from an :class:`SFTStageConfig`: precision, LoRA or prompt tuning, checkpoints, our logger.
 
 HF Trainer's own reporting is off (``report_to="none"``); its logs are renamed into our namespaces and
 sent through :class:`rlhf.tracking.MetricsLogger` by :class:`MetricsLoggerCallback`, so there is one
@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from rlhf import checkpoints
 from rlhf.config import RunConfig
 from rlhf.lora import LoraConfig, peft_lora_config
-from rlhf.sft.config import SFTStageConfig
+from rlhf.sft.config import PromptTuningConfig, SFTStageConfig
 from rlhf.tracking import MetricsLogger, make_run_dir
 
 CHECKPOINTS = "checkpoints"
@@ -35,12 +35,34 @@ def train_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# ---------------------------------------------------------------- LoRA
+# ---------------------------------------------------------------- LoRA and prompt tuning
 
 
 def peft_config(lora: LoraConfig, num_layers: int):
     """A peft ``LoraConfig`` for a causal LM of ``num_layers`` decoder layers, or None for full fine-tuning."""
     return peft_lora_config(lora, num_layers) if lora.enabled else None
+
+
+def prompt_tuning_config(pt: PromptTuningConfig, model_name: str):
+    """A peft ``PromptTuningConfig``: ``pt.num_virtual_tokens`` virtual tokens, from ``pt.init_text`` or random."""
+    from peft import PromptTuningConfig as PeftPromptTuningConfig, PromptTuningInit
+
+    from rlhf.zoo import resolve_model
+
+    if not pt.init_text:
+        return PeftPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=pt.num_virtual_tokens,
+                                      prompt_tuning_init=PromptTuningInit.RANDOM)
+    # peft tokenizes the init text itself, so it needs a loadable tokenizer path (zoo names resolved here)
+    return PeftPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=pt.num_virtual_tokens,
+                                  prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=pt.init_text,
+                                  tokenizer_name_or_path=resolve_model(model_name))
+
+
+def stage_peft_config(cfg: SFTStageConfig, num_layers: int):
+    """The adapter the stage trains (LoRA or a soft prompt), or None for full fine-tuning."""
+    if cfg.prompt_tuning.enabled:
+        return prompt_tuning_config(cfg.prompt_tuning, cfg.model.name)
+    return peft_config(cfg.lora, num_layers)
 
 
 # ---------------------------------------------------------------- logging
@@ -214,7 +236,7 @@ def build_trainer(cfg: SFTStageConfig, model, tokenizer, train_dataset, eval_dat
     datasets.disable_progress_bars()  # TRL's label-building maps would print a bar per pass
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=peft_config(cfg.lora, model.config.num_hidden_layers),
+                         processing_class=tokenizer, peft_config=stage_peft_config(cfg, model.config.num_hidden_layers),
                          callbacks=[tracker, CheckpointManifest(), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; our logger already shows them
     return trainer
@@ -257,7 +279,7 @@ def from_rank_zero(value):
 
 
 def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str, str]:
-    """``final/``: the adapter (standard PEFT format) or the full model, plus the tokenizer.
+    """``final/``: the adapter (LoRA or soft prompt, standard PEFT format) or the full model, plus the tokenizer.
     ``final-merged/``: base + adapter merged into plain weights, when asked (LoRA only)."""
     from peft import PeftModel
 
