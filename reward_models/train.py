@@ -31,7 +31,7 @@ from reward_models.model import RewardModel, autocast, new_reward_model, save_re
 from reward_models.types import HEADS
 from rlhf.config import ConfigError, RunConfig
 from rlhf.records import PreferenceRecord
-from rlhf.runtime import use_bf16
+from rlhf.runtime import fresh_accelerator_state, use_bf16
 from rlhf.tracking import MetricsLogger, make_run_dir
 from rlhf.zoo import rlhf_home
 
@@ -172,6 +172,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
     # cpu=True on CPU machines: without it, accelerate 1.15 under torchrun sees no process group and every rank
     # runs as a lone "main" process (each trains on everything and they race to write the same files).
+    fresh_accelerator_state()  # not an earlier stage's mixed precision (rlhf.runtime)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     run_dir = resolve_run_dir(cfg.run, resume)
     set_seed(cfg.run.seed)

@@ -41,3 +41,17 @@ def use_bf16(precision: Precision, device: torch.device) -> bool:
 def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     """The compute (and frozen-weight) dtype for ``precision`` on ``device``; trainable weights stay float32."""
     return torch.bfloat16 if use_bf16(precision, device) else torch.float32
+
+
+def fresh_accelerator_state() -> None:
+    """Forget the mixed precision an earlier stage of this process gave accelerate, before a stage makes its own.
+
+    accelerate keeps one ``AcceleratorState`` per process. A TRL trainer (SFT, DPO) sets it to ``bf16`` mixed
+    precision; an ``Accelerator()`` made later in the same process (``rlhf pipeline`` runs every stage in one
+    process, and so do the tests) then silently inherits it, so a stage configured for fp32 ran under bf16
+    autocast and left CPU autocast switched on after it. Our stages decide precision themselves
+    (``use_bf16``), so each starts from a clean state. The process group (``PartialState``) is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()

@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from rlhf.dpo.config import DPOStageConfig
 from rlhf.lora import peft_lora_config
 from rlhf.sft.trainer import CheckpointManifest, MetricsLoggerCallback, common_training_args
+from rlhf.runtime import fresh_accelerator_state
 from rlhf.threads import ThreadGovernor
 
 # TRL's DPO log keys -> ours; the rest land under train/ or eval/ (rlhf.sft.trainer.hf_logs_to_metrics).
@@ -61,6 +62,7 @@ def build_trainer(cfg: DPOStageConfig, model, tokenizer, train_dataset, eval_dat
 
     datasets.disable_progress_bars()  # TRL's tokenizing maps would print a bar per pass
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
+    fresh_accelerator_state()  # the trainer's accelerator takes args' precision, not an earlier stage's
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=tokenizer,
                          peft_config=peft_lora_config(cfg.lora, model.config.num_hidden_layers),

@@ -71,6 +71,9 @@ def make_accelerator():
     would each think they run alone (accelerate only sets up gloo when ``cpu=True``)."""
     from accelerate import Accelerator
 
+    from rlhf.runtime import fresh_accelerator_state
+
+    fresh_accelerator_state()  # not an earlier stage's mixed precision (rlhf.runtime)
     return Accelerator(cpu=not torch.cuda.is_available())
 
 

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from rlhf import checkpoints
 from rlhf.config import RunConfig
 from rlhf.lora import LoraConfig, peft_lora_config
+from rlhf.runtime import fresh_accelerator_state
 from rlhf.sft.config import PromptTuningConfig, SFTStageConfig
 from rlhf.tracking import MetricsLogger, make_run_dir
 
@@ -235,6 +236,7 @@ def build_trainer(cfg: SFTStageConfig, model, tokenizer, train_dataset, eval_dat
 
     datasets.disable_progress_bars()  # TRL's label-building maps would print a bar per pass
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
+    fresh_accelerator_state()  # the trainer's accelerator takes args' precision, not an earlier stage's
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=stage_peft_config(cfg, model.config.num_hidden_layers),
                          callbacks=[tracker, CheckpointManifest(), *callbacks])
