@@ -10,6 +10,7 @@ def test_an_earlier_bf16_accelerator_does_not_leak_into_the_next_stage():
     from rlhf.ppo.trainer import make_accelerator
     from rlhf.runtime import fresh_accelerator_state
 
+    fresh_accelerator_state()  # whatever the tests before this one left
     Accelerator(cpu=True, mixed_precision="bf16")  # what a TRL trainer (SFT, DPO) leaves in the process
     try:
         acc = make_accelerator()
