@@ -21,6 +21,8 @@ from pathlib import Path
 from rlhf.config import ConfigError, RunConfig, stage_cli
 from rlhf.evaluate import ALL, EvalConfig, EvalDataConfig, GoldConfig, PolicyConfig, VariantConfig
 from rlhf.generation import GenerationSettings
+from rlhf.records import DIMENSIONS as HEADS
+from rlhf.report import plain_sampled
 
 DEFAULTS = None
 STAGE = "compare"
@@ -81,19 +83,19 @@ def method_runs(cfg: "CompareConfig") -> dict[str, Path]:
 
 
 def training_seconds(run_dir: Path) -> float | None:
-    """A training run's wall time: its summary's total, else the sum of its steps' times."""
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        data = json.loads(summary.read_text(encoding="utf-8"))
-        for key in ("run/seconds", "train/seconds", "train_runtime", "time/total_s"):
-            if isinstance(data.get(key), (int, float)):
-                return float(data[key])
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        steps = [json.loads(line).get("time/step_s") for line in metrics.read_text(encoding="utf-8").splitlines() if line]
-        steps = [s for s in steps if isinstance(s, (int, float))]
-        return float(sum(steps)) if steps else None
-    return None
+    """A training run's wall time from its metrics: the TRL trainer's own total (``train/runtime_s``, DPO), else
+    the sum of its steps' times (``time/step_s``, the RL stage)."""
+    from rlhf.tracking import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = read_metrics(path)
+    total = [r["train/runtime_s"] for r in records if "train/runtime_s" in r]
+    if total:
+        return float(total[-1])
+    steps = [r["time/step_s"] for r in records if "time/step_s" in r]
+    return float(sum(steps)) if steps else None
 
 
 def eval_config(cfg: CompareConfig) -> EvalConfig:
@@ -122,7 +124,7 @@ def eval_config(cfg: CompareConfig) -> EvalConfig:
                       baseline="sft", candidate=policies[-1].name,
                       data=EvalDataConfig(prompts_per_source=cfg.prompts_per_source),
                       variants=variants, generation=GenerationSettings(max_new_tokens=cfg.max_new_tokens),
-                      training_runs={"ppo": str(p) for p in cfg.rl_runs[:1]})
+                      training_runs={"ppo": cfg.rl_runs[0]} if cfg.rl_runs else {})
 
 
 def _cell(numbers: dict, key: str, digits: int = 3) -> str:
@@ -163,18 +165,15 @@ def comparison_rows(results: dict, seconds: dict[str, float | None],
                     records: list[dict] | None = None) -> list[list[str]]:
     """A header and one row per evaluated policy (sampled, zero-shot) and per best-of-n."""
     metrics = results.get("metrics", {})
-    heads = sorted({k.split("/")[1] for m in metrics.values() for k in m.get(ALL, {})
-                    if k.startswith("gold/") and k.count("/") == 1
-                    and k.split("/")[1] not in ("composite", "win_rate") and not k.endswith(("_low", "_high", "_delta"))})
+    heads = [h for h in HEADS if any(f"gold/{h}" in m.get(ALL, {}) for m in metrics.values())]
     baseline = results.get("baseline", "sft")
     listed = []  # (label, KL, variant key, metrics on all sources, on DialogSum, training seconds or a word)
-    for variant in results.get("variants", []):
-        if variant.get("decoding") == "sampled" and not variant.get("shots") and not variant.get("best_of"):
-            m = metrics[variant["key"]]
-            wall = seconds.get(variant["policy"].split("@")[0])
-            kl = 0.0 if variant["policy"] == baseline else m[ALL].get("kl/k1", float("nan"))  # the start itself
-            listed.append((variant["policy"], kl, variant["key"], m[ALL], m.get("dialogsum", {}),
-                           f"{wall:.0f}" if wall else "–"))
+    for variant in plain_sampled(results):
+        m = metrics[variant["key"]]
+        wall = seconds.get(variant["policy"].split("@")[0])
+        kl = 0.0 if variant["policy"] == baseline else m[ALL].get("kl/k1", float("nan"))  # the start itself
+        listed.append((variant["policy"], kl, variant["key"], m[ALL], m.get("dialogsum", {}),
+                       f"{wall:.0f}" if wall else "–"))
     for group in results.get("best_of_n") or []:
         for r in group["per_n"]:
             m = metrics[r["variant"]]

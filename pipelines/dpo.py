@@ -14,7 +14,6 @@ under ``<run_dir>/checkpoints/``, metrics (``loss/dpo``, ``reward/margin``, ``re
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 if __name__ == "__main__" and __package__ is None:  # `python pipelines/dpo.py` from a checkout
@@ -87,10 +86,8 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
 
     # 5. train: first the dev loss with policy == reference (step 0: log 2 for DPO), then the updates; a resumed
     #    run restores optimizer, scheduler, RNG and data position from the checkpoint
-    started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    summary = {"train/steps": trainer.state.global_step, "data/train_pairs": len(train),
-               "train/seconds": time.perf_counter() - started}  # this process's training wall time (rlhf compare)
+    summary = {"train/steps": trainer.state.global_step, "data/train_pairs": len(train)}
     if 0 in tracker.eval_losses:
         summary["eval/loss/dpo_before"] = tracker.eval_losses[0]
     if len(dev):

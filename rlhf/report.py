@@ -646,6 +646,13 @@ def best_of_n_points(results: dict[str, Any]) -> list[CurvePoint]:
     return points
 
 
+def plain_sampled(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The variants that are a policy answering once per prompt, sampled, zero-shot (not few-shot, greedy or
+    best-of-n): the ones whose KL and scores place a policy on the over-optimisation axes."""
+    return [v for v in results.get("variants", [])
+            if v.get("decoding") == "sampled" and not v.get("shots") and not v.get("best_of")]
+
+
 def policy_points(results: dict[str, Any]) -> list[CurvePoint]:
     """The sampled, zero-shot policies as curve points at their measured KL (``kl/k1``) to their reference.
 
@@ -654,9 +661,7 @@ def policy_points(results: dict[str, Any]) -> list[CurvePoint]:
     without a KL (no reference) are left out."""
     metrics, baseline = results.get("metrics", {}), results.get("baseline")
     found: list[tuple[str, str, dict]] = []
-    for variant in results.get("variants", []):
-        if variant.get("decoding") != "sampled" or variant.get("shots") or variant.get("best_of"):
-            continue  # best-of-n variants have their own points (best_of_n_points)
+    for variant in plain_sampled(results):  # best-of-n variants have their own points (best_of_n_points)
         numbers = metrics.get(variant["key"], {}).get(ALL, {})
         method, _, label = variant["policy"].partition("@")
         found.append((method, label, numbers))

@@ -24,7 +24,7 @@ def _folders(tmp_path):
         (tmp_path / name).mkdir()
     dpo = tmp_path / "dpo-all"
     (dpo / "final" / "adapter").mkdir(parents=True)
-    (dpo / "summary.json").write_text(json.dumps({"train_runtime": 42.0}))
+    (dpo / "metrics.jsonl").write_text(json.dumps({"step": 36, "train/runtime_s": 42.0}) + "\n")
     return compare.CompareConfig(sft=str(tmp_path / "sft"), proxy=str(tmp_path / "proxy"), gold=str(tmp_path / "gold"),
                                  rl_runs=[str(_rl_run(tmp_path))], dpo_runs=[str(dpo)], best_of_n=[1, 4])
 
