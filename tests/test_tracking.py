@@ -1,9 +1,24 @@
 import os
 import json
 import math
+import time
+from pathlib import Path
 
 from rlhf.config import RunConfig
 from rlhf.tracking import MetricsLogger, make_run_dir, read_metrics, run_history
+
+
+def wandb_log_with(run_folder: Path, *needles: bytes, timeout_s: float = 60.0) -> bytes:
+    """The bytes of a finished offline run's transaction log (.wandb), once they hold every needle or the time is
+    up. wandb-core may still be writing the log for a moment after ``run.finish()`` returns (CI once read only its
+    7-byte header), so the test waits for the records it checks rather than a fixed time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        [log] = list((run_folder / "wandb").glob("offline-run-*/run-*.wandb"))
+        data = log.read_bytes()
+        if all(n in data for n in needles) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.2)
 
 
 def test_logger_writes_config_metrics_and_tables(tmp_path, run_cfg):
@@ -104,9 +119,8 @@ def test_offline_pipeline_stages_share_a_group_and_log_artifacts_with_lineage(tm
     sft = json.loads((root / "sft" / "artifact.json").read_text())
     assert sft["inputs"] == [{"path": "tiny-llama"}]  # a zoo model: no upstream artifact
     for name in ("sft", "reward", "ppo", "eval"):
-        [log] = list((root / name / "wandb").glob("offline-run-*/run-*.wandb"))
-        data = log.read_bytes()
+        data = wandb_log_with(root / name, b"demo", f"demo-{name}".encode(), b"lineage-test")
         assert b"demo" in data and f"demo-{name}".encode() in data and b"lineage-test" in data, name
-    eval_log = next((root / "eval" / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    eval_log = wandb_log_with(root / "eval", b'"inputs":[{"name":"demo-ppo"')
     assert b'"inputs":[{"name":"demo-ppo"' in eval_log  # the inputs travel in the artifact's metadata
     assert list((root / "eval" / "wandb").glob("offline-run-*/files/media/images/plots/rouge_*.png"))
