@@ -23,6 +23,7 @@ STAGES = {
     "eval-rm": ("pipelines.eval_rm:cli", "reward-model report: accuracy, length control, calibration, agreement"),
     "pipeline": ("pipelines.run:cli", "all stages end to end (--preset demo|tiny)"),
     "annotate": ("rlhf.annotate.cli:main", "preference collection web app, agreement and export"),
+    "plan": ("rlhf.plan:cli", "memory per device by part, FLOPs and PF-days of a stage setup; what fits"),
     "export": ("rlhf.export:cli", "a run's model as a hub-ready folder with a model card (--push-to-hub)"),
 }
 
