@@ -36,7 +36,8 @@ from typing import Literal
 
 from rlhf.config import ConfigError, stage_cli
 from rlhf.lora import LoraConfig, resolve_layers
-from rlhf.quantization import Quantization
+
+Quantization = Literal["none", "8bit", "4bit"]  # rlhf.quantization's, without importing torch: planning needs none
 
 GIB = 2**30
 PF_DAY = 1e15 * 86400  # FLOPs in one petaFLOP/s-day
