@@ -87,27 +87,74 @@ SETUPS = [
           {"model": {"name": "tiny-llama"}, "stage": "ppo",
            "lora": {"enabled": True, "r": 8, "layers": [-1],
                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-           "train": {"micro_batch": 4}, "ppo": {"reward_model": "none", "rollouts": 16, "prompt_tokens": 64,
+           "train": {"micro_batch": 4, "grad_accum": 2}, "ppo": {"reward_model": "none", "rollouts": 16, "prompt_tokens": 64,
                                                 "new_tokens": 12, "epochs": 2}}),
 ]
-RUNTIME_IMPORTS = {"sft": "pipelines.sft", "reward": "pipelines.reward", "ppo": "pipelines.ppo"}
+NOTES = [
+    "How to read it: the measured peak is the stage process's VmHWM (its own pages only, from exec to exit: imports, "
+    "data, loading, training steps, saving). The prediction is the plan's per-device total for the same setup: the "
+    "parts always held (runtime, weights, optimizer states) plus the largest phase (update: activations + logits; "
+    "step: full gradients; generation: KV cache; save: the reward stage's merged copy). Sequence length: SFT pads "
+    "to the longest example of a batch, so the plan gets the longest training example the stage encodes; reward "
+    "and PPO get their caps (max_length 128; 64 prompt + 16 new tokens), an upper bound.",
+    "Setups: 2 optimizer steps each, fp32, batch 4 (reward: 4 pairs = 8 sequences; PPO: 8 rollouts, micro-batch 4). "
+    "SFT LoRA on SmolLM2: r 16 on q/k/v/o of the top 12 blocks; reward: LoRA (peft's default targets) on the top 4 "
+    "blocks, trunk cache off; PPO: the shipped defaults (top 8 blocks) against the demo MiniLM reward model; tiny: "
+    "tiny-llama (SFT, PPO with the toy reward) and tiny-bert (reward, full fine-tuning).",
+]
+# What each stage's process imports before its model loads: the libraries, the stage, the trainer it runs.
+RUNTIME_IMPORTS = {"sft": ["pipelines.sft", "trl:SFTTrainer"],
+                   "reward": ["pipelines.reward", "reward_models.train", "accelerate:Accelerator"],
+                   "ppo": ["pipelines.ppo", "rlhf.ppo.trainer", "accelerate:Accelerator"]}
 
 
 def child(out: str, argv: list[str]) -> int:
     """In the child: run ``rlhf <argv>`` (or only import a stage's modules), then write this process's peak RSS."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     code = 0
+    if argv[0] == "--probe-fused":
+        result = probe_fused(int(argv[1]))
+        Path(out).write_text(json.dumps({"returncode": 0, "peak_rss_bytes": common.own_peak_rss_bytes(), **result}))
+        return 0
     if argv[0] == "--import":
         import importlib
 
-        for module in ("torch", "transformers", "peft", "trl", RUNTIME_IMPORTS[argv[1]]):
-            importlib.import_module(module)
+        for target in ("torch", "transformers", "peft", "trl", *RUNTIME_IMPORTS[argv[1]]):
+            module, _, name = target.partition(":")
+            imported = importlib.import_module(module)
+            if name:
+                getattr(imported, name)  # lazy modules (TRL, accelerate) import on attribute access
     else:
         from rlhf.cli import main
 
         code = main(argv)
     Path(out).write_text(json.dumps({"returncode": code, "peak_rss_bytes": common.own_peak_rss_bytes()}))
     return code
+
+
+def probe_fused(tokens: int) -> dict:
+    """Tiles (tokens x 32768 float32) TRL's fused LM head holds at its peak over the RSS before it: SmolLM2's head
+    (576 x 49152), one forward + backward with the hidden states trainable, after a small warm-up call."""
+    import torch
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    from rlhf.plan import FUSED_TILE_TOKENS
+
+    def run(hidden, weight, targets):
+        out = ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
+                                           ("log_probs", "entropy", "is_top1"))
+        (-out[0].sum()).backward()
+
+    torch.manual_seed(0)
+    weight = torch.randn(49152, 576) * 0.02
+    run(torch.randn(8, 576, requires_grad=True), weight, torch.randint(0, 49152, (8,)))
+    hidden, targets = torch.randn(tokens, 576, requires_grad=True), torch.randint(0, 49152, (tokens,))
+    before = common.current_rss_bytes(os.getpid())
+    run(hidden, weight, targets)
+    tile = min(tokens, FUSED_TILE_TOKENS) * _CHUNKED_LOGPROB_CHUNK_SIZE * 4
+    return {"tokens": tokens, "peak_over_rss_bytes": common.own_peak_rss_bytes() - before,
+            "tiles": round((common.own_peak_rss_bytes() - before) / tile, 2)}
 
 
 def run_measured(argv: list[str], log: Path) -> dict:
@@ -167,7 +214,10 @@ def write_report(rows: list[dict], runtime: dict, meta: dict, path_md: Path) -> 
     lines += ["", f"Every ratio within 0.75-1.33: **{'yes' if within else 'no'}**.", "",
               "Runtime part (peak RSS of a process that only imports torch, transformers, peft, TRL and the stage): "
               + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in runtime.items())
-              + f"; the plan uses `runtime_gb` = {meta['runtime_gb']:.2f} (rlhf.plan.RUNTIME_GIB).", ""]
+              + f"; the plan uses {meta['runtime_gb']} GiB (rlhf.plan.RUNTIME_GIB).",
+              "TRL's fused LM head (SFT), float32 tiles of tokens x 32768 held at its peak: "
+              + ", ".join(f"{n} tokens {t}" for n, t in meta["fused_head_tiles"].items())
+              + " (rlhf.plan.FUSED_TILE_COPIES).", ""]
     lines += meta.get("notes", [])
     path_md.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -177,10 +227,15 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=[], help="setup names (or their prefixes) to run")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/plan_vs_measured.json"))
     parser.add_argument("--runtime-gb", type=float, default=None, help="override the plan's runtime part")
+    parser.add_argument("--probe-fused", type=int, metavar="TOKENS",
+                        help="only measure TRL's fused LM head at TOKENS tokens (in this process) and print it")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.child:
         return child(args.child, rest[1:] if rest[:1] == ["--"] else rest)
+    if args.probe_fused:
+        print(json.dumps(probe_fused(args.probe_fused)))
+        return 0
 
     import torch
     import transformers
@@ -193,6 +248,8 @@ def main() -> int:
     for stage in ("sft", "reward", "ppo"):
         runtime[stage] = run_measured(["--import", stage], OUT / f"runtime-{stage}.log")["peak_rss_bytes"]
         print(f"runtime {stage}: {runtime[stage] / 2**30:.3f} GiB", flush=True)
+    fused = [run_measured(["--probe-fused", str(n)], OUT / f"fused-{n}.log") for n in (1024, 1532)]
+    print("fused LM head tiles: " + ", ".join(f"{f['tokens']} tokens {f['tiles']}" for f in fused), flush=True)
     rows = []
     for setup in SETUPS:
         if args.only and not any(setup.name.startswith(o) for o in args.only):
@@ -214,8 +271,10 @@ def main() -> int:
             "cpu": common.cpu_info().get("model_name", "?"), "load_before": load_before,
             "load_after": common.load_average(), "torch": torch.__version__, "transformers": transformers.__version__,
             "runtime_gb": args.runtime_gb if args.runtime_gb is not None else RUNTIME_GIB}
+    meta["notes"] = NOTES
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    meta["fused_head_tiles"] = {f["tokens"]: f["tiles"] for f in fused}
     out.write_text(json.dumps({"meta": meta, "runtime_peak_rss_bytes": runtime, "rows": rows}, indent=2))
     write_report(rows, runtime, meta, out.with_suffix(".md"))
     print(f"wrote {out} and {out.with_suffix('.md')}")

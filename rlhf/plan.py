@@ -55,16 +55,17 @@ MASTER_BYTES = 4  # float32 master copy of a 16-bit trainable weight (mixed prec
 # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (checked in tests/test_plan.py).
 PEFT_DEFAULT_TARGETS = {"decoder": ["q_proj", "v_proj"], "encoder": ["query", "value"]}
 # TRL's fused LM head (trl.trainer.utils.add_fused_lm_head) scores at most 4096 tokens x 32768 vocabulary entries
-# at once; on a CPU its torch fallback (_backward_tile) holds ~9 tiles at its peak: the matmul buffer, the scaled
-# logits (two steps), log p, p, the gradient and the three temporaries of its update.
-FUSED_TILE_TOKENS, FUSED_TILE_VOCAB, FUSED_TILE_COPIES = 4096, 32768, 9
+# at once; on a CPU its torch fallback (_backward_tile) holds up to 9 tiles: the matmul buffer, the scaled logits
+# (two steps), log p, p, the gradient and the temporaries of its update. Measured: 8.3 tiles over the RSS before
+# it, at 1024 and 1532 tokens (`python benchmarks/plan_vs_measured.py --probe-fused N`).
+FUSED_TILE_TOKENS, FUSED_TILE_VOCAB, FUSED_TILE_COPIES = 4096, 32768, 8.3
 # Whole logits in training: the logits, the float32 copy the loss reads / the saved log-softmax, and the gradient
 # with respect to the logits in the backward, alive together at its start.
 FULL_LOGIT_COPIES = 3
-# What a process holds before any model: peak RSS of `python -c "import torch, transformers, trl, peft"` plus the
-# stage's own modules, measured on this project's 2-core EPYC (benchmarks/plan_vs_measured.py); a CUDA context
-# with cuBLAS and its workspace is ~0.5 GiB of GPU memory.
-RUNTIME_GIB = 0.55
+# What a CPU process holds before any model: peak RSS of a process that imports torch, transformers, peft, TRL and
+# the stage's training code (0.39 GiB; TRL's SFTTrainer adds 0.11), measured on this project's 2-core EPYC by
+# benchmarks/plan_vs_measured.py. On a GPU give the CUDA context instead (~0.5 GiB with cuBLAS's workspace).
+RUNTIME_GIB = {"sft": 0.50, "reward": 0.40, "ppo": 0.40}
 
 
 # ---------------------------------------------------------------- config
@@ -152,16 +153,21 @@ class PlanConfig:
     ppo: PPOPlanSection = field(default_factory=PPOPlanSection)
     device_memory_gb: float = field(default=0.0,
                                     metadata={"help": "memory per device to fit in, GiB; 0: this machine's RAM"})
-    runtime_gb: float = field(
-        default=RUNTIME_GIB,
-        metadata={"help": "per process before any model: Python + torch + libraries (CPU RSS) or a CUDA context"})
+    runtime_gb: float | None = field(
+        default=None,
+        metadata={"help": "per process before any model, GiB; null: the stage's measured CPU runtime (Python + "
+                          "torch + transformers + TRL: sft 0.50, reward and ppo 0.40); a GPU: its CUDA context (~0.5)"})
+
+    @property
+    def runtime_gib(self) -> float:
+        return RUNTIME_GIB[self.stage] if self.runtime_gb is None else self.runtime_gb
 
     def __post_init__(self) -> None:
         m, t = self.model, self.train
         for key, value in [("model.params", m.params), ("model.layers", m.layers), ("model.hidden", m.hidden),
                            ("model.heads", m.heads), ("model.kv_heads", m.kv_heads),
                            ("model.intermediate", m.intermediate), ("device_memory_gb", self.device_memory_gb),
-                           ("runtime_gb", self.runtime_gb), ("lora.r", self.lora.r)]:
+                           ("runtime_gb", self.runtime_gb or 0), ("lora.r", self.lora.r)]:
             if value < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {value}")
         for key, value in [("model.vocab", m.vocab), ("train.seq_len", t.seq_len),
@@ -388,7 +394,8 @@ def kv_cache_bytes(s: Shape, rollouts: int, tokens: int, dtype_bytes: int) -> fl
 class Part:
     name: str
     bytes: float  # per device
-    phase: str  # "always", "update" (training forward/backward) or "generation" (ppo sampling)
+    phase: str  # "always"; "update" (forward/backward), "step" (full gradients, optimizer step), "generation"
+    #            (ppo sampling), "save" (writing the final model)
     note: str = ""
 
 
@@ -444,7 +451,8 @@ def memory_plan(s: Shape, cfg: PlanConfig, reward: Shape | None = None) -> Memor
     # full training keeps its trainable weights in the stored dtype; adapters and heads are float32
     trainable_bytes = DTYPE_BYTES[t.weights_dtype] if not cfg.lora.enabled else 4
     master = MASTER_BYTES if trainable_bytes < 4 else 0
-    parts = [Part("runtime", cfg.runtime_gb * GIB, "always", "Python + libraries, or a CUDA context")]
+    parts = [Part("runtime", cfg.runtime_gib * GIB, "always",
+                  "measured CPU process" if cfg.runtime_gb is None else "given (runtime_gb)")]
     frozen = weight_bytes(s, cfg) if cfg.lora.enabled else 0.0
     base_note = f"{t.quantization} base" if t.quantization != "none" else f"{t.weights_dtype} base, frozen"
     if cfg.lora.enabled:
@@ -454,7 +462,11 @@ def memory_plan(s: Shape, cfg: PlanConfig, reward: Shape | None = None) -> Memor
     else:
         parts.append(Part("weights", trainable * trainable_bytes / div("weights"), "always",
                           f"{trainable / 1e6:.1f} M {t.weights_dtype}, all trained"))
-    parts.append(Part("gradients", trainable * trainable_bytes / div("gradients"), "always"))
+    # Gradients are freed after each optimizer step (zero_grad(set_to_none=True)) and rebuilt by the backward as it
+    # frees the activations, so the two overlap only when micro-batches accumulate into the same gradients.
+    accumulating = t.grad_accum > 1
+    parts.append(Part("gradients", trainable * trainable_bytes / div("gradients"), "update" if accumulating else "step",
+                      "kept across accumulated micro-batches" if accumulating else "the end of the backward"))
     parts.append(Part("optimizer", trainable * (OPTIMIZER_BYTES[t.optimizer] + master) / div("optimizer"), "always",
                       t.optimizer + (" + float32 master" if master else "")))
     if not cfg.lora.enabled and t.weights_dtype == "float32" and t.precision != "fp32":
@@ -475,6 +487,10 @@ def memory_plan(s: Shape, cfg: PlanConfig, reward: Shape | None = None) -> Memor
                       f"{backprop_layers(s, cfg)} blocks x {tokens} tokens"
                       + (", checkpointed" if t.gradient_checkpointing else "")))
     parts.append(Part("logits", logit_bytes(s, scored, logits_mode), "update", f"{logits_mode}, {scored} tokens"))
+    if cfg.stage == "reward" and cfg.lora.enabled:
+        # the reward stage saves a plain model: LoRA folded into a deep copy (reward_models.model.save_reward_model)
+        parts.append(Part("merged copy", total_params(s) * DTYPE_BYTES[t.weights_dtype], "save",
+                          "LoRA folded into a copy of the model to save it"))
     if cfg.stage == "ppo":
         if reward is not None:
             rm_cfg = dataclasses.replace(cfg, lora=LoraConfig(enabled=True, layers=[]))  # frozen, same dtype/quant
