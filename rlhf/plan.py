@@ -446,6 +446,8 @@ def trainable_params(s: Shape, cfg: PlanConfig) -> int:
 def memory_plan(s: Shape, cfg: PlanConfig, reward: Shape | None = None) -> MemoryPlan:
     """Per-device bytes by part for ``cfg`` on a model of shape ``s`` (``reward``: PPO's reward model)."""
     t, par = cfg.train, cfg.parallel
+    if cfg.stage == "reward" and not s.tied:
+        s = dataclasses.replace(s, tied=True)  # a sequence classifier: a score head instead of the LM head's matrix
     div = lambda part: shard_divisor(par.strategy, part, par.gpus)  # noqa: E731
     trainable = trainable_params(s, cfg)
     # full training keeps its trainable weights in the stored dtype; adapters and heads are float32
@@ -493,8 +495,7 @@ def memory_plan(s: Shape, cfg: PlanConfig, reward: Shape | None = None) -> Memor
                           "LoRA folded into a copy of the model to save it"))
     if cfg.stage == "ppo":
         if reward is not None:
-            rm_cfg = dataclasses.replace(cfg, lora=LoraConfig(enabled=True, layers=[]))  # frozen, same dtype/quant
-            parts.append(Part("reward model", weight_bytes(reward, rm_cfg), "always", "frozen"))
+            parts.append(Part("reward model", weight_bytes(reward, cfg), "always", "frozen, held like the base"))
         seq_all = cfg.ppo.prompt_tokens + cfg.ppo.new_tokens
         parts.append(Part("kv cache", kv_cache_bytes(s, cfg.ppo.rollouts, seq_all, COMPUTE_BYTES[t.precision]),
                           "generation", f"{cfg.ppo.rollouts} rollouts x {seq_all} tokens"))

@@ -113,6 +113,26 @@ def test_gradient_checkpointing_keeps_inputs_and_one_layer():
     assert plan.activation_bytes(SMOLLM2, tokens, 512, cfg) == 30 * tokens * 576 * 4 + one_layer
 
 
+def test_gradients_overlap_activations_only_when_accumulating():
+    """zero_grad(set_to_none=True): a step's gradients appear as the backward frees the activations; accumulated
+    micro-batches keep them alive through the next forward."""
+    phases = {}
+    for accum in (1, 4):
+        cfg = cfg_of(model={"layers": 30, "hidden": 576}, train={"grad_accum": accum})
+        mem = plan.memory_plan(SMOLLM2, cfg)
+        phases[accum] = {p.name: p.phase for p in mem.parts}["gradients"]
+    assert phases == {1: "step", 4: "update"}
+    mem = plan.memory_plan(SMOLLM2, cfg_of(model={"layers": 30, "hidden": 576}, train={"grad_accum": 4}))
+    assert mem.total == pytest.approx(sum(p.bytes for p in mem.parts if p.phase in ("always", "update")))
+
+
+def test_reward_lora_saves_a_merged_copy():
+    cfg = cfg_of(model={"layers": 30, "hidden": 576}, stage="reward", lora={"enabled": True})
+    parts = {p.name: p for p in plan.memory_plan(SMOLLM2, cfg).parts}
+    assert parts["merged copy"].phase == "save" and parts["merged copy"].bytes == 4 * plan.total_params(SMOLLM2)
+    assert parts["logits"].bytes == 0  # a score head, no LM head
+
+
 def test_four_bit_base_weights():
     cfg = cfg_of(model={"layers": 32, "hidden": 4096}, lora={"enabled": True},
                  train={"weights_dtype": "bfloat16", "quantization": "4bit"})
