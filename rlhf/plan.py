@@ -179,9 +179,6 @@ class PlanConfig:
                 raise ConfigError(f"{key}: must be >= 1, got {value}")
         if self.ppo.prompt_tokens < 0:
             raise ConfigError(f"ppo.prompt_tokens: must be >= 0, got {self.ppo.prompt_tokens}")
-        if not m.name and not (m.layers and m.hidden):
-            raise ConfigError("model.name: give a model name, or its shape (model.layers and model.hidden, "
-                              "optionally model.params)")
         if t.quantization != "none" and not self.lora.enabled:
             raise ConfigError(f"train.quantization: a {t.quantization} base is frozen; train adapters on it "
                               "(lora.enabled true)")
@@ -248,7 +245,13 @@ def shape_from_name(name: str, key: str = "model.name") -> Shape:
 
     try:
         path = resolve_model(name, auto_pull=False)
-        return shape_from_hf(AutoConfig.from_pretrained(path))
+        try:  # a folder, or a hub id already in the local cache
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        except OSError:
+            if "/" not in name or os.path.exists(name):  # only an owner/name id is worth asking the hub for
+                raise
+            config = AutoConfig.from_pretrained(path)
+        return shape_from_hf(config)
     except (OSError, ValueError, ModelNotFoundError) as err:
         reason = str(err).splitlines()[0] if isinstance(err, ModelNotFoundError) else \
             "not a zoo name, a folder with a config.json, or a hub id available offline"
@@ -657,6 +660,9 @@ def report(cfg: PlanConfig, s: Shape, reward: Shape | None = None) -> list[str]:
 
 def resolve_shapes(cfg: PlanConfig) -> tuple[Shape, Shape | None]:
     """The policy's shape and (ppo) the reward model's; ConfigError naming the key of an unknown model."""
+    if not cfg.model.name and not (cfg.model.layers and cfg.model.hidden):
+        raise ConfigError("model.name: give a model name, or its shape (model.layers and model.hidden, "
+                          "optionally model.params)")
     s = shape_from_name(cfg.model.name) if cfg.model.name else shape_from_section(cfg.model)
     reward = None
     if cfg.stage == "ppo" and cfg.ppo.reward_model != "none":
