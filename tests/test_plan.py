@@ -297,6 +297,13 @@ def test_cli_prints_parts_and_verdict(capsys):
     assert "fits 24.0 GiB per device: NO" in out and "would fit with:" in out
 
 
+def test_help_lists_every_key_without_a_model(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    for key in ("--model.name", "--train.seq_len", "--parallel.strategy", "--ppo.new_tokens", "--device_memory_gb"):
+        assert key in out
+
+
 @pytest.mark.parametrize("argv, key", [
     (["--model.layers", "-3", "--model.hidden", "64"], "model.layers"),
     (["--model.layers", "2", "--model.hidden", "64", "--train.seq_len", "-1"], "train.seq_len"),
