@@ -245,8 +245,7 @@ def main() -> int:
         print(json.dumps(probe_fused(args.probe_fused)))
         return 0
 
-    import torch
-    import transformers
+    from importlib.metadata import version
 
     from rlhf.plan import RUNTIME_GIB
 
@@ -277,7 +276,7 @@ def main() -> int:
                        (f" --only {' '.join(args.only)}" if args.only else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **common.cpu_info(),
             "cpu": common.cpu_info().get("model_name", "?"), "load_before": load_before,
-            "load_after": common.load_average(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "load_after": common.load_average(), "torch": version("torch"), "transformers": version("transformers"),
             "runtime_gb": args.runtime_gb if args.runtime_gb is not None else RUNTIME_GIB}
     meta["notes"] = NOTES
     out = Path(args.out)
