@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from distributed_helpers import ROOT, assert_ranks_agree, free_port, load_ranks, worker_env, write_driver
+from rlhf.tracking import read_metrics
 
 
 def launch_nodes(script_and_args: list[str], logs: Path, timeout: float = 240) -> list[int]:
@@ -50,3 +51,20 @@ def test_two_nodes_over_loopback_end_with_identical_parameters(tmp_path):
     ranks = load_ranks(tmp_path, 2)
     assert sorted(r["node"] for r in ranks) == ["0", "1"]  # one process on each node, not two on one
     assert_ranks_agree(ranks)
+
+
+@pytest.mark.distributed
+def test_stage_script_as_two_nodes_writes_one_run(tmp_path):
+    """The real entry point: both nodes share this filesystem, as cluster nodes share theirs; one run folder, one
+    final adapter, and a checkpoint holding each node's RNG state."""
+    runs = tmp_path / "runs"
+    codes = launch_nodes(["pipelines/ppo.py", "--config", "pipelines/configs/ppo_tiny.yaml", "--run.output_dir",
+                          str(runs), "--train.steps", "2", "--train.save_every", "2", "--ppo.batch_size", "2",
+                          "--ppo.mini_batch_size", "2", "--ppo.micro_batch_size", "2"], tmp_path)
+    assert codes == [0, 0], tails(tmp_path)
+    [run] = list(runs.iterdir())  # no run name: the nodes agree on rank 0's timestamped folder
+    assert (run / "final" / "adapter" / "adapter_config.json").is_file()
+    assert {p.name for p in (run / "checkpoints" / "step-000002").glob("rng-rank*.pt")} == {"rng-rank0.pt",
+                                                                                           "rng-rank1.pt"}
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "reward/composite" in r]
+    assert steps == [1, 2]  # one logger for the cluster: node 1 writes no records
