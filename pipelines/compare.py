@@ -22,7 +22,7 @@ from rlhf.config import ConfigError, RunConfig, stage_cli
 from rlhf.evaluate import ALL, EvalConfig, EvalDataConfig, GoldConfig, PolicyConfig, VariantConfig
 from rlhf.generation import GenerationSettings
 from rlhf.records import DIMENSIONS as HEADS
-from rlhf.report import plain_sampled
+from rlhf.report import best_of_n_points, gold_peaks, plain_sampled, policy_points
 
 DEFAULTS = None
 STAGE = "compare"
@@ -212,6 +212,10 @@ def write_comparison(run_dir: Path, results: dict, seconds: dict[str, float | No
                   "KL: k1 estimate per response (best-of-n: log n − (n−1)/n). "
                   "Training s: the run's wall time on this machine (best-of-n trains nothing and pays at sampling).",
               "", "See report.md for per-source tables and overoptimisation.png for gold and proxy vs √KL."]
+    peaks = gold_peaks(best_of_n_points(results) + policy_points(results))
+    if peaks:
+        lines += ["", "## Where the gold peaks (over-optimisation)", "", *[f"- {line}" for line in peaks],
+                  "", "Differences between neighbouring points smaller than their intervals above are noise."]
     out = run_dir / "compare.md"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out

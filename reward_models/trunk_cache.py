@@ -196,11 +196,14 @@ def trunk_output(model, trunk: TrunkSpec, batch: dict) -> torch.Tensor:
 
 
 def backbone_key(model, trunk: TrunkSpec) -> str:
-    """Hash of the model's config and every frozen weight (names, dtypes, shapes, bytes) and of the trunk."""
+    """Hash of the model's config and every frozen backbone weight (names, dtypes, shapes, bytes) and of the trunk.
+
+    The score head is left out: its initialisation depends on the run's seed (peft even keeps a frozen copy of
+    it), and the trunk's output never sees it, so runs that differ only in seed share one cache."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(model.hf_model.config.to_json_string(use_diff=False).encode())
     digest.update(trunk.name.encode())
-    for name, param in model.named_parameters():
+    for name, param in backbone_of(model).named_parameters():
         if param.requires_grad:
             continue  # trainable weights change during training; they are above the trunk
         tensor = param.detach().cpu().contiguous()

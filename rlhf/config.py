@@ -313,6 +313,12 @@ def stage_cli(cls: type[T], defaults_file: str | Path | None, main, argv: Sequen
               "Values below: the defaults, then --config FILE, then the flags given with --help.")
         print("\n".join(describe(cfg)))
         return 0
+    from rlhf.runtime import launch_problem
+
+    problem = launch_problem()  # a ZeRO/FSDP launch this machine cannot run: refused before any model or run folder
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         result = main(cfg, **flags)
     except ConfigError as err:  # a value only the stage can judge (e.g. against the loaded model's depth)

@@ -678,6 +678,28 @@ def policy_points(results: dict[str, Any]) -> list[CurvePoint]:
     return points
 
 
+def gold_peaks(points: Sequence[CurvePoint]) -> list[str]:
+    """Per method, where along its KL the gold judge peaks (Gao et al.'s question), as one sentence each.
+
+    A peak at the method's largest KL is not a peak: the gold was still rising where the method stopped; a peak
+    at KL 0 means every step away from the start lowered the gold."""
+    lines = []
+    for method in dict.fromkeys(p.method for p in points):
+        mine = sorted((p for p in points if p.method == method and p.gold is not None and math.isfinite(p.gold)),
+                      key=lambda p: p.kl)
+        if len(mine) < 2:
+            continue
+        best = max(mine, key=lambda p: p.gold)
+        where = f"{best.label or 'its final policy'} (KL {best.kl:.2f}, gold {best.gold:.3f})"
+        if best is mine[-1]:
+            lines.append(f"{method}: gold highest at the largest KL tried, {where}: still rising, no peak reached")
+        elif best.kl == 0.0:
+            lines.append(f"{method}: gold highest at the start, {where}: every point further away scored lower")
+        else:
+            lines.append(f"{method}: gold peaks at {where}, then falls to {mine[-1].gold:.3f} at KL {mine[-1].kl:.2f}")
+    return lines
+
+
 def plot_overoptimisation(points: Sequence[CurvePoint], out: Path) -> Path | None:
     """Gold (solid) and proxy (dashed) score vs sqrt(KL), one colour per method (Gao et al. 2022, fig. 1).
 

@@ -7,8 +7,10 @@ with AVX512-BF16 or AMX). Elsewhere bf16 is emulated: on an AVX2-only EPYC a bf1
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import torch
 
@@ -55,3 +57,43 @@ def fresh_accelerator_state() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+
+
+# What `accelerate launch` hands every process: the launch config's distributed_type and strategy, as variables.
+ZERO_STAGES = ("0", "1", "2", "3")
+FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "false").lower() in ("true", "1", "yes")
+
+
+def launch_problem(env: Mapping[str, str] | None = None, cuda: bool | None = None) -> str | None:
+    """Why the strategy the launcher asked for cannot run here (one line naming the setting), or None.
+
+    Every stage makes its Accelerator with ``cpu=True`` where CUDA is missing (without it accelerate 1.15 sees no
+    process group under torchrun), and with ``cpu=True`` accelerate silently ignores ``ACCELERATE_USE_DEEPSPEED``
+    and ``ACCELERATE_USE_FSDP``: a ZeRO or FSDP launch on such a machine would train as plain DDP and claim nothing.
+    Without ``cpu=True`` it is worse: under DeepSpeed's CPU backend accelerate counts every process as rank 0 of 1
+    (measured: accelerate 1.15, deepspeed 0.19.8). So both are refused here, before any model loads."""
+    env = os.environ if env is None else env
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if _flag(env, "ACCELERATE_USE_DEEPSPEED"):
+        stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        if stage is not None and stage not in ZERO_STAGES:
+            return (f"deepspeed_config.zero_stage (ACCELERATE_DEEPSPEED_ZERO_STAGE={stage}): unknown ZeRO stage; "
+                    f"expected one of {', '.join(ZERO_STAGES)}")
+        if importlib.util.find_spec("deepspeed") is None:
+            return ("distributed_type DEEPSPEED (ACCELERATE_USE_DEEPSPEED=true): deepspeed is not installed "
+                    "(pip install -e '.[deepspeed]')")
+        if not cuda:
+            return "distributed_type DEEPSPEED (ACCELERATE_USE_DEEPSPEED=true): ZeRO needs CUDA here; untested on CPU"
+    if _flag(env, "ACCELERATE_USE_FSDP"):
+        strategy = env.get("FSDP_SHARDING_STRATEGY")
+        if strategy is not None and strategy.upper() not in FSDP_SHARDING and strategy not in ("1", "2", "3", "4", "5"):
+            return (f"fsdp_config.fsdp_sharding_strategy (FSDP_SHARDING_STRATEGY={strategy}): unknown strategy; "
+                    f"expected one of {', '.join(FSDP_SHARDING)}")
+        if not cuda:
+            return ("distributed_type FSDP (ACCELERATE_USE_FSDP=true): needs CUDA here; on CPU the stages run "
+                    "gloo DDP and FSDP would be silently ignored")
+    return None

@@ -66,8 +66,9 @@ def test_table_from_saved_results(tmp_path):
                                           "gold/composite_delta_low": 0.05, "gold/composite_delta_high": 0.35,
                                           "gold/win_rate": 0.6, "gold/win_rate/low": 0.5, "gold/win_rate/high": 0.7}},
                     "sft/bon1": {"all": judged(0.5, 0.2, 0.0)}, "sft/bon4": {"all": judged(2.0, 0.4, 0.0)}}}
-    results["best_of_n"] = [{"policy": "sft", "per_n": [{"n": 1, "variant": "sft/bon1", "kl": 0.0},
-                                                        {"n": 4, "variant": "sft/bon4", "kl": 0.636}]}]
+    results["best_of_n"] = [{"policy": "sft", "per_n": [
+        {"n": 1, "variant": "sft/bon1", "kl": 0.0, "reward/composite": 0.5, "gold/composite": 0.0},
+        {"n": 4, "variant": "sft/bon4", "kl": 0.636, "reward/composite": 2.0, "gold/composite": 0.4}]}]
     # the same draw: best-of-4 beats best-of-1 by 0.1 on one prompt and 0.3 on the other
     records = [{"variant": v, "source": "s", "id": i, "gold/composite": g}
                for v, i, g in (("sft/bon1", "a", 0.0), ("sft/bon1", "b", 1.0), ("sft/bon4", "a", 0.1),
@@ -87,3 +88,5 @@ def test_table_from_saved_results(tmp_path):
     assert by_method["sft"]["KL to SFT"] == "0.00"
     out = compare.write_comparison(tmp_path, results, {"grpo": 600.0})
     assert "| grpo@15 | 1.50 |" in out.read_text()
+    # where the gold peaks: best-of-n's gold (0.0 at n=1, 0.4 at n=4) still rising at its largest n
+    assert "- best-of-n: gold highest at the largest KL tried, n=4 (KL 0.64, gold 0.400)" in out.read_text()

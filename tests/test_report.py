@@ -242,3 +242,16 @@ def test_policy_points_put_checkpoints_on_their_method_curve_from_the_baseline()
     as_tuples = [(p.method, p.kl, p.proxy, p.gold, p.label) for p in points]
     assert as_tuples == [("grpo", 0.0, 0.1, 0.2, "sft"), ("grpo", 0.5, 0.6, 0.3, "10"), ("grpo", 2.0, 1.5, 0.25, "20"),
                          ("dpo", 0.0, 0.1, 0.2, "sft"), ("dpo", 0.3, 0.2, None, "")]
+
+
+def test_gold_peaks_names_the_peak_or_says_there_is_none():
+    P = report.CurvePoint
+    points = [P("ppo", 0.0, 0.0, 0.10, "sft"), P("ppo", 0.5, 0.3, 0.40, "15"), P("ppo", 2.0, 0.9, -0.20, "30"),
+              P("best-of-n", 0.0, 0.0, 0.0, "n=1"), P("best-of-n", 1.2, 1.0, 0.5, "n=8"),
+              P("grpo", 0.0, 0.0, 0.3, "sft"), P("grpo", 1.0, 0.5, 0.1, "20"),
+              P("dpo", 0.04, 0.1, None, "final")]  # no gold: no sentence
+    lines = report.gold_peaks(points)
+    assert lines == ["ppo: gold peaks at 15 (KL 0.50, gold 0.400), then falls to -0.200 at KL 2.00",
+                     "best-of-n: gold highest at the largest KL tried, n=8 (KL 1.20, gold 0.500): still rising, "
+                     "no peak reached",
+                     "grpo: gold highest at the start, sft (KL 0.00, gold 0.300): every point further away scored lower"]

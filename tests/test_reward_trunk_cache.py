@@ -127,6 +127,20 @@ def test_a_second_run_reads_the_file_and_new_weights_or_texts_compute_a_new_one(
     assert moved_loss.item() != pytest.approx(reference.item(), rel=1e-3)  # the old features would have been wrong
 
 
+def test_runs_that_differ_only_in_the_score_heads_initialisation_share_one_cache(tmp_path):
+    """A seed changes the score head (and peft's frozen copy of it), never the trunk's output."""
+    model, encoder = build("tiny-llama", "lora-top")
+    seqs = sequences(encoder)
+    first = trunk_cache.model_inputs(model, "auto", tmp_path, False, seqs[:2], encoder.pad_token_id)
+    first.batches(seqs, encoder.pad_token_id)
+    with torch.no_grad():
+        for param in trunk_cache.head_of(model).parameters():  # trainable and frozen copies alike
+            param.normal_(0, 1.0)
+    again = trunk_cache.model_inputs(model, "auto", tmp_path, False, seqs[:2], encoder.pad_token_id)
+    again.batches(seqs, encoder.pad_token_id)
+    assert again.folder == first.folder and (first.computed, again.computed) == (1, 0)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "foreign", "garbage"])
 def test_a_damaged_cache_file_is_named_in_one_line_and_recomputed(tmp_path, capsys, damage):
     model, encoder = build("tiny-bert", "lora-top")

@@ -1,0 +1,89 @@
+"""What the multi-process PPO tests share: a driver script that trains the tiny PPO config for a few steps and
+saves each rank's view (trainable parameters, prompts, metrics), and the assertions that those views agree.
+
+Used by ``test_ppo_distributed.py`` (one machine, ``--standalone``) and ``test_multinode.py`` (two torchrun
+"nodes" on the loopback address); only the launch differs."""
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# argv: output folder, number of steps. Each rank saves rank<R>.pt with what the assertions below compare.
+PPO_DRIVER = textwrap.dedent('''
+    import os, sys, torch
+    from rlhf.config import RunConfig, load_config
+    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
+    from rlhf.ppo.prompts import prepare_prompts
+    from rlhf.ppo.scorers import TokenCountScorer
+    from rlhf.ppo.trainer import PPOTrainer, make_accelerator
+
+    out, steps = sys.argv[1], int(sys.argv[2])
+    cfg, _ = load_config(PPOStageConfig, ["--config", "pipelines/configs/ppo_tiny.yaml", "--ppo.batch_size", "4",
+                                          "--ppo.mini_batch_size", "2", "--ppo.micro_batch_size", "1"])
+    accelerator = make_accelerator()
+    # Different seeds per rank before building: DDP must still start every rank from rank 0's weights.
+    torch.manual_seed(accelerator.process_index)
+    tokenizer = load_policy_tokenizer(cfg.policy)
+    model = build_actor_critic(cfg.policy, cfg.lora, torch.float32)
+    class CharScorer:
+        def score(self, prompts, responses):
+            from reward_models.types import RewardScores
+            c = torch.tensor([sum(ch in "aeiou" for ch in r) / max(len(r), 1) for r in responses])
+            return RewardScores(c, {"helpful": c})
+    trainer = PPOTrainer(cfg, model, tokenizer, CharScorer(), prepare_prompts(cfg.data, tokenizer, 0),
+                         accelerator=accelerator)
+    initial = trainer.unwrapped.trainable_state_dict()
+    prompts = [trainer.stream.batch(s) for s in range(steps)]
+    history = trainer.train(steps=steps)
+    torch.save({"params": trainer.unwrapped.trainable_state_dict(), "initial": initial, "prompts": prompts,
+                "history": history, "world": accelerator.num_processes,
+                "node": os.environ.get("GROUP_RANK")},  # torchrun's node rank (the agent's rank)
+               f"{out}/rank{accelerator.process_index}.pt")
+''')
+
+
+def worker_env() -> dict[str, str]:
+    """One thread per process (the processes share the cores) and no tokenizer thread pool."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def write_driver(folder: Path) -> Path:
+    driver = folder / "driver.py"
+    driver.write_text(PPO_DRIVER)
+    return driver
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it), for a rendezvous endpoint."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_ranks(folder: Path, world: int) -> list[dict]:
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def assert_ranks_agree(ranks: list[dict]) -> None:
+    """Every rank saw the whole world, trained, and ended with rank 0's exact parameters; each generated for its
+    own prompts; the reduced metrics are the same on every rank."""
+    first = ranks[0]
+    assert [r["world"] for r in ranks] == [len(ranks)] * len(ranks)
+    for other in ranks[1:]:
+        assert other["params"].keys() == first["params"].keys()
+        for name, tensor in first["params"].items():
+            torch.testing.assert_close(other["params"][name], tensor, rtol=0, atol=0)
+    assert any(not torch.equal(first["initial"][n], p) for n, p in first["params"].items())
+    for step in range(len(first["prompts"])):  # each process generated for its own share of prompts
+        seen = [set(r["prompts"][step]) for r in ranks]
+        assert sum(map(len, seen)) == len(set().union(*seen))
+    for other in ranks[1:]:  # metrics are reduced across processes
+        assert other["history"][-1]["reward/composite"] == pytest.approx(first["history"][-1]["reward/composite"])

@@ -1,0 +1,103 @@
+"""A launch this machine cannot run as asked (ZeRO without deepspeed or without CUDA, FSDP on CPU, a strategy
+name nobody knows) ends with one line naming the setting, exit 2, before any model or run folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf.runtime import FSDP_SHARDING, ZERO_STAGES, launch_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEPSPEED = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
+FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}
+
+
+@pytest.fixture()
+def deepspeed_installed(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else
+                        find_spec(name, *a))
+
+
+def test_a_plain_launch_has_no_problem():
+    assert launch_problem({}, cuda=False) is None
+    assert launch_problem({"ACCELERATE_USE_DEEPSPEED": "false", "ACCELERATE_USE_FSDP": "false"}, cuda=False) is None
+
+
+def test_zero_without_deepspeed_names_the_setting_and_the_extra(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    problem = launch_problem(DEEPSPEED, cuda=True)
+    assert problem.startswith("distributed_type DEEPSPEED (ACCELERATE_USE_DEEPSPEED=true): deepspeed is not installed")
+    assert "[deepspeed]" in problem
+
+
+def test_zero_on_a_machine_without_cuda_is_refused(deepspeed_installed):
+    assert launch_problem(DEEPSPEED, cuda=False) == ("distributed_type DEEPSPEED (ACCELERATE_USE_DEEPSPEED=true): "
+                                                     "ZeRO needs CUDA here; untested on CPU")
+    assert launch_problem(DEEPSPEED, cuda=True) is None
+
+
+def test_an_unknown_zero_stage_is_named_before_anything_else():
+    problem = launch_problem({**DEEPSPEED, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "4"}, cuda=True)
+    assert problem.startswith("deepspeed_config.zero_stage (ACCELERATE_DEEPSPEED_ZERO_STAGE=4): unknown ZeRO stage")
+
+
+def test_fsdp_strategies():
+    assert launch_problem(FSDP, cuda=True) is None
+    assert launch_problem({**FSDP, "FSDP_SHARDING_STRATEGY": "2"}, cuda=True) is None  # accelerate's numeric form
+    problem = launch_problem({**FSDP, "FSDP_SHARDING_STRATEGY": "SHARD_EVERYTHING"}, cuda=True)
+    assert problem.startswith("fsdp_config.fsdp_sharding_strategy (FSDP_SHARDING_STRATEGY=SHARD_EVERYTHING): unknown")
+    assert launch_problem(FSDP, cuda=False).startswith("distributed_type FSDP (ACCELERATE_USE_FSDP=true): needs CUDA")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "pipelines" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_launch_configs_name_known_strategies(path):
+    """accelerate accepts each shipped file (its distributed_type exists), and its strategy is one we check."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    raw = yaml.safe_load(path.read_text())
+    if config.distributed_type.value == "DEEPSPEED":
+        assert str(raw["deepspeed_config"]["zero_stage"]) in ZERO_STAGES
+    if config.distributed_type.value == "FSDP":
+        assert raw["fsdp_config"]["fsdp_sharding_strategy"] in FSDP_SHARDING
+
+
+def test_stage_refuses_zero_in_one_line_before_any_run_folder(tmp_path):
+    """The environment ``accelerate launch --config_file pipelines/accelerate/zero2.yaml`` gives each process."""
+    env = {**os.environ, **DEEPSPEED, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "9"}
+    result = subprocess.run([sys.executable, "pipelines/ppo.py", "--config", "pipelines/configs/ppo_tiny.yaml",
+                             "--run.output_dir", str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: deepspeed_config.zero_stage (ACCELERATE_DEEPSPEED_ZERO_STAGE=9): unknown ZeRO stage; "
+        f"expected one of {', '.join(ZERO_STAGES)}"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_accelerate_launch_of_a_config_with_an_unknown_strategy(tmp_path):
+    """Through the real launcher: accelerate passes the file's strategy on unchecked; the stage names it."""
+    config = yaml.safe_load((ROOT / "pipelines" / "accelerate" / "fsdp.yaml").read_text())
+    config["fsdp_config"]["fsdp_sharding_strategy"] = "SHARD_EVERYTHING"
+    config["num_processes"] = 1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                             str(tmp_path / "bad.yaml"), "--main_process_port", "0", "pipelines/ppo.py", "--config",
+                             "pipelines/configs/ppo_tiny.yaml", "--run.output_dir", str(tmp_path / "runs")],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert ours == ["error: fsdp_config.fsdp_sharding_strategy (FSDP_SHARDING_STRATEGY=SHARD_EVERYTHING): unknown "
+                    f"strategy; expected one of {', '.join(FSDP_SHARDING)}"], result.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()
