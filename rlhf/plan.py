@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -121,7 +120,8 @@ class ParallelSection:
 
     strategy: Literal["ddp", "zero1", "zero2", "zero3", "fsdp"] = field(
         default="ddp",
-        metadata={"help": "ddp: all on every device; zero1: optimizer sharded; zero2: + gradients; zero3/fsdp: + weights"})
+        metadata={"help": "ddp: all on every device; zero1: optimizer sharded; zero2: + gradients; "
+                          "zero3/fsdp: + weights"})
     gpus: int = field(default=1, metadata={"help": "devices the run is spread over"})
 
 
@@ -442,7 +442,10 @@ def trainable_params(s: Shape, cfg: PlanConfig) -> int:
     """Parameters the optimizer updates: every one, or the adapters (+ the reward stage's score head)."""
     if not cfg.lora.enabled:
         return total_params(s)
-    heads = 3 * s.hidden + 3 if cfg.stage == "reward" else (s.hidden + 1 if cfg.ppo.value_head and cfg.stage == "ppo" else 0)
+    if cfg.stage == "reward":
+        heads = 3 * s.hidden + 3  # the three score heads (helpful, honest, harmless)
+    else:
+        heads = s.hidden + 1 if cfg.stage == "ppo" and cfg.ppo.value_head else 0  # the value head
     return lora_params(s, cfg.lora) + heads
 
 
