@@ -159,7 +159,7 @@ def _classifier(backbone: str, quantization: str = "none"):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from rlhf.policies import adapter_folder
-    from rlhf.quantization import load_kwargs, quantized_copy
+    from rlhf.quantization import keep_backward, load_kwargs, quantized_copy
     from rlhf.zoo import load_model, load_tokenizer, resolve_model
 
     adapter = adapter_folder(resolve_model(backbone)) if Path(backbone).expanduser().is_dir() else None
@@ -167,7 +167,7 @@ def _classifier(backbone: str, quantization: str = "none"):
         model, tokenizer = _classifier_from_adapter(adapter)
         if quantization != "none":  # merged in float in memory; bitsandbytes quantizes only while loading
             model = quantized_copy(model, quantization, AutoModelForSequenceClassification, keep_float=HEAD_MODULES)
-        return model, tokenizer, True, str(adapter)
+        return keep_backward(model), tokenizer, True, str(adapter)
     tokenizer = load_tokenizer(backbone)
     causal = is_causal_lm(AutoConfig.from_pretrained(resolve_model(backbone)).model_type)
     extra = {}
@@ -177,7 +177,7 @@ def _classifier(backbone: str, quantization: str = "none"):
         extra["pad_token_id"] = tokenizer.pad_token_id
     model = load_model(backbone, AutoModelForSequenceClassification, **head_config_kwargs(), **extra,
                        **load_kwargs(quantization, keep_float=HEAD_MODULES))
-    return model, tokenizer, causal, backbone
+    return keep_backward(model), tokenizer, causal, backbone
 
 
 def _classifier_from_adapter(adapter: Path):

@@ -68,6 +68,19 @@ def load_kwargs(kind: str, compute_dtype: torch.dtype = torch.float32, keep_floa
     return {"quantization_config": config, "device_map": {"": 0 if torch.cuda.is_available() else "cpu"}}
 
 
+def keep_backward(model):
+    """Stop bitsandbytes from repacking ``model``'s 4-bit weights into its CPU inference layout; returns ``model``.
+
+    On CPUs with AVX512-BF16, bitsandbytes >= 0.49 repacks a 4-bit layer's weight at its first forward in eval
+    mode without grad (an eval loss, a dev score, a rollout), for good, and that layout's matmul has no backward:
+    from then on no gradient crosses the layer, so adapters below it stop learning without a sign (measured:
+    reward training left every q/v LoRA unchanged). Call it on every quantized model that trains."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes Linear4bit
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
@@ -78,7 +91,7 @@ def quantized_copy(model, kind: str, auto_class, compute_dtype: torch.dtype = to
     bitsandbytes quantizes while transformers places the weights, so the model goes through a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="rlhf-quantize-") as folder:
         model.save_pretrained(folder)
-        return auto_class.from_pretrained(folder, **kwargs, **load_kwargs(kind, compute_dtype, keep_float))
+        return keep_backward(auto_class.from_pretrained(folder, **kwargs, **load_kwargs(kind, compute_dtype, keep_float)))
 
 
 def quant_stats(param) -> list[torch.Tensor]:

@@ -43,14 +43,14 @@ def load_sft_model(model: str, sft_adapter: str = "", dtype: torch.dtype = torch
     ``model`` may itself be an adapter folder (it has ``adapter_config.json``): its base is loaded and
     the adapter merged. Merging happens in float32, then the weights are cast to ``dtype``, or, with
     ``quantization`` (4bit, 8bit), quantized by bitsandbytes with ``dtype`` as the compute dtype (QLoRA)."""
-    from rlhf.quantization import load_kwargs, quantized_copy
+    from rlhf.quantization import keep_backward, load_kwargs, quantized_copy
 
     path = resolve_model(model)
     adapter = sft_adapter
     if not adapter and (Path(path) / ADAPTER_CONFIG).is_file():
         adapter, path = path, _adapter_base(Path(path))
     if not adapter:
-        return load_causal_lm(path, dtype=dtype, **load_kwargs(quantization, dtype))
+        return keep_backward(load_causal_lm(path, dtype=dtype, **load_kwargs(quantization, dtype)))
     from transformers import AutoModelForCausalLM
 
     from rlhf.policies import merged_adapter
