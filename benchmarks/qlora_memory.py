@@ -54,7 +54,8 @@ def child(stage: str, setting: str, model: str, steps: int) -> dict:
     dtype_name, quantization = SETTINGS[setting]
     before = rss_mib()
     run = {"sft": sft_steps, "reward": reward_steps, "rl": rl_steps}[stage]
-    loaded, seconds, done, first_loss = run(model, dtype_name, quantization, steps, Path("/tmp") / f"qlora-memory-{stage}-{setting}")
+    out_dir = Path("/tmp") / f"qlora-memory-{stage}-{setting}"
+    loaded, seconds, done, first_loss = run(model, dtype_name, quantization, steps, out_dir)
     return {"stage": stage, "setting": setting, "dtype": dtype_name, "quantization": quantization,
             "weights_footprint_mib": round(loaded["footprint"], 1), "rss_before_load_mib": round(before, 1),
             "rss_loaded_mib": round(loaded["rss"], 1), "peak_rss_mib": round(peak_rss_mib(), 1),
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     command = "flock /tmp/rlhf-cpu.lock python benchmarks/qlora_memory.py " + " ".join(sys.argv[1:])
     # rows of the (stage, setting) pairs not run now stay; a file from before the reward and RL stages holds SFT
     # rows with one command for all
-    rows = [{"stage": "sft", "command": old.get("command"), **r} if "stage" not in r else r for r in old.get("rows", [])]
+    rows = [r if "stage" in r else {"stage": "sft", "command": old.get("command"), **r} for r in old.get("rows", [])]
     rows = [r for r in rows if not (r["stage"] in stages and r["setting"] in settings)]
     for stage in stages:
         for setting in settings:

@@ -150,7 +150,8 @@ def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: 
     if quantization != "none":
         # a zoo name or hub id stays a name; a folder is written absolute, so final/ loads from anywhere
         scoring.quantization = quantization
-        scoring.backbone = str(Path(backbone).expanduser().resolve()) if Path(backbone).expanduser().is_dir() else backbone
+        folder = Path(backbone).expanduser()
+        scoring.backbone = str(folder.resolve()) if folder.is_dir() else backbone
     return reward_model, encoder, scoring
 
 

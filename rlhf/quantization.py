@@ -91,7 +91,8 @@ def quantized_copy(model, kind: str, auto_class, compute_dtype: torch.dtype = to
     bitsandbytes quantizes while transformers places the weights, so the model goes through a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="rlhf-quantize-") as folder:
         model.save_pretrained(folder)
-        return keep_backward(auto_class.from_pretrained(folder, **kwargs, **load_kwargs(kind, compute_dtype, keep_float)))
+        quantized = auto_class.from_pretrained(folder, **kwargs, **load_kwargs(kind, compute_dtype, keep_float))
+    return keep_backward(quantized)
 
 
 def quant_stats(param) -> list[torch.Tensor]:
