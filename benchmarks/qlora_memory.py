@@ -1,11 +1,17 @@
-"""QLoRA's memory saving on CPU: the SFT stage's model loaded float32, bfloat16 and 4-bit NF4, then a few LoRA steps.
+"""QLoRA's memory saving on CPU: the SFT, reward and RL stages' model loaded float and 4-bit NF4 (SFT also bf16),
+then a few LoRA steps of that stage.
 
-Each setting runs in its own child process, so each peak RSS is that setting's alone. Per setting it reports
+Each (stage, setting) runs in its own child process, so each peak RSS is that setting's alone. Per run it reports
 the weights' size as transformers counts it (``get_memory_footprint``), the process RSS once the model is
-loaded, the peak RSS over load + ``--steps`` LoRA SFT steps (TRL SFTTrainer, as ``rlhf sft`` runs them), and
-seconds per step. Run it under the lock:
+loaded, the peak RSS over load + ``--steps`` steps, and seconds per step. The steps are the stages' own code:
+SFT: LoRA SFT steps (TRL SFTTrainer, as ``rlhf sft`` runs them); reward: ``train_reward_model`` (LoRA on every
+layer + the HHH heads, a few dev pairs, no trunk cache); RL: ``RLTrainer`` steps of PPO against the toy reward
+(no reward model loaded, so the policy's memory is what is measured; the float base samples with the fast
+sampler, the quantized one with the plain sampler it falls back to). Run it under the lock; the results file
+keeps the rows of the stages not run this time:
 
     flock /tmp/rlhf-cpu.lock python benchmarks/qlora_memory.py --out benchmarks/results/qlora_memory.json
+    flock /tmp/rlhf-cpu.lock python benchmarks/qlora_memory.py --stages reward,rl --settings fp32,nf4 ...
 """
 from __future__ import annotations
 
@@ -24,7 +30,9 @@ SETTINGS = {  # name -> (model.dtype, model.quantization)
     "fp32": ("float32", "none"),
     "bf16": ("bfloat16", "none"),
     "nf4": ("float32", "4bit"),
+    "int8": ("float32", "8bit"),
 }
+STAGES = ("sft", "reward", "rl")
 
 
 def rss_mib() -> float:
@@ -39,20 +47,34 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def child(setting: str, model: str, steps: int) -> dict:
-    """One setting, in this process: load, then ``steps`` LoRA SFT steps; sizes in MiB."""
+def child(stage: str, setting: str, model: str, steps: int) -> dict:
+    """One (stage, setting), in this process: load, then ``steps`` steps of the stage; sizes in MiB."""
+    import torch
+
+    dtype_name, quantization = SETTINGS[setting]
+    before = rss_mib()
+    run = {"sft": sft_steps, "reward": reward_steps, "rl": rl_steps}[stage]
+    out_dir = Path("/tmp") / f"qlora-memory-{stage}-{setting}"
+    loaded, seconds, done, first_loss = run(model, dtype_name, quantization, steps, out_dir)
+    return {"stage": stage, "setting": setting, "dtype": dtype_name, "quantization": quantization,
+            "weights_footprint_mib": round(loaded["footprint"], 1), "rss_before_load_mib": round(before, 1),
+            "rss_loaded_mib": round(loaded["rss"], 1), "peak_rss_mib": round(peak_rss_mib(), 1),
+            "steps": done, "seconds_per_step": round(seconds / max(1, done), 2),
+            "first_loss": first_loss, "torch_threads": torch.get_num_threads()}
+
+
+def sft_steps(model: str, dtype_name: str, quantization: str, steps: int, out_dir: Path):
+    """LoRA SFT steps (TRL SFTTrainer): (loaded sizes, seconds, steps, first loss)."""
     import torch
 
     from rlhf.config import load_config
-    from rlhf.quantization import check_backend, load_kwargs
+    from rlhf.quantization import check_backend, keep_backward, load_kwargs
     from rlhf.sft.config import SFTStageConfig
     from rlhf.sft.data import encode_records, to_dataset, training_mixture
     from rlhf.sft.trainer import MetricsLoggerCallback, build_trainer
     from rlhf.tracking import MetricsLogger
     from rlhf.zoo import load_causal_lm, load_tokenizer
 
-    dtype_name, quantization = SETTINGS[setting]
-    out_dir = Path("/tmp") / f"qlora-memory-{setting}"
     cfg, _ = load_config(SFTStageConfig, [
         "--model.name", model, "--model.dtype", dtype_name, "--model.quantization", quantization,
         "--data.mixture", "[{source: dialogsum, max_examples: 64}]", "--data.num_examples", str(4 * steps),
@@ -60,12 +82,10 @@ def child(setting: str, model: str, steps: int) -> dict:
         "--train.precision", "fp32", "--train.save_steps", str(10 * steps), "--lora.layers", "[]",
         "--run.output_dir", str(out_dir), "--run.wandb_mode", "disabled", "--forgetting.enabled", "false"])
     check_backend(quantization)
-    before = rss_mib()
     tokenizer = load_tokenizer(model)
     dtype = getattr(torch, dtype_name)
-    policy = load_causal_lm(model, dtype=dtype, **load_kwargs(quantization, dtype))
-    loaded = rss_mib()
-    footprint = policy.get_memory_footprint() / 2**20
+    policy = keep_backward(load_causal_lm(model, dtype=dtype, **load_kwargs(quantization, dtype)))
+    loaded = {"rss": rss_mib(), "footprint": policy.get_memory_footprint() / 2**20}
     encoded, _ = encode_records(tokenizer, training_mixture(cfg.data, cfg.run.seed), cfg.train.max_length)
     tracker = MetricsLoggerCallback(MetricsLogger(out_dir, cfg.run, "sft", enabled=False))
     trainer = build_trainer(cfg, policy, tokenizer, to_dataset(encoded), None, out_dir, tracker, bf16=False)
@@ -73,11 +93,72 @@ def child(setting: str, model: str, steps: int) -> dict:
     trainer.train()
     seconds = time.perf_counter() - start
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    return {"setting": setting, "dtype": dtype_name, "quantization": quantization,
-            "weights_footprint_mib": round(footprint, 1), "rss_before_load_mib": round(before, 1),
-            "rss_loaded_mib": round(loaded, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
-            "steps": trainer.state.global_step, "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 2),
-            "first_loss": losses[0] if losses else None, "torch_threads": torch.get_num_threads()}
+    return loaded, seconds, trainer.state.global_step, losses[0] if losses else None
+
+
+def reward_steps(model: str, dtype_name: str, quantization: str, steps: int, out_dir: Path):
+    """The reward stage (``train_reward_model``) for ``steps`` steps of 4 pairs, LoRA on every layer; the load
+    is measured where the stage builds its model."""
+    import shutil
+
+    from reward_models import train as reward_train
+    from rlhf.config import load_config
+    from reward_models.config import RewardStageConfig
+    from rlhf.tracking import read_metrics
+
+    if dtype_name != "float32":
+        raise SystemExit("reward: the stage keeps float32 weights; run it with fp32, nf4 or int8")
+    cfg, _ = load_config(RewardStageConfig, [
+        "--model.backbone", model, "--model.quantization", quantization, "--model.lora.enabled", "true",
+        "--model.max_length", "256", "--data.max_train_pairs_per_head", str(4 * steps),
+        "--train.max_steps", str(steps), "--train.batch_size", "4", "--train.precision", "fp32",
+        "--train.trunk_cache", '"off"', "--train.checkpoint_every", "0", "--eval.max_pairs_per_head", "4",
+        "--eval.batch_size", "8", "--eval.test", "false", "--run.output_dir", str(out_dir), "--run.run_name", "rm",
+        "--run.wandb_mode", "disabled", "--run.log_every", "1"])
+    shutil.rmtree(out_dir, ignore_errors=True)
+    loaded = {}
+    build = reward_train.new_reward_model
+
+    def measured(*args, **kwargs):
+        out = build(*args, **kwargs)
+        loaded.update(rss=rss_mib(), footprint=out[0].hf_model.get_memory_footprint() / 2**20)
+        return out
+
+    reward_train.new_reward_model = measured
+    run_dir = reward_train.train_reward_model(cfg)
+    records = list(read_metrics(run_dir / "metrics.jsonl"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    losses = [r["loss/pairwise"] for r in records if "loss/pairwise" in r]
+    return loaded, summary["train/seconds"], summary["train/steps"], losses[0] if losses else None
+
+
+def rl_steps(model: str, dtype_name: str, quantization: str, steps: int, out_dir: Path):
+    """PPO steps (``RLTrainer``, the stage's default LoRA on the top 8 layers) against the toy reward."""
+    import torch
+
+    from rlhf.config import RunConfig, load_config
+    from rlhf.ppo.config import RLStageConfig
+    from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
+    from rlhf.ppo.prompts import prepare_prompts
+    from rlhf.ppo.scorers import TokenCountScorer
+    from rlhf.ppo.trainer import RLTrainer
+    from rlhf.quantization import check_backend
+
+    cfg, _ = load_config(RLStageConfig, [
+        "--policy.model", model, "--policy.quantization", quantization, "--policy.precision",
+        "bf16" if dtype_name == "bfloat16" else "fp32", "--reward.kind", "toy", "--data.sources", "[truthfulqa]",
+        "--data.max_prompts", "64", "--ppo.batch_size", "4", "--ppo.mini_batch_size", "4",
+        "--ppo.micro_batch_size", "2", "--generation.max_new_tokens", "24", "--train.steps", str(steps),
+        "--train.save_every", "0", "--train.sample_every", "0", "--data.eval_prompts", "0"])
+    cfg.run = RunConfig(output_dir=str(out_dir), run_name="rl", wandb_mode="disabled")
+    check_backend(quantization, "policy.quantization")
+    tokenizer = load_policy_tokenizer(cfg.policy)
+    policy = build_policy_model(cfg, getattr(torch, dtype_name))
+    loaded = {"rss": rss_mib(), "footprint": policy.causal_lm.get_memory_footprint() / 2**20}
+    prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
+    trainer = RLTrainer(cfg, policy, tokenizer, TokenCountScorer(tokenizer, cfg.reward.toy_token), prompts)
+    history = trainer.train(steps)
+    return loaded, sum(m["time/step_s"] for m in history), len(history), history[0].get("loss/policy")
 
 
 def table(rows: list[dict]) -> str:
@@ -90,35 +171,58 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+WHAT = {"sft": "SFT: LoRA r16 on q/k/v/o of every layer, batch 4, max length 384",
+        "reward": "reward: LoRA r16 (peft's default targets) on every layer + 3 heads, batch 4 pairs, max length 256",
+        "rl": "RL (PPO, toy reward): LoRA r16 on the top 8 layers + value head, 4 prompts x 24 new tokens"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--settings", default="fp32,bf16,nf4", help=f"comma-separated: {', '.join(SETTINGS)}")
-    parser.add_argument("--steps", type=int, default=3, help="LoRA SFT steps per setting (batch 4)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated: {', '.join(STAGES)}")
+    parser.add_argument("--settings", default="fp32,bf16,nf4",
+                        help=f"comma-separated: {', '.join(SETTINGS)} (reward: bf16 is skipped, it trains float32)")
+    parser.add_argument("--steps", type=int, default=3, help="steps per (stage, setting)")
     parser.add_argument("--out", default="runs/bench/qlora_memory.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.model, args.steps)))
+        stage, setting = args.child.split(":")
+        print("RESULT " + json.dumps(child(stage, setting, args.model, args.steps)))
         return 0
-    rows = []
-    for setting in args.settings.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--child", setting, "--model", args.model,
-                               "--steps", str(args.steps)], capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"setting {setting}: the child failed (exit {proc.returncode})")
-        rows.append(json.loads(line.removeprefix("RESULT ")))
-        print(json.dumps(rows[-1]))
     out = Path(args.out)
+    stages, settings = args.stages.split(","), args.settings.split(",")
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    command = "flock /tmp/rlhf-cpu.lock python benchmarks/qlora_memory.py " + " ".join(sys.argv[1:])
+    # rows of the (stage, setting) pairs not run now stay; a file from before the reward and RL stages holds SFT
+    # rows with one command for all
+    rows = [r if "stage" in r else {"stage": "sft", "command": old.get("command"), **r} for r in old.get("rows", [])]
+    rows = [r for r in rows if not (r["stage"] in stages and r["setting"] in settings)]
+    for stage in stages:
+        for setting in settings:
+            if stage == "reward" and SETTINGS[setting][0] != "float32":
+                continue
+            proc = subprocess.run([sys.executable, __file__, "--child", f"{stage}:{setting}", "--model", args.model,
+                                   "--steps", str(args.steps)], capture_output=True, text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"{stage} {setting}: the child failed (exit {proc.returncode})")
+            rows.append({**json.loads(line.removeprefix("RESULT ")), "command": command})
+            print(json.dumps(rows[-1]), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": "flock /tmp/rlhf-cpu.lock python benchmarks/qlora_memory.py " + " ".join(sys.argv[1:]),
-              "model": args.model, "rows": rows}
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    rows.sort(key=lambda r: (order[r["stage"]], list(SETTINGS).index(r["setting"])))
+    record = {"model": args.model, "rows": rows}
     out.write_text(json.dumps(record, indent=2))
-    out.with_suffix(".md").write_text(f"# QLoRA memory on CPU ({args.model}, LoRA on every layer, "
-                                      f"{args.steps} steps of batch 4)\n\n`{record['command']}`\n\n{table(rows)}")
-    print(table(rows))
+    text = f"# QLoRA memory on CPU ({args.model})\n"
+    for stage in STAGES:
+        part = [r for r in rows if r["stage"] == stage]
+        if part:
+            commands = "\n".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in part))
+            text += f"\n## {WHAT[stage]}, {part[0]['steps']} steps\n\n{commands}\n\n{table(part)}"
+    out.with_suffix(".md").write_text(text)
+    print(text)
     return 0
 
 

@@ -23,7 +23,7 @@ from rlhf.datatools import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixture
 from rlhf.sft.forgetting import truthfulqa_mc1
-from rlhf.quantization import check_backend, load_kwargs as quantized_load_kwargs
+from rlhf.quantization import check_backend, keep_backward, load_kwargs as quantized_load_kwargs
 from rlhf.runtime import use_bf16
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, checkpoint_step, from_rank_zero, init_distributed,
                               perplexity, planned_steps, ranks_in_sync, resolve_run, save_final, train_device)
@@ -51,7 +51,8 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     # 2. base model and tokenizer (fp32 master weights unless told otherwise; frozen and quantized for QLoRA)
     tokenizer = load_tokenizer(cfg.model.name)
     dtype = getattr(torch, cfg.model.dtype)
-    model = load_causal_lm(cfg.model.name, dtype=dtype, **quantized_load_kwargs(cfg.model.quantization, dtype))
+    model = keep_backward(load_causal_lm(cfg.model.name, dtype=dtype,
+                                         **quantized_load_kwargs(cfg.model.quantization, dtype)))
 
     # 3. data: the weighted training mixture and the dev split, tokenized with the assistant-only mask
     train = training_mixture(cfg.data, cfg.run.seed)

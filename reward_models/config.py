@@ -7,6 +7,7 @@ from typing import Literal
 from reward_models.types import HEADS
 from rlhf.config import RunConfig
 from rlhf.lora import LoraConfig
+from rlhf.quantization import Quantization, frozen_base_error, quantization_field
 from rlhf.runtime import Precision
 from rlhf.sources import PreferenceSourcesConfig
 
@@ -30,6 +31,9 @@ class ModelConfig:
     freeze_backbone: bool = field(
         default=False,
         metadata={"help": "train only the score head on the backbone's features (a linear probe); needs lora off"})
+    # QLoRA: the backbone quantized and frozen, LoRA and the heads in float; final/ then holds the adapter and
+    # heads and names the float backbone, quantized again when loaded (reward_models.model.save_reward_model)
+    quantization: Quantization = quantization_field()
 
 
 @dataclass
@@ -134,3 +138,7 @@ class RewardStageConfig:
     role: Literal["proxy", "gold"] = field(
         default="proxy",
         metadata={"help": "gold: a judge for `rlhf eval --gold.model`, refused by every training stage"})
+
+    def __post_init__(self) -> None:
+        if self.model.quantization != "none" and not self.model.lora.enabled:
+            raise frozen_base_error("model.quantization", self.model.quantization, "model.lora.enabled true")

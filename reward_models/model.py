@@ -2,7 +2,10 @@
 
 It IS an ``AutoModelForSequenceClassification`` with ``num_labels=3`` and ``id2label`` naming the
 heads, saved as a normal HF folder, plus ``reward_config.json`` (:class:`ScoringConfig`: head
-weights, normalisation statistics, toxicity settings, input format, lengths).
+weights, normalisation statistics, toxicity settings, input format, lengths). A model trained on a
+quantized backbone (QLoRA) is saved as its LoRA adapter and heads instead (PEFT's ``adapter_config.json``
+and ``adapter_model.safetensors``), naming the float backbone, which loading quantizes again: folding the
+adapters into 4-bit weights would round the update away.
 
 * Encoders (BERT, MiniLM): the model's own pooled output ([CLS] -> pooler -> classifier).
 * Causal LMs (SmolLM2, Llama ...): the score is read at the last real token, found from the
@@ -33,6 +36,9 @@ from rlhf.config import from_dict
 from rlhf.lora import LoraConfig, add_lora
 
 REWARD_CONFIG = "reward_config.json"
+# The heads: ``score`` on causal LMs, ``classifier`` on encoders. New and trained, they stay float under a
+# quantized backbone (bitsandbytes would otherwise quantize an encoder's freshly initialised classifier).
+HEAD_MODULES = ("score", "classifier")
 Pooling = Literal["model", "last_token"]
 
 
@@ -54,6 +60,10 @@ class ScoringConfig:
     # "gold": trained to judge (``rlhf eval --gold.model``); every training stage refuses it, so no policy is
     # ever optimised against the judge that measures it.
     role: Literal["proxy", "gold"] = "proxy"
+    # QLoRA: the backbone was quantized; the folder holds adapters + heads over ``backbone`` (float, quantized again
+    # when loaded). "none": the folder holds the whole model.
+    quantization: str = "none"
+    backbone: str = ""
 
     def save(self, folder: str | Path) -> None:
         Path(folder, REWARD_CONFIG).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
@@ -124,21 +134,41 @@ def head_config_kwargs() -> dict:
 
 
 def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: int = 384,
-                     min_prompt_tokens: int = 64, freeze_backbone: bool = False,
+                     min_prompt_tokens: int = 64, freeze_backbone: bool = False, quantization: str = "none",
                      ) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
     """A fresh reward model on ``backbone`` with untrained heads, its encoder, and its scoring config.
 
     ``backbone`` may be a PEFT adapter folder, such as the SFT stage's ``final/``: its base is loaded with the
     adapter merged in, and the adapter folder's tokenizer is used (``rlhf.policies``). ``freeze_backbone``:
-    only the score head trains (a linear probe on the backbone's features)."""
+    only the score head trains (a linear probe on the backbone's features). ``quantization`` (4bit, 8bit):
+    the backbone is loaded quantized and frozen (``rlhf.quantization``); only LoRA and the heads train."""
+    if quantization != "none" and not (lora is not None and lora.enabled):
+        raise ValueError(f"model.quantization: a {quantization} backbone is frozen; it needs LoRA adapters")
+    model, tokenizer, causal, source = _classifier(backbone, quantization)
+    reward_model, encoder, scoring = _finish(source, model, tokenizer, causal, lora, max_length, min_prompt_tokens,
+                                             freeze_backbone)
+    if quantization != "none":
+        # a zoo name or hub id stays a name; a folder is written absolute, so final/ loads from anywhere
+        scoring.quantization = quantization
+        folder = Path(backbone).expanduser()
+        scoring.backbone = str(folder.resolve()) if folder.is_dir() else backbone
+    return reward_model, encoder, scoring
+
+
+def _classifier(backbone: str, quantization: str = "none"):
+    """(sequence classifier with fresh heads, tokenizer, is-causal, name) for ``backbone``, quantized as asked."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from rlhf.policies import adapter_folder
+    from rlhf.quantization import keep_backward, load_kwargs, quantized_copy
     from rlhf.zoo import load_model, load_tokenizer, resolve_model
 
     adapter = adapter_folder(resolve_model(backbone)) if Path(backbone).expanduser().is_dir() else None
     if adapter is not None:
-        return _reward_model_from_adapter(adapter, lora, max_length, min_prompt_tokens, freeze_backbone)
+        model, tokenizer = _classifier_from_adapter(adapter)
+        if quantization != "none":  # merged in float in memory; bitsandbytes quantizes only while loading
+            model = quantized_copy(model, quantization, AutoModelForSequenceClassification, keep_float=HEAD_MODULES)
+        return keep_backward(model), tokenizer, True, str(adapter)
     tokenizer = load_tokenizer(backbone)
     causal = is_causal_lm(AutoConfig.from_pretrained(resolve_model(backbone)).model_type)
     extra = {}
@@ -146,13 +176,13 @@ def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: 
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         extra["pad_token_id"] = tokenizer.pad_token_id
-    model = load_model(backbone, AutoModelForSequenceClassification, **head_config_kwargs(), **extra)
-    return _finish(backbone, model, tokenizer, causal, lora, max_length, min_prompt_tokens, freeze_backbone)
+    model = load_model(backbone, AutoModelForSequenceClassification, **head_config_kwargs(), **extra,
+                       **load_kwargs(quantization, keep_float=HEAD_MODULES))
+    return keep_backward(model), tokenizer, causal, backbone
 
 
-def _reward_model_from_adapter(adapter: Path, lora: LoraConfig | None, max_length: int, min_prompt_tokens: int,
-                               freeze_backbone: bool) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
-    """A reward model whose backbone is a causal LM with a PEFT adapter merged in (the SFT policy)."""
+def _classifier_from_adapter(adapter: Path):
+    """A sequence classifier whose backbone is a causal LM with a PEFT adapter merged in (the SFT policy)."""
     from transformers import AutoModelForSequenceClassification
 
     from rlhf.policies import _load_weights, _tokenizer_source
@@ -169,7 +199,7 @@ def _reward_model_from_adapter(adapter: Path, lora: LoraConfig | None, max_lengt
     # The sequence classifier shares the causal LM's backbone module (``model``): the merged weights go there;
     # the score head keeps its fresh initialisation.
     getattr(model, prefix).load_state_dict(getattr(policy, prefix).state_dict())
-    return _finish(str(adapter), model, tokenizer, True, lora, max_length, min_prompt_tokens, freeze_backbone)
+    return model, tokenizer
 
 
 def _finish(backbone: str, model, tokenizer, causal: bool, lora: LoraConfig | None, max_length: int,
@@ -199,8 +229,18 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, PairEncoder, Scori
 
     path = Path(path)
     scoring = ScoringConfig.load(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if scoring.quantization != "none":  # adapters + heads over the float backbone, quantized again here
+        from peft import PeftModel
+
+        from rlhf.quantization import check_backend
+
+        check_backend(scoring.quantization, f"{path / REWARD_CONFIG}: quantization")
+        base, _, _, _ = _classifier(scoring.backbone, scoring.quantization)
+        model = PeftModel.from_pretrained(base, str(path))  # LoRA and the trained heads (peft's modules_to_save)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+    config = model.config
+    names = [config.id2label[i] for i in range(config.num_labels)]
     if names != scoring.heads:
         raise ValueError(f"{path}: model heads {names} do not match reward_config.json heads {scoring.heads}")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -209,15 +249,21 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, PairEncoder, Scori
 
 
 def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: ScoringConfig, out_dir: str | Path) -> Path:
-    """Write a plain HF folder (LoRA merged in) + tokenizer + reward_config.json, atomically."""
+    """Write a plain HF folder (LoRA merged in) + tokenizer + reward_config.json, atomically; a quantized
+    backbone's model as its adapter and heads instead (``scoring.backbone`` names the float backbone)."""
+    from rlhf.quantization import is_quantized
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     hf = model.model
-    if hasattr(hf, "merge_and_unload"):  # LoRA: fold the adapters into the weights of a copy
+    quantized = is_quantized(model.hf_model)
+    if hasattr(hf, "merge_and_unload") and not quantized:  # LoRA: fold the adapters into the weights of a copy
         hf = copy.deepcopy(hf).merge_and_unload()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         hf.save_pretrained(tmp)
+        if quantized:  # peft wrote where the quantized base was read from; the float backbone is what loads
+            _name_base(tmp, scoring.backbone)
         encoder.tokenizer.save_pretrained(tmp)
         scoring.save(tmp)
         if out_dir.exists():
@@ -227,6 +273,13 @@ def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: Scoring
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _name_base(adapter_dir: Path, backbone: str) -> None:
+    config_file = adapter_dir / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = backbone
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def autocast(device: torch.device, bf16: bool):

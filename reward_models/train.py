@@ -27,9 +27,10 @@ from reward_models import trunk_cache
 from reward_models.encoding import Encoded
 from reward_models.evaluation import normalisation_stats, pair_accuracy
 from reward_models.losses import pairwise_correct, pairwise_loss
-from reward_models.model import RewardModel, autocast, new_reward_model, save_reward_model
+from reward_models.model import HEAD_MODULES, RewardModel, autocast, new_reward_model, save_reward_model
 from reward_models.types import HEADS
 from rlhf.config import ConfigError, RunConfig
+from rlhf.quantization import check_backend
 from rlhf.records import PreferenceRecord
 from rlhf.runtime import fresh_accelerator_state, use_bf16
 from rlhf.tracking import MetricsLogger, make_run_dir
@@ -113,7 +114,7 @@ def optimizer_groups(model: RewardModel, cfg: RewardStageConfig) -> list[dict]:
     head, body = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (head if any(part in ("classifier", "score") for part in name.split(".")) else body).append(param)
+            (head if any(part in HEAD_MODULES for part in name.split(".")) else body).append(param)
     head_lr = cfg.train.head_lr or cfg.train.lr
     return [g for g in ({"params": body, "lr": cfg.train.lr}, {"params": head, "lr": head_lr}) if g["params"]]
 
@@ -170,6 +171,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     started = time.perf_counter()
     if cfg.model.freeze_backbone and cfg.model.lora.enabled:
         raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
+    check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
     # cpu=True on CPU machines: without it, accelerate 1.15 under torchrun sees no process group and every rank
     # runs as a lone "main" process (each trains on everything and they race to write the same files).
     fresh_accelerator_state()  # not an earlier stage's mixed precision (rlhf.runtime)
@@ -187,7 +189,8 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
 
     # 3. model with three heads, and the training set tokenised once (prompts cut from the left)
     model, encoder, scoring = new_reward_model(cfg.model.backbone, cfg.model.lora, cfg.model.max_length,
-                                               cfg.model.min_prompt_tokens, cfg.model.freeze_backbone)
+                                               cfg.model.min_prompt_tokens, cfg.model.freeze_backbone,
+                                               cfg.model.quantization)
     scoring.weights = _check_weights(cfg.composite.weights)
     scoring.toxicity = _absolute_paths(cfg.toxicity)
     data = encode_pairs(encoder, train_pairs)

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from reward_models.encoding import Encoded, collate
+from rlhf.quantization import quant_stats
 
 MAGIC = b"RLHFTRNK"
 VERSION = 1
@@ -206,9 +207,11 @@ def backbone_key(model, trunk: TrunkSpec) -> str:
     for name, param in backbone_of(model).named_parameters():
         if param.requires_grad:
             continue  # trainable weights change during training; they are above the trunk
-        tensor = param.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # a quantized weight's values are its packed data and its scales (rlhf.quantization.quant_stats)
+        for tensor in (param, *quant_stats(param)):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 

@@ -26,7 +26,9 @@ class ExportError(ValueError):
 def model_folder(path: Path) -> Path:
     """The folder with the model files: ``path`` itself, or a run folder's ``final/``."""
     for folder in (path, path / "final"):
-        if any((folder / name).is_file() for name in ("config.json", "adapter_config.json", "reward_config.json")):
+        # adapter/ alone: an RL policy trained on a quantized base (nothing merged; rlhf.ppo.checkpoint.save_final)
+        if any((folder / name).is_file() for name in ("config.json", "adapter_config.json", "reward_config.json",
+                                                       "adapter/adapter_config.json")):
             return folder
     raise ExportError(f"{path}: neither a model folder (config.json / adapter_config.json) nor a run with final/")
 

@@ -86,3 +86,25 @@ def test_qlora_trains_adapters_on_a_4bit_base_and_final_loads(tmp_path):
     out = generate_chat(policy.model, policy.tokenizer, [[{"role": "user", "content": "Hello"}]],
                         GenerationSettings(max_new_tokens=4, do_sample=False))
     assert len(out) == 1
+
+
+def test_adapters_below_a_4bit_layer_still_learn_after_an_eval_forward():
+    """bitsandbytes repacks a 4-bit weight for CPU inference at its first no-grad eval forward (AVX512-BF16
+    machines), and that layout has no backward; keep_backward stops it, so q_proj's LoRA, whose only way to the
+    loss crosses the quantized o_proj and MLP, keeps its gradient after an eval loss or a rollout."""
+    needs_bitsandbytes()
+    from rlhf.lora import LoraConfig, add_lora
+    from rlhf.quantization import keep_backward
+    from rlhf.zoo import load_causal_lm
+
+    torch.manual_seed(0)
+    model = add_lora(keep_backward(load_causal_lm("tiny-llama", **load_kwargs("4bit"))),
+                     LoraConfig(target_modules=["q_proj"]))
+    ids = torch.arange(3, 20).unsqueeze(0)  # (1, 17)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # what an eval loss, a dev score or a rollout does before the updates
+    model.train()
+    model(input_ids=ids).logits.square().mean().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)

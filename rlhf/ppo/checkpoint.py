@@ -198,7 +198,8 @@ def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
 def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
     """``out_dir/adapter`` (PEFT LoRA whose base is the SFT model, see :func:`point_adapter_at_sft`),
     ``value_head.safetensors`` (PPO) and, with ``merged``, the policy with SFT + RL weights merged as a plain
-    HF folder (what evaluation loads). Merging consumes the adapters: call this last."""
+    HF folder (what evaluation loads; not for a quantized base, whose final/ loads through its adapter).
+    Merging consumes the adapters: call this last."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -211,7 +212,7 @@ def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
         if model.value_head is not None:
             save_file({k: v.contiguous().cpu() for k, v in model.value_head.state_dict().items()},
                       str(out_dir / "value_head.safetensors"))
-        if merged:
+        if merged and not model.quantized:  # merged into 4-/8-bit weights the RL update would be rounded away
             model.policy.merge_and_unload().save_pretrained(out_dir)
         trainer.tokenizer.save_pretrained(out_dir)
     acc.wait_for_everyone()

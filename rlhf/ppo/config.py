@@ -11,6 +11,7 @@ from rlhf.config import ConfigError, RunConfig
 from rlhf.generation import GenerationSettings
 from rlhf.lora import LoraConfig
 from rlhf.ppo.advantages import ESTIMATORS
+from rlhf.quantization import Quantization, frozen_base_error, quantization_field
 from rlhf.runtime import Precision
 
 
@@ -26,6 +27,9 @@ class PolicySection:
     critic: str = field(
         default="",
         metadata={"help": "empty: a value head on the policy's backbone (one forward); else a separate critic model"})
+    # QLoRA: the SFT start (and a separate critic) loaded quantized and frozen under the LoRA; the fast sampler's
+    # tricks need float weights, so rollouts then use the plain sampler, unpacked (rlhf.ppo.policy)
+    quantization: Quantization = quantization_field()
     precision: Precision = field(
         default="auto",
         metadata={"help": "bf16 frozen weights (trainable ones fp32) or fp32; auto: bf16 where matmuls are native"})
@@ -240,6 +244,8 @@ class RLStageConfig:
         if self.policy.critic and not estimator.needs_values:
             raise ConfigError(f"policy.critic: {rl.algo} is critic-free (no value function); leave policy.critic empty "
                               "or use rl.algo ppo")
+        if self.policy.quantization != "none" and not self.lora.enabled:
+            raise frozen_base_error("policy.quantization", self.policy.quantization, "lora.enabled true")
         if not self.lora.enabled:
             raise ConfigError("lora.enabled: stage 3 trains LoRA adapters only (the reference is the adapters switched off)")
         rollouts = self.rollouts_per_step

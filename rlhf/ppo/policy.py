@@ -37,24 +37,31 @@ ADAPTER_CONFIG = "adapter_config.json"
 # ---------------------------------------------------------------- loading the SFT start
 
 
-def load_sft_model(model: str, sft_adapter: str = "", dtype: torch.dtype = torch.float32):
+def load_sft_model(model: str, sft_adapter: str = "", dtype: torch.dtype = torch.float32, quantization: str = "none"):
     """The SFT policy as one plain causal LM: merged weights, or base + SFT adapter merged in memory.
 
     ``model`` may itself be an adapter folder (it has ``adapter_config.json``): its base is loaded and
-    the adapter merged. Merging happens in float32, then the weights are cast to ``dtype``.
-    """
+    the adapter merged. Merging happens in float32, then the weights are cast to ``dtype``, or, with
+    ``quantization`` (4bit, 8bit), quantized by bitsandbytes with ``dtype`` as the compute dtype (QLoRA)."""
+    from rlhf.quantization import keep_backward, load_kwargs, quantized_copy
+
     path = resolve_model(model)
     adapter = sft_adapter
     if not adapter and (Path(path) / ADAPTER_CONFIG).is_file():
         adapter, path = path, _adapter_base(Path(path))
     if not adapter:
-        return load_causal_lm(path, dtype=dtype)
+        return keep_backward(load_causal_lm(path, dtype=dtype, **load_kwargs(quantization, dtype)))
+    from transformers import AutoModelForCausalLM
+
     from rlhf.policies import merged_adapter
 
     if not (Path(adapter) / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"policy.sft_adapter: {adapter} has no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
     base = load_causal_lm(path, dtype=torch.float32)
-    return merged_adapter(base, adapter).to(dtype)
+    merged = merged_adapter(base, adapter)
+    if quantization != "none":  # the merge needs float weights; bitsandbytes quantizes only while loading
+        return quantized_copy(merged, quantization, AutoModelForCausalLM, dtype, dtype=dtype)
+    return merged.to(dtype)
 
 
 def _adapter_base(adapter: Path) -> str:
@@ -112,6 +119,13 @@ class PolicyModel(nn.Module):
     @property
     def config(self):
         return self.causal_lm.config
+
+    @property
+    def quantized(self) -> bool:
+        """The base weights are bitsandbytes-quantized (QLoRA): the fast sampler's tricks need float ones."""
+        from rlhf.quantization import is_quantized
+
+        return is_quantized(self.causal_lm)
 
     def _hidden(self, lm, input_ids, attention_mask, response_start, trunk_hidden=None):
         """Last hidden states of the states that predict each response token: (B, R, H).
@@ -267,21 +281,28 @@ def build_policy_model(cfg: RLStageConfig, dtype: torch.dtype) -> "PolicyModel":
 def build_actor_critic(policy_cfg: PolicySection, lora: LoraConfig, dtype: torch.dtype,
                        value_head: bool = True) -> "PolicyModel":
     """Load the SFT start, add the LoRA (and the critic's, when separate); only those and the head train."""
-    base = load_sft_model(policy_cfg.model, policy_cfg.sft_adapter, dtype)
+    kind = policy_cfg.quantization
+    base = load_sft_model(policy_cfg.model, policy_cfg.sft_adapter, dtype, kind)
     policy = add_lora(base, lora)
     critic = None
     if policy_cfg.critic:
-        critic = add_lora(load_sft_model(policy_cfg.critic, "", dtype), lora)
+        critic = add_lora(load_sft_model(policy_cfg.critic, "", dtype, kind), lora)
     model = PolicyModel(policy, critic, value_head=value_head)
     disable_dropout(model)
-    model.use_packing(policy_cfg.pack_sequences)
-    model.use_frozen_trunk(policy_cfg.reuse_trunk and policy_cfg.sampler == "fast")
+    fast = policy_cfg.sampler == "fast"
+    if model.quantized and (fast or policy_cfg.pack_sequences):
+        # Merging LoRA into 4-/8-bit weights cannot be undone exactly (and would round the delta away); packing,
+        # the trunk reuse and the oneDNN LM head are only proven on float weights: make_sampler falls back too.
+        print(f"[rl] policy.quantization {kind}: the fast sampler (merged LoRA, frozen trunk, oneDNN LM head) and "
+              "packing need float weights; rollouts use the plain sampler, unpacked", file=sys.stderr)
+    model.use_packing(policy_cfg.pack_sequences and not model.quantized)
+    model.use_frozen_trunk(policy_cfg.reuse_trunk and fast and not model.quantized)
     if policy_cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"[rl] policy {policy_cfg.model}{' + ' + policy_cfg.sft_adapter if policy_cfg.sft_adapter else ''}: "
-          f"{trainable:,} trainable of {total:,} parameters ({dtype}"
+          f"{trainable:,} trainable of {total:,} parameters ({dtype}{f', base {kind}' if kind != 'none' else ''}"
           f"{', value head' if model.value_head is not None else ', no value head'})"
           + (f"; frozen trunk: layers 0-{model.trunk_depth - 1} run once per rollout" if model.trunk_depth else ""),
           file=sys.stderr)

@@ -182,10 +182,11 @@ def merged_adapters(peft_model):
 
 
 def make_sampler(model: PolicyModel, kind: str = "fast", merge_lora: bool = True):
-    """The rollout sampler named by ``policy.sampler``."""
+    """The rollout sampler named by ``policy.sampler``; the plain one for a quantized base, whose weights the
+    fast sampler's merged LoRA cannot fold into (``rlhf.ppo.policy.build_actor_critic`` says so once)."""
     from rlhf.sampling import PlainSampler
 
-    if kind == "plain":
+    if kind == "plain" or (kind == "fast" and model.quantized):
         return PlainSampler(model.policy)
     if kind == "fast":
         return FastSampler(model, merge_lora)

@@ -7,7 +7,7 @@ from typing import Literal
 from rlhf.config import ConfigError, RunConfig
 from rlhf.generation import GenerationSettings
 from rlhf.lora import LoraConfig
-from rlhf.quantization import Quantization
+from rlhf.quantization import Quantization, frozen_base_error, quantization_field
 from rlhf.runtime import Precision
 
 
@@ -20,10 +20,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = field(
         default="float32",
         metadata={"help": "dtype of the stored weights; float32 master weights train best"})
-    quantization: Quantization = field(
-        default="none",
-        metadata={"help": "load the frozen base quantized (bitsandbytes) under the adapters: 4bit = QLoRA's NF4, "
-                          "8bit = LLM.int8"})
+    quantization: Quantization = quantization_field()
 
 
 @dataclass
@@ -130,8 +127,8 @@ class SFTStageConfig:
 
     def __post_init__(self) -> None:
         if self.model.quantization != "none" and self.method == "full":
-            raise ConfigError(f"model.quantization: a {self.model.quantization} base is frozen; train adapters on it "
-                              "(lora.enabled true, or prompt_tuning.enabled true) or use quantization none")
+            raise frozen_base_error("model.quantization", self.model.quantization,
+                                    "lora.enabled true, or prompt_tuning.enabled true")
         if self.model.quantization != "none" and self.train.save_merged:
             raise ConfigError("train.save_merged: merging into quantized weights would round the update away; "
                               "merge the adapter onto the unquantized base instead (final/ names it)")
