@@ -34,6 +34,7 @@ from reward_models.encoding import Encoded, InputFormat, PairEncoder, collate
 from reward_models.types import HEADS
 from rlhf.config import from_dict
 from rlhf.lora import LoraConfig, add_lora
+from rlhf.quantization import frozen_base_error
 
 REWARD_CONFIG = "reward_config.json"
 # The heads: ``score`` on causal LMs, ``classifier`` on encoders. New and trained, they stay float under a
@@ -142,8 +143,8 @@ def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: 
     adapter merged in, and the adapter folder's tokenizer is used (``rlhf.policies``). ``freeze_backbone``:
     only the score head trains (a linear probe on the backbone's features). ``quantization`` (4bit, 8bit):
     the backbone is loaded quantized and frozen (``rlhf.quantization``); only LoRA and the heads train."""
-    if quantization != "none" and not (lora is not None and lora.enabled):
-        raise ValueError(f"model.quantization: a {quantization} backbone is frozen; it needs LoRA adapters")
+    if quantization != "none" and not (lora is not None and lora.enabled):  # as RewardStageConfig refuses it
+        raise frozen_base_error("model.quantization", quantization, "model.lora.enabled true")
     model, tokenizer, causal, source = _classifier(backbone, quantization)
     reward_model, encoder, scoring = _finish(source, model, tokenizer, causal, lora, max_length, min_prompt_tokens,
                                              freeze_backbone)
@@ -251,6 +252,7 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, PairEncoder, Scori
 def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: ScoringConfig, out_dir: str | Path) -> Path:
     """Write a plain HF folder (LoRA merged in) + tokenizer + reward_config.json, atomically; a quantized
     backbone's model as its adapter and heads instead (``scoring.backbone`` names the float backbone)."""
+    from rlhf.policies import set_adapter_base
     from rlhf.quantization import is_quantized
 
     out_dir = Path(out_dir)
@@ -263,7 +265,7 @@ def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: Scoring
     try:
         hf.save_pretrained(tmp)
         if quantized:  # peft wrote where the quantized base was read from; the float backbone is what loads
-            _name_base(tmp, scoring.backbone)
+            set_adapter_base(tmp, scoring.backbone)
         encoder.tokenizer.save_pretrained(tmp)
         scoring.save(tmp)
         if out_dir.exists():
@@ -273,13 +275,6 @@ def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: Scoring
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _name_base(adapter_dir: Path, backbone: str) -> None:
-    config_file = adapter_dir / "adapter_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = backbone
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def autocast(device: torch.device, bf16: bool):

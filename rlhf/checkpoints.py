@@ -27,6 +27,13 @@ MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path``'s text in one step: a reader (or a killed run) sees the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class CheckpointError(ConfigError):
     """No usable checkpoint where ``--resume`` points (one line, exit 2 through ``stage_cli``)."""
 

@@ -56,6 +56,18 @@ def adapter_base(path: str | Path) -> str:
     return str(relative) if not Path(base).is_absolute() and relative.is_dir() else base
 
 
+def set_adapter_base(adapter_dir: str | Path, base: str) -> None:
+    """Name ``base`` as the model an adapter folder goes on (``base_model_name_or_path``, what peft and
+    :func:`adapter_base` read). peft writes the name of the model it wrapped, which is wrong when the adapter was
+    trained on weights built in memory: an SFT adapter merged in, or a backbone quantized while loading."""
+    from rlhf.checkpoints import write_text_atomic
+
+    config_file = Path(adapter_dir) / ADAPTER_CONFIG
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    write_text_atomic(config_file, json.dumps(config, indent=2, sort_keys=True))
+
+
 def is_prompt_learning(adapter: str | Path) -> bool:
     """Whether an adapter folder holds a soft prompt (prompt tuning) rather than weight deltas such as LoRA."""
     from peft import PeftConfig

@@ -6,7 +6,6 @@ maps our config onto ``DPOConfig``, renames TRL's logs into our namespaces (``lo
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +13,7 @@ from transformers import TrainerCallback
 
 from rlhf.dpo.config import DPOStageConfig
 from rlhf.lora import peft_lora_config
+from rlhf.policies import set_adapter_base
 from rlhf.sft.trainer import CheckpointManifest, MetricsLoggerCallback, common_training_args
 from rlhf.runtime import fresh_accelerator_state
 from rlhf.threads import ThreadGovernor
@@ -89,11 +89,8 @@ def save_final(trainer, tokenizer, cfg: DPOStageConfig, run_dir: Path) -> dict[s
         return paths
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(paths["adapter"])
-    config_file = final / "adapter" / "adapter_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8"))
     # The merged SFT weights in memory carry the base model's name; the adapter was trained on the SFT policy.
-    config["base_model_name_or_path"] = adapter_base_path(cfg)
-    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    set_adapter_base(paths["adapter"], adapter_base_path(cfg))
     if cfg.train.save_merged:
         model.merge_and_unload().save_pretrained(final)
     tokenizer.save_pretrained(final)

@@ -12,7 +12,6 @@ the newest intact checkpoint, naming the bad file.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -35,12 +34,6 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,7 +68,7 @@ def commit(run_dir: str | Path, tmp: Path, step: int, keep: int) -> Path:
     root = checkpoint_root(run_dir)
     final = checkpoints.commit_folder(tmp, root / step_dir_name(step))
     checkpoints.drop_newer(root, "step-", step)  # left by a run that resumed from an earlier checkpoint
-    write_text_atomic(root / LATEST, final.name)
+    checkpoints.write_text_atomic(root / LATEST, final.name)
     if keep > 0:
         for old in sorted(root.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -180,7 +173,8 @@ def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
     raw base's name into ``adapter_config.json``, which would silently drop the SFT weights. The base becomes
     the SFT folder (absolute: peft resolves it from the working directory), or a merged copy saved beside the
     adapter in ``../sft-base`` when the SFT was an adapter. Returns the base written."""
-    from rlhf.ppo.policy import ADAPTER_CONFIG, load_sft_model
+    from rlhf.policies import set_adapter_base
+    from rlhf.ppo.policy import load_sft_model
 
     base = sft_start_folder(policy_cfg)
     if base is None:
@@ -188,10 +182,7 @@ def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
         load_sft_model(policy_cfg.model, policy_cfg.sft_adapter).save_pretrained(folder)  # fp32, as on disk
         tokenizer.save_pretrained(folder)
         base = str(folder.resolve())
-    config_file = adapter_dir / ADAPTER_CONFIG
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = base
-    write_text_atomic(config_file, json.dumps(config, indent=2, sort_keys=True))
+    set_adapter_base(adapter_dir, base)
     return base
 
 
