@@ -22,19 +22,9 @@ sys.path.insert(0, str(ROOT))  # our package
 sys.path.insert(0, str(ROOT / "benchmarks"))  # common, as the other benchmarks import it
 
 from common import cpu_info, load_average  # noqa: E402
-from pipelines.compare import same_draw_deltas  # noqa: E402
+from pipelines.compare import paired_difference, same_draw_deltas, scores_by_variant  # noqa: E402
 from reward_models.scoring import RewardScorer  # noqa: E402
 from rlhf import metrics  # noqa: E402
-
-
-def paired_deltas(records: list[dict], baseline: str, key: str) -> dict[str, tuple[float, float, float]]:
-    """Per variant: mean and interval of its ``key`` minus the baseline variant's, prompt by prompt."""
-    by_variant: dict[str, dict[tuple, float]] = {}
-    for r in records:
-        by_variant.setdefault(r["variant"], {})[(r["source"], r["id"])] = r[key]
-    base = by_variant[baseline]
-    return {variant: metrics.mean_interval([mine[i] - base[i] for i in mine if i in base])
-            for variant, mine in by_variant.items() if variant != baseline}
 
 
 def main() -> None:
@@ -56,7 +46,9 @@ def main() -> None:
 
     baseline = next(v["key"] for v in results["variants"] if v["policy"] == results.get("baseline", "sft")
                     and v.get("decoding") == "sampled" and not v.get("best_of") and not v.get("shots"))
-    vs_sft = paired_deltas(records, baseline, "judge/composite")
+    by_variant = scores_by_variant(records, "judge/composite")
+    vs_sft = {variant: paired_difference(mine, by_variant[baseline]) for variant, mine in by_variant.items()
+              if variant != baseline}
     same_draw = same_draw_deltas(results, records, judge="judge")
     fmt = "{:.3f} [{:.3f}, {:.3f}]".format
     lines = [f"# {run.name} rejudged by `{args.judge}`", "",
@@ -69,7 +61,7 @@ def main() -> None:
     for variant in dict.fromkeys(r["variant"] for r in records):
         mine = [r["judge/composite"] for r in records if r["variant"] == variant]
         lines.append(f"| {variant} | {len(mine)} | {fmt(*metrics.mean_interval(mine))} | "
-                     f"{fmt(*vs_sft[variant]) if variant in vs_sft else '–'} | "
+                     f"{fmt(*vs_sft[variant]) if vs_sft.get(variant) else '–'} | "
                      f"{fmt(*same_draw[variant]) if variant in same_draw else '–'} |")
     lines += ["", "Composite on the judge's own scale (its heads standardised on its dev split). An interval that "
                   "crosses 0 is no gain shown."]

@@ -136,17 +136,29 @@ def _cell(numbers: dict, key: str, digits: int = 3) -> str:
     return f"{numbers[key]:.{digits}f}{interval}"
 
 
-def same_draw_deltas(results: dict, records: list[dict], judge: str = "gold") -> dict[str, tuple[float, float, float]]:
-    """Per best-of-n variant: the paired difference of its ``judge`` composite to best-of-1 of the SAME draw
-    (mean, low, high over prompts). Best-of-1 is a plain sample of the policy, so this isolates what the
-    selection gained from the draw-to-draw noise that a comparison with the plain sampled run also carries."""
-    from rlhf import metrics
-
-    key = f"{judge}/composite"
+def scores_by_variant(records: list[dict], key: str) -> dict[str, dict[tuple, float]]:
+    """``key`` of every saved sample, by variant and then by prompt (source, id)."""
     by_variant: dict[str, dict[tuple, float]] = {}
     for r in records:
         if key in r:
             by_variant.setdefault(r["variant"], {})[(r["source"], r["id"])] = r[key]
+    return by_variant
+
+
+def paired_difference(mine: dict[tuple, float], base: dict[tuple, float],
+                      confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """(mean, low, high) of ``mine - base`` over the prompts both scored; None with fewer than two."""
+    from rlhf import metrics
+
+    diffs = [mine[item] - base[item] for item in mine if item in base]
+    return metrics.mean_interval(diffs, confidence) if len(diffs) > 1 else None
+
+
+def same_draw_deltas(results: dict, records: list[dict], judge: str = "gold") -> dict[str, tuple[float, float, float]]:
+    """Per best-of-n variant: the paired difference of its ``judge`` composite to best-of-1 of the SAME draw
+    (mean, low, high over prompts). Best-of-1 is a plain sample of the policy, so this isolates what the
+    selection gained from the draw-to-draw noise that a comparison with the plain sampled run also carries."""
+    by_variant = scores_by_variant(records, f"{judge}/composite")
     out = {}
     for group in results.get("best_of_n") or []:
         first = next((r for r in group["per_n"] if r["n"] == 1), None)
@@ -154,10 +166,9 @@ def same_draw_deltas(results: dict, records: list[dict], judge: str = "gold") ->
             continue
         base = by_variant.get(first["variant"], {})
         for r in group["per_n"]:
-            mine = by_variant.get(r["variant"], {})
-            diffs = [mine[item] - base[item] for item in mine if item in base]
-            if r["n"] > 1 and len(diffs) > 1:
-                out[r["variant"]] = metrics.mean_interval(diffs, results.get("confidence", 0.95))
+            delta = paired_difference(by_variant.get(r["variant"], {}), base, results.get("confidence", 0.95))
+            if r["n"] > 1 and delta is not None:
+                out[r["variant"]] = delta
     return out
 
 
