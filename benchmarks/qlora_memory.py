@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # common, as the other benchmarks import it
+
+import common  # noqa: E402
 
 SETTINGS = {  # name -> (model.dtype, model.quantization)
     "fp32": ("float32", "none"),
@@ -36,15 +39,13 @@ STAGES = ("sft", "reward", "rl")
 
 
 def rss_mib() -> float:
-    """This process's resident set size now, in MiB (Linux /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    """This process's resident set size now, in MiB."""
+    return common.current_rss_bytes(os.getpid()) / 2**20
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak resident set since exec, in MiB (VmHWM: never the parent's pages a fork carried)."""
+    return common.own_peak_rss_bytes() / 2**20
 
 
 def child(stage: str, setting: str, model: str, steps: int) -> dict:
