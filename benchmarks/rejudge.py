@@ -25,6 +25,7 @@ from common import cpu_info, load_average  # noqa: E402
 from pipelines.compare import paired_difference, same_draw_deltas, scores_by_variant  # noqa: E402
 from reward_models.scoring import RewardScorer  # noqa: E402
 from rlhf import metrics  # noqa: E402
+from rlhf.tracking import read_metrics  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     run = Path(args.run)
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
-    records = [json.loads(line) for line in (run / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    records = read_metrics(run / "samples.jsonl")
 
     start = time.monotonic()
     scorer = RewardScorer.from_pretrained(args.judge, toxicity=None)

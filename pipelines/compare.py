@@ -23,6 +23,7 @@ from rlhf.evaluate import ALL, EvalConfig, EvalDataConfig, GoldConfig, PolicyCon
 from rlhf.generation import GenerationSettings
 from rlhf.records import DIMENSIONS as HEADS
 from rlhf.report import best_of_n_points, gold_peaks, plain_sampled, policy_points
+from rlhf.tracking import read_metrics
 
 DEFAULTS = None
 STAGE = "compare"
@@ -85,8 +86,6 @@ def method_runs(cfg: "CompareConfig") -> dict[str, Path]:
 def training_seconds(run_dir: Path) -> float | None:
     """A training run's wall time from its metrics: the TRL trainer's own total (``train/runtime_s``, DPO), else
     the sum of its steps' times (``time/step_s``, the RL stage)."""
-    from rlhf.tracking import read_metrics
-
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
@@ -242,7 +241,7 @@ def main(cfg: CompareConfig) -> Path:
     # 3. the comparison table, with each training run's wall time
     seconds = {method: training_seconds(run) for method, run in method_runs(cfg).items()}
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    records = read_metrics(run_dir / "samples.jsonl")
     table = write_comparison(run_dir, results, seconds, records)
     print(f"[compare] {table}", file=sys.stderr)
     return run_dir

@@ -280,6 +280,6 @@ def run_history(run_dir: str | Path, key: str) -> list[dict[str, Any]]:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``metrics.jsonl`` back (for reports and tests)."""
+    """Read a JSON-lines file the logger wrote back (``metrics.jsonl``, ``samples.jsonl`` ...; reports and tests)."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
