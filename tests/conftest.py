@@ -48,3 +48,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def bnb():
+    """bitsandbytes, or the test skips: it is the optional extra ``rlhf[qlora]``, which CI does not install."""
+    return pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'rlhf[qlora]')")

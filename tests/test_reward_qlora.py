@@ -24,10 +24,6 @@ TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "reward_t
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def needs_bitsandbytes():
-    return pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'rlhf[qlora]')")
-
-
 @pytest.mark.parametrize("flags, message", [
     (("--model.quantization", "4bit"), "model.quantization: a 4bit base is frozen; train adapters on it "
                                        "(model.lora.enabled true)"),
@@ -51,8 +47,7 @@ def test_a_missing_backend_is_one_line_before_any_model_loads(monkeypatch, capsy
 
 
 def test_qlora_reward_model_trains_adapters_and_heads_on_a_4bit_backbone_and_final_scores(tmp_path, monkeypatch,
-                                                                                          capsys):
-    bnb = needs_bitsandbytes()
+                                                                                          capsys, bnb):
     built = []
 
     def keep(*args, **kwargs):  # the stage's model, to compare its weights before and after training

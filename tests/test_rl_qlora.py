@@ -25,10 +25,6 @@ SMALL = ["--train.steps", "2", "--train.save_every", "0", "--train.sample_every"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def needs_bitsandbytes():
-    return pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'rlhf[qlora]')")
-
-
 def test_full_fine_tuning_of_a_quantized_base_is_one_line(capsys, tmp_path):
     assert cli(["--config", str(TINY), "--run.output_dir", str(tmp_path), "--policy.quantization", "4bit",
                 "--lora.enabled", "false"]) == 2
@@ -48,8 +44,7 @@ def test_a_missing_backend_is_one_line_before_any_model_loads(monkeypatch, capsy
     assert not any(tmp_path.iterdir())  # no run folder either
 
 
-def test_the_fast_sampler_switches_off_on_a_quantized_base(capsys):
-    bnb = needs_bitsandbytes()
+def test_the_fast_sampler_switches_off_on_a_quantized_base(capsys, bnb):
     from rlhf.ppo.policy import build_actor_critic
     from rlhf.ppo.sampler import FastSampler, make_sampler
     from rlhf.sampling import PlainSampler
@@ -71,8 +66,7 @@ def test_the_fast_sampler_switches_off_on_a_quantized_base(capsys):
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_rl_trains_lora_on_a_4bit_base_and_final_adapter_names_the_float_start(algo, tmp_path, tiny_llama_path,
-                                                                               monkeypatch):
-    bnb = needs_bitsandbytes()
+                                                                               monkeypatch, bnb):
     from rlhf.ppo import trainer as rl_trainer
     from rlhf.policies import load_policy
 

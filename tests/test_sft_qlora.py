@@ -20,10 +20,6 @@ TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "sft_tiny
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def needs_bitsandbytes():
-    return pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'rlhf[qlora]')")
-
-
 @pytest.mark.parametrize("flags, message", [
     (("--model.quantization", "4bit", "--lora.enabled", "false"), "model.quantization: a 4bit base is frozen"),
     (("--model.quantization", "4bit", "--train.save_merged", "true"), "train.save_merged: merging into quantized"),
@@ -42,8 +38,7 @@ def test_a_missing_backend_is_one_line(monkeypatch):
         check_backend("4bit")
 
 
-def test_8bit_and_4bit_bases_load_and_run_a_forward():
-    needs_bitsandbytes()
+def test_8bit_and_4bit_bases_load_and_run_a_forward(bnb):
     from rlhf.zoo import load_causal_lm
 
     ids = torch.arange(3, 20).unsqueeze(0)  # (1, 17)
@@ -57,9 +52,7 @@ def test_8bit_and_4bit_bases_load_and_run_a_forward():
             assert torch.isfinite(logits).all() and not torch.equal(logits, expected), kind
 
 
-def test_qlora_trains_adapters_on_a_4bit_base_and_final_loads(tmp_path):
-    needs_bitsandbytes()
-    import bitsandbytes as bnb
+def test_qlora_trains_adapters_on_a_4bit_base_and_final_loads(tmp_path, bnb):
 
     from pipelines.sft import main
     from rlhf.generation import GenerationSettings, generate_chat
@@ -88,11 +81,10 @@ def test_qlora_trains_adapters_on_a_4bit_base_and_final_loads(tmp_path):
     assert len(out) == 1
 
 
-def test_adapters_below_a_4bit_layer_still_learn_after_an_eval_forward():
+def test_adapters_below_a_4bit_layer_still_learn_after_an_eval_forward(bnb):
     """bitsandbytes repacks a 4-bit weight for CPU inference at its first no-grad eval forward (AVX512-BF16
     machines), and that layout has no backward; keep_backward stops it, so q_proj's LoRA, whose only way to the
     loss crosses the quantized o_proj and MLP, keeps its gradient after an eval loss or a rollout."""
-    needs_bitsandbytes()
     from rlhf.lora import LoraConfig, add_lora
     from rlhf.quantization import keep_backward
     from rlhf.zoo import load_causal_lm
