@@ -36,13 +36,10 @@ sys.path.insert(0, str(ROOT))  # `python benchmarks/sft_dialogsum.py` must find 
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measures (stemmed), in percent."""
-    from rouge_score import rouge_scorer
+    """Mean ROUGE-1/2/L F-measures (stemmed, rlhf.metrics.rouge as evaluation scores them), in percent."""
+    from rlhf import metrics
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
-    return {key: round(100 * statistics.mean(s[key].fmeasure for s in scores), 2)
-            for key in ("rouge1", "rouge2", "rougeL")}
+    return {key: round(100 * value, 2) for key, value in metrics.rouge(predictions, references).items()}
 
 
 def summarize(model, tokenizer, chats, settings, max_prompt_tokens: int) -> tuple[list[str], float]:
