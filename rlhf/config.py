@@ -314,8 +314,10 @@ def stage_cli(cls: type[T], defaults_file: str | Path | None, main, argv: Sequen
         print("\n".join(describe(cfg)))
         return 0
     from rlhf.runtime import launch_problem
+    from rlhf.sharding import SHARDED_STAGES
 
-    problem = launch_problem()  # a ZeRO/FSDP launch this machine cannot run: refused before any model or run folder
+    # A ZeRO/FSDP launch this machine (or this stage) cannot run: refused before any model or run folder.
+    problem = launch_problem(shards=cls.__name__ in SHARDED_STAGES)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -68,14 +68,16 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "false").lower() in ("true", "1", "yes")
 
 
-def launch_problem(env: Mapping[str, str] | None = None, cuda: bool | None = None) -> str | None:
+def launch_problem(env: Mapping[str, str] | None = None, cuda: bool | None = None, shards: bool = True) -> str | None:
     """Why the strategy the launcher asked for cannot run here (one line naming the setting), or None.
 
     Every stage makes its Accelerator with ``cpu=True`` where CUDA is missing (without it accelerate 1.15 sees no
     process group under torchrun), and with ``cpu=True`` accelerate silently ignores ``ACCELERATE_USE_DEEPSPEED``
     and ``ACCELERATE_USE_FSDP``: a ZeRO or FSDP launch on such a machine would train as plain DDP and claim nothing.
     Without ``cpu=True`` it is worse: under DeepSpeed's CPU backend accelerate counts every process as rank 0 of 1
-    (measured: accelerate 1.15, deepspeed 0.19.8). So both are refused here, before any model loads."""
+    (measured: accelerate 1.15, deepspeed 0.19.8). So ZeRO is refused here without CUDA, before any model loads.
+    FSDP runs everywhere, as FSDP2 only, in the stages that wrap the model with ``rlhf.sharding.shard``
+    themselves (``shards``, see ``rlhf.sharding.SHARDED_STAGES``); the others leave FSDP to accelerate: CUDA only."""
     env = os.environ if env is None else env
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if _flag(env, "ACCELERATE_USE_DEEPSPEED"):
@@ -93,7 +95,13 @@ def launch_problem(env: Mapping[str, str] | None = None, cuda: bool | None = Non
         if strategy is not None and strategy.upper() not in FSDP_SHARDING and strategy not in ("1", "2", "3", "4", "5"):
             return (f"fsdp_config.fsdp_sharding_strategy (FSDP_SHARDING_STRATEGY={strategy}): unknown strategy; "
                     f"expected one of {', '.join(FSDP_SHARDING)}")
-        if not cuda:
-            return ("distributed_type FSDP (ACCELERATE_USE_FSDP=true): needs CUDA here; on CPU the stages run "
-                    "gloo DDP and FSDP would be silently ignored")
+        # Unset means 1, as accelerate reads it. The stages shard with torch's fully_shard themselves (FSDP2,
+        # rlhf/sharding.py) on CPU and CUDA alike, so an FSDP1 launch would silently run as something else.
+        version = env.get("FSDP_VERSION", "1")
+        if version != "2":
+            return (f"fsdp_config.fsdp_version (FSDP_VERSION={version}): the stages shard with FSDP2 only; "
+                    "set fsdp_version: 2 (pipelines/accelerate/fsdp.yaml)")
+        if not shards and not cuda:
+            return ("distributed_type FSDP (ACCELERATE_USE_FSDP=true): this stage does not shard on CPU (accelerate "
+                    "would silently run gloo DDP); FSDP on CPU: sft, reward, ppo")
     return None

@@ -1,5 +1,5 @@
-"""A launch this machine cannot run as asked (ZeRO without deepspeed or without CUDA, FSDP on CPU, a strategy
-name nobody knows) ends with one line naming the setting, exit 2, before any model or run folder."""
+"""A launch this machine cannot run as asked (ZeRO without deepspeed or without CUDA, FSDP1, FSDP on CPU in a stage
+that does not shard, a strategy name nobody knows) ends with one line naming the setting, exit 2, before any model or run folder."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ from rlhf.runtime import FSDP_SHARDING, ZERO_STAGES, launch_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
-FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}
+FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP", "FSDP_VERSION": "2"}
 
 
 @pytest.fixture()
@@ -56,7 +56,26 @@ def test_fsdp_strategies():
     assert launch_problem({**FSDP, "FSDP_SHARDING_STRATEGY": "2"}, cuda=True) is None  # accelerate's numeric form
     problem = launch_problem({**FSDP, "FSDP_SHARDING_STRATEGY": "SHARD_EVERYTHING"}, cuda=True)
     assert problem.startswith("fsdp_config.fsdp_sharding_strategy (FSDP_SHARDING_STRATEGY=SHARD_EVERYTHING): unknown")
-    assert launch_problem(FSDP, cuda=False).startswith("distributed_type FSDP (ACCELERATE_USE_FSDP=true): needs CUDA")
+
+
+def test_fsdp2_runs_on_cpu_in_the_stages_that_shard_and_nowhere_else():
+    assert launch_problem(FSDP, cuda=False) is None
+    assert launch_problem(FSDP, cuda=False, shards=False).startswith(
+        "distributed_type FSDP (ACCELERATE_USE_FSDP=true): this stage does not shard on CPU")
+    assert launch_problem(FSDP, cuda=True, shards=False) is None  # accelerate's own FSDP plugin, on CUDA
+
+
+@pytest.mark.parametrize("version", [None, "1", "3"])
+def test_anything_but_fsdp2_names_fsdp_version(version):
+    """The stages shard with fully_shard themselves: an FSDP1 launch (accelerate's default when the file has no
+    fsdp_version) would silently run as FSDP2, so it is refused, on CUDA too."""
+    env = {k: v for k, v in FSDP.items() if k != "FSDP_VERSION"}
+    if version is not None:
+        env["FSDP_VERSION"] = version
+    for cuda in (False, True):
+        assert launch_problem(env, cuda=cuda) == (f"fsdp_config.fsdp_version (FSDP_VERSION={version or '1'}): the "
+                                                  "stages shard with FSDP2 only; set fsdp_version: 2 "
+                                                  "(pipelines/accelerate/fsdp.yaml)")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "pipelines" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
@@ -69,7 +88,9 @@ def test_shipped_launch_configs_name_known_strategies(path):
     if config.distributed_type.value == "DEEPSPEED":
         assert str(raw["deepspeed_config"]["zero_stage"]) in ZERO_STAGES
     if config.distributed_type.value == "FSDP":
-        assert raw["fsdp_config"]["fsdp_sharding_strategy"] in FSDP_SHARDING
+        assert raw["fsdp_config"]["fsdp_version"] == 2
+        assert launch_problem({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": str(raw["fsdp_config"]["fsdp_version"])},
+                              cuda=False) is None
 
 
 def test_stage_refuses_zero_in_one_line_before_any_run_folder(tmp_path):
@@ -88,7 +109,7 @@ def test_stage_refuses_zero_in_one_line_before_any_run_folder(tmp_path):
 def test_accelerate_launch_of_a_config_with_an_unknown_strategy(tmp_path):
     """Through the real launcher: accelerate passes the file's strategy on unchecked; the stage names it."""
     config = yaml.safe_load((ROOT / "pipelines" / "accelerate" / "fsdp.yaml").read_text())
-    config["fsdp_config"]["fsdp_sharding_strategy"] = "SHARD_EVERYTHING"
+    config["fsdp_config"]["fsdp_sharding_strategy"] = "SHARD_EVERYTHING"  # an FSDP1 key accelerate still passes on
     config["num_processes"] = 1
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
