@@ -36,7 +36,8 @@ DRIVER = textwrap.dedent('''
     from rlhf.ppo.config import PPOStageConfig
     from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
     from rlhf.ppo.prompts import prepare_prompts
-    from rlhf.ppo.trainer import PPOTrainer, make_accelerator, seed_everything
+    from rlhf.ppo.trainer import PPOTrainer, seed_everything
+    from rlhf.runtime import make_accelerator
 
     class VowelScorer:
         def score(self, prompts, responses):
