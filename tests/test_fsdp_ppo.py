@@ -6,7 +6,8 @@ gloo, tiny Llama, fp32).
     takes a PPO step on all 4, and two FSDP processes on 2 each (mini-batch = the whole share, micro-batches of
     one rollout, so the global gradient is the same mean). Metrics agree to rtol 1e-4, weights as
     ``assert_adam_weights_close`` says (99% to 1e-6).
-(b) Then the two processes take real steps (sampling inside ``gathered``): the gathered weights are identical.
+(b) Then the two processes take real steps (sampling inside ``gathered``): the gathered weights are identical;
+    a held-out evaluation with unequal shares (2 prompts and 1) does not wait on the other rank's decoding.
 (c) The stage script, stopped after a sharded checkpoint (2 of 4 steps; constant learning rate) and resumed in
     a fresh process group, ends as the uninterrupted run; its final/ adapter loads in one process.
 """
@@ -70,9 +71,12 @@ DRIVER = textwrap.dedent('''
     after_first = sharding.full_state_dict(trainer.unwrapped, trainable_only=True)
     prompts = [trainer.stream.batch(s) for s in (1, 2)]
     later = trainer.train(steps=3) if world > 1 else []
+    # Held-out evaluation over 3 prompts: 2 on rank 0, 1 on rank 1 (each decodes alone on gathered weights).
+    evaluation = trainer.evaluate(trainer.stream.batch(5)[:1] + trainer.stream.batch(6)[:2]) if world > 1 else {}
     torch.save({"first": first, "later": later, "initial": initial, "after_first": after_first, "prompts": prompts,
                 "final": sharding.full_state_dict(trainer.unwrapped, trainable_only=True), "dtensors": dtensors,
-                "params": sorted(params), "world": world}, f"{out}/world{world}-rank{rank}.pt")
+                "params": sorted(params), "world": world,
+                "evaluation": evaluation}, f"{out}/world{world}-rank{rank}.pt")
 ''')
 
 
@@ -110,8 +114,9 @@ def test_fsdp_ppo_step_equals_one_process_on_the_same_rollouts_and_ranks_agree(t
     assert len(ranks[0]["later"]) == 2
     for name, tensor in ranks[0]["final"].items():
         assert torch.equal(ranks[1]["final"][name], tensor), name
-        assert ranks[0]["later"][-1]["reward/composite"] == pytest.approx(ranks[1]["later"][-1]["reward/composite"])
+    assert ranks[0]["later"][-1]["reward/composite"] == pytest.approx(ranks[1]["later"][-1]["reward/composite"])
     assert any(not torch.equal(t, ranks[0]["after_first"][n]) for n, t in ranks[0]["final"].items())
+    assert ranks[0]["evaluation"] == ranks[1]["evaluation"] and "eval/reward/composite" in ranks[0]["evaluation"]
 
 
 def stage(out: Path, name: str, steps: int, *extra: str) -> None:

@@ -112,6 +112,10 @@ class ExperienceMaker:
         # Rollouts per no-grad forward; each group is trimmed to its own padding-free span, so small groups
         # (1 = no padding at all) spend no FLOPs on the pads a whole batch would share.
         self.forward_batch_size = max(1, forward_batch_size)
+        # transformers syncs generate() across processes when it sees FSDP-managed modules (every rank decodes
+        # until all are done, so every rank must call it equally often). None: let it decide; False: the
+        # weights are whole on each rank (rlhf.sharding.gathered), so each decodes alone.
+        self.synced_gpus: bool | None = None
 
     @property
     def device(self) -> torch.device:
@@ -129,8 +133,9 @@ class ExperienceMaker:
 
     def _sample(self, input_ids, attention_mask) -> SamplingPass:
         """One chunk's sampling pass; log-probs (and hidden states) are only kept with reuse_sampling_pass."""
+        extra = {} if self.synced_gpus is None else {"synced_gpus": self.synced_gpus}
         sampled = self.sampler.sample(input_ids, attention_mask, keep_logprobs=self.reuse_sampling_pass,
-                                      **self.settings.hf_kwargs(self.tokenizer))
+                                      **self.settings.hf_kwargs(self.tokenizer), **extra)
         if self.model.trunk_depth and sampled.trunk is None:
             raise ValueError(f"{type(self.sampler).__name__} does not keep the frozen trunk's output; "
                              "use the fast sampler or policy.reuse_trunk false")

@@ -147,6 +147,8 @@ class RLTrainer:
                                      compute_dtype, reuse_sampling_pass=cfg.ppo.logprobs_from_sampling,
                                      forward_batch_size=cfg.ppo.forward_batch_size, sampler=sampler)
         self.tokenizer = self.maker.tokenizer
+        if self.sharded:  # rollouts run on gathered weights: no rank waits for another's decoding
+            self.maker.synced_gpus = False
         self.kl_ctl = make_kl_controller(cfg.kl.coef, cfg.kl.adaptive, cfg.kl.target, cfg.kl.horizon)
         self.moments = RunningMoments() if cfg.reward.normalize else None
         self.stream = PromptStream(prompts, cfg.ppo.batch_size, acc.num_processes, acc.process_index,
@@ -387,15 +389,16 @@ class RLTrainer:
         seed_everything(step_seed(self.cfg.run.seed, 0, acc.process_index) + 1)
         totals: dict[str, float] = defaultdict(float)
         batch = self.cfg.rollouts_per_step
-        for first in range(0, len(mine), batch):
-            with sharding.gathered(self.unwrapped):
+        # One gathering around the loop: the ranks' shares may differ by a batch (gathering is a collective).
+        with sharding.gathered(self.unwrapped):
+            for first in range(0, len(mine), batch):
                 exp = self.maker.make(mine[first:first + batch])
-            kl = kl_per_token(exp.logprobs, exp.ref_logprobs, self.cfg.kl.estimator) * exp.response_mask
-            parts = {**exp.scores.as_metrics(), "objective/kl": kl.sum(1).mean().item(),
-                     "response/length": exp.response_mask.sum(1).mean().item(),
-                     "response/eos_rate": exp.has_eos.float().mean().item()}
-            for key, value in parts.items():
-                totals[key] += value * len(exp)
+                kl = kl_per_token(exp.logprobs, exp.ref_logprobs, self.cfg.kl.estimator) * exp.response_mask
+                parts = {**exp.scores.as_metrics(), "objective/kl": kl.sum(1).mean().item(),
+                         "response/length": exp.response_mask.sum(1).mean().item(),
+                         "response/eos_rate": exp.has_eos.float().mean().item()}
+                for key, value in parts.items():
+                    totals[key] += value * len(exp)
         local = {f"eval/{key}": value / max(len(mine), 1) for key, value in totals.items()}
         return self._reduce_metrics(local)
 
