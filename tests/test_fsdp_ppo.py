@@ -7,7 +7,7 @@ gloo, tiny Llama, fp32).
     one rollout, so the global gradient is the same mean). Metrics agree to rtol 1e-4, weights as
     ``assert_adam_weights_close`` says (99% to 1e-6).
 (b) Then the two processes take real steps (sampling inside ``gathered``): the gathered weights are identical;
-    a held-out evaluation with unequal shares (2 prompts and 1) does not wait on the other rank's decoding.
+    a held-out evaluation with unequal shares (rank 0 generates twice, rank 1 once) does not hang.
 (c) The stage script, stopped after a sharded checkpoint (2 of 4 steps; constant learning rate) and resumed in
     a fresh process group, ends as the uninterrupted run; its final/ adapter loads in one process.
 """
@@ -71,8 +71,9 @@ DRIVER = textwrap.dedent('''
     after_first = sharding.full_state_dict(trainer.unwrapped, trainable_only=True)
     prompts = [trainer.stream.batch(s) for s in (1, 2)]
     later = trainer.train(steps=3) if world > 1 else []
-    # Held-out evaluation over 3 prompts: 2 on rank 0, 1 on rank 1 (each decodes alone on gathered weights).
-    evaluation = trainer.evaluate(trainer.stream.batch(5)[:1] + trainer.stream.batch(6)[:2]) if world > 1 else {}
+    # Held-out evaluation over 5 prompts in batches of 2: rank 0 generates twice, rank 1 once (each decodes alone
+    # on gathered weights; transformers' cross-process sync of generate() would wait forever here).
+    evaluation = trainer.evaluate([p for s in (5, 6, 7) for p in trainer.stream.batch(s)][:5]) if world > 1 else {}
     torch.save({"first": first, "later": later, "initial": initial, "after_first": after_first, "prompts": prompts,
                 "final": sharding.full_state_dict(trainer.unwrapped, trainable_only=True), "dtensors": dtensors,
                 "params": sorted(params), "world": world,
