@@ -1,0 +1,155 @@
+"""The HF Trainer (TRL's SFTTrainer) training a model sharded with FSDP2 (:mod:`rlhf.sharding`), on CPU and CUDA.
+
+Why a Trainer subclass: on CPU accelerate ignores its FSDP plugin, so ``accelerator.prepare`` would wrap the
+model in DDP. transformers 5.24 already has the path we need for a model that arrives sharded (its
+``is_distributed_loading_by_transformers``): autocast only, no DDP wrap, gradient reduction left to FSDP,
+``no_sync`` replaced by FSDP's own deferral. It refuses to checkpoint such a model (it cannot save its optimizer),
+so this subclass supplies the checkpoint: model and optimizer through torch.distributed.checkpoint (each rank
+its own shard), scheduler and trainer state as usual. The final export gathers a full state dict and writes the
+usual plain HF folder (full fine-tuning) or PEFT adapter (LoRA).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlhf.config import ConfigError
+from rlhf.sharding import fsdp_requested, full_state_dict, is_sharded, load_sharded, save_sharded, shard
+
+SHARDED = "sharded"  # a checkpoint's torch.distributed.checkpoint folder (model + optimizer, one file per rank)
+SCHEDULER = "scheduler.pt"  # transformers' name, so its own scheduler loading reads it
+
+
+def _block_names(model_class) -> list[str]:
+    """The class names transformers never splits across devices: its decoder (or encoder) blocks."""
+    return list(getattr(model_class, "_no_split_modules", None) or [])
+
+
+def wrap_problem(model_name: str) -> str | None:
+    """Why FSDP cannot wrap ``model_name`` (one line naming ``model.name``), or None; reads only its config.
+
+    Each FSDP unit is one block of the class's ``_no_split_modules`` (accelerate's TRANSFORMER_BASED_WRAP rule);
+    a class without that list would put the whole model in one unit, which shards nothing per layer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlhf.zoo import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(model_name))
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if model_class is None:
+        return f"model.name: {model_name}: {type(config).__name__} is not a causal LM transformers knows"
+    if not _block_names(model_class):
+        return (f"model.name: {model_name}: FSDP cannot wrap {model_class.__name__}: it declares no decoder-layer "
+                f"class (_no_split_modules); train it without ACCELERATE_USE_FSDP")
+    return None
+
+
+def check_fsdp(cfg) -> None:
+    """Refuse, in one line before any model loads, an FSDP launch (``ACCELERATE_USE_FSDP``) of a stage config
+    (``model.name``, ``model.quantization``) that cannot be sharded here."""
+    if not fsdp_requested():
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise ConfigError("ACCELERATE_USE_FSDP=true: sharding needs 2 or more processes "
+                          "(torchrun --nproc_per_node N, or accelerate launch)")
+    if cfg.model.quantization != "none":
+        raise ConfigError(f"model.quantization: FSDP cannot shard {cfg.model.quantization} (bitsandbytes) weights; "
+                          "use DDP for QLoRA")
+    problem = wrap_problem(cfg.model.name)
+    if problem:
+        raise ConfigError(problem)
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The blocks of ``model`` (a transformers model, or PEFT around one) that become one FSDP unit each."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(_block_names(type(base)))
+    layers = [m for m in base.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ConfigError(f"model.name: FSDP cannot wrap {type(base).__name__}: no module of its "
+                          f"_no_split_modules {sorted(names)} found")
+    return layers
+
+
+class ShardedTrainerMixin:
+    """Put before a transformers ``Trainer`` class: the model is sharded once the trainer has built it (after
+    TRL attached the LoRA adapter or soft prompt, so adapters are sharded with their layers) and is never
+    DDP-wrapped."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        shard(self.model, decoder_layers(self.model))
+        self.model_wrapped = self.model
+        # transformers' path for a model that owns its sharding: prepare autocast only (no DDP), reduce the
+        # gradients through FSDP, defer that reduction inside gradient accumulation.
+        self.is_distributed_loading_by_transformers = True
+
+    # ------------------------------------------------------------ checkpoints (every rank takes part)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """A checkpoint's model goes with its optimizer (:meth:`_save_optimizer_and_scheduler`); the final
+        export is gathered on every rank and written by the main process."""
+        if _internal_call:
+            return
+        output_dir = output_dir or self.args.output_dir
+        state = full_state_dict(self.model)  # a collective: every rank gathers
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            # PeftModel.save_pretrained picks the adapter's weights out of the full state dict
+            self.model.save_pretrained(output_dir, state_dict=state, safe_serialization=True)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+
+    def _frozen_weights(self) -> bool:
+        """LoRA or a soft prompt: the frozen base comes back from the model files, the checkpoint skips it."""
+        return any(not p.requires_grad for p in self.model.parameters())
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        save_sharded(Path(output_dir) / SHARDED, self.model, self.optimizer, trainable_only=self._frozen_weights())
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Nothing yet: the optimizer does not exist when the Trainer calls this; the model is read with it."""
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None:
+            return
+        load_sharded(Path(checkpoint) / SHARDED, self.model, self.optimizer, trainable_only=self._frozen_weights())
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER), weights_only=True))
+
+
+def local_model(model: nn.Module) -> nn.Module | None:
+    """A model this process can run alone: ``model`` itself, or for a sharded one a plain (unsharded) copy with
+    its gathered weights, on the main process only (None on the others; a collective, every rank calls it).
+
+    Why a copy and not :func:`rlhf.sharding.gathered`: ``generate`` on an FSDP-managed module syncs every step
+    with the other ranks (transformers' ``synced_gpus``), so rank 0 generating alone would wait forever."""
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    if not is_sharded(model):
+        return model
+    state = full_state_dict(model)
+    if dist.get_rank() != 0:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    copy = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model
+
+        copy = get_peft_model(copy, model.peft_config[model.active_adapter])
+    copy.load_state_dict(state, strict=True)
+    copy.generation_config = base.generation_config
+    return copy.train(model.training)
+
+
+def sharded(trainer_class: type) -> type:
+    """``trainer_class`` training an FSDP2-sharded model (see :class:`ShardedTrainerMixin`)."""
+    return type(f"Sharded{trainer_class.__name__}", (ShardedTrainerMixin, trainer_class), {})
+
+
+__all__ = ["check_fsdp", "decoder_layers", "is_sharded", "local_model", "sharded", "wrap_problem", "ShardedTrainerMixin"]
