@@ -10,17 +10,19 @@ usual plain HF folder (full fine-tuning) or PEFT adapter (LoRA).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from transformers.trainer import SCHEDULER_NAME
+
 from rlhf.config import ConfigError
 from rlhf.sharding import fsdp_requested, full_state_dict, is_sharded, load_sharded, save_sharded, shard
 
 SHARDED = "sharded"  # a checkpoint's torch.distributed.checkpoint folder (model + optimizer, one file per rank)
-SCHEDULER = "scheduler.pt"  # transformers' name, so its own scheduler loading reads it
 
 
 def _block_names(model_class) -> list[str]:
@@ -37,7 +39,10 @@ def wrap_problem(model_name: str) -> str | None:
 
     from rlhf.zoo import resolve_model
 
-    config = AutoConfig.from_pretrained(resolve_model(model_name))
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(model_name))
+    except OSError:
+        return None  # not found: the model loader says so in its own words
     model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
     if model_class is None:
         return f"model.name: {model_name}: {type(config).__name__} is not a causal LM transformers knows"
@@ -87,6 +92,16 @@ class ShardedTrainerMixin:
         # gradients through FSDP, defer that reduction inside gradient accumulation.
         self.is_distributed_loading_by_transformers = True
 
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        """Gradient accumulation: keep each micro-batch's gradients local and reduce-scatter once, after the last.
+        (transformers' own version reads a ``config.distributed_config`` only its load-time sharding sets.)"""
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
     # ------------------------------------------------------------ checkpoints (every rank takes part)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -110,7 +125,7 @@ class ShardedTrainerMixin:
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         save_sharded(Path(output_dir) / SHARDED, self.model, self.optimizer, trainable_only=self._frozen_weights())
         if self.args.should_save:
-            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER))
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Nothing yet: the optimizer does not exist when the Trainer calls this; the model is read with it."""
@@ -119,7 +134,7 @@ class ShardedTrainerMixin:
         if checkpoint is None:
             return
         load_sharded(Path(checkpoint) / SHARDED, self.model, self.optimizer, trainable_only=self._frozen_weights())
-        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER), weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
 
 
 def local_model(model: nn.Module) -> nn.Module | None:
@@ -152,4 +167,3 @@ def sharded(trainer_class: type) -> type:
     return type(f"Sharded{trainer_class.__name__}", (ShardedTrainerMixin, trainer_class), {})
 
 
-__all__ = ["check_fsdp", "decoder_layers", "is_sharded", "local_model", "sharded", "wrap_problem", "ShardedTrainerMixin"]
