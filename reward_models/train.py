@@ -33,6 +33,7 @@ from rlhf.config import ConfigError, RunConfig
 from rlhf.quantization import check_backend
 from rlhf.records import PreferenceRecord
 from rlhf.runtime import fresh_accelerator_state, use_bf16
+from rlhf import sharding
 from rlhf.tracking import MetricsLogger, make_run_dir
 from rlhf.zoo import rlhf_home
 
@@ -120,7 +121,10 @@ def optimizer_groups(model: RewardModel, cfg: RewardStageConfig) -> list[dict]:
 
 
 def trainable_weights(model: RewardModel) -> dict[str, torch.Tensor]:
-    """A CPU copy of the weights training changes (the best epoch's are kept this way)."""
+    """A CPU copy of the weights training changes (the best epoch's are kept this way); whole tensors when the
+    model is sharded (a collective then: every rank calls it)."""
+    if sharding.is_sharded(model):
+        return sharding.full_state_dict(model, trainable_only=True)
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -129,11 +133,13 @@ def train_step(model, batch_ids: Sequence[Sequence[int]], data: EncodedPairs, ba
     """Forward and backward of this process's micro-batches for one optimizer step (no optimizer call).
 
     ``batch_of`` makes the model inputs of rows of ``data.chosen + data.rejected``."""
+    # Gradients are reduced once per optimizer step, after the last micro-batch (DDP or FSDP2).
+    no_sync = sharding.no_sync if sharding.is_sharded(model) else accelerator.no_sync
     for k, ids in enumerate(batch_ids):
         rows = [*ids, *(len(data.chosen) + i for i in ids)]  # chosen sequences first, then rejected
         batch = {k_: v.to(accelerator.device) for k_, v in batch_of(rows).items()}
         last = k == len(batch_ids) - 1
-        with (accelerator.no_sync(model) if not last else _null()), autocast(accelerator.device, bf16):
+        with (no_sync(model) if not last else _null()), autocast(accelerator.device, bf16):
             scores = model(**batch).float()  # (2 * batch, heads): chosen rows first, then rejected
             chosen, rejected = scores[:len(ids)], scores[len(ids):]
             mask = data.mask[ids].to(scores.device)  # (batch, heads)
@@ -206,17 +212,30 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
 
-    # 4. optimizer and schedule (warmup, then linear decay to 0), then restore a checkpoint if resuming
+    # 4. optimizer and schedule (warmup, then linear decay to 0), then restore a checkpoint if resuming.
+    # FSDP: the backbone's layers and the root are sharded here (rlhf.sharding; accelerate ignores its FSDP plugin
+    # on CPU), before the optimizer sees the parameters, and the model is not handed to prepare (no DDP wrapper).
+    sharded = sharding.fsdp_requested() and world > 1
+    if sharded:
+        if cfg.model.quantization != "none":
+            raise ConfigError(f"model.quantization: a {cfg.model.quantization} backbone cannot be sharded under FSDP "
+                              "here; use a DDP launch")
+        sharding.shard(model, _layers_to_shard(model))
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg), weight_decay=cfg.train.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if sharded:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: RewardModel = accelerator.unwrap_model(model)
 
     # 4b. model inputs: token ids, or (frozen trunk) the trunk's output, computed once per text and kept on disk
     # Filling the cache in small batches on CPU: 48 SmolLM2 texts took 3.4 s in batches of 8 and 6.9 s in batches
     # of 64 (2 cores, bf16; padding and attention memory grow with the batch). GPUs prefer the large ones.
     fill_batch = cfg.eval.batch_size if accelerator.device.type == "cuda" else min(8, cfg.eval.batch_size)
-    inputs = trunk_cache.model_inputs(unwrapped, cfg.train.trunk_cache, cfg.train.cache_dir or rlhf_home() / "trunk-cache",
+    if sharded and cfg.train.trunk_cache != "off":
+        _say(accelerator, "trunk cache off under FSDP (the trunk's layers are sharded; every forward runs them)")
+    inputs = trunk_cache.model_inputs(unwrapped, "off" if sharded else cfg.train.trunk_cache, cfg.train.cache_dir or rlhf_home() / "trunk-cache",
                                       bf16, data.chosen[:2], encoder.pad_token_id, fill_batch,
                                       log=lambda msg: _say(accelerator, msg))
     cache_started = time.perf_counter()
@@ -232,7 +251,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     train_seconds, pairs_seen, skipped = 0.0, 0, 0  # whole-run totals: a checkpoint carries them over
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
-        state, best_weights = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler)
+        state, best_weights = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler, rank if sharded else None)
         step, best, history = state["step"], state["best"], state["history"]
         train_seconds, pairs_seen = state.get("train_seconds", 0.0), state.get("pairs_seen", 0)
         skipped = state.get("skipped_nonfinite", 0)
@@ -249,13 +268,16 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
                       f"{steps_per_epoch} steps/epoch x {epochs} epochs = {total_steps} steps; bf16={bf16}")
 
     def save(trainer_state_epoch: int) -> None:
-        if accelerator.is_main_process:
-            # The totals include the window not yet logged: a resumed run starts with an empty one.
-            save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler,
-                            {"epoch": trainer_state_epoch, "best": best, "history": history,
-                             "train_seconds": train_seconds + window.seconds,
-                             "pairs_seen": pairs_seen + window.pairs * world, "skipped_nonfinite": skipped},
-                            best_weights, cfg.train.keep_checkpoints)
+        # The totals include the window not yet logged: a resumed run starts with an empty one.
+        state = {"epoch": trainer_state_epoch, "best": best, "history": history,
+                 "train_seconds": train_seconds + window.seconds,
+                 "pairs_seen": pairs_seen + window.pairs * world, "skipped_nonfinite": skipped}
+        if sharded:  # every rank writes its shard and its RNG (reward_models.checkpoint)
+            save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler, state, best_weights,
+                            cfg.train.keep_checkpoints, process=accelerator)
+        elif accelerator.is_main_process:
+            save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler, state, best_weights,
+                            cfg.train.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     # 5. training: balanced single-head batches, masked pairwise loss, clipped AdamW steps
@@ -270,6 +292,8 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         train_step(model, group[rank::world], data, train_batches, accelerator, bf16, cfg.train.use_margin,
                    this_step)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # sharded gradients give the whole norm as a (replicated) DTensor
+            grad_norm = grad_norm.full_tensor()
         # A non-finite loss or gradient on any process skips the update on all of them (the gradient norm is
         # already all-reduced; the loss is not): no optimizer or schedule step, only the data position advances.
         finite = torch.tensor([float(math.isfinite(this_step.loss) and math.isfinite(float(grad_norm)))],
@@ -284,7 +308,8 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         step += 1
         window.seconds += time.perf_counter() - start
         if step % cfg.run.log_every == 0 or step == total_steps:
-            metrics = window.metrics() | {"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+            logged = _summed_over_processes(window, accelerator)  # the global batch's loss, not rank 0's share
+            metrics = logged.metrics() | {"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
                                           "train/epoch": step / steps_per_epoch}
             logger.log(metrics, step)
             train_seconds, pairs_seen = train_seconds + window.seconds, pairs_seen + window.pairs * world
@@ -297,7 +322,8 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
             raise ConfigError(f"training: all {step - first_step} steps had a non-finite loss or gradient, so none updated the "
                               f"model and no final/ was written (check the data's margins, train.lr, train.precision)")
         if epoch_done:
-            accuracy, _ = pair_accuracy(unwrapped, encoder, dev_pairs, cfg.eval.batch_size, bf16, inputs)
+            with sharding.gathered(unwrapped):  # every rank scores all dev pairs: one all-gather, not one per batch
+                accuracy, _ = pair_accuracy(unwrapped, encoder, dev_pairs, cfg.eval.batch_size, bf16, inputs)
             mean_accuracy = sum(accuracy.values()) / len(accuracy) if accuracy else float("nan")
             logger.log({f"eval/accuracy_{h}": a for h, a in accuracy.items()} | {"eval/accuracy_mean": mean_accuracy},
                        step)
@@ -313,17 +339,25 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
 
     # 7. final model: best dev epoch, normalisation statistics on reference responses, saved as an HF folder
     if best_weights is not None:
-        unwrapped.load_state_dict(best_weights, strict=False)
+        if sharded:
+            sharding.load_full_state_dict(unwrapped, best_weights, strict=False)
+        else:
+            unwrapped.load_state_dict(best_weights, strict=False)
     reference = dev_pairs if cfg.composite.normalise_on == "dev" and dev_pairs else subsample(train_pairs, 300, cfg.run.seed)
-    scoring.mean, scoring.std = normalisation_stats(unwrapped, encoder, reference, cfg.eval.batch_size, bf16, inputs)
+    with sharding.gathered(unwrapped):
+        scoring.mean, scoring.std = normalisation_stats(unwrapped, encoder, reference, cfg.eval.batch_size, bf16,
+                                                        inputs)
     scoring.normalised_on = f"{'dev' if reference is dev_pairs else 'train'} responses ({2 * len(reference)})"
     final_dir = run_dir / "final"
-    bad = next((n for n, p in unwrapped.named_parameters() if not torch.isfinite(p).all()), None)
+    # Sharded: the whole weights, gathered on every rank, go into a plain copy of the model that rank 0 saves.
+    whole = sharding.full_state_dict(unwrapped) if sharded else dict(unwrapped.named_parameters())
+    bad = next((n for n, p in whole.items() if p.is_floating_point() and not torch.isfinite(p).all()), None)
     if bad is not None:  # never hand a broken model to the PPO stage
         raise ConfigError(f"training: parameter {bad} is not finite; no final/ was written")
     if accelerator.is_main_process:
-        save_reward_model(unwrapped, encoder, scoring, final_dir)
+        save_reward_model(_plain_copy(cfg, whole) if sharded else unwrapped, encoder, scoring, final_dir)
         logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.backbone, *cfg.data.extra_files])
+    accelerator.wait_for_everyone()
 
     # 8. held-out test accuracy (prompts no stage trains on) and the run's summary
     summary = {"final_model": str(final_dir), "train/seconds": train_seconds, "skipped/nonfinite": skipped,
@@ -334,7 +368,8 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     summary |= {f"dev/accuracy_{h}": a for h, a in final_dev.items() if h != "step"}
     if cfg.eval.test:
         test_pairs = load_split(cfg, "test", cfg.eval.max_pairs_per_head)
-        accuracy, counts = pair_accuracy(unwrapped, encoder, test_pairs, cfg.eval.batch_size, bf16, inputs)
+        with sharding.gathered(unwrapped):
+            accuracy, counts = pair_accuracy(unwrapped, encoder, test_pairs, cfg.eval.batch_size, bf16, inputs)
         summary |= {f"test/accuracy_{h}": a for h, a in accuracy.items()} | {f"test/pairs_{h}": n for h, n in counts.items()}
     summary["run/seconds"] = time.perf_counter() - started  # everything: loading, training, evaluation, saving
     logger.summary(summary)
@@ -342,6 +377,36 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     _say(accelerator, "summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in summary.items()))
     return run_dir
+
+
+def _layers_to_shard(model: RewardModel) -> list[torch.nn.Module]:
+    """The backbone's transformer layers: one FSDP unit each."""
+    try:
+        return sharding.transformer_blocks(model)
+    except ValueError as err:
+        raise ConfigError(f"model.backbone: cannot be sharded under FSDP ({err})") from err
+
+
+def _plain_copy(cfg: RewardStageConfig, weights: dict[str, torch.Tensor]) -> RewardModel:
+    """An unsharded model of the same build holding ``weights`` (the gathered ones), for the final export."""
+    model, _, _ = new_reward_model(cfg.model.backbone, cfg.model.lora, cfg.model.max_length,
+                                   cfg.model.min_prompt_tokens, cfg.model.freeze_backbone, cfg.model.quantization)
+    model.load_state_dict(weights)
+    return model
+
+
+def _summed_over_processes(window: Window, accelerator) -> Window:
+    """``window`` with its loss and accuracy sums added over the processes (each saw its own micro-batches)."""
+    if accelerator.num_processes == 1:
+        return window
+    sums = torch.cat([torch.tensor([window.loss, float(window.batches)]), window.head_loss, window.head_batches,
+                      window.correct, window.counted]).to(accelerator.device)
+    sums = accelerator.reduce(sums, reduction="sum").cpu()
+    heads = len(HEADS)
+    out = replace(window, loss=sums[0].item(), batches=int(sums[1].item()))
+    out.head_loss, out.head_batches = sums[2:2 + heads], sums[2 + heads:2 + 2 * heads]
+    out.correct, out.counted = sums[2 + 2 * heads:2 + 3 * heads], sums[2 + 3 * heads:]
+    return out
 
 
 def _check_weights(weights: dict[str, float]) -> dict[str, float]:

@@ -42,27 +42,57 @@ def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks (decoder/encoder layers): the ModuleList as long as its config's
+    ``num_hidden_layers``. Raises ValueError naming the model when there is none (it cannot be wrapped)."""
+    depths = {m.config.num_hidden_layers for m in model.modules()
+              if isinstance(getattr(getattr(m, "config", None), "num_hidden_layers", None), int)}
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) in depths:
+            return list(module)
+    raise ValueError(f"{type(model).__name__}: no list of transformer layers (config.num_hidden_layers) to shard")
+
+
 def shard(model: nn.Module, layers: Iterable[nn.Module]) -> nn.Module:
     """``fully_shard`` each block of ``layers`` (e.g. the decoder layers), then the root; in place, returned.
 
-    The mesh spans the default process group on the device type of the model's parameters (gloo on CPU)."""
+    Every rank first takes rank 0's weights (as DDP does): a fresh head or LoRA init drawn from a different
+    random state on another rank would otherwise be trained as one model. The mesh spans the default process
+    group on the device type of the model's parameters (gloo on CPU)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     if not dist.is_initialized():
         raise RuntimeError("shard: no process group (launch with torchrun / accelerate launch)")
-    device_type = next(model.parameters()).device.type
-    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     blocks = list(layers)
     if not blocks:
         raise ValueError(f"shard: {type(model).__name__} has no layers to shard")
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+    device_type = next(model.parameters()).device.type
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     for block in blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     if not is_sharded(model):
         raise RuntimeError(f"shard: {type(model).__name__} has no DTensor parameter after fully_shard")
     return model
+
+
+@contextmanager
+def no_sync(model: nn.Module) -> Iterator[None]:
+    """Gradient accumulation without reduce-scatter: gradients stay whole and local until the first backward
+    after the block (FSDP2's ``set_requires_gradient_sync``; DDP's ``no_sync``)."""
+    modules = _fsdp_modules(model)
+    for module in modules:
+        module.set_requires_gradient_sync(False, recurse=False)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.set_requires_gradient_sync(True, recurse=False)
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -115,6 +145,14 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
         for module in modules:
             module.set_reshard_after_forward(module is not model, recurse=False)
             module.reshard()
+
+
+def load_full_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+    """Load whole (unsharded) tensors, the same on every rank, into a sharded ``model``: each rank keeps its
+    shard. ``strict=False`` loads a part (e.g. the trainable weights only)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True, strict=strict))
 
 
 def _inner(optimizer):

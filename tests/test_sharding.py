@@ -18,7 +18,8 @@ DRIVER = textwrap.dedent('''
     import copy, sys, torch, torch.distributed as dist
     from torch import nn
     from torch.distributed.tensor import DTensor
-    from rlhf.sharding import full_state_dict, gathered, is_sharded, load_sharded, save_sharded, shard
+    from rlhf.sharding import (full_state_dict, gathered, is_sharded, load_full_state_dict, load_sharded,
+                               no_sync, save_sharded, shard)
 
     out = sys.argv[1]
     dist.init_process_group("gloo")
@@ -48,6 +49,10 @@ DRIVER = textwrap.dedent('''
     torch.manual_seed(0)
     reference = Tiny()                      # one process, whole batch
     model = copy.deepcopy(reference)
+    if rank == 1:  # another init on another rank: shard() starts every rank from rank 0's weights
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
     shard(model, model.layers)
     sharded_names = [n for n, p in model.named_parameters() if isinstance(p, DTensor)]
     initial = full_state_dict(model)
@@ -58,10 +63,18 @@ DRIVER = textwrap.dedent('''
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(8, 4, generator=g), torch.randn(8, generator=g)) for _ in range(3)]
     losses, ref_losses = [], []
-    for x, y in batches[:2]:
+    for i, (x, y) in enumerate(batches[:2]):
         share = slice(rank * 4, rank * 4 + 4)   # each rank its half of the global batch of 8
-        loss = ((model(x[share]) - y[share]) ** 2).mean()
-        loss.backward()                          # FSDP averages gradients over ranks = the global-batch mean
+        if i == 0:
+            loss = ((model(x[share]) - y[share]) ** 2).mean()
+            loss.backward()                      # FSDP averages gradients over ranks = the global-batch mean
+        else:                                    # the same half in two micro-batches, reduced once
+            with no_sync(model):
+                first = ((model(x[share][:2]) - y[share][:2]) ** 2).mean()
+                (first / 2).backward()
+            second = ((model(x[share][2:]) - y[share][2:]) ** 2).mean()
+            (second / 2).backward()
+            loss = (first + second).detach() / 2
         opt.step(); opt.zero_grad()
         both = [torch.zeros(()) for _ in range(world)]
         dist.all_gather(both, loss.detach())
@@ -87,11 +100,14 @@ DRIVER = textwrap.dedent('''
     ((model(x[rank * 4:rank * 4 + 4]) - y[rank * 4:rank * 4 + 4]) ** 2).mean().backward()
     opt.step(); opt.zero_grad()
     replayed = full_state_dict(model)       # same step from the reloaded model AND optimizer (Adam moments)
+    load_full_state_dict(model, {k: v for k, v in initial.items() if k.startswith("head.")}, strict=False)
+    head_reset = full_state_dict(model)
 
     torch.save({"sharded_names": sharded_names, "initial": initial, "losses": losses, "ref_losses": ref_losses,
                 "ref_params": {k: v.clone() for k, v in reference.state_dict().items()}, "trained": saved,
                 "trainable": list(full_state_dict(model, trainable_only=True)), "still_sharded": still_sharded,
-                "after_step": after_step, "reloaded": reloaded, "replayed": replayed}, f"{out}/rank{rank}.pt")
+                "after_step": after_step, "reloaded": reloaded, "replayed": replayed,
+                "head_reset": head_reset}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 ''')
 
@@ -126,3 +142,24 @@ def test_sharding_two_cpu_processes(tmp_path):
         assert torch.equal(first["reloaded"][name], tensor), name
         assert not torch.equal(first["after_step"][name], tensor) or name.startswith("frozen."), name
         torch.testing.assert_close(first["replayed"][name], first["after_step"][name], rtol=0, atol=0)
+    # Whole tensors loaded into the sharded model: the part given changes, the rest stays.
+    for rank in ranks:
+        for name, tensor in rank["head_reset"].items():
+            expected = rank["initial"][name] if name.startswith("head.") else rank["replayed"][name]
+            assert torch.equal(tensor, expected), name
+
+
+def test_transformer_blocks_are_found_through_wrappers_and_a_model_without_them_is_named():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhf.sharding import transformer_blocks
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=1)
+    model = LlamaForCausalLM(config)
+    assert transformer_blocks(model) == list(model.model.layers)
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert transformer_blocks(peft) == list(model.model.layers)
+    with pytest.raises(ValueError, match="Linear: no list of transformer layers"):
+        transformer_blocks(torch.nn.Linear(2, 2))
