@@ -119,9 +119,11 @@ def test_fsdp_resume_from_sharded_checkpoint_matches_uninterrupted(fsdp_run, tmp
         torch.testing.assert_close(resumed[name], weight, rtol=0, atol=0, msg=name)
 
 
-def test_fsdp_refuses_a_model_it_cannot_wrap_before_loading(monkeypatch, capsys, tiny_bert_path):
-    """A model class without decoder blocks (_no_split_modules) or a one-process launch: one line, exit 2, and no
-    model is loaded."""
+def test_fsdp_refuses_a_model_it_cannot_wrap_before_loading(monkeypatch, capsys, tmp_path):
+    """A model without a list of config.num_hidden_layers blocks, or a one-process launch: one line, exit 2,
+    and no model is loaded (only its config is read)."""
+    from transformers import BlenderbotConfig
+
     import rlhf.zoo
     from pipelines.sft import cli
 
@@ -136,7 +138,11 @@ def test_fsdp_refuses_a_model_it_cannot_wrap_before_loading(monkeypatch, capsys,
     assert cli(args) == 2
     assert capsys.readouterr().err.strip() == ("error: ACCELERATE_USE_FSDP=true: sharding needs 2 or more processes "
                                                "(torchrun --nproc_per_node N, or accelerate launch)")
+    # Blenderbot's causal LM is its decoder (2 layers) while num_hidden_layers counts the encoder's (1): no block list
+    BlenderbotConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32).save_pretrained(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun; the check comes before any process group
-    assert cli([*args, "--model.name", "tiny-bert"]) == 2
+    assert cli([*args, "--model.name", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("error: model.name: tiny-bert: FSDP cannot wrap BertLMHeadModel")
+    assert "\n" not in err and err.startswith(f"error: model.name: {tmp_path}: FSDP cannot wrap it: ")
+    assert "no list of transformer layers" in err

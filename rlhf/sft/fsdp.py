@@ -10,7 +10,6 @@ usual plain HF folder (full fine-tuning) or PEFT adapter (LoRA).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -20,21 +19,16 @@ from torch import nn
 from transformers.trainer import SCHEDULER_NAME
 
 from rlhf.config import ConfigError
-from rlhf.sharding import fsdp_requested, full_state_dict, is_sharded, load_sharded, save_sharded, shard
+from rlhf.sharding import (fsdp_requested, full_state_dict, is_sharded, load_sharded, no_sync, save_sharded, shard,
+                           transformer_blocks)
 
 SHARDED = "sharded"  # a checkpoint's torch.distributed.checkpoint folder (model + optimizer, one file per rank)
 
 
-def _block_names(model_class) -> list[str]:
-    """The class names transformers never splits across devices: its decoder (or encoder) blocks."""
-    return list(getattr(model_class, "_no_split_modules", None) or [])
-
-
 def wrap_problem(model_name: str) -> str | None:
-    """Why FSDP cannot wrap ``model_name`` (one line naming ``model.name``), or None; reads only its config.
-
-    Each FSDP unit is one block of the class's ``_no_split_modules`` (accelerate's TRANSFORMER_BASED_WRAP rule);
-    a class without that list would put the whole model in one unit, which shards nothing per layer."""
+    """Why FSDP cannot wrap ``model_name`` (one line naming ``model.name``), or None. Reads its config and builds
+    the model on the meta device (no weights), to find its blocks the way the stage will
+    (:func:`rlhf.sharding.transformer_blocks`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rlhf.zoo import resolve_model
@@ -43,12 +37,12 @@ def wrap_problem(model_name: str) -> str | None:
         config = AutoConfig.from_pretrained(resolve_model(model_name))
     except OSError:
         return None  # not found: the model loader says so in its own words
-    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
-    if model_class is None:
-        return f"model.name: {model_name}: {type(config).__name__} is not a causal LM transformers knows"
-    if not _block_names(model_class):
-        return (f"model.name: {model_name}: FSDP cannot wrap {model_class.__name__}: it declares no decoder-layer "
-                f"class (_no_split_modules); train it without ACCELERATE_USE_FSDP")
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        transformer_blocks(skeleton)
+    except ValueError as err:
+        return f"model.name: {model_name}: FSDP cannot wrap it: {err}"
     return None
 
 
@@ -68,17 +62,6 @@ def check_fsdp(cfg) -> None:
         raise ConfigError(problem)
 
 
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The blocks of ``model`` (a transformers model, or PEFT around one) that become one FSDP unit each."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(_block_names(type(base)))
-    layers = [m for m in base.modules() if type(m).__name__ in names]
-    if not layers:
-        raise ConfigError(f"model.name: FSDP cannot wrap {type(base).__name__}: no module of its "
-                          f"_no_split_modules {sorted(names)} found")
-    return layers
-
-
 class ShardedTrainerMixin:
     """Put before a transformers ``Trainer`` class: the model is sharded once the trainer has built it (after
     TRL attached the LoRA adapter or soft prompt, so adapters are sharded with their layers) and is never
@@ -86,21 +69,16 @@ class ShardedTrainerMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        shard(self.model, decoder_layers(self.model))
+        shard(self.model, transformer_blocks(self.model))
         self.model_wrapped = self.model
         # transformers' path for a model that owns its sharding: prepare autocast only (no DDP), reduce the
         # gradients through FSDP, defer that reduction inside gradient accumulation.
         self.is_distributed_loading_by_transformers = True
 
-    @contextlib.contextmanager
     def _defer_fsdp_gradient_reduction(self):
         """Gradient accumulation: keep each micro-batch's gradients local and reduce-scatter once, after the last.
         (transformers' own version reads a ``config.distributed_config`` only its load-time sharding sets.)"""
-        self.model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            self.model.set_requires_gradient_sync(True)
+        return no_sync(self.model)
 
     # ------------------------------------------------------------ checkpoints (every rank takes part)
 
