@@ -1,6 +1,7 @@
-"""SFT sharded with FSDP2 over 2 CPU processes (torchrun, gloo), for LoRA and full fine-tuning: the losses equal
-one process on the same global batch, both ranks end with the same whole weights, a run resumed from a sharded
-checkpoint in a fresh process group ends where an uninterrupted one does, and the exports load in one process.
+"""SFT sharded with FSDP2 over 2 CPU processes (torchrun, gloo), for LoRA, full fine-tuning and prompt tuning:
+the losses equal one process on the same global batch, both ranks end with the same whole weights, a run resumed
+from a sharded checkpoint in a fresh process group ends where an uninterrupted one does, and the exports load in
+one process.
 
 Everything in fp32, so the tolerances are tight: losses rtol 1e-5 against one process (measured: 1.4e-7 at most);
 exported weights atol 1e-4 (measured 3e-6 LoRA, 9e-6 full, after 4 Adam steps at lr 1e-2: Adam divides each
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "pipelines" / "configs" / "sft_tiny.yaml"
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}  # what `accelerate launch` with fsdp.yaml sets
 GLOBAL_BATCH, ACCUM, STEPS = 4, 2, 4  # 2 micro-batches a step: FSDP's reduce-scatter waits for the last
-METHODS = {"lora": ["--train.save_merged", "true"], "full": ["--lora.enabled", "false"]}
+METHODS = {"lora": ["--train.save_merged", "true"], "full": ["--lora.enabled", "false"],
+           "prompt_tuning": ["--lora.enabled", "false", "--prompt_tuning.enabled", "true"]}  # its prompt: root unit
 
 
 def stage(out: Path, method: str, procs: int, *flags: str) -> Path:
@@ -53,7 +55,7 @@ def exported(run_dir: Path, method: str, folder: str = "final") -> dict[str, tor
 
     from rlhf.zoo import load_causal_lm
 
-    if method == "lora" and folder == "final":
+    if method != "full" and folder == "final":
         model = PeftModel.from_pretrained(load_causal_lm("tiny-llama"), run_dir / folder)
     else:
         model = load_causal_lm(str(run_dir / folder))
@@ -95,12 +97,16 @@ def test_fsdp_matches_one_process_and_ranks_agree(fsdp_run, tmp_path):
 
 
 def trained(weights: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the weights training moved: LoRA's B matrices (they start at zero) or base weights that changed."""
+    """Names of the weights training moved: LoRA's B matrices (they start at zero), base weights that changed, or
+    the soft prompt (it starts as the init text's embeddings)."""
     from rlhf.zoo import load_causal_lm
 
-    start = dict(load_causal_lm("tiny-llama").named_parameters())
+    base = load_causal_lm("tiny-llama")
+    start = dict(base.named_parameters())
+    embeddings = base.get_input_embeddings().weight
     return [name for name, w in weights.items()
-            if ("lora_B" in name and bool(w.any())) or (name in start and not torch.equal(w, start[name]))]
+            if ("lora_B" in name and bool(w.any())) or (name in start and not torch.equal(w, start[name]))
+            or ("prompt_encoder" in name and not any(torch.equal(row, e) for row in w for e in embeddings))]
 
 
 @pytest.mark.distributed

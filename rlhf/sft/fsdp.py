@@ -84,15 +84,14 @@ class ShardedTrainerMixin:
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """A checkpoint's model goes with its optimizer (:meth:`_save_optimizer_and_scheduler`); the final
-        export is gathered on every rank and written by the main process."""
+        export is gathered on every rank and written by the main process (plain HF folder or PEFT adapter)."""
         if _internal_call:
             return
         output_dir = output_dir or self.args.output_dir
-        state = full_state_dict(self.model)  # a collective: every rank gathers
+        # Saved from a plain copy: PEFT runs a soft prompt's encoder to save it, which sharded weights cannot do alone.
+        plain = local_model(self.model)  # a collective: every rank gathers
         if self.args.should_save:
-            os.makedirs(output_dir, exist_ok=True)
-            # PeftModel.save_pretrained picks the adapter's weights out of the full state dict
-            self.model.save_pretrained(output_dir, state_dict=state, safe_serialization=True)
+            plain.save_pretrained(output_dir)
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(output_dir)
 
