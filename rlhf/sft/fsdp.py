@@ -11,6 +11,7 @@ usual plain HF folder (full fine-tuning) or PEFT adapter (LoRA).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -69,7 +70,11 @@ class ShardedTrainerMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        shard(self.model, transformer_blocks(self.model))
+        blocks = transformer_blocks(self.model)
+        shard(self.model, blocks)
+        if self.args.should_save:
+            print(f"[sft] FSDP2: {len(blocks)} blocks and the root sharded over {self.args.world_size} processes",
+                  file=sys.stderr)
         self.model_wrapped = self.model
         # transformers' path for a model that owns its sharding: prepare autocast only (no DDP), reduce the
         # gradients through FSDP, defer that reduction inside gradient accumulation.
