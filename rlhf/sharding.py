@@ -132,6 +132,10 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
     if not modules:
         yield model
         return
+    if model is modules[0]:
+        # FSDP picks its root at the first forward it sees; generate() may first call an inner layer, which would
+        # then take the root's role. Settle it on the whole model first (what the first training forward does).
+        model._get_fsdp_state()._lazy_init()
     for module in modules:
         module.unshard()
     # Keep the gathered weights through every forward: FSDP's post-forward hook would free them again.

@@ -8,6 +8,11 @@ place, and ``checkpoints/latest`` is replaced atomically afterwards, so a run ki
 either the previous checkpoint or the new one, never half of one. Its ``manifest.json`` (sizes and
 sha256, :mod:`rlhf.checkpoints`) is written before the rename; resuming verifies it and falls back to
 the newest intact checkpoint, naming the bad file.
+
+Under FSDP (``RLTrainer.sharded``) the optimizer state lives in shards: every rank writes its own into
+``sharded/`` (torch.distributed.checkpoint, with the trainable weights) instead of ``optimizer.pt``, and a
+resume reads it back the same way; ``trainable.safetensors`` and ``adapter/`` still hold the whole
+(gathered) trainable weights, written by rank 0.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from rlhf import checkpoints
 LATEST = "latest"
 STATE = "trainer_state.json"
 TRAINABLE = "trainable.safetensors"
+SHARDED = "sharded"  # FSDP: each rank's shard of the trainable weights and optimizer state
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -75,12 +81,15 @@ def commit(run_dir: str | Path, tmp: Path, step: int, keep: int) -> Path:
     return final
 
 
-def save_main_files(tmp: Path, trainable: dict[str, torch.Tensor], optimizer_state: dict, scheduler_state: dict,
-                    trainer_state: dict[str, Any], save_adapter: Callable[[Path], None] | None = None) -> None:
+def save_main_files(tmp: Path, trainable: dict[str, torch.Tensor], optimizer_state: dict | None,
+                    scheduler_state: dict, trainer_state: dict[str, Any],
+                    save_adapter: Callable[[Path], None] | None = None) -> None:
+    """``optimizer_state`` None: the optimizer was saved sharded (FSDP)."""
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous().cpu() for k, v in trainable.items()}, str(tmp / TRAINABLE))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler_state, tmp / "scheduler.pt")
     (tmp / STATE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
     if save_adapter is not None:
@@ -102,9 +111,13 @@ def load_checkpoint(path: Path, rank: int, map_location: str | torch.device = "c
 
     read = checkpoints.read_file  # a file that will not load is named in the error
     rng_file = path / f"rng-rank{rank}.pt"
+    sharded = (path / SHARDED).is_dir()  # the optimizer state is there, read by rlhf.sharding.load_sharded
+    device = torch.device(map_location)
+    device = "cpu" if device.type == "cpu" else str(device)  # safetensors refuses "cpu:0" (accelerate's, under FSDP)
     return {
-        "trainable": read(path / TRAINABLE, lambda f: load_file(str(f), device=str(map_location))),
-        "optimizer": read(path / "optimizer.pt", lambda f: torch.load(f, map_location=map_location, weights_only=True)),
+        "trainable": read(path / TRAINABLE, lambda f: load_file(str(f), device=device)),
+        "optimizer": None if sharded else read(path / "optimizer.pt",
+                                               lambda f: torch.load(f, map_location=map_location, weights_only=True)),
         "scheduler": read(path / "scheduler.pt", lambda f: torch.load(f, weights_only=True)),
         "trainer_state": read(path / STATE, lambda f: json.loads(f.read_text(encoding="utf-8"))),
         "rng": read(rng_file, lambda f: torch.load(f, weights_only=True)) if rng_file.is_file() else None,
@@ -126,12 +139,22 @@ def save(trainer) -> Path | None:
         broadcast_object_list(holder)
     tmp = Path(holder[0])
     write_rank_files(tmp, acc.process_index)
+    sharded = getattr(trainer, "sharded", False)
+    if sharded:  # collectives: every rank writes its shard, and gathers the whole trainable weights
+        from rlhf.sharding import full_state_dict, save_sharded
+
+        save_sharded(tmp / SHARDED, trainer.unwrapped, trainer.optimizer, trainable_only=True)
+        trainable = full_state_dict(trainer.unwrapped, trainable_only=True)
     acc.wait_for_everyone()
     final = None
     if acc.is_main_process:
-        save_main_files(tmp, trainer.unwrapped.trainable_state_dict(), trainer.optimizer.state_dict(),
-                        trainer.scheduler.state_dict(), trainer.trainer_state(),
-                        save_adapter=lambda path: trainer.unwrapped.policy.save_pretrained(path))
+        if sharded:
+            save_main_files(tmp, trainable, None, trainer.scheduler.state_dict(), trainer.trainer_state(),
+                            save_adapter=lambda path: save_adapter(trainer.unwrapped, path, trainable))
+        else:
+            save_main_files(tmp, trainer.unwrapped.trainable_state_dict(), trainer.optimizer.state_dict(),
+                            trainer.scheduler.state_dict(), trainer.trainer_state(),
+                            save_adapter=lambda path: trainer.unwrapped.policy.save_pretrained(path))
         final = commit(trainer.run_dir, tmp, trainer.step_count, trainer.cfg.train.keep_checkpoints)
     acc.wait_for_everyone()
     return final
@@ -143,8 +166,19 @@ def resume(trainer, path: str | Path) -> None:
     if found is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {path}")
     state = load_checkpoint(found, trainer.accelerator.process_index, map_location=trainer.accelerator.device)
-    trainer.unwrapped.load_trainable_state_dict(state["trainable"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    sharded = getattr(trainer, "sharded", False)
+    if sharded != (state["optimizer"] is None):
+        written, now = ("sharded (FSDP)", "unsharded") if not sharded else ("unsharded", "sharded (FSDP)")
+        raise checkpoints.CheckpointError(f"--resume {found}: written {written}; this run is {now}: resume it "
+                                          "under the launch that wrote it")
+    if sharded:  # each rank reads its own shard of the trainable weights and of the optimizer state
+        from rlhf.sharding import load_sharded
+
+        checkpoints.read_file(found / SHARDED, lambda f: load_sharded(f, trainer.unwrapped, trainer.optimizer,
+                                                                       trainable_only=True))
+    else:
+        trainer.unwrapped.load_trainable_state_dict(state["trainable"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.load_trainer_state(state["trainer_state"])
     if state["rng"] is not None:
@@ -186,6 +220,22 @@ def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
     return base
 
 
+def save_adapter(model, folder: Path, trainable: dict[str, torch.Tensor]) -> None:
+    """The policy's PEFT adapter from whole (gathered) trainable weights named as ``model``'s: a sharded model's
+    own state dict holds only this rank's shard."""
+    prefix = "policy."
+    model.policy.save_pretrained(folder, state_dict={k[len(prefix):]: v for k, v in trainable.items()
+                                                     if k.startswith(prefix)})
+
+
+def _merged_from_adapter(adapter_dir: Path, dtype: torch.dtype):
+    """The policy with the adapter merged in, loaded in this one process from the saved adapter (FSDP's final
+    export: the sharded model cannot merge into weights it does not hold whole)."""
+    from peft import AutoPeftModelForCausalLM
+
+    return AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=dtype).merge_and_unload()
+
+
 def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
     """``out_dir/adapter`` (PEFT LoRA whose base is the SFT model, see :func:`point_adapter_at_sft`),
     ``value_head.safetensors`` (PPO) and, with ``merged``, the policy with SFT + RL weights merged as a plain
@@ -196,15 +246,27 @@ def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
     out_dir = Path(out_dir)
     acc, model = trainer.accelerator, trainer.unwrapped
     acc.wait_for_everyone()
+    sharded = getattr(trainer, "sharded", False)
+    if sharded:  # a collective: the whole trainable weights on every rank; rank 0 writes them
+        from rlhf.sharding import full_state_dict
+
+        trainable = full_state_dict(model, trainable_only=True)
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.policy.save_pretrained(out_dir / "adapter")
+        if sharded:
+            save_adapter(model, out_dir / "adapter", trainable)
+        else:
+            model.policy.save_pretrained(out_dir / "adapter")
         point_adapter_at_sft(out_dir / "adapter", trainer.cfg.policy, trainer.tokenizer)
         if model.value_head is not None:
-            save_file({k: v.contiguous().cpu() for k, v in model.value_head.state_dict().items()},
-                      str(out_dir / "value_head.safetensors"))
+            head = ({k[len("value_head."):]: v for k, v in trainable.items() if k.startswith("value_head.")}
+                    if sharded else model.value_head.state_dict())
+            save_file({k: v.contiguous().cpu() for k, v in head.items()}, str(out_dir / "value_head.safetensors"))
         if merged and not model.quantized:  # merged into 4-/8-bit weights the RL update would be rounded away
-            model.policy.merge_and_unload().save_pretrained(out_dir)
+            if sharded:
+                _merged_from_adapter(out_dir / "adapter", trainer.maker.compute_dtype).save_pretrained(out_dir)
+            else:
+                model.policy.merge_and_unload().save_pretrained(out_dir)
         trainer.tokenizer.save_pretrained(out_dir)
     acc.wait_for_everyone()
     return out_dir

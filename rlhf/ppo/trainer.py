@@ -7,13 +7,17 @@ loss term) and in how the policy loss is averaged, all read from the config.
 One :meth:`RLTrainer.step` is one iteration for every process at once: each process generates for its own
 share of prompts (k samples each), statistics that must agree (reward moments, advantage whitening, the
 KL controller, skip decisions, early stops) are reduced across processes, and gradients are all-reduced
-by DDP (or FSDP / DeepSpeed when accelerate is configured so). Checkpoints: ``rlhf.ppo.checkpoint``.
+by DDP, or reduce-scattered by FSDP2 under an FSDP launch: then the policy's decoder layers and the root
+(embeddings, LM head, value head) are sharded here (``rlhf.sharding``), rollouts run inside ``gathered``
+(each rank samples its own number of tokens), and the single-process speed paths (frozen trunk, packing,
+merged-LoRA sampling) are off. Checkpoints: ``rlhf.ppo.checkpoint``.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import random
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -35,6 +39,7 @@ from rlhf.ppo.policy import PolicyModel
 from rlhf.ppo.prompts import PromptStream
 from rlhf.ppo.rewards import RunningMoments, shape_scores
 from rlhf.ppo.sampler import make_sampler
+from rlhf import sharding
 from rlhf.threads import ThreadGovernor
 
 
@@ -77,6 +82,33 @@ def make_accelerator():
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
+def shard_policy(model: PolicyModel, cfg: RLStageConfig, say: bool = True) -> None:
+    """FSDP2 over the policy's (and a separate critic's) decoder layers, then the whole ``PolicyModel`` as the
+    root unit (embeddings, tied LM head, final norm, value head). LoRA adapters share their layer's unit.
+
+    The speed paths built for one unsharded process switch off: the frozen trunk (it cuts the layer list under
+    the sharded layers), packed forwards and the merged-LoRA sampler (it writes into the gathered weights)."""
+    from rlhf.config import ConfigError
+
+    if model.quantized:
+        raise ConfigError(f"policy.quantization: a {cfg.policy.quantization} base cannot be sharded under FSDP here; "
+                          "use a DDP launch")
+    models = [model.policy] + ([model.critic] if model.critic is not None else [])
+    try:
+        layers = [layer for m in models for layer in sharding.transformer_blocks(m)]
+    except ValueError as err:
+        raise ConfigError(f"policy.model: cannot be sharded under FSDP ({err})") from err
+    off = [name for name, on in (("frozen trunk", model.trunk_depth), ("packing", model.pack_sequences),
+                                 ("merged-LoRA sampling", cfg.policy.sampler == "fast"
+                                  and cfg.policy.merge_lora_for_sampling)) if on]
+    model.use_frozen_trunk(False)
+    model.use_packing(False)
+    if off and say:
+        print(f"[{cfg.rl.algo}] FSDP: {', '.join(off)} off (single-process speed paths; rollouts run on gathered "
+              "weights)", file=sys.stderr, flush=True)
+    sharding.shard(model, layers)
+
+
 class RLTrainer:
     """Online RL with a KL penalty on a LoRA policy: PPO, GRPO, RLOO or REINFORCE++ (``cfg.rl.algo``).
 
@@ -99,19 +131,28 @@ class RLTrainer:
             raise ValueError(f"{cfg.rl.algo} needs a value head: build the model with build_policy_model(cfg, ...)")
         acc = self.accelerator
         model.to(acc.device)
+        # FSDP: shard before the optimizer sees the parameters (fully_shard replaces them by DTensor shards), and
+        # keep the model away from prepare (accelerate ignores its FSDP plugin on CPU and would wrap it in DDP).
+        self.sharded = sharding.fsdp_requested() and acc.num_processes > 1
+        if self.sharded:
+            shard_policy(model, cfg, say=acc.is_main_process)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
         # Stepped once per step on every process (not prepared: accelerate would step it once per process).
         self.scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
                                        num_training_steps=max(cfg.train.steps, 1))
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if self.sharded:
+            self.model, self.optimizer = model, acc.prepare(optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(model, optimizer)
         self.unwrapped: PolicyModel = acc.unwrap_model(self.model)
         if self.unwrapped.trunk_depth and acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
             # Sharded layers gather their weights inside their own wrappers; the trunk path cuts the layer list
             # under them, which is only tested unsharded (single process and DDP).
             self.unwrapped.use_frozen_trunk(False)
         compute_dtype = self.unwrapped.causal_lm.get_input_embeddings().weight.dtype
-        sampler = make_sampler(self.unwrapped, cfg.policy.sampler, cfg.policy.merge_lora_for_sampling)
+        merge = cfg.policy.merge_lora_for_sampling and not self.sharded
+        sampler = make_sampler(self.unwrapped, cfg.policy.sampler, merge)
         self.maker = ExperienceMaker(self.unwrapped, tokenizer, scorer, cfg.generation, cfg.data.max_prompt_tokens,
                                      compute_dtype, reuse_sampling_pass=cfg.ppo.logprobs_from_sampling,
                                      forward_batch_size=cfg.ppo.forward_batch_size, sampler=sampler)
@@ -158,7 +199,8 @@ class RLTrainer:
         seed_everything(step_seed(cfg.run.seed, step, acc.process_index))
 
         # 1. rollouts: k responses per prompt, log-probs, values (ppo), reference log-probs, scores
-        exp = self.maker.make([p for p in prompts for _ in range(k)])
+        with sharding.gathered(self.unwrapped):  # sharded: whole weights, as each rank decodes its own length
+            exp = self.maker.make([p for p in prompts for _ in range(k)])
         release_freed_memory()  # the sampling and forward transients, before the update's (rlhf.ppo.memory)
         mask = exp.response_mask
         composite = exp.scores.composite.to(acc.device).float()  # (B,)
@@ -259,7 +301,8 @@ class RLTrainer:
                 updates += 1
                 for key, value in stats.items():
                     totals[key] += value
-                if cfg.max_approx_kl > 0 and stats["policy/approxkl"] > cfg.max_approx_kl:
+                # Every process stops together (DDP and FSDP need the same number of backward passes).
+                if cfg.max_approx_kl > 0 and self._any_process(stats["policy/approxkl"] > cfg.max_approx_kl):
                     stop = True
                     break
             if stop:
@@ -284,11 +327,12 @@ class RLTrainer:
         acc, cfg = self.accelerator, self.cfg
         micro_batches = rows.split(cfg.ppo.micro_batch_size)
         stats: dict[str, float] = defaultdict(float)
+        no_sync = sharding.no_sync if self.sharded else acc.no_sync
         for i, idx in enumerate(micro_batches):
             part = trim_padding(exp.rows(idx))
             last = i == len(micro_batches) - 1
-            # Gradients are all-reduced once per mini-batch, on its last micro-batch.
-            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+            # Gradients are all-reduced (FSDP: reduce-scattered) once per mini-batch, on its last micro-batch.
+            with contextlib.nullcontext() if last else no_sync(self.model):
                 with self.maker.autocast():
                     logits, values = self.model(part.input_ids, part.attention_mask, part.response_start,
                                                 trunk_hidden=part.trunk_hidden)
@@ -303,6 +347,8 @@ class RLTrainer:
             stats["tokens"] += part.input_ids.numel()
         max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # sharded gradients give the whole norm as a (replicated) DTensor
+            grad_norm = grad_norm.full_tensor()
         if not torch.isfinite(torch.as_tensor(grad_norm)).item():  # already all-reduced: every process agrees
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -352,7 +398,8 @@ class RLTrainer:
         totals: dict[str, float] = defaultdict(float)
         batch = self.cfg.rollouts_per_step
         for first in range(0, len(mine), batch):
-            exp = self.maker.make(mine[first:first + batch])
+            with sharding.gathered(self.unwrapped):
+                exp = self.maker.make(mine[first:first + batch])
             kl = kl_per_token(exp.logprobs, exp.ref_logprobs, self.cfg.kl.estimator) * exp.response_mask
             parts = {**exp.scores.as_metrics(), "objective/kl": kl.sum(1).mean().item(),
                      "response/length": exp.response_mask.sum(1).mean().item(),
