@@ -26,7 +26,7 @@ from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixt
 from rlhf.sft.forgetting import truthfulqa_mc1
 from rlhf.quantization import check_backend, keep_backward, load_kwargs as quantized_load_kwargs
 from rlhf.runtime import use_bf16
-from rlhf.sft.fsdp import check_fsdp, local_model
+from rlhf.sft.fsdp import check_fsdp, check_resume, local_model
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, checkpoint_step, from_rank_zero, init_distributed,
                               perplexity, planned_steps, ranks_in_sync, resolve_run, save_final, train_device)
 from rlhf.tracking import MetricsLogger, is_main_process, logged_value
@@ -47,6 +47,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     check_fsdp(cfg)
     init_distributed()
     run_dir, checkpoint = from_rank_zero(resolve_run(cfg.run, "sft", resume) if is_main_process() else None)
+    check_resume(checkpoint)
     set_seed(cfg.run.seed)
     bf16 = use_bf16(cfg.train.precision, train_device())
     main_rank = is_main_process()

@@ -125,6 +125,23 @@ def test_fsdp_resume_from_sharded_checkpoint_matches_uninterrupted(fsdp_run, tmp
         torch.testing.assert_close(resumed[name], weight, rtol=0, atol=0, msg=name)
 
 
+def test_resume_needs_the_launch_that_wrote_the_checkpoint(tmp_path, monkeypatch):
+    from rlhf.checkpoints import CheckpointError
+    from rlhf.sft.fsdp import check_resume
+
+    (tmp_path / "checkpoint-2" / "sharded").mkdir(parents=True)
+    (tmp_path / "checkpoint-4").mkdir()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    check_resume(tmp_path / "checkpoint-2")
+    check_resume(None)
+    with pytest.raises(CheckpointError, match="checkpoint-4: written unsharded; this run is sharded"):
+        check_resume(tmp_path / "checkpoint-4")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    check_resume(tmp_path / "checkpoint-4")
+    with pytest.raises(CheckpointError, match=r"checkpoint-2: written sharded \(FSDP\); this run is unsharded"):
+        check_resume(tmp_path / "checkpoint-2")
+
+
 def test_fsdp_refuses_a_model_it_cannot_wrap_before_loading(monkeypatch, capsys, tmp_path):
     """A model without a list of config.num_hidden_layers blocks, or a one-process launch: one line, exit 2,
     and no model is loaded (only its config is read)."""

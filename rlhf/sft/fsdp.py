@@ -63,6 +63,17 @@ def check_fsdp(cfg) -> None:
         raise ConfigError(problem)
 
 
+def check_resume(checkpoint: Path | None) -> None:
+    """Refuse, before any model loads, to resume a checkpoint under another launch than the one that wrote it:
+    a sharded one holds no model file a DDP run could read, and the other way round."""
+    from rlhf.checkpoints import CheckpointError
+
+    if checkpoint is not None and (checkpoint / SHARDED).is_dir() != fsdp_requested():
+        written, now = ("unsharded", "sharded (FSDP)") if fsdp_requested() else ("sharded (FSDP)", "unsharded")
+        raise CheckpointError(f"{checkpoint}: written {written}; this run is {now}: resume it under the launch "
+                              "that wrote it")
+
+
 class ShardedTrainerMixin:
     """Put before a transformers ``Trainer`` class: the model is sharded once the trainer has built it (after
     TRL attached the LoRA adapter or soft prompt, so adapters are sharded with their layers) and is never
