@@ -72,7 +72,8 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     from common import MemoryTrace, StepClock, StepRecord, forward_flops, lora_train_flops, write_side_result
     from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
     from rlhf.runtime import resolve_dtype
-    from rlhf.ppo.trainer import PPOTrainer, make_accelerator, seed_everything
+    from rlhf.ppo.trainer import PPOTrainer, seed_everything
+    from rlhf.runtime import make_accelerator
 
     # 1. as pipelines/ppo.py does: policy + LoRA + value head, the scorer, the trainer
     memory = MemoryTrace()

@@ -74,7 +74,8 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     from rlhf.config import load_config
     from rlhf.ppo.config import RLStageConfig
     from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
-    from rlhf.ppo.trainer import RLTrainer, make_accelerator, seed_everything
+    from rlhf.ppo.trainer import RLTrainer, seed_everything
+    from rlhf.runtime import make_accelerator
     from rlhf.runtime import resolve_dtype
 
     # 1. as the RL stage does: policy + LoRA (no value head for GRPO), the scorer, the trainer

@@ -59,7 +59,8 @@ def run_side(setting: str, steps: int, out: Path) -> int:
     from ppo_vs_trl import our_config
     from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
     from rlhf.ppo.scorers import TokenCountScorer
-    from rlhf.ppo.trainer import PPOTrainer, make_accelerator, seed_everything
+    from rlhf.ppo.trainer import PPOTrainer, seed_everything
+    from rlhf.runtime import make_accelerator
     from rlhf.runtime import resolve_dtype
     from rlhf.zoo import load_tokenizer, resolve_model
 

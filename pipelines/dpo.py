@@ -57,9 +57,9 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
                           "model); full fine-tuning is not supported")
     validate_stage_inputs(STAGE, cfg)
     pairs = load_pairs(cfg.data, cfg.run.seed)
+    bf16 = use_bf16(cfg.train.precision, train_device(cfg.run))  # rlhf.runtime decides device and precision
     run_dir, checkpoint = resolve_run_dir(cfg, resume)
     set_seed(cfg.run.seed)
-    bf16 = use_bf16(cfg.train.precision, train_device())
 
     # 2. the pairs in TRL's conversational format; pairs longer than train.max_length are dropped, never cut
     tokenizer = load_policy_tokenizer(cfg.policy)

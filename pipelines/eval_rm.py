@@ -45,9 +45,11 @@ def main(cfg: RMReportConfig) -> Path:
     from reward_models.data import load_pairs, subsample
     from reward_models.report import build_report, score_for_report, write_report
     from reward_models.scoring import RewardScorer
+    from rlhf.runtime import select_device
 
     # 1. inputs checked (one line naming the key, exit 2), before the model loads
     folder = check_inputs(cfg)
+    device = select_device(cfg.device, key="device")  # rlhf.runtime; a CUDA that is not here: one line
     out_dir = Path(cfg.out) if cfg.out else folder.parent / "rm_report"
 
     # 2. the pairs of the split: the same prompt-hash split reward training uses
@@ -56,7 +58,8 @@ def main(cfg: RMReportConfig) -> Path:
         raise ConfigError(f"split: no {cfg.split} pairs in sources {cfg.sources} and extra_files {cfg.extra_files}")
 
     # 3. the model, without Detoxify (the report judges the heads)
-    scorer = RewardScorer.from_pretrained(folder, toxicity=None, precision=cfg.precision, batch_size=cfg.batch_size)
+    scorer = RewardScorer.from_pretrained(folder, device, toxicity=None, precision=cfg.precision,
+                                          batch_size=cfg.batch_size)
 
     # 4. every pair scored by every head; accuracy, length bins, calibration, agreement
     report = {"model": str(folder), "split": cfg.split, "sources": [*cfg.sources, *cfg.extra_files]}

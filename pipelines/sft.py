@@ -28,7 +28,7 @@ from rlhf.quantization import check_backend, keep_backward, load_kwargs as quant
 from rlhf.runtime import use_bf16
 from rlhf.sft.fsdp import check_fsdp, check_resume, local_model
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, checkpoint_step, from_rank_zero, init_distributed,
-                              perplexity, planned_steps, ranks_in_sync, resolve_run, save_final, train_device)
+                              perplexity, planned_steps, ranks_in_sync, resolve_run, save_final)
 from rlhf.tracking import MetricsLogger, is_main_process, logged_value
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
@@ -45,11 +45,11 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     validate_stage_inputs("sft", cfg)
     check_backend(cfg.model.quantization)
     check_fsdp(cfg)
-    init_distributed()
+    device = init_distributed(cfg.run)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
     run_dir, checkpoint = from_rank_zero(resolve_run(cfg.run, "sft", resume) if is_main_process() else None)
     check_resume(checkpoint)
     set_seed(cfg.run.seed)
-    bf16 = use_bf16(cfg.train.precision, train_device())
+    bf16 = use_bf16(cfg.train.precision, device)
     main_rank = is_main_process()
 
     # 2. base model and tokenizer (fp32 master weights unless told otherwise; frozen and quantized for QLoRA)

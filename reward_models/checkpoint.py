@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from rlhf import checkpoints
+from rlhf.runtime import cuda_present
 
 PREFIX = "step-"
 
@@ -39,14 +40,14 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if cuda_present():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and cuda_present():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

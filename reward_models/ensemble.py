@@ -24,7 +24,7 @@ from reward_models.model import ScoringConfig
 from reward_models.scoring import RewardScorer, composite_reward, normalise_heads, resolve_model_folder
 from reward_models.toxicity import ToxicityScorer, load_toxicity
 from reward_models.types import RewardScores
-from rlhf.runtime import Precision
+from rlhf.runtime import Precision, select_device
 
 
 def mean_and_spread(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +62,7 @@ class RewardEnsemble:
         self.toxicity_weight = toxicity.settings.weight if toxicity is not None else 0.0
 
     @classmethod
-    def from_pretrained(cls, paths: Sequence[str | Path], device: str | torch.device = "cpu",
+    def from_pretrained(cls, paths: Sequence[str | Path], device: str | torch.device | None = None,
                         toxicity: ToxicitySettings | ToxicityScorer | Literal["config"] | None = "config",
                         precision: Precision = "auto", batch_size: int = 32,
                         weights: Mapping[str, float] | None = None, spread_penalty: float = 0.0) -> "RewardEnsemble":
@@ -72,7 +72,7 @@ class RewardEnsemble:
         """
         if not paths:
             raise ValueError("an ensemble needs at least one reward model folder")
-        device = torch.device(device)
+        device = select_device() if device is None else torch.device(device)  # None: rlhf.runtime decides
         members = [RewardScorer.from_pretrained(p, device, toxicity=None, precision=precision, batch_size=batch_size,
                                                 weights=weights) for p in paths]
         if isinstance(toxicity, ToxicityScorer):

@@ -58,6 +58,7 @@ class RMReportConfig:
     confidence: float = field(default=0.95, metadata={"help": "level of the Wilson intervals"})
     batch_size: int = field(default=64, metadata={"help": "sequences per forward pass"})
     precision: Precision = field(default="auto", metadata={"help": "bf16 autocast or fp32; auto: bf16 where native"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu or cuda (rlhf.runtime)"})
 
 
 # ---------------------------------------------------------------- the maths (pure functions)

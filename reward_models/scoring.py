@@ -19,7 +19,7 @@ from reward_models.config import ToxicitySettings
 from reward_models.model import REWARD_CONFIG, load_reward_model, score_sequences
 from reward_models.toxicity import ToxicityScorer, load_toxicity
 from reward_models.types import RewardScores
-from rlhf.runtime import Precision, use_bf16
+from rlhf.runtime import Precision, select_device, use_bf16
 
 
 def normalise_heads(heads: Mapping[str, torch.Tensor], mean: Mapping[str, float],
@@ -57,7 +57,7 @@ class RewardScorer:
         self.toxicity, self.device, self.bf16, self.batch_size = toxicity, device, bf16, batch_size
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
                         toxicity: ToxicitySettings | ToxicityScorer | Literal["config"] | None = "config",
                         precision: Precision = "auto", batch_size: int = 32,
                         weights: Mapping[str, float] | None = None) -> "RewardScorer":
@@ -68,7 +68,7 @@ class RewardScorer:
         precision: bf16 autocast or fp32; ``auto`` = bf16 where ``device`` has native bf16 (``rlhf.runtime``).
         weights: override the saved head weights (e.g. ``{"harmless": 2.0}``; missing heads keep theirs).
         """
-        device = torch.device(device)
+        device = select_device() if device is None else torch.device(device)  # None: rlhf.runtime decides
         model, encoder, scoring = load_reward_model(resolve_model_folder(path))
         model.to(device)
         if weights:

@@ -32,7 +32,7 @@ from reward_models.types import HEADS
 from rlhf.config import ConfigError, RunConfig
 from rlhf.quantization import check_backend
 from rlhf.records import PreferenceRecord
-from rlhf.runtime import fresh_accelerator_state, use_bf16
+from rlhf.runtime import make_accelerator, select_device, use_bf16
 from rlhf import sharding
 from rlhf.tracking import MetricsLogger, make_run_dir
 from rlhf.zoo import rlhf_home
@@ -169,7 +169,6 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     ``stop_after_steps`` ends the run right after writing a checkpoint at that step, as if it had been
     killed there (tests of ``--resume``).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
@@ -178,10 +177,8 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     if cfg.model.freeze_backbone and cfg.model.lora.enabled:
         raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
     check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
-    # cpu=True on CPU machines: without it, accelerate 1.15 under torchrun sees no process group and every rank
-    # runs as a lone "main" process (each trains on everything and they race to write the same files).
-    fresh_accelerator_state()  # not an earlier stage's mixed precision (rlhf.runtime)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # rlhf.runtime: CUDA when present, else CPU (run.device forces); gloo processes on CPU
+    accelerator = make_accelerator(select_device(cfg.run.device))
     run_dir = resolve_run_dir(cfg.run, resume)
     set_seed(cfg.run.seed)
     world, rank = accelerator.num_processes, accelerator.process_index

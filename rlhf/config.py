@@ -36,6 +36,8 @@ class RunConfig:
     run_name: str = dataclasses.field(default="", metadata={"help": "empty: <stage>-<YYYYmmdd-HHMMSS>"})
     seed: int = dataclasses.field(default=0,
                                   metadata={"help": "seed of the run (data order, initialisation, sampling)"})
+    device: str = dataclasses.field(default="auto", metadata={
+        "help": "auto (CUDA when present, else CPU), cpu or cuda; decided by rlhf.runtime.select_device"})
     wandb_project: str = dataclasses.field(default="rlhf", metadata={"help": "W&B project"})
     wandb_mode: str = dataclasses.field(default="offline",
                             metadata={"help": "offline (sync later with `wandb sync`), online or disabled"})

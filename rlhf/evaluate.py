@@ -24,6 +24,7 @@ the report.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Sequence
@@ -37,7 +38,7 @@ from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
 from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
-from rlhf.runtime import Precision, use_bf16
+from rlhf.runtime import Precision, select_device, use_bf16
 
 SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
 ALL = "all"  # the key of metrics over every source together
@@ -575,12 +576,12 @@ def run_evaluation(cfg: EvalConfig, scorer, load_policy: Callable | None = None,
                    gold=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Evaluate every variant of every policy; returns (per-sample records, policy descriptions).
 
-    Policies are loaded one at a time (only one model in memory besides the reward models). ``gold``: the
-    gold judge's scorer (scores under ``gold/``), or None.
+    Policies are loaded one at a time (only one model in memory besides the reward models), on the device
+    ``rlhf.runtime`` picks for ``run.device``. ``gold``: the gold judge's scorer (scores under ``gold/``), or None.
     """
     from rlhf.policies import load_policy as default_loader
 
-    load_policy = load_policy or default_loader
+    load_policy = load_policy or functools.partial(default_loader, device=select_device(cfg.run.device))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not cfg.policies:
@@ -622,7 +623,8 @@ def load_gold(cfg: EvalConfig):
         return None
     from reward_models.scoring import RewardScorer
 
-    return RewardScorer.from_pretrained(cfg.gold.model, precision=cfg.precision, batch_size=cfg.score_batch_size)
+    return RewardScorer.from_pretrained(cfg.gold.model, select_device(cfg.run.device), precision=cfg.precision,
+                                        batch_size=cfg.score_batch_size)
 
 
 def load_scorer(cfg: EvalConfig):
@@ -636,8 +638,8 @@ def load_scorer(cfg: EvalConfig):
     if cfg.toxicity_checkpoint:
         toxicity = ToxicitySettings(checkpoint=cfg.toxicity_checkpoint,
                                     huggingface_config_path=cfg.toxicity_config_path or None)
-    return RewardScorer.from_pretrained(cfg.reward_model, toxicity=toxicity, precision=cfg.precision,
-                                        batch_size=cfg.score_batch_size)
+    return RewardScorer.from_pretrained(cfg.reward_model, select_device(cfg.run.device), toxicity=toxicity,
+                                        precision=cfg.precision, batch_size=cfg.score_batch_size)
 
 
 def finite(value: Any) -> Any:

@@ -197,8 +197,8 @@ def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, P
     # A stage whose defaults set their own logging interval (SFT: 5, reward: 10) keeps it; others take the pipeline's.
     stage_log_every = config_cls().run.log_every
     own_log_every = stage_log_every if stage_log_every != RunConfig().log_every else cfg.run.log_every
-    run.update(seed=cfg.run.seed, wandb_project=cfg.run.wandb_project, wandb_mode=cfg.run.wandb_mode,
-               tags=[*cfg.run.tags, f"pipeline:{pipeline_dir(cfg).name}"],
+    run.update(seed=cfg.run.seed, device=cfg.run.device, wandb_project=cfg.run.wandb_project,
+               wandb_mode=cfg.run.wandb_mode, tags=[*cfg.run.tags, f"pipeline:{pipeline_dir(cfg).name}"],
                log_every=run.get("log_every", own_log_every))
     tree["run"] = run
     for dotted, value in spec.overrides.items():

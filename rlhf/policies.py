@@ -138,8 +138,10 @@ class Policy:
                                   f"and no `reference` is configured")
 
 
-def load_policy(name: str, path: str, base: str = "", reference: str = "", dtype=None) -> Policy:
+def load_policy(name: str, path: str, base: str = "", reference: str = "", dtype=None, device=None) -> Policy:
     """Load ``path`` (zoo name, hub id, folder, adapter folder) as policy ``name``; see the module docstring.
+
+    ``device``: where it runs (from ``rlhf.runtime.select_device``); None: CPU.
 
     ``base``: for an adapter, the model to put it on instead of its ``base_model_name_or_path``.
     ``reference``: an explicit reference model for KL (else: adapter disabled, or none for full weights).
@@ -172,6 +174,7 @@ def load_policy(name: str, path: str, base: str = "", reference: str = "", dtype
         kind = "adapter"
     else:
         model, kind = _load_weights(path, dtype), "full"
-    model.eval()
-    reference_model = _load_weights(reference, dtype).eval() if reference else None
+    device = device or torch.device("cpu")
+    model.to(device).eval()
+    reference_model = _load_weights(reference, dtype).to(device).eval() if reference else None
     return Policy(name=name, path=path, model=model, tokenizer=tokenizer, kind=kind, reference_model=reference_model)

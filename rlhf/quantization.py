@@ -64,8 +64,11 @@ def load_kwargs(kind: str, compute_dtype: torch.dtype = torch.float32, keep_floa
     config = bnb_config(kind, compute_dtype, keep_float)
     if config is None:
         return {}
-    # bitsandbytes quantizes while placing the weights, so it needs a device map (the one device there is)
-    return {"quantization_config": config, "device_map": {"": 0 if torch.cuda.is_available() else "cpu"}}
+    # bitsandbytes quantizes while placing the weights, so it needs a device map (the device rlhf.runtime picks)
+    from rlhf.runtime import select_device
+
+    device = select_device()
+    return {"quantization_config": config, "device_map": {"": device.index or 0 if device.type == "cuda" else "cpu"}}
 
 
 def keep_backward(model):

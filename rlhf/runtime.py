@@ -1,5 +1,11 @@
 """Where a stage computes and in what precision: one rule for every stage.
 
+Every stage asks this module, and only this module, where it runs: :func:`select_device` (CUDA when there is
+one, this process's local GPU under a launcher; ``--run.device cpu|cuda`` forces), :func:`make_accelerator`
+and :func:`init_process_group` (accelerate's process group on that device: gloo on CPU, NCCL on CUDA), and
+:func:`use_bf16` / :func:`resolve_dtype` for precision. ``tests/test_runtime.py`` checks that no other module
+decides a device itself.
+
 ``precision`` means the same everywhere: ``fp32``; ``bf16`` (frozen weights stored and multiplied in bf16,
 trainable weights kept float32); ``auto`` = bf16 only where bf16 matmuls are native (CUDA with bf16, CPUs
 with AVX512-BF16 or AMX). Elsewhere bf16 is emulated: on an AVX2-only EPYC a bf16 matmul measured ~4.5x
@@ -15,6 +21,48 @@ from typing import Literal, Mapping
 import torch
 
 Precision = Literal["auto", "bf16", "fp32"]
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def cuda_present() -> bool:
+    """Whether this process sees a CUDA device (the one place the project asks torch)."""
+    return torch.cuda.is_available()
+
+
+def select_device(requested: str = "auto", key: str = "run.device") -> torch.device:
+    """The device a stage computes on: ``auto`` = CUDA when present (this process's ``LOCAL_RANK`` GPU under
+    torchrun / accelerate launch), else CPU; ``cpu`` / ``cuda`` force. Asking for CUDA where there is none is
+    a config error naming ``key`` (one line, before any model loads), not a crash deep inside a stage."""
+    from rlhf.config import ConfigError
+
+    if requested not in DEVICES:
+        raise ConfigError(f"{key}: expected one of {', '.join(DEVICES)}, got {requested!r}")
+    if requested == "cuda" and not cuda_present():
+        raise ConfigError(f"{key}: cuda requested, but this machine has no CUDA device (use auto or cpu)")
+    if requested == "cpu" or not cuda_present():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_process_group(device: torch.device) -> None:
+    """Start accelerate's process group under a launcher (a no-op in one process): gloo on CPU, NCCL on CUDA.
+    accelerate must be told ``cpu=True`` on a machine without a GPU, or torchrun processes each think they
+    run alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=device.type == "cpu")
+
+
+def make_accelerator(device: torch.device | None = None):
+    """The Accelerator of a stage's own training loop (reward, RL), on ``device`` (from :func:`select_device`;
+    None: ``auto``), with no mixed precision left over from an earlier stage of this process."""
+    from accelerate import Accelerator
+
+    device = select_device() if device is None else device
+    fresh_accelerator_state()
+    return Accelerator(cpu=device.type == "cpu")
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -79,7 +127,7 @@ def launch_problem(env: Mapping[str, str] | None = None, cuda: bool | None = Non
     FSDP runs everywhere, as FSDP2 only, in the stages that wrap the model with ``rlhf.sharding.shard``
     themselves (``shards``, see ``rlhf.sharding.SHARDED_STAGES``); the others leave FSDP to accelerate: CUDA only."""
     env = os.environ if env is None else env
-    cuda = torch.cuda.is_available() if cuda is None else cuda
+    cuda = cuda_present() if cuda is None else cuda
     if _flag(env, "ACCELERATE_USE_DEEPSPEED"):
         stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
         if stage is not None and stage not in ZERO_STAGES:

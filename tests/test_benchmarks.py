@@ -265,3 +265,24 @@ def test_rl_vs_trl_phases_ratios_and_table():
     assert "AMD EPYC" in table and "avx512_bf16 True" in table and "ours#0: 1.00->2.00" in table
     slow = {**sides, "ours": {**sides["ours"], "sec_per_step": 20.0}}
     assert "MISS" in rl_vs_trl.format_table({**result, "sides": slow, "ratios": rl_vs_trl.ratios(slow)})
+
+
+def test_gpu_check_plans_every_demo_stage_and_refuses_a_machine_without_cuda(tmp_path, monkeypatch, capsys):
+    import gpu_check
+
+    from pipelines.run import PRESETS
+    from rlhf import runtime
+    from rlhf.config import load_config
+    from rlhf.pipeline import PipelineConfig, resolve_stage
+
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == len(gpu_check.STAGES) + 1 and all("--run.device cuda" in c for c in commands[:-1])
+    cfg, _ = load_config(PipelineConfig, gpu_check.pipeline_argv(tmp_path, len(gpu_check.STAGES) - 1)[3:],
+                         PRESETS["demo"])
+    planned = {name: gpu_check.planned_gib(resolve_stage(cfg, name)) for name in gpu_check.STAGES}
+    assert all(planned[n] > 0.1 for n in ("sft", "reward", "gold", "ppo")) and planned["eval"] is None
+    assert resolve_stage(cfg, "ppo").config.run.device == "cuda"  # the pipeline hands run.device to every stage
+    monkeypatch.setattr(runtime, "cuda_present", lambda: False)
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: benchmarks/gpu_check.py needs a CUDA device")

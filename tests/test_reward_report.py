@@ -151,6 +151,17 @@ def test_eval_rm_bad_input_is_one_line_and_exit_2(tiny_reward_model, tmp_path, c
     assert not (tmp_path / "rm_report").exists()
 
 
+def test_eval_rm_asks_the_runtime_for_its_device(tiny_reward_model, tmp_path, monkeypatch, capsys):
+    from pipelines.eval_rm import cli
+    from rlhf import runtime
+
+    monkeypatch.setattr(runtime, "cuda_present", lambda: False)
+    assert cli([str(tiny_reward_model), "--out", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: device: cuda requested, but this machine has no CUDA device "
+                                               "(use auto or cpu)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_rm_is_a_subcommand():
     from rlhf.cli import STAGES
 

@@ -7,8 +7,7 @@ import torch
 def test_an_earlier_bf16_accelerator_does_not_leak_into_the_next_stage():
     from accelerate import Accelerator
 
-    from rlhf.ppo.trainer import make_accelerator
-    from rlhf.runtime import fresh_accelerator_state
+    from rlhf.runtime import fresh_accelerator_state, make_accelerator
 
     fresh_accelerator_state()  # whatever the tests before this one left
     Accelerator(cpu=True, mixed_precision="bf16")  # what a TRL trainer (SFT, DPO) leaves in the process

@@ -12,7 +12,7 @@ import torch
 
 from pipelines.sft import cli, main
 from rlhf.checkpoints import write_manifest
-from rlhf.config import ConfigError, load_config
+from rlhf.config import ConfigError, RunConfig, load_config
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import encode_records, to_dataset, training_mixture
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, hf_logs_to_metrics, latest_checkpoint,
@@ -63,7 +63,8 @@ def test_trainer_logs_are_renamed_into_our_namespaces():
 
 
 def test_precision_lora_layers_and_planned_steps():
-    assert use_bf16("bf16", train_device()) and not use_bf16("fp32", train_device())
+    device = train_device(RunConfig())
+    assert use_bf16("bf16", device) and not use_bf16("fp32", device)
     # lora.layers counts from the top when negative (the same LoraConfig as stage 3): [-1] of 2 layers = [1]
     assert peft_config(SFTStageConfig().lora, 2).layers_to_transform is None  # empty: every layer
     lora, _ = load_config(SFTStageConfig, ["--lora.layers", "[-1]"])

@@ -13,26 +13,29 @@ from rlhf.annotate.store import NewItem
 from rlhf.records import prompt_to_messages
 
 
-def _generate(policy: str, prompts: list[str], max_new_tokens: int, seeds: list[int]) -> list[list[str]]:
-    """One list of responses per seed, from one policy (loaded once)."""
+def _generate(policy: str, prompts: list[str], max_new_tokens: int, seeds: list[int],
+              device: str = "auto") -> list[list[str]]:
+    """One list of responses per seed, from one policy (loaded once, on the device ``rlhf.runtime`` picks)."""
     from rlhf.generation import GenerationSettings, generate_chat
+    from rlhf.runtime import select_device
     from rlhf.zoo import load_causal_lm, load_tokenizer
 
-    tokenizer, model = load_tokenizer(policy), load_causal_lm(policy)
+    where = select_device(device, key="--device")
+    tokenizer, model = load_tokenizer(policy), load_causal_lm(policy).to(where)
     chats = [prompt_to_messages(p) for p in prompts]
     return [generate_chat(model, tokenizer, chats, GenerationSettings(max_new_tokens=max_new_tokens, seed=seed))
             for seed in seeds]
 
 
 def sample_items(prompts: list[str], policy: str, policy2: str | None = None, max_new_tokens: int = 128,
-                 seed: int = 0, log=lambda msg: print(msg, file=sys.stderr)) -> list[NewItem]:
+                 seed: int = 0, log=lambda msg: print(msg, file=sys.stderr), device: str = "auto") -> list[NewItem]:
     if policy2 is None:
-        first, second = _generate(policy, prompts, max_new_tokens, seeds=[seed, seed + 1])
+        first, second = _generate(policy, prompts, max_new_tokens, seeds=[seed, seed + 1], device=device)
         names = (policy, policy)
     else:
         # Different seeds here too: a policy compared with itself (a sanity check) must not answer twice alike.
-        [first] = _generate(policy, prompts, max_new_tokens, seeds=[seed])
-        [second] = _generate(policy2, prompts, max_new_tokens, seeds=[seed + 1])
+        [first] = _generate(policy, prompts, max_new_tokens, seeds=[seed], device=device)
+        [second] = _generate(policy2, prompts, max_new_tokens, seeds=[seed + 1], device=device)
         names = (policy, policy2)
     rng = random.Random(seed)
     items, skipped = [], 0

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rlhf import checkpoints
+from rlhf.runtime import cuda_present
 
 LATEST = "latest"
 STATE = "trainer_state.json"
@@ -46,7 +47,7 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": torch.cuda.get_rng_state_all() if cuda_present() else []}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -54,7 +55,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
+    if state["cuda"] and cuda_present():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -40,6 +40,7 @@ from rlhf.ppo.prompts import PromptStream
 from rlhf.ppo.rewards import RunningMoments, shape_scores
 from rlhf.ppo.sampler import make_sampler
 from rlhf import sharding
+from rlhf.runtime import make_accelerator, select_device
 from rlhf.threads import ThreadGovernor
 
 
@@ -69,17 +70,6 @@ def trim_padding(part: Experience) -> Experience:
         if value is not None:
             setattr(trimmed, name, value[:, :width])
     return trimmed
-
-
-def make_accelerator():
-    """accelerate's Accelerator; on a machine without a GPU it must be told so, or ``torchrun`` processes
-    would each think they run alone (accelerate only sets up gloo when ``cpu=True``)."""
-    from accelerate import Accelerator
-
-    from rlhf.runtime import fresh_accelerator_state
-
-    fresh_accelerator_state()  # not an earlier stage's mixed precision (rlhf.runtime)
-    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def shard_policy(model: PolicyModel, cfg: RLStageConfig, say: bool = True) -> None:
@@ -122,7 +112,7 @@ class RLTrainer:
         from transformers import get_scheduler
 
         self.cfg = cfg
-        self.accelerator = accelerator or make_accelerator()
+        self.accelerator = accelerator or make_accelerator(select_device(cfg.run.device))
         self.logger = logger
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.threads = ThreadGovernor(cfg.train.threads)  # 0: threads follow the cores other processes leave free

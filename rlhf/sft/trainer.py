@@ -29,11 +29,13 @@ PREFIX = "checkpoint-"  # HF Trainer's folder names: checkpoint-<global step>
 # ---------------------------------------------------------------- precision
 
 
-def train_device() -> torch.device:
-    """Where the Trainer trains (``use_cpu`` without a GPU): ``rlhf.runtime.use_bf16`` decides bf16 autocast for it.
+def train_device(run) -> torch.device:
+    """Where the Trainer trains (``rlhf.runtime.select_device`` of ``run.device``); ``rlhf.runtime.use_bf16``
+    decides bf16 autocast for it. (On an AVX2-only EPYC a bf16-autocast SmolLM2 training step measured more
+    than 2x slower than fp32.)"""
+    from rlhf.runtime import select_device
 
-    (On an AVX2-only EPYC a bf16-autocast SmolLM2 training step measured more than 2x slower than fp32.)"""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return select_device(run.device)
 
 
 # ---------------------------------------------------------------- LoRA and prompt tuning
@@ -213,7 +215,7 @@ def common_training_args(t, run, run_dir: Path, bf16: bool, eval_on_start: bool)
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        bf16=bf16, fp16=False, use_cpu=train_device().type == "cpu",  # multi-process on CPU: accelerate picks gloo
+        bf16=bf16, fp16=False, use_cpu=train_device(run).type == "cpu",  # multi-process on CPU: accelerate picks gloo
         gradient_checkpointing=t.gradient_checkpointing,
         max_length=t.max_length,
         eval_strategy="steps" if t.eval_steps > 0 else "no", eval_steps=t.eval_steps or None,
@@ -259,15 +261,14 @@ def planned_steps(n_examples: int, cfg: SFTStageConfig, world_size: int = 1) -> 
 # ---------------------------------------------------------------- distributed
 
 
-def init_distributed() -> None:
-    """Start the process group early under torchrun, so ranks can agree on the run folder before the
-    Trainer exists (the Trainer then reuses the same accelerate state)."""
-    import os
+def init_distributed(run) -> torch.device:
+    """Start the process group early under torchrun (gloo on CPU, NCCL on CUDA), so ranks can agree on the run
+    folder before the Trainer exists (the Trainer then reuses the same accelerate state); returns the device."""
+    from rlhf.runtime import init_process_group
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        PartialState(cpu=not torch.cuda.is_available())  # on CPU accelerate picks gloo
+    device = train_device(run)
+    init_process_group(device)
+    return device
 
 
 def from_rank_zero(value):
