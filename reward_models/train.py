@@ -230,7 +230,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     # Filling the cache in small batches on CPU: 48 SmolLM2 texts took 3.4 s in batches of 8 and 6.9 s in batches
     # of 64 (2 cores, bf16; padding and attention memory grow with the batch). GPUs prefer the large ones.
     fill_batch = cfg.eval.batch_size if accelerator.device.type == "cuda" else min(8, cfg.eval.batch_size)
-    if sharded and cfg.train.trunk_cache != "off":
+    if sharded and cfg.train.trunk_cache != "off" and trunk_cache.find_trunk(unwrapped) is not None:
         _say(accelerator, "trunk cache off under FSDP (the trunk's layers are sharded; every forward runs them)")
     inputs = trunk_cache.model_inputs(unwrapped, "off" if sharded else cfg.train.trunk_cache, cfg.train.cache_dir or rlhf_home() / "trunk-cache",
                                       bf16, data.chosen[:2], encoder.pad_token_id, fill_batch,
