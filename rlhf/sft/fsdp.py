@@ -2,11 +2,11 @@
 
 Why a Trainer subclass: on CPU accelerate ignores its FSDP plugin, so ``accelerator.prepare`` would wrap the
 model in DDP. transformers 5.24 already has the path we need for a model that arrives sharded (its
-``is_distributed_loading_by_transformers``): autocast only, no DDP wrap, gradient reduction left to FSDP,
-``no_sync`` replaced by FSDP's own deferral. It refuses to checkpoint such a model (it cannot save its optimizer),
-so this subclass supplies the checkpoint: model and optimizer through torch.distributed.checkpoint (each rank
-its own shard), scheduler and trainer state as usual. The final export gathers a full state dict and writes the
-usual plain HF folder (full fine-tuning) or PEFT adapter (LoRA).
+``is_distributed_loading_by_transformers``): autocast only, no DDP wrap, gradient reduction left to FSDP (clipping
+then runs on the DTensor gradients). It refuses to checkpoint such a model (it cannot save its optimizer), so this
+subclass supplies the checkpoint: model and optimizer through torch.distributed.checkpoint (each rank its own
+shard), scheduler, RNG and trainer state as usual. The final export gathers the weights into a plain copy and
+writes the usual HF folder (full fine-tuning) or PEFT adapter (LoRA, prompt tuning).
 """
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transformers.trainer import SCHEDULER_NAME
-
 from rlhf.config import ConfigError
 from rlhf.sharding import (fsdp_requested, full_state_dict, is_sharded, load_sharded, no_sync, save_sharded, shard,
                            transformer_blocks)
 
 SHARDED = "sharded"  # a checkpoint's torch.distributed.checkpoint folder (model + optimizer, one file per rank)
+SCHEDULER = "scheduler.pt"  # transformers' SCHEDULER_NAME: the name a checkpoint's scheduler always had
 
 
 def wrap_problem(model_name: str) -> str | None:
@@ -118,7 +117,7 @@ class ShardedTrainerMixin:
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         save_sharded(Path(output_dir) / SHARDED, self.model, self.optimizer, trainable_only=self._frozen_weights())
         if self.args.should_save:
-            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Nothing yet: the optimizer does not exist when the Trainer calls this; the model is read with it."""
@@ -127,7 +126,7 @@ class ShardedTrainerMixin:
         if checkpoint is None:
             return
         load_sharded(Path(checkpoint) / SHARDED, self.model, self.optimizer, trainable_only=self._frozen_weights())
-        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER), weights_only=True))
 
 
 def local_model(model: nn.Module) -> nn.Module | None:
