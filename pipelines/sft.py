@@ -6,6 +6,7 @@ tokens only.
     rlhf sft --model.quantization 4bit                               # QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes)
     rlhf sft --lora.enabled false --prompt_tuning.enabled true --prompt_tuning.num_virtual_tokens 50  # soft prompt
     torchrun --nproc_per_node 2 pipelines/sft.py --config pipelines/configs/sft_tiny.yaml   # DDP (gloo on CPU)
+    ACCELERATE_USE_FSDP=true torchrun --nproc_per_node 2 pipelines/sft.py ...                # FSDP2 (rlhf.sft.fsdp)
     rlhf sft --run.run_name my-run --resume                                                  # continue a run
 
 Writes ``<run_dir>/final/`` (PEFT adapter or full model, plus tokenizer), optionally
@@ -25,6 +26,7 @@ from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixt
 from rlhf.sft.forgetting import truthfulqa_mc1
 from rlhf.quantization import check_backend, keep_backward, load_kwargs as quantized_load_kwargs
 from rlhf.runtime import use_bf16
+from rlhf.sft.fsdp import check_fsdp, check_resume, local_model
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, checkpoint_step, from_rank_zero, init_distributed,
                               perplexity, planned_steps, ranks_in_sync, resolve_run, save_final)
 from rlhf.tracking import MetricsLogger, is_main_process, logged_value
@@ -42,8 +44,10 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     #    (rank 0 decides, every rank agrees), seed, precision
     validate_stage_inputs("sft", cfg)
     check_backend(cfg.model.quantization)
+    check_fsdp(cfg)
     device = init_distributed(cfg.run)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
     run_dir, checkpoint = from_rank_zero(resolve_run(cfg.run, "sft", resume) if is_main_process() else None)
+    check_resume(checkpoint)
     set_seed(cfg.run.seed)
     bf16 = use_bf16(cfg.train.precision, device)
     main_rank = is_main_process()
@@ -99,9 +103,10 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
         summary.update({"eval/loss_after": after["eval_loss"], "eval/perplexity_after": perplexity(after["eval_loss"])})
     summary["dist/world_size"], summary["dist/ranks_in_sync"] = ranks_in_sync(trainer.model)
 
-    # 8. main rank: sample generations, forgetting check part 2, final artifacts, summary
+    # 8. main rank: sample generations, forgetting check part 2, final artifacts, summary (a sharded model is
+    #    gathered into a plain copy on rank 0 first, so rank 0's forward calls need no other rank)
+    policy = local_model(trainer.accelerator.unwrap_model(trainer.model))
     if main_rank:
-        policy = trainer.accelerator.unwrap_model(trainer.model)
         samples = [dev[i * len(dev) // cfg.data.samples] for i in range(min(cfg.data.samples, len(dev)))]
         responses = generate_chat(policy, tokenizer, [r.prompt_messages for r in samples], cfg.generation)
         logger.log_table("samples", ["source", "prompt", "reference", "response"],

@@ -236,10 +236,14 @@ def build_trainer(cfg: SFTStageConfig, model, tokenizer, train_dataset, eval_dat
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
+    from rlhf.sharding import fsdp_requested
+    from rlhf.sft.fsdp import sharded
+
     datasets.disable_progress_bars()  # TRL's label-building maps would print a bar per pass
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
     fresh_accelerator_state()  # the trainer's accelerator takes args' precision, not an earlier stage's
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+    trainer_class = sharded(SFTTrainer) if fsdp_requested() else SFTTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=stage_peft_config(cfg, model.config.num_hidden_layers),
                          callbacks=[tracker, CheckpointManifest(), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; our logger already shows them
@@ -286,6 +290,9 @@ def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str
     ``final-merged/``: base + adapter merged into plain weights, when asked (LoRA only)."""
     from peft import PeftModel
 
+    from rlhf.sharding import is_sharded
+    from rlhf.zoo import load_causal_lm
+
     paths = {"final": str(run_dir / "final")}
     trainer.save_model(paths["final"])
     if not trainer.is_world_process_zero():
@@ -294,6 +301,9 @@ def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str
     model = trainer.accelerator.unwrap_model(trainer.model)
     if save_merged and isinstance(model, PeftModel):
         paths["final_merged"] = str(run_dir / "final-merged")
+        if is_sharded(model):  # rank 0 holds shards only: fold the saved adapter into a freshly loaded base
+            model = PeftModel.from_pretrained(load_causal_lm(model.peft_config["default"].base_model_name_or_path,
+                                                             dtype=model.get_base_model().dtype), paths["final"])
         # merge_and_unload folds the adapter into the base weights in place: done last, on the live model.
         merged = model.merge_and_unload()
         merged.save_pretrained(paths["final_merged"])
@@ -302,12 +312,18 @@ def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str
 
 
 def weights_digest(model) -> str:
-    """sha256 of the trainable weights: equal digests = bit-identical replicas."""
+    """sha256 of the trainable weights: equal digests = bit-identical replicas. A sharded model's weights are
+    gathered first (a collective), so its ranks compare the whole weights they would export."""
+    from rlhf.sharding import full_state_dict, is_sharded
+
+    if is_sharded(model):
+        params = full_state_dict(model, trainable_only=True)
+    else:
+        params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters()):
-        if param.requires_grad:
-            digest.update(name.encode())
-            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for name, param in sorted(params.items()):
+        digest.update(name.encode())
+        digest.update(param.cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
