@@ -50,6 +50,11 @@ PPO_DRIVER = textwrap.dedent('''
 ''')
 
 
+# What `accelerate launch` sets for each launch config the equivalence tests run (pipelines/accelerate/*.yaml):
+# DDP is a plain torchrun (rlhf.runtime gives each process its gloo group on CPU); FSDP2 adds fsdp.yaml's flags.
+STRATEGY_ENV = {"ddp": {}, "fsdp2": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}}
+
+
 def worker_env() -> dict[str, str]:
     """One thread per process (the processes share the cores) and no tokenizer thread pool."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -114,11 +114,12 @@ def load_checkpoint(path: Path, rank: int, map_location: str | torch.device = "c
     rng_file = path / f"rng-rank{rank}.pt"
     sharded = (path / SHARDED).is_dir()  # the optimizer state is there, read by rlhf.sharding.load_sharded
     device = torch.device(map_location)
-    device = "cpu" if device.type == "cpu" else str(device)  # safetensors refuses "cpu:0" (accelerate's, under FSDP)
+    # accelerate's device under torchrun on CPU is "cpu:0", which neither safetensors nor torch.load restores to
+    device = "cpu" if device.type == "cpu" else str(device)
     return {
         "trainable": read(path / TRAINABLE, lambda f: load_file(str(f), device=device)),
         "optimizer": None if sharded else read(path / "optimizer.pt",
-                                               lambda f: torch.load(f, map_location=map_location, weights_only=True)),
+                                               lambda f: torch.load(f, map_location=device, weights_only=True)),
         "scheduler": read(path / "scheduler.pt", lambda f: torch.load(f, weights_only=True)),
         "trainer_state": read(path / STATE, lambda f: json.loads(f.read_text(encoding="utf-8"))),
         "rng": read(rng_file, lambda f: torch.load(f, weights_only=True)) if rng_file.is_file() else None,

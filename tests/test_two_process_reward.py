@@ -1,10 +1,11 @@
-"""The reward stage under FSDP2 on two CPU processes (torchrun, gloo, tiny BERT, fp32):
+"""The reward stage on two CPU processes (torchrun, gloo, tiny BERT, fp32), under DDP and under FSDP2 (each
+launch as `accelerate launch` with pipelines/accelerate/ddp.yaml or fsdp.yaml would start it):
 
 (a) the losses, gradient norms and final weights equal one process on the same global batch: one process
     accumulates four micro-batches per step, two processes two each (accumulated without reduce-scatter, then
     reduced once; rtol 1e-4: only the order of sums differs; the weights as ``assert_adam_weights_close`` says);
-(b) the gathered weights are identical on both ranks and were DTensor shards while training;
-(c) a run stopped after a sharded checkpoint and resumed in a fresh process group ends as the uninterrupted one.
+(b) the gathered weights are identical on both ranks and (FSDP2) were DTensor shards while training;
+(c) a run stopped after a (FSDP2: sharded) checkpoint and resumed in a fresh process group ends as the uninterrupted one.
 Dropout is switched off so that one and two processes compute the same function.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_helpers import ROOT, assert_adam_weights_close, worker_env
+from distributed_helpers import ROOT, STRATEGY_ENV, assert_adam_weights_close, worker_env
 
 TESTS = Path(__file__).resolve().parent
 STEPS = 4
@@ -27,7 +28,7 @@ STEPS = 4
 DRIVER = textwrap.dedent('''
     import os, pathlib, sys, torch
     sys.path.insert(0, {tests!r})
-    from test_fsdp_reward import run
+    from test_two_process_reward import run
     out, name, accum, mode = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
     captured = run(out, name, accum, stop_after_steps=2 if mode == "stop" else None, resume=mode == "resume")
     import torch.distributed as dist
@@ -77,10 +78,10 @@ def run(out: Path, name: str, accum: int, stop_after_steps: int | None = None, r
     return captured
 
 
-def torchrun(out: Path, name: str, mode: str) -> list[dict]:
+def torchrun(out: Path, name: str, mode: str, strategy: str) -> list[dict]:
     driver = out / "driver.py"
     driver.write_text(DRIVER)
-    env = {**worker_env(), "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    env = {**worker_env(), **STRATEGY_ENV[strategy]}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              str(driver), str(out), name, "2", mode], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=180)
@@ -94,24 +95,26 @@ def metrics(out: Path, name: str) -> dict[int, dict]:
     return {m["step"]: m for m in read_metrics(out / "runs" / name / "metrics.jsonl") if "loss/pairwise" in m}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One process (four micro-batches per step) and two FSDP processes (two each): the same global batches."""
-    out = tmp_path_factory.mktemp("fsdp-reward")
+@pytest.fixture(scope="module", params=sorted(STRATEGY_ENV))
+def runs(request, tmp_path_factory):
+    """One process (four micro-batches per step) and two DDP or FSDP2 processes (two each): the same global
+    batches. Returns (folder, strategy, the one process's capture, the two ranks' captures)."""
+    strategy = request.param
+    out = tmp_path_factory.mktemp(f"{strategy}-reward")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each worker (the processes share the cores)
     try:
         single = run(out, "single", accum=4)
     finally:
         torch.set_num_threads(threads)
-    return out, single, torchrun(out, "fsdp", "full")
+    return out, strategy, single, torchrun(out, "fsdp", "full", strategy)
 
 
 @pytest.mark.distributed
-def test_fsdp_reward_equals_one_process_on_the_same_global_batch(runs):
-    out, single, ranks = runs
-    for rank in ranks:  # every parameter was a shard while training
-        assert rank["dtensors"] == rank["params"] and rank["params"]
+def test_two_processes_reward_equals_one_process_on_the_same_global_batch(runs):
+    out, strategy, single, ranks = runs
+    for rank in ranks:  # FSDP2: every parameter was a shard while training; DDP: none was
+        assert rank["params"] and rank["dtensors"] == (rank["params"] if strategy == "fsdp2" else [])
     one, two = metrics(out, "single"), metrics(out, "fsdp")
     assert sorted(two) == list(range(1, STEPS + 1))
     for step in one:
@@ -136,14 +139,17 @@ def test_fsdp_reward_equals_one_process_on_the_same_global_batch(runs):
 
 
 @pytest.mark.distributed
-def test_fsdp_reward_stopped_after_a_sharded_checkpoint_resumes_as_the_uninterrupted_run(runs):
-    out, _, uninterrupted = runs
-    torchrun(out, "cut", "stop")
+def test_two_processes_reward_stopped_after_a_checkpoint_resumes_as_the_uninterrupted_run(runs):
+    out, strategy, _, uninterrupted = runs
+    torchrun(out, "cut", "stop", strategy)
     checkpoint = out / "runs/cut/checkpoints/step-000002"
-    assert {p.name for p in checkpoint.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
-    assert len(list((checkpoint / "sharded").glob("*.distcp"))) == 2  # each rank wrote its own shard
+    if strategy == "fsdp2":
+        assert {p.name for p in checkpoint.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
+        assert len(list((checkpoint / "sharded").glob("*.distcp"))) == 2  # each rank wrote its own shard
+    else:  # DDP: the ranks hold the same weights, rank 0 writes them whole
+        assert (checkpoint / "model.pt").is_file() and not (checkpoint / "sharded").exists()
     assert not (out / "runs/cut/final").exists()
-    resumed = torchrun(out, "cut", "resume")
+    resumed = torchrun(out, "cut", "resume", strategy)
     full, cut = metrics(out, "fsdp"), metrics(out, "cut")
     assert sorted(cut) == list(range(1, STEPS + 1))
     for step in full:

@@ -1,14 +1,14 @@
-"""PPO (LoRA on a frozen base, value head, reference = adapters off) under FSDP2 on two CPU processes (torchrun,
-gloo, tiny Llama, fp32).
+"""PPO (LoRA on a frozen base, value head, reference = adapters off) on two CPU processes (torchrun, gloo, tiny
+Llama, fp32), under DDP and under FSDP2 (each launch as `accelerate launch` with ddp.yaml or fsdp.yaml starts it).
 
 (a) The same global batch: each rank samples its own rollouts, so one and two processes cannot draw the same
     ones. The comparison fixes them instead: one process samples 4 rollouts and saves them; then one process
-    takes a PPO step on all 4, and two FSDP processes on 2 each (mini-batch = the whole share, micro-batches of
+    takes a PPO step on all 4, and two processes on 2 each (mini-batch = the whole share, micro-batches of
     one rollout, so the global gradient is the same mean). Metrics agree to rtol 1e-4, weights as
     ``assert_adam_weights_close`` says (99% to 1e-6).
 (b) Then the two processes take real steps (sampling inside ``gathered``): the gathered weights are identical;
     a held-out evaluation with unequal shares (rank 0 generates twice, rank 1 once) does not hang.
-(c) The stage script, stopped after a sharded checkpoint (2 of 4 steps; constant learning rate) and resumed in
+(c) The stage script, stopped after a (FSDP2: sharded) checkpoint (2 of 4 steps; constant learning rate) and resumed in
     a fresh process group, ends as the uninterrupted run; its final/ adapter loads in one process.
 """
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_helpers import ROOT, assert_adam_weights_close, worker_env
+from distributed_helpers import ROOT, STRATEGY_ENV, assert_adam_weights_close, worker_env
 
-FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
 COMPARED = ["loss/policy", "loss/value", "objective/kl", "objective/scores", "policy/approxkl", "grad_norm",
             "reward/composite"]
 
@@ -81,8 +80,8 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-def launch(out: Path, *args: str, processes: int = 2, script: str | None = None) -> None:
-    env = {**worker_env(), **FSDP_ENV}
+def launch(out: Path, *args: str, strategy: str, processes: int = 2, script: str | None = None) -> None:
+    env = {**worker_env(), **STRATEGY_ENV[strategy]}
     command = [sys.executable]
     if processes > 1:
         command += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
@@ -92,15 +91,17 @@ def launch(out: Path, *args: str, processes: int = 2, script: str | None = None)
 
 
 @pytest.mark.distributed
-def test_fsdp_ppo_step_equals_one_process_on_the_same_rollouts_and_ranks_agree(tmp_path):
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_ENV))
+def test_two_processes_ppo_step_equals_one_process_on_the_same_rollouts_and_ranks_agree(tmp_path, strategy):
     (tmp_path / "driver.py").write_text(DRIVER)
-    launch(tmp_path, str(tmp_path), processes=1)
-    launch(tmp_path, str(tmp_path))
+    launch(tmp_path, str(tmp_path), strategy=strategy, processes=1)
+    launch(tmp_path, str(tmp_path), strategy=strategy)
     one = torch.load(tmp_path / "world1-rank0.pt", weights_only=False)
     ranks = [torch.load(tmp_path / f"world2-rank{r}.pt", weights_only=False) for r in range(2)]
     assert not one["dtensors"]
     for rank in ranks:
-        assert rank["world"] == 2 and rank["dtensors"] == rank["params"]  # every parameter a shard, frozen or not
+        # FSDP2: every parameter a shard, frozen or not; DDP: none
+        assert rank["world"] == 2 and rank["dtensors"] == (rank["params"] if strategy == "fsdp2" else [])
         for name, tensor in one["initial"].items():  # started from the same weights (rank 0's)
             assert torch.equal(rank["initial"][name], tensor), name
     # (a) one PPO step (2 epochs, whole-batch mini-batch) on the same 4 rollouts
@@ -120,26 +121,30 @@ def test_fsdp_ppo_step_equals_one_process_on_the_same_rollouts_and_ranks_agree(t
     assert ranks[0]["evaluation"] == ranks[1]["evaluation"] and "eval/reward/composite" in ranks[0]["evaluation"]
 
 
-def stage(out: Path, name: str, steps: int, *extra: str) -> None:
+def stage(out: Path, name: str, steps: int, *extra: str, strategy: str) -> None:
     launch(out, "--config", "pipelines/configs/ppo_tiny.yaml", "--run.output_dir", str(out), "--run.run_name", name,
            "--train.steps", str(steps), "--train.save_every", "2", "--train.sample_every", "0",
            "--data.eval_prompts", "0", "--ppo.batch_size", "2", "--ppo.mini_batch_size", "2",
-           "--ppo.micro_batch_size", "1", *extra, script="pipelines/ppo.py")
+           "--ppo.micro_batch_size", "1", *extra, strategy=strategy, script="pipelines/ppo.py")
 
 
 @pytest.mark.distributed
-def test_fsdp_ppo_stopped_after_a_sharded_checkpoint_resumes_as_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_ENV))
+def test_two_processes_ppo_stopped_after_a_checkpoint_resumes_as_the_uninterrupted_run(tmp_path, strategy):
     from safetensors.torch import load_file
 
     from rlhf.ppo.curves import last_per_step
     from rlhf.tracking import read_metrics
 
-    stage(tmp_path, "full", 4)
-    stage(tmp_path, "cut", 2)  # ends after its step-2 checkpoint; the constant schedule does not see train.steps
+    stage(tmp_path, "full", 4, strategy=strategy)
+    stage(tmp_path, "cut", 2, strategy=strategy)  # ends after its step-2 checkpoint (constant schedule: no train.steps)
     checkpoint = tmp_path / "cut/checkpoints/step-000002"
     assert {p.name for p in checkpoint.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
-    assert len(list((checkpoint / "sharded").glob("*.distcp"))) == 2 and not (checkpoint / "optimizer.pt").exists()
-    stage(tmp_path, "cut", 4, "--resume")
+    if strategy == "fsdp2":  # each rank wrote its optimizer shard; no rank-0 pickle of DTensors
+        assert len(list((checkpoint / "sharded").glob("*.distcp"))) == 2 and not (checkpoint / "optimizer.pt").exists()
+    else:
+        assert (checkpoint / "optimizer.pt").is_file() and not (checkpoint / "sharded").exists()
+    stage(tmp_path, "cut", 4, "--resume", strategy=strategy)
     full = last_per_step(read_metrics(tmp_path / "full/metrics.jsonl"))
     resumed = last_per_step(read_metrics(tmp_path / "cut/metrics.jsonl"))
     assert [r["step"] for r in resumed] == [r["step"] for r in full] == [1, 2, 3, 4]

@@ -1,6 +1,7 @@
-"""SFT sharded with FSDP2 over 2 CPU processes (torchrun, gloo), for LoRA, full fine-tuning and prompt tuning:
+"""SFT over 2 CPU processes (torchrun, gloo), sharded with FSDP2 (LoRA, full fine-tuning and prompt tuning) and
+under DDP (LoRA and full fine-tuning), each launch as `accelerate launch` with fsdp.yaml or ddp.yaml starts it:
 the losses equal one process on the same global batch, both ranks end with the same whole weights, a run resumed
-from a sharded checkpoint in a fresh process group ends where an uninterrupted one does, and the exports load in
+from a (FSDP2: sharded) checkpoint in a fresh process group ends where an uninterrupted one does, and the exports load in
 one process.
 
 Everything in fp32, so the tolerances are tight: losses rtol 1e-5 against one process (measured: 1.4e-7 at most),
@@ -18,20 +19,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_helpers import worker_env
+from distributed_helpers import STRATEGY_ENV, worker_env
 from rlhf.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "pipelines" / "configs" / "sft_tiny.yaml"
-FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}  # what `accelerate launch` with fsdp.yaml sets
+FSDP_ENV = STRATEGY_ENV["fsdp2"]  # what `accelerate launch` with fsdp.yaml sets
 GLOBAL_BATCH, ACCUM, STEPS = 4, 2, 4  # 2 micro-batches a step: FSDP's reduce-scatter waits for the last
 CLIP = 0.02  # below every step's gradient norm: the clip, from the norm over all shards, changes every update
 METHODS = {"lora": ["--train.save_merged", "true"], "full": ["--lora.enabled", "false"],
            "prompt_tuning": ["--lora.enabled", "false", "--prompt_tuning.enabled", "true"]}  # its prompt: root unit
 
 
-def stage(out: Path, method: str, procs: int, *flags: str) -> Path:
-    """Run the SFT stage script on ``procs`` processes (FSDP when 2) with the same global batch; its run folder."""
+def stage(out: Path, method: str, procs: int, *flags: str, strategy: str = "fsdp2") -> Path:
+    """Run the SFT stage script on ``procs`` processes (``strategy`` when 2) with the same global batch; its run
+    folder."""
     launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
               if procs > 1 else [sys.executable])
     cmd = [*launch, str(ROOT / "pipelines" / "sft.py"), "--config", str(TINY), *METHODS[method],
@@ -40,7 +42,7 @@ def stage(out: Path, method: str, procs: int, *flags: str) -> Path:
            "--train.grad_accum", str(ACCUM),
            "--train.max_steps", str(STEPS), "--train.save_steps", "2", "--train.max_grad_norm", str(CLIP),
            "--data.samples", "1", *flags]
-    env = {**worker_env(), "HF_HUB_OFFLINE": "1", **(FSDP_ENV if procs > 1 else {})}
+    env = {**worker_env(), "HF_HUB_OFFLINE": "1", **(STRATEGY_ENV[strategy] if procs > 1 else {})}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     return out / "run"
@@ -65,26 +67,32 @@ def exported(run_dir: Path, method: str, folder: str = "final") -> dict[str, tor
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-@pytest.fixture(scope="module", params=sorted(METHODS))
+RUNS = [("fsdp2", method) for method in sorted(METHODS)] + [("ddp", "full"), ("ddp", "lora")]
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=[f"{s}-{m}" for s, m in RUNS])
 def fsdp_run(request, tmp_path_factory, tiny_llama_path):
-    """(method, run folder) of one uninterrupted 2-process FSDP run: checkpoints at steps 2 and 4."""
-    method = request.param
-    return method, stage(tmp_path_factory.mktemp(f"fsdp-{method}"), method, 2)
+    """(strategy, method, run folder) of one uninterrupted 2-process run: checkpoints at steps 2 and 4."""
+    strategy, method = request.param
+    return strategy, method, stage(tmp_path_factory.mktemp(f"{strategy}-{method}"), method, 2, strategy=strategy)
 
 
 @pytest.mark.distributed
-def test_fsdp_matches_one_process_and_ranks_agree(fsdp_run, tmp_path):
-    method, run_dir = fsdp_run
+def test_two_processes_match_one_process_and_ranks_agree(fsdp_run, tmp_path):
+    strategy, method, run_dir = fsdp_run
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["dist/world_size"] == 2
     # (b) sha256 of the gathered trainable weights, computed on each rank, all equal
     assert summary["dist/ranks_in_sync"] is True
     checkpoint = run_dir / "checkpoints" / "checkpoint-2"
-    assert sorted(p.name for p in (checkpoint / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    assert not (checkpoint / "optimizer.pt").exists()  # no rank-0 pickle of DTensors: each rank wrote its shard
+    if strategy == "fsdp2":
+        assert sorted(p.name for p in (checkpoint / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        assert not (checkpoint / "optimizer.pt").exists()  # no rank-0 pickle of DTensors: each rank wrote its shard
+    else:  # DDP: every rank holds the whole model, the Trainer's rank 0 writes it
+        assert (checkpoint / "optimizer.pt").is_file() and not (checkpoint / "sharded").exists()
 
     single = stage(tmp_path, method, 1)
-    # (a) the same global batch of 4: 2 per rank under FSDP, 4 in one process
+    # (a) the same global batch of 4: 2 per rank, 4 in one process
     assert sorted(losses(run_dir)) == list(range(1, STEPS + 1))
     assert losses(run_dir) == pytest.approx(losses(single), rel=1e-5)
     norms = losses(run_dir, "train/grad_norm")  # before clipping: the norm over both ranks' shards
@@ -116,15 +124,15 @@ def trained(weights: dict[str, torch.Tensor]) -> list[str]:
 
 
 @pytest.mark.distributed
-def test_fsdp_resume_from_sharded_checkpoint_matches_uninterrupted(fsdp_run, tmp_path):
-    """Killed after checkpoint-2: a fresh torchrun resumes from its shards and redoes steps 3-4 exactly."""
-    method, run_dir = fsdp_run
+def test_two_processes_resume_from_a_checkpoint_matches_uninterrupted(fsdp_run, tmp_path):
+    """Killed after checkpoint-2: a fresh torchrun resumes from it (FSDP2: its shards) and redoes steps 3-4 exactly."""
+    strategy, method, run_dir = fsdp_run
     killed = tmp_path / "run"
     shutil.copytree(run_dir, killed)
     shutil.rmtree(killed / "checkpoints" / "checkpoint-4")
     shutil.rmtree(killed / "final")
     (killed / "summary.json").unlink()  # a killed run never wrote one
-    assert stage(tmp_path, method, 2, "--resume", str(killed)) == killed
+    assert stage(tmp_path, method, 2, "--resume", str(killed), strategy=strategy) == killed
     assert losses(killed) == losses(run_dir)  # steps 3 and 4 retrained: bit-identical
     resumed, uninterrupted = exported(killed, method), exported(run_dir, method)
     for name, weight in uninterrupted.items():
