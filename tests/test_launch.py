@@ -94,38 +94,33 @@ def test_shipped_launch_configs_name_known_strategies(path):
                               cuda=False) is None
 
 
+def refusal(script: str, env: dict, tmp_path, *args: str) -> list[str]:
+    """The stderr lines of a stage started under ``env`` that must stop with exit 2 before any run folder."""
+    result = subprocess.run([sys.executable, script, *args, "--run.output_dir", str(tmp_path / "runs")], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()
+    return result.stderr.strip().splitlines()
+
+
 def test_stage_refuses_zero_in_one_line_before_any_run_folder(tmp_path):
     """The environment ``accelerate launch --config_file pipelines/accelerate/zero2.yaml`` gives each process."""
     env = {**os.environ, **DEEPSPEED, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "9"}
-    result = subprocess.run([sys.executable, "pipelines/ppo.py", "--config", "pipelines/configs/ppo_tiny.yaml",
-                             "--run.output_dir", str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines() == [
+    assert refusal("pipelines/ppo.py", env, tmp_path, "--config", "pipelines/configs/ppo_tiny.yaml") == [
         "error: deepspeed_config.zero_stage (ACCELERATE_DEEPSPEED_ZERO_STAGE=9): unknown ZeRO stage; "
         f"expected one of {', '.join(ZERO_STAGES)}"]
-    assert not (tmp_path / "runs").exists()
 
 
 def test_stage_refuses_fsdp1_and_a_non_sharding_stage_refuses_fsdp_on_cpu_in_one_line(tmp_path):
     """What ``accelerate launch`` gives each process for a file without ``fsdp_version`` (accelerate reads 1)."""
     env = {**os.environ, "ACCELERATE_USE_FSDP": "true"}
     env.pop("FSDP_VERSION", None)
-    result = subprocess.run([sys.executable, "pipelines/ppo.py", "--config", "pipelines/configs/ppo_tiny.yaml",
-                             "--run.output_dir", str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines() == [
+    assert refusal("pipelines/ppo.py", env, tmp_path, "--config", "pipelines/configs/ppo_tiny.yaml") == [
         "error: fsdp_config.fsdp_version (FSDP_VERSION=1): the stages shard with FSDP2 only; set fsdp_version: 2 "
         "(pipelines/accelerate/fsdp.yaml)"]
-    assert not (tmp_path / "runs").exists()
     if not torch.cuda.is_available():  # DPO leaves FSDP to accelerate, which ignores it on CPU
-        result = subprocess.run([sys.executable, "pipelines/dpo.py", "--run.output_dir", str(tmp_path / "runs")],
-                                cwd=ROOT, env={**env, "FSDP_VERSION": "2"}, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert result.stderr.strip().splitlines()[-1].startswith(
+        assert refusal("pipelines/dpo.py", {**env, "FSDP_VERSION": "2"}, tmp_path)[-1].startswith(
             "error: distributed_type FSDP (ACCELERATE_USE_FSDP=true): this stage does not shard on CPU")
-        assert not (tmp_path / "runs").exists()
 
 
 def test_accelerate_launch_of_a_config_with_an_unknown_strategy(tmp_path):
