@@ -64,12 +64,14 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     from rlhf.ppo.trainer import RLTrainer, seed_everything
     from rlhf.quantization import check_backend
     from rlhf.runtime import make_accelerator, resolve_dtype, select_device
+    from rlhf.sharding import check_wrappable
     from rlhf.tracking import MetricsLogger, run_history
 
     # 1. inputs checked (a bad file: one line, exit 2, before any model or run folder); processes, seed, run folder
     validate_stage_inputs("ppo", cfg)
     check_backend(cfg.policy.quantization, "policy.quantization")  # QLoRA without bitsandbytes: one line
     check_reward_model(cfg.reward, cfg.run.output_dir)  # ensemble members too; a gold judge is never trained against
+    check_wrappable(cfg.policy.model, "policy.model")  # an FSDP launch of a model it cannot shard: one line
     accelerator = make_accelerator(select_device(cfg.run.device))  # rlhf.runtime: CUDA when present, else CPU
     seed_everything(cfg.run.seed)
     holder = [str(resolve_run_dir(cfg, resume)) if accelerator.is_main_process else ""]

@@ -177,6 +177,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     if cfg.model.freeze_backbone and cfg.model.lora.enabled:
         raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
     check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
+    sharding.check_wrappable(cfg.model.backbone, "model.backbone", causal_lm=False)  # FSDP launch: blocks found
     # rlhf.runtime: CUDA when present, else CPU (run.device forces); gloo processes on CPU
     accelerator = make_accelerator(select_device(cfg.run.device))
     run_dir = resolve_run_dir(cfg.run, resume)

@@ -53,6 +53,30 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     raise ValueError(f"{type(model).__name__}: no list of transformer layers (config.num_hidden_layers) to shard")
 
 
+def check_wrappable(model_name: str, key: str, causal_lm: bool = True) -> None:
+    """Under an FSDP launch, refuse in one line naming ``key`` (a ConfigError) a model whose blocks
+    :func:`transformer_blocks` cannot find, before any weights load and before a run folder exists: its config
+    is built on the meta device (no weights) and searched the way the stage will search the real model. A name
+    whose config cannot be read here (an adapter folder, a hub id offline) is left to the model loader."""
+    if not fsdp_requested():
+        return
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from rlhf.config import ConfigError
+    from rlhf.zoo import resolve_model
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(model_name))
+    except (OSError, ValueError):
+        return
+    try:
+        with torch.device("meta"):
+            skeleton = (AutoModelForCausalLM if causal_lm else AutoModel).from_config(config)
+        transformer_blocks(skeleton)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {model_name}: FSDP cannot wrap it: {err}") from None
+
+
 def shard(model: nn.Module, layers: Iterable[nn.Module]) -> nn.Module:
     """``fully_shard`` each block of ``layers`` (e.g. the decoder layers), then the root; in place, returned.
 

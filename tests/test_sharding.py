@@ -163,3 +163,38 @@ def test_transformer_blocks_are_found_through_wrappers_and_a_model_without_them_
     assert transformer_blocks(peft) == list(model.model.layers)
     with pytest.raises(ValueError, match="Linear: no list of transformer layers"):
         transformer_blocks(torch.nn.Linear(2, 2))
+
+
+def unwrappable_config(folder) -> str:
+    """A causal LM (Blenderbot's: its decoder has 2 layers, config.num_hidden_layers counts the encoder's 1) with
+    no list of num_hidden_layers blocks to shard; only its config is written (no weights)."""
+    from transformers import BlenderbotConfig
+
+    BlenderbotConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32).save_pretrained(folder)
+    return str(folder)
+
+
+def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tmp_path, monkeypatch, capsys):
+    import rlhf.zoo
+    from pipelines.ppo import cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(rlhf.zoo, "load_causal_lm", no_loading)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    model = unwrappable_config(tmp_path / "model")
+    runs = tmp_path / "runs"
+    assert cli(["--config", "pipelines/configs/ppo_tiny.yaml", "--policy.model", model, "--run.output_dir", str(runs),
+                "--run.wandb_mode", "disabled"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: policy.model: {model}: FSDP cannot wrap it: ")
+    assert err.endswith("no list of transformer layers (config.num_hidden_layers) to shard")
+    assert not runs.exists()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")  # without an FSDP launch nothing is checked here
+    from rlhf.sharding import check_wrappable
+
+    check_wrappable(model, "policy.model")

@@ -159,10 +159,9 @@ def test_resume_needs_the_launch_that_wrote_the_checkpoint(tmp_path, monkeypatch
 def test_fsdp_refuses_a_model_it_cannot_wrap_before_loading(monkeypatch, capsys, tmp_path):
     """A model without a list of config.num_hidden_layers blocks, or a one-process launch: one line, exit 2,
     and no model is loaded (only its config is read)."""
-    from transformers import BlenderbotConfig
-
     import rlhf.zoo
     from pipelines.sft import cli
+    from test_sharding import unwrappable_config
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded")
@@ -175,11 +174,9 @@ def test_fsdp_refuses_a_model_it_cannot_wrap_before_loading(monkeypatch, capsys,
     assert cli(args) == 2
     assert capsys.readouterr().err.strip() == ("error: ACCELERATE_USE_FSDP=true: sharding needs 2 or more processes "
                                                "(torchrun --nproc_per_node N, or accelerate launch)")
-    # Blenderbot's causal LM is its decoder (2 layers) while num_hidden_layers counts the encoder's (1): no block list
-    BlenderbotConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
-                     decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32).save_pretrained(tmp_path)
+    model = unwrappable_config(tmp_path / "model")
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun; the check comes before any process group
-    assert cli([*args, "--model.name", str(tmp_path)]) == 2
+    assert cli([*args, "--model.name", model]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"error: model.name: {tmp_path}: FSDP cannot wrap it: ")
+    assert "\n" not in err and err.startswith(f"error: model.name: {model}: FSDP cannot wrap it: ")
     assert "no list of transformer layers" in err

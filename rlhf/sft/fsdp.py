@@ -18,32 +18,11 @@ import torch
 from torch import nn
 
 from rlhf.config import ConfigError
-from rlhf.sharding import (fsdp_requested, full_state_dict, is_sharded, load_sharded, no_sync, save_sharded, shard,
-                           transformer_blocks)
+from rlhf.sharding import (check_wrappable, fsdp_requested, full_state_dict, is_sharded, load_sharded, no_sync,
+                           save_sharded, shard, transformer_blocks)
 
 SHARDED = "sharded"  # a checkpoint's torch.distributed.checkpoint folder (model + optimizer, one file per rank)
 SCHEDULER = "scheduler.pt"  # transformers' SCHEDULER_NAME: the name a checkpoint's scheduler always had
-
-
-def wrap_problem(model_name: str) -> str | None:
-    """Why FSDP cannot wrap ``model_name`` (one line naming ``model.name``), or None. Reads its config and builds
-    the model on the meta device (no weights), to find its blocks the way the stage will
-    (:func:`rlhf.sharding.transformer_blocks`)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from rlhf.zoo import resolve_model
-
-    try:
-        config = AutoConfig.from_pretrained(resolve_model(model_name))
-    except OSError:
-        return None  # not found: the model loader says so in its own words
-    try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-        transformer_blocks(skeleton)
-    except ValueError as err:
-        return f"model.name: {model_name}: FSDP cannot wrap it: {err}"
-    return None
 
 
 def check_fsdp(cfg) -> None:
@@ -57,9 +36,7 @@ def check_fsdp(cfg) -> None:
     if cfg.model.quantization != "none":
         raise ConfigError(f"model.quantization: FSDP cannot shard {cfg.model.quantization} (bitsandbytes) weights; "
                           "use DDP for QLoRA")
-    problem = wrap_problem(cfg.model.name)
-    if problem:
-        raise ConfigError(problem)
+    check_wrappable(cfg.model.name, "model.name")
 
 
 def check_resume(checkpoint: Path | None) -> None:
