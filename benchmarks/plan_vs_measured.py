@@ -43,6 +43,7 @@ class Setup:
     argv: list[str]  # its flags
     plan: dict  # PlanConfig sections (seq_len filled in from the data where the stage pads to it)
     seq_from: str = ""  # "sft": the longest training example the stage encodes; else plan's own seq_len
+    launch: str = ""  # "" one process; "ddp" / "fsdp2": 2 processes under torchrun (each records its own peak)
     notes: list[str] = field(default_factory=list)
 
 
@@ -52,6 +53,16 @@ def sft_setup(name: str, model: str, lora: list[str], plan_lora: dict, max_lengt
             "--train.max_length", str(max_length), *SFT_COMMON]
     return Setup(name, "sft", argv, {"model": {"name": model}, "stage": "sft", "lora": plan_lora,
                                      "train": {"micro_batch": batch, "seq_len": max_length}}, seq_from="sft")
+
+
+def two_process_setup(strategy: str) -> Setup:
+    """SFT full fine-tuning of SmolLM2 on 2 processes, batch 4 per process: where sharding weights, gradients and
+    Adam states has something to divide (the plan's parallel.strategy ddp vs fsdp over 2 devices)."""
+    one = sft_setup(f"sft-full/smollm2/2x{strategy}", "smollm2-135m-instruct", ["--lora.enabled", "false"],
+                    {"enabled": False}, 256, 4)
+    one.plan["parallel"] = {"strategy": "fsdp" if strategy == "fsdp2" else "ddp", "gpus": 2}
+    one.launch = strategy
+    return one
 
 
 SETUPS = [
@@ -82,6 +93,8 @@ SETUPS = [
           ["--config", "pipelines/configs/reward_tiny.yaml", "--train.max_steps", "2", "--train.precision", "fp32",
            "--train.trunk_cache", "'off'", "--eval.test", "false", *QUIET],
           {"model": {"name": "tiny-bert"}, "stage": "reward", "train": {"micro_batch": 4, "seq_len": 128}}),
+    two_process_setup("ddp"),
+    two_process_setup("fsdp2"),
     Setup("ppo-lora/tiny", "ppo",
           ["--config", "pipelines/configs/ppo_tiny.yaml", "--train.steps", "2", *QUIET],
           {"model": {"name": "tiny-llama"}, "stage": "ppo",
@@ -105,6 +118,10 @@ NOTES = [
     "SFT LoRA on SmolLM2: r 16 on q/k/v/o of the top 12 blocks; reward: LoRA (peft's default targets) on the top 4 "
     "blocks, trunk cache off; PPO: the shipped defaults (top 8 blocks) against the demo MiniLM reward model; tiny: "
     "tiny-llama (SFT, PPO with the toy reward) and tiny-bert (reward, full fine-tuning).",
+    "Two-process setups (`sft-full/smollm2/2x...`, `--only sft-full/smollm2/2x`): the same SFT full fine-tuning on 2 "
+    "torchrun processes of one thread each, batch 4 per process, under DDP and under FSDP2 (fsdp.yaml's flags); the "
+    "measured peak is the larger rank's, the plan's parallel.strategy ddp / fsdp over 2 devices. Not modelled: the "
+    "process group's buffers, and under FSDP2 the whole model each rank loads before it is sharded.",
 ]
 # What each stage's process imports before its model loads: the libraries, the stage, the trainer it runs.
 RUNTIME_IMPORTS = {"sft": ["pipelines.sft", "trl:SFTTrainer"],
@@ -113,8 +130,11 @@ RUNTIME_IMPORTS = {"sft": ["pipelines.sft", "trl:SFTTrainer"],
 
 
 def child(out: str, argv: list[str]) -> int:
-    """In the child: run ``rlhf <argv>`` (or only import a stage's modules), then write this process's peak RSS."""
+    """In the child: run ``rlhf <argv>`` (or only import a stage's modules), then write this process's peak RSS
+    (under torchrun each rank writes ``<out>.rank<R>``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if "RANK" in os.environ:
+        out = f"{out}.rank{os.environ['RANK']}"
     code = 0
     if argv[0] == "--probe-fused":
         result = probe_fused(int(argv[1]))
@@ -161,12 +181,27 @@ def probe_fused(tokens: int) -> dict:
             "tiles": round((common.own_peak_rss_bytes() - before) / tile, 2)}
 
 
-def run_measured(argv: list[str], log: Path) -> dict:
+TWO_PROCESSES = {"ddp": {}, "fsdp2": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}}  # what the launch sets
+
+
+def run_measured(argv: list[str], log: Path, launch: str = "") -> dict:
+    """Run ``rlhf <argv>`` in a fresh child (``launch``: 2 torchrun processes, one thread each) and read the peak
+    RSS it recorded (with 2 processes: the larger rank's, and each rank's)."""
     out = log.with_suffix(".json")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(out), "--", *argv]
+    runner = [sys.executable] if not launch else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  "--nproc_per_node", "2"]
+    cmd = [*runner, str(Path(__file__).resolve()), "--child", str(out), "--", *argv]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    if launch:
+        env |= {"OMP_NUM_THREADS": "1", **TWO_PROCESSES[launch]}
     run = common.run_child(cmd, env=env, timeout=900, log_path=log)
-    result = json.loads(out.read_text()) if out.is_file() else {"returncode": run.returncode, "peak_rss_bytes": 0}
+    if launch:
+        ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(2) if Path(f"{out}.rank{r}").is_file()]
+        result = {"returncode": max((r["returncode"] for r in ranks), default=run.returncode) or run.returncode,
+                  "peak_rss_bytes": max((r["peak_rss_bytes"] for r in ranks), default=0),
+                  "rank_peak_rss_bytes": [r["peak_rss_bytes"] for r in ranks]}
+    else:
+        result = json.loads(out.read_text()) if out.is_file() else {"returncode": run.returncode, "peak_rss_bytes": 0}
     return {**result, "wall_seconds": round(run.wall_seconds, 1), "load_before": run.load_before,
             "load_after": run.load_after, "log": str(log)}
 
@@ -262,7 +297,7 @@ def main() -> int:
         if args.only and not any(setup.name.startswith(o) for o in args.only):
             continue
         predicted = predict(setup, args.runtime_gb)
-        measured = run_measured([setup.stage, *setup.argv], OUT / f"{setup.name.replace('/', '-')}.log")
+        measured = run_measured([setup.stage, *setup.argv], OUT / f"{setup.name.replace('/', '-')}.log", setup.launch)
         if measured["returncode"] != 0 or not measured["peak_rss_bytes"]:
             print(f"{setup.name}: the stage failed (see {measured['log']})", flush=True)
             return 1

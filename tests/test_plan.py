@@ -86,6 +86,14 @@ def test_fsdp_divides_the_static_parts():
     assert b["activations"] == a["activations"]  # data parallel: each device its own micro-batch
 
 
+def test_ddp_over_several_devices_holds_a_second_copy_of_the_gradients_in_its_buckets():
+    one = cfg_of(model={"layers": 30, "hidden": 576})
+    two = cfg_of(model={"layers": 30, "hidden": 576}, parallel={"strategy": "ddp", "gpus": 2})
+    a = {p.name: p.bytes for p in plan.memory_plan(SMOLLM2, one).parts}
+    b = {p.name: p.bytes for p in plan.memory_plan(SMOLLM2, two).parts}
+    assert "ddp buckets" not in a and b["ddp buckets"] == b["gradients"] == a["gradients"]
+
+
 def test_lora_flops_are_two_thirds_of_full_training():
     """Full: forward 2N + backward 4N per token; LoRA on every block: forward 2N + activation gradients 2N."""
     full = cfg_of(model={"layers": 30, "hidden": 576})
