@@ -51,6 +51,22 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any causal-LM load fails the test: for checks that must end a stage before its model loads.
+
+    ``rlhf.ppo.policy`` binds ``load_causal_lm`` when first imported: it is imported (with the real loader)
+    before the patch and patched too, so no module keeps the failing loader after the test."""
+    import rlhf.ppo.policy
+    import rlhf.zoo
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a model loaded before the stage's checks ended it")
+
+    for module in (rlhf.zoo, rlhf.ppo.policy):
+        monkeypatch.setattr(module, "load_causal_lm", fail)
+
+
+@pytest.fixture
 def bnb():
     """bitsandbytes, or the test skips: it is the optional extra ``rlhf[qlora]``, which CI does not install."""
     return pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'rlhf[qlora]')")

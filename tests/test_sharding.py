@@ -175,14 +175,10 @@ def unwrappable_config(folder) -> str:
     return str(folder)
 
 
-def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tmp_path, monkeypatch, capsys):
-    import rlhf.zoo
+def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tmp_path, monkeypatch, capsys,
+                                                                                no_model_loads):
     from pipelines.ppo import cli
 
-    def no_loading(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(rlhf.zoo, "load_causal_lm", no_loading)
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
