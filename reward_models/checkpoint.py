@@ -4,10 +4,10 @@
 best.pt (the trainable weights of the best epoch so far, if any) and trainer_state.json (step,
 epoch, best dev accuracy ...). Under FSDP (a sharded model) model and optimizer go to ``sharded/``
 (torch.distributed.checkpoint: each rank writes its own shard, ``rlhf.sharding``) and each rank keeps its
-RNG in ``rng-rank<R>.pt``; the rest is as above, written by rank 0. A folder is built under a temporary name, gets its ``manifest.json``
-(sizes and sha256, :mod:`rlhf.checkpoints`) and is renamed into place, so a run killed while writing
-never leaves a checkpoint that looks complete; resuming verifies the manifest and falls back to the
-newest intact checkpoint, naming the bad file.
+RNG in ``rng-rank<R>.pt``; the rest is as above, written by rank 0. A folder is built under a temporary name,
+gets its ``manifest.json`` (sizes and sha256, :mod:`rlhf.checkpoints`) and is renamed into place, so a run
+killed while writing never leaves a checkpoint that looks complete; resuming verifies the manifest and falls
+back to the newest intact checkpoint, naming the bad file.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
         from rlhf.sharding import save_sharded
 
         process.wait_for_everyone()  # the folder exists before any rank writes into it
-        save_sharded(tmp / "sharded", model, optimizer)
+        save_sharded(tmp / checkpoints.SHARDED, model, optimizer)
         torch.save(rng_state(), tmp / f"rng-rank{process.process_index}.pt")
         process.wait_for_everyone()  # every shard is written before rank 0 seals the folder
         if not main:
@@ -98,14 +98,11 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, 
     def load(name: str):  # a file that will not load is named in the error
         return checkpoints.read_file(folder / name, lambda f: torch.load(f, map_location="cpu", weights_only=True))
 
-    if (folder / "sharded").is_dir() != (rank is not None):
-        written, now = ("sharded (FSDP)", "unsharded") if rank is None else ("unsharded", "sharded (FSDP)")
-        raise checkpoints.CheckpointError(f"{folder}: written {written}; this run is {now}: resume it under the "
-                                          "launch that wrote it")
+    checkpoints.check_same_launch(folder, sharded=rank is not None)
     if rank is not None:
         from rlhf.sharding import load_sharded
 
-        checkpoints.read_file(folder / "sharded", lambda f: load_sharded(f, model, optimizer))
+        checkpoints.read_file(folder / checkpoints.SHARDED, lambda f: load_sharded(f, model, optimizer))
         set_rng_state(load(f"rng-rank{rank}.pt"))
     else:
         model.load_state_dict(load("model.pt"))

@@ -271,12 +271,9 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         state = {"epoch": trainer_state_epoch, "best": best, "history": history,
                  "train_seconds": train_seconds + window.seconds,
                  "pairs_seen": pairs_seen + window.pairs * world, "skipped_nonfinite": skipped}
-        if sharded:  # every rank writes its shard and its RNG (reward_models.checkpoint)
+        if sharded or accelerator.is_main_process:  # sharded: every rank writes its shard and its RNG
             save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler, state, best_weights,
-                            cfg.train.keep_checkpoints, process=accelerator)
-        elif accelerator.is_main_process:
-            save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler, state, best_weights,
-                            cfg.train.keep_checkpoints)
+                            cfg.train.keep_checkpoints, process=accelerator if sharded else None)
         accelerator.wait_for_everyone()
 
     # 5. training: balanced single-head batches, masked pairwise loss, clipped AdamW steps

@@ -38,6 +38,18 @@ class CheckpointError(ConfigError):
     """No usable checkpoint where ``--resume`` points (one line, exit 2 through ``stage_cli``)."""
 
 
+SHARDED = "sharded"  # in a checkpoint written under FSDP: torch.distributed.checkpoint's files, one per rank
+
+
+def check_same_launch(checkpoint: Path, sharded: bool) -> None:
+    """Refuse to resume ``checkpoint`` under another launch than the one that wrote it: a sharded checkpoint (a
+    ``sharded/`` folder) holds no whole model or optimizer file a DDP run could read, and the other way round."""
+    if (Path(checkpoint) / SHARDED).is_dir() != sharded:
+        written, now = ("unsharded", "sharded (FSDP)") if sharded else ("sharded (FSDP)", "unsharded")
+        raise CheckpointError(f"{checkpoint}: written {written}; this run is {now}: resume it under the launch "
+                              "that wrote it")
+
+
 def _digest_and_sync(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

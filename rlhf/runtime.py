@@ -3,8 +3,8 @@
 Every stage asks this module, and only this module, where it runs: :func:`select_device` (CUDA when there is
 one, this process's local GPU under a launcher; ``--run.device cpu|cuda`` forces), :func:`make_accelerator`
 and :func:`init_process_group` (accelerate's process group on that device: gloo on CPU, NCCL on CUDA), and
-:func:`use_bf16` / :func:`resolve_dtype` for precision. ``tests/test_runtime.py`` checks that no other module
-decides a device itself.
+:func:`use_bf16` / :func:`resolve_dtype` for precision. ``tests/test_runtime_devices.py`` checks that no other
+module decides a device itself.
 
 ``precision`` means the same everywhere: ``fp32``; ``bf16`` (frozen weights stored and multiplied in bf16,
 trainable weights kept float32); ``auto`` = bf16 only where bf16 matmuls are native (CUDA with bf16, CPUs
@@ -21,7 +21,6 @@ from typing import Literal, Mapping
 import torch
 
 Precision = Literal["auto", "bf16", "fp32"]
-Device = Literal["auto", "cpu", "cuda"]
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -138,7 +137,9 @@ def launch_problem(env: Mapping[str, str] | None = None, cuda: bool | None = Non
                     "(pip install -e '.[deepspeed]')")
         if not cuda:
             return "distributed_type DEEPSPEED (ACCELERATE_USE_DEEPSPEED=true): ZeRO needs CUDA here; untested on CPU"
-    if _flag(env, "ACCELERATE_USE_FSDP"):
+    from rlhf.sharding import fsdp_requested
+
+    if fsdp_requested(env):
         strategy = env.get("FSDP_SHARDING_STRATEGY")
         if strategy is not None and strategy.upper() not in FSDP_SHARDING and strategy not in ("1", "2", "3", "4", "5"):
             return (f"fsdp_config.fsdp_sharding_strategy (FSDP_SHARDING_STRATEGY={strategy}): unknown strategy; "

@@ -195,17 +195,26 @@ def _options(trainable_only: bool):
     return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
 
 
+def _sharded_state(model: nn.Module, optimizer, trainable_only: bool) -> tuple[dict, list, object]:
+    """What torch.distributed.checkpoint writes and reads: {"model": ..., "optimizer": ...} (this rank's shards),
+    the torch optimizers, and the options both directions use."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    optimizers = [] if optimizer is None else [_inner(optimizer)]
+    options = _options(trainable_only)
+    model_state, optim_state = get_state_dict(model, optimizers, options=options)
+    state = {"model": model_state}
+    if optimizer is not None:
+        state["optimizer"] = optim_state
+    return state, optimizers, options
+
+
 def save_sharded(folder: str | Path, model: nn.Module, optimizer=None, trainable_only: bool = False) -> None:
     """Model (and optimizer) state into ``folder`` with torch.distributed.checkpoint: each rank writes its own
     shard, rank 0 the metadata. A collective: every rank calls it with the same (shared) folder."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    optimizers = [] if optimizer is None else [_inner(optimizer)]
-    model_state, optim_state = get_state_dict(model, optimizers, options=_options(trainable_only))
-    state = {"model": model_state}
-    if optimizer is not None:
-        state["optimizer"] = optim_state
+    state, _, _ = _sharded_state(model, optimizer, trainable_only)
     Path(folder).mkdir(parents=True, exist_ok=True)
     dcp.save(state, checkpoint_id=str(folder))
 
@@ -214,14 +223,9 @@ def load_sharded(folder: str | Path, model: nn.Module, optimizer=None, trainable
     """Read what ``save_sharded`` wrote back into ``model`` (and ``optimizer``), each rank its own shard; the
     model must be sharded the same way (the world size may differ: DCP reshards on load)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    optimizers = [] if optimizer is None else [_inner(optimizer)]
-    options = _options(trainable_only)
-    model_state, optim_state = get_state_dict(model, optimizers, options=options)
-    state = {"model": model_state}
-    if optimizer is not None:
-        state["optimizer"] = optim_state
+    state, optimizers, options = _sharded_state(model, optimizer, trainable_only)
     dcp.load(state, checkpoint_id=str(folder))
     if optimizer is None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict

@@ -32,7 +32,6 @@ from rlhf.runtime import cuda_present
 LATEST = "latest"
 STATE = "trainer_state.json"
 TRAINABLE = "trainable.safetensors"
-SHARDED = "sharded"  # FSDP: each rank's shard of the trainable weights and optimizer state
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -112,7 +111,7 @@ def load_checkpoint(path: Path, rank: int, map_location: str | torch.device = "c
 
     read = checkpoints.read_file  # a file that will not load is named in the error
     rng_file = path / f"rng-rank{rank}.pt"
-    sharded = (path / SHARDED).is_dir()  # the optimizer state is there, read by rlhf.sharding.load_sharded
+    sharded = (path / checkpoints.SHARDED).is_dir()  # the optimizer state is there, read by rlhf.sharding.load_sharded
     device = torch.device(map_location)
     # accelerate's device under torchrun on CPU is "cpu:0", which neither safetensors nor torch.load restores to
     device = "cpu" if device.type == "cpu" else str(device)
@@ -145,7 +144,7 @@ def save(trainer) -> Path | None:
     if sharded:  # collectives: every rank writes its shard, and gathers the whole trainable weights
         from rlhf.sharding import full_state_dict, save_sharded
 
-        save_sharded(tmp / SHARDED, trainer.unwrapped, trainer.optimizer, trainable_only=True)
+        save_sharded(tmp / checkpoints.SHARDED, trainer.unwrapped, trainer.optimizer, trainable_only=True)
         trainable = full_state_dict(trainer.unwrapped, trainable_only=True)
     acc.wait_for_everyone()
     final = None
@@ -167,17 +166,14 @@ def resume(trainer, path: str | Path) -> None:
     found = find_checkpoint(path)
     if found is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {path}")
-    state = load_checkpoint(found, trainer.accelerator.process_index, map_location=trainer.accelerator.device)
     sharded = getattr(trainer, "sharded", False)
-    if sharded != (state["optimizer"] is None):
-        written, now = ("sharded (FSDP)", "unsharded") if not sharded else ("unsharded", "sharded (FSDP)")
-        raise checkpoints.CheckpointError(f"--resume {found}: written {written}; this run is {now}: resume it "
-                                          "under the launch that wrote it")
+    checkpoints.check_same_launch(found, sharded)
+    state = load_checkpoint(found, trainer.accelerator.process_index, map_location=trainer.accelerator.device)
     if sharded:  # each rank reads its own shard of the trainable weights and of the optimizer state
         from rlhf.sharding import load_sharded
 
-        checkpoints.read_file(found / SHARDED, lambda f: load_sharded(f, trainer.unwrapped, trainer.optimizer,
-                                                                       trainable_only=True))
+        checkpoints.read_file(found / checkpoints.SHARDED,
+                              lambda f: load_sharded(f, trainer.unwrapped, trainer.optimizer, trainable_only=True))
     else:
         trainer.unwrapped.load_trainable_state_dict(state["trainable"])
         trainer.optimizer.load_state_dict(state["optimizer"])

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlhf.checkpoints import SHARDED, check_same_launch
 from rlhf.config import ConfigError
 from rlhf.sharding import (check_wrappable, fsdp_requested, full_state_dict, is_sharded, load_sharded, no_sync,
                            save_sharded, shard, transformer_blocks)
 
-SHARDED = "sharded"  # a checkpoint's torch.distributed.checkpoint folder (model + optimizer, one file per rank)
 SCHEDULER = "scheduler.pt"  # transformers' SCHEDULER_NAME: the name a checkpoint's scheduler always had
 
 
@@ -40,14 +40,9 @@ def check_fsdp(cfg) -> None:
 
 
 def check_resume(checkpoint: Path | None) -> None:
-    """Refuse, before any model loads, to resume a checkpoint under another launch than the one that wrote it:
-    a sharded one holds no model file a DDP run could read, and the other way round."""
-    from rlhf.checkpoints import CheckpointError
-
-    if checkpoint is not None and (checkpoint / SHARDED).is_dir() != fsdp_requested():
-        written, now = ("unsharded", "sharded (FSDP)") if fsdp_requested() else ("sharded (FSDP)", "unsharded")
-        raise CheckpointError(f"{checkpoint}: written {written}; this run is {now}: resume it under the launch "
-                              "that wrote it")
+    """Refuse, before any model loads, to resume a checkpoint under another launch than the one that wrote it."""
+    if checkpoint is not None:
+        check_same_launch(checkpoint, fsdp_requested())
 
 
 class ShardedTrainerMixin:
