@@ -4,11 +4,16 @@ Routes (all but /login need a token: ``Authorization: Bearer TOKEN`` or the sess
 
     GET  /login, POST /login, POST /logout
     GET  /                     -> 303 to the annotator's next unlabelled item, or the "all done" page
-    GET  /items/{id}           the item side by side, with the annotator's earlier label if any
+    GET  /items/{id}           the item side by side (one column on a phone), the guidelines folded in, and the
+                               annotator's earlier label if any
     POST /items/{id}           save (or update) the label, then 303 to the next unlabelled item (or /)
+    POST /items/{id}/skip      skip (cannot judge) or flag the item with a reason, then 303 to the next one
     GET  /guidelines           data/annotation_guidelines.md as HTML
-    GET  /admin/stats          agreement and counts as JSON (admin only)
+    GET  /admin/stats          agreement, counts, skips and flags as HTML; ``?format=json`` for JSON (admin only)
     GET  /admin/export         preference records as JSONL (admin only)
+
+Failed logins are limited per client address (LOGIN_FAILURES_PER_MINUTE); past it, /login answers 429
+without looking at the token. Tokens are 256-bit, so this is hardening against noise, not a hole closed.
 
 Every text is rendered through Jinja2 autoescaping; the one inline script carries a per-response CSP
 nonce, so even a response text that slipped through unescaped could not run script. Items assigned
@@ -22,10 +27,13 @@ no CSRF token: browsers never add that header on their own, so another site cann
 """
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
 import secrets
+import threading
+import time
 from pathlib import Path
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -42,7 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlhf.annotate.export import collect_preferences
 from rlhf.annotate.stats import compute_stats
-from rlhf.annotate.store import CHOICES, SESSION_IDLE_S, Annotator, Store
+from rlhf.annotate.store import CHOICES, MAX_REASON_CHARS, SESSION_IDLE_S, SKIP_KINDS, Annotator, Store
 from rlhf.records import DIMENSIONS
 
 DEFAULT_GUIDELINES = Path(__file__).resolve().parents[2] / "data" / "annotation_guidelines.md"
@@ -52,6 +60,8 @@ COOKIE_NAME = "rlhf_annotate_session"
 CSRF_FIELD = "csrf_token"  # hidden form field; API clients may send the X-CSRF-Token header instead
 MAX_FORM_FIELDS = len(DIMENSIONS) + 4  # the label form: one per dimension, rationale, CSRF token
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+LOGIN_FAILURES_PER_MINUTE = 10
+SKIP_TEXT = {"skip": "I cannot judge this item", "flag": "Flag: something is wrong with this item"}
 # Keys per dimension for A better / B better / tie: one row of the keyboard per dimension.
 SHORTCUTS = dict(zip(DIMENSIONS, [("1", "2", "3"), ("q", "w", "e"), ("a", "s", "d")], strict=True))
 CHOICE_TEXT = {"A": "A better", "B": "B better", "tie": "Tie"}
@@ -113,6 +123,38 @@ def cross_origin_problem(request: Request) -> str | None:
         if origin == "null" or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
             return f"cross-origin request (Origin: {origin})"
     return None
+
+
+class LoginThrottle:
+    """At most ``limit`` failed logins per client in any ``window_s`` seconds (a sliding window, in memory)."""
+
+    def __init__(self, limit: int = LOGIN_FAILURES_PER_MINUTE, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, failures: collections.deque[float], now: float) -> collections.deque[float]:
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        return failures
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until this client may try again (0: it may now)."""
+        with self._lock:
+            now = self.clock()
+            failures = self._recent(self._failures.get(client, collections.deque()), now)
+            if len(failures) < self.limit:
+                return 0
+            return max(1, int(failures[0] + self.window_s - now + 0.999))
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            now = self.clock()
+            self._recent(self._failures.setdefault(client, collections.deque()), now).append(now)
+            # Forget clients whose window is empty, so the table holds only the last minute's clients.
+            for other in [c for c, f in self._failures.items() if not f or f[-1] <= now - self.window_s]:
+                del self._failures[other]
 
 
 class AnnotateApp(Starlette):
@@ -209,10 +251,17 @@ async def login_page(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     # Cross-origin logins (login CSRF) were already refused by SameOriginPosts.
+    throttle: LoginThrottle = request.app.state.login_throttle
+    client = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(client)
+    if wait:
+        return render(request, "login.html", {"error": f"Too many failed logins: try again in {wait} s."},
+                      status_code=429, headers={"retry-after": str(wait)})
     form = await request.form(max_files=0, max_fields=2)
     store: Store = request.app.state.store
     annotator = store.authenticate(str(form.get("token", "")).strip())
     if annotator is None:
+        throttle.failed(client)
         return render(request, "login.html", {"error": "Unknown token."}, status_code=401)
     response = RedirectResponse("/", status_code=303)
     # The cookie holds a fresh session token, not the annotator's: it expires, and logout ends it.
@@ -240,12 +289,22 @@ async def home(request: Request) -> Response:
     return render(request, "done.html", {"item_ids": store.assigned_item_ids(current(request).id)})
 
 
+def guidelines_html(request: Request) -> str | None:
+    """The guidelines file as HTML, read per request so edits show without a restart (None if missing)."""
+    path: Path = request.app.state.guidelines_path
+    if not path.is_file():
+        return None
+    # html=False: raw HTML in the Markdown is shown as text, never passed through.
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(path.read_text(encoding="utf-8"))
+
+
 def _item_page(request: Request, item, choices: dict | None, rationale: str, error: str | None = None,
                status_code: int = 200) -> Response:
     return render(request, "item.html", {
         "item": item, "choices": choices or {}, "rationale": rationale, "error": error,
         "dimensions": DIMENSIONS, "choice_values": CHOICES, "choice_text": CHOICE_TEXT, "shortcuts": SHORTCUTS,
-        "max_rationale": MAX_RATIONALE_CHARS,
+        "max_rationale": MAX_RATIONALE_CHARS, "guidelines": guidelines_html(request),
+        "skip_kinds": SKIP_KINDS, "skip_text": SKIP_TEXT, "max_reason": MAX_REASON_CHARS,
         "key_map": {key: f"{dim}-{choice}" for dim, keys in SHORTCUTS.items() for key, choice in zip(keys, CHOICES)},
     }, status_code=status_code)
 
@@ -281,13 +340,28 @@ async def submit_label(request: Request) -> Response:
 
 
 @login_required()
+async def skip_item(request: Request) -> Response:
+    store: Store = request.app.state.store
+    annotator, item_id = current(request), request.path_params["item_id"]
+    form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    kind, reason = str(form.get("kind", "")), str(form.get("reason", "")).strip()
+    problem = (f"choose one of {', '.join(SKIP_KINDS)}" if kind not in SKIP_KINDS else
+               f"give a reason of 1-{MAX_REASON_CHARS} characters" if not 0 < len(reason) <= MAX_REASON_CHARS else None)
+    if problem is None:
+        if not store.skip_item(annotator.id, item_id, kind, reason):
+            return PlainTextResponse("Not Found", status_code=404)
+        next_item = store.next_unlabelled(annotator.id)
+        return RedirectResponse(f"/items/{next_item}" if next_item is not None else "/", status_code=303)
+    served = store.serve_item(annotator.id, item_id, start_timer=False)
+    if served is None:
+        return PlainTextResponse("Not Found", status_code=404)
+    return _item_page(request, served[0], served[1], served[2], error=f"Skip or flag: {problem}", status_code=400)
+
+
+@login_required()
 async def guidelines(request: Request) -> Response:
-    path: Path = request.app.state.guidelines_path
-    body = None
-    if path.is_file():  # read per request: edits to the guidelines show without a restart
-        # html=False: raw HTML in the Markdown is shown as text, never passed through.
-        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(path.read_text(encoding="utf-8"))
-    return render(request, "guidelines.html", {"body": body, "path": str(path)})
+    return render(request, "guidelines.html", {"body": guidelines_html(request),
+                                               "path": str(request.app.state.guidelines_path)})
 
 
 # ---------------------------------------------------------------- admin
@@ -296,7 +370,10 @@ async def guidelines(request: Request) -> Response:
 @login_required(admin=True)
 async def admin_stats(request: Request) -> Response:
     store: Store = request.app.state.store
-    return JSONResponse(compute_stats(store.labels(), store.counts()).to_dict())
+    stats = compute_stats(store.labels(), store.counts(), store.skips())
+    if request.query_params.get("format") == "json":  # for scripts; people get the page
+        return JSONResponse(stats.to_dict())
+    return render(request, "admin_stats.html", {"stats": stats.to_dict()})
 
 
 @login_required(admin=True)
@@ -319,6 +396,7 @@ def create_app(db_path: str | Path, guidelines_path: str | Path | None = None,
         Route("/", home, methods=["GET"]),
         Route("/items/{item_id:int}", item_page, methods=["GET"]),
         Route("/items/{item_id:int}", submit_label, methods=["POST"]),
+        Route("/items/{item_id:int}/skip", skip_item, methods=["POST"]),
         Route("/guidelines", guidelines, methods=["GET"]),
         Route("/admin/stats", admin_stats, methods=["GET"]),
         Route("/admin/export", admin_export, methods=["GET"]),
@@ -327,6 +405,7 @@ def create_app(db_path: str | Path, guidelines_path: str | Path | None = None,
     app = AnnotateApp(routes=routes, middleware=[Middleware(SameOriginPosts)], max_body_size=max_body_bytes)
     app.state.store = Store(db_path)
     app.state.guidelines_path = Path(guidelines_path or DEFAULT_GUIDELINES)
+    app.state.login_throttle = LoginThrottle()
     env = jinja2.Environment(loader=jinja2.PackageLoader("rlhf.annotate", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     app.state.templates = Jinja2Templates(env=env)

@@ -128,7 +128,7 @@ def cmd_stats(args) -> int:
     from rlhf.annotate.stats import compute_stats, format_stats
 
     store = _existing_store(args.db)
-    stats = compute_stats(store.labels(), store.counts())
+    stats = compute_stats(store.labels(), store.counts(), store.skips())
     print(json.dumps(stats.to_dict(), indent=2) if args.json else format_stats(stats))
     return 0
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from rlhf.annotate.agreement import krippendorff_alpha_nominal, krippendorff_alpha_ordinal, mean_pairwise_kappa
-from rlhf.annotate.store import CHOICES, Label
+from rlhf.annotate.store import CHOICES, SKIP_KINDS, Label, Skip
 from rlhf.records import DIMENSIONS
 
 ORDER = ("A", "tie", "B")  # the choices as a scale: A better < tie < B better
@@ -33,6 +33,8 @@ class AnnotationStats:
     items_labelled: int
     items_multiply_labelled: int  # the items agreement is measured on
     labels_per_annotator: dict[str, int]
+    skips: dict[str, int]  # "skip" (cannot judge) / "flag" (something wrong with the item) -> assignments
+    skip_reasons: dict[str, int]  # reason -> how often it was given, most frequent first
     seconds_per_item_mean: float
     seconds_per_item_median: float
     dimensions: list[DimensionStats]
@@ -50,7 +52,7 @@ class AnnotationStats:
         return clean(asdict(self))
 
 
-def compute_stats(labels: Sequence[Label], counts: dict[str, int]) -> AnnotationStats:
+def compute_stats(labels: Sequence[Label], counts: dict[str, int], skips: Sequence[Skip] = ()) -> AnnotationStats:
     by_item: dict[int, list[Label]] = defaultdict(list)
     for label in labels:
         by_item[label.item_id].append(label)
@@ -72,6 +74,8 @@ def compute_stats(labels: Sequence[Label], counts: dict[str, int]) -> Annotation
         items=counts["items"], assignments=counts["assignments"], labels=len(labels),
         items_labelled=len(by_item), items_multiply_labelled=sum(len(g) >= 2 for g in by_item.values()),
         labels_per_annotator=dict(sorted(Counter(label.annotator for label in labels).items())),
+        skips={kind: sum(s.kind == kind for s in skips) for kind in SKIP_KINDS},
+        skip_reasons=dict(Counter(s.reason for s in skips).most_common()),
         seconds_per_item_mean=statistics.fmean(seconds) if seconds else math.nan,
         seconds_per_item_median=statistics.median(seconds) if seconds else math.nan,
         dimensions=dimensions)
@@ -85,6 +89,8 @@ def format_stats(stats: AnnotationStats) -> str:
         f"items {stats.items}, assignments {stats.assignments}, labels {stats.labels} "
         f"({stats.items_labelled} items labelled, {stats.items_multiply_labelled} by two or more annotators)",
         "labels per annotator: " + (", ".join(f"{n} {c}" for n, c in stats.labels_per_annotator.items()) or "-"),
+        f"skipped {stats.skips['skip']}, flagged {stats.skips['flag']}"
+        + ("; reasons: " + ", ".join(f"{r!r} {c}" for r, c in stats.skip_reasons.items()) if stats.skip_reasons else ""),
         f"time per item: mean {num(stats.seconds_per_item_mean, '.1f')} s, "
         f"median {num(stats.seconds_per_item_median, '.1f')} s",
         f"{'dimension':10s} {'A':>6s} {'B':>6s} {'tie':>6s} {'ties':>6s} {'kappa':>7s} {'pairs':>6s} {'alpha':>7s} {'ordinal':>7s}",

@@ -37,6 +37,11 @@ SESSION_MAX_S = 7 * 24 * 3600
 # SQLite INTEGER is signed 64-bit: a larger id (e.g. from a URL) cannot name a row, and binding it overflows.
 MAX_ROW_ID = 2**63 - 1
 REVOKED_PREFIX = "revoked:"  # a token_hash no token hashes to (sha256 gives hex digits only)
+SKIP_KINDS = ("skip", "flag")
+MAX_REASON_CHARS = 500
+# An assignment is handled once it has a label or a skip: what progress counts and next_unlabelled passes over.
+_HANDLED_JOIN = (" LEFT JOIN labels l ON l.item_id = s.item_id AND l.annotator_id = s.annotator_id"
+                 " LEFT JOIN skips k ON k.item_id = s.item_id AND k.annotator_id = s.annotator_id")
 
 # The label columns are the HHH dimensions of rlhf.records, one per dimension, filled in from DIMENSIONS (constants,
 # never user input) so the dimension names are written in one place.
@@ -79,6 +84,17 @@ CREATE TABLE IF NOT EXISTS labels (
 {label_columns}
     rationale TEXT NOT NULL DEFAULT '',
     seconds_spent REAL,
+    submitted_at REAL NOT NULL,
+    PRIMARY KEY (item_id, annotator_id),
+    FOREIGN KEY (item_id, annotator_id) REFERENCES assignments(item_id, annotator_id)
+);
+-- An item the annotator could not judge (skipped) or reports (flagged), with their reason. An assignment has
+-- a label or a skip, never both: the last action wins.
+CREATE TABLE IF NOT EXISTS skips (
+    item_id INTEGER NOT NULL,
+    annotator_id INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('skip', 'flag')),
+    reason TEXT NOT NULL,
     submitted_at REAL NOT NULL,
     PRIMARY KEY (item_id, annotator_id),
     FOREIGN KEY (item_id, annotator_id) REFERENCES assignments(item_id, annotator_id)
@@ -135,6 +151,15 @@ class Label:
     choices: dict[str, str]  # dimension -> "A" | "B" | "tie"
     rationale: str
     seconds_spent: float | None
+    submitted_at: float
+
+
+@dataclass(frozen=True)
+class Skip:
+    item_id: int
+    annotator: str
+    kind: str  # "skip": cannot judge it; "flag": something is wrong with the item (unsafe, broken, ...)
+    reason: str
     submitted_at: float
 
 
@@ -394,10 +419,9 @@ class Store:
 
     def next_unlabelled(self, annotator_id: int) -> int | None:
         conn = self._connection()
-        row = conn.execute("SELECT s.item_id FROM assignments s LEFT JOIN labels l"
-                           " ON l.item_id = s.item_id AND l.annotator_id = s.annotator_id"
-                           " WHERE s.annotator_id = ? AND l.item_id IS NULL ORDER BY s.item_id LIMIT 1",
-                           (annotator_id,)).fetchone()
+        row = conn.execute("SELECT s.item_id FROM assignments s" + _HANDLED_JOIN +
+                           " WHERE s.annotator_id = ? AND l.item_id IS NULL AND k.item_id IS NULL"
+                           " ORDER BY s.item_id LIMIT 1", (annotator_id,)).fetchone()
         return row[0] if row else None
 
     def assigned_item_ids(self, annotator_id: int) -> list[int]:
@@ -409,9 +433,8 @@ class Store:
     def progress(self, annotator_id: int) -> Progress:
         conn = self._connection()
         total, done = conn.execute(
-            "SELECT COUNT(*), COUNT(l.item_id) FROM assignments s LEFT JOIN labels l"
-            " ON l.item_id = s.item_id AND l.annotator_id = s.annotator_id WHERE s.annotator_id = ?",
-            (annotator_id,)).fetchone()
+            "SELECT COUNT(*), COUNT(l.item_id) + COUNT(k.item_id) FROM assignments s" + _HANDLED_JOIN +
+            " WHERE s.annotator_id = ?", (annotator_id,)).fetchone()
         return Progress(done=done, total=total)
 
     # ------------------------------------------------------------ labels
@@ -440,9 +463,40 @@ class Store:
                 (*(choices[d] for d in DIMENSIONS), rationale, now, now, item_id, annotator_id))
             if cursor.rowcount == 0:
                 return False
+            conn.execute("DELETE FROM skips WHERE item_id = ? AND annotator_id = ?", (item_id, annotator_id))
             conn.execute("UPDATE assignments SET served_at = NULL WHERE item_id = ? AND annotator_id = ?",
                          (item_id, annotator_id))
         return True
+
+    def skip_item(self, annotator_id: int, item_id: int, kind: str, reason: str) -> bool:
+        """Record that this annotator skips (cannot judge) or flags the item, with a reason; their label of it,
+        if any, is withdrawn (an exported preference must not outlive a flag). False if not assigned."""
+        reason = reason.strip()
+        if kind not in SKIP_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(SKIP_KINDS)}, got {kind!r}")
+        if not reason or len(reason) > MAX_REASON_CHARS:
+            raise ValueError(f"a reason of 1-{MAX_REASON_CHARS} characters is needed")
+        if not storable_id(item_id):
+            return False
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO skips (item_id, annotator_id, kind, reason, submitted_at)"
+                " SELECT item_id, annotator_id, ?, ?, ? FROM assignments WHERE item_id = ? AND annotator_id = ?"
+                " ON CONFLICT (item_id, annotator_id) DO UPDATE SET kind = excluded.kind,"
+                " reason = excluded.reason, submitted_at = excluded.submitted_at",
+                (kind, reason, self.clock(), item_id, annotator_id))
+            if cursor.rowcount == 0:
+                return False
+            conn.execute("DELETE FROM labels WHERE item_id = ? AND annotator_id = ?", (item_id, annotator_id))
+            conn.execute("UPDATE assignments SET served_at = NULL WHERE item_id = ? AND annotator_id = ?",
+                         (item_id, annotator_id))
+        return True
+
+    def skips(self) -> list[Skip]:
+        rows = self._connection().execute(
+            "SELECT k.item_id, a.name, k.kind, k.reason, k.submitted_at FROM skips k"
+            " JOIN annotators a ON a.id = k.annotator_id ORDER BY k.item_id, a.name").fetchall()
+        return [Skip(*r) for r in rows]
 
     def labels(self) -> list[Label]:
         conn = self._connection()
@@ -455,7 +509,7 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         conn = self._connection()
-        items, assignments, labels = conn.execute(
+        items, assignments, labels, skips = conn.execute(
             "SELECT (SELECT COUNT(*) FROM items), (SELECT COUNT(*) FROM assignments),"
-            " (SELECT COUNT(*) FROM labels)").fetchone()
-        return {"items": items, "assignments": assignments, "labels": labels}
+            " (SELECT COUNT(*) FROM labels), (SELECT COUNT(*) FROM skips)").fetchone()
+        return {"items": items, "assignments": assignments, "labels": labels, "skips": skips}

@@ -10,7 +10,7 @@ from rlhf.annotate.app import COOKIE_NAME, MAX_BODY_BYTES, create_app
 from rlhf.annotate.store import NewItem
 
 LABEL = {"helpful": "A", "honest": "B", "harmless": "tie", "rationale": "A answers; B is more careful."}
-PROTECTED = [("GET", "/"), ("GET", "/items/1"), ("POST", "/items/1"), ("GET", "/guidelines"),
+PROTECTED = [("GET", "/"), ("GET", "/items/1"), ("POST", "/items/1"), ("POST", "/items/1/skip"), ("GET", "/guidelines"),
              ("GET", "/admin/stats"), ("GET", "/admin/export")]
 
 
@@ -84,7 +84,7 @@ def test_admin_routes_are_for_the_admin_only(client, annotation_db):
         assert client.get(path, headers=annotation_db.auth("alice")).status_code == 403
     item_id = annotation_db.items_of("alice")[0]
     client.post(f"/items/{item_id}", headers=annotation_db.auth("alice"), data=LABEL)
-    stats = client.get("/admin/stats", headers=annotation_db.auth("boss"))
+    stats = client.get("/admin/stats?format=json", headers=annotation_db.auth("boss"))
     assert stats.status_code == 200 and stats.json()["labels"] == 1
     export = client.get("/admin/export", headers=annotation_db.auth("boss"))
     assert export.status_code == 200

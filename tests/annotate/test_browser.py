@@ -92,3 +92,60 @@ def test_annotator_labels_three_items_by_keyboard_and_export_holds_them(tmp_path
             elif choice == "B":
                 wanted.add((new_item.prompt, new_item.response_b, new_item.response_a, dimension, 1.0, "alice"))
     assert exported == wanted and len(wanted) == 6
+
+
+def _box_inside(page, selector: str, width: int) -> dict:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not rendered"
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, f"{selector} runs off a {width}px screen: {box}"
+    return box
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason=f"{CHROMIUM} is missing: run .ci/install-browser.sh (Debian chromium)")
+@pytest.mark.parametrize("width, height", [(390, 844), (1280, 800)])
+def test_item_page_fits_a_phone_and_a_desktop(tmp_path, width, height):
+    """At phone width the header wraps (no link off screen) and the responses stack; on a desktop they sit side by
+    side. Screenshots go to tmp_path (or $RLHF_SCREENSHOT_DIR, to look at them)."""
+    import os
+
+    from playwright.sync_api import expect, sync_playwright
+
+    store = Store(tmp_path / "annotate.sqlite")
+    token = store.add_annotator("alice_with_a_rather_long_name")
+    store.add_items([NewItem("Summarise the dialogue about the broken printer.",
+                             "The printer on floor two is broken; IT will replace the drum tomorrow. " * 3,
+                             "Someone complains about a printer.", external_id="printer")])
+    store.assign(k=1)
+    shots = Path(os.environ.get("RLHF_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with serve_in_thread(create_app(store.path)) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(15_000)
+            page.goto(base_url + "/login")
+            page.fill("#token", token)
+            with page.expect_navigation():
+                page.click("button[type=submit]")
+            for selector in ("#guidelines-link", "#logout", "#progress", "#response-a", "#response-b"):
+                expect(page.locator(selector)).to_be_visible()
+                _box_inside(page, selector, width)
+            a, b = _box_inside(page, "#response-a", width), _box_inside(page, "#response-b", width)
+            if width < 700:
+                assert b["y"] >= a["y"] + a["height"], "on a phone the responses stack"
+            else:
+                assert abs(a["y"] - b["y"]) < 1 and b["x"] >= a["x"] + a["width"], "on a desktop side by side"
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= width  # no sideways scrolling
+            page.click("#guidelines-inline summary")  # the guidelines open in place
+            expect(page.locator("#guidelines-inline")).to_have_attribute("open", "")
+            page.screenshot(path=str(shots / f"item-{width}px.png"), full_page=True)
+            page.click("#skip summary")
+            page.fill("#reason", "I cannot tell which summary is right")
+            with page.expect_navigation():
+                page.click("#skip-form button[type=submit]")
+            expect(page.locator("#progress")).to_have_text("1 of 1 done")
+        finally:
+            browser.close()
+    assert [(s.kind, s.reason) for s in store.skips()] == [("skip", "I cannot tell which summary is right")]

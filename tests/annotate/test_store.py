@@ -98,7 +98,7 @@ def test_adding_the_same_items_again_is_a_no_op(annotation_db):
     added, present = annotation_db.store.add_items(make_items(8))  # 6 stored already
     assert len(added) == 2 and present == 6
     annotation_db.store.assign(k=2)
-    assert annotation_db.store.counts() == {"items": 8, "assignments": 16, "labels": 0}
+    assert annotation_db.store.counts() == {"items": 8, "assignments": 16, "labels": 0, "skips": 0}
 
 
 def test_conflicting_items_raise_and_store_nothing(annotation_db):
