@@ -230,7 +230,7 @@ def run_benchmark(args) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Our GRPO vs TRL 1.16 GRPOTrainer: time/step, peak RSS, tokens/s")
-    parser.add_argument("--runs", type=int, default=2, help="fresh-process runs per side, alternating")
+    parser.add_argument("--runs", type=int, default=3, help="fresh-process runs per side, alternating A B A B")
     parser.add_argument("--num-prompts", type=int, default=64, help="8 per step: 64 = 8 steps per run")
     parser.add_argument("--lora-layers", default=json.dumps(list(DEFAULT_LORA_LAYERS)),
                         help="JSON list of adapted decoder layers on both sides, negatives from the top; [] = all")
