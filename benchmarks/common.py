@@ -48,6 +48,9 @@ class Workload:
     # Decoder layers with adapters, on both sides; negatives count from the top; [] = every layer.
     lora_layers: list[int] = field(default_factory=lambda: list(DEFAULT_LORA_LAYERS))
     our_overrides: dict[str, str] = field(default_factory=dict)  # extra --key value for our config (variants)
+    # "bf16" or "fp32" on BOTH sides, resolved once by the orchestrator (resolve_precision): bf16 = bf16 frozen
+    # weights and bf16 compute on both sides (ours keeps its trainable LoRA/value head fp32)
+    precision: str = "fp32"
 
     @property
     def num_steps(self) -> int:
@@ -305,6 +308,64 @@ def cpu_has_bf16_matmul() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str) -> str:
+    """``auto`` | ``bf16`` | ``fp32`` -> ``bf16`` or ``fp32``, the same for both sides; auto follows our
+    ``policy.precision: auto`` on a CPU (bf16 iff native bf16 dot products)."""
+    if requested not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"--precision: expected auto, bf16 or fp32, got {requested!r}")
+    if requested == "auto":
+        return "bf16" if cpu_has_bf16_matmul() else "fp32"
+    return requested
+
+
+def param_dtypes(model) -> dict[str, int]:
+    """Parameter count per dtype (``{"bfloat16": ..., "float32": ...}``): what a side's weights really are."""
+    counts: dict[str, int] = {}
+    for p in model.parameters():
+        name = str(p.dtype).replace("torch.", "")
+        counts[name] = counts.get(name, 0) + p.numel()
+    return counts
+
+
+# ---------------------------------------------------------------- the memory policy both sides run under
+# Our trainer (rlhf.ppo.memory) caps oneDNN's primitive cache and PyTorch's ideep computation cache at 64 entries
+# and returns freed heap to the OS (glibc malloc_trim) between phases. The peer gets the same deal: the caps reach
+# both side processes through their environment (harness.child_env; ours sets them only where unset, so the
+# values are equal), and the peer's side script trims at the same phase boundaries. Repeated here because the
+# peer's side never imports our package; tests/test_benchmarks.py checks these agree with rlhf.ppo.memory.
+CACHE_CAP_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+CACHE_CAPACITY = 64
+
+
+def cache_cap_env() -> dict[str, str]:
+    return {name: str(CACHE_CAPACITY) for name in CACHE_CAP_ENV}
+
+
+class HeapTrimmer:
+    """glibc ``malloc_trim(0)`` (a no-op elsewhere), counting its calls for the side's result JSON."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        self.calls = 0
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform.startswith("linux") else None
+        except OSError:
+            libc = None
+        self._libc = libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+    def trim(self) -> None:
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+            self.calls += 1
+
+
+def memory_policy(malloc_trim: str) -> dict:
+    """The cache caps in force in this process (its environment) and how it trims the heap, for the JSON."""
+    return {"cache_caps": {name: os.environ.get(name) for name in CACHE_CAP_ENV}, "malloc_trim": malloc_trim}
 
 
 # ---------------------------------------------------------------- FLOPs

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from common import GIB, Workload, read_side_result, run_child
+from common import GIB, Workload, cache_cap_env, read_side_result, run_child
 
 BENCH_DIR = Path(__file__).resolve().parent
 # torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); the rest pinned to the versions our
@@ -204,6 +204,7 @@ def child_env(threads: int) -> dict:
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
                WANDB_MODE="disabled", HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONUNBUFFERED="1")
+    env.update(cache_cap_env())  # the same oneDNN/ideep cache caps in both sides' processes (common.py)
     return env
 
 
@@ -243,6 +244,9 @@ def aggregate(runs: list[dict]) -> dict:
         r["peak_rss_after_load_bytes"] = loaded[0]["peak_rss_bytes"] if loaded else None
     summary = {"runs": len(runs), "sec_per_step": med("sec_per_step_median"),
                "peak_rss_bytes": med("peak_rss_bytes"), "tokens_per_s": med("tokens_per_s_median"),
+               "sec_per_step_min_max": [min(r["sec_per_step_median"] for r in runs),
+                                        max(r["sec_per_step_median"] for r in runs)],
+               "peak_rss_bytes_min_max": [min(r["peak_rss_bytes"] for r in runs), max(r["peak_rss_bytes"] for r in runs)],
                "sec_per_step_per_run": [r["sec_per_step_median"] for r in runs],
                "peak_rss_bytes_per_run": [r["peak_rss_bytes"] for r in runs]}
     quiet = [r["sec_per_step_quiet_median"] for r in runs if r.get("sec_per_step_quiet_median") is not None]
@@ -259,6 +263,24 @@ def aggregate(runs: list[dict]) -> dict:
         summary["train_seconds"] = med("train_seconds_median")
         summary["train_tokens_per_s"] = med("train_tokens_per_s_median")
     return summary
+
+
+def side_ratios(sides: dict) -> dict:
+    """ours / TRL of the medians, and each ratio's spread: [best ours / worst TRL, worst ours / best TRL] run."""
+    ours, trl = sides["ours"], sides["trl"]
+    return {"sec_per_step": ours["sec_per_step"] / trl["sec_per_step"],
+            "sec_per_step_spread": [ours["sec_per_step_min_max"][0] / trl["sec_per_step_min_max"][1],
+                                    ours["sec_per_step_min_max"][1] / trl["sec_per_step_min_max"][0]],
+            "peak_rss": ours["peak_rss_bytes"] / trl["peak_rss_bytes"],
+            "peak_rss_spread": [ours["peak_rss_bytes_min_max"][0] / trl["peak_rss_bytes_min_max"][1],
+                                ours["peak_rss_bytes_min_max"][1] / trl["peak_rss_bytes_min_max"][0]],
+            "tokens_per_s": ours["tokens_per_s"] / trl["tokens_per_s"]}
+
+
+def side_settings(runs: list[dict]) -> dict:
+    """What each side ran in (its first run's record; every run of a side runs the same code)."""
+    keys = ("precision", "weights", "compute_dtype", "memory_policy")
+    return {r["side"]: {k: r.get(k) for k in keys} for r in reversed(runs)}
 
 
 def dispatch(args, trl_venv: tuple[Path, str, str], prepare: Callable[[], object], run_ours: Callable[[], int],

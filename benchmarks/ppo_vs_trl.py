@@ -25,9 +25,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import DEFAULT_LORA_LAYERS, GIB, QUIET_FOREIGN_CORES, Workload, load_average  # noqa: E402
+from common import (DEFAULT_LORA_LAYERS, GIB, QUIET_FOREIGN_CORES, Workload, cpu_info, load_average,  # noqa: E402
+                    resolve_precision)
 from harness import (ClassifierScorer, aggregate, child_env, dispatch, ensure_trl_venv, prepare_workload,  # noqa: E402
-                     profile_table, run_alternating)
+                     profile_table, run_alternating, side_ratios, side_settings)
 
 TRL_VENV = BENCH_DIR / ".venv-trl112"
 TRL_VERSION = "1.12.0"  # with our torch, peft, transformers, accelerate and datasets versions (harness.py)
@@ -52,6 +53,7 @@ def our_config(wl: Workload):
         "train.steps": wl.num_steps,
         "train.learning_rate": wl.learning_rate, "train.threads": wl.threads, "train.save_every": 0,
         "train.sample_every": 0, "data.shuffle": "false", "run.seed": wl.seed, "run.wandb_mode": "disabled",
+        "policy.precision": wl.precision,  # resolved once for both sides (common.resolve_precision)
     }
     overrides.update(wl.our_overrides)
     # Flag values are read as YAML 1.1, where "1e-05" is a string: floats are written with a dot.
@@ -69,7 +71,8 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
 
     torch.set_num_threads(wl.threads)
 
-    from common import MemoryTrace, StepClock, StepRecord, forward_flops, lora_train_flops, write_side_result
+    from common import (MemoryTrace, StepClock, StepRecord, forward_flops, lora_train_flops, memory_policy,
+                        param_dtypes, write_side_result)
     from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
     from rlhf.runtime import resolve_dtype
     from rlhf.ppo.trainer import PPOTrainer, seed_everything
@@ -84,7 +87,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     tokenizer = load_policy_tokenizer(cfg.policy)
     dtype = resolve_dtype(cfg.policy.precision, accelerator.device)
     model = build_actor_critic(cfg.policy, cfg.lora, dtype)
-    scorer = ClassifierScorer(wl.reward_path, tokenizer)
+    scorer = ClassifierScorer(wl.reward_path, tokenizer, dtype)  # the reward model in TRL's side's dtype
     trainer = PPOTrainer(cfg, model, tokenizer, scorer, wl.prompts, accelerator=accelerator)
     memory.mark("models loaded")
 
@@ -137,7 +140,11 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
               f"cores), {steps[-1].generated_tokens} tokens, phases "
               + ", ".join(f"{k} {v:.2f}" for k, v in phases[-1].items()), flush=True)
     write_side_result(out, "ours", steps, {
-        "compute_dtype": str(dtype).replace("torch.", ""), "trainable_params": lora_params, "trunk_depth": trunk,
+        "precision": wl.precision, "compute_dtype": str(dtype).replace("torch.", ""),
+        "weights": {"policy+value head": param_dtypes(trainer.unwrapped), "reward": param_dtypes(scorer.model)},
+        "memory_policy": memory_policy("rlhf.ppo.memory.release_freed_memory after loading, after sampling, "
+                                       "before the update, at the end of each step"),
+        "trainable_params": lora_params, "trunk_depth": trunk,
         "model_body_params": body_params, "model_head_params": head_params, "phase_seconds": phases,
         "memory_trace": memory.points,
         "models_in_memory": "policy+LoRA+value head (reference = adapters disabled), reward model",
@@ -179,11 +186,15 @@ def training_flops_report(ours_runs: list[dict], peaks: dict[str, dict]) -> dict
 def format_table(result: dict) -> str:
     ours, trl = result["sides"]["ours"], result["sides"]["trl"]
     ratios, wl = result["ratios"], result["workload"]
+    cpu = result.get("machine", {}).get("cpu", {})
     lines = [
         f"PPO, SmolLM2-135M-Instruct + SmolLM2-135M reward model: {wl['num_prompts']} prompts, batch "
         f"{wl['batch_size']}, mini-batch {wl['mini_batch_size']}, {wl['max_new_tokens']} new tokens, "
         f"{wl['ppo_epochs']} PPO epoch, {wl['threads']} threads -> {wl['num_steps']} steps per run; LoRA on "
-        + (f"decoder layers {wl['lora_layers']} (both sides)" if wl.get("lora_layers") else "every decoder layer"),
+        + (f"decoder layers {wl['lora_layers']} (both sides)" if wl.get("lora_layers") else "every decoder layer")
+        + f"; precision {result.get('precision')} on both sides",
+        f"CPU: {cpu.get('model_name')} ({cpu.get('cpus')} CPUs, avx512_bf16 {cpu.get('avx512_bf16')}, "
+        f"amx_bf16 {cpu.get('amx_bf16')})",
         f"medians over {ours['runs']} (ours) / {trl['runs']} (TRL) fresh-process runs, alternating; "
         f"each run's value is its median over steps 2..{wl['num_steps']} (step 1 = warm-up, excluded)",
     ]
@@ -201,6 +212,8 @@ def format_table(result: dict) -> str:
 
     row("seconds / PPO step", ours["sec_per_step"], trl["sec_per_step"], ratios["sec_per_step"],
         TARGETS["sec_per_step"])
+    if "sec_per_step_spread" in ratios:
+        lines[-1] += "  (runs: {:.2f}-{:.2f}x)".format(*ratios["sec_per_step_spread"])
     if ours.get("sec_per_step_quiet") and trl.get("sec_per_step_quiet"):
         row(f"  quiet steps only", ours["sec_per_step_quiet"], trl["sec_per_step_quiet"],
             ours["sec_per_step_quiet"] / trl["sec_per_step_quiet"])
@@ -211,6 +224,8 @@ def format_table(result: dict) -> str:
             ours["cpu_sec_per_step"] / trl["cpu_sec_per_step"])
     row("peak RSS (GiB)", ours["peak_rss_bytes"] / GIB, trl["peak_rss_bytes"] / GIB, ratios["peak_rss"],
         TARGETS["peak_rss"])
+    if "peak_rss_spread" in ratios:
+        lines[-1] += "  (runs: {:.2f}-{:.2f}x)".format(*ratios["peak_rss_spread"])
     if "peak_rss_after_load_bytes" in ours and "peak_rss_after_load_bytes" in trl:
         row("  of which by loading", ours["peak_rss_after_load_bytes"] / GIB, trl["peak_rss_after_load_bytes"] / GIB,
             ours["peak_rss_after_load_bytes"] / trl["peak_rss_after_load_bytes"])
@@ -259,7 +274,7 @@ def run_benchmark(args) -> dict:
     # 2. the workload (models and prompts), built in a subprocess so this process stays small
     workload_path = work / "workload.json"
     subprocess.run([sys.executable, __file__, "--prepare", str(workload_path), "--num-prompts", str(args.num_prompts),
-                    "--lora-layers", args.lora_layers]
+                    "--lora-layers", args.lora_layers, "--precision", args.precision]
                    + [item for setting in args.ours_set for item in ("--ours-set", setting)], check=True, env=child_env(2))
     wl = Workload.load(workload_path)
     # 3. this machine's matmul peaks, measured now under the same load: bf16 (what the issue asks for) and
@@ -279,7 +294,9 @@ def run_benchmark(args) -> dict:
         runs += [r for r in earlier["runs"] if r["side"] == "trl"]
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name] + sys.argv[1:]),
-              "machine": {"cpus": os.cpu_count(), "load_average_at_end": load_average()},
+              "machine": {"cpus": os.cpu_count(), "cpu": cpu_info(), "load_average_at_end": load_average()},
+              "precision": wl.precision, "precision_requested": args.precision,
+              "side_settings": side_settings(runs),
               "workload": {"num_prompts": len(wl.prompts), "batch_size": wl.batch_size,
                            "mini_batch_size": wl.mini_batch_size, "max_new_tokens": wl.max_new_tokens,
                            "ppo_epochs": wl.ppo_epochs, "threads": wl.threads, "num_steps": wl.num_steps,
@@ -290,10 +307,7 @@ def run_benchmark(args) -> dict:
                            "reward_model": wl.reward_path},
               "targets": TARGETS, "matmul_peaks": peaks, "sides": sides, "runs": runs, "work_dir": str(work)}
     if set(sides) == set(SIDES):
-        ours, trl = sides["ours"], sides["trl"]
-        result["ratios"] = {"sec_per_step": ours["sec_per_step"] / trl["sec_per_step"],
-                            "peak_rss": ours["peak_rss_bytes"] / trl["peak_rss_bytes"],
-                            "tokens_per_s": ours["tokens_per_s"] / trl["tokens_per_s"]}
+        result["ratios"] = side_ratios(sides)
         result["meets_targets"] = {key: result["ratios"][key] <= target for key, target in TARGETS.items()}
     result["training_flops"] = training_flops_report(per_side["ours"], peaks)
     return result
@@ -301,10 +315,12 @@ def run_benchmark(args) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Our PPO vs TRL 1.12 PPOTrainer: time/step, peak RSS, tokens/s")
-    parser.add_argument("--runs", type=int, default=2, help="fresh-process runs per side, alternating")
+    parser.add_argument("--runs", type=int, default=3, help="fresh-process runs per side, alternating A B A B")
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--lora-layers", default=json.dumps(list(DEFAULT_LORA_LAYERS)),
                         help="JSON list of adapted decoder layers on both sides, negatives from the top; [] = all")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="both sides' weights and compute; auto: bf16 iff the CPU has native bf16 dot products")
     parser.add_argument("--sides", default="ours,trl", help="comma list; one side skips the ratios")
     parser.add_argument("--out", default=None, help="default: results/ppo_vs_trl.json for the plain two-sided "
                         "run, results/ppo_vs_trl-variant.json otherwise (so a variant never overwrites it); "
@@ -326,12 +342,13 @@ def main(argv: list[str]) -> int:
     args.sides = args.sides.split(",")
     if args.out is None:
         plain = set(args.sides) == set(SIDES) and not args.ours_set
-        name = "ppo_vs_trl" + ("" if json.loads(args.lora_layers) else "-all-layers")
+        name = "ppo_vs_trl" + ("" if json.loads(args.lora_layers) else "-all-layers") + (
+            "" if args.precision == "auto" else f"-{args.precision}")
         args.out = str(BENCH_DIR / "results" / (f"{name}.json" if plain else f"{name}-variant.json"))
 
     return dispatch(args, (TRL_VENV, TRL_VERSION, TRL_PROBE),
                     prepare=lambda: prepare_workload(Path(args.prepare), args.num_prompts, lora_layers=json.loads(args.lora_layers),
-                                 our_overrides=dict(s.split("=", 1) for s in args.ours_set)),
+                                 precision=resolve_precision(args.precision), our_overrides=dict(s.split("=", 1) for s in args.ours_set)),
                     run_ours=lambda: run_ours_side(Workload.load(args.workload), Path(args.out), args.profile_step),
                     run_benchmark=run_benchmark, format_table=format_table)
 

@@ -22,9 +22,9 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from common import DEFAULT_LORA_LAYERS, GIB, Workload, cpu_has_bf16_matmul, cpu_info, load_average  # noqa: E402
+from common import DEFAULT_LORA_LAYERS, GIB, Workload, cpu_info, load_average, resolve_precision  # noqa: E402
 from harness import (ClassifierScorer, aggregate, child_env, dispatch, ensure_trl_venv, prepare_workload,  # noqa: E402
-                     profile_table, run_alternating)
+                     profile_table, run_alternating, side_ratios, side_settings)
 
 TRL_VENV = BENCH_DIR / ".venv-trl116"
 TRL_VERSION = "1.16.0"  # with our torch, peft, transformers, accelerate and datasets versions (harness.py)
@@ -55,6 +55,7 @@ def our_argv(wl: Workload) -> list[str]:
         "train.steps": wl.num_steps, "train.learning_rate": wl.learning_rate, "train.threads": wl.threads,
         "train.save_every": 0, "train.sample_every": 0, "data.shuffle": "false", "run.seed": wl.seed,
         "run.wandb_mode": "disabled",
+        "policy.precision": wl.precision,  # resolved once for both sides (common.resolve_precision)
     }
     settings.update(wl.our_overrides)
     # Flag values are read as YAML 1.1, where "1e-05" is a string: floats are written with a dot.
@@ -70,7 +71,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
 
     torch.set_num_threads(wl.threads)
 
-    from common import MemoryTrace, StepClock, StepRecord, write_side_result
+    from common import MemoryTrace, StepClock, StepRecord, memory_policy, param_dtypes, write_side_result
     from rlhf.config import load_config
     from rlhf.ppo.config import RLStageConfig
     from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
@@ -115,7 +116,11 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
               f"cores), {steps[-1].generated_tokens} tokens, phases "
               + ", ".join(f"{k} {v:.2f}" for k, v in phases[-1].items()), flush=True)
     write_side_result(out, "ours", steps, {
-        "compute_dtype": str(dtype).replace("torch.", ""), "trainable_params": trainable, "phase_seconds": phases,
+        "precision": wl.precision, "compute_dtype": str(dtype).replace("torch.", ""),
+        "weights": {"policy+LoRA": param_dtypes(model), "reward": param_dtypes(scorer.model)},
+        "memory_policy": memory_policy("rlhf.ppo.memory.release_freed_memory after loading, after sampling, "
+                                       "before the update, at the end of each step"),
+        "trainable_params": trainable, "phase_seconds": phases,
         "memory_trace": memory.points,
         "models_in_memory": "policy+LoRA (reference = adapters disabled), reward model",
     })
@@ -143,13 +148,6 @@ def median_phases(runs: list[dict], warmup: int = 1) -> dict[str, float]:
             for name in names}
 
 
-def ratios(sides: dict) -> dict[str, float]:
-    ours, trl = sides["ours"], sides["trl"]
-    return {"sec_per_step": ours["sec_per_step"] / trl["sec_per_step"],
-            "peak_rss": ours["peak_rss_bytes"] / trl["peak_rss_bytes"],
-            "tokens_per_s": ours["tokens_per_s"] / trl["tokens_per_s"]}
-
-
 def format_table(result: dict) -> str:
     ours, trl = result["sides"]["ours"], result["sides"]["trl"]
     wl, cpu, ratio = result["workload"], result["machine"]["cpu"], result["ratios"]
@@ -170,8 +168,12 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:24}{fmt.format(a):>12}{fmt.format(b):>12}{ratio:>9.2f}x{verdict}")
 
     row("seconds / step", ours["sec_per_step"], trl["sec_per_step"], ratio["sec_per_step"], TARGETS["sec_per_step"])
+    if "sec_per_step_spread" in ratio:
+        lines[-1] += "  (runs: {:.2f}-{:.2f}x)".format(*ratio["sec_per_step_spread"])
     row("peak RSS (GiB)", ours["peak_rss_bytes"] / GIB, trl["peak_rss_bytes"] / GIB, ratio["peak_rss"],
         TARGETS["peak_rss"])
+    if "peak_rss_spread" in ratio:
+        lines[-1] += "  (runs: {:.2f}-{:.2f}x)".format(*ratio["peak_rss_spread"])
     row("generated tokens / s", ours["tokens_per_s"], trl["tokens_per_s"], ratio["tokens_per_s"], fmt="{:.1f}")
     if "generation_seconds" in ours and "generation_seconds" in trl:
         row("  of which sampling (s)", ours["generation_seconds"], trl["generation_seconds"],
@@ -197,7 +199,7 @@ def run_benchmark(args) -> dict:
     # 2. the workload (models and prompts), built in a subprocess so this process stays small
     workload_path = work / "workload.json"
     subprocess.run([sys.executable, __file__, "--prepare", str(workload_path), "--num-prompts", str(args.num_prompts),
-                    "--lora-layers", args.lora_layers], check=True, env=child_env(2))
+                    "--lora-layers", args.lora_layers, "--precision", args.precision], check=True, env=child_env(2))
     wl = Workload.load(workload_path)
     # 3. alternate the sides, each in a fresh process
     pythons = {"ours": sys.executable, "trl": trl_python}
@@ -209,7 +211,8 @@ def run_benchmark(args) -> dict:
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name] + sys.argv[1:]),
               "machine": {"cpu": cpu_info(), "load_average_at_end": load_average()},
-              "precision": "bf16" if cpu_has_bf16_matmul() else "fp32",
+              "precision": wl.precision, "precision_requested": args.precision,
+              "side_settings": side_settings(runs),
               "workload": {"num_prompts": len(wl.prompts), "batch_size": wl.batch_size,
                            "samples_per_prompt": wl.samples_per_prompt, "rollouts_per_step": wl.rollouts_per_step,
                            "mini_batch_size": wl.mini_batch_size, "micro_batch_size": wl.micro_batch_size,
@@ -220,17 +223,19 @@ def run_benchmark(args) -> dict:
                            "policy": wl.policy_path, "reward_model": wl.reward_path},
               "targets": TARGETS, "sides": sides, "runs": runs, "work_dir": str(work)}
     if set(sides) == set(SIDES):
-        result["ratios"] = ratios(sides)
+        result["ratios"] = side_ratios(sides)
         result["meets_targets"] = {key: result["ratios"][key] <= target for key, target in TARGETS.items()}
     return result
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Our GRPO vs TRL 1.16 GRPOTrainer: time/step, peak RSS, tokens/s")
-    parser.add_argument("--runs", type=int, default=2, help="fresh-process runs per side, alternating")
+    parser.add_argument("--runs", type=int, default=3, help="fresh-process runs per side, alternating A B A B")
     parser.add_argument("--num-prompts", type=int, default=64, help="8 per step: 64 = 8 steps per run")
     parser.add_argument("--lora-layers", default=json.dumps(list(DEFAULT_LORA_LAYERS)),
                         help="JSON list of adapted decoder layers on both sides, negatives from the top; [] = all")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="both sides' weights and compute; auto: bf16 iff the CPU has native bf16 dot products")
     parser.add_argument("--sides", default="ours,trl", help="comma list; one side skips the ratios")
     parser.add_argument("--out", default=None, help="default: results/rl_vs_trl.json for the plain two-sided run "
                         "(-all-layers with --lora-layers []), results/rl_vs_trl-one-side.json otherwise")
@@ -246,13 +251,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.sides = args.sides.split(",")
     if args.out is None:
-        name = "rl_vs_trl" + ("" if json.loads(args.lora_layers) else "-all-layers")
+        name = "rl_vs_trl" + ("" if json.loads(args.lora_layers) else "-all-layers") + (
+            "" if args.precision == "auto" else f"-{args.precision}")
         args.out = str(BENCH_DIR / "results" / (f"{name}.json" if set(args.sides) == set(SIDES)
                                                 else f"{name}-one-side.json"))
 
     return dispatch(args, (TRL_VENV, TRL_VERSION, TRL_PROBE),
                     prepare=lambda: prepare_workload(Path(args.prepare), args.num_prompts, lora_layers=json.loads(args.lora_layers),
-                                 **GRPO_WORKLOAD),
+                                 precision=resolve_precision(args.precision), **GRPO_WORKLOAD),
                     run_ours=lambda: run_ours_side(Workload.load(args.workload), Path(args.out), args.profile_step),
                     run_benchmark=run_benchmark, format_table=format_table)
 

@@ -6,10 +6,13 @@ TRL in its fastest sensible setting on a CPU: ``use_cpu=True``, transformers ``g
 continuous batching), one generation of all the step's rollouts (``generation_batch_size`` = rollouts per
 optimizer step, so no old-log-prob forward: sampling and update are on-policy), no gradient checkpointing
 (GRPOConfig's default is on; it trades time for memory), LoRA through ``peft_config`` on the same layers as ours
-(reference = the adapter disabled, no second copy), no completion logging, no checkpoints. Precision: on a CPU
-with native bf16 dot products (AVX512-BF16 / AMX) the policy and the reward model are loaded in bf16
-(``model_init_kwargs``) and ``bf16=True``; elsewhere fp32. Nothing of TRL's is changed: a callback times the
-optimizer steps; wrappers on the trainer instance time its generation and reward calls and count tokens.
+(reference = the adapter disabled, no second copy), no completion logging, no checkpoints. Precision: the
+workload's (``--precision`` of rl_vs_trl.py, resolved once for both sides): bf16 loads the policy and the reward
+model with bf16 weights (``model_init_kwargs``) and sets ``bf16=True``; fp32 is fp32 throughout. Memory: the same
+oneDNN/ideep cache caps as ours (this process's environment, set by the orchestrator) and glibc ``malloc_trim``
+at the same phase boundaries as our trainer (after loading, after sampling, after the reward, at each step's
+end). Nothing of TRL's algorithm is changed: a callback times the optimizer steps; wrappers on the trainer
+instance time its generation and reward calls and count tokens.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MemoryTrace, StepClock, StepRecord, Workload, cpu_has_bf16_matmul, write_side_result  # noqa: E402
+from common import (HeapTrimmer, MemoryTrace, StepClock, StepRecord, Workload, memory_policy,  # noqa: E402
+                    param_dtypes, write_side_result)
 
 
 def grpo_batching(wl: Workload) -> dict[str, int]:
@@ -59,8 +63,8 @@ def main(argv: list[str]) -> int:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    # 1. precision: bf16 weights only where the CPU has bf16 dot products (else bf16 linears take slow paths)
-    use_bf16 = cpu_has_bf16_matmul()
+    # 1. precision: the workload's, the same as ours (resolved once by the orchestrator)
+    use_bf16 = wl.precision == "bf16"
     weights_dtype = "bfloat16" if use_bf16 and not args.fp32_weights else "float32"
 
     # 2. tokenizer: left padding for generation; pad = <|endoftext|> (never in text) as on the PPO side and in
@@ -91,13 +95,16 @@ def main(argv: list[str]) -> int:
     # 5. instruments: step wall time (callback), generation and reward time, generated tokens (instance wrappers)
     clock, steps, phase = StepClock(), [], {"generate": 0.0, "reward": 0.0, "tokens": 0}
     phases = []
+    heap = HeapTrimmer()
 
     class StepTimer(TrainerCallback):
         def on_train_begin(self, *args, **kwargs):
+            heap.trim()  # what loading left on the heap (as ours)
             memory.mark("models loaded")
             clock.start()
 
         def on_step_end(self, *args, **kwargs):
+            heap.trim()  # the update's transients; inside the timed step, as ours
             lap = clock.lap()
             steps.append(StepRecord(seconds=lap.seconds, cpu_seconds=lap.cpu_seconds,
                                     foreign_cpu_seconds=lap.foreign_cpu_seconds,
@@ -117,6 +124,7 @@ def main(argv: list[str]) -> int:
         def wrapper(*a, **kw):
             start = time.perf_counter()
             result = fn(*a, **kw)
+            heap.trim()  # between phases, as our trainer does (common.py: the memory policy both sides run under)
             phase[name] += time.perf_counter() - start
             if count_tokens:  # completion ids end at (and include) the first EOS, as common.tokens_up_to_eos counts
                 phase["tokens"] += sum(len(ids) for ids in result[0])
@@ -139,6 +147,11 @@ def main(argv: list[str]) -> int:
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                      "torch": torch.__version__},
         "weights_dtype": weights_dtype, "policy_param_dtype": policy_dtype,
+        "precision": wl.precision, "compute_dtype": "bfloat16" if use_bf16 else "float32",
+        "weights": {"policy+LoRA": param_dtypes(trainer.model),
+                    "reward": param_dtypes(trainer.reward_funcs[0])},
+        "memory_policy": {**memory_policy("common.HeapTrimmer after loading, after sampling, after the reward, at "
+                                          "the end of each step"), "malloc_trim_calls": heap.calls},
         "mixed_precision": str(trainer.accelerator.mixed_precision), "trainable_params": trainable,
         "grpo_config": {k: getattr(config, k) for k in (*grpo_batching(wl), "generation_batch_size", "num_iterations",
                                                         "beta", "loss_type", "scale_rewards", "bf16",

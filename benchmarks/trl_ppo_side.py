@@ -6,9 +6,13 @@ TRL in its best setting for this workload: LoRA through ``peft_config`` on the s
 reference policy is the policy with the adapter disabled, no second copy, and autograd stops its backward
 at the lowest adapted layer), the value model a separate SmolLM2 classifier
 initialised from the reward model as TRL's examples do (PPOTrainer requires one), no sample generations,
-no checkpoints. Precision follows the same rule as our "auto": bf16 autocast only on a CPU with native
-bf16 dot products; without them (AVX2-only machines) CPU bf16 linears are ~10x slower than fp32, so fp32. Nothing of TRL's is changed: a callback times the steps and a
-wrapper around its ``batch_generation`` counts the generated tokens.
+no checkpoints. Precision: the workload's (``--precision`` of ppo_vs_trl.py, resolved once for both sides):
+bf16 loads all four models (policy, reference = policy, value, reward) with bf16 weights and runs under bf16
+autocast, as ours runs bf16 frozen weights; fp32 loads and computes everything in fp32. Memory: the same
+oneDNN/ideep cache caps as ours (set in this process's environment by the orchestrator) and glibc
+``malloc_trim`` at the same phase boundaries (after loading, after sampling, at each step's end). Nothing of
+TRL's algorithm is changed: a callback times the steps and a wrapper around its ``batch_generation`` counts
+the generated tokens.
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (MemoryTrace, StepClock, StepRecord, Workload, cpu_has_bf16_matmul,  # noqa: E402
-                    tokens_up_to_eos, write_side_result)
+from common import (HeapTrimmer, MemoryTrace, StepClock, StepRecord, Workload, memory_policy,  # noqa: E402
+                    param_dtypes, tokens_up_to_eos, write_side_result)
 
 
 def main(argv: list[str]) -> int:
@@ -54,10 +58,13 @@ def main(argv: list[str]) -> int:
     tokenizer.pad_token = "<|endoftext|>"
     eos_id = tokenizer.eos_token_id
 
-    # 2. models: policy (LoRA added by the trainer), reward model, value model (a separate full model)
-    policy = AutoModelForCausalLM.from_pretrained(wl.policy_path, dtype=torch.float32)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(wl.reward_path, num_labels=1, dtype=torch.float32)
-    value_model = AutoModelForSequenceClassification.from_pretrained(wl.reward_path, num_labels=1, dtype=torch.float32)
+    # 2. models: policy (LoRA added by the trainer), reward model, value model (a separate full model), all in
+    #    the workload's precision (the reference is the policy with its adapter disabled)
+    use_bf16 = wl.precision == "bf16"
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    policy = AutoModelForCausalLM.from_pretrained(wl.policy_path, dtype=dtype)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(wl.reward_path, num_labels=1, dtype=dtype)
+    value_model = AutoModelForSequenceClassification.from_pretrained(wl.reward_path, num_labels=1, dtype=dtype)
     for model in (policy, reward_model, value_model):
         model.config.pad_token_id = tokenizer.pad_token_id
     depth = policy.config.num_hidden_layers
@@ -72,7 +79,6 @@ def main(argv: list[str]) -> int:
 
     # 4. precision. PPOConfig(bf16=True), its default, no longer reaches PPOTrainer's own Accelerator() with
     #    transformers 5 (TrainingArguments stopped exporting ACCELERATE_MIXED_PRECISION), so set both.
-    use_bf16 = cpu_has_bf16_matmul()
     os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if use_bf16 else "no"
 
     # 5. batch 8 = per_device_train_batch_size; mini-batch 4 = 8 / num_mini_batches; one optimizer step per
@@ -90,6 +96,7 @@ def main(argv: list[str]) -> int:
 
     # 6. instruments: step wall time (callback), generation time and generated tokens (wrapper)
     clock, steps, generation = StepClock(), [], {"tokens": 0, "seconds": 0.0}
+    heap = HeapTrimmer()
     original_batch_generation = trl_ppo.batch_generation
 
     def counted_batch_generation(model, queries, *rest, **kwargs):
@@ -97,16 +104,19 @@ def main(argv: list[str]) -> int:
         query_responses, logits = original_batch_generation(model, queries, *rest, **kwargs)
         generation["seconds"] += time.perf_counter() - start
         generation["tokens"] += tokens_up_to_eos(query_responses[:, queries.shape[1]:].tolist(), eos_id)
+        heap.trim()  # the decoding steps' freed heap, before the scoring forwards (as ours)
         return query_responses, logits
 
     trl_ppo.batch_generation = counted_batch_generation
 
     class StepTimer(TrainerCallback):
         def on_train_begin(self, *args, **kwargs):
+            heap.trim()  # what loading left on the heap (as ours)
             memory.mark("models loaded")
             clock.start()
 
         def on_step_end(self, *args, **kwargs):
+            heap.trim()  # the step's transients; inside the timed step, as ours
             lap = clock.lap()
             steps.append(StepRecord(seconds=lap.seconds, cpu_seconds=lap.cpu_seconds,
                                     foreign_cpu_seconds=lap.foreign_cpu_seconds,
@@ -132,6 +142,11 @@ def main(argv: list[str]) -> int:
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                      "torch": torch.__version__},
         "mixed_precision": str(trainer.accelerator.mixed_precision),
+        "precision": wl.precision, "compute_dtype": "bfloat16" if use_bf16 else "float32",
+        "weights": {"policy+LoRA": param_dtypes(trainer.model.policy), "value": param_dtypes(trainer.model.value_model),
+                    "reward": param_dtypes(trainer.reward_model)},
+        "memory_policy": {**memory_policy("common.HeapTrimmer after loading, after each batch_generation, at the "
+                                          "end of each step"), "malloc_trim_calls": heap.calls},
         "trainable_params": trainable,
         "models_in_memory": "policy+LoRA (reference = adapter disabled), value model (full, trainable), reward model",
         "memory_trace": memory.points,

@@ -251,20 +251,48 @@ def test_rl_vs_trl_phases_ratios_and_table():
     assert rl_vs_trl.median_phases(ours) == {"generate": 6.0, "update": 3.5}
     sides = {side: {**harness.aggregate(runs), "phase_seconds": rl_vs_trl.median_phases(runs)}
              for side, runs in (("ours", ours), ("trl", trl))}
-    ratios = rl_vs_trl.ratios(sides)
+    ratios = harness.side_ratios(sides)
     assert ratios == {"sec_per_step": pytest.approx(11.0 / 29.0), "peak_rss": pytest.approx(1.1 / 3.1),
-                      "tokens_per_s": pytest.approx(90.0 / 34.0)}
+                      "tokens_per_s": pytest.approx(90.0 / 34.0),
+                      # best ours / worst TRL run .. worst ours / best TRL run
+                      "sec_per_step_spread": [pytest.approx(10.0 / 30.0), pytest.approx(12.0 / 28.0)],
+                      "peak_rss_spread": [pytest.approx(1.0 / 3.2), pytest.approx(1.2 / 3.0)]}
     result = {"sides": sides, "runs": ours + trl, "ratios": ratios, "precision": "bf16",
               "machine": {"cpu": {"model_name": "AMD EPYC", "cpus": 2, "avx512_bf16": True, "amx_bf16": False}},
               "workload": {"num_prompts": 64, "batch_size": 8, "samples_per_prompt": 4, "max_new_tokens": 32,
                            "kl_coef": 0.04, "threads": 2, "num_steps": 8, "lora_layers": [-2, -1]}}
     table = rl_vs_trl.format_table(result)
     assert "seconds / step" in table and "0.38x" in table and "<= 0.5  PASS" in table
+    assert "(runs: 0.33-0.43x)" in table
     assert "peak RSS (GiB)" in table and "0.35x" in table
     assert "TRL 1.16 per run: s/step [28.00, 30.00]" in table and "generate 6.00, update 3.50" in table
     assert "AMD EPYC" in table and "avx512_bf16 True" in table and "ours#0: 1.00->2.00" in table
     slow = {**sides, "ours": {**sides["ours"], "sec_per_step": 20.0}}
-    assert "MISS" in rl_vs_trl.format_table({**result, "sides": slow, "ratios": rl_vs_trl.ratios(slow)})
+    assert "MISS" in rl_vs_trl.format_table({**result, "sides": slow, "ratios": harness.side_ratios(slow)})
+
+
+def test_both_sides_run_under_our_cache_caps(monkeypatch):
+    """The peer's side never imports our package: common.py repeats rlhf.ppo.memory's caps, and every side's
+    process gets them through its environment (ours keeps a value already set, so both run with the same)."""
+    from rlhf.ppo import memory
+
+    assert common.CACHE_CAP_ENV == (memory.ONEDNN_CACHE_ENV, memory.IDEEP_CACHE_ENV)
+    assert common.CACHE_CAPACITY == memory.ONEDNN_CACHE_CAPACITY
+    monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
+    env = harness.child_env(2)
+    assert {name: env[name] for name in common.CACHE_CAP_ENV} == {name: "64" for name in common.CACHE_CAP_ENV}
+    common.HeapTrimmer().trim()  # a no-op off glibc, never an error
+
+
+def test_precision_is_resolved_once_for_both_sides(monkeypatch):
+    assert common.resolve_precision("fp32") == "fp32" and common.resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(common, "cpu_has_bf16_matmul", lambda: False)
+    assert common.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(common, "cpu_has_bf16_matmul", lambda: True)
+    assert common.resolve_precision("auto") == "bf16"
+    with pytest.raises(ValueError, match="--precision"):
+        common.resolve_precision("fp16")
+    assert common.Workload(policy_path="p", reward_path="r", prompts=[], chat_prompts=[]).precision == "fp32"  # older workloads
 
 
 def test_gpu_check_plans_every_demo_stage_and_refuses_a_machine_without_cuda(tmp_path, monkeypatch, capsys):
