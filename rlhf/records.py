@@ -152,6 +152,51 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     return prompts
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object that gives one key twice (``json`` would silently keep the last value)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses a repeated key: a second ``chosen`` would otherwise replace the first and
+    be misreported later (e.g. as "identical to chosen"), or train on a value the author did not mean."""
+    row: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in row:
+            raise _DuplicateKey(key)
+        row[key] = value
+    return row
+
+
+def _duplicate_key_error(path: Path, line: int, key: str) -> RecordError:
+    return RecordError(path, line, key, "the key appears twice in one object (JSON would keep only the last value)")
+
+
+def _key_line(text: str, start: int, end: int, key: str) -> int:
+    """The line of the second ``"key":`` in ``text[start:end]`` (the repeat), else of ``start``."""
+    import re
+
+    hits = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text[start:end])]
+    at = start + hits[1] if len(hits) > 1 else start
+    return text.count("\n", 0, at) + 1
+
+
+def _json_list_items(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) offsets of each item of a top-level JSON list (whose syntax is already known good)."""
+    decoder, i = json.JSONDecoder(), text.index("[") + 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text) or text[i] == "]":
+            return
+        _, end = decoder.raw_decode(text, i)
+        yield i, end
+        i = end
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     seen_any = False
     for line_no, raw in _iter_lines(path):
@@ -161,9 +206,11 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not text:
             continue
         try:
-            row = json.loads(text)
+            row = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise RecordError(path, line_no, None, f"not valid JSON ({err.msg} at column {err.colno})") from None
+        except _DuplicateKey as dup:
+            raise _duplicate_key_error(path, line_no, dup.key) from None
         if not isinstance(row, dict):
             raise RecordError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
         seen_any = True
@@ -175,9 +222,17 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     text = _decode(path.read_bytes(), path, 1)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise RecordError(path, err.lineno, None, f"not valid JSON ({err.msg})") from None
+    except _DuplicateKey as dup:  # find the object that repeats it, to name its line
+        spans = list(_json_list_items(text)) if text.lstrip("\ufeff \t\r\n").startswith("[") else [(0, len(text))]
+        for start, end in spans:
+            try:
+                json.loads(text[start:end], object_pairs_hook=_unique_keys)
+            except _DuplicateKey:
+                raise _duplicate_key_error(path, _key_line(text, start, end, dup.key), dup.key) from None
+        raise _duplicate_key_error(path, 1, dup.key) from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not data:
