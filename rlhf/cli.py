@@ -55,13 +55,15 @@ def _data(args) -> int:
 
 def _chat(args) -> int:
     from rlhf.generation import GenerationSettings, generate_chat
-    from rlhf.zoo import load_causal_lm, load_tokenizer
+    from rlhf.policies import load_policy
 
     start = time.perf_counter()
     # Import the model and tokenizer classes first so the load time below is the cache's, not Python's imports.
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401
     imported = time.perf_counter()
-    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    # Any policy path: zoo name, hub id, full weights, or an adapter folder (its base read relative to it).
+    policy = load_policy("chat", args.model)
+    tokenizer, model = policy.tokenizer, policy.model
     loaded = time.perf_counter()
     print(f"loaded {args.model} in {loaded - imported:.2f} s (library imports {imported - start:.2f} s before)",
           file=sys.stderr)
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="ask a model one question (greedy)")
     chat.add_argument("prompt")
-    chat.add_argument("--model", default="smollm2-135m-instruct")
+    chat.add_argument("--model", default="smollm2-135m-instruct",
+                      help="zoo name, hub id, model folder or adapter folder (an exported bundle, an RL final/adapter)")
     chat.add_argument("--max-new-tokens", type=int, default=64)
     chat.set_defaults(func=_chat)
 
