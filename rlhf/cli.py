@@ -49,7 +49,8 @@ def _data(args) -> int:
     from rlhf import datatools
 
     if args.action == "validate":
-        return datatools.validate(args.files, keep_valid=args.keep_valid, kind=args.kind)
+        return datatools.validate(args.files, keep_valid=args.keep_valid, kind=args.kind,
+                                  default_dimension=args.default_dimension or ())
     return datatools.stats(args.files)
 
 
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("files", nargs="+")
     val.add_argument("--keep-valid", metavar="OUT.jsonl", help="write the valid rows to OUT (inputs are never changed)")
     val.add_argument("--kind", choices=["preference", "sft"], help="record kind (default: detected per file)")
+    val.add_argument("--default-dimension", nargs="+", metavar="DIM",
+                     help="dimensions of preference rows without `dimension` (TRL's formats), as the stages' "
+                          "data.default_dimension")
     st = dsub.add_parser("stats", help="counts per dimension and source, lengths, duplicates")
     st.add_argument("files", nargs="+")
     data.set_defaults(func=_data)
