@@ -25,6 +25,7 @@ STAGES = {
     "annotate": ("rlhf.annotate.cli:main", "preference collection web app, agreement and export"),
     "plan": ("rlhf.plan:cli", "memory per device by part, FLOPs and PF-days of a stage setup; what fits"),
     "export": ("rlhf.export:cli", "a run's model as a hub-ready folder with a model card (--push-to-hub)"),
+    "track": ("rlhf.tracking:cli", "after `wandb sync` of offline runs: `rlhf track link RUN...` records their lineage"),
 }
 
 
