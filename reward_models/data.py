@@ -38,7 +38,7 @@ def load_pairs(shipped: Sequence[str], extra_files: Sequence[str], split: Split,
     for name in shipped:
         records.extend(sources.PREFERENCE_SOURCES[name](split))
     for path in extra_files:
-        loaded = load_preferences(path, default_dimension=list(default_dimension) or None)
+        loaded = load_preferences(path, default_dimension=list(default_dimension) or None, log_rows=True)
         if extra_files_split == "train":
             records.extend(loaded if split == "train" else [])
         else:

@@ -272,3 +272,17 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, list):
         return [json_ready(v) for v in value]
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def log_report(logger, scorer, pairs: Sequence, out_dir: str | Path, step: int) -> list[Path]:
+    """The report of ``pairs`` written to ``out_dir`` and sent through a :class:`rlhf.tracking.MetricsLogger`:
+    each table as ``rm_report/<name>`` (W&B table, TensorBoard text, ``rm_report_<name>.jsonl``) and the
+    reliability plot as an image. The reward stage calls it for the gold and the proxy run alike."""
+    cfg = RMReportConfig()
+    report = {"model": "this run", "split": "test", "sources": sorted({p.source or "unknown" for p in pairs})}
+    report |= build_report(score_for_report(scorer, pairs, scorer.batch_size), cfg)
+    files = write_report(report, out_dir)
+    for table in report_tables(report):
+        logger.log_table(f"rm_report/{table.name}", table.columns, table.rows, step=step)
+    logger.log_images([f for f in files if f.suffix == ".png"], step=step)
+    return files

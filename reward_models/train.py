@@ -352,7 +352,8 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         raise ConfigError(f"training: parameter {bad} is not finite; no final/ was written")
     if accelerator.is_main_process:
         save_reward_model(_plain_copy(cfg, whole) if sharded else unwrapped, encoder, scoring, final_dir)
-        logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.backbone, *cfg.data.extra_files])
+        logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.backbone, *cfg.data.extra_files],
+                            role="gold" if cfg.role == "gold" else None)  # the judge's artifact is not the proxy's
     accelerator.wait_for_everyone()
 
     # 8. held-out test accuracy (prompts no stage trains on) and the run's summary
@@ -366,6 +367,12 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         test_pairs = load_split(cfg, "test", cfg.eval.max_pairs_per_head)
         with sharding.gathered(unwrapped):
             accuracy, counts = pair_accuracy(unwrapped, encoder, test_pairs, cfg.eval.batch_size, bf16, inputs)
+            if accelerator.is_main_process and test_pairs:  # eval-rm's report of the test pairs, in the run
+                from reward_models.report import log_report
+                from reward_models.scoring import RewardScorer
+
+                scorer = RewardScorer(unwrapped, encoder, scoring, None, accelerator.device, bf16, cfg.eval.batch_size)
+                log_report(logger, scorer, test_pairs, run_dir / "rm_report", step)
         summary |= {f"test/accuracy_{h}": a for h, a in accuracy.items()} | {f"test/pairs_{h}": n for h, n in counts.items()}
     summary["run/seconds"] = time.perf_counter() - started  # everything: loading, training, evaluation, saving
     logger.summary(summary)

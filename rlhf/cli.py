@@ -25,6 +25,7 @@ STAGES = {
     "annotate": ("rlhf.annotate.cli:main", "preference collection web app, agreement and export"),
     "plan": ("rlhf.plan:cli", "memory per device by part, FLOPs and PF-days of a stage setup; what fits"),
     "export": ("rlhf.export:cli", "a run's model as a hub-ready folder with a model card (--push-to-hub)"),
+    "track": ("rlhf.tracking:cli", "after `wandb sync` of offline runs: `rlhf track link RUN...` records their lineage"),
 }
 
 
@@ -49,19 +50,22 @@ def _data(args) -> int:
     from rlhf import datatools
 
     if args.action == "validate":
-        return datatools.validate(args.files, keep_valid=args.keep_valid, kind=args.kind)
+        return datatools.validate(args.files, keep_valid=args.keep_valid, kind=args.kind,
+                                  default_dimension=args.default_dimension or ())
     return datatools.stats(args.files)
 
 
 def _chat(args) -> int:
     from rlhf.generation import GenerationSettings, generate_chat
-    from rlhf.zoo import load_causal_lm, load_tokenizer
+    from rlhf.policies import load_policy
 
     start = time.perf_counter()
     # Import the model and tokenizer classes first so the load time below is the cache's, not Python's imports.
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401
     imported = time.perf_counter()
-    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    # Any policy path: zoo name, hub id, full weights, or an adapter folder (its base read relative to it).
+    policy = load_policy("chat", args.model)
+    tokenizer, model = policy.tokenizer, policy.model
     loaded = time.perf_counter()
     print(f"loaded {args.model} in {loaded - imported:.2f} s (library imports {imported - start:.2f} s before)",
           file=sys.stderr)
@@ -89,13 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("files", nargs="+")
     val.add_argument("--keep-valid", metavar="OUT.jsonl", help="write the valid rows to OUT (inputs are never changed)")
     val.add_argument("--kind", choices=["preference", "sft"], help="record kind (default: detected per file)")
+    val.add_argument("--default-dimension", nargs="+", metavar="DIM",
+                     help="dimensions of preference rows without `dimension` (TRL's formats), as the stages' "
+                          "data.default_dimension")
     st = dsub.add_parser("stats", help="counts per dimension and source, lengths, duplicates")
     st.add_argument("files", nargs="+")
     data.set_defaults(func=_data)
 
     chat = sub.add_parser("chat", help="ask a model one question (greedy)")
     chat.add_argument("prompt")
-    chat.add_argument("--model", default="smollm2-135m-instruct")
+    chat.add_argument("--model", default="smollm2-135m-instruct",
+                      help="zoo name, hub id, model folder or adapter folder (an exported bundle, an RL final/adapter)")
     chat.add_argument("--max-new-tokens", type=int, default=64)
     chat.set_defaults(func=_chat)
 

@@ -43,6 +43,15 @@ class RunConfig:
                             metadata={"help": "offline (sync later with `wandb sync`), online or disabled"})
     tags: list[str] = dataclasses.field(default_factory=list, metadata={"help": "W&B tags"})
     log_every: int = dataclasses.field(default=1, metadata={"help": "log metrics every N optimisation steps"})
+    trackers: list[str] = dataclasses.field(default_factory=lambda: ["wandb"], metadata={
+        "help": "where metrics go besides metrics.jsonl: wandb, tensorboard (<run>/tensorboard), trackio"})
+    report_to: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "SFT and DPO: the HF/TRL Trainer's own report_to integrations (e.g. [tensorboard]); empty = none"})
+
+    def __post_init__(self) -> None:
+        from rlhf.tracking import check_trackers  # one line naming the key, before any model loads
+
+        check_trackers(self.trackers)
 
 
 def _type_name(tp: Any) -> str:

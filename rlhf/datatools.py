@@ -13,19 +13,28 @@ from rlhf.records import (DIMENSIONS, LoadResult, PreferenceRecord, RecordError,
                           parse_dimensions, write_jsonl)
 
 
-def validate(files: Sequence[str], keep_valid: str | None = None, kind: str | None = None, out=None) -> int:
+def validate(files: Sequence[str], keep_valid: str | None = None, kind: str | None = None, out=None,
+             default_dimension: Sequence[str] = ()) -> int:
     """Print one line per problem (``file:line: field 'x': message``); exit status 1 if any.
 
     With ``keep_valid=OUT.jsonl`` the valid rows of all files are written to OUT (never over an input).
+    ``default_dimension``: the dimensions of preference rows without one (TRL's formats), as the reward and DPO
+    stages' ``data.default_dimension`` reads them.
     """
     out = out or sys.stdout
     status = 0
     kept: list = []
+    if default_dimension:
+        try:
+            default_dimension = parse_dimensions(list(default_dimension), "--default-dimension")
+        except RecordError as err:
+            print(f"error: --default-dimension: {err.message}", file=out)
+            return 2
     for file in files:
         if keep_valid and Path(keep_valid).resolve() == Path(file).resolve():
             print(f"{file}: --keep-valid must not overwrite an input file", file=out)
             return 2
-        result = load_records(file, kind=kind)  # type: ignore[arg-type]
+        result = load_records(file, kind=kind, default_dimension=list(default_dimension) or None)  # type: ignore[arg-type]
         for err in result.errors:
             print(f"error: {err}", file=out)
         valid = len(result.records)
@@ -160,7 +169,7 @@ def input_problems(item: StageInput) -> list[str]:
     if not item.files:
         return [f"unknown source {item.value!r} (shipped: {', '.join(item.shipped)}; put your own files in "
                 "data.extra_files)"]
-    if not Path(item.value).exists() and not (item.kind != "prompt" and is_hub_name(item.value)):
+    if not Path(item.value.partition("?")[0]).exists() and not (item.kind != "prompt" and is_hub_name(item.value)):
         shipped = f"a shipped source ({', '.join(item.shipped)}) nor " if item.shipped else ""
         return [f"{item.value!r} is neither {shipped}an existing file nor a hub dataset name (owner/name)"]
     if item.kind == "prompt":

@@ -10,13 +10,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 LICENSE = "apache-2.0"  # pyproject.toml's Apache-2.0, as the hub spells it
 SKIPPED = {"training_args.bin", "sft-base", "README.md"}  # a pickle; a copy of the base; peft's stub card
+BASE = "base"  # in the bundle: the adapter's base as full weights, when it exists on no hub
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "chat_template.jinja", "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A shipped data source as a model card names it (data/README.md holds the licences)."""
+
+    hub_id: str
+    license: str
+
+
+# Mentioned anywhere in a run's resolved config (or an upstream run's), the source was used.
+DATA_SOURCES = {
+    "dialogsum": DataSource("knkarthick/dialogsum", "cc-by-nc-sa-4.0"),
+    "hh-rlhf": DataSource("Anthropic/hh-rlhf", "mit"),
+    "truthfulqa": DataSource("truthfulqa/truthful_qa", "apache-2.0"),
+}
+# Zoo models are local conversions (a dequantized GGUF ...): the card names the upstream model they come from.
+ZOO_UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 class ExportError(ValueError):
@@ -62,9 +86,10 @@ LOADING = {
                "reward_funcs, reward_weights = trl_reward_funcs(scorer)  # for TRL's GRPOTrainer"),
     "rl-policy": ("from transformers import AutoModelForCausalLM\n\n"
                   "policy = AutoModelForCausalLM.from_pretrained(\"{repo}\")  # SFT + RL weights merged\n"
-                  "# the RL LoRA alone is in adapter/ (its base: the SFT model named in adapter/adapter_config.json)"),
-    "adapter": ("from peft import AutoPeftModelForCausalLM\n\n"
-                "policy = AutoPeftModelForCausalLM.from_pretrained(\"{repo}\")"),
+                  "# the RL LoRA alone is in adapter/ (its base is named in adapter/adapter_config.json)"),
+    "adapter": ("from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+                "policy = AutoPeftModelForCausalLM.from_pretrained(\"{repo}\")\n"
+                "tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")"),
     "full": ("from transformers import AutoModelForCausalLM\n\n"
              "policy = AutoModelForCausalLM.from_pretrained(\"{repo}\")"),
 }
@@ -76,32 +101,137 @@ WHAT = {
 }
 
 
-def model_card(folder: Path, run_dir: Path | None, repo_id: str) -> str:
-    """The README.md the hub shows: metadata block, description, numbers, loading, licence."""
+def _run_configs(run_dir: Path | None, depth: int = 3) -> list[str]:
+    """The resolved config of the run and of the runs it started from (folders its config names that hold a
+    ``config.yaml`` up to two levels up): what the model was made from, SFT data included for an RL policy."""
+    if run_dir is None or depth == 0 or not (run_dir / "config.yaml").is_file():
+        return []
+    text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    texts = [text]
+    for value in re.findall(r"(/[^\s'\",\]]+)", text):
+        folder = Path(value)
+        for candidate in (folder, *list(folder.parents)[:2]):
+            if candidate != run_dir and (candidate / "config.yaml").is_file():
+                texts += _run_configs(candidate, depth - 1)
+                break
+    return texts
+
+
+def data_used(run_dir: Path | None) -> list[DataSource]:
+    text = "\n".join(_run_configs(run_dir)).lower()
+    return [source for name, source in DATA_SOURCES.items() if name in text]
+
+
+def card_license(sources: Sequence[DataSource]) -> str:
+    """The model inherits the most restrictive licence of its data: share-alike (CC BY-NC-SA) binds derivatives."""
+    share_alike = [s.license for s in sources if "-sa-" in s.license]
+    return share_alike[0] if share_alike else LICENSE
+
+
+def _hub_base(base: str | None, run_dir: Path | None) -> str | None:
+    """The hub id the card's ``base_model`` names: a hub id as is; a zoo model's upstream; else None."""
+    if base and not Path(base).expanduser().exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", base):
+        return base
+    configs = "\n".join(_run_configs(run_dir))
+    return next((hub for zoo, hub in ZOO_UPSTREAM.items() if re.search(rf"\b{re.escape(zoo)}\b", configs)), None)
+
+
+def _results(summary: dict[str, Any]) -> list[str]:
+    """Table rows; ``X_low``/``X_high`` beside ``X`` become its interval."""
+    rows = []
+    for key, value in summary.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or key.endswith(("_low", "_high")):
+            continue
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        low, high = summary.get(f"{key}_low"), summary.get(f"{key}_high")
+        interval = f"[{low:.4g}, {high:.4g}]" if isinstance(low, (int, float)) and isinstance(high, (int, float)) else ""
+        rows.append(f"| {key} | {shown} | {interval} |")
+    return rows
+
+
+def _dtype(folder: Path) -> str | None:
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    data = json.loads(config.read_text(encoding="utf-8"))
+    return data.get("dtype") or data.get("torch_dtype")
+
+
+def model_card(folder: Path, run_dir: Path | None, repo_id: str, base: str | None = None) -> str:
+    """The README.md the hub shows: metadata block, description, numbers with intervals, loading, licence. No
+    local path appears in it: the base is a hub id or the bundled ``base/`` folder."""
     kind = model_kind(folder)
-    base = _base_model(folder, kind)
+    base = base if base is not None else _base_model(folder, kind)
     summary = {}
     if run_dir is not None and (run_dir / "summary.json").is_file():
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    meta = [f"license: {LICENSE}", f"library_name: {'peft' if kind == 'adapter' else 'transformers'}",
-            "tags:", "- rlhf", "- trl", f"- {kind}"]
-    if base and not Path(base).is_absolute():  # a local path means nothing on the hub
-        meta.append(f"base_model: {base}")
-    numbers = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    sources = data_used(run_dir)
+    hub_base = _hub_base(base, run_dir)
+    meta = [f"license: {card_license(sources)}", f"library_name: {'peft' if kind == 'adapter' else 'transformers'}"]
+    if hub_base:
+        meta.append(f"base_model: {hub_base}")
+    if sources:
+        meta += ["datasets:", *[f"- {s.hub_id}" for s in sources]]
+    meta += ["tags:", "- rlhf", "- trl", f"- {kind}"]
     lines = ["---", *meta, "---", "", f"# {repo_id.split('/')[-1]}", "",
              f"{WHAT[kind][0].upper()}{WHAT[kind][1:]}, trained with the rlhf-pipeline "
              "(SFT -> HHH reward model -> online RL -> evaluation).", ""]
-    if base:
-        lines += [f"Base model: `{base}`.", ""]
+    if base == BASE or base == f"../{BASE}":
+        lines += [f"Base model: the full weights in `{BASE}/`" + (f" (from `{hub_base}`)" if hub_base else "") + ".", ""]
+    elif hub_base:
+        lines += [f"Base model: `{hub_base}`.", ""]
+    dtype = _dtype(folder)
+    if dtype:
+        lines += [f"Weights saved as {dtype}.", ""]
+    numbers = _results(summary)
     if numbers:
-        lines += ["## Results of its run", "", "| metric | value |", "| --- | --- |", *numbers, ""]
-    lines += ["## How to load", "", "```python", LOADING[kind].format(repo=repo_id), "```", "",
-              "The run's resolved configuration is in `config.yaml`.", "",
+        lines += ["## Results of its run", "", "| metric | value | interval |", "| --- | --- | --- |", *numbers, ""]
+    lines += ["## How to load", "", "```python", LOADING[kind].format(repo=repo_id), "```", ""]
+    if base in (BASE, f"../{BASE}"):
+        lines += [f"`base_model_name_or_path` is `{base}`, relative to the adapter folder: peft reads it from the "
+                  "working directory, so load from inside the folder (or use `rlhf chat --model <folder>`, which "
+                  "reads it relative to the folder).", ""]
+    lines += ["The run's resolved configuration is in `config.yaml`.", "",
               "## Limitations", "", "Trained on small public datasets (HH-RLHF harmless, TruthfulQA, DialogSum); "
               "its judgements and answers are not safe to rely on without evaluation for your use.", "",
-              "## Licence", "", "The code is Apache-2.0; the datasets keep their own licences (`data/`).", ""]
+              "## Licence", ""]
+    if sources:
+        lines += ["Trained on " + ", ".join(f"{s.hub_id} ({s.license})" for s in sources) + "; the model carries "
+                  f"the most restrictive: {card_license(sources)}.", ""]
+    lines += ["The code is Apache-2.0; the datasets keep their own licences (`data/`).", ""]
     return "\n".join(lines)
+
+
+def _copy_tokenizer(source: Path, dest: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file() and not (dest / name).exists():
+            shutil.copy2(source / name, dest / name)
+
+
+def bundle_base(adapter: Path, bundle: Path) -> str:
+    """Make the bundled ``adapter`` (a folder inside ``bundle``) name a base that exists on another machine: a hub
+    id stays; a local base (a zoo folder, an SFT model, an SFT adapter or RL's ``sft-base``) is saved as full
+    weights with its tokenizer in ``bundle/base`` and named relative to the adapter folder. The adapter gets a
+    tokenizer when it has none. Returns the name written."""
+    from rlhf.policies import _has_tokenizer, _load_weights, _tokenizer_source, adapter_base, set_adapter_base
+
+    base = adapter_base(adapter)
+    local = Path(base).expanduser()
+    if local.is_dir():
+        target = bundle / BASE
+        if (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
+            shutil.copytree(local, target, ignore=shutil.ignore_patterns("training_args.bin", "README.md", ".*"))
+        else:  # an adapter below an adapter: fold the chain into plain weights
+            _load_weights(str(local), None).save_pretrained(target)
+        if not _has_tokenizer(target):
+            _copy_tokenizer(Path(_tokenizer_source(str(local))), target)
+        name = BASE if adapter.resolve() == bundle.resolve() else f"../{BASE}"
+        set_adapter_base(adapter, name)
+    else:
+        name = base
+    if not _has_tokenizer(adapter):
+        _copy_tokenizer(bundle / BASE if local.is_dir() else bundle, adapter)
+    return name
 
 
 def export(path: str | Path, out: str | Path, repo_id: str = "", push: bool = False, log=print) -> int:
@@ -120,8 +250,16 @@ def export(path: str | Path, out: str | Path, repo_id: str = "", push: bool = Fa
     for name in ("config.yaml", "summary.json"):
         if run_dir is not None and (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out / ("training_config.yaml" if name == "config.yaml" else name))
-    (out / "README.md").write_text(model_card(folder, run_dir, repo_id).replace("`config.yaml`", "`training_config.yaml`"),
-                                   encoding="utf-8")
+    kind = model_kind(folder)
+    base = None
+    if kind in ("adapter", "rl-policy"):
+        if kind == "rl-policy" and (folder / "sft-base").is_dir():  # the RL adapter's base, saved beside it
+            from rlhf.policies import set_adapter_base
+
+            set_adapter_base(out / "adapter", str((folder / "sft-base").resolve()))
+        base = bundle_base(out if kind == "adapter" else out / "adapter", out)
+    card = model_card(folder, run_dir, repo_id, base).replace("`config.yaml`", "`training_config.yaml`")
+    (out / "README.md").write_text(card, encoding="utf-8")
     log(f"exported {folder} ({model_kind(folder)}) to {out} with a model card")
     how = f"push it with `hf upload {repo_id} {out}` (or `rlhf export {path} --out NEW --repo-id {repo_id} --push-to-hub`)"
     if not push:

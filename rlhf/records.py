@@ -21,6 +21,7 @@ import gzip
 import io
 import json
 import math
+import sys
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,14 +120,21 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     File-level problems (unreadable, empty, not UTF-8, not JSON ...) raise RecordError; the caller
     decides whether one bad line ends the read (it does: row-level problems are found later).
     """
+    spec = str(path)
     path = Path(path)
+    if not path.exists() and "?" in spec:  # owner/name?split=test&name=sub&revision=v1&prompt=question ...
+        yield from _read_spec(spec)
+        return
     if not path.exists():
         if is_hub_name(str(path)):
             yield from _read_hub(str(path))
             return
         raise RecordError(path, None, None, "file not found")
     if path.is_dir():
-        raise RecordError(path, None, None, "is a directory, not a data file")
+        if _is_saved_dataset(path):
+            yield from _read_saved(path)
+            return
+        raise RecordError(path, None, None, "is a directory, not a data file (nor a datasets.save_to_disk folder)")
     if path.stat().st_size == 0:
         raise RecordError(path, None, None, "file is empty")
     name = path.name.lower()
@@ -139,7 +147,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise RecordError(path, None, None, f"cannot be read ({err.strerror or err})") from None
 
 
-def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
+def read_prompts(path: str | Path, limit: int | None = None, log_rows: bool = False) -> list[str]:
     """The ``prompt`` field of each row (any file ``read_rows`` reads), the first ``limit`` rows only if given."""
     prompts = []
     for line, row in read_rows(path):
@@ -149,7 +157,54 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[str]:
         prompts.append(prompt)
         if limit is not None and len(prompts) >= limit:
             break
+    if log_rows:
+        print(f"[data] {path}: {len(prompts)} prompts read", file=sys.stderr, flush=True)
     return prompts
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object that gives one key twice (``json`` would silently keep the last value)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses a repeated key: a second ``chosen`` would otherwise replace the first and
+    be misreported later (e.g. as "identical to chosen"), or train on a value the author did not mean."""
+    row: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in row:
+            raise _DuplicateKey(key)
+        row[key] = value
+    return row
+
+
+def _duplicate_key_error(path: Path, line: int, key: str) -> RecordError:
+    return RecordError(path, line, key, "the key appears twice in one object (JSON would keep only the last value)")
+
+
+def _key_line(text: str, start: int, end: int, key: str) -> int:
+    """The line of the second ``"key":`` in ``text[start:end]`` (the repeat), else of ``start``."""
+    import re
+
+    hits = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text[start:end])]
+    at = start + hits[1] if len(hits) > 1 else start
+    return text.count("\n", 0, at) + 1
+
+
+def _json_list_items(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) offsets of each item of a top-level JSON list (whose syntax is already known good)."""
+    decoder, i = json.JSONDecoder(), text.index("[") + 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text) or text[i] == "]":
+            return
+        _, end = decoder.raw_decode(text, i)
+        yield i, end
+        i = end
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -161,9 +216,11 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not text:
             continue
         try:
-            row = json.loads(text)
+            row = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise RecordError(path, line_no, None, f"not valid JSON ({err.msg} at column {err.colno})") from None
+        except _DuplicateKey as dup:
+            raise _duplicate_key_error(path, line_no, dup.key) from None
         if not isinstance(row, dict):
             raise RecordError(path, line_no, None, f"expected a JSON object, got {type(row).__name__}")
         seen_any = True
@@ -175,9 +232,17 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _read_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     text = _decode(path.read_bytes(), path, 1)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise RecordError(path, err.lineno, None, f"not valid JSON ({err.msg})") from None
+    except _DuplicateKey as dup:  # find the object that repeats it, to name its line
+        spans = list(_json_list_items(text)) if text.lstrip("\ufeff \t\r\n").startswith("[") else [(0, len(text))]
+        for start, end in spans:
+            try:
+                json.loads(text[start:end], object_pairs_hook=_unique_keys)
+            except _DuplicateKey:
+                raise _duplicate_key_error(path, _key_line(text, start, end, dup.key), dup.key) from None
+        raise _duplicate_key_error(path, 1, dup.key) from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not data:
@@ -223,23 +288,102 @@ def _read_with_datasets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def is_hub_name(name: str) -> bool:
-    """``owner/name`` (no such local path): what ``datasets.load_dataset`` looks up on the hub."""
+    """``owner/name`` (no such local path): what ``datasets.load_dataset`` looks up on the hub. Options after a
+    ``?`` (:func:`parse_spec`) are allowed."""
     import re
 
+    name = name.partition("?")[0]
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) is not None and not Path(name).exists()
 
 
-def _read_hub(name: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The ``train`` split of a hub dataset (from the datasets cache when offline); rows are numbered from 1."""
+HUB_OPTIONS = ("name", "split", "revision")  # datasets.load_dataset's subset, split and revision
+
+
+def _offline() -> bool:
+    import os
+
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _read_hub(name: str, options: dict[str, str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A split of a hub dataset (``train`` unless ``split`` is given; ``name`` = subset, ``revision``), from the
+    datasets cache when offline; rows are numbered from 1."""
+    import datasets
+
+    options = {"split": "train", **(options or {})}
+    try:
+        table = datasets.load_dataset(name, **options)
+    except Exception as err:  # offline, no such dataset, no such split: datasets raises many types
+        why = ("offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and not in the datasets cache" if _offline() else
+               f"could not be reached or read ({type(err).__name__})")
+        raise RecordError(name, None, None, f"hub dataset {why}; local files work (.jsonl, .json, .csv, .parquet, "
+                          "a datasets.save_to_disk folder)") from None
+    for i, row in enumerate(table, start=1):
+        yield i, dict(row)
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """What ``datasets.Dataset.save_to_disk`` (state.json) or ``DatasetDict.save_to_disk`` (dataset_dict.json) wrote."""
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _read_saved(folder: Path, split: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a ``save_to_disk`` folder; of a DatasetDict, the ``split`` given (else ``train``)."""
     import datasets
 
     try:
-        table = datasets.load_dataset(name, split="train")
-    except Exception as err:  # offline, no such dataset, no train split: datasets raises many types
-        raise RecordError(name, None, None, f"hub dataset could not be reached or read ({type(err).__name__}); "
-                          "local files work (.jsonl, .json, .csv, .parquet)") from None
-    for i, row in enumerate(table, start=1):
+        data = datasets.load_from_disk(str(folder))
+    except Exception as err:
+        raise RecordError(folder, None, None, f"datasets.load_from_disk could not read it ({type(err).__name__}: {err})") from None
+    if isinstance(data, datasets.DatasetDict):
+        split = split or "train"
+        if split not in data:
+            raise RecordError(folder, None, "split", f"no split {split!r} (it has: {', '.join(data)}); add ?split=NAME")
+        data = data[split]
+    elif split:
+        raise RecordError(folder, None, "split", "a single saved Dataset has no splits; drop ?split=")
+    for i, row in enumerate(data, start=1):
         yield i, dict(row)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """``SOURCE?key=value&...`` -> (source, load options, column mapping). Options: ``name``, ``split``,
+    ``revision`` (hub ids; ``split`` for save_to_disk folders too); any other key renames a column: ``prompt=question``
+    reads the source's ``question`` column as ``prompt`` (the mapping ``{prompt: question, chosen: answer_good}``)."""
+    from urllib.parse import parse_qsl
+
+    source, _, query = spec.partition("?")
+    options: dict[str, str] = {}
+    mapping: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if not value:
+            raise RecordError(spec, None, key, "empty value (write key=value)")
+        (options if key in HUB_OPTIONS else mapping)[key] = value
+    return source, options, mapping
+
+
+def _read_spec(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    source, options, mapping = parse_spec(spec)
+    folder = Path(source).expanduser()
+    if folder.is_dir() and _is_saved_dataset(folder):
+        unknown = set(options) - {"split"}
+        if unknown:
+            raise RecordError(spec, None, sorted(unknown)[0], "only split= applies to a save_to_disk folder")
+        rows = _read_saved(folder, options.get("split"))
+    elif folder.is_file():
+        if options:
+            raise RecordError(spec, None, sorted(options)[0], "applies to hub ids and save_to_disk folders, not files")
+        rows = read_rows(folder)
+    elif is_hub_name(source):
+        rows = _read_hub(source, options)
+    else:
+        raise RecordError(source, None, None, "neither a file, a datasets.save_to_disk folder nor a hub id (owner/name)")
+    for line, row in rows:
+        missing = [column for column in mapping.values() if column not in row]
+        if missing:
+            raise RecordError(spec, line, missing[0], f"no such column to map (it has: {', '.join(row)})")
+        renamed = {field_name: row[column] for field_name, column in mapping.items()}
+        yield line, {**{k: v for k, v in row.items() if k not in mapping.values()}, **renamed}
 
 
 # ---------------------------------------------------------------- TRL's conversational and implicit-prompt rows
@@ -342,6 +486,7 @@ def _implicit_text_prompt(row: dict[str, Any], path, line: int) -> tuple[str, st
 
 
 def detect_kind(row: dict[str, Any]) -> RecordKind | None:
+    # a KTO row (prompt, completion, label) is detected as SFT; parse_sft refuses it naming 'label'
     if "messages" in row or "completion" in row:
         return "sft"
     if "chosen" in row or "rejected" in row:
@@ -397,6 +542,7 @@ def _margin(value: Any, path, line: int) -> float | None:
 
 def parse_preference(row: dict[str, Any], path="<record>", line: int = 0,
                      default_dimension: list[str] | None = None) -> PreferenceRecord:
+    _refuse_unpaired(row, path, line)
     prompt, chosen, rejected = preference_texts(row, path, line)
     for key, value in (("chosen", chosen), ("rejected", rejected)):
         if not value.strip():
@@ -417,7 +563,17 @@ def parse_preference(row: dict[str, Any], path="<record>", line: int = 0,
     )
 
 
+def _refuse_unpaired(row: dict[str, Any], path, line: int) -> None:
+    """TRL's unpaired preference rows (KTO: one completion with ``label: true/false``) are neither an SFT example
+    (read as one, a ``label: false`` completion would be imitated) nor a pair. Refused: the reward model and DPO
+    learn from pairs."""
+    if "label" in row and ("completion" in row or "chosen" not in row):
+        raise RecordError(path, line, "label", "an unpaired (KTO) row: one completion judged good or bad is not an SFT "
+                          "example nor a preference pair; write pairs as prompt/chosen/rejected")
+
+
 def parse_sft(row: dict[str, Any], path="<record>", line: int = 0) -> SFTRecord:
+    _refuse_unpaired(row, path, line)
     if "messages" not in row and not any(isinstance(row.get(k), list) for k in ("prompt", "completion")):
         prompt = _text(row, "prompt", path, line)
         completion = _text(row, "completion", path, line)
@@ -446,7 +602,7 @@ def _row_key(record: PreferenceRecord | SFTRecord) -> str:
 
 
 def load_records(path: str | Path, kind: RecordKind | None = None, default_dimension: list[str] | None = None,
-                 allow_duplicates: bool = False) -> LoadResult:
+                 allow_duplicates: bool = False, log_rows: bool = False) -> LoadResult:
     """Validate every row of a file. File-level problems give one error and no records.
 
     Row-level problems are collected (one per bad row) so a report can list them all, and the valid
@@ -479,7 +635,14 @@ def load_records(path: str | Path, kind: RecordKind | None = None, default_dimen
             result.lines.append(line_no)
     except RecordError as err:
         result.errors.append(err)
+    if log_rows:  # stages say what each of the user's files gave: a short read is seen, not guessed
+        print(rows_line(path, result), file=sys.stderr, flush=True)
     return result
+
+
+def rows_line(path, result: LoadResult) -> str:
+    return (f"[data] {path}: {result.rows_read} rows read, {len(result.records)} {result.kind or ''} records"
+            + (f", {len(result.errors)} errors" if result.errors else ""))
 
 
 def load_preferences(path: str | Path, keep_valid: bool = False, **kwargs) -> list[PreferenceRecord]:
@@ -490,8 +653,8 @@ def load_preferences(path: str | Path, keep_valid: bool = False, **kwargs) -> li
     return result.records  # type: ignore[return-value]
 
 
-def load_sft(path: str | Path, keep_valid: bool = False) -> list[SFTRecord]:
-    result = load_records(path, kind="sft")
+def load_sft(path: str | Path, keep_valid: bool = False, **kwargs) -> list[SFTRecord]:
+    result = load_records(path, kind="sft", **kwargs)
     if result.errors and not (keep_valid and result.records):
         raise result.errors[0]
     return result.records  # type: ignore[return-value]

@@ -181,7 +181,7 @@ def preference_records(sources: Sequence[str], split: Split = "train") -> list[P
         if source in PREFERENCE_SOURCES:
             out.extend(PREFERENCE_SOURCES[source](split))
         else:
-            result = load_records(source, kind="preference")
+            result = load_records(source, kind="preference", log_rows=True)
             if result.errors:
                 raise result.errors[0]
             out.extend(take_split(result.records, split))
@@ -191,7 +191,7 @@ def preference_records(sources: Sequence[str], split: Split = "train") -> list[P
 def sft_records(source: str, split: Split = "train") -> list[SFTRecord]:
     if source in SFT_SOURCES:
         return SFT_SOURCES[source](split)
-    result = load_records(source, kind="sft")
+    result = load_records(source, kind="sft", log_rows=True)
     if result.errors:
         raise result.errors[0]
     return take_split(result.records, split, key=lambda r: json.dumps(r.prompt_messages))

@@ -9,8 +9,19 @@ override ``run.wandb_mode`` / ``run.wandb_project`` (only ``run.wandb_mode: disa
 of one ``rlhf pipeline`` run share a W&B ``group`` (its folder name; ``WANDB_RUN_GROUP`` overrides). Each
 stage's product is logged as an artifact (:meth:`MetricsLogger.log_artifact`: SFT policy -> reward model ->
 RL policy -> eval report) whose inputs are the upstream artifacts, so a run's inputs are traceable: online as
-W&B lineage, and always in ``<run>/artifact.json`` and in the artifact's metadata (W&B cannot record an
-artifact's use offline).
+W&B lineage, and always in ``<run>/artifact.json`` and in the artifact's metadata. W&B refuses
+``use_artifact`` offline (``TypeError: Cannot use artifact when in offline mode``), so an offline run records its
+inputs (``artifact.json`` names its W&B run id and each input artifact, and the run's config holds
+``rlhf/inputs``); after ``wandb sync``, ``rlhf track link RUN_DIR ...`` resumes each synced run online and marks
+those inputs as used: the lineage graph W&B would have drawn online. Names are per role: the gold judge's
+artifact is ``<group>-gold``, the proxy's ``<group>-reward``.
+
+Every ``WANDB_*`` variable keeps its meaning: mode, project, entity and group as above; ``WANDB_DIR`` (else the run
+folder), ``WANDB_NAME``, ``WANDB_JOB_TYPE`` and ``WANDB_TAGS`` (added to ours) win over what the stage would pass;
+the rest (``WANDB_RUN_ID``, ``WANDB_NOTES``, ``WANDB_API_KEY`` ...) W&B reads itself, as nothing overrides them.
+
+``run.trackers`` adds TensorBoard (``<run>/tensorboard``) and trackio (local, ``trackio show``) beside W&B; a
+tracker whose package is missing is refused in one line naming the key when the config is read.
 """
 from __future__ import annotations
 
@@ -24,6 +35,23 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from rlhf.config import RunConfig, save_config, to_dict
+
+
+TRACKERS = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio"}  # name -> the module it needs
+
+
+def check_trackers(trackers: Sequence[str]) -> None:
+    """Unknown or uninstalled trackers: one line naming ``run.trackers`` (the config loader calls this)."""
+    import importlib.util
+
+    from rlhf.config import ConfigError
+
+    for name in trackers:
+        if name not in TRACKERS:
+            raise ConfigError(f"run.trackers: unknown tracker {name!r} (known: {', '.join(TRACKERS)})")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ConfigError(f"run.trackers: {name} is not installed (pip install 'rlhf-pipeline[tracking]' or "
+                              f"pip install {name}), or drop it from run.trackers")
 
 
 def is_main_process() -> bool:
@@ -82,6 +110,8 @@ class MetricsLogger:
         self._wandb = None
         self._bar = None
         self._jsonl = None
+        self._tensorboard = None
+        self._trackio = None
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,8 +123,21 @@ class MetricsLogger:
 
             self._bar = tqdm(total=total_steps, desc=stage, dynamic_ncols=True, file=sys.stderr)
         self.wandb_settings = wandb_settings(run)
-        if self.wandb_settings["mode"] != "disabled":
+        trackers = getattr(run, "trackers", ["wandb"])
+        if self.wandb_settings["mode"] != "disabled" and "wandb" in trackers:
             self._wandb = _start_wandb(self.run_dir, run, stage, config, self.wandb_settings)
+        self._tensorboard = None
+        if "tensorboard" in trackers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self._trackio = None
+        if "trackio" in trackers:
+            import trackio
+
+            self._trackio = trackio.init(project=self.wandb_settings["project"], name=self.run_dir.name,
+                                         group=self.wandb_settings["group"],
+                                         config=to_dict(config) if config is not None else None)
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         if not self.enabled:
@@ -102,8 +145,14 @@ class MetricsLogger:
         record = {k: _scalar(v) for k, v in metrics.items()}
         self._jsonl.write(json.dumps({"step": step, "time": time.time(), **record}) + "\n")
         self._jsonl.flush()
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in record.items() if not isinstance(v, str)}, step=step)
+        if self._tensorboard is not None:
+            for key, value in numbers.items():
+                self._tensorboard.add_scalar(key, value, global_step=step)
+        if self._trackio is not None:
+            self._trackio.log(numbers, step=step)
         if self._bar is not None:
             self._bar.n = min(step, self._bar.total)
             shown = {k.split("/")[-1]: v for k, v in list(record.items())[:4] if isinstance(v, (int, float))}
@@ -145,39 +194,66 @@ class MetricsLogger:
             import wandb
 
             self._wandb.log({name: wandb.Table(columns=list(columns), data=rows)}, step=step)
+        if self._tensorboard is not None:  # TensorBoard shows tables as markdown text
+            head = f"| {' | '.join(map(str, columns))} |\n|{'|'.join(['---'] * len(columns))}|\n"
+            body = "".join(f"| {' | '.join(map(str, row))} |\n" for row in rows)
+            self._tensorboard.add_text(name, head + body, global_step=step)
 
     def log_images(self, paths: Iterable[str | Path], step: int) -> None:
-        """Plots (PNG files already written) to W&B as ``wandb.Image`` under ``plots/<file stem>``."""
-        if not self.enabled or self._wandb is None:
+        """Plots (PNG files already written) to W&B as ``wandb.Image`` and to TensorBoard, under ``plots/<file stem>``."""
+        paths = [Path(p) for p in paths if Path(p).is_file()]
+        if not self.enabled or not paths:
+            return
+        if self._tensorboard is not None:
+            import numpy as np
+            from PIL import Image
+
+            for path in paths:
+                pixels = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3)
+                self._tensorboard.add_image(f"plots/{path.stem}", pixels, global_step=step, dataformats="HWC")
+        if self._wandb is None:
             return
         import wandb
 
-        images = {f"plots/{Path(p).stem}": wandb.Image(str(p)) for p in paths if Path(p).is_file()}
-        if images:
-            self._wandb.log(images, step=step)
+        self._wandb.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in paths}, step=step)
 
-    def log_artifact(self, path: str | Path, kind: str, inputs: Iterable[str | Path] = ()) -> dict[str, Any]:
+    def log_artifact(self, path: str | Path, kind: str, inputs: Iterable[str | Path] = (),
+                     role: str | None = None) -> dict[str, Any]:
         """Record ``path`` (a model folder, a report folder) as this stage's product, made from ``inputs``.
+
+        ``role``: what the product is for when one stage makes several kinds (the reward stage's ``gold`` judge),
+        so each role has its own artifact name (``<group>-gold`` beside ``<group>-reward``).
 
         Writes ``<run>/artifact.json`` (name, type, path and the upstream artifacts: what each input's own run
         recorded, or just its path for a zoo model) and logs a W&B artifact that references the files in place
         (no copy of a model into the wandb folder). Online, each upstream artifact is marked as used, so W&B
-        draws the lineage; the same references give the same digest, hence the upstream run's version."""
+        draws the lineage; offline (where W&B refuses use_artifact) the uses wait in ``artifact.json`` under
+        ``wandb.pending_use`` for ``rlhf track link`` after ``wandb sync``."""
         if not self.enabled:
             return {}
         group = self.wandb_settings.get("group")
-        record = {"name": artifact_name(f"{group}-{self.stage}" if group else self.run_dir.name), "type": kind,
-                  "path": str(Path(path).resolve()), "stage": self.stage, "group": group,
-                  "inputs": [upstream_artifact(p) for p in inputs if p]}
+        label = role or self.stage
+        name = f"{group}-{label}" if group else (f"{self.run_dir.name}-{role}" if role else self.run_dir.name)
+        record = {"name": artifact_name(name), "type": kind, "path": str(Path(path).resolve()), "stage": self.stage,
+                  "role": label, "group": group, "inputs": [upstream_artifact(p) for p in inputs if p]}
+        used = [f"{i['name']}:latest" for i in record["inputs"] if "name" in i]
+        if self._wandb is not None:
+            online = self.wandb_settings["mode"] == "online"
+            record["wandb"] = {"run_id": self._wandb.id, "project": self._wandb.project,
+                               "entity": self.wandb_settings.get("entity") or getattr(self._wandb, "entity", None) or None,
+                               "mode": self.wandb_settings["mode"], "pending_use": [] if online else used}
         (self.run_dir / "artifact.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
         if self._wandb is not None:
             try:
                 import wandb
 
+                # the inputs in the run's own config: synced with it, visible on the run page even unlinked
+                self._wandb.config.update({"rlhf/inputs": record["inputs"], "rlhf/artifact": record["name"]},
+                                          allow_val_change=True)
                 if self.wandb_settings["mode"] == "online":
-                    for used in record["inputs"]:
-                        if "name" in used and Path(used["path"]).exists():
-                            self._wandb.use_artifact(_reference_artifact(wandb, used))
+                    for upstream in record["inputs"]:
+                        if "name" in upstream and Path(upstream["path"]).exists():
+                            self._wandb.use_artifact(_reference_artifact(wandb, upstream))
                 self._wandb.log_artifact(_reference_artifact(wandb, record))
             except Exception as err:  # tracking must never kill a run
                 print(f"[{self.stage}] W&B artifact not logged ({type(err).__name__}: {err})", file=sys.stderr)
@@ -193,6 +269,10 @@ class MetricsLogger:
         path.write_text(json.dumps(existing, indent=2))
         if self._wandb is not None:
             self._wandb.summary.update(dict(values))
+        if self._tensorboard is not None:
+            for key, value in existing.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tensorboard.add_scalar(f"summary/{key}", value)
 
     def finish(self) -> None:
         if self._bar is not None:
@@ -203,6 +283,12 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+        if self._trackio is not None:
+            self._trackio.finish()
+            self._trackio = None
 
 
 PIPELINE_TAG = "pipeline:"  # rlhf.pipeline tags every stage of a pipeline run with pipeline:<its folder name>
@@ -253,10 +339,16 @@ def _start_wandb(run_dir: Path, run: RunConfig, stage: str, config: Any, setting
     try:
         import wandb
 
+        env = os.environ  # what the user set wins: an argument passed to wandb.init would override it
+        user_tags = [t.strip() for t in env.get("WANDB_TAGS", "").split(",") if t.strip()]
+        directory = Path(env["WANDB_DIR"]) if env.get("WANDB_DIR") else run_dir
+        directory.mkdir(parents=True, exist_ok=True)
         return wandb.init(
-            project=settings["project"], entity=settings["entity"], group=settings["group"], name=run_dir.name,
-            tags=[stage, *run.tags], dir=str(run_dir), config=to_dict(config) if config is not None else None,
-            mode=settings["mode"], job_type=stage, reinit="finish_previous", settings=wandb.Settings(silent=True),
+            project=settings["project"], entity=settings["entity"], group=settings["group"],
+            name=env.get("WANDB_NAME") or run_dir.name, tags=list(dict.fromkeys([stage, *run.tags, *user_tags])),
+            dir=str(directory), config=to_dict(config) if config is not None else None,
+            mode=settings["mode"], job_type=env.get("WANDB_JOB_TYPE") or stage, reinit="finish_previous",
+            settings=wandb.Settings(silent=True),
         )
     except Exception as err:  # tracking must never kill a training run
         print(f"[{stage}] W&B unavailable ({type(err).__name__}: {err}); metrics.jsonl only", file=sys.stderr)
@@ -283,3 +375,53 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file the logger wrote back (``metrics.jsonl``, ``samples.jsonl`` ...; reports and tests)."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def link_lineage(run_dirs: Sequence[str | Path], log=print) -> int:
+    """After ``wandb sync``: resume each synced run online (same id) and mark the inputs its ``artifact.json``
+    still lists under ``wandb.pending_use`` as used (``run.use_artifact(name:latest)``, the call W&B refuses
+    offline), so the lineage graph is what an online run would have drawn. Returns how many uses were recorded;
+    a run with nothing pending is skipped."""
+    import wandb
+
+    done = 0
+    for run_dir in map(Path, run_dirs):
+        path = run_dir / "artifact.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir}: no artifact.json (not a stage run folder)")
+        record = json.loads(path.read_text(encoding="utf-8"))
+        tracked = record.get("wandb") or {}
+        pending = tracked.get("pending_use") or []
+        if not pending:
+            log(f"{run_dir}: no pending artifact use")
+            continue
+        run = wandb.init(id=tracked["run_id"], project=tracked.get("project"), entity=tracked.get("entity"),
+                         resume="must", mode="online", settings=wandb.Settings(silent=True))
+        try:
+            for name in pending:
+                run.use_artifact(name)
+                done += 1
+        finally:
+            run.finish()
+        tracked["pending_use"] = []
+        tracked["linked"] = pending
+        path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+        log(f"{run_dir}: {record['name']} now uses {', '.join(pending)}")
+    return done
+
+
+def cli(argv: Sequence[str]) -> int:
+    """``rlhf track link RUN_DIR ...``: the lineage of offline runs, once they are synced (``wandb sync``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="rlhf track", description=cli.__doc__.split(":")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    link = sub.add_parser("link", help="after `wandb sync`: record each synced run's use of its input artifacts")
+    link.add_argument("run_dirs", nargs="+", help="stage run folders (each has artifact.json)")
+    args = parser.parse_args(argv)
+    try:
+        link_lineage(args.run_dirs)
+    except Exception as err:  # no login, no network, run not synced: one line
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0

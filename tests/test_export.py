@@ -67,7 +67,7 @@ def test_push_offline_keeps_the_folder_and_prints_one_line(tmp_path, reward_run,
     assert (tmp_path / "export" / "README.md").is_file()
 
 
-def test_sft_adapter_export_loads_with_auto_peft(tmp_path, tiny_llama_path):
+def test_sft_adapter_export_loads_with_auto_peft(tmp_path, tiny_llama_path, monkeypatch):
     from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -76,6 +76,7 @@ def test_sft_adapter_export_loads_with_auto_peft(tmp_path, tiny_llama_path):
     model.save_pretrained(tmp_path / "sft" / "final")
     assert export(tmp_path / "sft", tmp_path / "export") == 0
     assert "library_name: peft" in (tmp_path / "export" / "README.md").read_text()
+    monkeypatch.chdir(tmp_path / "export")  # its base is the bundled base/, which peft reads from the working dir
     ids = torch.arange(3, 9).unsqueeze(0)
     with torch.no_grad():
         torch.testing.assert_close(AutoPeftModelForCausalLM.from_pretrained(tmp_path / "export")(input_ids=ids).logits,

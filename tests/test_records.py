@@ -72,3 +72,28 @@ def test_the_hhh_dimensions_are_defined_once():
     assert HEADS is DIMENSIONS and report.HEADS is DIMENSIONS
     assert list(app.SHORTCUTS) == list(DIMENSIONS)
     assert all(f"{d} TEXT NOT NULL" in store.SCHEMA for d in DIMENSIONS)
+
+
+def test_a_key_given_twice_is_refused_with_file_line_and_key(tmp_path):
+    """json keeps the last value of a repeated key: a second `chosen` was read as the row's only chosen and then
+    misreported as "identical to chosen". Now one error names the file, the line and the key (JSONL and JSON)."""
+    good = {"prompt": "p", "chosen": "a", "rejected": "b", "dimension": "helpful"}
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text(json.dumps(good) + "\n" + '{"prompt": "p", "chosen": "a", "rejected": "b", "chosen": "b", '
+                     '"dimension": "helpful"}\n')
+    with pytest.raises(RecordError) as err:
+        load_preferences(jsonl)
+    assert (err.value.file, err.value.line, err.value.field) == (str(jsonl), 2, "chosen")
+    assert str(err.value).startswith(f"{jsonl}:2: field 'chosen': the key appears twice")
+    as_json = tmp_path / "pairs.json"
+    as_json.write_text('[\n  {"prompt": "p", "chosen": "a", "rejected": "b", "dimension": "helpful"},\n'
+                       '  {"prompt": "q", "chosen": "a",\n   "rejected": "b",\n   "rejected": "c", '
+                       '"dimension": "helpful"}\n]\n')
+    with pytest.raises(RecordError) as err:
+        load_preferences(as_json)
+    assert (err.value.line, err.value.field) == (5, "rejected")
+    nested = tmp_path / "sft.jsonl"  # a repeat inside a message counts too
+    nested.write_text('{"messages": [{"role": "user", "content": "hi", "content": "ho"}, '
+                      '{"role": "assistant", "content": "x"}]}\n')
+    with pytest.raises(RecordError, match=r"sft.jsonl:1: field 'content'"):
+        load_sft(nested)

@@ -73,6 +73,10 @@ def test_loss_falls_and_dev_accuracy_rises_on_a_learnable_preference(tmp_path):
     assert {"loss/helpful", "loss/honest", "loss/harmless", "eval/accuracy_honest"} <= set().union(*metrics)
     config = json.loads((run_dir / "final/reward_config.json").read_text())
     assert config["normalised_on"].startswith("dev responses") and all(s > 0 for s in config["std"].values())
+    # the eval-rm report of the test pairs is part of the run, its tables logged like any table (issue 25.3)
+    assert {p.name for p in (run_dir / "rm_report").iterdir()} == {"rm_report.json", "rm_report.md", "rm_report.png"}
+    accuracy_rows = read_metrics(run_dir / "rm_report_accuracy.jsonl")
+    assert {r["head"] for r in accuracy_rows} >= {"helpful", "honest", "harmless"}
 
 
 def test_a_pair_labelled_honest_only_moves_only_the_honest_head():

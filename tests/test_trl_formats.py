@@ -102,10 +102,12 @@ def test_unreachable_hub_dataset_is_one_line_naming_it(monkeypatch):
         raise ConnectionError("Couldn't reach 'owner/missing' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online, yet unreachable (conftest sets it offline)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     result = load_records("owner/missing", kind="preference")
     [err] = result.errors
     assert str(err) == ("owner/missing: hub dataset could not be reached or read (ConnectionError); "
-                        "local files work (.jsonl, .json, .csv, .parquet)")
+                        "local files work (.jsonl, .json, .csv, .parquet, a datasets.save_to_disk folder)")
 
 
 def test_reward_stage_input_check_takes_the_default_dimension(tmp_path):

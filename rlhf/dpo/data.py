@@ -48,7 +48,8 @@ def load_pairs(cfg: DataConfig, seed: int) -> Pairs:
     train = keep(preference_records(cfg.sources, "train"), cfg.dimensions)
     dev = keep(preference_records(cfg.sources, "dev"), cfg.dimensions)
     for i, path in enumerate(cfg.extra_files):
-        result = load_records(path, kind="preference", default_dimension=list(cfg.default_dimension) or None)
+        result = load_records(path, kind="preference", default_dimension=list(cfg.default_dimension) or None,
+                              log_rows=True)
         if result.errors:  # validate_stage_inputs normally reports these first, with the key
             raise ConfigError(f"data.extra_files[{i}]: {result.errors[0]}")
         records = keep(result.records, cfg.dimensions)

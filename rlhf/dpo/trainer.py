@@ -91,6 +91,7 @@ def save_final(trainer, tokenizer, cfg: DPOStageConfig, run_dir: Path) -> dict[s
     model.save_pretrained(paths["adapter"])
     # The merged SFT weights in memory carry the base model's name; the adapter was trained on the SFT policy.
     set_adapter_base(paths["adapter"], adapter_base_path(cfg))
+    tokenizer.save_pretrained(paths["adapter"])  # the adapter folder loads on its own (AutoTokenizer, rlhf chat)
     if cfg.train.save_merged:
         model.merge_and_unload().save_pretrained(final)
     tokenizer.save_pretrained(final)

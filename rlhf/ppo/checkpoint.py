@@ -256,6 +256,7 @@ def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
         else:
             model.policy.save_pretrained(out_dir / "adapter")
         point_adapter_at_sft(out_dir / "adapter", trainer.cfg.policy, trainer.tokenizer)
+        trainer.tokenizer.save_pretrained(out_dir / "adapter")  # the adapter folder loads on its own
         if model.value_head is not None:
             head = ({k[len("value_head."):]: v for k, v in trainable.items() if k.startswith("value_head.")}
                     if sharded else model.value_head.state_dict())

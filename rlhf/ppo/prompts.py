@@ -6,6 +6,7 @@ summarisation instructions) or files: ``.txt`` (one prompt per line) or JSONL/JS
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,13 +22,16 @@ SHIPPED_PROMPTS: dict[str, Callable[[str], list[str]]] = {
 }
 
 
-def prompts_from_file(path: str | Path) -> list[str]:
+def prompts_from_file(path: str | Path, log_rows: bool = False) -> list[str]:
     path = Path(path)
     if path.suffix == ".txt":
         if not path.is_file():
             raise RecordError(path, None, None, "file not found")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return read_prompts(path)
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if log_rows:
+            print(f"[data] {path}: {len(prompts)} prompts read", file=sys.stderr, flush=True)
+        return prompts
+    return read_prompts(path, log_rows=log_rows)
 
 
 def load_prompts(source_names: Sequence[str], split: str = "train") -> list[str]:
@@ -37,7 +41,7 @@ def load_prompts(source_names: Sequence[str], split: str = "train") -> list[str]
         if source in SHIPPED_PROMPTS:
             prompts += SHIPPED_PROMPTS[source](split)
         elif Path(source).exists():
-            prompts += sources.take_split(prompts_from_file(source), split, key=lambda p: p)
+            prompts += sources.take_split(prompts_from_file(source, log_rows=True), split, key=lambda p: p)
         else:
             raise ValueError(f"data.sources: {source!r} is neither a shipped source "
                              f"({', '.join(SHIPPED_PROMPTS)}) nor an existing file")

@@ -1,8 +1,9 @@
 """TRL ``SFTTrainer`` set up from an :class:`SFTStageConfig`: precision, LoRA or prompt tuning, checkpoints, our logger.
 
-HF Trainer's own reporting is off (``report_to="none"``); its logs are renamed into our namespaces and
-sent through :class:`rlhf.tracking.MetricsLogger` by :class:`MetricsLoggerCallback`, so there is one
-logger and one W&B run.
+HF Trainer's own reporting is off (``report_to="none"``) unless ``run.report_to`` names its integrations
+(TRL's ``report_to``: tensorboard, trackio, wandb ...; used by SFT and DPO); its logs are renamed into our
+namespaces and sent through :class:`rlhf.tracking.MetricsLogger` by :class:`MetricsLoggerCallback`, so there is
+one logger and one W&B run.
 """
 from __future__ import annotations
 
@@ -223,7 +224,8 @@ def common_training_args(t, run, run_dir: Path, bf16: bool, eval_on_start: bool)
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         logging_steps=run.log_every, logging_first_step=True,
         seed=run.seed, data_seed=run.seed,
-        report_to="none", disable_tqdm=True,  # our MetricsLogger shows progress and is the one tracker
+        # our MetricsLogger shows progress and is the tracker; run.report_to adds the Trainer's own integrations
+        report_to=list(run.report_to) or "none", disable_tqdm=True,
         dataloader_num_workers=0,
     )
 
