@@ -37,6 +37,7 @@ from rlhf.config import ConfigError
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
 from rlhf.likelihood import JudgeFreeConfig, aggregate_judge_free, check_judge_free, judge_free_records
+from rlhf.ppo.maths import logprobs_from_logits
 from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
 from rlhf.runtime import Precision, select_device, use_bf16
@@ -261,8 +262,7 @@ def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, prompt_len + response_len)
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=response_len + 1).logits[:, :-1]  # (batch, response_len, vocab)
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    return logprobs.gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
+    return logprobs_from_logits(logits, sequences[:, prompt_len:])  # the RL trainer's one (fp32, by row chunks)
 
 
 def samples_own_distribution(settings: GenerationSettings) -> bool:
