@@ -178,10 +178,10 @@ def test_fit_by_hand():
     fit = fit_gao([1.0, 2.0, 3.0], [1.0, 1.0, 0.0], "best-of-n")
     assert (fit.alpha, fit.beta, fit.r2) == (pytest.approx(1.5), pytest.approx(0.5), pytest.approx(1.0))
     # y = (1, 0, 0): a = (1*98 - 1*36)/76 = 62/76, b = (14*(-1) + 36*1)/76 = 22/76; fitted
-    # (40/76, -8/76, -12/76); SS_res = (36^2 + 8^2 + 12^2)/76^2 = 1504/5776, SS_tot = 2/3
+    # (40/76, 36/76, -12/76); SS_res = (36^2 + 36^2 + 12^2)/76^2 = 2736/5776, SS_tot = 2/3
     fit = fit_gao([1.0, 2.0, 3.0], [1.0, 0.0, 0.0], "best-of-n")
     assert fit.alpha == pytest.approx(62 / 76) and fit.beta == pytest.approx(22 / 76)
-    assert fit.r2 == pytest.approx(1 - (1504 / 5776) / (2 / 3))
+    assert fit.r2 == pytest.approx(1 - (2736 / 5776) / (2 / 3))
     assert fit_gao([0.0, 1.0], [0.0, 1.0], "rl") is None  # d log d = 0 at d = 1: beta undetermined
 
 
