@@ -104,7 +104,8 @@ def test_compare_lists_gao_fits_and_judge_free_metrics(tmp_path):
              for n in (1, 4, 16, 64)]
     results = {"variants": [{"key": "sft/s", "policy": "sft", "shots": 0, "decoding": "sampled"},
                             {"key": "dpo/s", "policy": "dpo", "shots": 0, "decoding": "sampled"}],
-               "metrics": {"sft/s": {"all": {"length": 20.0, "n": 4}}, "dpo/s": {"all": {"length": 12.5, "n": 4}}},
+               "metrics": {"sft/s": {"all": {"length": 20.0, "n": 4}}, "dpo/s": {"all": {"length": 12.5, "n": 4}},
+                           **{f"sft/bon{n}": {"all": {"n": 4}} for n in (1, 4, 16, 64)}},
                "best_of_n": [{"policy": "sft", "per_n": per_n}], "baseline": "sft",
                "judge_free": {"sft": {"tqa/mc1": 0.25, "tqa/mc1_low": 0.1, "tqa/mc1_high": 0.4, "tqa/mc1/n": 32},
                               "dpo": {"tqa/mc1": 0.5, "tqa/mc1_low": 0.3, "tqa/mc1_high": 0.7, "tqa/mc1/n": 32,
