@@ -22,7 +22,8 @@ from rlhf.config import ConfigError, RunConfig, stage_cli
 from rlhf.evaluate import ALL, EvalConfig, EvalDataConfig, GoldConfig, PolicyConfig, VariantConfig
 from rlhf.generation import GenerationSettings
 from rlhf.records import DIMENSIONS as HEADS
-from rlhf.report import best_of_n_points, gold_peaks, plain_sampled, policy_points
+from rlhf.overoptimisation import fit_curves, fit_lines
+from rlhf.report import best_of_n_points, gold_peaks, judge_free_table, plain_sampled, policy_points
 from rlhf.tracking import read_metrics
 
 DEFAULTS = None
@@ -222,10 +223,19 @@ def write_comparison(run_dir: Path, results: dict, seconds: dict[str, float | No
                   "KL: k1 estimate per response (best-of-n: log n − (n−1)/n). "
                   "Training s: the run's wall time on this machine (best-of-n trains nothing and pays at sampling).",
               "", "See report.md for per-source tables and overoptimisation.png for gold and proxy vs √KL."]
-    peaks = gold_peaks(best_of_n_points(results) + policy_points(results))
+    if results.get("judge_free"):
+        lines += ["", "## Judge-free metrics", "", judge_free_table(results).markdown()]
+    points = best_of_n_points(results) + policy_points(results)
+    peaks = gold_peaks(points)
     if peaks:
         lines += ["", "## Where the gold peaks (over-optimisation)", "", *[f"- {line}" for line in peaks],
                   "", "Differences between neighbouring points smaller than their intervals above are noise."]
+    fits = fit_lines(fit_curves(points))
+    if fits:
+        lines += ["", "## Gao et al. (2022) fits of the gold against d = √KL", "", *[f"- {line}" for line in fits],
+                  "", "Least squares (rlhf.overoptimisation): best-of-n R(d) = d(α − βd), RL and DPO R(d) = "
+                      "d(α − β log d), R = gold − gold at d = 0; drawn dotted on overoptimisation.png. With as "
+                      "few points as here α and β are descriptive, not predictions."]
     out = run_dir / "compare.md"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out

@@ -23,7 +23,8 @@ STAGE = "eval"
 
 
 def main(cfg: EvalConfig) -> Path:
-    from rlhf.evaluate import build_results, check_config, load_gold, load_scorer, run_evaluation, variants_of
+    from rlhf.evaluate import (build_results, check_config, load_gold, load_scorer, run_evaluation, run_judge_free,
+                               variants_of)
     from rlhf.report import headline, write_report
     from rlhf.runtime import select_device
     from rlhf.tracking import MetricsLogger, make_run_dir
@@ -47,12 +48,16 @@ def main(cfg: EvalConfig) -> Path:
         logger.log({"eval/variants_started": len(started)}, step=len(started))
 
     records, policies = run_evaluation(cfg, scorer, progress=progress, gold=gold)
+    # 3b. judge-free metrics: each policy's own log-probs on test preference pairs and TruthfulQA MC1/MC2
+    judge_free = run_judge_free(cfg)
 
     # 4. numbers: per variant and source; the headline candidate-vs-baseline comparison
-    results = build_results(cfg, records, policies)
+    results = build_results(cfg, records, policies, judge_free)
     results["headline"] = headline(results)
     with open(run_dir / "samples.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    with open(run_dir / "judge_free.jsonl", "w", encoding="utf-8") as fh:  # per pair / question, for re-analysis
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in judge_free)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
 
     # 5. report.md + PNGs, and the same tables to W&B

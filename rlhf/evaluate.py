@@ -36,6 +36,8 @@ from rlhf.best_of_n import analytic_kl, choose_best
 from rlhf.config import ConfigError
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
+from rlhf.likelihood import JudgeFreeConfig, aggregate_judge_free, check_judge_free, judge_free_records
+from rlhf.ppo.maths import logprobs_from_logits
 from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
 from rlhf.runtime import Precision, select_device, use_bf16
@@ -135,6 +137,7 @@ class EvalConfig:
         default="sampled",
         metadata={"help": "of the headline numbers (PPO trained on samples)"})
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    judge_free: JudgeFreeConfig = field(default_factory=JudgeFreeConfig)  # rlhf.likelihood: no reward model
     variants: list[VariantConfig] = field(default_factory=lambda: [
         VariantConfig(decoding="sampled"),  # rewards, KL, win-rates on every source
         VariantConfig(decoding="greedy", sources=["dialogsum"]),  # ROUGE of greedy summaries
@@ -259,8 +262,7 @@ def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, prompt_len + response_len)
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=response_len + 1).logits[:, :-1]  # (batch, response_len, vocab)
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    return logprobs.gather(-1, sequences[:, prompt_len:, None]).squeeze(-1)
+    return logprobs_from_logits(logits, sequences[:, prompt_len:])  # the RL trainer's one (fp32, by row chunks)
 
 
 def samples_own_distribution(settings: GenerationSettings) -> bool:
@@ -376,6 +378,7 @@ def check_config(cfg: EvalConfig) -> None:
     """What can be judged from the config alone (variants, best-of-n, judges), before run folder and models."""
     variants_of(cfg)
     check_judges(cfg)
+    check_judge_free(cfg.judge_free)
 
 
 def settings_for(decoding: str, base: GenerationSettings) -> GenerationSettings:
@@ -617,6 +620,24 @@ def run_evaluation(cfg: EvalConfig, scorer, load_policy: Callable | None = None,
     return records, described
 
 
+def run_judge_free(cfg: EvalConfig, load_policy: Callable | None = None) -> list[dict[str, Any]]:
+    """The judge-free records (:mod:`rlhf.likelihood`) of every policy, one policy loaded at a time (a second
+    load per policy, seconds, keeps this pass apart from generation)."""
+    from rlhf.policies import load_policy as default_loader
+
+    jf = cfg.judge_free
+    if not jf.preference_sources and not jf.truthfulqa_mc:
+        return []
+    load_policy = load_policy or functools.partial(default_loader, device=select_device(cfg.run.device))
+    records: list[dict[str, Any]] = []
+    for pcfg in cfg.policies:
+        policy = load_policy(pcfg.name, pcfg.path, base=pcfg.base, reference=pcfg.reference)
+        records += judge_free_records(policy, jf, cfg.data.split, cfg.data.seed, cfg.data.max_prompt_tokens,
+                                      bf16=use_bf16(cfg.precision, policy.model.device))
+        del policy
+    return records
+
+
 def load_gold(cfg: EvalConfig):
     """The gold judge (its own saved settings, Detoxify included), or None when ``gold.model`` is empty."""
     if not cfg.gold.model:
@@ -653,8 +674,10 @@ def finite(value: Any) -> Any:
     return value
 
 
-def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], policies: dict[str, Any]) -> dict[str, Any]:
-    """Everything the report needs, JSON-ready: settings, policies, and metrics per variant and source."""
+def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], policies: dict[str, Any],
+                  judge_free: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Everything the report needs, JSON-ready: settings, policies, metrics per variant and source, and the
+    judge-free metrics per policy (from :func:`run_judge_free`'s records)."""
     variants = variants_of(cfg)
     table = aggregate_all(records, variants, cfg.baseline, cfg.win_tie_margin, cfg.confidence)
     prompts: dict[str, int] = {}
@@ -678,6 +701,7 @@ def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], policies: 
                       "sources": list(v.sources), "best_of": v.best_of} for v in variants],
         "metrics": table,
         "best_of_n": best_of_n_results(variants, table),
+        "judge_free": aggregate_judge_free(judge_free, cfg.baseline, cfg.confidence),
     })
 
 

@@ -172,6 +172,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                        f"({int(c.get('win_rate/wins', 0))} wins, {int(c.get('win_rate/ties', 0))} ties, "
                        f"{int(c.get('win_rate/losses', 0))} losses).")
     verdict += gold_lines(c, b, cand, base, level, n)
+    agreement = judges_agree(candidate_deltas(results, c, cand))
+    out["judges_agree"] = agreement
+    verdict.append(agreement_line(agreement, cand, base, level, c.get("length"), b.get("length")))
     if "kl/k1" in c:
         described = results.get("policies", {}).get(cand, {})
         reference = described.get("reference") or "its reference"
@@ -212,6 +215,72 @@ def gold_lines(c: dict[str, Any], b: dict[str, Any], cand: str, base: str, level
         lines.append(f"Win-rate of {cand} against {base} judged by the gold: "
                      f"{fmt_interval(c['gold/win_rate'], c.get('gold/win_rate/low'), c.get('gold/win_rate/high'))}.")
     return lines
+
+
+JUDGE_FREE = {"pref/harmless/accuracy": "preference accuracy (harmless, HH)",
+              "pref/honest/accuracy": "preference accuracy (honest, TruthfulQA)",
+              "pref/helpful/accuracy": "preference accuracy (helpful, DialogSum)",
+              "pref/harmless/margin": "log-prob margin shift (harmless)",
+              "pref/honest/margin": "log-prob margin shift (honest)",
+              "pref/helpful/margin": "log-prob margin shift (helpful)",
+              "tqa/mc1": "TruthfulQA MC1", "tqa/mc2": "TruthfulQA MC2"}  # rlhf.likelihood's metrics, report names
+
+
+def _sign(mean: Any, low: Any, high: Any) -> int:
+    """+1 / -1 when the interval lies wholly above / below 0, else 0 (includes 0, or unknown)."""
+    ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (mean, low, high))
+    return 0 if not ok else 1 if low > 0 else -1 if high < 0 else 0
+
+
+def candidate_deltas(results: dict[str, Any], c: dict[str, Any], cand: str) -> dict[str, tuple]:
+    """The candidate's paired differences to the baseline (mean, low, high) per judge: "proxy", "gold" and
+    each judge-free metric present (``results["judge_free"]``)."""
+    deltas = {name: tuple(c.get(f"{key}_delta{s}") for s in ("", "_low", "_high"))
+              for name, key in (("proxy", "reward/composite"), ("gold", "gold/composite")) if f"{key}_delta" in c}
+    mine = (results.get("judge_free") or {}).get(cand, {})
+    deltas.update({key: tuple(mine.get(f"{key}_delta{s}") for s in ("", "_low", "_high"))
+                   for key in JUDGE_FREE if f"{key}_delta" in mine})
+    return deltas
+
+
+def judges_agree(deltas: dict[str, tuple]) -> dict[str, Any]:
+    """The headline's rule: a gain (loss) is claimed only where the gold and at least one judge-free metric
+    both have intervals wholly above (below) 0. ``deltas``: judge -> (mean, low, high) of the paired
+    difference to the baseline ("proxy", "gold", judge-free keys). Returns ``claim`` ("gain", "loss" or
+    "none"), the judge-free metrics that ``agree`` with the gold, and the judges that ``disagree`` (sign
+    clearly opposite to the gold's, or unclear where the gold is clear; all unclear/opposite ones when
+    the gold itself is unclear)."""
+    signs = {k: _sign(*v) for k, v in deltas.items()}
+    gold = signs.get("gold", 0)
+    free = {k: s for k, s in signs.items() if k not in ("proxy", "gold")}
+    agree = [k for k, s in free.items() if gold != 0 and s == gold]
+    claim = "none" if not agree else "gain" if gold > 0 else "loss"
+    disagree = [k for k, s in signs.items() if k != "gold" and (s != gold or gold == 0)]
+    return {"claim": claim, "agree": agree, "disagree": disagree, "signs": signs,
+            "deltas": {k: list(v) for k, v in deltas.items()}}
+
+
+def agreement_line(agreement: dict[str, Any], cand: str, base: str, level: str, length: Any = None,
+                   base_length: Any = None) -> str:
+    """The headline's verdict across judges, in one line (the rule: :func:`judges_agree`)."""
+    def named(key: str) -> str:
+        mean, low, high = agreement["deltas"][key]
+        return f"{JUDGE_FREE.get(key, key)} {fmt(mean)} [{fmt(low)}, {fmt(high)}]"
+
+    lengths = f" Response length (tokens): {cand} {fmt(length, 1)} vs {base} {fmt(base_length, 1)}."
+    if "gold" not in agreement["deltas"]:
+        return f"**Judges**: no gold judge, so no gain is claimed (the rule needs the gold).{lengths}"
+    if agreement["claim"] != "none":
+        word = "gain" if agreement["claim"] == "gain" else "loss"
+        return (f"**Judges agree: {word} shown** ({level} intervals exclude 0): {named('gold')} and "
+                + "; ".join(named(k) for k in agreement["agree"])
+                + (f". Disagreeing: {'; '.join(named(k) for k in agreement['disagree'])}." if agreement["disagree"]
+                   else ".") + lengths)
+    if not any(k not in ("proxy", "gold") for k in agreement["deltas"]):
+        return f"**No gain shown**: no judge-free metric was measured, so the gold alone claims nothing.{lengths}"
+    listed = "; ".join(named(k) for k in agreement["deltas"])
+    return (f"**No gain shown**: the gold and the judge-free metrics do not agree with intervals excluding 0 "
+            f"(paired differences {cand} − {base}: {listed}).{lengths}")
 
 
 def diagnose(head: dict[str, Any], ppo_summary: dict[str, Any] | None) -> list[str]:
@@ -411,6 +480,32 @@ def best_of_n_table(results: dict[str, Any]) -> ReportTable:
                        note=" ".join(notes) + " KL = log n − (n−1)/n (analytic).")
 
 
+def judge_free_table(results: dict[str, Any]) -> ReportTable:
+    """Per policy: each judge-free metric (mean, CI, n) and its paired difference to the baseline, beside the
+    policy's response length (sampled, zero-shot; else its first run)."""
+    base = results.get("baseline", "sft")
+    table = results.get("judge_free") or {}
+    keys = [k for k in JUDGE_FREE if any(k in m for m in table.values())]
+    columns = ["policy", "length", *[f"{JUDGE_FREE[k]} (CI; n)" for k in keys],
+               *[f"{JUDGE_FREE[k]} − {base} (CI)" for k in keys]]
+    rows = []
+    for policy, m in table.items():
+        variant = _main_variant(results, policy, "sampled", fallback=True)
+        length = _metrics(results, variant).get("length") if variant else None
+        rows.append([policy, fmt(length, 1),
+                     *[f"{_ci(m, k)}; {fmt(m.get(f'{k}/n'))}" if k in m else "—" for k in keys],
+                     *[fmt_interval(*(m.get(f"{k}_delta{s}") for s in ("", "_low", "_high"))) for k in keys]])
+    level = f"{round(100 * results.get('confidence', 0.95))} %"
+    return ReportTable("eval/judge_free", "Judge-free metrics (no reward model): the policies' own log-probs",
+                       columns, rows,
+                       note=f"Means with {level} intervals, n pairs or questions of the {results.get('split', 'test')} "
+                            "split. Preference accuracy: share of pairs where log π(chosen) − log π(rejected) exceeds "
+                            "the reference's (adapter disabled / explicit reference; a full model without one is its "
+                            "own: every pair a tie, counted 0.5). Margin: log π(chosen) − log π(rejected) in nats; "
+                            f"its difference to {base} is the shift. MC1/MC2: TruthfulQA's multiple-choice scoring "
+                            "(rlhf.likelihood). Differences are paired on the same pairs/questions.")
+
+
 def build_tables(results: dict[str, Any], records: Sequence[dict[str, Any]],
                  examples_per_source: int = 2) -> list[ReportTable]:
     tables = [overview_table(results)]
@@ -420,6 +515,8 @@ def build_tables(results: dict[str, Any], records: Sequence[dict[str, Any]],
         tables.append(judged_table(results))
     if results.get("best_of_n"):
         tables.append(best_of_n_table(results))
+    if results.get("judge_free"):
+        tables.append(judge_free_table(results))
     return tables + [rouge_table(results), per_source_table(results),
                      examples_table(results, records, examples_per_source)]
 
@@ -701,12 +798,16 @@ def gold_peaks(points: Sequence[CurvePoint]) -> list[str]:
 
 
 def plot_overoptimisation(points: Sequence[CurvePoint], out: Path) -> Path | None:
-    """Gold (solid) and proxy (dashed) score vs sqrt(KL), one colour per method (Gao et al. 2022, fig. 1).
+    """Gold (solid) and proxy (dashed) score vs sqrt(KL), one colour per method (Gao et al. 2022, fig. 1), and
+    each method's fitted Gao form on the gold (dotted; :mod:`rlhf.overoptimisation`).
 
     Takes any methods' points, so RL checkpoints can share the axes with best-of-n.
     """
+    from rlhf.overoptimisation import fit_curves
+
     if not points:
         return None
+    fits = fit_curves(points)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, method in enumerate(dict.fromkeys(p.method for p in points)):
@@ -720,6 +821,11 @@ def plot_overoptimisation(points: Sequence[CurvePoint], out: Path) -> Path | Non
             for x, p in golds:
                 if p.label:
                     ax.annotate(p.label, (x, p.gold), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        if method in fits:
+            fit, start = fits[method]
+            grid = [max(xs) * k / 50 for k in range(51)]
+            ax.plot(grid, [start + fit(x) for x in grid], linestyle=":", color=f"C{i}",
+                    label=f"{method}: gold fit (R² {fit.r2:.2f})")
     ax.set_xlabel("√KL (nats^½) to the starting policy")
     ax.set_ylabel("composite score (each judge on its own scale)")
     ax.set_title("Proxy vs gold as the policy moves away (over-optimisation)", fontsize=10)

@@ -90,3 +90,26 @@ def test_table_from_saved_results(tmp_path):
     assert "| grpo@15 | 1.50 |" in out.read_text()
     # where the gold peaks: best-of-n's gold (0.0 at n=1, 0.4 at n=4) still rising at its largest n
     assert "- best-of-n: gold highest at the largest KL tried, n=4 (KL 0.64, gold 0.400)" in out.read_text()
+
+
+def test_compare_lists_gao_fits_and_judge_free_metrics(tmp_path):
+    """Best-of-n's gold generated from R(d) = d(0.5 - 0.2 d) over a start of 1.0: compare.md recovers alpha and
+    beta; the judge-free table shows each metric with its interval, n, and the paired difference to SFT."""
+    import math
+
+    from rlhf.best_of_n import analytic_kl
+
+    per_n = [{"n": n, "variant": f"sft/bon{n}", "kl": analytic_kl(n), "reward/composite": 0.0,
+              "gold/composite": 1.0 + math.sqrt(analytic_kl(n)) * (0.5 - 0.2 * math.sqrt(analytic_kl(n)))}
+             for n in (1, 4, 16, 64)]
+    results = {"variants": [{"key": "sft/s", "policy": "sft", "shots": 0, "decoding": "sampled"},
+                            {"key": "dpo/s", "policy": "dpo", "shots": 0, "decoding": "sampled"}],
+               "metrics": {"sft/s": {"all": {"length": 20.0, "n": 4}}, "dpo/s": {"all": {"length": 12.5, "n": 4}},
+                           **{f"sft/bon{n}": {"all": {"n": 4}} for n in (1, 4, 16, 64)}},
+               "best_of_n": [{"policy": "sft", "per_n": per_n}], "baseline": "sft",
+               "judge_free": {"sft": {"tqa/mc1": 0.25, "tqa/mc1_low": 0.1, "tqa/mc1_high": 0.4, "tqa/mc1/n": 32},
+                              "dpo": {"tqa/mc1": 0.5, "tqa/mc1_low": 0.3, "tqa/mc1_high": 0.7, "tqa/mc1/n": 32,
+                                      "tqa/mc1_delta": 0.25, "tqa/mc1_delta_low": 0.05, "tqa/mc1_delta_high": 0.45}}}
+    text = compare.write_comparison(tmp_path, results, {}).read_text()
+    assert "- best-of-n: R(d) = d(α − β d), α = 0.5000, β = 0.2000, R² = 1.000 on 4 points" in text
+    assert "| dpo | 12.5 | 0.500 (0.300, 0.700); 32 | 0.250 (0.050, 0.450) |" in text

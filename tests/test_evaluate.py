@@ -344,6 +344,11 @@ def test_eval_stage_writes_report_and_strict_json(tmp_path, tiny_llama_path, ada
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["win_rate"] == results["headline"]["win_rate"]
     assert (run_dir / "eval_overview.jsonl").is_file()  # the tables as logged for W&B
+    jf = results["judge_free"]  # sft = an identity adapter: equal to its reference, every pair a tie
+    assert jf["sft"]["pref/harmless/accuracy"] == 0.5 and jf["sft"]["pref/helpful/accuracy/n"] == 32
+    assert jf["ppo"]["tqa/mc1/n"] == 32 and "tqa/mc2_delta_low" in jf["ppo"] and "Judge-free metrics" in report
+    assert any("No gain shown" in line or "Judges" in line for line in results["headline"]["verdict"])
+    assert len((run_dir / "judge_free.jsonl").read_text().splitlines()) == 3 * (2 * 3 * 32 + 2 * 32)
 
 
 # ---------------------------------------------------------------- best-of-n and the gold judge

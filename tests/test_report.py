@@ -255,3 +255,29 @@ def test_gold_peaks_names_the_peak_or_says_there_is_none():
                      "best-of-n: gold highest at the largest KL tried, n=8 (KL 1.20, gold 0.500): still rising, "
                      "no peak reached",
                      "grpo: gold highest at the start, sft (KL 0.00, gold 0.300): every point further away scored lower"]
+
+
+def _judge_free(delta):
+    """Judge-free records of sft and ppo on 6 TruthfulQA questions: ppo's MC2 = sft's + the given deltas."""
+    from rlhf.likelihood import aggregate_judge_free
+
+    sft = [0.2, 0.4, 0.3, 0.5, 0.2, 0.4]
+    records = [{"policy": p, "metric": "tqa/mc2", "id": str(i), "value": v + (d if p == "ppo" else 0.0)}
+               for p in ("sft", "ppo") for i, (v, d) in enumerate(zip(sft, delta))]
+    return aggregate_judge_free(records, baseline="sft")
+
+
+@pytest.mark.parametrize("gold_delta, mc2_delta, expected", [
+    ([0.5, 0.6, 0.4, 0.5, 0.7, 0.5], [0.1, 0.12, 0.09, 0.1, 0.11, 0.1], "**Judges agree: gain shown**"),
+    ([0.5, 0.6, 0.4, 0.5, 0.7, 0.5], [0.1, -0.1, 0.2, -0.2, 0.05, -0.05], "**No gain shown**"),  # MC2 unclear
+    ([0.5, -0.6, 0.4, -0.5, 0.7, -0.5], [0.1, 0.12, 0.09, 0.1, 0.11, 0.1], "**No gain shown**"),  # gold unclear
+])
+def test_headline_claims_a_gain_only_where_gold_and_a_judge_free_metric_agree(gold_delta, mc2_delta, expected):
+    records = _records({"sft": [0.0] * 6, "ppo": [1.0] * 6})
+    for r in records:  # the gold: ppo above sft by gold_delta on each prompt
+        r["gold/composite"] = gold_delta[int(r["id"])] if r["policy"] == "ppo" else 0.0
+    results = _results(records)
+    results["judge_free"] = _judge_free(mc2_delta)
+    line = next(line for line in report.headline(results)["verdict"] if "Judges" in line or "No gain" in line)
+    assert line.startswith(expected) and "TruthfulQA MC2" in line and "Response length (tokens): ppo 5.0 vs sft 5.0" in line
+    assert report.judge_free_table(results).rows[1][0] == "ppo"  # the table beside it: sft, then ppo
