@@ -11,7 +11,8 @@ import typing
 import pytest
 
 from rlhf import pipeline as pl
-from rlhf.config import ConfigError, from_dict, in_range, load_config, parse_range, stage_cli
+from rlhf import config
+from rlhf.config import ConfigError, from_dict, load_config, stage_cli
 
 
 def stage_class(name: str) -> type:
@@ -62,9 +63,9 @@ def test_the_walk_finds_the_fields_it_must():
 @pytest.mark.parametrize("name, key, f, default", ALL_FIELDS, ids=[f"{n}:{k}" for n, k, _, _ in ALL_FIELDS])
 def test_every_numeric_field_declares_a_range_that_holds_its_default(name, key, f, default):
     assert "range" in f.metadata, f"{name} {key}: no metadata range"
-    parse_range(f.metadata["range"])
+    config.parse_range(f.metadata["range"])
     if default is not None:
-        assert in_range(default, f.metadata["range"]), f"{name} {key}: default {default} outside {f.metadata['range']}"
+        assert config.in_range(default, f.metadata["range"]), f"{name} {key}: {default} outside {f.metadata['range']}"
 
 
 @pytest.mark.parametrize("text, inside, outside", [
@@ -75,14 +76,14 @@ def test_every_numeric_field_declares_a_range_that_holds_its_default(name, key, 
     ("[-1, 10000000]", [-1, 0, 10_000_000], [-2, 99999999999999999999]),
 ])
 def test_interval_notation(text, inside, outside):
-    assert all(in_range(v, text) for v in inside)
-    assert not any(in_range(v, text) for v in outside)
+    assert all(config.in_range(v, text) for v in inside)
+    assert not any(config.in_range(v, text) for v in outside)
 
 
 @pytest.mark.parametrize("text", ["0, 1", "[1, 0]", "[a, 1]", "{0, 1}", "[0 1]"])
 def test_a_malformed_range_is_refused(text):
     with pytest.raises(ValueError):
-        parse_range(text)
+        config.parse_range(text)
 
 
 @pytest.mark.parametrize("stage, flag, value, message", [

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.checkpoints import CheckpointError, resolve_run, write_manifest
+from rlhf import checkpoints
+from rlhf.checkpoints import write_manifest
 from rlhf.config import ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,27 +83,27 @@ def test_resume_with_no_intact_checkpoint_is_one_line_naming_each_problem(stage,
     assert err[-1] == (f"error: --resume {run_dir}: no intact checkpoint to continue from ({cut.name}: no "
                        f"manifest.json (the run stopped while writing this checkpoint); {bad.name}: weights.bin: 4 "
                        "bytes, the manifest says 8 (truncated or overwritten))")
-    assert all(line.startswith("[resume] skipping") for line in err[:-1])  # no traceback
+    assert not any("Traceback" in line for line in err)
 
 
 def test_resume_finds_runs_and_checkpoints_by_one_rule(tmp_path):
     run = RunConfig(output_dir=str(tmp_path), run_name="")
-    with pytest.raises(CheckpointError, match="no sft run with a checkpoint"):
-        resolve_run(run, "sft", True, "checkpoint-")
+    with pytest.raises(checkpoints.CheckpointError, match="no sft run with a checkpoint"):
+        checkpoints.resolve_run(run, "sft", True, "checkpoint-")
     for n in (5, 10, 15):
         folder = tmp_path / "sft-1" / "checkpoints" / f"checkpoint-{n}"
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(bytes(range(n)))
         if n < 15:
             write_manifest(folder)
-    assert resolve_run(run, "sft", True, "checkpoint-") == (tmp_path / "sft-1",
+    assert checkpoints.resolve_run(run, "sft", True, "checkpoint-") == (tmp_path / "sft-1",
                                                            tmp_path / "sft-1/checkpoints/checkpoint-10")
     picked = tmp_path / "sft-1/checkpoints/checkpoint-5"
-    assert resolve_run(run, "sft", str(picked), "checkpoint-") == (tmp_path / "sft-1", picked)
-    assert resolve_run(run, "sft", str(tmp_path / "sft-1"), "checkpoint-")[1].name == "checkpoint-10"
+    assert checkpoints.resolve_run(run, "sft", str(picked), "checkpoint-") == (tmp_path / "sft-1", picked)
+    assert checkpoints.resolve_run(run, "sft", str(tmp_path / "sft-1"), "checkpoint-")[1].name == "checkpoint-10"
     with pytest.raises(ConfigError, match="holds an earlier run"):
-        resolve_run(RunConfig(output_dir=str(tmp_path), run_name="sft-1"), "sft", False, "checkpoint-")
-    fresh, none = resolve_run(run, "sft", False, "checkpoint-")
+        checkpoints.resolve_run(RunConfig(output_dir=str(tmp_path), run_name="sft-1"), "sft", False, "checkpoint-")
+    fresh, none = checkpoints.resolve_run(run, "sft", False, "checkpoint-")
     assert none is None and fresh.name.startswith("sft-") and not fresh.exists()  # made by its first writer
 
 
@@ -119,7 +120,7 @@ def test_a_resume_removes_the_temporary_folders_a_killed_write_left(tmp_path):
         (root / leftover / "optimizer.pt").write_bytes(b"half")
     (root / ".latest.tmp-123").write_text("step-000004")
     run = RunConfig(output_dir=str(tmp_path), run_name="run")
-    assert resolve_run(run, "ppo", True, "step-") == (tmp_path / "run", good)
+    assert checkpoints.resolve_run(run, "ppo", True, "step-") == (tmp_path / "run", good)
     assert sorted(p.name for p in root.iterdir()) == ["step-000002"]
 
 
