@@ -153,7 +153,7 @@ def test_two_ranks_one_late_by_more_than_a_second_write_one_run_folder(tmp_path)
     from distributed_helpers import worker_env
     from test_reward_train import toy_preferences
 
-    toy_preferences(tmp_path / "toy.jsonl", per_head=8)
+    toy_preferences(tmp_path / "toy.jsonl", per_head=20)
     (tmp_path / "driver.py").write_text(DRIVER)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              str(tmp_path / "driver.py"), str(tmp_path)], cwd=ROOT, env=worker_env(),
