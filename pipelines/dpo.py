@@ -28,26 +28,17 @@ DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are 
 STAGE = "dpo"
 
 
-def resolve_run_dir(cfg: DPOStageConfig, resume: bool | str) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint to resume from): a new folder (refused if an earlier run is there), or the run
-    ``--resume`` names (run.run_name, a path, or the newest dpo run with a checkpoint)."""
-    from rlhf.sft.trainer import resolve_run
-    from rlhf.tracking import ensure_new_run_dir, make_run_dir
-
-    if resume:
-        return resolve_run(cfg.run, STAGE, resume)
-    return ensure_new_run_dir(make_run_dir(cfg.run, STAGE, create=False)), None
-
-
 def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
     from transformers import set_seed
 
+    from rlhf.checkpoints import resolve_run
     from rlhf.datatools import validate_stage_inputs
     from rlhf.dpo.data import load_pairs, to_dataset
     from rlhf.dpo.trainer import RENAMES, build_trainer, save_final
     from rlhf.ppo.policy import load_policy_tokenizer, load_sft_model
     from rlhf.runtime import use_bf16
-    from rlhf.sft.trainer import MetricsLoggerCallback, checkpoint_step, planned_steps, train_device
+    from rlhf.sft.trainer import (PREFIX, MetricsLoggerCallback, checkpoint_step, planned_steps, restore_counters,
+                                   train_device)
     from rlhf.tracking import MetricsLogger
 
     # 1. inputs checked and the pairs read (a bad file, or none left after the dimension filter, is one line,
@@ -58,7 +49,7 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
     validate_stage_inputs(STAGE, cfg)
     pairs = load_pairs(cfg.data, cfg.run.seed)
     bf16 = use_bf16(cfg.train.precision, train_device(cfg.run))  # rlhf.runtime decides device and precision
-    run_dir, checkpoint = resolve_run_dir(cfg, resume)
+    run_dir, checkpoint = resolve_run(cfg.run, STAGE, resume, PREFIX)  # one rule for every stage
     set_seed(cfg.run.seed)
 
     # 2. the pairs in TRL's conversational format; pairs longer than train.max_length are dropped, never cut
@@ -86,6 +77,7 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
 
     # 5. train: first the dev loss with policy == reference (step 0: log 2 for DPO), then the updates; a resumed
     #    run restores optimizer, scheduler, RNG and data position from the checkpoint
+    restore_counters(trainer, checkpoint)  # train/num_tokens continues where the checkpoint left it
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     summary = {"train/steps": trainer.state.global_step, "data/train_pairs": len(train)}
     if 0 in tracker.eval_losses:

@@ -17,28 +17,6 @@ from rlhf.ppo.config import RLStageConfig
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 
 
-def resolve_run_dir(cfg: RLStageConfig, resume: bool | str) -> Path:
-    """The run folder: a new one, or the one being resumed (--resume PATH, or run.run_name / the newest run of
-    this algorithm); standalone runs are named after the algorithm (runs/grpo-<time>)."""
-    from rlhf.ppo.checkpoint import find_checkpoint
-    from rlhf.tracking import ensure_new_run_dir, make_run_dir
-
-    if isinstance(resume, str):
-        found = find_checkpoint(resume)
-        if found is None:
-            raise SystemExit(f"error: --resume {resume}: no checkpoint there")
-        return found.parents[1]
-    stage = cfg.rl.algo
-    if resume and not cfg.run.run_name:
-        runs = sorted((p for p in Path(cfg.run.output_dir).glob(f"{stage}-*") if find_checkpoint(p)),
-                      key=lambda p: p.stat().st_mtime)
-        if not runs:
-            raise SystemExit(f"error: --resume: no {stage} run with a checkpoint under {cfg.run.output_dir}")
-        return runs[-1]
-    run_dir = make_run_dir(cfg.run, stage, create=False)
-    return run_dir if resume else ensure_new_run_dir(run_dir)
-
-
 def eval_summary(run_dir: Path) -> dict[str, float]:
     """Held-out reward and KL before training and at the end (the eval/ records of the whole run)."""
     from rlhf.tracking import run_history
@@ -53,8 +31,7 @@ def eval_summary(run_dir: Path) -> dict[str, float]:
 
 
 def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
-    from accelerate.utils import broadcast_object_list
-
+    from rlhf.checkpoints import resolve_run
     from rlhf.datatools import validate_stage_inputs
     from rlhf.ppo import checkpoint as ckpt
     from rlhf.ppo.curves import plot_reward_and_kl
@@ -74,10 +51,8 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     check_wrappable(cfg.policy.model, "policy.model")  # an FSDP launch of a model it cannot shard: one line
     accelerator = make_accelerator(select_device(cfg.run.device))  # rlhf.runtime: CUDA when present, else CPU
     seed_everything(cfg.run.seed)
-    holder = [str(resolve_run_dir(cfg, resume)) if accelerator.is_main_process else ""]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(holder)
-    run_dir = Path(holder[0])
+    # standalone runs are named after the algorithm (runs/grpo-<time>); rank 0 decides for every rank
+    run_dir, checkpoint = resolve_run(cfg.run, cfg.rl.algo, resume, ckpt.PREFIX)
     logger = MetricsLogger(run_dir, cfg.run, cfg.rl.algo, config=cfg, total_steps=cfg.train.steps,
                            enabled=accelerator.is_main_process)
 
@@ -99,7 +74,7 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     trainer = RLTrainer(cfg, model, tokenizer, scorer, prompts, accelerator=accelerator, logger=logger,
                         run_dir=run_dir)
     if resume:
-        ckpt.resume(trainer, resume if isinstance(resume, str) else run_dir)
+        ckpt.resume(trainer, checkpoint)
         logger.resumed_at(trainer.step_count)  # the killed run's later steps are redone: drop their records
 
     # 6. train, checkpointing every train.save_every steps and at the end

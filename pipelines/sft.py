@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf.checkpoints import resolve_run
 from rlhf.config import stage_cli
 from rlhf.datatools import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
@@ -27,8 +28,8 @@ from rlhf.sft.forgetting import truthfulqa_mc1
 from rlhf.quantization import check_backend, keep_backward, load_kwargs as quantized_load_kwargs
 from rlhf.runtime import use_bf16
 from rlhf.sft.fsdp import check_fsdp, check_resume, local_model
-from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, checkpoint_step, from_rank_zero, init_distributed,
-                              perplexity, planned_steps, ranks_in_sync, resolve_run, save_final)
+from rlhf.sft.trainer import (PREFIX, MetricsLoggerCallback, build_trainer, checkpoint_step, init_distributed,
+                              perplexity, planned_steps, ranks_in_sync, restore_counters, save_final)
 from rlhf.tracking import MetricsLogger, is_main_process, logged_value
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
@@ -46,7 +47,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     check_backend(cfg.model.quantization)
     check_fsdp(cfg)
     device = init_distributed(cfg.run)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
-    run_dir, checkpoint = from_rank_zero(resolve_run(cfg.run, "sft", resume) if is_main_process() else None)
+    run_dir, checkpoint = resolve_run(cfg.run, "sft", resume, PREFIX)  # a used name, nothing to resume: one line
     check_resume(checkpoint)
     set_seed(cfg.run.seed)
     bf16 = use_bf16(cfg.train.precision, device)
@@ -92,6 +93,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
 
     # 7. train: first the base model's eval loss (step 0), then the updates; a resumed run restores
     #    optimizer, scheduler, RNG and data position from the checkpoint
+    restore_counters(trainer, checkpoint)  # train/num_tokens continues where the checkpoint left it
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     loss_before = tracker.eval_losses.get(0, logged_value(run_dir, "eval/loss", step=0))  # a resumed run: logged
     if loss_before is not None:

@@ -25,17 +25,7 @@ PREFIX = "step-"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"{PREFIX}{step:06d}"
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest intact checkpoint (sizes and hashes verified); one line for each newer one skipped."""
-    return checkpoints.newest_intact(run_dir / "checkpoints", PREFIX)
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether the run finished writing a checkpoint (cheap: does not read the files)."""
-    return any(checkpoints.is_complete(p) for _, p in checkpoints.numbered(run_dir / "checkpoints", PREFIX))
+    return run_dir / checkpoints.CHECKPOINTS / f"{PREFIX}{step:06d}"
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,9 +74,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
     checkpoints.commit_folder(tmp, final)
     checkpoints.drop_newer(final.parent, PREFIX, step)  # left by a run that resumed from an earlier checkpoint
-    done = sorted(p for p in final.parent.glob(f"{PREFIX}*") if p.is_dir())
-    for old in done[:-max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
+    checkpoints.rotate(final.parent, PREFIX, max(keep, 1))  # after the new manifest, never before
     return final
 
 

@@ -21,10 +21,12 @@ class ModelConfig:
         metadata={"help": "zoo name, local folder or hub id; an encoder, or a causal LM with a chat template"})
     max_length: int = field(
         default=256,
-        metadata={"help": "tokens per (prompt, response); the prompt loses its START when it is too long"})
+        metadata={"help": "tokens per (prompt, response); the prompt loses its START when it is too long",
+                  "range": "[1, 10000000]"})
     min_prompt_tokens: int = field(
         default=64,
-        metadata={"help": "a very long response is cut at its end so the prompt keeps at least this many"})
+        metadata={"help": "a very long response is cut at its end so the prompt keeps at least this many",
+                  "range": "[0, 10000000]"})
     # LoRA for a causal-LM backbone (off by default; merged into the weights when the model is saved);
     # target_modules [] = peft's default for the architecture
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=False, dropout=0.05, target_modules=[]))
@@ -42,29 +44,36 @@ class DataConfig(PreferenceSourcesConfig):
 
     pairs_per_head: int = field(
         default=0,
-        metadata={"help": "pairs drawn per head each epoch (smaller sets cycle); 0 = the largest head's train set"})
+        metadata={"help": "pairs drawn per head each epoch (smaller sets cycle); 0 = the largest head's train set",
+                  "range": "[0, inf)"})
     max_train_pairs_per_head: int = field(default=0,
-                                          metadata={"help": "cap on each head's train set (quick runs); 0 = all"})
+                                          metadata={"help": "cap on each head's train set (quick runs); 0 = all",
+                                                    "range": "[0, inf)"})
 
 
 @dataclass
 class TrainConfig:
     """Optimisation."""
 
-    epochs: int = field(default=2, metadata={"help": "passes over each head's training pairs"})
+    epochs: int = field(default=2, metadata={"help": "passes over each head's training pairs", "range": "[1, 1000000]"})
     max_steps: int = field(
         default=0,
-        metadata={"help": "> 0: stop after this many optimizer steps (quick runs); the schedule spans them"})
+        metadata={"help": "> 0: stop after this many optimizer steps (quick runs); the schedule spans them",
+                  "range": "[0, 10000000]"})
     batch_size: int = field(
         default=16,
-        metadata={"help": "pairs per micro-batch (chosen and rejected go through the model together)"})
-    grad_accum_steps: int = field(default=1, metadata={"help": "optimizer step every N micro-batches"})
-    lr: float = field(default=5e-5, metadata={"help": "backbone (or LoRA adapters)"})
-    head_lr: float = field(default=1e-3, metadata={"help": "the new score head learns from scratch; 0 = same as lr"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+        metadata={"help": "pairs per micro-batch (chosen and rejected go through the model together)",
+                  "range": "[1, 1000000]"})
+    grad_accum_steps: int = field(default=1, metadata={"help": "optimizer step every N micro-batches",
+                                                       "range": "[1, 1000000]"})
+    lr: float = field(default=5e-5, metadata={"help": "backbone (or LoRA adapters)", "range": "(0, inf)"})
+    head_lr: float = field(default=1e-3, metadata={"help": "the new score head learns from scratch; 0 = same as lr",
+                                                   "range": "[0, inf)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "range": "[0, inf)"})
     warmup_ratio: float = field(default=0.06,
-                                metadata={"help": "share of the steps with a linear learning-rate warm-up"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this"})
+                                metadata={"help": "share of the steps with a linear learning-rate warm-up",
+                                          "range": "[0, 1]"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this", "range": "(0, inf)"})
     use_margin: bool = field(
         default=False,
         metadata={"help": "loss -log sigmoid(r_c - r_r - margin) with each record's margin (0 if none)"})
@@ -80,17 +89,20 @@ class TrainConfig:
         metadata={"help": "where the trunk cache lives; empty: $RLHF_HOME/trunk-cache (~/.cache/rlhf), shared by runs"})
     checkpoint_every: int = field(
         default=100,
-        metadata={"help": "optimizer steps between checkpoints (and at each epoch end); 0 = epoch ends only"})
-    keep_checkpoints: int = field(default=1, metadata={"help": "how many recent checkpoints to keep on disk"})
+        metadata={"help": "optimizer steps between checkpoints (and at each epoch end); 0 = epoch ends only",
+                  "range": "[0, 10000000]"})
+    keep_checkpoints: int = field(default=1, metadata={"help": "how many recent checkpoints to keep on disk",
+                                                       "range": "[1, 1000000]"})
 
 
 @dataclass
 class EvalConfig:
     """Dev accuracy per head every epoch, and the held-out test accuracy at the end."""
 
-    batch_size: int = field(default=64, metadata={"help": "sequences per forward pass"})
+    batch_size: int = field(default=64, metadata={"help": "sequences per forward pass", "range": "[1, 1000000]"})
     max_pairs_per_head: int = field(default=0,
-                                    metadata={"help": "cap on dev/test pairs per head (quick runs); 0 = all"})
+                                    metadata={"help": "cap on dev/test pairs per head (quick runs); 0 = all",
+                                              "range": "[0, inf)"})
     keep_best: bool = field(default=True,
                             metadata={"help": "the final model is the epoch with the best mean dev accuracy"})
     test: bool = field(default=True,
@@ -120,8 +132,8 @@ class ToxicitySettings:
         default=None,
         metadata={"help": "folder with the model's config.json and tokenizer files"})
     label: str = field(default="toxicity", metadata={"help": "which Detoxify class is the toxicity score"})
-    weight: float = field(default=1.0, metadata={"help": "composite -= weight * toxicity"})
-    batch_size: int = field(default=32, metadata={"help": "texts per Detoxify forward pass"})
+    weight: float = field(default=1.0, metadata={"help": "composite -= weight * toxicity", "range": "[0, inf)"})
+    batch_size: int = field(default=32, metadata={"help": "texts per Detoxify forward pass", "range": "[1, 1000000]"})
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from reward_models.checkpoint import has_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from reward_models.checkpoint import PREFIX, load_checkpoint, save_checkpoint
 from reward_models.config import RewardStageConfig, ToxicitySettings
 from reward_models.data import (balanced_batches, drop_contradictions, head_mask, load_pairs, margins,
                                 pools_by_head, subsample)
@@ -34,7 +34,8 @@ from rlhf.quantization import check_backend
 from rlhf.records import PreferenceRecord
 from rlhf.runtime import make_accelerator, select_device, use_bf16
 from rlhf import sharding
-from rlhf.tracking import MetricsLogger, make_run_dir
+from rlhf.checkpoints import resolve_run
+from rlhf.tracking import MetricsLogger
 from rlhf.zoo import rlhf_home
 
 STAGE = "reward"
@@ -84,17 +85,6 @@ class Window:
                 out[f"train/accuracy_{head}"] = (self.correct[i] / self.counted[i]).item()
         out["train/pairs_per_s"] = self.pairs / max(self.seconds, 1e-9)
         return out
-
-
-def resolve_run_dir(run: RunConfig, resume: bool) -> Path:
-    """The run folder; ``--resume`` without a run name picks the newest reward run that has a checkpoint."""
-    if resume and not run.run_name:
-        candidates = [p for p in Path(run.output_dir).glob(f"{STAGE}-*") if has_checkpoint(p)]
-        if not candidates:
-            raise FileNotFoundError(f"--resume: no {STAGE} run with a checkpoint under {run.output_dir}/ "
-                                    "(name the run with --run.run_name)")
-        return max(candidates, key=lambda p: p.stat().st_mtime)
-    return make_run_dir(run, STAGE)
 
 
 def load_split(cfg: RewardStageConfig, split: str, cap: int) -> list[PreferenceRecord]:
@@ -180,7 +170,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     sharding.check_wrappable(cfg.model.backbone, "model.backbone", causal_lm=False)  # FSDP launch: blocks found
     # rlhf.runtime: CUDA when present, else CPU (run.device forces); gloo processes on CPU
     accelerator = make_accelerator(select_device(cfg.run.device))
-    run_dir = resolve_run_dir(cfg.run, resume)
+    run_dir, checkpoint = resolve_run(cfg.run, STAGE, resume, PREFIX)  # rank 0 decides; refusals before any model
     set_seed(cfg.run.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
     bf16 = use_bf16(cfg.train.precision, accelerator.device)
@@ -248,15 +238,12 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
                           f"({cache_seconds:.1f} s for the train set)")
     step, best, best_weights, history = 0, {"accuracy": -1.0, "epoch": -1}, None, []
     train_seconds, pairs_seen, skipped = 0.0, 0, 0  # whole-run totals: a checkpoint carries them over
-    checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state, best_weights = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler, rank if sharded else None)
         step, best, history = state["step"], state["best"], state["history"]
         train_seconds, pairs_seen = state.get("train_seconds", 0.0), state.get("pairs_seen", 0)
         skipped = state.get("skipped_nonfinite", 0)
         _say(accelerator, f"resumed from {checkpoint} at step {step}")
-    elif resume:
-        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}/checkpoints")
 
     logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=total_steps,
                            enabled=accelerator.is_main_process)

@@ -8,7 +8,12 @@ hash, so a truncated file or bytes overwritten with other (even finite, loadable
 Resuming takes the newest intact checkpoint. Each newer one that is not gets one line naming the bad
 file and the checkpoint taken instead; the run then redoes those steps, and the stage deletes the
 abandoned newer folders when it commits its next checkpoint (:func:`drop_newer`), so they can never
-be mistaken for progress nor crowd intact ones out of the ``keep`` limit.
+be mistaken for progress nor crowd intact ones out of the ``keep`` limit. Rotation deletes old checkpoints only
+after the new one's manifest is written, so the newest intact checkpoint is never the one deleted.
+
+Every stage finds its run folder and the checkpoint to continue from with :func:`resolve_run`: rank 0 decides and
+every rank gets its answer; a used run name without ``--resume``, or ``--resume`` with nothing intact to continue,
+is one line (exit 2) before any model loads.
 """
 from __future__ import annotations
 
@@ -18,12 +23,16 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from rlhf.config import ConfigError
+from rlhf.config import ConfigError, RunConfig
 
 MANIFEST = "manifest.json"
+CHECKPOINTS = "checkpoints"  # <run>/checkpoints/<prefix>N/: every stage's checkpoints
+# What a finished or started run leaves in its folder; a new run must not write over any of them.
+RUN_FILES = ("metrics.jsonl", CHECKPOINTS, "final", "summary.json")
 _CHUNK = 1 << 20
 
 
@@ -181,6 +190,14 @@ def drop_newer(root: Path, prefix: str, step: int) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def rotate(root: Path, prefix: str, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (``keep`` 0: keep all). Every stage calls this only after the
+    newest checkpoint's manifest is written: a run killed at any moment of a save still has an intact one."""
+    if keep > 0:
+        for _, old in numbered(root, prefix)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def read_file(path: Path, load: Callable[[Path], object]) -> object:
     """``load(path)``, with a failure named by its file (a checkpoint from another version, say)."""
     try:
@@ -188,3 +205,90 @@ def read_file(path: Path, load: Callable[[Path], object]) -> object:
     except Exception as err:  # noqa: BLE001 - torch/safetensors raise many kinds; all mean "unreadable"
         raise CheckpointError(f"{path}: cannot be read ({err.__class__.__name__}: {str(err).splitlines()[0][:200]})"
                               ) from err
+
+
+def remove_temporary(root: Path) -> list[Path]:
+    """Delete what a run killed while writing a checkpoint left under ``root``: the hidden ``.step-N-*`` /
+    ``.step-N.tmp`` folders and ``.*.tmp*`` files no completed checkpoint ever is. Returns what was deleted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = [p for p in root.iterdir() if p.name.startswith(".")]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return removed
+
+
+def _no_intact_checkpoint(run_dir: Path, prefix: str) -> CheckpointError:
+    """One line naming the run folder and what is wrong with each of its checkpoints."""
+    root = run_dir / CHECKPOINTS
+    found = numbered(root, prefix)
+    if not found:
+        why = f"no {prefix}N folder in {root}" if root.is_dir() else f"no {root}"
+    else:
+        why = "; ".join(f"{folder.name}: {problem(folder).removeprefix(str(folder)).lstrip('/: ')}"
+                        for _, folder in reversed(found))
+    return CheckpointError(f"--resume {run_dir}: no intact checkpoint to continue from ({why})")
+
+
+def run_folder(run: RunConfig, stage: str) -> Path:
+    """``<output_dir>/<run.run_name or $RLHF_RUN_NAME or stage-YYYYmmdd-HHMMSS>`` (read on one rank only)."""
+    name = run.run_name or os.environ.get("RLHF_RUN_NAME") or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(run.output_dir) / name
+
+
+def _decide_run(run: RunConfig, stage: str, resume: bool | str | None, prefix: str) -> tuple[Path, Path | None]:
+    if not resume:
+        run_dir = run_folder(run, stage)
+        if any((run_dir / entry).exists() for entry in RUN_FILES):
+            raise ConfigError(f"run.run_name: {run_dir} holds an earlier run; --resume continues it, another "
+                              "run.run_name (or none) starts a new one")
+        return run_dir, None
+    if isinstance(resume, str):
+        path = Path(resume)
+        if re.fullmatch(re.escape(prefix) + r"\d+", path.name) and path.is_dir():  # a checkpoint named itself
+            return path.parent.parent, verified(path)
+        run_dir = path
+    elif run.run_name:
+        run_dir = Path(run.output_dir) / run.run_name
+    else:  # the newest run of this stage that finished writing a checkpoint
+        runs = [p for p in Path(run.output_dir).glob(f"{stage}-*")
+                if any(is_complete(c) for _, c in numbered(p / CHECKPOINTS, prefix))]
+        if not runs:
+            raise CheckpointError(f"--resume: no {stage} run with a checkpoint under {run.output_dir}/ (name the run "
+                                  "with --run.run_name, or give --resume PATH)")
+        run_dir = max(runs, key=lambda p: p.stat().st_mtime)
+    checkpoint = newest_intact(run_dir / CHECKPOINTS, prefix)
+    if checkpoint is None:
+        raise _no_intact_checkpoint(run_dir, prefix)
+    for leftover in remove_temporary(run_dir / CHECKPOINTS):
+        _say(f"removed {leftover}, left by a run killed while writing a checkpoint")
+    return run_dir, checkpoint
+
+
+def resolve_run(run: RunConfig, stage: str, resume: bool | str | None, prefix: str) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to continue from or None): the one rule every stage follows; call on every rank.
+
+    Without ``--resume``: ``<output_dir>/<run.run_name or $RLHF_RUN_NAME or stage-YYYYmmdd-HHMMSS>``, refused
+    if an earlier run is there (its metrics would be appended to, its checkpoints and final/ replaced).
+    ``--resume``: run.run_name's folder, else the newest ``<stage>-*`` run with a checkpoint; ``--resume PATH``
+    a run folder or one ``<prefix>N`` checkpoint in it. The newest intact checkpoint is taken (one line per newer
+    one skipped); none intact is one line naming the folder and what was wrong with each. Leftover temporary
+    folders of a killed checkpoint write are deleted.
+
+    Rank 0 decides and the others take its answer: a timestamped name read on each rank would split a run in two
+    when the ranks straddle a second boundary. A refusal is raised on every rank, so none waits for the others.
+    The folder itself is made by whoever first writes into it (no empty folder for a stage that then refuses).
+    """
+    from rlhf.runtime import from_rank_zero, is_rank_zero
+
+    decision: tuple[Path, Path | None] | ConfigError | None = None
+    if is_rank_zero():
+        try:
+            decision = _decide_run(run, stage, resume, prefix)
+        except ConfigError as err:
+            decision = err
+    decision = from_rank_zero(decision)
+    if isinstance(decision, ConfigError):
+        raise decision
+    return decision

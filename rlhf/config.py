@@ -5,7 +5,9 @@ the dataclass defaults, a YAML file given with ``--config FILE``, then ``--secti
 Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key, so a typo
 never silently falls back to a default. As in TRL's config classes, every field carries a one-line
 ``metadata={"help": ...}`` (a section's help is its class docstring); ``--help`` prints each key with its
-resolved value and that help.
+resolved value and that help. Every numeric field also declares its valid values, ``"range": "(0, inf)"`` in
+interval notation (``[``/``]`` inclusive, ``(``/``)`` exclusive, ``inf`` unbounded); :func:`from_dict` refuses a
+value outside it in one line naming the key and the range, so a stage never starts on a learning rate of -1.
 """
 from __future__ import annotations
 
@@ -25,7 +27,36 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config key is unknown, or its value has the wrong type."""
+    """A config key is unknown, or its value has the wrong type or lies outside its range."""
+
+
+_RANGE = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])")
+
+
+def parse_range(text: str) -> tuple[float, float, bool, bool]:
+    """``"[1, inf)"`` -> (low, high, low included, high included); ValueError for anything else."""
+    m = _RANGE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not an interval like [0, 1] or (0, inf): {text!r}")
+    low, high = float(m.group(2)), float(m.group(3))  # float() reads inf and -inf
+    if low > high:
+        raise ValueError(f"empty interval: {text!r}")
+    return low, high, m.group(1) == "[", m.group(4) == "]"
+
+
+def in_range(value: float, text: str) -> bool:
+    low, high, low_in, high_in = parse_range(text)
+    return (low < value or (low_in and value == low)) and (value < high or (high_in and value == high))
+
+
+def _check_range(f: dataclasses.Field, value: Any, key: str) -> None:
+    """A number outside the field's declared ``range`` is refused, naming the key and the range."""
+    text = f.metadata.get("range")
+    if text is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    # math.isnan: NaN compares false with everything, so it is outside every range
+    if value != value or not in_range(value, text):
+        raise ConfigError(f"{key}: {value!r} is outside its range {text}")
 
 
 @dataclasses.dataclass
@@ -35,14 +66,16 @@ class RunConfig:
     output_dir: str = dataclasses.field(default="runs", metadata={"help": "runs/<stage>-<time>/ is made under this"})
     run_name: str = dataclasses.field(default="", metadata={"help": "empty: <stage>-<YYYYmmdd-HHMMSS>"})
     seed: int = dataclasses.field(default=0,
-                                  metadata={"help": "seed of the run (data order, initialisation, sampling)"})
+                                  metadata={"help": "seed of the run (data order, initialisation, sampling)",
+                                            "range": "[0, 4294967295]"})
     device: str = dataclasses.field(default="auto", metadata={
         "help": "auto (CUDA when present, else CPU), cpu or cuda; decided by rlhf.runtime.select_device"})
     wandb_project: str = dataclasses.field(default="rlhf", metadata={"help": "W&B project"})
     wandb_mode: str = dataclasses.field(default="offline",
                             metadata={"help": "offline (sync later with `wandb sync`), online or disabled"})
     tags: list[str] = dataclasses.field(default_factory=list, metadata={"help": "W&B tags"})
-    log_every: int = dataclasses.field(default=1, metadata={"help": "log metrics every N optimisation steps"})
+    log_every: int = dataclasses.field(default=1, metadata={"help": "log metrics every N optimisation steps",
+                                                            "range": "[1, 10000000]"})
     trackers: list[str] = dataclasses.field(default_factory=lambda: ["wandb"], metadata={
         "help": "where metrics go besides metrics.jsonl: wandb, tensorboard (<run>/tensorboard), trackio"})
     report_to: list[str] = dataclasses.field(default_factory=list, metadata={
@@ -130,6 +163,8 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
         )
     kwargs = {name: _coerce(_onto_default(fields[name], val), hints[name], f"{prefix}{name}")
               for name, val in values.items()}
+    for name, val in kwargs.items():
+        _check_range(fields[name], val, f"{prefix}{name}")
     return cls(**kwargs)
 
 
@@ -271,6 +306,8 @@ def field_help(f: dataclasses.Field, tp: Any = None) -> str:
         text = "" if doc.startswith(f"{tp.__name__}(") else doc.strip().splitlines()[0] if doc.strip() else ""
     if text and get_origin(tp) is Literal:
         text += f" ({' | '.join(str(choice) for choice in get_args(tp))})"
+    if "range" in f.metadata:
+        text += f" (range {f.metadata['range']})"
     return text.strip()
 
 

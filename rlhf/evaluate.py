@@ -72,7 +72,8 @@ class VariantConfig:
     """Some policies, run one way, on some sources."""
 
     policies: list[str] = field(default_factory=list, metadata={"help": "policy names; empty: every policy"})
-    shots: int = field(default=0, metadata={"help": "in-context examples before each prompt (from the train split)"})
+    shots: int = field(default=0, metadata={"help": "in-context examples before each prompt (from the train split)",
+                                            "range": "[0, 1000]"})
     decoding: Literal["greedy", "sampled"] = field(
         default="sampled",
         metadata={"help": "greedy, or sampled with the generation settings (do_sample on)"})
@@ -101,16 +102,19 @@ class EvalDataConfig:
     split: Literal["train", "dev", "test"] = field(
         default="test",
         metadata={"help": 'held out from every stage; "dev" only for quick checks'})
-    prompts_per_source: int = field(default=16, metadata={"help": "0: all prompts of the split"})
+    prompts_per_source: int = field(default=16, metadata={"help": "0: all prompts of the split", "range": "[0, inf)"})
     seed: int = field(
         default=0,
-        metadata={"help": "which prompts and which in-context examples are drawn (fixed across policies)"})
+        metadata={"help": "which prompts and which in-context examples are drawn (fixed across policies)",
+                  "range": "[0, 4294967295]"})
     max_prompt_tokens: int = field(
         default=1024,
-        metadata={"help": "longer prompts are cut from the left (few-shot examples go first)"})
+        metadata={"help": "longer prompts are cut from the left (few-shot examples go first)",
+                  "range": "[1, 10000000]"})
     max_example_chars: int = field(
         default=1200,
-        metadata={"help": "in-context examples whose prompt is longer than this are not used as shots"})
+        metadata={"help": "in-context examples whose prompt is longer than this are not used as shots",
+                  "range": "[0, inf)"})
 
 
 @dataclass
@@ -147,15 +151,20 @@ class EvalConfig:
     precision: Precision = field(
         default="auto",
         metadata={"help": "bf16 autocast or fp32 (policies and scorer); auto: bf16 where native (rlhf.runtime)"})
-    score_batch_size: int = field(default=32, metadata={"help": "responses per reward-model forward pass"})
+    score_batch_size: int = field(default=32, metadata={"help": "responses per reward-model forward pass",
+                                                        "range": "[1, 1000000]"})
     threads: int = field(default=0,
-                         metadata={"help": "torch threads (0: torch's default); 1 for tiny models on a shared CPU"})
-    win_tie_margin: float = field(default=0.0, metadata={"help": "|reward difference| <= this is a tie (counted half)"})
+                         metadata={"help": "torch threads (0: torch's default); 1 for tiny models on a shared CPU",
+                                   "range": "[0, 4096]"})
+    win_tie_margin: float = field(default=0.0, metadata={"help": "|reward difference| <= this is a tie (counted half)",
+                                                         "range": "[0, inf)"})
     confidence: float = field(default=0.95,
-                              metadata={"help": "level of the confidence intervals of means and win-rates"})
+                              metadata={"help": "level of the confidence intervals of means and win-rates",
+                                        "range": "(0, 1)"})
     training_runs: dict[str, str] = field(default_factory=dict,
                                           metadata={"help": "stage -> run dir, for training curves in the report"})
-    examples_in_report: int = field(default=2, metadata={"help": "example generations per source, side by side"})
+    examples_in_report: int = field(default=2, metadata={"help": "example generations per source, side by side",
+                                                         "range": "[0, 1000000]"})
 
 
 # ---------------------------------------------------------------- prompts

@@ -16,18 +16,22 @@ class GenerationSettings:
     """How to decode. ``do_sample=False`` is greedy; otherwise temperature / top-k / top-p sampling."""
 
     max_new_tokens: int = field(default=64,
-                                metadata={"help": "response tokens at most (generation stops earlier at EOS)"})
+                                metadata={"help": "response tokens at most (generation stops earlier at EOS)",
+                                          "range": "[1, 1000000]"})
     do_sample: bool = field(default=True, metadata={"help": "sample with temperature / top-k / top-p; false = greedy"})
     temperature: float = field(default=1.0,
-                               metadata={"help": "> 0; 1.0 samples from the model's own distribution (what PPO needs)"})
-    top_k: int = field(default=0, metadata={"help": "0 disables top-k filtering"})
-    top_p: float = field(default=1.0, metadata={"help": "1.0 disables nucleus filtering"})
+                               metadata={"help": "> 0; 1.0 samples from the model's own distribution (what PPO needs)",
+                                         "range": "(0, inf)"})
+    top_k: int = field(default=0, metadata={"help": "0 disables top-k filtering", "range": "[0, inf)"})
+    top_p: float = field(default=1.0, metadata={"help": "1.0 disables nucleus filtering", "range": "(0, 1]"})
     repetition_penalty: float = field(
         default=1.0,
-        metadata={"help": "> 1 penalises tokens already generated (transformers' repetition_penalty); 1.0 = off"})
-    batch_size: int = field(default=8, metadata={"help": "prompts generated together"})
+        metadata={"help": "> 1 penalises tokens already generated (transformers' repetition_penalty); 1.0 = off",
+                  "range": "(0, inf)"})
+    batch_size: int = field(default=8, metadata={"help": "prompts generated together", "range": "[1, 1000000]"})
     seed: int = field(default=0,
-                      metadata={"help": "seed of each batch's sampling: every policy gets the same random stream"})
+                      metadata={"help": "seed of each batch's sampling: every policy gets the same random stream",
+                                "range": "[0, 4294967295]"})
 
     def hf_kwargs(self, tokenizer) -> dict:
         kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,

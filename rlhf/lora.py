@@ -11,9 +11,9 @@ class LoraConfig:
     """LoRA adapters (peft). Stages differ only in their defaults (e.g. PPO has no dropout)."""
 
     enabled: bool = field(default=True, metadata={"help": "false: train every weight (stages that allow it)"})
-    r: int = field(default=16, metadata={"help": "rank of the update"})
-    alpha: int = field(default=32, metadata={"help": "scale = alpha / r"})
-    dropout: float = field(default=0.0, metadata={"help": "adapter dropout"})
+    r: int = field(default=16, metadata={"help": "rank of the update", "range": "[1, 65536]"})
+    alpha: int = field(default=32, metadata={"help": "scale = alpha / r", "range": "(0, inf)"})
+    dropout: float = field(default=0.0, metadata={"help": "adapter dropout", "range": "[0, 1)"})
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         metadata={"help": "modules with adapters; [all-linear]: every linear one; []: peft's default for the model"})

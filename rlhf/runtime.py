@@ -54,6 +54,26 @@ def init_process_group(device: torch.device) -> None:
         PartialState(cpu=device.type == "cpu")
 
 
+def is_rank_zero() -> bool:
+    """This process is rank 0 of the process group (or the only process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def from_rank_zero(value):
+    """Rank 0's ``value`` on every rank (a no-op when not distributed): what one process decides for all."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def make_accelerator(device: torch.device | None = None):
     """The Accelerator of a stage's own training loop (reward, RL), on ``device`` (from :func:`select_device`;
     None: ``auto``), with no mixed precision left over from an earlier stage of this process."""

@@ -97,14 +97,22 @@ def build_tiny_bert(out_dir: str | Path, seed: int = 0, hidden: int = 64, layers
 
 
 def ensure_tiny(name: str, root: Path) -> Path:
-    """Build ``name`` into ``root/name`` once (atomically, like a zoo pull)."""
+    """Build ``name`` into ``root/name`` once (atomically, like a zoo pull).
+
+    The build seeds and draws from torch's global RNG; it runs on a forked RNG, so the caller's stream is the same
+    whether the model was built now or read from the cache. (It was not: on a fresh ``RLHF_HOME`` the reward stage,
+    seeded before it loads its backbone, initialised its score head from the build's leftover stream, and
+    ``rlhf reward --config pipelines/configs/reward_tiny.yaml`` gave dev accuracy 0.5625 once, then 0.4792.)"""
+    import torch
+
     target = root / name
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
-        (build_tiny_llama if name == "tiny-llama" else build_tiny_bert)(tmp)
+        with torch.random.fork_rng(devices=[]):
+            (build_tiny_llama if name == "tiny-llama" else build_tiny_bert)(tmp)
         try:
             os.replace(tmp, target)
         except OSError:  # another process built it first

@@ -59,22 +59,13 @@ def is_main_process() -> bool:
 
 
 def make_run_dir(run: RunConfig, stage: str, create: bool = True) -> Path:
-    """``<output_dir>/<run_name or stage-time>``; the same name on every rank (taken from the env when set)."""
-    name = run.run_name or os.environ.get("RLHF_RUN_NAME") or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(run.output_dir) / name
+    """``<output_dir>/<run_name or stage-time>`` for tools and tests; stages use ``rlhf.checkpoints.resolve_run``,
+    which also refuses a used name and agrees the name across ranks."""
+    from rlhf.checkpoints import run_folder
+
+    run_dir = run_folder(run, stage)
     if create:
         run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def ensure_new_run_dir(run_dir: Path) -> Path:
-    """A run that is not a resume must not write into an earlier run's folder: its metrics would be appended to
-    the old ones and its checkpoints mixed with them. One line naming the key, before any model loads."""
-    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
-        from rlhf.config import ConfigError
-
-        raise ConfigError(f"run.run_name: {run_dir} holds an earlier run; --resume continues it, another "
-                          "run.run_name (or none) starts a new one")
     return run_dir
 
 

@@ -15,6 +15,7 @@ from reward_models.evaluation import pair_accuracy
 from reward_models.losses import pairwise_loss
 from reward_models.model import new_reward_model
 from reward_models.train import train_reward_model
+from rlhf.checkpoints import CheckpointError
 from rlhf.records import PreferenceRecord
 from rlhf.tracking import read_metrics
 
@@ -114,7 +115,7 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path):
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path):
     cfg = tiny_config(tmp_path, toy_preferences(tmp_path / "toy.jsonl", per_head=8))
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no intact checkpoint"):
         train_reward_model(cfg, resume=True)
 
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from pipelines.sft import cli, main
+from rlhf import checkpoints
 from rlhf.checkpoints import write_manifest
 from rlhf.config import ConfigError, RunConfig, load_config
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import encode_records, to_dataset, training_mixture
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, hf_logs_to_metrics, latest_checkpoint,
-                              peft_config, planned_steps, resolve_run, save_final, train_device)
+                              PREFIX, peft_config, planned_steps, save_final, train_device)
 from rlhf.runtime import use_bf16
 from rlhf.tracking import MetricsLogger, read_metrics
 
@@ -78,9 +79,13 @@ def test_precision_lora_layers_and_planned_steps():
     assert planned_steps(40, cfg) == 7
 
 
+def resolve_run(run, stage, resume):
+    return checkpoints.resolve_run(run, stage, resume, PREFIX)
+
+
 def test_resolve_run_finds_the_newest_checkpoint(tmp_path, run_cfg):
     run_cfg.output_dir, run_cfg.run_name = str(tmp_path), ""
-    with pytest.raises(FileNotFoundError, match="no sft run"):
+    with pytest.raises(ConfigError, match="no sft run"):
         resolve_run(run_cfg, "sft", True)
     for n in (5, 10, 15, 20):
         folder = tmp_path / "sft-1" / "checkpoints" / f"checkpoint-{n}"

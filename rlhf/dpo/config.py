@@ -35,9 +35,11 @@ class DataConfig(PreferenceSourcesConfig):
         default_factory=list,
         metadata={"help": "keep pairs labelled with one of these (helpful, honest, harmless); empty: all pairs"})
     max_train_pairs: int = field(default=0,
-                                 metadata={"help": "a seeded subset of the training pairs (quick runs); 0 = all"})
+                                 metadata={"help": "a seeded subset of the training pairs (quick runs); 0 = all",
+                                           "range": "[0, inf)"})
     dev_max_pairs: int = field(default=64,
-                               metadata={"help": "dev pairs for the eval loss and reward accuracy; 0 = no eval"})
+                               metadata={"help": "dev pairs for the eval loss and reward accuracy; 0 = no eval",
+                                         "range": "[0, inf)"})
 
 
 @dataclass
@@ -45,34 +47,46 @@ class TrainConfig:
     """The optimisation (TRL DPOTrainer), checkpoints and eval."""
 
     beta: float = field(default=0.1,
-                        metadata={"help": "KL strength: higher stays closer to the SFT policy (IPO: its tau)"})
+                        metadata={"help": "KL strength: higher stays closer to the SFT policy (IPO: its tau)",
+                                  "range": "(0, inf)"})
     loss_type: LossType = field(default="sigmoid",
                                 metadata={"help": "sigmoid = DPO, ipo = IPO, or another TRL pair-wise loss"})
     label_smoothing: float = field(default=0.0,
-                                   metadata={"help": "robust DPO: probability a label is flipped; exo_pair: epsilon"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"})
-    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW, LoRA weights)"})
+                                   metadata={"help": "robust DPO: probability a label is flipped; exo_pair: epsilon",
+                                             "range": "[0, 0.5)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)",
+                                                 "range": "(0, 1000000]"})
+    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs", "range": "[-1, 10000000]"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW, LoRA weights)",
+                                                         "range": "(0, inf)"})
     lr_scheduler: str = field(default="linear",
                               metadata={"help": "any transformers scheduler name: linear, cosine, constant ..."})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this"})
-    batch_size: int = field(default=4, metadata={"help": "pairs per device per forward/backward"})
-    grad_accum: int = field(default=1, metadata={"help": "optimiser step every N batches"})
-    eval_batch_size: int = field(default=8, metadata={"help": "pairs per device, for the eval loss"})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up",
+                                                   "range": "[0, 10000000]"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "range": "[0, inf)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this", "range": "[0, inf)"})
+    batch_size: int = field(default=4, metadata={"help": "pairs per device per forward/backward",
+                                                 "range": "[1, 1000000]"})
+    grad_accum: int = field(default=1, metadata={"help": "optimiser step every N batches", "range": "[1, 1000000]"})
+    eval_batch_size: int = field(default=8, metadata={"help": "pairs per device, for the eval loss",
+                                                      "range": "[1, 1000000]"})
     max_length: int = field(
         default=512,
-        metadata={"help": "tokens of prompt + longer answer; longer pairs are dropped (data/dropped_too_long), never cut"})
+        metadata={"help": "tokens of prompt + longer answer; longer pairs are dropped (data/dropped_too_long), never cut",
+                  "range": "[1, 10000000]"})
     precision: Precision = field(
         default="auto",
         metadata={"help": "bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.runtime)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "saves memory, costs ~30 % more compute"})
     threads: int = field(default=0,
-                         metadata={"help": "torch threads: 0 follows the cores other processes leave free; n: fixed"})
-    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume with --resume)"})
-    save_total_limit: int = field(default=2, metadata={"help": "keep the newest N checkpoints"})
-    eval_steps: int = field(default=0, metadata={"help": "eval every N steps; 0 = only before and after training"})
+                         metadata={"help": "torch threads: 0 follows the cores other processes leave free; n: fixed",
+                                   "range": "[0, 4096]"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume with --resume)",
+                                                  "range": "[1, 10000000]"})
+    save_total_limit: int = field(default=2, metadata={"help": "keep the newest N checkpoints",
+                                                       "range": "[1, 1000000]"})
+    eval_steps: int = field(default=0, metadata={"help": "eval every N steps; 0 = only before and after training",
+                                                 "range": "[0, 10000000]"})
     save_merged: bool = field(
         default=True,
         metadata={"help": "also write SFT + DPO weights merged into final/ (as PPO does); the adapter is final/adapter"})

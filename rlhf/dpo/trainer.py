@@ -63,10 +63,12 @@ def build_trainer(cfg: DPOStageConfig, model, tokenizer, train_dataset, eval_dat
     datasets.disable_progress_bars()  # TRL's tokenizing maps would print a bar per pass
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
     fresh_accelerator_state()  # the trainer's accelerator takes args' precision, not an earlier stage's
+    manifest = CheckpointManifest(cfg.train.save_total_limit)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=tokenizer,
                          peft_config=peft_lora_config(cfg.lora, model.config.num_hidden_layers),
-                         callbacks=[tracker, CheckpointManifest(), GovernThreads(cfg.train.threads), *callbacks])
+                         callbacks=[tracker, manifest, GovernThreads(cfg.train.threads), *callbacks])
+    manifest.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; our logger already shows them
     return trainer
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +29,7 @@ from rlhf import checkpoints
 from rlhf.runtime import cuda_present
 
 LATEST = "latest"
+PREFIX = "step-"
 STATE = "trainer_state.json"
 TRAINABLE = "trainable.safetensors"
 
@@ -73,11 +73,9 @@ def commit(run_dir: str | Path, tmp: Path, step: int, keep: int) -> Path:
     """Rename ``tmp`` into place, point ``latest`` at it, and drop old checkpoints beyond ``keep``."""
     root = checkpoint_root(run_dir)
     final = checkpoints.commit_folder(tmp, root / step_dir_name(step))
-    checkpoints.drop_newer(root, "step-", step)  # left by a run that resumed from an earlier checkpoint
+    checkpoints.drop_newer(root, PREFIX, step)  # left by a run that resumed from an earlier checkpoint
     checkpoints.write_text_atomic(root / LATEST, final.name)
-    if keep > 0:
-        for old in sorted(root.glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    checkpoints.rotate(root, PREFIX, keep)  # after the new manifest, never before
     return final
 
 
@@ -102,7 +100,7 @@ def find_checkpoint(run_dir_or_checkpoint: str | Path) -> Path | None:
     path = Path(run_dir_or_checkpoint)
     if (path / STATE).is_file() or (path / checkpoints.MANIFEST).is_file():
         return checkpoints.verified(path)
-    return checkpoints.newest_intact(checkpoint_root(path), "step-")
+    return checkpoints.newest_intact(checkpoint_root(path), PREFIX)
 
 
 def load_checkpoint(path: Path, rank: int, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -74,15 +74,17 @@ class RewardSection:
         metadata={"help": "reward model folders scored together (replaces reward.model); empty: one model"})
     spread_penalty: float = field(
         default=0.0,
-        metadata={"help": "ensemble only: reward = mean - spread_penalty * spread across members (0: off)"})
+        metadata={"help": "ensemble only: reward = mean - spread_penalty * spread across members (0: off)",
+                  "range": "[0, inf)"})
     toy_token: str = field(default=" the",
                            metadata={"help": "kind toy: reward = share of response tokens equal to this token"})
     missing_eos_penalty: float = field(
         default=1.0,
-        metadata={"help": "subtracted from the score of a response that never emits EOS (0: off)"})
+        metadata={"help": "subtracted from the score of a response that never emits EOS (0: off)", "range": "[0, inf)"})
     normalize: bool = field(default=True,
                             metadata={"help": "standardise scores with a running mean/std (kept in checkpoints)"})
-    clip: float = field(default=5.0, metadata={"help": "clip (normalised) scores to [-clip, clip]; 0 disables"})
+    clip: float = field(default=5.0, metadata={"help": "clip (normalised) scores to [-clip, clip]; 0 disables",
+                                               "range": "[0, inf)"})
 
 
 @dataclass
@@ -96,7 +98,8 @@ class RLSection:
         metadata={"help": "the advantage estimator: ppo (GAE, value head), grpo, rloo or reinforce_pp"})
     samples_per_prompt: int = field(
         default=1,
-        metadata={"help": "k responses sampled per prompt; the group estimators (grpo, rloo) need k >= 2"})
+        metadata={"help": "k responses sampled per prompt; the group estimators (grpo, rloo) need k >= 2",
+                  "range": "[1, 1000000]"})
     # How per-token policy losses become one number: token_mean (every token of the batch equal), sequence_mean
     # (each response equal, GRPO's original), constant (sum over tokens / generation.max_new_tokens: Dr. GRPO's
     # length-unbiased aggregation, Liu et al. 2025).
@@ -114,27 +117,33 @@ class PPOSection:
 
     batch_size: int = field(
         default=8,
-        metadata={"help": "prompts per process per step; rollouts = batch_size * rl.samples_per_prompt"})
-    mini_batch_size: int = field(default=4, metadata={"help": "rollouts per optimizer step (per process)"})
+        metadata={"help": "prompts per process per step; rollouts = batch_size * rl.samples_per_prompt",
+                  "range": "[1, 1000000]"})
+    mini_batch_size: int = field(default=4, metadata={"help": "rollouts per optimizer step (per process)",
+                                                      "range": "[1, 1000000]"})
     micro_batch_size: int = field(
         default=4,
-        metadata={"help": "rollouts per forward/backward; mini/micro = gradient accumulation steps"})
+        metadata={"help": "rollouts per forward/backward; mini/micro = gradient accumulation steps",
+                  "range": "[1, 1000000]"})
     # With policy.pack_sequences a micro-batch runs packed (no FLOPs on padding, one big matmul per layer);
     # without, it is cut to its own padding-free span. Smaller = fewer activations held at once.
     forward_batch_size: int = field(
         default=8,
-        metadata={"help": "rollouts per no-grad forward (reference, separate critic); same trade-off"})
-    epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts"})
-    gamma: float = field(default=1.0, metadata={"help": "discount"})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
-    clip_range: float = field(default=0.2, metadata={"help": "policy ratio clip"})
-    clip_range_value: float = field(default=0.2, metadata={"help": "value clip around the rollout-time values"})
-    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss"})
-    entropy_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus"})
+        metadata={"help": "rollouts per no-grad forward (reference, separate critic); same trade-off",
+                  "range": "[1, 1000000]"})
+    epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts", "range": "[1, 1000000]"})
+    gamma: float = field(default=1.0, metadata={"help": "discount", "range": "[0, 1]"})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda", "range": "[0, 1]"})
+    clip_range: float = field(default=0.2, metadata={"help": "policy ratio clip", "range": "(0, inf)"})
+    clip_range_value: float = field(default=0.2, metadata={"help": "value clip around the rollout-time values",
+                                                           "range": "(0, inf)"})
+    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss", "range": "[0, inf)"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus", "range": "[0, inf)"})
     whiten_advantages: bool = field(default=True, metadata={"help": "standardise advantages over the batch"})
     max_approx_kl: float = field(
         default=0.0,
-        metadata={"help": "stop the rest of an update once approx-KL(old||new) exceeds this (0: never)"})
+        metadata={"help": "stop the rest of an update once approx-KL(old||new) exceeds this (0: never)",
+                  "range": "[0, inf)"})
     # The behaviour policy's own numbers. Exact in fp32; in bf16 the KV-cached decoding rounds differently from
     # the full forward the reference runs, which shows as a KL floor before any update (measured: 0.13 nats per
     # ~35-token response on SmolLM2). False recomputes them with the reference's forward path (KL exactly 0 at the
@@ -151,12 +160,14 @@ class KLSection:
     estimator: Literal["k1", "k3"] = field(
         default="k1",
         metadata={"help": "k1 = log p/q (unbiased); k3 = (q/p - 1) - log q/p (never negative)"})
-    coef: float = field(default=0.05, metadata={"help": "initial (or fixed) coefficient"})
+    coef: float = field(default=0.05, metadata={"help": "initial (or fixed) coefficient", "range": "[0, inf)"})
     adaptive: bool = field(default=True, metadata={"help": "Ziegler et al. 2019 controller toward `target`"})
-    target: float = field(default=2.0, metadata={"help": "target KL per response (nats), adaptive only"})
+    target: float = field(default=2.0, metadata={"help": "target KL per response (nats), adaptive only",
+                                                 "range": "(0, inf)"})
     horizon: int = field(
         default=2000,
-        metadata={"help": "rollouts over which a 20 % error moves the coefficient 20 %, adaptive only"})
+        metadata={"help": "rollouts over which a 20 % error moves the coefficient 20 %, adaptive only",
+                  "range": "[1, inf)"})
     # Where the KL enters: "reward" = a per-token penalty in the reward (PPO, RLOO, REINFORCE++); "loss" = a
     # k3 KL(policy || reference) term added to the policy loss (GRPO); "auto" = loss for grpo, else reward.
     placement: Literal["auto", "reward", "loss"] = field(
@@ -172,38 +183,48 @@ class DataSection:
                                metadata={"help": "prompt sources: shipped names or files"})
     split: Literal["train", "dev", "test", "all"] = field(default="train",
                                                           metadata={"help": "test is held out from every stage"})
-    max_prompts: int = field(default=0, metadata={"help": "use at most this many training prompts; 0: all"})
+    max_prompts: int = field(default=0, metadata={"help": "use at most this many training prompts; 0: all",
+                                                  "range": "[0, inf)"})
     max_prompt_tokens: int = field(default=256,
-                                   metadata={"help": "longer prompts (rendered as chat) are dropped, not cut"})
+                                   metadata={"help": "longer prompts (rendered as chat) are dropped, not cut",
+                                             "range": "[1, 10000000]"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle the training prompts (seeded by run.seed)"})
     eval_split: Literal["train", "dev", "test", "all"] = field(
         default="test",
         metadata={"help": "held-out prompts for train.eval_every"})
     eval_prompts: int = field(
         default=0,
-        metadata={"help": "held-out prompts scored before training, every train.eval_every steps, at the end; 0: off"})
+        metadata={"help": "held-out prompts scored before training, every train.eval_every steps, at the end; 0: off",
+                  "range": "[0, inf)"})
 
 
 @dataclass
 class TrainSection:
     """The optimisation loop."""
 
-    steps: int = field(default=100, metadata={"help": "PPO steps (generate -> score -> update)"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    steps: int = field(default=100, metadata={"help": "PPO steps (generate -> score -> update)",
+                                              "range": "[1, 10000000]"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)", "range": "(0, inf)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "range": "[0, inf)"})
     lr_scheduler: str = field(
         default="linear",
         metadata={"help": "transformers scheduler name (constant, linear, cosine ...), stepped per PPO step"})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this"})
-    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0: only at the end)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "keep the newest N checkpoints"})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up",
+                                                   "range": "[0, 10000000]"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this", "range": "[0, inf)"})
+    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0: only at the end)",
+                                                  "range": "[0, 10000000]"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "keep the newest N checkpoints",
+                                                       "range": "[0, 1000000]"})
     eval_every: int = field(
         default=0,
-        metadata={"help": "evaluate on data.eval_prompts held-out prompts every N steps (0: only before and after)"})
-    sample_every: int = field(default=10, metadata={"help": "log a samples table every N steps (0: never)"})
-    num_samples: int = field(default=4, metadata={"help": "rows in the samples table"})
-    threads: int = field(default=0, metadata={"help": "torch threads per process (0: follow the load: the cores other processes leave free, re-checked every step)"})
+        metadata={"help": "evaluate on data.eval_prompts held-out prompts every N steps (0: only before and after)",
+                  "range": "[0, 10000000]"})
+    sample_every: int = field(default=10, metadata={"help": "log a samples table every N steps (0: never)",
+                                                    "range": "[0, 10000000]"})
+    num_samples: int = field(default=4, metadata={"help": "rows in the samples table", "range": "[0, 1000000]"})
+    threads: int = field(default=0, metadata={"help": "torch threads per process (0: follow the load: the cores other processes leave free, re-checked every step)",
+                                              "range": "[0, 4096]"})
 
 
 @dataclass

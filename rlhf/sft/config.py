@@ -29,7 +29,8 @@ class PromptTuningConfig:
 
     enabled: bool = field(default=False,
                           metadata={"help": "train only a soft prompt instead of LoRA or every weight (needs lora.enabled false)"})
-    num_virtual_tokens: int = field(default=20, metadata={"help": "soft-prompt length in tokens (20-100 is usual)"})
+    num_virtual_tokens: int = field(default=20, metadata={"help": "soft-prompt length in tokens (20-100 is usual)",
+                                                          "range": "[1, 1000000]"})
     init_text: str = field(
         default="Follow the user's instructions and answer helpfully and concisely.",
         metadata={"help": "start the virtual tokens as this text's embeddings (repeated or cut to length); '': random"})
@@ -42,10 +43,12 @@ class MixtureSource:
     source: str = field(
         metadata={"help": "shipped name (hh-rlhf-harmless, dialogsum, truthfulqa) or a JSONL/CSV path of SFT records"})
     weight: float = field(default=1.0,
-                          metadata={"help": "share of the mixture, relative to the other sources' weights"})
+                          metadata={"help": "share of the mixture, relative to the other sources' weights",
+                                    "range": "(0, inf)"})
     max_examples: int = field(
         default=0,
-        metadata={"help": "use at most this many of the source's examples (a seeded subset); 0 = all"})
+        metadata={"help": "use at most this many of the source's examples (a seeded subset); 0 = all",
+                  "range": "[0, inf)"})
 
 
 @dataclass
@@ -57,39 +60,48 @@ class DataConfig:
         metadata={"help": "training sources: [{source, weight, max_examples}, ...]"})
     num_examples: int = field(
         default=0,
-        metadata={"help": "training examples, sources re-sampled to their weights; 0 = the capped sources' total"})
+        metadata={"help": "training examples, sources re-sampled to their weights; 0 = the capped sources' total",
+                  "range": "[0, inf)"})
     dev_max_examples: int = field(
         default=100,
-        metadata={"help": "dev examples per source for eval loss (the sources' dev split)"})
-    samples: int = field(default=4, metadata={"help": "dev prompts whose generations are logged as a table at the end"})
+        metadata={"help": "dev examples per source for eval loss (the sources' dev split)", "range": "[0, inf)"})
+    samples: int = field(default=4, metadata={"help": "dev prompts whose generations are logged as a table at the end",
+                                              "range": "[0, inf)"})
 
 
 @dataclass
 class TrainConfig:
     """The optimisation (TRL SFTTrainer), checkpoints and eval loss."""
 
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training mixture (fractions allowed)"})
-    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs"})
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training mixture (fractions allowed)",
+                                                 "range": "(0, 1000000]"})
+    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs", "range": "[-1, 10000000]"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)", "range": "(0, inf)"})
     lr_scheduler: str = field(default="linear",
                               metadata={"help": "any transformers scheduler name: linear, cosine, constant ..."})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this"})
-    batch_size: int = field(default=4, metadata={"help": "examples per device per forward/backward"})
-    grad_accum: int = field(default=1, metadata={"help": "optimiser step every N batches"})
-    eval_batch_size: int = field(default=8, metadata={"help": "per device, for the eval loss"})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up",
+                                                   "range": "[0, 10000000]"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "range": "[0, inf)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this", "range": "[0, inf)"})
+    batch_size: int = field(default=4, metadata={"help": "examples per device per forward/backward",
+                                                 "range": "[1, 1000000]"})
+    grad_accum: int = field(default=1, metadata={"help": "optimiser step every N batches", "range": "[1, 1000000]"})
+    eval_batch_size: int = field(default=8, metadata={"help": "per device, for the eval loss", "range": "[1, 1000000]"})
     max_length: int = field(
         default=512,
-        metadata={"help": "tokens; longer examples are dropped (counted in data/dropped_too_long), never cut"})
+        metadata={"help": "tokens; longer examples are dropped (counted in data/dropped_too_long), never cut",
+                  "range": "[1, 10000000]"})
     packing: bool = field(default=False, metadata={"help": "best-fit packing of several examples per row (TRL bfd)"})
     precision: Precision = field(
         default="auto",
         metadata={"help": "bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.runtime)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "saves memory, costs ~30 % more compute"})
-    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume with --resume)"})
-    save_total_limit: int = field(default=2, metadata={"help": "keep the newest N checkpoints"})
-    eval_steps: int = field(default=0, metadata={"help": "eval loss every N steps; 0 = only before and after training"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume with --resume)",
+                                                  "range": "[1, 10000000]"})
+    save_total_limit: int = field(default=2, metadata={"help": "keep the newest N checkpoints",
+                                                       "range": "[1, 1000000]"})
+    eval_steps: int = field(default=0, metadata={"help": "eval loss every N steps; 0 = only before and after training",
+                                                 "range": "[0, 10000000]"})
     save_merged: bool = field(default=False,
                               metadata={"help": "LoRA: also write base + adapter merged into <run_dir>/final-merged/"})
 
@@ -101,8 +113,8 @@ class ForgettingConfig:
     enabled: bool = field(default=True, metadata={"help": "score the forgetting task before and after fine-tuning"})
     task: Literal["truthfulqa_mc"] = field(default="truthfulqa_mc",
                                            metadata={"help": "MC1 by log-likelihood on TruthfulQA's test split"})
-    n: int = field(default=60, metadata={"help": "questions (0 = all of the test split)"})
-    batch_size: int = field(default=8, metadata={"help": "questions per forward pass"})
+    n: int = field(default=60, metadata={"help": "questions (0 = all of the test split)", "range": "[0, inf)"})
+    batch_size: int = field(default=8, metadata={"help": "questions per forward pass", "range": "[1, 1000000]"})
 
 
 @dataclass

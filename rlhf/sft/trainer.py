@@ -8,6 +8,7 @@ one logger and one W&B run.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from pathlib import Path
@@ -21,9 +22,9 @@ from rlhf.config import RunConfig
 from rlhf.lora import LoraConfig, peft_lora_config
 from rlhf.runtime import fresh_accelerator_state
 from rlhf.sft.config import PromptTuningConfig, SFTStageConfig
-from rlhf.tracking import MetricsLogger, make_run_dir
+from rlhf.tracking import MetricsLogger
 
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = checkpoints.CHECKPOINTS
 PREFIX = "checkpoint-"  # HF Trainer's folder names: checkpoint-<global step>
 
 
@@ -126,12 +127,23 @@ class MetricsLoggerCallback(TrainerCallback):
 # ---------------------------------------------------------------- run folders and resuming
 
 
+COUNTERS = "counters.json"  # in a checkpoint-N: TRL's running totals, which its own checkpoint does not keep
+
+
 class CheckpointManifest(TrainerCallback):
     """Completes each ``checkpoint-N`` the HF Trainer wrote in place: its manifest (sizes, sha256) is
-    written after every file, so a folder without one was cut short (see :mod:`rlhf.checkpoints`).
+    written after every file, so a folder without one was cut short (see :mod:`rlhf.checkpoints`); then the
+    older checkpoints beyond ``keep`` are deleted. The HF Trainer's own rotation (``save_total_limit``) is off:
+    it deletes the older checkpoints *before* this callback runs, so a run killed while the new one is hashed
+    kept no intact checkpoint at all.
 
     ``on_save`` runs once ``_save_checkpoint`` has written model, optimizer, scheduler, RNG and trainer
-    state; under DDP every rank first waits there, since each writes its own RNG file."""
+    state; under DDP every rank first waits there, since each writes its own RNG file. ``trainer`` (set once
+    the trainer exists): its running token count goes into the checkpoint, read back by :func:`restore_counters`."""
+
+    def __init__(self, keep: int = 0):
+        self.keep = keep
+        self.trainer = None
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -140,9 +152,22 @@ class CheckpointManifest(TrainerCallback):
             dist.barrier()
         if state.is_world_process_zero:
             root = Path(args.output_dir)
-            checkpoints.write_manifest(root / f"{PREFIX}{state.global_step}")
+            folder = root / f"{PREFIX}{state.global_step}"
+            if self.trainer is not None:
+                counters = {"num_tokens": getattr(self.trainer, "_total_train_tokens", 0)}
+                (folder / COUNTERS).write_text(json.dumps(counters), encoding="utf-8")
+            checkpoints.write_manifest(folder)
             # HF's rotation keeps the newest by mtime, so after a resume it may leave abandoned later folders.
             checkpoints.drop_newer(root, PREFIX, state.global_step)
+            checkpoints.rotate(root, PREFIX, self.keep)
+
+
+def restore_counters(trainer, checkpoint: Path | None) -> None:
+    """Continue TRL's ``train/num_tokens`` from the checkpoint's count (TRL starts it at 0 in every process, so a
+    resumed run's curve would restart); a checkpoint from before counters were saved leaves it at 0."""
+    path = None if checkpoint is None else Path(checkpoint) / COUNTERS
+    if path is not None and path.is_file():
+        trainer._total_train_tokens = json.loads(path.read_text(encoding="utf-8"))["num_tokens"]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -154,39 +179,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def checkpoint_step(checkpoint: Path) -> int:
     """The global step a ``checkpoint-N`` folder holds."""
     return int(checkpoint.name.removeprefix(PREFIX))
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether the run finished writing a checkpoint (cheap: does not read the files)."""
-    return any(checkpoints.is_complete(p) for _, p in checkpoints.numbered(run_dir / CHECKPOINTS, PREFIX))
-
-
-def resolve_run(run: RunConfig, stage: str, resume: bool | str | None) -> tuple[Path, Path | None]:
-    """(run dir, checkpoint to resume from or None).
-
-    ``--resume`` alone continues ``run.run_name`` if set, else the newest ``<stage>-*`` run that has a
-    checkpoint; ``--resume PATH`` takes a run folder or one of its checkpoints. Either way the checkpoint
-    must be intact (:mod:`rlhf.checkpoints`); a run folder falls back to its newest intact one.
-    """
-    if not resume:
-        return make_run_dir(run, stage), None
-    if isinstance(resume, str):
-        path = Path(resume)
-        if re.fullmatch(r"checkpoint-\d+", path.name) and path.is_dir():
-            return path.parent.parent, checkpoints.verified(path)
-        run_dir = path
-    elif run.run_name:
-        run_dir = Path(run.output_dir) / run.run_name
-    else:
-        candidates = sorted((p for p in Path(run.output_dir).glob(f"{stage}-*") if has_checkpoint(p)),
-                            key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise FileNotFoundError(f"--resume: no {stage} run with checkpoints under {run.output_dir}/")
-        run_dir = candidates[-1]
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"--resume: no intact checkpoint under {run_dir / CHECKPOINTS}/")
-    return run_dir, checkpoint
 
 
 # ---------------------------------------------------------------- the trainer
@@ -221,7 +213,8 @@ def common_training_args(t, run, run_dir: Path, bf16: bool, eval_on_start: bool)
         max_length=t.max_length,
         eval_strategy="steps" if t.eval_steps > 0 else "no", eval_steps=t.eval_steps or None,
         eval_on_start=eval_on_start,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        # rotation is CheckpointManifest's, after the new manifest (HF's deletes before it: see there)
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=None,
         logging_steps=run.log_every, logging_first_step=True,
         seed=run.seed, data_seed=run.seed,
         # our MetricsLogger shows progress and is the tracker; run.report_to adds the Trainer's own integrations
@@ -245,9 +238,11 @@ def build_trainer(cfg: SFTStageConfig, model, tokenizer, train_dataset, eval_dat
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
     fresh_accelerator_state()  # the trainer's accelerator takes args' precision, not an earlier stage's
     trainer_class = sharded(SFTTrainer) if fsdp_requested() else SFTTrainer
+    manifest = CheckpointManifest(cfg.train.save_total_limit)
     trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=stage_peft_config(cfg, model.config.num_hidden_layers),
-                         callbacks=[tracker, CheckpointManifest(), *callbacks])
+                         callbacks=[tracker, manifest, *callbacks])
+    manifest.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; our logger already shows them
     return trainer
 
@@ -271,17 +266,6 @@ def init_distributed(run) -> torch.device:
     device = train_device(run)
     init_process_group(device)
     return device
-
-
-def from_rank_zero(value):
-    """Rank 0's ``value`` on every rank (a no-op when not distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # ---------------------------------------------------------------- artifacts

@@ -1,0 +1,229 @@
+"""One run-folder rule for every stage (rlhf.checkpoints.resolve_run): a used run name without --resume is one
+line before any model loads; --resume with nothing intact is one line naming the folder and what was wrong with
+each checkpoint; the name is rank 0's on every rank; rotation never deletes the last intact checkpoint; leftover
+temporary folders of a killed write go at the next start; SFT's counters continue across a resume."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rlhf import checkpoints
+from rlhf.checkpoints import write_manifest
+from rlhf.config import ConfigError, RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "pipelines" / "configs"
+TESTS = Path(__file__).resolve().parent
+
+
+def earlier_run(folder: Path) -> bytes:
+    """A folder as a finished run leaves it; returns its metrics' bytes (which must not change)."""
+    folder.mkdir(parents=True)
+    text = b'{"step": 1, "loss/train": 1.0}\n'
+    (folder / "metrics.jsonl").write_bytes(text)
+    return text
+
+
+@pytest.mark.parametrize("stage, cli, preset", [
+    ("sft", "pipelines.sft", "sft_tiny.yaml"),
+    ("reward", "pipelines.reward", "reward_tiny.yaml"),
+    ("ppo", "pipelines.ppo", "ppo_tiny.yaml"),
+])
+def test_a_used_run_name_without_resume_is_one_line_before_any_model_loads(stage, cli, preset, tmp_path, capsys,
+                                                                          no_model_loads, monkeypatch):
+    import importlib
+
+    import reward_models.train
+
+    monkeypatch.setattr(reward_models.train, "new_reward_model", no_model_loads_fail)
+    metrics = earlier_run(tmp_path / "used")
+    rc = importlib.import_module(cli).cli(["--config", str(CONFIGS / preset), "--run.output_dir", str(tmp_path),
+                                           "--run.run_name", "used"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (f"error: run.run_name: {tmp_path / 'used'} holds an earlier run; --resume continues "
+                               "it, another run.run_name (or none) starts a new one\n")
+    assert (tmp_path / "used" / "metrics.jsonl").read_bytes() == metrics
+    assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["metrics.jsonl"]
+
+
+def no_model_loads_fail(*args, **kwargs):
+    raise AssertionError("a model loaded before the stage's checks ended it")
+
+
+@pytest.mark.parametrize("stage, cli, preset, folder", [
+    ("sft", "pipelines.sft", "sft_tiny.yaml", "checkpoint-"),
+    ("reward", "pipelines.reward", "reward_tiny.yaml", "step-00000"),
+    ("ppo", "pipelines.ppo", "ppo_tiny.yaml", "step-00000"),
+])
+def test_resume_with_no_intact_checkpoint_is_one_line_naming_each_problem(stage, cli, preset, folder, tmp_path,
+                                                                          capsys, no_model_loads, monkeypatch):
+    import importlib
+
+    import reward_models.train
+
+    monkeypatch.setattr(reward_models.train, "new_reward_model", no_model_loads_fail)
+    run_dir = tmp_path / "cut"
+    earlier_run(run_dir)
+    cut, bad = run_dir / "checkpoints" / f"{folder}4", run_dir / "checkpoints" / f"{folder}2"
+    cut.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    (bad / "weights.bin").write_bytes(b"12345678")
+    write_manifest(bad)
+    (bad / "weights.bin").write_bytes(b"1234")  # truncated after it was written
+    capsys.readouterr()
+    rc = importlib.import_module(cli).cli(["--config", str(CONFIGS / preset), "--run.output_dir", str(tmp_path),
+                                           "--run.run_name", "cut", "--resume"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2
+    assert err[-1] == (f"error: --resume {run_dir}: no intact checkpoint to continue from ({cut.name}: no "
+                       f"manifest.json (the run stopped while writing this checkpoint); {bad.name}: weights.bin: 4 "
+                       "bytes, the manifest says 8 (truncated or overwritten))")
+    assert not any("Traceback" in line for line in err)
+
+
+def test_resume_finds_runs_and_checkpoints_by_one_rule(tmp_path):
+    run = RunConfig(output_dir=str(tmp_path), run_name="")
+    with pytest.raises(checkpoints.CheckpointError, match="no sft run with a checkpoint"):
+        checkpoints.resolve_run(run, "sft", True, "checkpoint-")
+    for n in (5, 10, 15):
+        folder = tmp_path / "sft-1" / "checkpoints" / f"checkpoint-{n}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(bytes(range(n)))
+        if n < 15:
+            write_manifest(folder)
+    assert checkpoints.resolve_run(run, "sft", True, "checkpoint-") == (tmp_path / "sft-1",
+                                                           tmp_path / "sft-1/checkpoints/checkpoint-10")
+    picked = tmp_path / "sft-1/checkpoints/checkpoint-5"
+    assert checkpoints.resolve_run(run, "sft", str(picked), "checkpoint-") == (tmp_path / "sft-1", picked)
+    assert checkpoints.resolve_run(run, "sft", str(tmp_path / "sft-1"), "checkpoint-")[1].name == "checkpoint-10"
+    with pytest.raises(ConfigError, match="holds an earlier run"):
+        checkpoints.resolve_run(RunConfig(output_dir=str(tmp_path), run_name="sft-1"), "sft", False, "checkpoint-")
+    fresh, none = checkpoints.resolve_run(run, "sft", False, "checkpoint-")
+    assert none is None and fresh.name.startswith("sft-") and not fresh.exists()  # made by its first writer
+
+
+def test_a_resume_removes_the_temporary_folders_a_killed_write_left(tmp_path):
+    """PPO's ``.step-N-*`` (mkdtemp) and the reward stage's ``.step-N.tmp`` are never a checkpoint; a run killed
+    while writing one leaves it behind until the next start."""
+    root = tmp_path / "run" / "checkpoints"
+    good = root / "step-000002"
+    good.mkdir(parents=True)
+    (good / "trainer_state.json").write_text("{}")
+    write_manifest(good)
+    for leftover in (".step-000004-k2j3h", ".step-000004.tmp"):
+        (root / leftover).mkdir()
+        (root / leftover / "optimizer.pt").write_bytes(b"half")
+    (root / ".latest.tmp-123").write_text("step-000004")
+    run = RunConfig(output_dir=str(tmp_path), run_name="run")
+    assert checkpoints.resolve_run(run, "ppo", True, "step-") == (tmp_path / "run", good)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000002"]
+
+
+# ---------------------------------------------------------------- two ranks agree on the name
+
+DRIVER = textwrap.dedent('''
+    import pathlib, sys, time
+    sys.path.insert(0, {tests!r})
+    import reward_models.train as train
+    from test_reward_train import tiny_config
+
+    make = train.make_accelerator
+
+    def late(*args, **kwargs):  # rank 1 reaches the run folder 1.2 s after rank 0: past a second boundary
+        accelerator = make(*args, **kwargs)
+        if accelerator.process_index == 1:
+            time.sleep(1.2)
+        return accelerator
+
+    train.make_accelerator = late
+    out = pathlib.Path(sys.argv[1])
+    cfg = tiny_config(out, out / "toy.jsonl", max_steps=2, batch_size=4, precision="fp32")
+    cfg.run.run_name = ""  # a timestamped name
+    train.train_reward_model(cfg)
+''').format(tests=str(TESTS))
+
+
+@pytest.mark.distributed
+def test_two_ranks_one_late_by_more_than_a_second_write_one_run_folder(tmp_path):
+    from distributed_helpers import worker_env
+    from test_reward_train import toy_preferences
+
+    toy_preferences(tmp_path / "toy.jsonl", per_head=20)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(tmp_path / "driver.py"), str(tmp_path)], cwd=ROOT, env=worker_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and folders[0].startswith("reward-"), folders
+    assert (tmp_path / "runs" / folders[0] / "final").is_dir()
+
+
+# ---------------------------------------------------------------- SFT: rotation and counters across a resume
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, and the files written so far stay as they are."""
+
+
+def sft_cfg(out: Path, *flags: str):
+    from rlhf.config import load_config
+    from rlhf.sft.config import SFTStageConfig
+
+    cfg, _ = load_config(SFTStageConfig, ["--config", str(CONFIGS / "sft_tiny.yaml"), "--run.output_dir", str(out),
+                                          "--run.run_name", "test", "--forgetting.enabled", "false", *flags])
+    return cfg
+
+
+def per_step(run_dir: Path, key: str) -> dict[int, float]:
+    from rlhf.tracking import read_metrics
+
+    return {r["step"]: r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_sft_killed_before_the_new_manifest_keeps_an_intact_checkpoint_under_save_total_limit_1(tmp_path,
+                                                                                                 monkeypatch):
+    """The kill window of rotation: checkpoint-8's files are written, its manifest is not (the run is killed
+    while hashing them). With save_total_limit 1 the HF Trainer had already deleted checkpoint-4 by then."""
+    from pipelines.sft import main
+    from rlhf import checkpoints
+    from rlhf.sft.trainer import latest_checkpoint
+
+    write = checkpoints.write_manifest
+
+    def killed_while_hashing_8(folder):
+        if Path(folder).name == "checkpoint-8":
+            raise Killed
+        return write(folder)
+
+    monkeypatch.setattr(checkpoints, "write_manifest", killed_while_hashing_8)
+    with pytest.raises(Killed):
+        main(sft_cfg(tmp_path, "--train.save_total_limit", "1"))
+    monkeypatch.undo()
+    run_dir = tmp_path / "test"
+    assert (run_dir / "checkpoints/checkpoint-8/optimizer.pt").is_file()
+    assert latest_checkpoint(run_dir) == run_dir / "checkpoints/checkpoint-4"
+    main(sft_cfg(tmp_path, "--train.save_total_limit", "1"), resume=True)
+    assert [p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")] == ["checkpoint-8"]  # rotated after
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_sft_num_tokens_continues_across_a_resume(tmp_path):
+    import shutil
+
+    from pipelines.sft import main
+
+    run_dir = main(sft_cfg(tmp_path))
+    uninterrupted = per_step(run_dir, "train/num_tokens")
+    assert sorted(uninterrupted) == list(range(1, 9)) and uninterrupted[8] > uninterrupted[4] > 0
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-8")
+    shutil.rmtree(run_dir / "final")
+    (run_dir / "summary.json").unlink()
+    main(sft_cfg(tmp_path), resume=True)
+    assert per_step(run_dir, "train/num_tokens") == uninterrupted  # steps 5-8 redone, counted on from step 4
