@@ -267,7 +267,10 @@ def test_rl_vs_trl_phases_ratios_and_table():
     assert "MISS" in rl_vs_trl.format_table({**result, "sides": slow, "ratios": rl_vs_trl.ratios(slow)})
 
 
-def test_gpu_check_plans_every_demo_stage_and_refuses_a_machine_without_cuda(tmp_path, monkeypatch, capsys):
+@pytest.mark.real
+def test_gpu_check_plans_every_demo_stage_and_refuses_a_machine_without_cuda(tmp_path, monkeypatch, capsys,
+                                                                             pulled_zoo):
+    """The planner reads the demo's models' config.json without pulling them (``auto_pull=False``): pulled here."""
     import gpu_check
 
     from pipelines.run import PRESETS
