@@ -85,8 +85,20 @@ def fsdp_run(request, tmp_path_factory, tiny_llama_path):
                                    name=None)
 
 
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, tiny_llama_path):
+    """method -> its one-process run on the same global batch, made once: DDP and FSDP2 compare with the same one."""
+    made: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in made:
+            made[method] = stage(tmp_path_factory.mktemp(f"single-{method}"), method, 1)
+        return made[method]
+    return get
+
+
 @pytest.mark.distributed
-def test_two_processes_match_one_process_and_ranks_agree(fsdp_run, tmp_path):
+def test_two_processes_match_one_process_and_ranks_agree(fsdp_run, single_run):
     strategy, method, run_dir = fsdp_run
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["dist/world_size"] == 2 and summary["train/steps"] == STEPS
@@ -99,7 +111,7 @@ def test_two_processes_match_one_process_and_ranks_agree(fsdp_run, tmp_path):
     else:  # DDP: every rank holds the whole model, the Trainer's rank 0 writes it
         assert (checkpoint / "optimizer.pt").is_file() and not (checkpoint / "sharded").exists()
 
-    single = stage(tmp_path, method, 1)
+    single = single_run(method)
     # (a) the same global batch of 4: 2 per rank, 4 in one process
     logged = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss/train" in r]
     assert logged == list(range(1, STEPS + 1))  # one logger: rank 1 writes nothing
