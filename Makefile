@@ -28,11 +28,13 @@ demo: models
 	$(BIN)/rlhf chat "What is the capital of France?"
 	$(BIN)/rlhf pipeline --preset demo
 
+# Tests run on empty caches (.ci/with-fresh-caches), as on a fresh machine: a test that needs a pulled model
+# pulls it, so one that forgot fails here as it would in CI, not only on a new clone.
 test: install
-	$(BIN)/python -m pytest $(TEST_ARGS)
+	PYTHON=$(BIN)/python .ci/with-fresh-caches $(BIN)/python -m pytest $(TEST_ARGS)
 
 test-all: install
-	$(BIN)/python -m pytest -m ""
+	PYTHON=$(BIN)/python .ci/with-fresh-caches $(BIN)/python -m pytest -m ""
 
 clean:
 	rm -rf $(VENV) runs

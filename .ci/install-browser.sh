@@ -16,7 +16,7 @@ elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
 else
   echo "install-browser: /usr/bin/chromium is missing and this user cannot install packages;" >&2
   echo "  run as root: apt-get update && apt-get install -y chromium chromium-driver" >&2
-  echo "  (the browser test is skipped until then)" >&2
+  echo "  (until then the browser test fails: tests/annotate/test_browser.py)" >&2
   exit 0
 fi
 

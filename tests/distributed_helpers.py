@@ -1,8 +1,8 @@
 """What the multi-process PPO tests share: a driver script that trains the tiny PPO config for a few steps and
 saves each rank's view (trainable parameters, prompts, metrics), and the assertions that those views agree.
 
-Used by ``test_ppo_distributed.py`` (one machine, ``--standalone``) and ``test_multinode.py`` (two torchrun
-"nodes" on the loopback address); only the launch differs."""
+Used by ``test_multinode.py`` (two torchrun "nodes" on the loopback address); the one-machine runs are the
+equivalence tests ``test_two_process_*.py``, which share ``STRATEGY_ENV``, ``worker_env`` and the Adam tolerance."""
 from __future__ import annotations
 
 import os

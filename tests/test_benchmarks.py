@@ -295,7 +295,10 @@ def test_precision_is_resolved_once_for_both_sides(monkeypatch):
     assert common.Workload(policy_path="p", reward_path="r", prompts=[], chat_prompts=[]).precision == "fp32"  # older workloads
 
 
-def test_gpu_check_plans_every_demo_stage_and_refuses_a_machine_without_cuda(tmp_path, monkeypatch, capsys):
+@pytest.mark.real
+def test_gpu_check_plans_every_demo_stage_and_refuses_a_machine_without_cuda(tmp_path, monkeypatch, capsys,
+                                                                             pulled_zoo):
+    """The planner reads the demo's models' config.json without pulling them (``auto_pull=False``): pulled here."""
     import gpu_check
 
     from pipelines.run import PRESETS

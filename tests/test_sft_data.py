@@ -116,12 +116,10 @@ def test_too_long_examples_are_dropped_not_cut(tiny_tokenizer):
 
 
 @pytest.mark.real
-def test_smollm2_mask_skips_its_default_system_prompt():
-    from rlhf.zoo import is_pulled, load_tokenizer
+def test_smollm2_mask_skips_its_default_system_prompt(pulled_zoo):
+    from rlhf.zoo import load_tokenizer
 
-    if not is_pulled("smollm2-135m-instruct"):
-        pytest.skip("smollm2-135m-instruct not pulled")
-    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    tokenizer = load_tokenizer(pulled_zoo["smollm2-135m-instruct"])
     encoded = encode_chat(tokenizer, CHAT)
     text = tokenizer.decode(encoded.input_ids)
     assert "You are a helpful AI assistant named SmolLM" in text  # the template injected it ...

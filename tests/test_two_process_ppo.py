@@ -13,6 +13,7 @@ Llama, fp32), under DDP and under FSDP2 (each launch as `accelerate launch` with
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -90,11 +91,23 @@ def launch(out: Path, *args: str, strategy: str, processes: int = 2, script: str
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The one-process run (it samples the 4 rollouts and steps on them), made once: DDP and FSDP2 both compare
+    with it (one process shards nothing under either)."""
+    out = tmp_path_factory.mktemp("ppo-one-process")
+    (out / "driver.py").write_text(DRIVER)
+    launch(out, str(out), strategy="ddp", processes=1)
+    return out
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", sorted(STRATEGY_ENV))
-def test_two_processes_ppo_step_equals_one_process_on_the_same_rollouts_and_ranks_agree(tmp_path, strategy):
+def test_two_processes_ppo_step_equals_one_process_on_the_same_rollouts_and_ranks_agree(tmp_path, strategy,
+                                                                                        one_process):
     (tmp_path / "driver.py").write_text(DRIVER)
-    launch(tmp_path, str(tmp_path), strategy=strategy, processes=1)
+    for name in ("experience.pt", "world1-rank0.pt"):
+        shutil.copy(one_process / name, tmp_path / name)
     launch(tmp_path, str(tmp_path), strategy=strategy)
     one = torch.load(tmp_path / "world1-rank0.pt", weights_only=False)
     ranks = [torch.load(tmp_path / f"world2-rank{r}.pt", weights_only=False) for r in range(2)]

@@ -4,6 +4,9 @@ the losses equal one process on the same global batch, both ranks end with the s
 from a (FSDP2: sharded) checkpoint in a fresh process group ends where an uninterrupted one does, and the exports load in
 one process.
 
+(Merged here: the DDP run without a run name, whose ranks agree on rank 0's timestamped folder and log once,
+formerly test_sft_distributed.py.)
+
 Everything in fp32, so the tolerances are tight: losses rtol 1e-5 against one process (measured: 1.4e-7 at most),
 gradient norms (over all shards, before clipping) rtol 1e-4 (measured 1.6e-6); exported weights atol 1e-4
 (measured 1.5e-5 at most, after 4 Adam steps at lr 1e-2: Adam divides each gradient by its own running norm,
@@ -31,13 +34,14 @@ METHODS = {"lora": ["--train.save_merged", "true"], "full": ["--lora.enabled", "
            "prompt_tuning": ["--lora.enabled", "false", "--prompt_tuning.enabled", "true"]}  # its prompt: root unit
 
 
-def stage(out: Path, method: str, procs: int, *flags: str, strategy: str = "fsdp2") -> Path:
+def stage(out: Path, method: str, procs: int, *flags: str, strategy: str = "fsdp2", name: str | None = "run") -> Path:
     """Run the SFT stage script on ``procs`` processes (``strategy`` when 2) with the same global batch; its run
-    folder."""
+    folder. ``name=None``: no run name, so the ranks (started at different times) must agree on rank 0's
+    timestamped folder."""
     launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
               if procs > 1 else [sys.executable])
     cmd = [*launch, str(ROOT / "pipelines" / "sft.py"), "--config", str(TINY), *METHODS[method],
-           "--run.output_dir", str(out), "--run.run_name", "run", "--forgetting.enabled", "false",
+           "--run.output_dir", str(out), *(["--run.run_name", name] if name else []), "--forgetting.enabled", "false",
            "--train.precision", "fp32", "--train.batch_size", str(GLOBAL_BATCH // (procs * ACCUM)),
            "--train.grad_accum", str(ACCUM),
            "--train.max_steps", str(STEPS), "--train.save_steps", "2", "--train.max_grad_norm", str(CLIP),
@@ -45,7 +49,10 @@ def stage(out: Path, method: str, procs: int, *flags: str, strategy: str = "fsdp
     env = {**worker_env(), "HF_HUB_OFFLINE": "1", **(STRATEGY_ENV[strategy] if procs > 1 else {})}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
-    return out / "run"
+    if name:
+        return out / name
+    [run_dir] = list(out.iterdir())  # one folder for both ranks
+    return run_dir
 
 
 def losses(run_dir: Path, key: str = "loss/train") -> dict[int, float]:
@@ -74,14 +81,27 @@ RUNS = [("fsdp2", method) for method in sorted(METHODS)] + [("ddp", "full"), ("d
 def fsdp_run(request, tmp_path_factory, tiny_llama_path):
     """(strategy, method, run folder) of one uninterrupted 2-process run: checkpoints at steps 2 and 4."""
     strategy, method = request.param
-    return strategy, method, stage(tmp_path_factory.mktemp(f"{strategy}-{method}"), method, 2, strategy=strategy)
+    return strategy, method, stage(tmp_path_factory.mktemp(f"{strategy}-{method}"), method, 2, strategy=strategy,
+                                   name=None)
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, tiny_llama_path):
+    """method -> its one-process run on the same global batch, made once: DDP and FSDP2 compare with the same one."""
+    made: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in made:
+            made[method] = stage(tmp_path_factory.mktemp(f"single-{method}"), method, 1)
+        return made[method]
+    return get
 
 
 @pytest.mark.distributed
-def test_two_processes_match_one_process_and_ranks_agree(fsdp_run, tmp_path):
+def test_two_processes_match_one_process_and_ranks_agree(fsdp_run, single_run):
     strategy, method, run_dir = fsdp_run
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["dist/world_size"] == 2
+    assert summary["dist/world_size"] == 2 and summary["train/steps"] == STEPS
     # (b) sha256 of the gathered trainable weights, computed on each rank, all equal
     assert summary["dist/ranks_in_sync"] is True
     checkpoint = run_dir / "checkpoints" / "checkpoint-2"
@@ -91,9 +111,10 @@ def test_two_processes_match_one_process_and_ranks_agree(fsdp_run, tmp_path):
     else:  # DDP: every rank holds the whole model, the Trainer's rank 0 writes it
         assert (checkpoint / "optimizer.pt").is_file() and not (checkpoint / "sharded").exists()
 
-    single = stage(tmp_path, method, 1)
+    single = single_run(method)
     # (a) the same global batch of 4: 2 per rank, 4 in one process
-    assert sorted(losses(run_dir)) == list(range(1, STEPS + 1))
+    logged = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss/train" in r]
+    assert logged == list(range(1, STEPS + 1))  # one logger: rank 1 writes nothing
     assert losses(run_dir) == pytest.approx(losses(single), rel=1e-5)
     norms = losses(run_dir, "train/grad_norm")  # before clipping: the norm over both ranks' shards
     assert norms == pytest.approx(losses(single, "train/grad_norm"), rel=1e-4)

@@ -31,10 +31,11 @@ EXPECTED = [{"helpful": "A", "honest": "B", "harmless": "tie"},
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(),
-                    reason=f"{CHROMIUM} is missing: run .ci/install-browser.sh (Debian chromium)")
 def test_annotator_labels_three_items_by_keyboard_and_export_holds_them(tmp_path):
     from playwright.sync_api import expect, sync_playwright
+
+    if not CHROMIUM.exists():  # fails, never skips: `make test` installs it, so CI cannot pass without this test
+        pytest.fail(f"{CHROMIUM} is missing: run .ci/install-browser.sh (Debian chromium)", pytrace=False)
 
     store = Store(tmp_path / "annotate.sqlite")
     token = store.add_annotator("alice")
