@@ -37,7 +37,7 @@ def load_prompts(source_names: Sequence[str], split: str = "train") -> list[str]
         if source in SHIPPED_PROMPTS:
             prompts += SHIPPED_PROMPTS[source](split)
         elif Path(source).exists():
-            prompts += sources.take_split(prompts_from_file(source), split, key=lambda p: p)
+            prompts += sources.take_split(prompts_from_file(source), split, prompt=lambda p: p)
         else:
             raise ValueError(f"data.sources: {source!r} is neither a shipped source "
                              f"({', '.join(SHIPPED_PROMPTS)}) nor an existing file")
