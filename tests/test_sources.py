@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 
 from rlhf import sources
@@ -134,3 +135,26 @@ def test_dialogsum_pairs_degrade_the_same_dialogue_and_draw_easy_negatives_in_sp
         everything = {it.summary for it in sources.dialogsum_items("all")}
         assert not {p.rejected for p in pairs} & (everything - summaries)  # no other split's summary
     assert sources.dialogsum_pairs("dev") == sources.dialogsum_pairs("dev")  # deterministic
+
+
+def test_rl_reads_train_and_dev_prompts_only(tmp_path):
+    import pytest
+
+    from rlhf.config import ConfigError, load_config
+    from rlhf.ppo.config import RLStageConfig
+    from rlhf.ppo.prompts import load_prompts
+
+    cfg, _ = load_config(RLStageConfig, [])
+    assert (cfg.data.split, cfg.data.eval_split) == ("train", "dev")  # monitoring reads dev, not test
+    for key in ("data.split", "data.eval_split"):
+        with pytest.raises(ConfigError, match=key.split(".")[1]):
+            load_config(RLStageConfig, [f"--{key}", "test"])
+    names = list(sources.PREFERENCE_SOURCES)
+    test = {sources.conversation_of(p) for p in load_prompts(names, "test")}
+    assert test and not test & {sources.conversation_of(p) for s in ("train", "dev") for p in load_prompts(names, s)}
+    # A prompts file is split by conversation too: two turns of one HH chat go to one split.
+    chat = "\n\nHuman: How do I bake bread?\n\nAssistant:"
+    longer = chat + " With flour.\n\nHuman: And then?\n\nAssistant:"
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p}) for p in (chat, longer)) + "\n")
+    assert sum(len(load_prompts([str(path)], s)) == 2 for s in ("train", "dev", "test")) == 1
