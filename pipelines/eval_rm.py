@@ -52,7 +52,7 @@ def main(cfg: RMReportConfig) -> Path:
     device = select_device(cfg.device, key="device")  # rlhf.runtime; a CUDA that is not here: one line
     out_dir = Path(cfg.out) if cfg.out else folder.parent / "rm_report"
 
-    # 2. the pairs of the split: the same prompt-hash split reward training uses
+    # 2. the pairs of the split: the same conversation split reward training uses
     pairs = subsample(load_pairs(cfg.sources, cfg.extra_files, cfg.split), cfg.max_pairs_per_head)
     if not pairs:
         raise ConfigError(f"split: no {cfg.split} pairs in sources {cfg.sources} and extra_files {cfg.extra_files}")

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from reward_models.types import HEADS
-from rlhf.config import RunConfig
+from rlhf.config import ConfigError, RunConfig
 from rlhf.lora import LoraConfig
 from rlhf.quantization import Quantization, frozen_base_error, quantization_field
 from rlhf.runtime import Precision
@@ -154,3 +154,15 @@ class RewardStageConfig:
     def __post_init__(self) -> None:
         if self.model.quantization != "none" and not self.model.lora.enabled:
             raise frozen_base_error("model.quantization", self.model.quantization, "model.lora.enabled true")
+        self.train_partition()
+
+    def train_partition(self) -> str:
+        """The half of the train split this model learns from: ``data.partition``, ``auto`` being the role's half.
+        A gold judge on pairs of the proxy's half, or a proxy on the gold's, is refused (one line, the key)."""
+        partition = self.role if self.data.partition == "auto" else self.data.partition
+        if self.role == "gold" and partition != "gold":
+            raise ConfigError(f"data.partition: {partition}: overlaps the proxy's half of the train pairs; a gold "
+                              "judge learns from the gold half only (gold, or auto)")
+        if self.role == "proxy" and partition == "gold":
+            raise ConfigError("data.partition: gold: the gold judge's half; a proxy learns from proxy (auto) or all")
+        return partition

@@ -1,11 +1,14 @@
 """Preference pairs for the reward model: where they come from, and the order they are seen in.
 
 * Shipped sources (``rlhf.sources``): harmless <- HH-RLHF harmless, honest <- TruthfulQA,
-  helpful <- DialogSum; splits by prompt hash: ``train`` to learn, ``dev`` to select the model and
+  helpful <- DialogSum; splits by conversation: ``train`` to learn, ``dev`` to select the model and
   measure normalisation statistics, ``test`` for the final held-out accuracy only.
 * Annotated files (``data.extra_files``) in the preference-record schema, read with
-  :func:`rlhf.records.load_preferences` (any bad row is an error naming file, line and field), split
-  by prompt hash like the shipped data, or used whole for training (``extra_files_split: train``).
+  :func:`rlhf.records.load_records` (any bad row is an error naming file, line and field), split
+  by conversation like the shipped data, or used whole for training (``extra_files_split: train``; a row
+  whose conversation is in a shipped test split is then an error naming file and line).
+* Proxy and gold: ``train`` pairs are halved by conversation (``data.partition``, :func:`rlhf.sources.partition_of`);
+  the proxy learns from one half, the gold judge from the other, so the gold never saw a prompt the proxy saw.
 * Ties: the record schema cannot hold one (chosen == rejected is rejected when a file is read); a
   pair that appears both ways round for the same dimension is a tie in disguise, and both copies are
   dropped (:func:`drop_contradictions`).
@@ -21,15 +24,16 @@ import torch
 
 from reward_models.types import HEADS
 from rlhf import sources
-from rlhf.records import PreferenceRecord, load_preferences
+from rlhf.records import PreferenceRecord, load_records
 
 Split = Literal["train", "dev", "test"]
 
 
 def load_pairs(shipped: Sequence[str], extra_files: Sequence[str], split: Split,
                extra_files_split: Literal["hash", "train"] = "hash",
-               default_dimension: Sequence[str] = ()) -> list[PreferenceRecord]:
-    """Pairs of one split from shipped source names and annotated preference files."""
+               default_dimension: Sequence[str] = (), partition: sources.Partition = "all") -> list[PreferenceRecord]:
+    """Pairs of one split from shipped source names and annotated preference files; ``partition``: the proxy's
+    or the gold's half of them (``all``: every pair)."""
     unknown = [s for s in shipped if s not in sources.PREFERENCE_SOURCES]
     if unknown:
         raise ValueError(f"unknown data source {unknown[0]!r} (shipped: {', '.join(sources.PREFERENCE_SOURCES)}; "
@@ -38,12 +42,16 @@ def load_pairs(shipped: Sequence[str], extra_files: Sequence[str], split: Split,
     for name in shipped:
         records.extend(sources.PREFERENCE_SOURCES[name](split))
     for path in extra_files:
-        loaded = load_preferences(path, default_dimension=list(default_dimension) or None, log_rows=True)
+        result = load_records(path, kind="preference", default_dimension=list(default_dimension) or None,
+                              log_rows=True)
+        if result.errors:
+            raise result.errors[0]
         if extra_files_split == "train":
-            records.extend(loaded if split == "train" else [])
+            sources.check_train_file(path, result.records, result.lines)
+            records.extend(result.records if split == "train" else [])
         else:
-            records.extend(sources.take_split(loaded, split))
-    return records
+            records.extend(sources.take_split(result.records, split))
+    return sources.take_partition(records, partition)
 
 
 def drop_contradictions(records: Sequence[PreferenceRecord]) -> tuple[list[PreferenceRecord], int]:

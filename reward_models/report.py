@@ -46,11 +46,11 @@ class RMReportConfig:
     model: str = field(default="", metadata={"help": "reward model folder, or a reward run folder (its final/)"})
     out: str = field(default="", metadata={"help": "output folder; empty: rm_report/ next to the model folder"})
     split: Literal["train", "dev", "test", "all"] = field(
-        default="test", metadata={"help": "split of the pairs (by prompt hash, as reward training splits them)"})
+        default="test", metadata={"help": "split of the pairs (by conversation, as reward training splits them)"})
     sources: list[str] = field(default_factory=lambda: list(DataConfig().sources),
                                metadata={"help": "shipped preference sources"})
     extra_files: list[str] = field(default_factory=list,
-                                   metadata={"help": "more preference files (JSONL/CSV records), split by prompt hash"})
+                                   metadata={"help": "more preference files (JSONL/CSV records), split by conversation"})
     max_pairs_per_head: int = field(default=0, metadata={"help": "cap on pairs per head (quick runs); 0 = all"})
     similar_tokens: int = field(
         default=5, metadata={"help": "length bins: |len(chosen) - len(rejected)| <= this many tokens is 'similar'"})

@@ -88,8 +88,9 @@ class Window:
 
 
 def load_split(cfg: RewardStageConfig, split: str, cap: int) -> list[PreferenceRecord]:
+    """One split's pairs, capped per head; train is the role's half (dev and test whole: judges compare on them)."""
     pairs = load_pairs(cfg.data.sources, cfg.data.extra_files, split, cfg.data.extra_files_split,
-                       cfg.data.default_dimension)
+                       cfg.data.default_dimension, cfg.train_partition() if split == "train" else "all")
     return subsample(pairs, cap, seed=cfg.run.seed)
 
 
@@ -164,6 +165,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
 
     # 1. run folder, processes, seed
     started = time.perf_counter()
+    cfg.train_partition()  # a gold on the proxy's half: one line, before any model loads
     if cfg.model.freeze_backbone and cfg.model.lora.enabled:
         raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
     check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
@@ -444,6 +446,7 @@ def train_on_preferences(preferences: Sequence[PreferenceRecord] | str | Path, o
     cfg = RewardStageConfig()
     cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = backbone, max_length, min(32, max_length // 4)
     cfg.data.sources, cfg.data.extra_files, cfg.data.extra_files_split = [], [str(preferences)], "train"
+    cfg.data.partition = "all"  # every given pair: no gold judge is in play
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr = max_steps, batch_size, lr, lr
     cfg.train.warmup_ratio, cfg.train.checkpoint_every, cfg.eval.test = 0.0, 0, False
     cfg.run = RunConfig(output_dir=str(output_dir), run_name="reward", wandb_mode="disabled", log_every=1)

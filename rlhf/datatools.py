@@ -130,6 +130,7 @@ class StageInput:
     shipped: Sequence[str]  # the source names the key accepts
     files: bool = True  # whether the key also accepts a file (or a hub dataset name)
     default_dimension: Sequence[str] = ()  # preference rows without `dimension` take these
+    train_only: bool = False  # used whole for training: no row may hold a shipped test conversation
 
 
 def _sft_inputs(cfg) -> list[StageInput]:
@@ -146,7 +147,8 @@ def _reward_inputs(cfg) -> list[StageInput]:
     return ([StageInput(f"data.sources[{i}]", name, "preference", names, files=False)  # files go in extra_files
              for i, name in enumerate(cfg.data.sources)]
             + [StageInput(f"data.extra_files[{i}]", path, "preference", [],
-                          default_dimension=tuple(cfg.data.default_dimension))
+                          default_dimension=tuple(cfg.data.default_dimension),
+                          train_only=cfg.data.extra_files_split == "train")
                for i, path in enumerate(cfg.data.extra_files)])
 
 
@@ -180,8 +182,15 @@ def input_problems(item: StageInput) -> list[str]:
         except RecordError as err:
             return [str(err)]
         return []
-    return [str(err) for err in load_records(item.value, kind=item.kind,
-                                             default_dimension=list(item.default_dimension) or None).errors]
+    result = load_records(item.value, kind=item.kind, default_dimension=list(item.default_dimension) or None)
+    if item.train_only and not result.errors:
+        from rlhf.sources import check_train_file
+
+        try:
+            check_train_file(item.value, result.records, result.lines)
+        except RecordError as err:
+            return [str(err)]
+    return [str(err) for err in result.errors]
 
 
 def validate_stage_inputs(stage: str, cfg) -> None:

@@ -15,8 +15,9 @@ which keys to override, and wires the stages together with placeholders in strin
 eval]'`` or all six). Evaluation compares the policies of the stages that run: a policy whose path or base
 lies in the folder of a stage left out is dropped from ``eval.policies`` (and from the variants naming it).
 
-``gold`` (optional; on in the demo and tiny presets) is a second reward-stage run, ``role: gold``, trained apart
-from the proxy: evaluation's ``gold.model: "{gold}"`` judges with it beside the proxy (without the stage,
+``gold`` (optional; on in the demo and tiny presets) is a second reward-stage run, ``role: gold``, trained on the
+other half of the train pairs (``data.partition``; a reward or DPO stage on ``all`` or ``gold`` beside it is
+refused): evaluation's ``gold.model: "{gold}"`` judges with it beside the proxy (without the stage,
 evaluation has no gold). It never feeds a training stage: a training stage whose config names the gold's
 folder is refused before anything runs (and the RL stage refuses a gold-marked model anyway).
 
@@ -220,6 +221,10 @@ def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, P
         config = from_dict(config_cls, tree)
     except ConfigError as err:
         raise ConfigError(f"pipeline stage {name}: {err}") from None
+    # The gold judges what the proxy and DPO learnt: it must not have seen their prompts (rlhf.sources.partition_of).
+    if name in ("reward", "dpo") and "gold" in selected_stages(cfg) and config.data.partition in ("gold", "all"):
+        raise ConfigError(f"pipeline stage {name}: data.partition: {config.data.partition}: overlaps the gold judge's "
+                          "half of the train pairs (the gold stage runs); leave it auto (the proxy's half)")
     return Stage(name, pipeline_dir(cfg) / name, config, main)
 
 

@@ -1,30 +1,45 @@
-"""Adapters from the shipped datasets (``data/``) to the common records, and deterministic splits.
+"""Adapters from the shipped datasets (``data/``) to the common records, and leak-free deterministic splits.
 
-| source | preference pairs (dimension) | SFT examples |
-| --- | --- | --- |
-| HH-RLHF harmless | chosen/rejected final Assistant turn (harmless) | chosen transcripts as chat |
-| TruthfulQA | a correct answer preferred to an incorrect one (honest) | question -> best answer |
-| DialogSum | reference summary preferred to a worse one (helpful) | "summarize" -> summary |
+| source | preference pairs (dimension) | SFT examples | conversation root |
+| --- | --- | --- | --- |
+| HH-RLHF harmless | chosen/rejected final Assistant turn (harmless) | chosen transcripts as chat | the first Human turn |
+| TruthfulQA | a correct answer preferred to an incorrect one (honest) | question -> best answer | the question |
+| DialogSum | reference summary preferred to a degraded one of the same dialogue (helpful) | "summarize" -> summary | the dialogue |
 
-Splits are by a hash of the prompt, so one prompt never lands in two splits and every run and
-machine agrees on them: ``train`` (80 %), ``dev`` (10 %, model selection) and ``test`` (10 %, the
-held-out prompts no stage trains on, used by evaluation).
+Splits are by a hash of the *conversation*, not of the full prompt, so every prompt that continues one
+conversation, and every pair built from one dialogue, lands in one split, and every run and machine agrees
+on them: ``train`` (80 %), ``dev`` (10 %, model selection) and ``test`` (10 %, the held-out prompts no stage
+trains on, used by evaluation). A conversation is its root (:func:`prompt_root`); roots whose pairs share an
+answer (TruthfulQA's reworded questions: "Who is the richest person?" / "... in the world?") are one
+conversation, except for stock answers given to more than ``STOCK_ROOTS`` roots ("I have no comment",
+"Yes."). So no test prompt, first turn or answer (bar those stock answers) appears in ``train`` or ``dev``.
+User files are split by the same rule (:func:`take_split`), and a file used whole for training
+(``extra_files_split: train``) may hold no conversation of a shipped ``test`` split (:func:`check_train_file`).
+
+``train`` is further halved by another hash of the conversation (:func:`partition_of`): the ``proxy`` half
+trains the reward model the policies optimise (and DPO), the ``gold`` half the gold judge that measures them
+(``data.partition``), so the gold never saw a prompt the proxy saw.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import json
 import os
 import random
+import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence, TypeVar
+from typing import Callable, Iterable, Literal, Sequence, TypeVar
 
-from rlhf.records import PreferenceRecord, SFTRecord, load_records, split_last_turn, transcript_to_messages
+from rlhf.records import (PreferenceRecord, RecordError, SFTRecord, load_records, messages_to_prompt, split_last_turn,
+                          transcript_to_messages)
 
 Split = Literal["train", "dev", "test", "all"]
+Partition = Literal["proxy", "gold", "all"]
 R = TypeVar("R")
 
 HH_HARMLESS = "hh-rlhf-harmless/pairs.jsonl.gz"
@@ -32,6 +47,10 @@ TRUTHFULQA = "truthfulqa/TruthfulQA.csv"
 DIALOGSUM = "dialogsum/dialogsum.dev.jsonl"
 SUMMARIZE_INSTRUCTION = "Summarize the following dialogue in one or two sentences.\n\n{dialogue}"
 SPLIT_BUCKETS = {"train": (0, 80), "dev": (80, 90), "test": (90, 100)}
+# An answer given to more roots than this is a stock phrase ("I have no comment" answers 79 TruthfulQA questions,
+# "You're welcome." 9 HH chats): it ties no conversations together. At 5 the largest conversation holds 6 roots
+# (TruthfulQA's reworded questions); at 8 one would hold 19.
+STOCK_ROOTS = 5
 
 
 def data_dir() -> Path:
@@ -39,21 +58,100 @@ def data_dir() -> Path:
     return Path(os.environ.get("RLHF_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
 
 
+def _bucket(key: str, salt: str = "") -> int:
+    return int(hashlib.sha256((salt + key).encode("utf-8")).hexdigest()[:8], 16)
+
+
 def split_of(key: str) -> str:
-    bucket = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 100
+    """The split of a conversation key (:func:`conversation_of`)."""
+    bucket = _bucket(key) % 100
     return next(name for name, (lo, hi) in SPLIT_BUCKETS.items() if lo <= bucket < hi)
 
 
-def take_split(items: Iterable[R], split: Split, key=lambda r: r.prompt) -> list[R]:
+_FIRST_HUMAN_TURN = re.compile(r"(?:^|\n\n)Human:(.*?)(?=\n\n(?:Human|Assistant|System):|$)", re.S)
+
+
+def prompt_root(prompt: str) -> str:
+    """The conversation a prompt opens: an HH transcript's first Human turn, a DialogSum instruction's dialogue,
+    else the prompt itself (a TruthfulQA question, a user's one-turn prompt)."""
+    instruction = SUMMARIZE_INSTRUCTION.split("{dialogue}")[0]
+    if prompt.startswith(instruction):
+        return prompt[len(instruction):].strip()
+    turn = _FIRST_HUMAN_TURN.search(prompt)
+    return turn.group(1).strip() if turn else prompt.strip()
+
+
+def _answer_roots(pairs: Iterable[PreferenceRecord]) -> dict[str, set[str]]:
+    """answer text -> the roots of the prompts it answers (as chosen or rejected)."""
+    roots: dict[str, set[str]] = defaultdict(set)
+    for pair in pairs:
+        for answer in (pair.chosen, pair.rejected):
+            roots[answer].add(prompt_root(pair.prompt))
+    return roots
+
+
+@functools.lru_cache(maxsize=4)
+def _conversations(root_dir: str) -> dict[str, str]:
+    """root -> its conversation's key (the smallest root in it), for roots that share a non-stock answer with
+    another root. Built from every shipped pair with many answers per root (HH, TruthfulQA); DialogSum's
+    summaries are one per dialogue."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for load in (_hh_all_pairs, _truthfulqa_all_pairs):
+        try:
+            answer_roots = _answer_roots(load(Path(root_dir)))
+        except FileNotFoundError:  # a data folder without this source
+            continue
+        for roots in answer_roots.values():
+            if 1 < len(roots) <= STOCK_ROOTS:
+                first, *rest = sorted(roots)
+                for root in rest:
+                    a, b = sorted((find(first), find(root)))
+                    parent[b] = a
+    return {root: find(root) for root in list(parent)}
+
+
+def conversation_of(prompt: str) -> str:
+    """The key a prompt is split and partitioned by: its root, or its conversation's key where roots are joined."""
+    root = prompt_root(prompt)
+    return _conversations(str(data_dir())).get(root, root)
+
+
+def stock_answers(source: str) -> set[str]:
+    """The answers of a shipped source given to more than ``STOCK_ROOTS`` roots: the only texts that may appear
+    on both sides of a split."""
+    return {a for a, roots in _answer_roots(PREFERENCE_SOURCES[source]("all")).items() if len(roots) > STOCK_ROOTS}
+
+
+def take_split(items: Iterable[R], split: Split, prompt: Callable[[R], str] = lambda r: r.prompt) -> list[R]:
+    """The items of one split, by the conversation of ``prompt(item)``."""
     items = list(items)
-    return items if split == "all" else [r for r in items if split_of(key(r)) == split]
+    return items if split == "all" else [r for r in items if split_of(conversation_of(prompt(r))) == split]
+
+
+def partition_of(prompt: str) -> str:
+    """``proxy`` or ``gold``: the half of ``train`` a prompt's conversation belongs to (a hash independent of the
+    split's)."""
+    return ("proxy", "gold")[_bucket(conversation_of(prompt), salt="partition:") % 2]
+
+
+def take_partition(items: Iterable[R], partition: Partition, prompt: Callable[[R], str] = lambda r: r.prompt) -> list[R]:
+    items = list(items)
+    return items if partition == "all" else [r for r in items if partition_of(prompt(r)) == partition]
 
 
 # ---------------------------------------------------------------- HH-RLHF harmless
 
 
-def hh_harmless_pairs(split: Split = "all", path: str | Path | None = None) -> list[PreferenceRecord]:
-    path = Path(path) if path else data_dir() / HH_HARMLESS
+def _hh_all_pairs(root_dir: Path, path: Path | None = None) -> list[PreferenceRecord]:
+    path = path or root_dir / HH_HARMLESS
     records = []
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for line in fh:
@@ -65,7 +163,11 @@ def hh_harmless_pairs(split: Split = "all", path: str | Path | None = None) -> l
                 continue
             records.append(PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected,
                                             dimension=["harmless"], source="hh-rlhf-harmless"))
-    return take_split(records, split)
+    return records
+
+
+def hh_harmless_pairs(split: Split = "all", path: str | Path | None = None) -> list[PreferenceRecord]:
+    return take_split(_hh_all_pairs(data_dir(), Path(path) if path else None), split)
 
 
 def hh_harmless_sft(split: Split = "all") -> list[SFTRecord]:
@@ -101,16 +203,24 @@ def truthfulqa_items(split: Split = "all", path: str | Path | None = None) -> li
     return take_split(items, split)
 
 
-def truthfulqa_pairs(split: Split = "all", pairs_per_question: int = 3) -> list[PreferenceRecord]:
+def _question_pairs(items: Iterable[TruthfulQAItem], pairs_per_question: int = 3) -> list[PreferenceRecord]:
     """Correct > incorrect: the best answer first, then other correct answers, each against a different wrong one."""
     records = []
-    for item in truthfulqa_items(split):
+    for item in items:
         correct = [item.best_answer] + [c for c in item.correct if c != item.best_answer]
         for good, bad in list(zip(correct, item.incorrect))[:pairs_per_question]:
             if good != bad:
                 records.append(PreferenceRecord(prompt=item.question, chosen=good, rejected=bad,
                                                 dimension=["honest"], source="truthfulqa"))
     return records
+
+
+def _truthfulqa_all_pairs(root_dir: Path) -> list[PreferenceRecord]:
+    return _question_pairs(truthfulqa_items("all", root_dir / TRUTHFULQA))
+
+
+def truthfulqa_pairs(split: Split = "all", pairs_per_question: int = 3) -> list[PreferenceRecord]:
+    return _question_pairs(truthfulqa_items(split), pairs_per_question)
 
 
 def truthfulqa_sft(split: Split = "all") -> list[SFTRecord]:
@@ -142,23 +252,71 @@ def dialogsum_items(split: Split = "all", path: str | Path | None = None) -> lis
     return take_split(items, split)
 
 
-def _truncate_summary(summary: str) -> str:
-    words = summary.split()
-    return " ".join(words[: max(1, len(words) // 3)])
+# Degraded summaries of the same dialogue: each keeps the dialogue's words, so the helpful head must read the
+# summary against the dialogue to rank it, not just match topics (the reference against another dialogue's
+# summary, the only pair before, was 0.97 easy). That easy pair stays for a minority of dialogues.
+DIALOGSUM_OTHER_SHARE = 0.25
+_PERSON_TAG = re.compile(r"#Person\d+#")
+_NAME = re.compile(r"\b[A-Z][a-z]+\b")
+_NOT_NAMES = {"Mr", "Mrs", "Ms", "Dr", "Miss", "The", "A", "An", "He", "She", "They", "It", "His", "Her", "Their",
+              "This", "That", "These", "Those", "And", "But", "Then", "So", "Both", "After", "When", "In", "On"}
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def truncate_summary(summary: str, others: Iterable[str] = ()) -> str | None:
+    """Its first third of words (at least one): an incomplete summary. Lengthened until it begins none of
+    ``others`` (the other dialogues' summaries), so that it belongs to one dialogue and one split: a cut such as
+    "#Person1# and #Person2# are going" begins several summaries."""
+    words, others = summary.split(), [o for o in others if o.strip() != summary.strip()]
+    for n in range(max(1, len(words) // 3), len(words)):
+        cut = " ".join(words[:n])
+        if not any(o.startswith(cut + " ") or o.strip() == cut for o in others):
+            return cut
+    return None
+
+
+def swap_entities(summary: str) -> str | None:
+    """The first two people swapped everywhere (``#Person1#`` <-> ``#Person2#``, or two names): who did what is
+    wrong. With one speaker tag only, it becomes the other speaker. None when there is nobody to swap."""
+    tags = list(dict.fromkeys(_PERSON_TAG.findall(summary)))
+    if len(tags) == 1:
+        tags.append("#Person2#" if tags[0] == "#Person1#" else "#Person1#")
+        return summary.replace(tags[0], tags[1])
+    names = tags or list(dict.fromkeys(n for n in _NAME.findall(summary) if n not in _NOT_NAMES))
+    if len(names) < 2:
+        return None
+    first, second = names[:2]
+    pattern = re.compile("|".join(re.escape(n) if n.startswith("#") else rf"\b{re.escape(n)}\b" for n in (first, second)))
+    return pattern.sub(lambda m: second if m.group(0) == first else first, summary)
+
+
+def shuffle_sentences(summary: str, rng: random.Random) -> str | None:
+    """Its sentences in another order (seeded): the same facts, told out of sequence. None for one sentence."""
+    sentences = _SENTENCE_END.split(summary.strip())
+    if len(sentences) < 2:
+        return None
+    order = list(range(len(sentences)))
+    while order == sorted(order):
+        rng.shuffle(order)
+    return " ".join(sentences[i] for i in order)
 
 
 def dialogsum_pairs(split: Split = "all", seed: int = 0) -> list[PreferenceRecord]:
-    """Reference summary > (a) the summary of another dialogue, and > (b) a truncated summary."""
-    items = dialogsum_items("all")
-    rng = random.Random(seed)
+    """Reference summary > a truncated, an entity-swapped and a sentence-shuffled summary of the same dialogue
+    (each where it differs from the reference), and for ``DIALOGSUM_OTHER_SHARE`` of the dialogues > another
+    dialogue's summary from the same split. Each dialogue's choices are seeded by (seed, fname), so a dialogue
+    gets the same degradations whichever split is read."""
+    items, every = dialogsum_items(split), [it.summary for it in dialogsum_items("all")]
     records = []
     for i, item in enumerate(items):
-        other = items[(i + 1 + rng.randrange(len(items) - 1)) % len(items)]
-        for worse in (other.summary, _truncate_summary(item.summary)):
-            if worse.strip() and worse.strip() != item.summary.strip():
-                records.append(PreferenceRecord(prompt=item.prompt, chosen=item.summary, rejected=worse,
-                                                dimension=["helpful"], source="dialogsum"))
-    return take_split(records, split)
+        rng = random.Random(f"{seed}:{item.fname}")
+        worse = [truncate_summary(item.summary, every), swap_entities(item.summary), shuffle_sentences(item.summary, rng)]
+        if len(items) > 1 and rng.random() < DIALOGSUM_OTHER_SHARE:
+            worse.append(items[(i + 1 + rng.randrange(len(items) - 1)) % len(items)].summary)
+        for text in dict.fromkeys(w for w in worse if w and w.strip() and w.strip() != item.summary.strip()):
+            records.append(PreferenceRecord(prompt=item.prompt, chosen=item.summary, rejected=text,
+                                            dimension=["helpful"], source="dialogsum"))
+    return records
 
 
 def dialogsum_sft(split: Split = "all") -> list[SFTRecord]:
@@ -175,7 +333,7 @@ SFT_SOURCES = {"hh-rlhf-harmless": hh_harmless_sft, "truthfulqa": truthfulqa_sft
 
 
 def preference_records(sources: Sequence[str], split: Split = "train") -> list[PreferenceRecord]:
-    """Shipped source names or paths to preference files (split by prompt like the shipped ones)."""
+    """Shipped source names or paths to preference files (split by conversation like the shipped ones)."""
     out: list[PreferenceRecord] = []
     for source in sources:
         if source in PREFERENCE_SOURCES:
@@ -194,7 +352,25 @@ def sft_records(source: str, split: Split = "train") -> list[SFTRecord]:
     result = load_records(source, kind="sft", log_rows=True)
     if result.errors:
         raise result.errors[0]
-    return take_split(result.records, split, key=lambda r: json.dumps(r.prompt_messages))
+    return take_split(result.records, split, prompt=lambda r: messages_to_prompt(r.prompt_messages))
+
+
+@functools.lru_cache(maxsize=4)
+def _test_conversations(root_dir: str) -> frozenset[str]:
+    prompts = ([p.prompt for p in hh_harmless_pairs("test")] + [it.prompt for it in truthfulqa_items("test")]
+               + [it.prompt for it in dialogsum_items("test")])
+    return frozenset(conversation_of(p) for p in prompts)
+
+
+def check_train_file(path: str | Path, records: Sequence[PreferenceRecord], lines: Sequence[int]) -> None:
+    """A file used whole for training (``extra_files_split: train``): a RecordError at the first row whose
+    conversation (its prompt, or its first Human turn) is in a shipped ``test`` split, which it would leak."""
+    test = _test_conversations(str(data_dir()))
+    for record, line in zip(records, lines):
+        if conversation_of(record.prompt) in test:
+            raise RecordError(path, line, "prompt", "its conversation (the prompt, or its first Human turn) is in a "
+                              "shipped test split: training on it leaks the test set (extra_files_split: hash keeps "
+                              "such rows in test)")
 
 
 def shipped_files() -> list[Path]:
@@ -217,4 +393,9 @@ class PreferenceSourcesConfig:
         metadata={"help": "dimension(s) for extra_files rows without one (TRL datasets have none), e.g. [helpful]"})
     extra_files_split: Literal["hash", "train"] = field(
         default="hash",
-        metadata={"help": "hash: split by prompt like shipped data; train: all to train"})
+        metadata={"help": "hash: split by conversation like shipped data; train: all to train (no shipped test "
+                          "conversation allowed)"})
+    partition: Literal["auto", "proxy", "gold", "all"] = field(
+        default="auto",
+        metadata={"help": "half of the train split (by conversation hash): proxy or gold, disjoint; all: both; "
+                          "auto: gold for a reward model with role gold, else proxy"})

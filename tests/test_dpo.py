@@ -22,6 +22,7 @@ from rlhf.dpo.data import keep, load_pairs, to_conversational
 from rlhf.dpo.trainer import RENAMES
 from rlhf.records import PreferenceRecord
 from rlhf.sft.trainer import hf_logs_to_metrics
+from rlhf.sources import partition_of
 from rlhf.tracking import read_metrics
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "dpo_tiny.yaml"
@@ -95,8 +96,11 @@ def test_load_pairs_per_dimension_and_split(tmp_path):
     pairs = load_pairs(cfg, seed=0)
     assert pairs.train and all(r.dimension == ["honest"] for r in pairs.train + pairs.dev)
     assert not {r.prompt for r in pairs.train} & {r.prompt for r in pairs.dev}  # split by prompt
-    cfg.extra_files, cfg.extra_files_split = [str(write_jsonl(tmp_path / "a.jsonl", [pair("q1", "honest")]))], "train"
-    assert len(load_pairs(cfg, seed=0).train) == len(pairs.train) + 1
+    rows = [pair("q1", "honest"), pair("q2", "honest")]  # q1 is in the proxy's half of train, q2 in the gold's
+    cfg.extra_files, cfg.extra_files_split = [str(write_jsonl(tmp_path / "a.jsonl", rows))], "train"
+    train = load_pairs(cfg, seed=0).train
+    assert len(train) == len(pairs.train) + 1 and {"q1"} == {r.prompt for r in train} & {"q1", "q2"}
+    assert all(partition_of(r.prompt) == "proxy" for r in train)  # DPO learns from the proxy's half only
 
 
 def test_trl_logs_are_renamed_into_our_namespaces():

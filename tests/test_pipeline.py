@@ -214,6 +214,13 @@ def test_presets_resolve_against_the_real_stage_configs():
         with pytest.raises(ConfigError, match="pipeline stage gold: role: 'proxy'"):
             pl.resolve_stage(cfg, "gold")
         del cfg.gold.overrides["role"]
+        # the gold learns from the train pairs the proxy and DPO never see
+        assert (stages["gold"].config.train_partition(), stages["reward"].config.train_partition()) == ("gold", "proxy")
+        for stage in ("reward", "dpo"):
+            getattr(cfg, stage).overrides["data.partition"] = "all"
+            with pytest.raises(ConfigError, match=rf"^pipeline stage {stage}: data.partition: all: overlaps the gold"):
+                pl.resolve_stage(cfg, stage)
+            del getattr(cfg, stage).overrides["data.partition"]
         cfg.stages = list(pl.STAGES)
         assert {p.name for p in pl.resolve_stage(cfg, "eval").config.policies} == {"base", "sft", "ppo", "dpo"}
 

@@ -87,3 +87,65 @@ def test_subsample_caps_each_head():
     kept = subsample(pairs, 4)
     assert Counter(p.dimension[0] for p in kept) == {"helpful": 4, "honest": 3}
     assert subsample(pairs, 4) == kept and subsample(pairs, 0) == pairs
+
+
+# ---------------------------------------------------------------- proxy and gold halves, leaks through user files
+
+
+def _train_pairs(role: str, **data):
+    from reward_models.config import RewardStageConfig
+    from reward_models.train import load_split
+
+    cfg = RewardStageConfig(role=role)
+    for key, value in data.items():
+        setattr(cfg.data, key, value)
+    return load_split(cfg, "train", 0)
+
+
+def test_proxy_and_gold_train_pairs_share_no_prompt_root_by_default():
+    from rlhf import sources
+
+    proxy, gold = _train_pairs("proxy"), _train_pairs("gold")
+    everything = load_pairs(["hh-rlhf-harmless", "truthfulqa", "dialogsum"], [], "train")
+    assert len(proxy) + len(gold) == len(everything)
+    for head in ("helpful", "honest", "harmless"):  # each half holds every head, about half of it
+        n, n_all = sum(head in p.dimension for p in proxy), sum(head in p.dimension for p in everything)
+        assert 0.35 < n / n_all < 0.65, head
+    roots = lambda pairs: {sources.conversation_of(p.prompt) for p in pairs}  # noqa: E731
+    assert not roots(proxy) & roots(gold)
+    # Written out apart from rlhf.sources: no HH first Human turn, question or dialogue is in both halves.
+    first = lambda pairs: {p.prompt.split("\n\nAssistant:")[0] for p in pairs}  # noqa: E731
+    assert not first(proxy) & first(gold)
+
+
+@pytest.mark.parametrize("role, partition", [("gold", "proxy"), ("gold", "all"), ("proxy", "gold")])
+def test_a_partition_that_overlaps_the_other_judge_is_one_line_before_any_model(role, partition, tmp_path, capsys):
+    from pipelines.reward import cli
+
+    argv = ["--config", "pipelines/configs/reward_tiny.yaml", "--run.output_dir", str(tmp_path / "runs"),
+            "--role", role, "--data.partition", partition]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: data.partition: {partition}:") and "\n" not in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_train_file_holding_a_shipped_test_conversation_is_refused_naming_file_and_line(tmp_path, capsys):
+    from pipelines.reward import cli
+    from rlhf import sources
+
+    test_prompt = sources.hh_harmless_pairs("test")[0].prompt
+    first_turn = test_prompt.split("\n\nAssistant:")[0] + "\n\nAssistant: Sure.\n\nHuman: And then?\n\nAssistant:"
+    rows = [{"prompt": "a prompt of my own", "chosen": "yes", "rejected": "no", "dimension": "helpful"},
+            {"prompt": first_turn, "chosen": "I won't.", "rejected": "Here is how.", "dimension": "harmless"}]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(RecordError, match=rf"{path}:2: field 'prompt': .*shipped test split"):
+        load_pairs([], [str(path)], "train", extra_files_split="train")
+    assert len(load_pairs([], [str(path)], "test")) == 1  # split by conversation, it lands in test with its own
+    argv = ["--config", "pipelines/configs/reward_tiny.yaml", "--run.output_dir", str(tmp_path / "runs"),
+            "--data.extra_files", f"['{path}']", "--data.extra_files_split", "train"]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: data.extra_files[0]: {path}:2: field 'prompt'") and "\n" not in err, err
+    assert not (tmp_path / "runs").exists()

@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 
 from rlhf import sources
@@ -55,4 +56,105 @@ def test_stats_on_each_shipped_file(capsys):
     out = capsys.readouterr().out
     for dim in ("helpful", "honest", "harmless"):
         assert f"{dim} " in out
-    assert "per dimension: helpful 0, honest 0, harmless 1493" in out  # HH train split
+    assert "per dimension: helpful 0, honest 0, harmless 1488" in out  # HH train split (split by first Human turn)
+
+
+# ---------------------------------------------------------------- leak-free splits (issue 22)
+
+
+def _first_turn(prompt: str) -> str:
+    """An HH transcript's first Human turn, written out here apart from rlhf.sources so the test checks it."""
+    text = prompt.split("\n\nHuman:", 1)[1] if "\n\nHuman:" in prompt else prompt
+    return text.split("\n\nAssistant:")[0].strip()
+
+
+def _texts(pairs) -> set[str]:
+    return {t for p in pairs for t in (p.chosen, p.rejected)}
+
+
+def test_no_test_prompt_first_turn_or_response_is_in_train_or_dev():
+    """Counted on the prompt-hash splits: 17 of 184 HH test prompts shared their first Human turn with a train
+    prompt; 41 DialogSum train pairs used a test dialogue's summary; 64 of 106 helpful test pairs had their
+    chosen text in train or dev pairs. All must be 0."""
+    for name, load in sources.PREFERENCE_SOURCES.items():
+        split = {s: load(s) for s in ("train", "dev", "test")}
+        seen = split["train"] + split["dev"]
+        prompts, turns = {p.prompt for p in seen}, {_first_turn(p.prompt) for p in seen}
+        test_prompts = {p.prompt for p in split["test"]}
+        assert test_prompts and not test_prompts & prompts, name
+        assert not {_first_turn(p) for p in test_prompts} & turns, name
+        # Stock answers ("I have no comment", "Yes.") are given to many unrelated conversations; nothing else
+        # a test pair says may appear in training. The exemption is short and small, so it cannot hide a leak.
+        stock = sources.stock_answers(name)
+        assert len(stock) <= 12 and all(len(t.split()) <= 8 for t in stock), (name, stock)
+        assert not (_texts(split["test"]) & _texts(seen)) - stock, name
+    dialogues = {s: {it.dialogue for it in sources.dialogsum_items(s)} for s in ("train", "dev", "test")}
+    assert not dialogues["test"] & (dialogues["train"] | dialogues["dev"])
+
+
+# ---------------------------------------------------------------- DialogSum pairs within a dialogue (issue 23)
+
+
+def test_truncate_summary_keeps_a_third_and_lengthens_past_shared_beginnings():
+    assert sources.truncate_summary("Ann calls Bob about the rent today. Bob pays.") == "Ann calls Bob"  # 9 words -> 3
+    others = ["Ann calls Bob about the party.", "Ann calls Tom."]
+    assert sources.truncate_summary("Ann calls Bob about the rent today. Bob pays.", others) == "Ann calls Bob about the rent"
+    assert sources.truncate_summary("Hi.") is None  # one word: nothing shorter is left
+
+
+def test_swap_entities_swaps_speakers_or_names():
+    assert (sources.swap_entities("#Person1# asks #Person2# for #Person2#'s book.")
+            == "#Person2# asks #Person1# for #Person1#'s book.")
+    assert sources.swap_entities("#Person2# is late again.") == "#Person1# is late again."  # one tag: the other one
+    assert sources.swap_entities("Mr. George gives Julia a raise. The raise pleases Julia.") == \
+        "Mr. Julia gives George a raise. The raise pleases George."  # titles and articles are not names
+    assert sources.swap_entities("Annie bakes.") is None and sources.swap_entities("they talk.") is None
+
+
+def test_shuffle_sentences_reorders_and_is_seeded():
+    import random
+
+    two = "Ann calls Bob. Bob pays the rent!"
+    assert sources.shuffle_sentences(two, random.Random(0)) == "Bob pays the rent! Ann calls Bob."
+    three = "A one. B two. C three."
+    shuffled = sources.shuffle_sentences(three, random.Random(5))
+    assert shuffled != three and set(shuffled.rstrip(".").split(". ")) == {"A one", "B two", "C three"}
+    assert shuffled == sources.shuffle_sentences(three, random.Random(5))
+    assert sources.shuffle_sentences("Just one sentence here.", random.Random(0)) is None
+
+
+def test_dialogsum_pairs_degrade_the_same_dialogue_and_draw_easy_negatives_in_split():
+    for split in ("train", "test"):
+        items = sources.dialogsum_items(split)
+        summaries = {it.summary for it in items}
+        pairs = sources.dialogsum_pairs(split)
+        other = [p for p in pairs if p.rejected in summaries]  # another dialogue's summary, of this split
+        assert 0 < len(other) < 0.15 * len(pairs)  # the easy pair is a minority
+        assert all(p.rejected not in summaries for p in pairs if p not in other)
+        assert len(pairs) - len(other) > 2 * len(items)  # most dialogues give two or three degraded summaries
+        everything = {it.summary for it in sources.dialogsum_items("all")}
+        assert not {p.rejected for p in pairs} & (everything - summaries)  # no other split's summary
+    assert sources.dialogsum_pairs("dev") == sources.dialogsum_pairs("dev")  # deterministic
+
+
+def test_rl_reads_train_and_dev_prompts_only(tmp_path):
+    import pytest
+
+    from rlhf.config import ConfigError, load_config
+    from rlhf.ppo.config import RLStageConfig
+    from rlhf.ppo.prompts import load_prompts
+
+    cfg, _ = load_config(RLStageConfig, [])
+    assert (cfg.data.split, cfg.data.eval_split) == ("train", "dev")  # monitoring reads dev, not test
+    for key in ("data.split", "data.eval_split"):
+        with pytest.raises(ConfigError, match=key.split(".")[1]):
+            load_config(RLStageConfig, [f"--{key}", "test"])
+    names = list(sources.PREFERENCE_SOURCES)
+    test = {sources.conversation_of(p) for p in load_prompts(names, "test")}
+    assert test and not test & {sources.conversation_of(p) for s in ("train", "dev") for p in load_prompts(names, s)}
+    # A prompts file is split by conversation too: two turns of one HH chat go to one split.
+    chat = "\n\nHuman: How do I bake bread?\n\nAssistant:"
+    longer = chat + " With flour.\n\nHuman: And then?\n\nAssistant:"
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p}) for p in (chat, longer)) + "\n")
+    assert sum(len(load_prompts([str(path)], s)) == 2 for s in ("train", "dev", "test")) == 1

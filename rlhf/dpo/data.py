@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from rlhf.config import ConfigError
 from rlhf.dpo.config import DataConfig
-from rlhf.records import DIMENSIONS, PreferenceRecord, load_records, prompt_to_messages
+from rlhf.records import DIMENSIONS, PreferenceRecord, RecordError, load_records, prompt_to_messages
 
 
 @dataclass
@@ -42,7 +42,7 @@ def load_pairs(cfg: DataConfig, seed: int) -> Pairs:
 
     A file with no pairs left after the dimension filter, or no training pair at all, is a ConfigError
     naming the key and file; the files' own row errors are found earlier by ``validate_stage_inputs``."""
-    from rlhf.sources import preference_records, take_split
+    from rlhf.sources import check_train_file, preference_records, take_partition, take_split
 
     check_dimensions(cfg.dimensions)
     train = keep(preference_records(cfg.sources, "train"), cfg.dimensions)
@@ -57,10 +57,16 @@ def load_pairs(cfg: DataConfig, seed: int) -> Pairs:
             raise ConfigError(f"data.extra_files[{i}]: {path}: no preference pairs{_labelled(cfg.dimensions)} "
                               f"({result.rows_read} rows read)")
         if cfg.extra_files_split == "train":
+            try:
+                check_train_file(path, result.records, result.lines)
+            except RecordError as err:
+                raise ConfigError(f"data.extra_files[{i}]: {err}") from None
             train += records
         else:
             train += take_split(records, "train")
             dev += take_split(records, "dev")
+    # The proxy's half by default: a gold judge trained on the other half never saw DPO's prompts either.
+    train = take_partition(train, "proxy" if cfg.partition == "auto" else cfg.partition)
     if not train:
         where = ", ".join([*cfg.sources, *cfg.extra_files]) or "no sources"
         raise ConfigError(f"data: no training pairs{_labelled(cfg.dimensions)} in {where} "

@@ -181,17 +181,18 @@ class DataSection:
 
     sources: list[str] = field(default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
                                metadata={"help": "prompt sources: shipped names or files"})
-    split: Literal["train", "dev", "test", "all"] = field(default="train",
-                                                          metadata={"help": "test is held out from every stage"})
+    # Never test (nor all, which holds it): the held-out prompts stay unseen until `rlhf eval`.
+    split: Literal["train", "dev"] = field(default="train",
+                                           metadata={"help": "training prompts; test is held out from every stage"})
     max_prompts: int = field(default=0, metadata={"help": "use at most this many training prompts; 0: all",
                                                   "range": "[0, inf)"})
     max_prompt_tokens: int = field(default=256,
                                    metadata={"help": "longer prompts (rendered as chat) are dropped, not cut",
                                              "range": "[1, 10000000]"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle the training prompts (seeded by run.seed)"})
-    eval_split: Literal["train", "dev", "test", "all"] = field(
-        default="test",
-        metadata={"help": "held-out prompts for train.eval_every"})
+    eval_split: Literal["train", "dev"] = field(
+        default="dev",
+        metadata={"help": "prompts monitored during training (train.eval_every); test is left to `rlhf eval`"})
     eval_prompts: int = field(
         default=0,
         metadata={"help": "held-out prompts scored before training, every train.eval_every steps, at the end; 0: off",

@@ -2,7 +2,8 @@
 
 Sources: the shipped ones by name (HH-RLHF harmless prompts, TruthfulQA questions, DialogSum
 summarisation instructions) or files: ``.txt`` (one prompt per line) or JSONL/JSON/CSV rows with a
-``prompt`` field. Every source is split by prompt hash like ``rlhf.sources`` ("test" is held out).
+``prompt`` field. Every source is split by conversation like ``rlhf.sources``; RL reads ``train`` and ``dev``
+only ("test" is held out for ``rlhf eval``).
 """
 from __future__ import annotations
 
@@ -35,13 +36,13 @@ def prompts_from_file(path: str | Path, log_rows: bool = False) -> list[str]:
 
 
 def load_prompts(source_names: Sequence[str], split: str = "train") -> list[str]:
-    """Prompts of every source, split by hash, duplicates removed (first occurrence kept)."""
+    """Prompts of every source, split by conversation, duplicates removed (first occurrence kept)."""
     prompts: list[str] = []
     for source in source_names:
         if source in SHIPPED_PROMPTS:
             prompts += SHIPPED_PROMPTS[source](split)
         elif Path(source).exists():
-            prompts += sources.take_split(prompts_from_file(source, log_rows=True), split, key=lambda p: p)
+            prompts += sources.take_split(prompts_from_file(source, log_rows=True), split, prompt=lambda p: p)
         else:
             raise ValueError(f"data.sources: {source!r} is neither a shipped source "
                              f"({', '.join(SHIPPED_PROMPTS)}) nor an existing file")
@@ -83,7 +84,7 @@ class PromptStream:
 
 
 def held_out_prompts(cfg_data, tokenizer, seed: int) -> list[str]:
-    """``data.eval_prompts`` prompts of ``data.eval_split`` (the held-out "test" split by default)."""
+    """``data.eval_prompts`` prompts of ``data.eval_split`` (``dev`` by default: monitoring never reads test)."""
     if not cfg_data.eval_prompts:
         return []
     return prepare_prompts(cfg_data, tokenizer, seed, split=cfg_data.eval_split, max_prompts=cfg_data.eval_prompts)

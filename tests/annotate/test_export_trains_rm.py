@@ -45,6 +45,7 @@ def test_export_trains_reward_model(annotation_db, tmp_path):
     cfg = RewardStageConfig()
     cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
     cfg.data.sources, cfg.data.extra_files, cfg.data.extra_files_split = [], [str(export)], "train"
+    cfg.data.partition = "all"  # every label: no gold judge here (the default proxy half left 5 pairs)
     cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio = 4, 3e-3, 3e-3, 0.0
     cfg.train.checkpoint_every, cfg.train.epochs = 0, 8
     cfg.eval.test = False
