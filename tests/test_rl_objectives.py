@@ -233,9 +233,16 @@ def test_each_option_runs_a_grpo_step_with_its_metrics(run_cfg, tmp_path, extra)
     from test_rl_family import toy_trainer
 
     trainer = toy_trainer(run_cfg, tmp_path, *GROUP, *extra)
+    if trainer.cfg.reward.functions:  # toy_trainer builds the toy scorer itself: add the functions as load_scorer does
+        from rlhf.ppo.scorers import FunctionScorer
+
+        trainer.maker.scorer = FunctionScorer(trainer.maker.scorer, trainer.cfg.reward.functions)
+        trainer.objective = RewardObjective(trainer.cfg.reward, trainer.maker.scorer)
     before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
     metrics = [trainer.step() for _ in range(2)][-1]
     assert all(math.isfinite(v) for v in metrics.values()), metrics
+    if trainer.cfg.reward.functions:
+        assert "reward/word_count" in metrics
     if "--rl.dynamic_sampling" in extra:
         assert 0 <= metrics["rollout/dropped_groups"] <= 4 and "rollout/masked_truncated" in metrics
         assert metrics["objective/overlong_penalty"] <= 0
