@@ -141,7 +141,7 @@ def test_reward_functions_join_the_heads_and_bad_ones_are_one_line(tmp_path):
     from rlhf.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
-    toy = TokenCountScorer(tokenizer, tokenizer.convert_ids_to_tokens(100))
+    toy = TokenCountScorer(tokenizer, 100)  # a token id
     scorer = FunctionScorer(toy, [f"{__name__}:word_count"])
     scores = scorer.score(["p", "q"], ["one two three", "four"])
     torch.testing.assert_close(scores.heads["word_count"], torch.tensor([3.0, 1.0]))

@@ -119,6 +119,7 @@ class SequenceClassifierScorer:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"  # positions as when scored alone; the model pools its last real token
         model = AutoModelForSequenceClassification.from_pretrained(str(path))
         model.config.pad_token_id = tokenizer.pad_token_id
         return cls(model, tokenizer, device)
