@@ -147,7 +147,7 @@ def test_reward_functions_join_the_heads_and_bad_ones_are_one_line(tmp_path):
     torch.testing.assert_close(scores.heads["word_count"], torch.tensor([3.0, 1.0]))
     torch.testing.assert_close(scores.composite, toy.score(["p", "q"], ["one two three", "four"]).composite
                                + torch.tensor([3.0, 1.0]))
-    assert scorer.heads == ["word_count"]  # the toy has no heads list; the function adds its own
+    assert scorer.heads == ["helpful", "word_count"]  # the toy's head, then one per function
     with pytest.raises(ConfigError, match=r"^reward.functions\[0\]: .*returned 1 scores for 2 completions"):
         FunctionScorer(toy, [f"{__name__}:one_score"]).score(["p", "q"], ["a", "b"])
     with pytest.raises(ConfigError, match=r"^reward.functions\[0\]: cannot import 'no_such_module_xyz:f'"):

@@ -23,6 +23,8 @@ class TokenCountScorer:
     rising; used by the tests and the tiny config.
     """
 
+    heads = ["helpful"]  # the one head it returns
+
     def __init__(self, tokenizer, token: str | int):
         self.tokenizer = tokenizer
         self.token_id = token if isinstance(token, int) else _single_token_id(tokenizer, token)
