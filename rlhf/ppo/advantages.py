@@ -52,10 +52,14 @@ class AdvantageEstimator:
         return returns, returns
 
     def __call__(self, scores: torch.Tensor, penalty: torch.Tensor, mask: torch.Tensor,
-                 values: torch.Tensor | None = None, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                 values: torch.Tensor | None = None, k: int = 1,
+                 corrected: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``corrected``: the scores already carry the baseline (reward.aggregation normalize_then_sum)."""
         if self.needs_values and values is None:
             raise ValueError(f"{type(self).__name__} needs the value head's values")
-        rewards = place_scores(self.sequence_scores(scores, k), penalty, mask)  # (B, R)
+        if not corrected:
+            scores = self.sequence_scores(scores, k)
+        rewards = place_scores(scores, penalty, mask)  # (B, R)
         return self.token_advantages(rewards, mask, values)
 
 

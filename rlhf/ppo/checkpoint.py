@@ -3,7 +3,7 @@
 A checkpoint is a folder ``<run>/checkpoints/step-000010/`` holding everything needed to continue:
 trainable weights (LoRA + value head, ``trainable.safetensors``; the LoRA also as a PEFT ``adapter/``),
 ``optimizer.pt``, ``scheduler.pt``, ``trainer_state.json`` (step = data position, KL controller, reward
-moments) and one ``rng-rank<r>.pt`` per process. It is written into a temporary folder and renamed into
+moments, Lagrange multipliers) and one ``rng-rank<r>.pt`` per process. It is written into a temporary folder and renamed into
 place, and ``checkpoints/latest`` is replaced atomically afterwards, so a run killed at any moment leaves
 either the previous checkpoint or the new one, never half of one. Its ``manifest.json`` (sizes and
 sha256, :mod:`rlhf.checkpoints`) is written before the rename; resuming verifies it and falls back to

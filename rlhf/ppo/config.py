@@ -11,6 +11,7 @@ from rlhf.config import ConfigError, RunConfig
 from rlhf.generation import GenerationSettings
 from rlhf.lora import LoraConfig
 from rlhf.ppo.advantages import ESTIMATORS
+from rlhf.ppo.losses import POLICY_LOSSES
 from rlhf.quantization import Quantization, frozen_base_error, quantization_field
 from rlhf.runtime import Precision
 
@@ -85,6 +86,27 @@ class RewardSection:
                             metadata={"help": "standardise scores with a running mean/std (kept in checkpoints)"})
     clip: float = field(default=5.0, metadata={"help": "clip (normalised) scores to [-clip, clip]; 0 disables",
                                                "range": "[0, inf)"})
+    # Objectives (rlhf/ppo/objectives.py): weighted = the heads' weighted sum; lagrangian = Safe RLHF's
+    # constrained objective, the heads in `constraints` held above their thresholds by learned multipliers.
+    objective: Literal["weighted", "lagrangian"] = field(
+        default="weighted",
+        metadata={"help": "weighted: sum of weighted heads; lagrangian: reward.constraints held by multipliers"})
+    constraints: dict[str, float] = field(
+        default_factory=dict,
+        metadata={"help": "lagrangian: head -> threshold tau on its standardised batch mean (e.g. {harmless: 0.0})"})
+    lambda_init: float = field(default=1.0, metadata={"help": "lagrangian: initial multiplier per constraint",
+                                                      "range": "[0, inf)"})
+    lambda_lr: float = field(default=0.1, metadata={"help": "lagrangian: multiplier step per unit of violation",
+                                                    "range": "[0, inf)"})
+    lambda_max: float = field(default=5.0, metadata={"help": "lagrangian: multipliers are clamped to [0, lambda_max]",
+                                                     "range": "[0, inf)"})
+    # GDPO: each head normalised on its own before the sum, so one head's scale cannot drown the others.
+    aggregation: Literal["sum", "normalize_then_sum"] = field(
+        default="sum",
+        metadata={"help": "sum: weighted sum then shaping; normalize_then_sum: each head's advantage normalised first (GDPO)"})
+    functions: list[str] = field(
+        default_factory=list,
+        metadata={"help": "extra rewards 'module:function' taking (prompts, completions) -> floats; one head each"})
 
 
 @dataclass
@@ -109,6 +131,27 @@ class RLSection:
     scale_rewards: bool = field(
         default=True,
         metadata={"help": "grpo: divide by the group's std (false = Dr. GRPO's unscaled advantage)"})
+    # The policy loss (rlhf/ppo/losses.py): clip = PPO's; clip_higher = DAPO's asymmetric clip
+    # (ppo.clip_range below, ppo.clip_range_high above); gspo = one clipped importance ratio per response.
+    policy_loss: Literal["clip", "clip_higher", "gspo"] = field(
+        default="clip",
+        metadata={"help": "the policy loss: clip (PPO), clip_higher (DAPO) or gspo (sequence-level ratio)"})
+    # DAPO's dynamic sampling, as dropping: rows of a group whose scores are all equal have zero advantage
+    # under a group estimator; they leave the loss (not resampled), so the mean is over informative groups.
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={"help": "grpo/rloo: groups whose k scores are all equal leave the loss (rollout/dropped_groups)"})
+    overlong_buffer: int = field(
+        default=0,
+        metadata={"help": "DAPO soft overlong penalty over the last N tokens before generation.max_new_tokens (0: off)",
+                  "range": "[0, 100000]"})
+    overlong_penalty: float = field(
+        default=1.0,
+        metadata={"help": "score subtracted at generation.max_new_tokens, linear from 0 across the buffer",
+                  "range": "[0, inf)"})
+    mask_truncated: bool = field(
+        default=False,
+        metadata={"help": "responses that never emit EOS (truncated) leave the loss (DAPO's overlong filtering)"})
 
 
 @dataclass
@@ -134,7 +177,12 @@ class PPOSection:
     epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts", "range": "[1, 1000000]"})
     gamma: float = field(default=1.0, metadata={"help": "discount", "range": "[0, 1]"})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda", "range": "[0, 1]"})
-    clip_range: float = field(default=0.2, metadata={"help": "policy ratio clip", "range": "(0, inf)"})
+    clip_range: float = field(default=0.2, metadata={"help": "policy ratio clip (eps_low for clip_higher and gspo)",
+                                                  "range": "(0, inf)"})
+    clip_range_high: float = field(
+        default=0.28,
+        metadata={"help": "rl.policy_loss clip_higher/gspo: upper clip eps_high (>= ppo.clip_range; gspo paper 4e-4)",
+                  "range": "(0, inf)"})
     clip_range_value: float = field(default=0.2, metadata={"help": "value clip around the rollout-time values",
                                                            "range": "(0, inf)"})
     vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss", "range": "[0, inf)"})
@@ -275,7 +323,26 @@ class RLStageConfig:
             raise ConfigError(f"ppo.batch_size x rl.samples_per_prompt ({rollouts} rollouts) must be a multiple of "
                               f"ppo.mini_batch_size ({ppo.mini_batch_size}), itself a multiple of ppo.micro_batch_size "
                               f"({ppo.micro_batch_size})")
+        if POLICY_LOSSES[rl.policy_loss].asymmetric and ppo.clip_range_high < ppo.clip_range:
+            raise ConfigError(f"ppo.clip_range_high: must be >= ppo.clip_range ({ppo.clip_range}) for {rl.policy_loss}, "
+                              f"got {ppo.clip_range_high}")
+        if rl.dynamic_sampling and not estimator.needs_groups:
+            raise ConfigError(f"rl.dynamic_sampling: drops groups of equal scores, so it needs a group estimator "
+                              f"(grpo or rloo), got rl.algo {rl.algo}")
+        if rl.overlong_buffer > self.generation.max_new_tokens:
+            raise ConfigError(f"rl.overlong_buffer: {rl.overlong_buffer} tokens is more than generation.max_new_tokens "
+                              f"({self.generation.max_new_tokens})")
         reward = self.reward
+        if reward.objective == "lagrangian" and not reward.constraints:
+            raise ConfigError("reward.constraints: reward.objective lagrangian needs at least one constraint, "
+                              "e.g. --reward.constraints '{harmless: 0.0}'")
+        if reward.constraints and reward.objective != "lagrangian":
+            raise ConfigError("reward.constraints: only read by reward.objective lagrangian (set it, or drop them)")
+        if reward.lambda_init > reward.lambda_max:
+            raise ConfigError(f"reward.lambda_init: {reward.lambda_init} is above reward.lambda_max ({reward.lambda_max})")
+        bad = next((f for f in reward.functions if f.count(":") != 1 or not all(f.split(":"))), None)
+        if bad is not None:
+            raise ConfigError(f"reward.functions: {bad!r} is not 'module:function'")
         if reward.ensemble and (reward.model or reward.kind == "toy"):
             raise ConfigError("reward.ensemble: lists every member itself; leave reward.model empty and reward.kind model")
         if reward.spread_penalty < 0 or (reward.spread_penalty and len(reward.ensemble) < 2):

@@ -47,6 +47,8 @@ class Experience:
     rewards: torch.Tensor | None = None  # (B, R) per-token reward: -kl_coef * KL, + score at the last token
     advantages: torch.Tensor | None = None  # (B, R) from the algorithm's estimator (rlhf.ppo.advantages)
     returns: torch.Tensor | None = None  # (B, R) value targets (GAE only)
+    # (B, R) the response mask less the rows out of the loss (rl.dynamic_sampling, rl.mask_truncated)
+    loss_mask: torch.Tensor | None = None
 
     @property
     def responses_ids(self) -> torch.Tensor:

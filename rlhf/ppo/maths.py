@@ -197,6 +197,14 @@ def group_normalize(scores: torch.Tensor, k: int, scale: bool = True, eps: float
     return centred.reshape(-1)
 
 
+def zero_variance_groups(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(B,) bool: the rows of groups (``k`` consecutive rows) whose scores are all equal. A group estimator gives
+    them zero advantage, so they carry no signal (DAPO's dynamic sampling drops them)."""
+    groups = scores.reshape(-1, k)  # (B / k, k)
+    flat = groups.amax(1) == groups.amin(1)  # (B / k,)
+    return flat.repeat_interleave(k)
+
+
 def leave_one_out(scores: torch.Tensor, k: int) -> torch.Tensor:
     """RLOO's advantage: each score minus the mean of the other k - 1 scores of its group. (B,) -> (B,)."""
     groups = scores.reshape(-1, k)  # (B / k, k)
@@ -227,18 +235,27 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_me
 
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, clip_range: float, aggregation: str = "token_mean",
-                        max_len: int = 0) -> dict[str, torch.Tensor]:
+                        max_len: int = 0, clip_range_high: float | None = None,
+                        sequence_level: bool = False) -> dict[str, torch.Tensor]:
     """PPO's clipped surrogate (to minimise) with its diagnostics; every value is a scalar.
 
-    loss = mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps))), r = exp(logp - old_logp), averaged as
-    ``aggregation`` says (:func:`aggregate`); the diagnostics are token means.
+    loss = mean(max(-A * r, -A * clip(r, 1 - eps_low, 1 + eps_high))), r = exp(logp - old_logp), averaged as
+    ``aggregation`` says (:func:`aggregate`); the diagnostics are token means. eps_low = ``clip_range``,
+    eps_high = ``clip_range_high`` (default: the same; DAPO's clip-higher sets it above eps_low).
+    ``sequence_level`` (GSPO, Zheng et al. 2025): every token of a response gets the response's ratio
+    s = exp(mean_t(logp - old_logp)), the length-normalised sequence likelihood ratio, clipped as a whole.
     ``clipfrac``: share of tokens where the clipped term is the active one. ``approxkl``: k3 estimate
-    of KL(old || new) = mean((r - 1) - log r), the quantity the early stop watches.
+    of KL(old || new) = mean((r - 1) - log r) over tokens, the quantity the early stop watches.
     """
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
+    log_ratio = logprobs - old_logprobs  # (B, R)
+    if sequence_level:
+        importance = masked_mean(log_ratio, mask, dim=1).unsqueeze(1).expand_as(log_ratio)  # (B, R), constant per row
+    else:
+        importance = log_ratio
+    ratio = torch.exp(importance)
+    high = clip_range if clip_range_high is None else clip_range_high
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
     return {
         "loss": aggregate(torch.maximum(unclipped, clipped), mask, aggregation, max_len),
         "clipfrac": masked_mean((clipped > unclipped).float(), mask),

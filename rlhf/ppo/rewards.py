@@ -3,7 +3,7 @@
 reward[t] = -kl_coef * KL_t                          for every response token t
 reward[last] += shaped score                         at the response's last token (its EOS, if any)
 (the advantage estimators may replace each score by a baseline-corrected one first: advantages.py)
-shaped score = clip(normalise(score - missing_eos_penalty * [no EOS]), +-clip)
+shaped score = clip(normalise(score - missing_eos_penalty * [no EOS]), +-clip) + overlong penalty (rl.overlong_buffer)
 """
 from __future__ import annotations
 
@@ -65,3 +65,14 @@ def place_scores(scores: torch.Tensor, penalty: torch.Tensor, mask: torch.Tensor
     last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of each response's last token
     rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
     return rewards
+
+
+def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment: (B,) response lengths in tokens -> (B,) non-positive score terms.
+
+    0 up to ``max_new_tokens - buffer``; then linear in the overflow into the buffer, reaching ``-penalty`` at
+    ``max_new_tokens``; ``-penalty`` beyond it. ``buffer`` 0: no penalty."""
+    if buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    overflow = (lengths.float() - (max_new_tokens - buffer)).clamp(min=0.0)  # tokens into the buffer
+    return -penalty * (overflow / buffer).clamp(max=1.0)

@@ -32,12 +32,14 @@ from rlhf.ppo.advantages import make_estimator
 from rlhf.ppo.config import RLStageConfig
 from rlhf.ppo.experience import Experience, ExperienceMaker, padding_free_span
 from rlhf.ppo.kl import make_kl_controller
-from rlhf.ppo.maths import (aggregate, clipped_policy_loss, clipped_value_loss, entropy_from_logits, kl_per_token,
-                            logprobs_from_logits, masked_mean, masked_whiten)
+from rlhf.ppo.losses import make_policy_loss
+from rlhf.ppo.maths import (aggregate, clipped_value_loss, entropy_from_logits, kl_per_token, logprobs_from_logits,
+                            masked_mean, masked_whiten, zero_variance_groups)
 from rlhf.ppo.memory import release_freed_memory
 from rlhf.ppo.policy import PolicyModel
 from rlhf.ppo.prompts import PromptStream
-from rlhf.ppo.rewards import RunningMoments, shape_scores
+from rlhf.ppo.objectives import RewardObjective, normalize_then_sum
+from rlhf.ppo.rewards import RunningMoments, overlong_penalty, shape_scores
 from rlhf.ppo.sampler import make_sampler
 from rlhf import sharding
 from rlhf.runtime import make_accelerator, select_device
@@ -65,7 +67,8 @@ def trim_padding(part: Experience) -> Experience:
     if part.trunk_hidden is not None:
         trimmed.trunk_hidden = part.trunk_hidden[:, first:end]
     trimmed.response_start = part.response_start - first
-    for name in ("response_mask", "logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns"):
+    for name in ("response_mask", "logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns",
+                 "loss_mask"):
         value = getattr(part, name)
         if value is not None:
             setattr(trimmed, name, value[:, :width])
@@ -117,6 +120,8 @@ class RLTrainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.threads = ThreadGovernor(cfg.train.threads)  # 0: threads follow the cores other processes leave free
         self.estimator = make_estimator(cfg.rl.algo, cfg.ppo.gamma, cfg.ppo.lam, cfg.rl.scale_rewards)
+        self.policy_loss = make_policy_loss(cfg.rl.policy_loss, cfg.ppo.clip_range, cfg.ppo.clip_range_high)
+        self.objective = RewardObjective(cfg.reward, scorer)  # weighted or lagrangian (its multipliers)
         if self.estimator.needs_values and model.value_head is None:
             raise ValueError(f"{cfg.rl.algo} needs a value head: build the model with build_policy_model(cfg, ...)")
         acc = self.accelerator
@@ -195,7 +200,7 @@ class RLTrainer:
             exp = self.maker.make([p for p in prompts for _ in range(k)])
         release_freed_memory()  # the sampling and forward transients, before the update's (rlhf.ppo.memory)
         mask = exp.response_mask
-        composite = exp.scores.composite.to(acc.device).float()  # (B,)
+        composite = self.objective.composite(exp.scores).to(acc.device)  # (B,) the scorer's, or the Lagrangian
         kl_coef = self.kl_ctl.value
 
         # 2. a non-finite score anywhere skips the whole batch on every process
@@ -203,22 +208,23 @@ class RLTrainer:
             metrics = {"skipped/nonfinite": 1.0, "response/length": mask.sum(1).mean().item()}
             return self._finish_step(step, exp, self._reduce_metrics(metrics), start)
 
-        # 3. shaped scores (EOS penalty, running normalisation, clipping); the KL as a per-token penalty
-        #    unless it is a loss term
+        # 3. shaped scores (EOS penalty, running normalisation or per-head normalisation, clipping, overlong
+        #    penalty); the KL as a per-token penalty unless it is a loss term
         kl = kl_per_token(exp.logprobs, exp.ref_logprobs, cfg.kl.estimator) * mask  # (B, R)
         has_eos = exp.has_eos.to(acc.device)
-        if self.moments is not None:
-            penalised = composite - cfg.reward.missing_eos_penalty * (~has_eos).float()
-            self.moments.update(acc.gather(penalised).cpu())
-        scores = shape_scores(composite, has_eos, cfg.reward.missing_eos_penalty, self.moments, cfg.reward.clip)
+        scores, corrected = self._sequence_scores(exp, composite, has_eos)  # (B,)
         penalty = torch.zeros_like(kl) if cfg.kl_in_loss else -kl_coef * kl  # (B, R)
 
         # 4. advantages from the algorithm's estimator; whitened over every process's tokens if it says so
-        advantages, exp.returns = self.estimator(scores, penalty, mask, exp.values, k)  # (B, R) each
+        advantages, exp.returns = self.estimator(scores, penalty, mask, exp.values, k, corrected)  # (B, R) each
         if self.estimator.whiten:
             mean, var = self._global_mean_var(advantages, mask)
             advantages = masked_whiten(advantages, mask, mean=mean, var=var)
         exp.advantages = advantages
+        # rows out of the loss: groups with no spread (dynamic sampling), truncated responses
+        dropped = zero_variance_groups(scores, k) if cfg.rl.dynamic_sampling else torch.zeros_like(has_eos)
+        truncated = ~has_eos if cfg.rl.mask_truncated else torch.zeros_like(has_eos)
+        exp.loss_mask = mask * (~(dropped | truncated)).float().unsqueeze(1)  # (B, R)
 
         # 5. epochs over mini-batches
         update_start = time.perf_counter()
@@ -238,11 +244,48 @@ class RLTrainer:
             **{f"time/{k}_s": v for k, v in exp.timings.items()},
             **update,
         }
+        if cfg.rl.dynamic_sampling:
+            metrics["rollout/dropped_groups"] = dropped.sum().item() / k
+        if cfg.rl.mask_truncated:
+            metrics["rollout/masked_truncated"] = truncated.sum().item()
+        if cfg.rl.overlong_buffer:
+            metrics["objective/overlong_penalty"] = self._overlong(exp, has_eos.device).mean().item()
+        if self.objective.lagrangian:
+            metrics.update(self.objective.metrics())  # the multipliers this batch was scored with
+            metrics.update({f"lagrangian/violation_{c}": v for c, v in self.objective.violations(exp.scores).items()})
         if self.estimator.needs_groups:  # how much the k samples of a prompt differ: no spread, no signal
             metrics["reward/group_std"] = composite.reshape(-1, k).std(1).mean().item()
         metrics = self._reduce_metrics(metrics)
         self.kl_ctl.update(metrics["objective/kl"], n_steps=len(exp) * acc.num_processes)
+        if self.objective.lagrangian:  # every process sees the same averaged violations: the multipliers agree
+            self.objective.update({c: metrics[f"lagrangian/violation_{c}"] for c in self.objective.thresholds})
         return self._finish_step(step, exp, metrics, start)
+
+    def _overlong(self, exp: Experience, device: torch.device) -> torch.Tensor:
+        lengths = exp.response_mask.sum(1).to(device)  # (B,)
+        rl = self.cfg.rl
+        return overlong_penalty(lengths, self.cfg.generation.max_new_tokens, rl.overlong_buffer, rl.overlong_penalty)
+
+    def _sequence_scores(self, exp: Experience, composite: torch.Tensor,
+                         has_eos: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(B,) scores for the estimator, and whether they already carry its baseline (normalize_then_sum).
+
+        sum: the composite less the missing-EOS penalty, normalised by running moments, clipped; GDPO: each
+        head normalised on its own (``objectives.normalize_then_sum``), then the same penalty and clip. The
+        overlong penalty is added last, on the scale of the estimator's input."""
+        reward, k = self.cfg.reward, self.cfg.rl.samples_per_prompt
+        overlong = self._overlong(exp, composite.device)
+        if reward.aggregation == "normalize_then_sum":
+            _, columns, weights = self.objective.columns(exp.scores)
+            baseline = lambda s: self.estimator.sequence_scores(s, k)  # noqa: E731
+            scores = normalize_then_sum(columns.to(composite.device), weights.to(composite.device), baseline)
+            scores = shape_scores(scores, has_eos, reward.missing_eos_penalty, None, reward.clip)
+            return scores + overlong, True
+        if self.moments is not None:
+            penalised = composite - reward.missing_eos_penalty * (~has_eos).float()
+            self.moments.update(self.accelerator.gather(penalised).cpu())
+        scores = shape_scores(composite, has_eos, reward.missing_eos_penalty, self.moments, reward.clip)
+        return scores + overlong, False
 
     def _finish_step(self, step: int, exp: Experience, metrics: dict[str, float], start: float) -> dict[str, float]:
         self.scheduler.step()
@@ -353,12 +396,11 @@ class RLTrainer:
         """Clipped policy loss (+ value loss with a value head, + k3 KL term when the KL is in the loss,
         - entropy bonus), the policy and KL terms averaged as ``rl.loss_aggregation`` says."""
         cfg, rl = self.cfg.ppo, self.cfg.rl
-        mask = part.response_mask
+        mask = part.loss_mask if part.loss_mask is not None else part.response_mask  # rows out of the loss: 0
         max_len = self.cfg.generation.max_new_tokens
         temperature = self.cfg.generation.temperature  # logits (b, r, V) in the compute dtype
         logprobs = logprobs_from_logits(logits, part.responses_ids, temperature)  # (b, r) float32
-        policy = clipped_policy_loss(logprobs, part.logprobs, part.advantages, mask, cfg.clip_range,
-                                     rl.loss_aggregation, max_len)
+        policy = self.policy_loss(logprobs, part.logprobs, part.advantages, mask, rl.loss_aggregation, max_len)
         # Without an entropy bonus the entropy is only logged: keep it out of the autograd graph.
         entropy = masked_mean(entropy_from_logits(logits if cfg.entropy_coef else logits.detach(), temperature), mask)
         loss = policy["loss"] - cfg.entropy_coef * entropy
@@ -366,7 +408,7 @@ class RLTrainer:
                "policy/approxkl": policy["approxkl"].detach(), "val/ratio": policy["ratio"].detach(),
                "objective/entropy": entropy.detach()}
         if values is not None:
-            value = clipped_value_loss(values, part.values, part.returns, mask, cfg.clip_range_value)
+            value = clipped_value_loss(values, part.values, part.returns, part.response_mask, cfg.clip_range_value)
             loss = loss + cfg.vf_coef * value["loss"]
             out.update({"loss/value": value["loss"].detach(), "val/clipfrac": value["clipfrac"]})
         if self.cfg.kl_in_loss:
@@ -432,13 +474,15 @@ class RLTrainer:
     def trainer_state(self) -> dict:
         """What a checkpoint keeps besides weights, optimizer and scheduler (rlhf.ppo.checkpoint)."""
         return {"step": self.step_count, "kl_controller": self.kl_ctl.state_dict(),
-                "reward_moments": self.moments.state_dict() if self.moments is not None else None}
+                "reward_moments": self.moments.state_dict() if self.moments is not None else None,
+                "lagrangian": self.objective.state_dict()}
 
     def load_trainer_state(self, state: dict) -> None:
         self.step_count = int(state["step"])
         self.kl_ctl.load_state_dict(state["kl_controller"])
         if self.moments is not None and state.get("reward_moments"):
             self.moments.load_state_dict(state["reward_moments"])
+        self.objective.load_state_dict(state.get("lagrangian") or {})  # checkpoints from before have none
 
 
 PPOTrainer = RLTrainer  # its name while it ran PPO only
