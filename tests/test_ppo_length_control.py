@@ -54,13 +54,23 @@ class LengthScorer:
         return RewardScores(composite=composite, heads={"helpful": composite.clone()})
 
 
-def test_the_trainer_removes_the_trend_and_logs_its_slope(run_cfg):
+def test_the_trainer_removes_the_trend_and_logs_its_slope(run_cfg, monkeypatch):
+    import rlhf.ppo.trainer as trainer_module
     from tests.test_ppo_trainer import make_trainer, tiny_cfg
 
-    cfg = tiny_cfg(run_cfg, "--ppo.batch_size", "8", "--ppo.mini_batch_size", "8", "--ppo.micro_batch_size", "4",
-                   "--ppo.epochs", "1", "--reward.length_detrend", "true", "--reward.normalize", "false")
-    metrics = make_trainer(cfg, scorer=LengthScorer()).step()
-    assert metrics["reward/length_slope"] > 0  # longer responses scored higher: the slope the trainer took out
-    plain = make_trainer(tiny_cfg(run_cfg, "--ppo.batch_size", "8", "--ppo.mini_batch_size", "8",
-                                  "--ppo.micro_batch_size", "4", "--ppo.epochs", "1"), scorer=LengthScorer()).step()
-    assert "reward/length_slope" not in plain
+    seen = []
+
+    def spy(scores, lengths, gather):
+        detrended, slope = remove_length_trend(scores, lengths, gather)
+        seen.append((scores.clone(), lengths.clone(), detrended, slope))
+        return detrended, slope
+
+    monkeypatch.setattr(trainer_module, "remove_length_trend", spy)
+    small = ("--ppo.batch_size", "8", "--ppo.mini_batch_size", "8", "--ppo.micro_batch_size", "4", "--ppo.epochs", "1")
+    metrics = make_trainer(tiny_cfg(run_cfg, *small, "--reward.length_detrend", "true"), scorer=LengthScorer()).step()
+    (scores, lengths, detrended, slope), = seen
+    assert scores.shape == lengths.shape == (8,)
+    assert metrics["reward/length_slope"] == pytest.approx(slope)
+    assert lengths.mean().item() == pytest.approx(metrics["response/length"])
+    plain = make_trainer(tiny_cfg(run_cfg, *small), scorer=LengthScorer()).step()
+    assert "reward/length_slope" not in plain and len(seen) == 1
