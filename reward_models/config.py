@@ -49,6 +49,9 @@ class DataConfig(PreferenceSourcesConfig):
     max_train_pairs_per_head: int = field(default=0,
                                           metadata={"help": "cap on each head's train set (quick runs); 0 = all",
                                                     "range": "[0, inf)"})
+    length_balance: bool = field(
+        default=False,
+        metadata={"help": "draw each head's pairs half with the chosen response longer, half not (length predicts nothing)"})
 
 
 @dataclass
@@ -77,6 +80,15 @@ class TrainConfig:
     use_margin: bool = field(
         default=False,
         metadata={"help": "loss -log sigmoid(r_c - r_r - margin) with each record's margin (0 if none)"})
+    # Length debiasing (issue 23; reward_models/losses.py): both leave the saved heads as they are at inference.
+    length_covariate: bool = field(
+        default=False,
+        metadata={"help": "add β_head·(len(chosen) - len(rejected)) to each pair's logit, β fitted on the train pairs "
+                          "first: the heads learn what length does not explain"})
+    length_decorrelation: float = field(
+        default=0.0,
+        metadata={"help": "weight of ODIN's |corr(head score, response length)| penalty over each batch (0: off)",
+                  "range": "[0, inf)"})
     precision: Precision = field(
         default="auto",
         metadata={"help": "bf16 autocast or fp32; auto: bf16 where the hardware has native bf16 (rlhf.runtime)"})
@@ -152,6 +164,8 @@ class RewardStageConfig:
         metadata={"help": "gold: a judge for `rlhf eval --gold.model`, refused by every training stage"})
 
     def __post_init__(self) -> None:
+        if self.train.length_decorrelation < 0:
+            raise ConfigError(f"train.length_decorrelation: must be >= 0, got {self.train.length_decorrelation}")
         if self.model.quantization != "none" and not self.model.lora.enabled:
             raise frozen_base_error("model.quantization", self.model.quantization, "model.lora.enabled true")
         self.train_partition()

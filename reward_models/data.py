@@ -66,6 +66,12 @@ def head_mask(records: Sequence[PreferenceRecord]) -> torch.Tensor:
     return torch.tensor([[head in r.dimension for head in HEADS] for r in records], dtype=torch.bool)
 
 
+def response_tokens(tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """(texts,) tokens of each response alone, untruncated: the length the length remedies and report bin by."""
+    return torch.tensor([len(ids) for ids in tokenizer(list(texts), add_special_tokens=False,
+                                                       verbose=False)["input_ids"]], dtype=torch.long)
+
+
 def margins(records: Sequence[PreferenceRecord]) -> torch.Tensor:
     """(pairs,) the annotated margin of each pair, 0 where none was given."""
     return torch.tensor([r.margin or 0.0 for r in records], dtype=torch.float32)
@@ -77,7 +83,8 @@ def pools_by_head(records: Sequence[PreferenceRecord]) -> dict[str, list[int]]:
 
 
 def balanced_batches(pools: dict[str, list[int]], per_head: int, batch_size: int, seed: int, epoch: int,
-                     lengths: Sequence[int] | None = None, bucket: int = 8) -> list[list[int]]:
+                     lengths: Sequence[int] | None = None, bucket: int = 8,
+                     chosen_longer: Sequence[bool] | None = None) -> list[list[int]]:
     """One epoch of batches: ``per_head`` pairs from every non-empty pool, in single-head batches.
 
     A pool smaller than ``per_head`` is cycled through fresh shuffles, so every pair is seen before
@@ -85,6 +92,9 @@ def balanced_batches(pools: dict[str, list[int]], per_head: int, batch_size: int
     has a clean signal for that head) and the heads' batches are interleaved in a random order.
     With ``lengths`` (tokens per pair), each run of ``bucket`` batches is sorted by length first, so
     a batch pads to a length close to its pairs' own.
+    With ``chosen_longer`` (per pair: is the chosen response the longer one?), each head draws half its pairs
+    from those whose chosen is longer and half from the others (each half cycled like a small pool), so length
+    alone predicts nothing on the training stream (``data.length_balance``).
     The order depends only on (seed, epoch), which is what makes ``--resume`` exact.
     """
     rng = random.Random(f"{seed}-{epoch}")
@@ -93,16 +103,27 @@ def balanced_batches(pools: dict[str, list[int]], per_head: int, batch_size: int
         pool = pools.get(head, [])
         if not pool:
             continue
-        drawn: list[int] = []
-        while len(drawn) < per_head:
-            drawn.extend(rng.sample(pool, len(pool)))
-        drawn = drawn[:per_head]
+        halves = [[i for i in pool if chosen_longer[i]], [i for i in pool if not chosen_longer[i]]] \
+            if chosen_longer is not None else []
+        if halves and all(halves):
+            drawn = _cycled(rng, halves[0], per_head // 2) + _cycled(rng, halves[1], per_head - per_head // 2)
+            rng.shuffle(drawn)
+        else:  # no length balance asked, or one side has no pair to balance with
+            drawn = _cycled(rng, pool, per_head)
         if lengths is not None:
             window = batch_size * bucket
             drawn = [i for s in range(0, len(drawn), window) for i in sorted(drawn[s:s + window], key=lengths.__getitem__)]
         batches.extend(drawn[i:i + batch_size] for i in range(0, len(drawn), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+def _cycled(rng: random.Random, pool: Sequence[int], n: int) -> list[int]:
+    """``n`` indices from ``pool``: whole fresh shuffles of it, repeated as needed, the last one cut."""
+    drawn: list[int] = []
+    while len(drawn) < n:
+        drawn.extend(rng.sample(list(pool), len(pool)))
+    return drawn[:n]
 
 
 def subsample(records: Sequence[PreferenceRecord], per_head: int, seed: int = 0) -> list[PreferenceRecord]:

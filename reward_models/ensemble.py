@@ -11,6 +11,11 @@ across members) of those. With ``spread_penalty`` λ > 0, ``composite`` is the c
 ``mean - λ * spread`` (Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization"): a
 response the members disagree on is worth less, which guards PPO against exploiting one model's errors.
 Detoxify, when configured, runs once and enters every member's composite the same way.
+
+``aggregate`` picks how the members' standardised heads become one score per head (Coste et al., ICLR 2024):
+``mean`` (the composite is the mean of the members' composites, minus ``spread_penalty`` · spread),
+``wco`` (worst case: the minimum over members) or ``uwo`` (uncertainty-weighted: mean − λ · variance across
+members); with wco and uwo the composite is the members' shared head weights times the aggregated heads.
 """
 from __future__ import annotations
 
@@ -39,6 +44,31 @@ def mean_and_spread(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first + offsets.mean(0), (offsets - offsets.mean(0)).pow(2).mean(0).sqrt()
 
 
+def worst_case(stacked: torch.Tensor) -> torch.Tensor:
+    """WCO: (members, batch) -> (batch,) the lowest member score."""
+    return stacked.min(0).values
+
+
+def uncertainty_weighted(stacked: torch.Tensor, uwo_lambda: float) -> torch.Tensor:
+    """UWO: (members, batch) -> (batch,) mean − λ · population variance across members."""
+    mean, spread = mean_and_spread(stacked)
+    return mean - uwo_lambda * spread.pow(2) if uwo_lambda else mean
+
+
+def aggregate_members(stacked: torch.Tensor, aggregate: str, uwo_lambda: float = 0.0) -> torch.Tensor:
+    """(members, batch) -> (batch,) by ``aggregate``: mean, wco (min) or uwo (mean − λ·var)."""
+    if aggregate == "wco":
+        return worst_case(stacked)
+    if aggregate == "uwo":
+        return uncertainty_weighted(stacked, uwo_lambda)
+    if aggregate == "mean":
+        return mean_and_spread(stacked)[0]
+    raise ValueError(f"aggregate: expected one of {list(AGGREGATES)}, got {aggregate!r}")
+
+
+AGGREGATES = ("mean", "uwo", "wco")
+
+
 def conservative_reward(mean: torch.Tensor, spread: torch.Tensor, spread_penalty: float) -> torch.Tensor:
     """(batch,) ``mean - spread_penalty * spread``: the reward PPO optimises with an ensemble."""
     return mean - spread_penalty * spread if spread_penalty else mean
@@ -48,7 +78,7 @@ class RewardEnsemble:
     """k saved reward models behind the ``Scorer`` protocol; ``score`` returns the members' mean and spread."""
 
     def __init__(self, members: Sequence[RewardScorer], toxicity: ToxicityScorer | None = None,
-                 spread_penalty: float = 0.0):
+                 spread_penalty: float = 0.0, aggregate: str = "mean", uwo_lambda: float = 0.0):
         if not members:
             raise ValueError("an ensemble needs at least one reward model")
         heads = members[0].heads
@@ -57,7 +87,17 @@ class RewardEnsemble:
                 raise ValueError(f"ensemble member {i} has heads {member.heads}, member 0 has {heads}")
         if spread_penalty < 0:
             raise ValueError(f"spread_penalty must be >= 0, got {spread_penalty}")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate: expected one of {list(AGGREGATES)}, got {aggregate!r}")
+        if uwo_lambda < 0:
+            raise ValueError(f"uwo_lambda must be >= 0, got {uwo_lambda}")
+        if aggregate != "mean":  # one head weighting for the aggregated heads: the members must share it
+            for i, member in enumerate(members[1:], start=1):
+                if dict(member.config.weights) != dict(members[0].config.weights):
+                    raise ValueError(f"ensemble member {i} weights its heads {member.config.weights}, member 0 "
+                                     f"{members[0].config.weights}; aggregate {aggregate} needs the same weights")
         self.members, self.toxicity, self.spread_penalty = list(members), toxicity, spread_penalty
+        self.aggregate, self.uwo_lambda = aggregate, uwo_lambda
         # one Detoxify for all: the members' composites subtract the same term
         self.toxicity_weight = toxicity.settings.weight if toxicity is not None else 0.0
 
@@ -65,7 +105,8 @@ class RewardEnsemble:
     def from_pretrained(cls, paths: Sequence[str | Path], device: str | torch.device | None = None,
                         toxicity: ToxicitySettings | ToxicityScorer | Literal["config"] | None = "config",
                         precision: Precision = "auto", batch_size: int = 32,
-                        weights: Mapping[str, float] | None = None, spread_penalty: float = 0.0) -> "RewardEnsemble":
+                        weights: Mapping[str, float] | None = None, spread_penalty: float = 0.0,
+                        aggregate: str = "mean", uwo_lambda: float = 0.0) -> "RewardEnsemble":
         """Load every member (model folders or reward run folders), as :meth:`RewardScorer.from_pretrained` does.
 
         toxicity: ``"config"`` = the Detoxify settings saved with the FIRST member; else as RewardScorer.
@@ -81,14 +122,15 @@ class RewardEnsemble:
             settings = (ScoringConfig.load(resolve_model_folder(paths[0])).toxicity if toxicity == "config"
                         else toxicity or ToxicitySettings())
             toxicity_scorer = load_toxicity(settings, device)
-        return cls(members, toxicity_scorer, spread_penalty)
+        return cls(members, toxicity_scorer, spread_penalty, aggregate, uwo_lambda)
 
     @property
     def heads(self) -> list[str]:
         return self.members[0].heads
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardScores:
-        """heads: mean standardised score per head; composite: mean (minus λ·spread); spread, head_spread."""
+        """heads: aggregated standardised score per head; composite: mean (minus penalty·spread) of the members'
+        composites, or (wco, uwo) the weighted aggregated heads minus toxicity; spread, head_spread."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         toxicity = self.toxicity.score(responses) if self.toxicity is not None and prompts else None  # (batch,)
@@ -101,8 +143,16 @@ class RewardEnsemble:
         mean, spread = mean_and_spread(torch.stack(composites))  # (batch,) each
         heads, head_spread = {}, {}
         for name in self.heads:
-            heads[name], head_spread[name] = mean_and_spread(torch.stack([s[name] for s in standardised]))
+            stacked = torch.stack([s[name] for s in standardised])  # (members, batch)
+            heads[name] = aggregate_members(stacked, self.aggregate, self.uwo_lambda)
+            head_spread[name] = mean_and_spread(stacked)[1]
+        if self.aggregate == "mean":
+            composite = conservative_reward(mean, spread, self.spread_penalty)
+        else:  # the heads are already standardised: unit mean/std, the first member's weights
+            weights = self.members[0].config.weights
+            composite = composite_reward(heads, weights, {h: 0.0 for h in heads}, {h: 1.0 for h in heads}, toxicity,
+                                         self.toxicity_weight)
         if toxicity is None and self.toxicity is not None:
             toxicity = torch.zeros(0)
-        return RewardScores(composite=conservative_reward(mean, spread, self.spread_penalty), heads=heads,
-                            toxicity=toxicity, spread=spread, head_spread=head_spread)
+        return RewardScores(composite=composite, heads=heads, toxicity=toxicity, spread=spread,
+                            head_spread=head_spread)

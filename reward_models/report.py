@@ -126,7 +126,7 @@ class ScoredPairs:
 
 def score_for_report(scorer, pairs: Sequence, batch_size: int) -> ScoredPairs:
     """Score chosen and rejected with a :class:`reward_models.scoring.RewardScorer` (toxicity not used)."""
-    from reward_models.data import head_mask
+    from reward_models.data import head_mask, response_tokens
     from reward_models.evaluation import score_pairs
     from reward_models.scoring import composite_reward
 
@@ -138,9 +138,9 @@ def score_for_report(scorer, pairs: Sequence, batch_size: int) -> ScoredPairs:
     mask = head_mask(pairs)  # (pairs, heads) in HEADS order
     diff = {h: chosen[:, i] - rejected[:, i] for i, h in enumerate(heads)} | {COMPOSITE: composite[0] - composite[1]}
     labelled = {h: mask[:, HEADS.index(h)] for h in heads} | {COMPOSITE: torch.ones(len(pairs), dtype=torch.bool)}
-    tokens = lambda texts: [len(ids) for ids in scorer.encoder.tokenizer(  # noqa: E731
-        list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
-    length_diff = torch.tensor(tokens(p.chosen for p in pairs)) - torch.tensor(tokens(p.rejected for p in pairs))
+    tokenizer = scorer.encoder.tokenizer
+    length_diff = (response_tokens(tokenizer, [p.chosen for p in pairs])
+                   - response_tokens(tokenizer, [p.rejected for p in pairs]))
     return ScoredPairs(diff, labelled, length_diff, [p.source or "unknown" for p in pairs])
 
 

@@ -22,11 +22,12 @@ import torch
 from reward_models.checkpoint import PREFIX, load_checkpoint, save_checkpoint
 from reward_models.config import RewardStageConfig, ToxicitySettings
 from reward_models.data import (balanced_batches, drop_contradictions, head_mask, load_pairs, margins,
-                                pools_by_head, subsample)
+                                pools_by_head, response_tokens, subsample)
 from reward_models import trunk_cache
 from reward_models.encoding import Encoded
 from reward_models.evaluation import normalisation_stats, pair_accuracy
-from reward_models.losses import pairwise_correct, pairwise_loss
+from reward_models.losses import (fit_length_coefficient, length_correlation_penalty, pairwise_correct,
+                                  pairwise_loss)
 from reward_models.model import HEAD_MODULES, RewardModel, autocast, new_reward_model, save_reward_model
 from reward_models.types import HEADS
 from rlhf.config import ConfigError, RunConfig
@@ -49,6 +50,13 @@ class EncodedPairs:
     rejected: list[Encoded]
     mask: torch.Tensor  # (pairs, heads) bool: heads each pair is labelled for
     margin: torch.Tensor  # (pairs,) annotated margins, 0 where none
+    chosen_tokens: torch.Tensor  # (pairs,) response tokens of each chosen response (untruncated)
+    rejected_tokens: torch.Tensor  # (pairs,) same, rejected
+
+    @property
+    def length_diff(self) -> torch.Tensor:
+        """(pairs,) len(chosen) - len(rejected) in tokens."""
+        return self.chosen_tokens - self.rejected_tokens
 
     def lengths(self) -> list[int]:
         return [len(c.input_ids) + len(r.input_ids) for c, r in zip(self.chosen, self.rejected)]
@@ -65,6 +73,7 @@ class Window:
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros(len(HEADS)))
     counted: torch.Tensor = field(default_factory=lambda: torch.zeros(len(HEADS)))
     pairs: int = 0
+    length_penalty: float = 0.0  # sum over micro-batches of the ODIN correlation term (this process's)
     seconds: float = 0.0
     skipped: int = 0  # optimizer steps skipped for a non-finite loss or gradient
 
@@ -72,6 +81,7 @@ class Window:
         """Count one optimizer step's sums in this window."""
         self.loss, self.batches = self.loss + step.loss, self.batches + step.batches
         self.pairs += step.pairs
+        self.length_penalty += step.length_penalty
         self.head_loss, self.head_batches = self.head_loss + step.head_loss, self.head_batches + step.head_batches
         self.correct, self.counted = self.correct + step.correct, self.counted + step.counted
 
@@ -79,6 +89,8 @@ class Window:
         out: dict[str, float] = {"skipped/nonfinite": float(self.skipped)}
         if self.batches:  # a window of skipped steps only has no loss to report
             out["loss/pairwise"] = self.loss / self.batches
+            if self.length_penalty:
+                out["loss/length_correlation"] = self.length_penalty / self.batches
         for i, head in enumerate(HEADS):
             if self.head_batches[i] > 0:
                 out[f"loss/{head}"] = (self.head_loss[i] / self.head_batches[i]).item()
@@ -98,7 +110,37 @@ def encode_pairs(encoder, pairs: Sequence[PreferenceRecord]) -> EncodedPairs:
     prompts = [p.prompt for p in pairs]
     return EncodedPairs(encoder.encode(prompts, [p.chosen for p in pairs]),
                         encoder.encode(prompts, [p.rejected for p in pairs]),
-                        head_mask(pairs), margins(pairs))
+                        head_mask(pairs), margins(pairs), response_tokens(encoder.tokenizer, [p.chosen for p in pairs]),
+                        response_tokens(encoder.tokenizer, [p.rejected for p in pairs]))
+
+
+@dataclass
+class LengthDebias:
+    """The length remedies that act in the loss (``train.length_covariate``, ``train.length_decorrelation``)."""
+
+    coefficient: torch.Tensor | None = None  # (heads,) β per head, fitted on the train pairs; None: no covariate
+    decorrelation: float = 0.0  # weight of ODIN's |corr(score, length)| term
+
+    @classmethod
+    def fit(cls, data: EncodedPairs, covariate: bool, decorrelation: float) -> "LengthDebias":
+        """β of each head from its own labelled train pairs (the length-only model of "chosen wins")."""
+        coefficient = torch.tensor([fit_length_coefficient(data.length_diff[data.mask[:, h]].float())
+                                    for h in range(len(HEADS))]) if covariate else None
+        return cls(coefficient, decorrelation)
+
+    def offset(self, data: EncodedPairs, ids: Sequence[int], device) -> torch.Tensor | None:
+        """(batch, heads) β_head·Δlen of pairs ``ids``, the logit the length-only model gives "chosen wins"."""
+        if self.coefficient is None:
+            return None
+        return (data.length_diff[ids].float().unsqueeze(-1) * self.coefficient.unsqueeze(0)).to(device)
+
+    def penalty(self, scores: torch.Tensor, data: EncodedPairs, ids: Sequence[int]) -> torch.Tensor | None:
+        """decorrelation·|corr(head score, response length)| over the batch's chosen and rejected responses."""
+        if not self.decorrelation:
+            return None
+        lengths = torch.cat([data.chosen_tokens[ids], data.rejected_tokens[ids]]).to(scores.device)  # (2 * batch,)
+        mask = data.mask[ids].repeat(2, 1).to(scores.device)  # (2 * batch, heads)
+        return self.decorrelation * length_correlation_penalty(scores, lengths, mask)
 
 
 def optimizer_groups(model: RewardModel, cfg: RewardStageConfig) -> list[dict]:
@@ -120,12 +162,13 @@ def trainable_weights(model: RewardModel) -> dict[str, torch.Tensor]:
 
 
 def train_step(model, batch_ids: Sequence[Sequence[int]], data: EncodedPairs, batch_of: trunk_cache.Batches,
-               accelerator, bf16: bool, use_margin: bool, window: Window) -> None:
+               accelerator, bf16: bool, use_margin: bool, window: Window, debias: LengthDebias | None = None) -> None:
     """Forward and backward of this process's micro-batches for one optimizer step (no optimizer call).
 
     ``batch_of`` makes the model inputs of rows of ``data.chosen + data.rejected``."""
     # Gradients are reduced once per optimizer step, after the last micro-batch (DDP or FSDP2).
     no_sync = sharding.no_sync if sharding.is_sharded(model) else accelerator.no_sync
+    debias = debias or LengthDebias()
     for k, ids in enumerate(batch_ids):
         rows = [*ids, *(len(data.chosen) + i for i in ids)]  # chosen sequences first, then rejected
         batch = {k_: v.to(accelerator.device) for k_, v in batch_of(rows).items()}
@@ -135,8 +178,13 @@ def train_step(model, batch_ids: Sequence[Sequence[int]], data: EncodedPairs, ba
             chosen, rejected = scores[:len(ids)], scores[len(ids):]
             mask = data.mask[ids].to(scores.device)  # (batch, heads)
             margin = data.margin[ids].to(scores.device) if use_margin else None
-            loss, per_head, counts = pairwise_loss(chosen, rejected, mask, margin)
-            accelerator.backward(loss / len(batch_ids))
+            loss, per_head, counts = pairwise_loss(chosen, rejected, mask, margin,
+                                                   debias.offset(data, ids, scores.device))
+            length_penalty = debias.penalty(scores, data, ids)
+            total = loss if length_penalty is None else loss + length_penalty
+            accelerator.backward(total / len(batch_ids))
+        if length_penalty is not None:
+            window.length_penalty += length_penalty.item()
         correct, counted = pairwise_correct(chosen.detach().cpu(), rejected.detach().cpu(), mask.cpu())
         window.loss += loss.item()
         window.batches += 1
@@ -192,8 +240,11 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     data = encode_pairs(encoder, train_pairs)
     pools, lengths = pools_by_head(train_pairs), data.lengths()
     per_head = cfg.data.pairs_per_head or max(len(p) for p in pools.values())
+    chosen_longer = (data.length_diff > 0).tolist() if cfg.data.length_balance else None
     batches_of = functools.lru_cache(maxsize=1)(  # one epoch's batch order, a function of (seed, epoch) only
-        lambda epoch: balanced_batches(pools, per_head, cfg.train.batch_size, cfg.run.seed, epoch, lengths))
+        lambda epoch: balanced_batches(pools, per_head, cfg.train.batch_size, cfg.run.seed, epoch, lengths,
+                                       chosen_longer=chosen_longer))
+    debias = LengthDebias.fit(data, cfg.train.length_covariate, cfg.train.length_decorrelation)
     batches_per_step = world * cfg.train.grad_accum_steps
     steps_per_epoch = len(batches_of(0)) // batches_per_step
     if steps_per_epoch == 0:
@@ -275,7 +326,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         group = batches[step_in_epoch * batches_per_step:(step_in_epoch + 1) * batches_per_step]
         this_step = Window()
         train_step(model, group[rank::world], data, train_batches, accelerator, bf16, cfg.train.use_margin,
-                   this_step)
+                   this_step, debias)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):  # sharded gradients give the whole norm as a (replicated) DTensor
             grad_norm = grad_norm.full_tensor()
@@ -352,6 +403,8 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
                "train/steps": step, "best/epoch": best.get("epoch"), "best/dev_accuracy_mean": best["accuracy"]}
     final_dev = next((h for h in history if h["step"] == best.get("step")), history[-1] if history else {})
     summary |= {f"dev/accuracy_{h}": a for h, a in final_dev.items() if h != "step"}
+    if debias.coefficient is not None:
+        summary |= {f"train/length_coef_{h}": debias.coefficient[i].item() for i, h in enumerate(HEADS)}
     if cfg.eval.test:
         test_pairs = load_split(cfg, "test", cfg.eval.max_pairs_per_head)
         with sharding.gathered(unwrapped):

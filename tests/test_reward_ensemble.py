@@ -152,3 +152,78 @@ def test_ppo_stage_optimises_the_conservative_reward_and_logs_the_spread(members
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "reward/composite" in r]
     assert [r["step"] for r in records] == [1, 2]
     assert all(r["reward/spread"] > 0 and "reward/spread_harmless" in r for r in records)
+
+
+# ---------------------------------------------------------------- conservative aggregates (issue 23): wco, uwo
+
+
+def test_wco_is_the_worst_member_and_uwo_the_mean_minus_lambda_var_by_hand():
+    from reward_models.ensemble import aggregate_members, uncertainty_weighted, worst_case
+
+    two = torch.tensor([[1.0], [3.0]])  # (members=2, batch=1)
+    assert worst_case(two).tolist() == [1.0]
+    assert uncertainty_weighted(two, 0.0).tolist() == [2.0]  # λ = 0: the mean
+    assert uncertainty_weighted(two, 0.5).tolist() == [1.5]  # mean 2, population variance 1: 2 - 0.5 * 1
+    three = torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]])  # (3, 2): variances 2/3 and 0
+    assert uncertainty_weighted(three, 3.0).tolist() == pytest.approx([1.0 - 2.0, 1.0])
+    assert aggregate_members(three, "wco").tolist() == [0.0, 1.0]
+    assert aggregate_members(three, "mean").tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="aggregate"):
+        aggregate_members(three, "median")
+
+
+def test_wco_and_uwo_ensembles_aggregate_each_standardised_head(members):
+    a, b = members
+    plain = RewardEnsemble.from_pretrained([a, b], toxicity=None, precision="fp32")
+    za, zb = (normalised(RewardScorer.from_pretrained(m, toxicity=None, precision="fp32")) for m in (a, b))
+    with pytest.raises(ValueError, match="weights"):  # members a and b weight their heads differently
+        RewardEnsemble(plain.members, aggregate="wco")
+    plain.members[1].config.weights = dict(plain.members[0].config.weights)  # one weighting for the aggregated heads
+    weights = plain.members[0].config.weights
+    for aggregate, expected in (("wco", {h: torch.minimum(za[h], zb[h]) for h in HEADS}),
+                                ("uwo", {h: (za[h] + zb[h]) / 2 - 0.5 * ((za[h] - zb[h]) / 2) ** 2 for h in HEADS})):
+        got = RewardEnsemble(plain.members, aggregate=aggregate, uwo_lambda=0.5).score(PROMPTS, RESPONSES)
+        for h in HEADS:
+            assert torch.allclose(got.heads[h], expected[h], atol=1e-5)
+        assert torch.allclose(got.composite, sum(weights[h] * expected[h] for h in HEADS), atol=1e-5)
+        assert (got.spread > 0).all() and "reward/spread" in got.as_metrics()
+
+
+def normalised(scorer):
+    cfg = scorer.config
+    raw = scorer.score_heads(PROMPTS, RESPONSES)
+    return {h: (raw[h] - cfg.mean[h]) / cfg.std[h] for h in HEADS}
+
+
+@pytest.mark.parametrize("flags, key", [
+    (["--reward.aggregate", "median"], "reward.aggregate"),
+    (["--reward.aggregate", "wco"], "reward.aggregate"),
+    (["--reward.aggregate", "uwo"], "reward.aggregate"),
+    (["--reward.uwo_lambda", "-0.1"], "reward.uwo_lambda"),
+])
+def test_bad_aggregate_settings_are_one_line_naming_the_key(flags, key):
+    with pytest.raises(ConfigError, match=key) as err:
+        load_config(RLStageConfig, flags)
+    assert "\n" not in str(err.value)
+
+
+def test_an_ensemble_of_one_with_wco_or_uwo_is_refused(members):
+    a, _ = members
+    for aggregate in ("wco", "uwo"):
+        with pytest.raises(ConfigError, match=r"reward.aggregate: .*>= 2 models"):
+            load_config(RLStageConfig, ["--reward.ensemble", f"[{a}]", "--reward.aggregate", aggregate])
+
+
+def test_ppo_loads_a_wco_ensemble_and_refuses_members_weighted_differently(members):
+    from rlhf.ppo.scorers import check_ensemble, load_scorer
+
+    a, b = members
+    cfg, _ = load_config(RLStageConfig, ["--reward.ensemble", f"[{a}, {a}]", "--reward.aggregate", "wco"])
+    scorer = load_scorer(cfg.reward, tokenizer=None, device=torch.device("cpu"))
+    assert isinstance(scorer, RewardEnsemble) and scorer.aggregate == "wco"
+    cfg, _ = load_config(RLStageConfig, ["--reward.ensemble", f"[{a}, {b}]", "--reward.aggregate", "uwo"])
+    with pytest.raises(ConfigError, match=r"reward.ensemble\[1\]: weights its heads"):
+        check_ensemble(cfg.reward)
+    with pytest.raises(ConfigError, match="reward.spread_penalty"):
+        load_config(RLStageConfig, ["--reward.ensemble", f"[{a}, {b}]", "--reward.aggregate", "uwo",
+                                    "--reward.spread_penalty", "0.5"])

@@ -77,6 +77,18 @@ class RewardSection:
         default=0.0,
         metadata={"help": "ensemble only: reward = mean - spread_penalty * spread across members (0: off)",
                   "range": "[0, inf)"})
+    # Conservative ensembles (Coste et al., ICLR 2024), per head on the members' standardised scores:
+    # wco = the worst member, uwo = mean - uwo_lambda * variance across members (reward_models/ensemble.py).
+    aggregate: Literal["mean", "uwo", "wco"] = field(
+        default="mean",
+        metadata={"help": "ensemble only: how members' heads combine: mean, uwo (mean - λ·var) or wco (min)"})
+    uwo_lambda: float = field(
+        default=0.5,
+        metadata={"help": "aggregate uwo: λ, the weight of the members' variance per head", "range": "[0, inf)"})
+    length_detrend: bool = field(
+        default=False,
+        metadata={"help": "remove the score's least-squares trend on response length over each batch "
+                          "(mean kept; logs reward/length_slope; rlhf/ppo/length_control.py)"})
     toy_token: str = field(default=" the",
                            metadata={"help": "kind toy: reward = share of response tokens equal to this token"})
     missing_eos_penalty: float = field(
@@ -323,6 +335,10 @@ class RLStageConfig:
             raise ConfigError(f"ppo.batch_size x rl.samples_per_prompt ({rollouts} rollouts) must be a multiple of "
                               f"ppo.mini_batch_size ({ppo.mini_batch_size}), itself a multiple of ppo.micro_batch_size "
                               f"({ppo.micro_batch_size})")
+        if self.reward.length_detrend and self.reward.aggregation == "normalize_then_sum":
+            # GDPO normalises each head before the sum, so a trend removed from the composite would change nothing.
+            raise ConfigError("reward.length_detrend: works on the composite score, which reward.aggregation "
+                              "normalize_then_sum does not use; use aggregation sum")
         if POLICY_LOSSES[rl.policy_loss].asymmetric and ppo.clip_range_high < ppo.clip_range:
             raise ConfigError(f"ppo.clip_range_high: must be >= ppo.clip_range ({ppo.clip_range}) for {rl.policy_loss}, "
                               f"got {ppo.clip_range_high}")
@@ -348,6 +364,14 @@ class RLStageConfig:
         if reward.spread_penalty < 0 or (reward.spread_penalty and len(reward.ensemble) < 2):
             raise ConfigError(f"reward.spread_penalty: needs >= 0 and an ensemble of >= 2 models in reward.ensemble "
                               f"(got {reward.spread_penalty} with {len(reward.ensemble)})")
+        if reward.aggregate != "mean" and len(reward.ensemble) < 2:
+            raise ConfigError(f"reward.aggregate: {reward.aggregate} needs an ensemble of >= 2 models in reward.ensemble "
+                              f"(got {len(reward.ensemble)})")
+        if reward.uwo_lambda < 0:
+            raise ConfigError(f"reward.uwo_lambda: must be >= 0, got {reward.uwo_lambda}")
+        if reward.spread_penalty and reward.aggregate != "mean":
+            raise ConfigError(f"reward.spread_penalty: applies to aggregate mean only (aggregate {reward.aggregate} is "
+                              "already conservative); set it to 0")
         if not self.generation.do_sample:
             raise ConfigError("generation.do_sample must be true: RL needs samples from the policy")
 

@@ -187,11 +187,19 @@ def check_ensemble(reward: RewardSection) -> None:
     from reward_models.scoring import resolve_model_folder
     from rlhf.judges import refuse_gold
 
+    from reward_models.model import ScoringConfig
+
+    weights = None
     for i, member in enumerate(reward.ensemble):
         if not (resolve_model_folder(member) / REWARD_CONFIG).is_file():
             raise ConfigError(f"reward.ensemble[{i}]: {member} is not a reward model folder (no {REWARD_CONFIG} "
                               "in it or in its final/)")
         refuse_gold(member, f"reward.ensemble[{i}]")
+        member_weights = ScoringConfig.load(resolve_model_folder(member)).weights
+        weights = member_weights if weights is None else weights
+        if reward.aggregate != "mean" and member_weights != weights:  # the aggregated heads get one weighting
+            raise ConfigError(f"reward.ensemble[{i}]: weights its heads {member_weights}, reward.ensemble[0] {weights}; "
+                              f"reward.aggregate {reward.aggregate} needs the same head weights in every member")
 
 
 def check_reward_model(reward: RewardSection, runs_dir: str | Path = "runs") -> Path | None:
@@ -241,9 +249,11 @@ def _load_base_scorer(reward: RewardSection, tokenizer, device: torch.device, ru
         from reward_models.ensemble import RewardEnsemble
 
         check_ensemble(reward)
-        print(f"[ppo] reward ensemble of {len(reward.ensemble)}: {', '.join(reward.ensemble)} "
-              f"(spread penalty {reward.spread_penalty})", file=sys.stderr)
-        return RewardEnsemble.from_pretrained(reward.ensemble, device=device, spread_penalty=reward.spread_penalty)
+        how = (f"uwo, λ {reward.uwo_lambda}" if reward.aggregate == "uwo" else reward.aggregate
+               if reward.aggregate == "wco" else f"mean, spread penalty {reward.spread_penalty}")
+        print(f"[ppo] reward ensemble of {len(reward.ensemble)}: {', '.join(reward.ensemble)} ({how})", file=sys.stderr)
+        return RewardEnsemble.from_pretrained(reward.ensemble, device=device, spread_penalty=reward.spread_penalty,
+                                              aggregate=reward.aggregate, uwo_lambda=reward.uwo_lambda)
     path = _check_reward_source(reward, runs_dir)
     from reward_models.model import REWARD_CONFIG
     from reward_models.scoring import RewardScorer, resolve_model_folder

@@ -38,6 +38,7 @@ from rlhf.ppo.maths import (aggregate, clipped_value_loss, entropy_from_logits, 
 from rlhf.ppo.memory import release_freed_memory
 from rlhf.ppo.policy import PolicyModel
 from rlhf.ppo.prompts import PromptStream
+from rlhf.ppo.length_control import remove_length_trend
 from rlhf.ppo.objectives import RewardObjective, normalize_then_sum
 from rlhf.ppo.rewards import RunningMoments, overlong_penalty, shape_scores
 from rlhf.ppo.sampler import make_sampler
@@ -208,6 +209,12 @@ class RLTrainer:
             metrics = {"skipped/nonfinite": 1.0, "response/length": mask.sum(1).mean().item()}
             return self._finish_step(step, exp, self._reduce_metrics(metrics), start)
 
+        # 2b. optional length control: the batch's linear trend of score on response length taken out
+        length_metrics = {}
+        if cfg.reward.length_detrend:
+            composite, slope = remove_length_trend(composite, mask.sum(1).float(), acc.gather)
+            length_metrics["reward/length_slope"] = slope
+
         # 3. shaped scores (EOS penalty, running normalisation or per-head normalisation, clipping, overlong
         #    penalty); the KL as a per-token penalty unless it is a loss term
         kl = kl_per_token(exp.logprobs, exp.ref_logprobs, cfg.kl.estimator) * mask  # (B, R)
@@ -235,6 +242,7 @@ class RLTrainer:
         # 6. the KL controller sees the mean KL per response over every process
         metrics = {
             **exp.scores.as_metrics(),
+            **length_metrics,
             "objective/kl": kl.sum(1).mean().item(),
             "objective/kl_coef": kl_coef,
             "objective/scores": scores.mean().item(),
