@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "clip": [],
     "clip_higher": ["--rl.policy_loss", "clip_higher"],
@@ -27,25 +26,11 @@ GROUP = ["--rl.algo", "grpo", "--ppo.batch_size", "4", "--rl.samples_per_prompt"
 
 
 def run(overrides: list[str], steps: int, folder: Path) -> list[dict[str, float]]:
-    from rlhf.config import RunConfig, load_config
-    from rlhf.ppo.config import RLStageConfig
-    from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
-    from rlhf.ppo.prompts import prepare_prompts
-    from rlhf.ppo.scorers import TokenCountScorer
-    from rlhf.ppo.toy import build_toy_policy, frequent_token
-    from rlhf.ppo.trainer import RLTrainer
+    from rlhf.config import RunConfig
+    from rlhf.ppo.toy import build_toy_trainer
 
-    policy = build_toy_policy(folder / "toy-policy")
-    cfg, _ = load_config(RLStageConfig, ["--config", str(ROOT / "pipelines/configs/ppo_tiny.yaml"),
-                                         "--policy.model", str(policy), *GROUP, *overrides])
-    cfg.run = RunConfig(output_dir=str(folder / "runs"), run_name="x", wandb_mode="disabled")
-    torch.manual_seed(cfg.run.seed)
-    tokenizer = load_policy_tokenizer(cfg.policy)
-    model = build_policy_model(cfg, torch.float32)
-    prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
-    trainer = RLTrainer(cfg, model, tokenizer, TokenCountScorer(tokenizer, cfg.reward.toy_token), prompts)
-    probe = trainer.maker.make(trainer.stream.prompts[:32])
-    trainer.maker.scorer.token_id = frequent_token(trainer.tokenizer, probe.responses_ids, probe.response_mask)
+    trainer = build_toy_trainer(folder, RunConfig(output_dir=str(folder / "runs"), run_name="x", wandb_mode="disabled"),
+                                [*GROUP, *overrides])
     return [trainer.step() for _ in range(steps)]
 
 

@@ -24,7 +24,7 @@ import torch
 
 from reward_models.types import HEADS
 from rlhf import sources
-from rlhf.records import PreferenceRecord, load_records
+from rlhf.records import PreferenceRecord, load_records, log_rows_read
 
 Split = Literal["train", "dev", "test"]
 
@@ -42,12 +42,13 @@ def load_pairs(shipped: Sequence[str], extra_files: Sequence[str], split: Split,
     for name in shipped:
         records.extend(sources.PREFERENCE_SOURCES[name](split))
     for path in extra_files:
-        result = load_records(path, kind="preference", default_dimension=list(default_dimension) or None,
-                              log_rows=True)
+        result = load_records(path, kind="preference", default_dimension=list(default_dimension) or None)
         if result.errors:
             raise result.errors[0]
         if extra_files_split == "train":
             sources.check_train_file(path, result.records, result.lines)
+        log_rows_read(path, result)  # after its checks: a refused file gives its one error line only
+        if extra_files_split == "train":
             records.extend(result.records if split == "train" else [])
         else:
             records.extend(sources.take_split(result.records, split))

@@ -222,8 +222,9 @@ def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, P
     except ConfigError as err:
         raise ConfigError(f"pipeline stage {name}: {err}") from None
     # The gold judges what the proxy and DPO learnt: it must not have seen their prompts (rlhf.sources.partition_of).
-    if name in ("reward", "dpo") and "gold" in selected_stages(cfg) and config.data.partition in ("gold", "all"):
-        raise ConfigError(f"pipeline stage {name}: data.partition: {config.data.partition}: overlaps the gold judge's "
+    partition = getattr(getattr(config, "data", None), "partition", None)
+    if name in ("reward", "dpo") and "gold" in selected_stages(cfg) and partition in ("gold", "all"):
+        raise ConfigError(f"pipeline stage {name}: data.partition: {partition}: overlaps the gold judge's "
                           "half of the train pairs (the gold stage runs); leave it auto (the proxy's half)")
     return Stage(name, pipeline_dir(cfg) / name, config, main)
 

@@ -635,9 +635,15 @@ def load_records(path: str | Path, kind: RecordKind | None = None, default_dimen
             result.lines.append(line_no)
     except RecordError as err:
         result.errors.append(err)
-    if log_rows:  # stages say what each of the user's files gave: a short read is seen, not guessed
-        print(rows_line(path, result), file=sys.stderr, flush=True)
+    # Stages say what each of the user's files gave: a short read is seen, not guessed. A file with errors says
+    # nothing here: its first error is the one line the user gets.
+    if log_rows and not result.errors:
+        log_rows_read(path, result)
     return result
+
+
+def log_rows_read(path, result: LoadResult) -> None:
+    print(rows_line(path, result), file=sys.stderr, flush=True)
 
 
 def rows_line(path, result: LoadResult) -> str:

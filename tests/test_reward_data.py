@@ -145,6 +145,7 @@ def test_a_train_file_holding_a_shipped_test_conversation_is_refused_naming_file
     assert len(load_pairs([], [str(path)], "test")) == 1  # split by conversation, it lands in test with its own
     argv = ["--config", "pipelines/configs/reward_tiny.yaml", "--run.output_dir", str(tmp_path / "runs"),
             "--data.extra_files", f"['{path}']", "--data.extra_files_split", "train"]
+    capsys.readouterr()  # what the direct calls above printed; below, only the stage's own output
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: data.extra_files[0]: {path}:2: field 'prompt'") and "\n" not in err, err

@@ -234,12 +234,7 @@ def test_each_option_runs_a_grpo_step_with_its_metrics(run_cfg, tmp_path, extra)
     is 0 for most early groups: no advantage, no update), so each loss must move the LoRA weights."""
     from test_rl_family import toy_trainer
 
-    from rlhf.ppo.scorers import FunctionScorer
-
     trainer = toy_trainer(run_cfg, tmp_path, *GROUP, *extra, "--reward.functions", f"[{__name__}:word_count]")
-    # toy_trainer builds the toy scorer itself: add the function as load_scorer does
-    trainer.maker.scorer = FunctionScorer(trainer.maker.scorer, trainer.cfg.reward.functions)
-    trainer.objective = RewardObjective(trainer.cfg.reward, trainer.maker.scorer)
     before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
     metrics = [trainer.step() for _ in range(2)][-1]
     assert all(math.isfinite(v) for v in metrics.values()), metrics

@@ -34,7 +34,7 @@ def tiny_cfg(out: Path, *flags: str) -> SFTStageConfig:
 
 @pytest.mark.parametrize("flags, key", [
     (("--prompt_tuning.enabled", "true"), "prompt_tuning.enabled: LoRA is on as well"),
-    ((*PT, "--prompt_tuning.num_virtual_tokens", "0"), "prompt_tuning.num_virtual_tokens: must be >= 1"),
+    ((*PT, "--prompt_tuning.num_virtual_tokens", "0"), "prompt_tuning.num_virtual_tokens: 0 is outside its range [1, 1000000]"),
     ((*PT, "--train.save_merged", "true"), "train.save_merged: a soft prompt cannot be merged"),
     ((*PT, "--train.packing", "true"), "train.packing: prompt tuning"),
     (("--prompt_tuning.tokens", "20"), "prompt_tuning.tokens"),

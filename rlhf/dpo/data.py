@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from rlhf.config import ConfigError
 from rlhf.dpo.config import DataConfig
-from rlhf.records import DIMENSIONS, PreferenceRecord, RecordError, load_records, prompt_to_messages
+from rlhf.records import DIMENSIONS, PreferenceRecord, RecordError, load_records, log_rows_read, prompt_to_messages
 
 
 @dataclass
@@ -48,8 +48,7 @@ def load_pairs(cfg: DataConfig, seed: int) -> Pairs:
     train = keep(preference_records(cfg.sources, "train"), cfg.dimensions)
     dev = keep(preference_records(cfg.sources, "dev"), cfg.dimensions)
     for i, path in enumerate(cfg.extra_files):
-        result = load_records(path, kind="preference", default_dimension=list(cfg.default_dimension) or None,
-                              log_rows=True)
+        result = load_records(path, kind="preference", default_dimension=list(cfg.default_dimension) or None)
         if result.errors:  # validate_stage_inputs normally reports these first, with the key
             raise ConfigError(f"data.extra_files[{i}]: {result.errors[0]}")
         records = keep(result.records, cfg.dimensions)
@@ -61,8 +60,10 @@ def load_pairs(cfg: DataConfig, seed: int) -> Pairs:
                 check_train_file(path, result.records, result.lines)
             except RecordError as err:
                 raise ConfigError(f"data.extra_files[{i}]: {err}") from None
+            log_rows_read(path, result)  # after its checks: a refused file gives its one error line only
             train += records
         else:
+            log_rows_read(path, result)
             train += take_split(records, "train")
             dev += take_split(records, "dev")
     # The proxy's half by default: a gold judge trained on the other half never saw DPO's prompts either.

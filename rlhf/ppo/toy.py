@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import torch
+
+TINY_PRESET = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "ppo_tiny.yaml"
 
 
 def build_toy_policy(out_dir: str | Path, seed: int = 0, init_scale: float = 0.3) -> Path:
@@ -31,3 +34,29 @@ def frequent_token(tokenizer, response_ids: torch.Tensor, response_mask: torch.T
     counts = Counter(t for t, m in zip(response_ids.flatten().tolist(), response_mask.flatten().tolist())
                      if m and t != tokenizer.eos_token_id)
     return next(token for token, _ in counts.most_common() if round_trips(token))
+
+
+def build_toy_trainer(folder: str | Path, run, overrides: Sequence[str] = ()):
+    """An RLTrainer on the toy task: the toy policy, the tiny preset with ``overrides``, the token-share reward
+    aimed at a token the untrained policy already samples (so there is something to learn from the start)."""
+    from rlhf.config import load_config
+    from rlhf.ppo.config import RLStageConfig
+    from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
+    from rlhf.ppo.prompts import prepare_prompts
+    from rlhf.ppo.scorers import load_scorer
+    from rlhf.ppo.trainer import RLTrainer
+
+    policy = build_toy_policy(Path(folder) / "toy-policy")
+    cfg, _ = load_config(RLStageConfig, ["--config", str(TINY_PRESET), "--policy.model", str(policy), *overrides])
+    cfg.run = run
+    torch.manual_seed(cfg.run.seed)
+    tokenizer = load_policy_tokenizer(cfg.policy)
+    model = build_policy_model(cfg, torch.float32)
+    prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
+    # As the stage builds it: the toy scorer, with any reward.functions beside it.
+    scorer = load_scorer(cfg.reward, tokenizer, torch.device("cpu"))
+    trainer = RLTrainer(cfg, model, tokenizer, scorer, prompts)
+    probe = trainer.maker.make(trainer.stream.prompts[:32])
+    toy = getattr(scorer, "base", scorer)  # the token-share scorer under a FunctionScorer
+    toy.token_id = frequent_token(trainer.tokenizer, probe.responses_ids, probe.response_mask)
+    return trainer
