@@ -42,8 +42,8 @@ class CompareConfig:
     dpo_runs: list[str] = field(default_factory=list, metadata={"help": "DPO run folders (their final/ policy)"})
     best_of_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16],
                                  metadata={"help": "best-of-n from the SFT policy, picked by the proxy; [] = none"})
-    prompts_per_source: int = field(default=16, metadata={"help": "held-out test prompts per source"})
-    max_new_tokens: int = field(default=32, metadata={"help": "per response (as the RL runs sample)"})
+    prompts_per_source: int = field(default=16, metadata={"help": "held-out test prompts per source", "range": "[1, 100000]"})
+    max_new_tokens: int = field(default=32, metadata={"help": "per response (as the RL runs sample)", "range": "[1, 100000]"})
     run: RunConfig = field(default_factory=lambda: RunConfig(wandb_mode="offline"))
 
 

@@ -51,12 +51,12 @@ class RMReportConfig:
                                metadata={"help": "shipped preference sources"})
     extra_files: list[str] = field(default_factory=list,
                                    metadata={"help": "more preference files (JSONL/CSV records), split by conversation"})
-    max_pairs_per_head: int = field(default=0, metadata={"help": "cap on pairs per head (quick runs); 0 = all"})
+    max_pairs_per_head: int = field(default=0, metadata={"help": "cap on pairs per head (quick runs); 0 = all", "range": "[0, inf)"})
     similar_tokens: int = field(
-        default=5, metadata={"help": "length bins: |len(chosen) - len(rejected)| <= this many tokens is 'similar'"})
-    calibration_bins: int = field(default=10, metadata={"help": "equal-width bins of predicted P(chosen)"})
-    confidence: float = field(default=0.95, metadata={"help": "level of the Wilson intervals"})
-    batch_size: int = field(default=64, metadata={"help": "sequences per forward pass"})
+        default=5, metadata={"help": "length bins: |len(chosen) - len(rejected)| <= this many tokens is 'similar'", "range": "[0, 1000000]"})
+    calibration_bins: int = field(default=10, metadata={"help": "equal-width bins of predicted P(chosen)", "range": "[1, 10000]"})
+    confidence: float = field(default=0.95, metadata={"help": "level of the Wilson intervals", "range": "(0, 1)"})
+    batch_size: int = field(default=64, metadata={"help": "sequences per forward pass", "range": "[1, 100000]"})
     precision: Precision = field(default="auto", metadata={"help": "bf16 autocast or fp32; auto: bf16 where native"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu or cuda (rlhf.runtime)"})
 

@@ -76,7 +76,7 @@ class PipelineConfig:
                             metadata={"help": "{base}: the model SFT starts from and evaluation's base policy"})
     threads: int = field(
         default=0,
-        metadata={"help": "torch threads for every stage (0: torch's default); 1 suits tiny models on a shared CPU"})
+        metadata={"help": "torch threads for every stage (0: torch's default); 1 suits tiny models on a shared CPU", "range": "[0, 4096]"})
     stages: list[str] = field(
         default_factory=lambda: list(DEFAULT_STAGES),
         metadata={"help": "stages to run, in pipeline order: sft, reward, gold, ppo, dpo, eval (gold, dpo optional)"})

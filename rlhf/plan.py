@@ -77,14 +77,14 @@ class ModelSection:
     name: str = field(default="",
                       metadata={"help": "zoo name, tiny-llama, folder or hub id (config.json only; no weights load); "
                                         "empty: the shape below"})
-    params: float = field(default=0.0, metadata={"help": "total parameters, e.g. 8e9 (0: from the shape below)"})
-    layers: int = field(default=0, metadata={"help": "transformer blocks"})
-    hidden: int = field(default=0, metadata={"help": "hidden size"})
-    heads: int = field(default=0, metadata={"help": "attention heads (0: hidden / 128)"})
-    kv_heads: int = field(default=0, metadata={"help": "key/value heads (0: = heads; fewer = grouped-query attention)"})
+    params: float = field(default=0.0, metadata={"help": "total parameters, e.g. 8e9 (0: from the shape below)", "range": "[0, inf)"})
+    layers: int = field(default=0, metadata={"help": "transformer blocks", "range": "[0, 100000]"})
+    hidden: int = field(default=0, metadata={"help": "hidden size", "range": "[0, 10000000]"})
+    heads: int = field(default=0, metadata={"help": "attention heads (0: hidden / 128)", "range": "[0, 100000]"})
+    kv_heads: int = field(default=0, metadata={"help": "key/value heads (0: = heads; fewer = grouped-query attention)", "range": "[0, 100000]"})
     intermediate: int = field(default=0,
-                              metadata={"help": "MLP width (0: what `params` leaves for it, else 8/3 x hidden)"})
-    vocab: int = field(default=32000, metadata={"help": "vocabulary size"})
+                              metadata={"help": "MLP width (0: what `params` leaves for it, else 8/3 x hidden)", "range": "[0, 100000000]"})
+    vocab: int = field(default=32000, metadata={"help": "vocabulary size", "range": "[1, 100000000]"})
     tied_embeddings: bool = field(default=False, metadata={"help": "the LM head shares the input embedding"})
 
 
@@ -99,10 +99,10 @@ class TrainSection:
     precision: Literal["fp32", "bf16", "fp16"] = field(
         default="fp32", metadata={"help": "compute: 16-bit autocast keeps activations and the KV cache in 16 bits"})
     optimizer: Literal["adamw", "adamw_8bit", "sgd"] = field(default="adamw", metadata={"help": "optimizer"})
-    seq_len: int = field(default=512, metadata={"help": "tokens per sequence (the padded length of a batch)"})
+    seq_len: int = field(default=512, metadata={"help": "tokens per sequence (the padded length of a batch)", "range": "[1, 100000000]"})
     micro_batch: int = field(
-        default=4, metadata={"help": "sequences per forward/backward per device (reward: pairs, 2 sequences each)"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+        default=4, metadata={"help": "sequences per forward/backward per device (reward: pairs, 2 sequences each)", "range": "[1, 1000000]"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step", "range": "[1, 1000000]"})
     gradient_checkpointing: bool = field(default=False,
                                          metadata={"help": "keep layer inputs only, recompute in the backward"})
     attention: Literal["sdpa", "eager"] = field(
@@ -111,7 +111,7 @@ class TrainSection:
         default="auto",
         metadata={"help": "LM-head logits in training; auto: chunked for sft (TRL's fused head), full over the "
                           "response for ppo, none for reward (a score head)"})
-    steps: int = field(default=1000, metadata={"help": "optimizer steps of the run (its FLOPs and PF-days)"})
+    steps: int = field(default=1000, metadata={"help": "optimizer steps of the run (its FLOPs and PF-days)", "range": "[1, 1000000000000]"})
 
 
 @dataclass
@@ -122,7 +122,7 @@ class ParallelSection:
         default="ddp",
         metadata={"help": "ddp: all on every device; zero1: optimizer sharded; zero2: + gradients; "
                           "zero3/fsdp: + weights"})
-    gpus: int = field(default=1, metadata={"help": "devices the run is spread over"})
+    gpus: int = field(default=1, metadata={"help": "devices the run is spread over", "range": "[1, 1000000]"})
 
 
 @dataclass
@@ -133,10 +133,10 @@ class PPOPlanSection:
         default="policy",
         metadata={"help": "reward model: name or folder; policy: one of the policy's shape; none: no model (toy)"})
     value_head: bool = field(default=True, metadata={"help": "a value head on the policy (false: critic-free, GRPO)"})
-    rollouts: int = field(default=8, metadata={"help": "rollouts generated per step (the generation batch)"})
-    prompt_tokens: int = field(default=256, metadata={"help": "prompt tokens per rollout (the longest)"})
-    new_tokens: int = field(default=32, metadata={"help": "generated tokens per rollout"})
-    epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts"})
+    rollouts: int = field(default=8, metadata={"help": "rollouts generated per step (the generation batch)", "range": "[1, 1000000]"})
+    prompt_tokens: int = field(default=256, metadata={"help": "prompt tokens per rollout (the longest)", "range": "[1, 100000000]"})
+    new_tokens: int = field(default=32, metadata={"help": "generated tokens per rollout", "range": "[1, 100000000]"})
+    epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts", "range": "[1, 1000000]"})
 
 
 @dataclass
@@ -152,11 +152,11 @@ class PlanConfig:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     ppo: PPOPlanSection = field(default_factory=PPOPlanSection)
     device_memory_gb: float = field(default=0.0,
-                                    metadata={"help": "memory per device to fit in, GiB; 0: this machine's RAM"})
+                                    metadata={"help": "memory per device to fit in, GiB; 0: this machine's RAM", "range": "[0, inf)"})
     runtime_gb: float | None = field(
         default=None,
         metadata={"help": "per process before any model, GiB; null: the stage's measured CPU runtime (Python + "
-                          "torch + transformers + TRL: sft 0.50, reward and ppo 0.40); a GPU: its CUDA context (~0.5)"})
+                          "torch + transformers + TRL: sft 0.50, reward and ppo 0.40); a GPU: its CUDA context (~0.5)", "range": "[0, inf)"})
 
     @property
     def runtime_gib(self) -> float:

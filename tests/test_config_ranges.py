@@ -50,13 +50,26 @@ def numeric_fields(cls: type, prefix: str = ""):
             yield key, f, default
 
 
-ALL_FIELDS = [(name, key, f, default) for name in pl.STAGES for key, f, default in numeric_fields(stage_class(name))]
+# The commands beside the stages read their configs through the same loader: their settings are checked too.
+COMMAND_CONFIGS = {"compare": "pipelines.compare:CompareConfig", "plan": "rlhf.plan:PlanConfig",
+                   "pipeline": "rlhf.pipeline:PipelineConfig", "eval-rm": "reward_models.report:RMReportConfig"}
+
+
+def command_class(name: str) -> type:
+    module, _, cls = COMMAND_CONFIGS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+ALL_FIELDS = ([(name, key, f, default) for name in pl.STAGES for key, f, default in numeric_fields(stage_class(name))]
+              + [(name, key, f, default) for name in COMMAND_CONFIGS
+                 for key, f, default in numeric_fields(command_class(name))])
 
 
 def test_the_walk_finds_the_fields_it_must():
     keys = {(name, key) for name, key, _, _ in ALL_FIELDS}
     assert {("reward", "train.lr"), ("ppo", "kl.coef"), ("ppo", "generation.max_new_tokens"),
-            ("sft", "data.mixture.weight"), ("eval", "confidence"), ("dpo", "train.beta")} <= keys
+            ("sft", "data.mixture.weight"), ("eval", "confidence"), ("dpo", "train.beta"),
+            ("compare", "prompts_per_source"), ("plan", "train.micro_batch"), ("eval-rm", "confidence")} <= keys
     assert len(ALL_FIELDS) > 100
 
 
@@ -146,3 +159,12 @@ def test_from_dict_checks_only_numbers():
     assert from_dict(RunConfig, {"seed": 7}).seed == 7
     with pytest.raises(ConfigError, match="run.seed: -1 is outside its range"):
         from_dict(RunConfig, {"seed": -1}, prefix="run.")
+
+
+def test_a_command_setting_outside_its_range_is_one_line_before_any_model(capsys):
+    from pipelines.compare import CompareConfig
+
+    with pytest.raises(ConfigError, match=r"^prompts_per_source: 0 is outside its range \[1, 100000\]$"):
+        load_config(CompareConfig, ["--prompts_per_source", "0"])
+    with pytest.raises(ConfigError, match=r"^confidence: 1\.5 is outside its range \(0, 1\)$"):
+        load_config(command_class("eval-rm"), ["--confidence", "1.5"])
