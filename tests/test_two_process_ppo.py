@@ -8,8 +8,8 @@ Llama, fp32), under DDP and under FSDP2 (each launch as `accelerate launch` with
     ``assert_adam_weights_close`` says (99% to 1e-6).
 (b) Then the two processes take real steps (sampling inside ``gathered``): the gathered weights are identical;
     a held-out evaluation with unequal shares (rank 0 generates twice, rank 1 once) does not hang.
-(c) The stage script, stopped after a (FSDP2: sharded) checkpoint (2 of 4 steps; constant learning rate) and resumed in
-    a fresh process group, ends as the uninterrupted run; its final/ adapter loads in one process.
+(c) The stage script, killed after a (FSDP2: sharded) checkpoint (2 of 4 steps) and resumed in a fresh process
+    group, ends as the uninterrupted run; its final/ adapter loads in one process.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_helpers import ROOT, STRATEGY_ENV, assert_adam_weights_close, worker_env
+from distributed_helpers import ROOT, STRATEGY_ENV, assert_adam_weights_close, grouped, killed_after, worker_env
 
 COMPARED = ["loss/policy", "loss/value", "objective/kl", "objective/scores", "policy/approxkl", "grad_norm",
             "reward/composite"]
@@ -102,7 +102,7 @@ def one_process(tmp_path_factory) -> Path:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy", sorted(STRATEGY_ENV))
+@pytest.mark.parametrize("strategy", grouped("ppo", [(s,) for s in sorted(STRATEGY_ENV)]))
 def test_two_processes_ppo_step_equals_one_process_on_the_same_rollouts_and_ranks_agree(tmp_path, strategy,
                                                                                         one_process):
     (tmp_path / "driver.py").write_text(DRIVER)
@@ -142,15 +142,15 @@ def stage(out: Path, name: str, steps: int, *extra: str, strategy: str) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy", sorted(STRATEGY_ENV))
-def test_two_processes_ppo_stopped_after_a_checkpoint_resumes_as_the_uninterrupted_run(tmp_path, strategy):
+@pytest.mark.parametrize("strategy", grouped("ppo", [(s,) for s in sorted(STRATEGY_ENV)]))
+def test_two_processes_ppo_killed_after_a_checkpoint_resumes_as_the_uninterrupted_run(tmp_path, strategy):
     from safetensors.torch import load_file
 
     from rlhf.ppo.curves import last_per_step
     from rlhf.tracking import read_metrics
 
     stage(tmp_path, "full", 4, strategy=strategy)
-    stage(tmp_path, "cut", 2, strategy=strategy)  # ends after its step-2 checkpoint (constant schedule: no train.steps)
+    killed_after(tmp_path / "full", tmp_path / "cut", step=2)
     checkpoint = tmp_path / "cut/checkpoints/step-000002"
     assert {p.name for p in checkpoint.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
     if strategy == "fsdp2":  # each rank wrote its optimizer shard; no rank-0 pickle of DTensors

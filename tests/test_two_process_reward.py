@@ -5,7 +5,7 @@ launch as `accelerate launch` with pipelines/accelerate/ddp.yaml or fsdp.yaml wo
     accumulates four micro-batches per step, two processes two each (accumulated without reduce-scatter, then
     reduced once; rtol 1e-4: only the order of sums differs; the weights as ``assert_adam_weights_close`` says);
 (b) the gathered weights are identical on both ranks and (FSDP2) were DTensor shards while training;
-(c) a run stopped after a (FSDP2: sharded) checkpoint and resumed in a fresh process group ends as the uninterrupted one.
+(c) a run killed after a (FSDP2: sharded) checkpoint and resumed in a fresh process group ends as the uninterrupted one.
 Dropout is switched off so that one and two processes compute the same function.
 """
 from __future__ import annotations
@@ -19,24 +19,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_helpers import ROOT, STRATEGY_ENV, assert_adam_weights_close, worker_env
+from distributed_helpers import ROOT, STRATEGY_ENV, assert_adam_weights_close, grouped, killed_after, worker_env
 
 TESTS = Path(__file__).resolve().parent
 STEPS = 4
 
-# argv: work folder, run name, grad_accum_steps, "stop" (stop after the step-2 checkpoint) / "resume" / "full".
+# argv: work folder, run name, grad_accum_steps, "resume" / "full".
 DRIVER = textwrap.dedent('''
     import os, pathlib, sys, torch
     sys.path.insert(0, {tests!r})
     from test_two_process_reward import run
     out, name, accum, mode = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    captured = run(out, name, accum, stop_after_steps=2 if mode == "stop" else None, resume=mode == "resume")
+    captured = run(out, name, accum, resume=mode == "resume")
     import torch.distributed as dist
     torch.save(captured, out / f"{{name}}-rank{{dist.get_rank()}}.pt")
 ''').format(tests=str(TESTS))
 
 
-def run(out: Path, name: str, accum: int, stop_after_steps: int | None = None, resume: bool = False) -> dict:
+def run(out: Path, name: str, accum: int, resume: bool = False) -> dict:
     """Train the tiny reward model (no dropout, fp32) and return what this process saw: which parameters were
     sharded, and the whole weights the final model is made of."""
     import reward_models.train as train
@@ -70,9 +70,9 @@ def run(out: Path, name: str, accum: int, stop_after_steps: int | None = None, r
         if not data.is_file():
             toy_preferences(data, per_head=20)
         cfg = tiny_config(out, data, max_steps=STEPS, batch_size=4, grad_accum_steps=accum, checkpoint_every=2,
-                          precision="fp32")
+                          keep_checkpoints=2, precision="fp32")  # step 2's checkpoint stays: the resume test's start
         cfg.run.run_name = name
-        train.train_reward_model(cfg, resume=resume, stop_after_steps=stop_after_steps)
+        train.train_reward_model(cfg, resume=resume)
     finally:
         train.new_reward_model, train.normalisation_stats, train.optimizer_groups = new_model, stats, groups
     return captured
@@ -95,24 +95,33 @@ def metrics(out: Path, name: str) -> dict[int, dict]:
     return {m["step"]: m for m in read_metrics(out / "runs" / name / "metrics.jsonl") if "loss/pairwise" in m}
 
 
-@pytest.fixture(scope="module", params=sorted(STRATEGY_ENV))
-def runs(request, tmp_path_factory):
-    """One process (four micro-batches per step) and two DDP or FSDP2 processes (two each): the same global
-    batches. Returns (folder, strategy, the one process's capture, the two ranks' captures)."""
-    strategy = request.param
-    out = tmp_path_factory.mktemp(f"{strategy}-reward")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker (the processes share the cores)
-    try:
-        single = run(out, "single", accum=4)
-    finally:
-        torch.set_num_threads(threads)
-    return out, strategy, single, torchrun(out, "fsdp", "full", strategy)
+STRATEGIES = grouped("reward", [(strategy,) for strategy in sorted(STRATEGY_ENV)])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """strategy -> one process (four micro-batches per step) and two DDP or FSDP2 processes (two each) on the same
+    global batches, made once per strategy: (folder, strategy, the one process's capture, the two ranks' captures)."""
+    made: dict[str, tuple] = {}
+
+    def get(strategy: str) -> tuple:
+        if strategy not in made:
+            out = tmp_path_factory.mktemp(f"{strategy}-reward")
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as each worker (the processes share the cores)
+            try:
+                single = run(out, "single", accum=4)
+            finally:
+                torch.set_num_threads(threads)
+            made[strategy] = out, strategy, single, torchrun(out, "fsdp", "full", strategy)
+        return made[strategy]
+    return get
 
 
 @pytest.mark.distributed
-def test_two_processes_reward_equals_one_process_on_the_same_global_batch(runs):
-    out, strategy, single, ranks = runs
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_processes_reward_equals_one_process_on_the_same_global_batch(runs, strategy):
+    out, strategy, single, ranks = runs(strategy)
     for rank in ranks:  # FSDP2: every parameter was a shard while training; DDP: none was
         assert rank["params"] and rank["dtensors"] == (rank["params"] if strategy == "fsdp2" else [])
     one, two = metrics(out, "single"), metrics(out, "fsdp")
@@ -139,16 +148,16 @@ def test_two_processes_reward_equals_one_process_on_the_same_global_batch(runs):
 
 
 @pytest.mark.distributed
-def test_two_processes_reward_stopped_after_a_checkpoint_resumes_as_the_uninterrupted_run(runs):
-    out, strategy, _, uninterrupted = runs
-    torchrun(out, "cut", "stop", strategy)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_processes_reward_killed_after_a_checkpoint_resumes_as_the_uninterrupted_run(runs, strategy):
+    out, strategy, _, uninterrupted = runs(strategy)
+    killed_after(out / "runs/fsdp", out / "runs/cut", step=2)
     checkpoint = out / "runs/cut/checkpoints/step-000002"
     if strategy == "fsdp2":
         assert {p.name for p in checkpoint.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
         assert len(list((checkpoint / "sharded").glob("*.distcp"))) == 2  # each rank wrote its own shard
     else:  # DDP: the ranks hold the same weights, rank 0 writes them whole
         assert (checkpoint / "model.pt").is_file() and not (checkpoint / "sharded").exists()
-    assert not (out / "runs/cut/final").exists()
     resumed = torchrun(out, "cut", "resume", strategy)
     full, cut = metrics(out, "fsdp"), metrics(out, "cut")
     assert sorted(cut) == list(range(1, STEPS + 1))

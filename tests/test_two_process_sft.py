@@ -14,7 +14,6 @@ which scales up a summation-order difference); resume: bit-identical."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_helpers import STRATEGY_ENV, worker_env
+from distributed_helpers import STRATEGY_ENV, grouped, killed_after, worker_env
 from rlhf.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,14 +74,24 @@ def exported(run_dir: Path, method: str, folder: str = "final") -> dict[str, tor
 
 
 RUNS = [("fsdp2", method) for method in sorted(METHODS)] + [("ddp", "full"), ("ddp", "lora")]
+# Resumed: every FSDP2 method (each restores its own sharded state) and DDP with LoRA. DDP's full fine-tuning
+# resumes from the same kind of checkpoint (rank 0's whole model and optimizer) as DDP's LoRA and as one process
+# (test_sft_train.py), so it would check nothing new for one more launch.
+RESUMED = [run for run in RUNS if run != ("ddp", "full")]
 
 
-@pytest.fixture(scope="module", params=RUNS, ids=[f"{s}-{m}" for s, m in RUNS])
-def fsdp_run(request, tmp_path_factory, tiny_llama_path):
-    """(strategy, method, run folder) of one uninterrupted 2-process run: checkpoints at steps 2 and 4."""
-    strategy, method = request.param
-    return strategy, method, stage(tmp_path_factory.mktemp(f"{strategy}-{method}"), method, 2, strategy=strategy,
-                                   name=None)
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, tiny_llama_path):
+    """(strategy, method) -> the folder of its uninterrupted 2-process run (checkpoints at steps 2 and 4), made
+    once for the match and the resume test."""
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(strategy: str, method: str) -> Path:
+        if (strategy, method) not in made:
+            made[strategy, method] = stage(tmp_path_factory.mktemp(f"{strategy}-{method}"), method, 2,
+                                           strategy=strategy, name=None)
+        return made[strategy, method]
+    return get
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +107,9 @@ def single_run(tmp_path_factory, tiny_llama_path):
 
 
 @pytest.mark.distributed
-def test_two_processes_match_one_process_and_ranks_agree(fsdp_run, single_run):
-    strategy, method, run_dir = fsdp_run
+@pytest.mark.parametrize("strategy, method", grouped("sft", RUNS))
+def test_two_processes_match_one_process_and_ranks_agree(strategy, method, two_process_run, single_run):
+    run_dir = two_process_run(strategy, method)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["dist/world_size"] == 2 and summary["train/steps"] == STEPS
     # (b) sha256 of the gathered trainable weights, computed on each rank, all equal
@@ -145,14 +155,11 @@ def trained(weights: dict[str, torch.Tensor]) -> list[str]:
 
 
 @pytest.mark.distributed
-def test_two_processes_resume_from_a_checkpoint_matches_uninterrupted(fsdp_run, tmp_path):
+@pytest.mark.parametrize("strategy, method", grouped("sft", RESUMED))
+def test_two_processes_resume_from_a_checkpoint_matches_uninterrupted(strategy, method, two_process_run, tmp_path):
     """Killed after checkpoint-2: a fresh torchrun resumes from it (FSDP2: its shards) and redoes steps 3-4 exactly."""
-    strategy, method, run_dir = fsdp_run
-    killed = tmp_path / "run"
-    shutil.copytree(run_dir, killed)
-    shutil.rmtree(killed / "checkpoints" / "checkpoint-4")
-    shutil.rmtree(killed / "final")
-    (killed / "summary.json").unlink()  # a killed run never wrote one
+    run_dir = two_process_run(strategy, method)
+    killed = killed_after(run_dir, tmp_path / "run", step=2)
     assert stage(tmp_path, method, 2, "--resume", str(killed), strategy=strategy) == killed
     assert losses(killed) == losses(run_dir)  # steps 3 and 4 retrained: bit-identical
     resumed, uninterrupted = exported(killed, method), exported(run_dir, method)

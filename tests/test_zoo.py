@@ -41,7 +41,8 @@ def test_pull_checks_sha256_and_is_atomic(tmp_path, monkeypatch):
         zoo.pull("minilm-l6")
     assert not zoo.is_pulled("minilm-l6")
     assert not zoo.model_dir("minilm-l6").exists()
-    assert not [p for p in (tmp_path / "home" / "models").iterdir()]  # temp folder cleaned up
+    # temp folder cleaned up (the model's lock file stays: removing a lock file races with a waiting puller)
+    assert not [p for p in (tmp_path / "home" / "models").iterdir() if p.suffix != ".lock"]
 
 
 @pytest.mark.real
