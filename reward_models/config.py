@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from reward_models.types import HEADS
-from rlhf.config import ConfigError, RunConfig
+from rlhf.config import ConfigError, RunConfig, check_ranges
 from rlhf.lora import LoraConfig
 from rlhf.quantization import Quantization, frozen_base_error, quantization_field
 from rlhf.runtime import Precision
@@ -164,8 +164,7 @@ class RewardStageConfig:
         metadata={"help": "gold: a judge for `rlhf eval --gold.model`, refused by every training stage"})
 
     def __post_init__(self) -> None:
-        if self.train.length_decorrelation < 0:
-            raise ConfigError(f"train.length_decorrelation: must be >= 0, got {self.train.length_decorrelation}")
+        check_ranges(self)
         if self.model.quantization != "none" and not self.model.lora.enabled:
             raise frozen_base_error("model.quantization", self.model.quantization, "model.lora.enabled true")
         self.train_partition()

@@ -34,13 +34,19 @@ def load_pairs(shipped: Sequence[str], extra_files: Sequence[str], split: Split,
                default_dimension: Sequence[str] = (), partition: sources.Partition = "all") -> list[PreferenceRecord]:
     """Pairs of one split from shipped source names and annotated preference files; ``partition``: the proxy's
     or the gold's half of them (``all``: every pair)."""
+    return load_splits(shipped, extra_files, (split,), extra_files_split, default_dimension, {split: partition})[split]
+
+
+def load_splits(shipped: Sequence[str], extra_files: Sequence[str], splits: Sequence[Split],
+                extra_files_split: Literal["hash", "train"] = "hash", default_dimension: Sequence[str] = (),
+                partitions: dict[str, sources.Partition] | None = None) -> dict[str, list[PreferenceRecord]]:
+    """split -> its pairs, as :func:`load_pairs` gives them, with each annotated file read, checked and logged
+    once for all the splits (a stage needs train, dev and test; reading a file per split logged it thrice)."""
     unknown = [s for s in shipped if s not in sources.PREFERENCE_SOURCES]
     if unknown:
         raise ValueError(f"unknown data source {unknown[0]!r} (shipped: {', '.join(sources.PREFERENCE_SOURCES)}; "
                          f"put your own files in data.extra_files)")
-    records: list[PreferenceRecord] = []
-    for name in shipped:
-        records.extend(sources.PREFERENCE_SOURCES[name](split))
+    files = []
     for path in extra_files:
         result = load_records(path, kind="preference", default_dimension=list(default_dimension) or None)
         if result.errors:
@@ -48,11 +54,19 @@ def load_pairs(shipped: Sequence[str], extra_files: Sequence[str], split: Split,
         if extra_files_split == "train":
             sources.check_train_file(path, result.records, result.lines)
         log_rows_read(path, result)  # after its checks: a refused file gives its one error line only
-        if extra_files_split == "train":
-            records.extend(result.records if split == "train" else [])
-        else:
-            records.extend(sources.take_split(result.records, split))
-    return sources.take_partition(records, partition)
+        files.append(result.records)
+    out: dict[str, list[PreferenceRecord]] = {}
+    for split in splits:
+        records: list[PreferenceRecord] = []
+        for name in shipped:
+            records.extend(sources.PREFERENCE_SOURCES[name](split))
+        for rows in files:
+            if extra_files_split == "train":
+                records.extend(rows if split == "train" else [])
+            else:
+                records.extend(sources.take_split(rows, split))
+        out[split] = sources.take_partition(records, (partitions or {}).get(split, "all"))
+    return out
 
 
 def drop_contradictions(records: Sequence[PreferenceRecord]) -> tuple[list[PreferenceRecord], int]:

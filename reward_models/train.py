@@ -21,7 +21,7 @@ import torch
 
 from reward_models.checkpoint import PREFIX, load_checkpoint, save_checkpoint
 from reward_models.config import RewardStageConfig, ToxicitySettings
-from reward_models.data import (balanced_batches, drop_contradictions, head_mask, load_pairs, margins,
+from reward_models.data import (balanced_batches, drop_contradictions, head_mask, load_splits, margins,
                                 pools_by_head, response_tokens, subsample)
 from reward_models import trunk_cache
 from reward_models.encoding import Encoded
@@ -99,11 +99,11 @@ class Window:
         return out
 
 
-def load_split(cfg: RewardStageConfig, split: str, cap: int) -> list[PreferenceRecord]:
-    """One split's pairs, capped per head; train is the role's half (dev and test whole: judges compare on them)."""
-    pairs = load_pairs(cfg.data.sources, cfg.data.extra_files, split, cfg.data.extra_files_split,
-                       cfg.data.default_dimension, cfg.train_partition() if split == "train" else "all")
-    return subsample(pairs, cap, seed=cfg.run.seed)
+def capped_splits(cfg: RewardStageConfig, caps: dict[str, int]) -> dict[str, list[PreferenceRecord]]:
+    """split -> its pairs capped at ``caps[split]`` per head, the data files read once for all of them."""
+    pairs = load_splits(cfg.data.sources, cfg.data.extra_files, list(caps), cfg.data.extra_files_split,
+                        cfg.data.default_dimension, {"train": cfg.train_partition()})
+    return {split: subsample(pairs[split], cap, seed=cfg.run.seed) for split, cap in caps.items()}
 
 
 def encode_pairs(encoder, pairs: Sequence[PreferenceRecord]) -> EncodedPairs:
@@ -226,10 +226,12 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     bf16 = use_bf16(cfg.train.precision, accelerator.device)
 
     # 2. preference pairs: train (ties dropped, capped per head), dev for selection, test held out
-    train_pairs, n_ties = drop_contradictions(load_split(cfg, "train", cfg.data.max_train_pairs_per_head))
+    pairs = capped_splits(cfg, {"train": cfg.data.max_train_pairs_per_head, "dev": cfg.eval.max_pairs_per_head,
+                              **({"test": cfg.eval.max_pairs_per_head} if cfg.eval.test else {})})
+    train_pairs, n_ties = drop_contradictions(pairs["train"])
     if not train_pairs:
         raise ValueError("no training pairs: data.sources and data.extra_files gave none for the train split")
-    dev_pairs = load_split(cfg, "dev", cfg.eval.max_pairs_per_head)
+    dev_pairs = pairs["dev"]
 
     # 3. model with three heads, and the training set tokenised once (prompts cut from the left)
     model, encoder, scoring = new_reward_model(cfg.model.backbone, cfg.model.lora, cfg.model.max_length,
@@ -406,7 +408,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     if debias.coefficient is not None:
         summary |= {f"train/length_coef_{h}": debias.coefficient[i].item() for i, h in enumerate(HEADS)}
     if cfg.eval.test:
-        test_pairs = load_split(cfg, "test", cfg.eval.max_pairs_per_head)
+        test_pairs = pairs["test"]
         with sharding.gathered(unwrapped):
             accuracy, counts = pair_accuracy(unwrapped, encoder, test_pairs, cfg.eval.batch_size, bf16, inputs)
             if accelerator.is_main_process and test_pairs:  # eval-rm's report of the test pairs, in the run

@@ -59,6 +59,17 @@ def _check_range(f: dataclasses.Field, value: Any, key: str) -> None:
         raise ConfigError(f"{key}: {value!r} is outside its range {text}")
 
 
+def check_ranges(config: Any, prefix: str = "") -> None:
+    """Every numeric field of ``config`` and of its sections inside its declared range. :func:`from_dict` checks
+    what a file or flag gives; a stage config's ``__post_init__`` calls this for configs built in code."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, f"{prefix}{f.name}.")
+        else:
+            _check_range(f, value, f"{prefix}{f.name}")
+
+
 @dataclasses.dataclass
 class RunConfig:
     """Where a run writes and how it is tracked; shared by every stage."""

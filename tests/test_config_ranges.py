@@ -168,3 +168,22 @@ def test_a_command_setting_outside_its_range_is_one_line_before_any_model(capsys
         load_config(CompareConfig, ["--prompts_per_source", "0"])
     with pytest.raises(ConfigError, match=r"^confidence: 1\.5 is outside its range \(0, 1\)$"):
         load_config(command_class("eval-rm"), ["--confidence", "1.5"])
+
+
+def test_a_stage_config_built_in_code_is_range_checked_as_a_loaded_one():
+    """One range check for configs from files and flags (from_dict) and for those built in code (each stage's
+    __post_init__ calls check_ranges): the same one line naming the key."""
+    from reward_models.config import RewardStageConfig, TrainConfig as RewardTrain
+    from rlhf.config import ConfigError
+    from rlhf.dpo.config import DPOStageConfig, TrainConfig as DPOTrain
+    from rlhf.ppo.config import RewardSection, RLStageConfig
+    from rlhf.sft.config import PromptTuningConfig, SFTStageConfig
+
+    cases = [(lambda: RewardStageConfig(train=RewardTrain(length_decorrelation=-1.0)), "train.length_decorrelation"),
+             (lambda: RLStageConfig(reward=RewardSection(uwo_lambda=-0.5)), "reward.uwo_lambda"),
+             (lambda: SFTStageConfig(prompt_tuning=PromptTuningConfig(num_virtual_tokens=0)),
+              "prompt_tuning.num_virtual_tokens"),
+             (lambda: DPOStageConfig(train=DPOTrain(learning_rate=-1.0)), "train.learning_rate")]
+    for build, key in cases:
+        with pytest.raises(ConfigError, match=rf"^{key}: .* is outside its range"):
+            build()

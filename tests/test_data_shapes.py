@@ -111,3 +111,21 @@ def test_stage_readers_say_how_many_rows_each_file_gave(tmp_path, capsys):
     assert f"[data] {pairs}: 5 rows read, 5 preference records" in capsys.readouterr().err
     load_records(pairs)  # validation and tests stay quiet
     assert capsys.readouterr().err == ""
+
+
+def test_reward_stage_reads_and_logs_each_file_once_for_all_its_splits(tmp_path, capsys):
+    """The reward stage needs train, dev and test: one read of each file (one '[data] ... rows read' line), the
+    same pairs per split as reading it once per split."""
+    from reward_models.config import RewardStageConfig
+    from reward_models.data import load_pairs
+    from reward_models.train import capped_splits
+
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"question {i}?", "chosen": "a", "rejected": "b",
+                                               "dimension": "helpful"} for i in range(30)])
+    cfg = RewardStageConfig()
+    cfg.data.sources, cfg.data.extra_files, cfg.data.partition = [], [str(pairs)], "all"
+    splits = capped_splits(cfg, {"train": 0, "dev": 0, "test": 0})
+    assert capsys.readouterr().err.count("rows read") == 1
+    assert sum(map(len, splits.values())) == 30 and all(splits.values())
+    for split, got in splits.items():
+        assert got == load_pairs([], [str(pairs)], split)

@@ -94,12 +94,12 @@ def test_subsample_caps_each_head():
 
 def _train_pairs(role: str, **data):
     from reward_models.config import RewardStageConfig
-    from reward_models.train import load_split
+    from reward_models.train import capped_splits
 
     cfg = RewardStageConfig(role=role)
     for key, value in data.items():
         setattr(cfg.data, key, value)
-    return load_split(cfg, "train", 0)
+    return capped_splits(cfg, {"train": 0})["train"]
 
 
 def test_proxy_and_gold_train_pairs_share_no_prompt_root_by_default():

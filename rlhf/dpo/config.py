@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhf.config import RunConfig
+from rlhf.config import RunConfig, check_ranges
 from rlhf.lora import LoraConfig
 from rlhf.runtime import Precision
 from rlhf.sources import PreferenceSourcesConfig
@@ -102,3 +102,6 @@ class DPOStageConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=5))
+
+    def __post_init__(self) -> None:
+        check_ranges(self)  # configs built in code; from_dict checks what a file or flag gives

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhf.config import ConfigError, RunConfig
+from rlhf.config import ConfigError, RunConfig, check_ranges
 from rlhf.generation import GenerationSettings
 from rlhf.lora import LoraConfig
 from rlhf.ppo.advantages import ESTIMATORS
@@ -199,7 +199,6 @@ class PPOSection:
                                                            "range": "(0, inf)"})
     vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss", "range": "[0, inf)"})
     entropy_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus", "range": "[0, inf)"})
-    whiten_advantages: bool = field(default=True, metadata={"help": "standardise advantages over the batch"})
     max_approx_kl: float = field(
         default=0.0,
         metadata={"help": "stop the rest of an update once approx-KL(old||new) exceeds this (0: never)",
@@ -316,10 +315,9 @@ class RLStageConfig:
         return self.kl.placement == "loss" or (self.kl.placement == "auto" and self.rl.algo == "grpo")
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         ppo, rl = self.ppo, self.rl
         estimator = ESTIMATORS[rl.algo]
-        if rl.samples_per_prompt < 1:
-            raise ConfigError(f"rl.samples_per_prompt: must be >= 1, got {rl.samples_per_prompt}")
         if estimator.needs_groups and rl.samples_per_prompt < 2:
             raise ConfigError(f"rl.samples_per_prompt: {rl.algo} compares responses to the same prompt, so it needs "
                               f">= 2 samples per prompt, got {rl.samples_per_prompt}")
@@ -367,8 +365,6 @@ class RLStageConfig:
         if reward.aggregate != "mean" and len(reward.ensemble) < 2:
             raise ConfigError(f"reward.aggregate: {reward.aggregate} needs an ensemble of >= 2 models in reward.ensemble "
                               f"(got {len(reward.ensemble)})")
-        if reward.uwo_lambda < 0:
-            raise ConfigError(f"reward.uwo_lambda: must be >= 0, got {reward.uwo_lambda}")
         if reward.spread_penalty and reward.aggregate != "mean":
             raise ConfigError(f"reward.spread_penalty: applies to aggregate mean only (aggregate {reward.aggregate} is "
                               "already conservative); set it to 0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhf.config import ConfigError, RunConfig
+from rlhf.config import ConfigError, RunConfig, check_ranges
 from rlhf.generation import GenerationSettings
 from rlhf.lora import LoraConfig
 from rlhf.quantization import Quantization, frozen_base_error, quantization_field
@@ -138,6 +138,7 @@ class SFTStageConfig:
         return "prompt_tuning" if self.prompt_tuning.enabled else "lora" if self.lora.enabled else "full"
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.model.quantization != "none" and self.method == "full":
             raise frozen_base_error("model.quantization", self.model.quantization,
                                     "lora.enabled true, or prompt_tuning.enabled true")
@@ -150,8 +151,6 @@ class SFTStageConfig:
         if self.lora.enabled:
             raise ConfigError("prompt_tuning.enabled: LoRA is on as well; train one adapter kind at a time "
                               "(add --lora.enabled false)")
-        if pt.num_virtual_tokens < 1:
-            raise ConfigError(f"prompt_tuning.num_virtual_tokens: must be >= 1, got {pt.num_virtual_tokens}")
         if self.train.save_merged:
             raise ConfigError("train.save_merged: a soft prompt cannot be merged into the weights; "
                               "final/ loads as an adapter (rlhf chat, rlhf eval, AutoPeftModelForCausalLM)")
