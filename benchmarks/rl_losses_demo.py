@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -100,7 +101,7 @@ def table(args: argparse.Namespace) -> None:
     for name, policy in [("sft", None), *((v, v) for v in VARIANTS if (RUNS / v / "bench.json").is_file())]:
         m = results["metrics"][f"{name}/0-shot/sampled"]["all"]
         row = {"variant": name, "eval_n": m["n"], "gold": m["gold/composite"], "proxy": m["reward/composite"],
-               "kl_k1_eval": m.get("kl/k1"), "length": m["length"], "distinct2": m["distinct/2"]}
+               "kl_k1_eval": m.get("kl/k1"), "kl_k3_eval": m.get("kl/k3"), "length": m["length"], "distinct2": m["distinct/2"]}
         if policy:
             run = RUNS / policy
             bench = json.loads((run / "bench.json").read_text())
@@ -115,16 +116,23 @@ def table(args: argparse.Namespace) -> None:
                        overlong_penalty_last=last_steps(run, "objective/overlong_penalty"))
         rows.append(row)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in [r["variant"] for r in rows[1:]]:  # the training logs the table reads, kept beside it (small)
+        (RESULTS / "runs" / name).mkdir(parents=True, exist_ok=True)
+        for file in ("metrics.jsonl", "bench.json", "config.yaml"):
+            if (RUNS / name / file).is_file():
+                shutil.copy(RUNS / name / file, RESULTS / "runs" / name / file)
+    shutil.copy(RUNS / "eval" / "report.md", RESULTS / "eval_report.md")
+    shutil.copy(RUNS / "eval" / "results.json", RESULTS / "eval_results.json")
     out = {"setting": {"train": DEMO_GRPO, "last_steps_averaged": LAST_STEPS, "eval_prompts": results["prompts"],
                        "gold": results["gold_model"], "proxy": results["reward_model"],
                        "eval_seconds": json.loads((RUNS / "eval" / "bench.json").read_text())["seconds"]},
            "rows": rows}
     (RESULTS / "results.json").write_text(json.dumps(out, indent=2))
-    lines = ["| variant | steps | gold diff vs SFT [95 % CI] | proxy diff vs SFT [95 % CI] | KL to SFT (eval, k1, nats) "
+    lines = ["| variant | steps | gold diff vs SFT [95 % CI] | proxy diff vs SFT [95 % CI] | KL to SFT (eval, k1 / k3, nats) "
              f"| entropy (train, last {LAST_STEPS} steps) | train seconds |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows[1:]:
         lines.append(f"| {r['variant']} | {r['steps']} | {interval(r, 'gold/composite_delta')} | "
-                     f"{interval(r, 'reward/composite_delta')} | {r['kl_k1_eval']:.3f} | {r['entropy_train_last']:.3f} | "
+                     f"{interval(r, 'reward/composite_delta')} | {r['kl_k1_eval']:.3f} / {r['kl_k3_eval']:.3f} | {r['entropy_train_last']:.3f} | "
                      f"{r['seconds']:.0f} |")
     (RESULTS / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
