@@ -178,7 +178,7 @@ def test_trl_report_to_trackio_beside_our_trackio_tracker(tmp_path):
 
     subprocess.run([sys.executable, "-m", "rlhf.cli", "sft", "--config", str(ROOT / "pipelines/configs/sft_tiny.yaml"),
                     "--run.output_dir", str(tmp_path / "runs"), "--run.run_name", "s", "--train.max_steps", "2",
-                    "--train.save_steps", "0", "--forgetting.enabled", "false", "--data.samples", "0",
+                    "--train.save_steps", "100", "--forgetting.enabled", "false", "--data.samples", "0",
                     "--train.eval_steps", "0", "--run.trackers", "[trackio]", "--run.report_to", "[trackio]"],
                    env=_trackio_env(tmp_path), check=True, capture_output=True, timeout=600)
     ours = trackio_rows(tmp_path / "trackio" / "rlhf.db", "s")
