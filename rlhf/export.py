@@ -68,13 +68,18 @@ def model_kind(folder: Path) -> str:
 
 
 def _base_model(folder: Path, kind: str) -> str | None:
+    """What the model was trained from, for the card: an adapter's base (``rlhf.policies.adapter_base``, the one
+    reader of it) or a full model's ``_name_or_path``."""
+    from rlhf.policies import PolicyLoadError, adapter_base
+
     adapter = folder / "adapter" if kind == "rl-policy" else folder
-    for config_file, key in ((adapter / "adapter_config.json", "base_model_name_or_path"),
-                             (folder / "config.json", "_name_or_path")):
-        if config_file.is_file():
-            value = json.loads(config_file.read_text(encoding="utf-8")).get(key)
-            if value:
-                return str(value)
+    if (adapter / "adapter_config.json").is_file():
+        try:
+            return adapter_base(adapter)
+        except PolicyLoadError:
+            return None
+    if (folder / "config.json").is_file():
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path") or None
     return None
 
 
@@ -208,15 +213,16 @@ def _copy_tokenizer(source: Path, dest: Path) -> None:
             shutil.copy2(source / name, dest / name)
 
 
-def bundle_base(adapter: Path, bundle: Path) -> str:
-    """Make the bundled ``adapter`` (a folder inside ``bundle``) name a base that exists on another machine: a hub
-    id stays; a local base (a zoo folder, an SFT model, an SFT adapter or RL's ``sft-base``) is saved as full
-    weights with its tokenizer in ``bundle/base`` and named relative to the adapter folder. The adapter gets a
-    tokenizer when it has none. Returns the name written."""
-    from rlhf.policies import _has_tokenizer, _load_weights, _tokenizer_source, adapter_base, set_adapter_base
+def bundle_base(adapter: Path, bundle: Path, base: str) -> str:
+    """Make the bundled ``adapter`` (a folder inside ``bundle``) name a base that exists on another machine:
+    ``base`` (the source adapter's, as :func:`rlhf.policies.adapter_base` reads it there) stays when it is a hub
+    id; a local base (a zoo model, which is a local conversion, an SFT model, an SFT adapter or RL's ``sft-base``)
+    is saved as full weights with its tokenizer in ``bundle/base`` and named relative to the adapter folder. The
+    adapter gets a tokenizer when it has none. Returns the name written."""
+    from rlhf.policies import _has_tokenizer, _load_weights, _tokenizer_source, set_adapter_base
+    from rlhf.zoo import resolve_model
 
-    base = adapter_base(adapter)
-    local = Path(base).expanduser()
+    local = Path(resolve_model(base)).expanduser()
     if local.is_dir():
         target = bundle / BASE
         if (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
@@ -225,10 +231,9 @@ def bundle_base(adapter: Path, bundle: Path) -> str:
             _load_weights(str(local), None).save_pretrained(target)
         if not _has_tokenizer(target):
             _copy_tokenizer(Path(_tokenizer_source(str(local))), target)
-        name = BASE if adapter.resolve() == bundle.resolve() else f"../{BASE}"
-        set_adapter_base(adapter, name)
+        name = set_adapter_base(adapter, BASE if adapter.resolve() == bundle.resolve() else f"../{BASE}")
     else:
-        name = base
+        name = set_adapter_base(adapter, base)
     if not _has_tokenizer(adapter):
         _copy_tokenizer(bundle / BASE if local.is_dir() else bundle, adapter)
     return name
@@ -253,11 +258,11 @@ def export(path: str | Path, out: str | Path, repo_id: str = "", push: bool = Fa
     kind = model_kind(folder)
     base = None
     if kind in ("adapter", "rl-policy"):
-        if kind == "rl-policy" and (folder / "sft-base").is_dir():  # the RL adapter's base, saved beside it
-            from rlhf.policies import set_adapter_base
+        from rlhf.policies import adapter_base
 
-            set_adapter_base(out / "adapter", str((folder / "sft-base").resolve()))
-        base = bundle_base(out if kind == "adapter" else out / "adapter", out)
+        # read where the adapter was (a base relative to it, such as RL's ../sft-base, is found there)
+        adapter = Path("") if kind == "adapter" else Path("adapter")
+        base = bundle_base(out / adapter, out, adapter_base(folder / adapter))
     card = model_card(folder, run_dir, repo_id, base).replace("`config.yaml`", "`training_config.yaml`")
     (out / "README.md").write_text(card, encoding="utf-8")
     log(f"exported {folder} ({model_kind(folder)}) to {out} with a model card")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,7 +45,8 @@ def adapter_folder(path: str | Path) -> Path | None:
 
 
 def adapter_base(path: str | Path) -> str:
-    """``base_model_name_or_path`` of an adapter folder; a relative base is read relative to the folder."""
+    """``base_model_name_or_path`` of an adapter folder, loadable here: a relative base is read relative to the
+    folder (see :func:`portable_base`); a zoo name or hub id is returned as is (the zoo's loaders resolve it)."""
     config_file = Path(path).expanduser() / ADAPTER_CONFIG
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -52,20 +55,63 @@ def adapter_base(path: str | Path) -> str:
     base = config.get("base_model_name_or_path")
     if not base:
         raise PolicyLoadError(f"{config_file}: field 'base_model_name_or_path' is missing or empty")
-    relative = (config_file.parent / base)
-    return str(relative) if not Path(base).is_absolute() and relative.is_dir() else base
+    if Path(base).is_absolute():
+        return base
+    relative = config_file.parent / base
+    if relative.is_dir():
+        return str(relative)
+    if base.startswith("."):  # a folder that was beside the adapter; a hub id never starts with a dot
+        raise PolicyLoadError(f"{config_file}: field 'base_model_name_or_path' names {base!r}, a folder relative to "
+                              f"the adapter, and {relative} is not there: copy that folder along with the adapter, "
+                              "or `rlhf export` the run (the bundle holds its base)")
+    return base
 
 
-def set_adapter_base(adapter_dir: str | Path, base: str) -> None:
+def portable_base(base: str, adapter_dir: str | Path) -> str:
+    """The name an adapter folder records for ``base`` so that it resolves on another machine and on another path:
+    a zoo name or hub id as is; a zoo model's cached folder (what peft writes, from ``resolve_model``) as its zoo
+    name; any other local folder relative to the adapter folder (RL's ``../sft-base``), so it travels with the
+    folders around it. :func:`adapter_base` reads it back. A name already relative to the adapter folder stays."""
+    from rlhf.tiny import TINY_NAMES
+    from rlhf.zoo import ZOO, zoo_name_of
+
+    local = Path(base).expanduser()
+    if base in ZOO or base in TINY_NAMES or (not local.is_absolute() and (Path(adapter_dir) / local).is_dir()):
+        return base
+    if not local.is_dir():
+        return base  # a hub id
+    return zoo_name_of(local) or os.path.relpath(local.resolve(), Path(adapter_dir).resolve())
+
+
+def set_adapter_base(adapter_dir: str | Path, base: str) -> str:
     """Name ``base`` as the model an adapter folder goes on (``base_model_name_or_path``, what peft and
-    :func:`adapter_base` read). peft writes the name of the model it wrapped, which is wrong when the adapter was
-    trained on weights built in memory: an SFT adapter merged in, or a backbone quantized while loading."""
+    :func:`adapter_base` read), portably (:func:`portable_base`); returns the name written. peft writes the name of
+    the model it wrapped: a zoo model's cache folder, an absolute path, or the wrong model when the adapter was
+    trained on weights built in memory (an SFT adapter merged in, a backbone quantized while loading). A prompt
+    tuning adapter's ``tokenizer_name_or_path`` and peft's stub card's ``base_model:`` get the same name, so
+    the folder holds no path of the machine that wrote it."""
     from rlhf.checkpoints import write_text_atomic
 
-    config_file = Path(adapter_dir) / ADAPTER_CONFIG
+    adapter_dir = Path(adapter_dir)
+    config_file = adapter_dir / ADAPTER_CONFIG
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = base
+    name = portable_base(base, adapter_dir)
+    config["base_model_name_or_path"] = name
+    if config.get("tokenizer_name_or_path"):  # peft read the soft prompt's init text with it, from the base
+        config["tokenizer_name_or_path"] = name
     write_text_atomic(config_file, json.dumps(config, indent=2, sort_keys=True))
+    card = adapter_dir / "README.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        write_text_atomic(card, re.sub(r"(?m)^base_model: .*$", f"base_model: {name}", text, count=1))
+    return name
+
+
+def make_base_portable(adapter_dir: str | Path) -> str:
+    """Rewrite the base peft wrote into an adapter folder portably (:func:`portable_base` of that name, a folder
+    read from the working directory as peft wrote it, unless it is relative to the adapter folder already)."""
+    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    return set_adapter_base(adapter_dir, config["base_model_name_or_path"])
 
 
 def is_prompt_learning(adapter: str | Path) -> bool:

@@ -185,6 +185,19 @@ def resolve_model(name_or_path: str, auto_pull: bool = True) -> str:
     return name_or_path
 
 
+def zoo_name_of(folder: str | Path) -> str | None:
+    """The zoo name whose cached folder ``folder`` is (the inverse of :func:`resolve_model`), else None. Nothing is
+    pulled or built: a folder that exists is compared with where each zoo model is cached."""
+    from rlhf.tiny import TINY_NAMES
+
+    here = Path(folder).expanduser().resolve()
+    for name in (*ZOO, *TINY_NAMES):
+        cached = rlhf_home() / "tiny" / name if name in TINY_NAMES else model_dir(name)
+        if here == cached.resolve():
+            return name
+    return None
+
+
 def hub_error(name: str, err: Exception) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"could not load model {name!r}: it is not a zoo name, not a local folder, and the hub is unreachable "

@@ -6,6 +6,7 @@ merged ``final/``), not the raw base + RL LoRA, whether the SFT start was a full
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,27 +51,37 @@ def _perturbed_sft(tiny_llama_path: str, out: Path) -> Path:
     return out
 
 
-def _check_loads_trained_policy(final: Path, raw_base: str) -> None:
+def _check_loads_trained_policy(final: Path, raw_base: str, monkeypatch) -> None:
     from peft import AutoPeftModelForCausalLM, PeftModel
     from transformers import AutoModelForCausalLM
 
     merged = _logits(AutoModelForCausalLM.from_pretrained(final))
-    standard = _logits(AutoPeftModelForCausalLM.from_pretrained(final / "adapter"))
+    with monkeypatch.context() as here:
+        here.chdir(final / "adapter")  # the base is named relative to the adapter; peft reads it from the cwd
+        standard = _logits(AutoPeftModelForCausalLM.from_pretrained(final / "adapter"))
     torch.testing.assert_close(standard, merged, rtol=1e-4, atol=1e-4)
     # what the old adapter_config gave: the raw base under the RL LoRA, visibly another model
     wrong = _logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(raw_base), final / "adapter"))
     assert (wrong - merged).abs().max() > 1e-2
 
 
-def test_adapter_of_a_full_weights_sft_names_that_folder(tmp_path, tiny_llama_path):
-    sft = _perturbed_sft(tiny_llama_path, tmp_path / "sft")
-    final = _run_rl(tmp_path, "rl", "--policy.model", str(sft))
+def test_adapter_of_a_full_weights_sft_names_that_folder(tmp_path, tiny_llama_path, monkeypatch):
+    from rlhf.policies import load_policy
+
+    sft = _perturbed_sft(tiny_llama_path, tmp_path / "a" / "sft")
+    final = _run_rl(tmp_path / "a", "rl", "--policy.model", str(sft))
     base = json.loads((final / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert base == str(sft.resolve()) and not (final / "sft-base").exists()  # no second copy of the SFT
-    _check_loads_trained_policy(final, tiny_llama_path)
+    assert base == "../../../sft" and not (final / "sft-base").exists()  # relative; no second copy of the SFT
+    _check_loads_trained_policy(final, tiny_llama_path, monkeypatch)
+    # the runs folder moved as a whole (another path, another machine): the adapter still finds its SFT base
+    merged = _logits(load_policy("merged", str(final)).model)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    torch.testing.assert_close(_logits(load_policy("rl", str(tmp_path / "b" / "rl" / "final" / "adapter")).model),
+                               merged, rtol=1e-4, atol=1e-4)
 
 
-def test_adapter_of_an_sft_adapter_gets_a_merged_base(tmp_path, tiny_llama_path):
+def test_adapter_of_an_sft_adapter_gets_a_merged_base(tmp_path, tiny_llama_path, monkeypatch):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -81,5 +92,5 @@ def test_adapter_of_an_sft_adapter_gets_a_merged_base(tmp_path, tiny_llama_path)
     final = _run_rl(tmp_path, "rl", "--policy.model", "tiny-llama", "--policy.sft_adapter",
                     str(tmp_path / "sft-adapter"))
     base = json.loads((final / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert base == str((final / "sft-base").resolve())
-    _check_loads_trained_policy(final, tiny_llama_path)
+    assert base == "../sft-base"
+    _check_loads_trained_policy(final, tiny_llama_path, monkeypatch)

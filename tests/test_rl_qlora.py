@@ -97,7 +97,7 @@ def test_rl_trains_lora_on_a_4bit_base_and_final_adapter_names_the_float_start(a
 
     final = run_dir / "final"
     base = json.loads((final / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert base == str(Path(tiny_llama_path).resolve())  # the float SFT start, not a quantized copy
+    assert base == "tiny-llama"  # the float SFT start (its zoo name: portable), not a quantized copy
     assert not (final / "config.json").exists()  # no merge into quantized weights
     assert (final / "value_head.safetensors").exists() == (algo == "ppo")
     policy = load_policy(algo, str(final))  # the adapter on the float base, as evaluation loads it

@@ -121,6 +121,8 @@ def test_final_is_a_soft_prompt_that_loads_as_a_policy_and_generates(pt_trained)
     final = Path(save_final(trainer, pt_trained.tokenizer, pt_trained.run_dir, save_merged=False)["final"])
     config = json.loads((final / "adapter_config.json").read_text())
     assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 20
+    # portable: the zoo name, not the cache folder peft read the base and the init text's tokenizer from (issue 25)
+    assert config["base_model_name_or_path"] == "tiny-llama" and config.get("tokenizer_name_or_path") in (None, "tiny-llama")
     from safetensors.torch import load_file
 
     saved = load_file(final / "adapter_model.safetensors")

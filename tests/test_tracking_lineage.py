@@ -123,28 +123,68 @@ def test_tensorboard_tracker_writes_events_and_a_missing_tracker_is_one_line(tmp
     assert str(err.value).startswith("run.trackers: trackio is not installed") and "\n" not in str(err.value)
 
 
-def test_trackio_tracker_gets_the_scalars(tmp_path, monkeypatch):
-    """trackio itself is not installed here (it would pin pillow < 13 in the shared venv): a stand-in module."""
-    logged = []
+ROOT = Path(__file__).resolve().parents[1]
+TRACKIO_RUN = """
+import sys
+from rlhf.config import RunConfig
+from rlhf.tracking import MetricsLogger, make_run_dir
 
-    class FakeRun:
-        def log(self, metrics, step):
-            logged.append((step, metrics))
+run = RunConfig(output_dir=sys.argv[1], run_name="t", wandb_mode="disabled", trackers=["trackio"])
+logger = MetricsLogger(make_run_dir(run, "unit"), run, "unit", config=run)
+logger.log({"loss/policy": 0.5, "note": "text"}, step=1)
+logger.log({"loss/policy": 0.25, "reward/harmless": 1}, step=2)
+logger.finish()
+"""
 
-        def finish(self):
-            logged.append("finish")
 
-    fake = types.SimpleNamespace(init=lambda **kw: logged.append(("init", kw["project"], kw["name"])) or FakeRun())
-    monkeypatch.setitem(sys.modules, "trackio", fake)
-    import importlib.util
+def _trackio_env(tmp_path: Path) -> dict:
+    """A child process's environment with trackio's local store in ``tmp_path/trackio`` (``TRACKIO_DIR``, which
+    trackio reads once, when it is imported: hence a child process) and no W&B variables."""
+    import os
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "trackio" else real(name, *a))
-    run = RunConfig(output_dir=str(tmp_path), run_name="t", wandb_mode="disabled", trackers=["trackio"])
-    logger = MetricsLogger(make_run_dir(run, "unit"), run, "unit", config=run)
-    logger.log({"loss": 0.25, "note": "text"}, step=3)
-    logger.finish()
-    assert logged == [("init", "rlhf", "t"), (3, {"loss": 0.25}), "finish"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "TRACKIO_"))}
+    return env | {"TRACKIO_DIR": str(tmp_path / "trackio"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
+
+def trackio_rows(db: Path, run_name: str | None = None) -> list[tuple[str, int, dict]]:
+    """(run, step, metrics) of every record in a trackio project database (its ``metrics`` table), in order."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT run_name, step, metrics FROM metrics ORDER BY id").fetchall()
+    return [(run, step, json.loads(metrics)) for run, step, metrics in rows if run_name in (None, run)]
+
+
+def test_trackio_tracker_writes_its_local_store(tmp_path):
+    """Real trackio, offline (it is local-first: a SQLite file per project under TRACKIO_DIR); read back from
+    the file, as `trackio show` would."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", TRACKIO_RUN, str(tmp_path / "runs")], env=_trackio_env(tmp_path),
+                   check=True, capture_output=True, timeout=300)
+    db = tmp_path / "trackio" / "rlhf.db"  # the W&B project's name (run.wandb_project) is trackio's project
+    assert trackio_rows(db) == [("t", 1, {"loss/policy": 0.5}), ("t", 2, {"loss/policy": 0.25, "reward/harmless": 1})]
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        [(config,)] = conn.execute("SELECT config FROM configs WHERE run_name = 't'").fetchall()
+    assert json.loads(config)["trackers"] == ["trackio"]  # the resolved config went with it
+
+
+def test_trl_report_to_trackio_beside_our_trackio_tracker(tmp_path):
+    """`run.report_to: [trackio]` hands trackio to TRL's trainer (its own run, in HF's default project
+    "huggingface"), while `run.trackers: [trackio]` keeps ours: both runs hold their records, in a tiny SFT run."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "rlhf.cli", "sft", "--config", str(ROOT / "pipelines/configs/sft_tiny.yaml"),
+                    "--run.output_dir", str(tmp_path / "runs"), "--run.run_name", "s", "--train.max_steps", "2",
+                    "--train.save_steps", "100", "--forgetting.enabled", "false", "--data.samples", "0",
+                    "--train.eval_steps", "0", "--run.trackers", "[trackio]", "--run.report_to", "[trackio]"],
+                   env=_trackio_env(tmp_path), check=True, capture_output=True, timeout=600)
+    ours = trackio_rows(tmp_path / "trackio" / "rlhf.db", "s")
+    assert sorted(step for _, step, metrics in ours if "loss/train" in metrics) == [1, 2]
+    trainer = trackio_rows(tmp_path / "trackio" / "huggingface.db")
+    assert sum("train/loss" in metrics for _, _, metrics in trainer) == 2
 
 
 def test_report_to_reaches_the_trl_trainers(tmp_path):

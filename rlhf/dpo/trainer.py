@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from rlhf.dpo.config import DPOStageConfig
 from rlhf.lora import peft_lora_config
-from rlhf.policies import set_adapter_base
+from rlhf.ppo.checkpoint import point_adapter_at_sft, sft_start
 from rlhf.sft.trainer import CheckpointManifest, MetricsLoggerCallback, common_training_args
 from rlhf.runtime import fresh_accelerator_state
 from rlhf.threads import ThreadGovernor
@@ -63,7 +63,7 @@ def build_trainer(cfg: DPOStageConfig, model, tokenizer, train_dataset, eval_dat
     datasets.disable_progress_bars()  # TRL's tokenizing maps would print a bar per pass
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
     fresh_accelerator_state()  # the trainer's accelerator takes args' precision, not an earlier stage's
-    manifest = CheckpointManifest(cfg.train.save_total_limit)
+    manifest = CheckpointManifest(cfg.train.save_total_limit, adapter_base=sft_start(cfg.policy))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=tokenizer,
                          peft_config=peft_lora_config(cfg.lora, model.config.num_hidden_layers),
@@ -71,13 +71,6 @@ def build_trainer(cfg: DPOStageConfig, model, tokenizer, train_dataset, eval_dat
     manifest.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; our logger already shows them
     return trainer
-
-
-def adapter_base_path(cfg: DPOStageConfig) -> str:
-    """What the DPO adapter sits on, for its ``adapter_config.json``: the SFT adapter (its own config names
-    the base below it) or the SFT model; local folders absolute, so the run folder can move."""
-    start = cfg.policy.sft_adapter or cfg.policy.model
-    return str(Path(start).expanduser().resolve()) if Path(start).expanduser().exists() else start
 
 
 def save_final(trainer, tokenizer, cfg: DPOStageConfig, run_dir: Path) -> dict[str, str]:
@@ -91,8 +84,9 @@ def save_final(trainer, tokenizer, cfg: DPOStageConfig, run_dir: Path) -> dict[s
         return paths
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(paths["adapter"])
-    # The merged SFT weights in memory carry the base model's name; the adapter was trained on the SFT policy.
-    set_adapter_base(paths["adapter"], adapter_base_path(cfg))
+    # The merged SFT weights in memory carry the base model's name; the adapter was trained on the SFT policy,
+    # named as the RL stage names it (a merged final/sft-base when the SFT was an adapter), portably.
+    point_adapter_at_sft(Path(paths["adapter"]), cfg.policy, tokenizer)
     tokenizer.save_pretrained(paths["adapter"])  # the adapter folder loads on its own (AutoTokenizer, rlhf chat)
     if cfg.train.save_merged:
         model.merge_and_unload().save_pretrained(final)

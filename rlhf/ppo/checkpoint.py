@@ -148,12 +148,14 @@ def save(trainer) -> Path | None:
     final = None
     if acc.is_main_process:
         if sharded:
+            gathered = lambda path: save_adapter(trainer.unwrapped, path, trainable)  # noqa: E731
             save_main_files(tmp, trainable, None, trainer.scheduler.state_dict(), trainer.trainer_state(),
-                            save_adapter=lambda path: save_adapter(trainer.unwrapped, path, trainable))
+                            save_adapter=checkpoint_adapter(gathered, trainer.cfg.policy, trainer.tokenizer))
         else:
             save_main_files(tmp, trainer.unwrapped.trainable_state_dict(), trainer.optimizer.state_dict(),
                             trainer.scheduler.state_dict(), trainer.trainer_state(),
-                            save_adapter=lambda path: trainer.unwrapped.policy.save_pretrained(path))
+                            save_adapter=checkpoint_adapter(trainer.unwrapped.policy.save_pretrained,
+                                                            trainer.cfg.policy, trainer.tokenizer))
         final = commit(trainer.run_dir, tmp, trainer.step_count, trainer.cfg.train.keep_checkpoints)
     acc.wait_for_everyone()
     return final
@@ -186,6 +188,12 @@ def resume(trainer, path: str | Path) -> None:
 SFT_BASE = "sft-base"  # in final/: the SFT start as full weights, when it existed only as base + SFT adapter
 
 
+def sft_start(policy_cfg) -> str:
+    """What the RL (or DPO) LoRA was trained on, as one loadable name: the SFT adapter folder (an adapter whose base
+    is an adapter: ``rlhf.policies`` merges the chain), or the SFT model (zoo name, hub id, folder or adapter)."""
+    return policy_cfg.sft_adapter or policy_cfg.model
+
+
 def sft_start_folder(policy_cfg) -> str | None:
     """The folder (or hub id) whose weights are exactly the RL LoRA's base, or None when that base was made in
     memory by merging an SFT adapter (then only a saved copy can stand for it)."""
@@ -201,8 +209,10 @@ def sft_start_folder(policy_cfg) -> str | None:
 def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
     """Make ``AutoPeftModelForCausalLM.from_pretrained(adapter_dir)`` give the trained policy: peft writes the
     raw base's name into ``adapter_config.json``, which would silently drop the SFT weights. The base becomes
-    the SFT folder (absolute: peft resolves it from the working directory), or a merged copy saved beside the
-    adapter in ``../sft-base`` when the SFT was an adapter. Returns the base written."""
+    the SFT model, or a merged copy saved beside the adapter in ``../sft-base`` when the SFT was an adapter,
+    named portably (``rlhf.policies.portable_base``: a zoo name, a hub id, or a folder relative to the adapter,
+    which peft reads from the working directory and our loaders from the adapter folder). The RL and DPO stages'
+    ``final/adapter``. Returns the base written."""
     from rlhf.policies import set_adapter_base
     from rlhf.ppo.policy import load_sft_model
 
@@ -212,8 +222,20 @@ def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
         load_sft_model(policy_cfg.model, policy_cfg.sft_adapter).save_pretrained(folder)  # fp32, as on disk
         tokenizer.save_pretrained(folder)
         base = str(folder.resolve())
-    set_adapter_base(adapter_dir, base)
-    return base
+    return set_adapter_base(adapter_dir, base)
+
+
+def checkpoint_adapter(save: Callable[[Path], None], policy_cfg, tokenizer) -> Callable[[Path], None]:
+    """``save`` (which writes the PEFT adapter into a folder), then the folder named portably on the SFT start
+    (:func:`sft_start`; no merged copy per checkpoint) with the tokenizer beside it, so it loads on its own."""
+    from rlhf.policies import set_adapter_base
+
+    def write(folder: Path) -> None:
+        save(folder)
+        set_adapter_base(folder, sft_start(policy_cfg))
+        tokenizer.save_pretrained(folder)
+
+    return write
 
 
 def save_adapter(model, folder: Path, trainable: dict[str, torch.Tensor]) -> None:

@@ -19,7 +19,6 @@ It does three things: ``forward`` (logits, and values when there is a value head
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 
@@ -45,10 +44,12 @@ def load_sft_model(model: str, sft_adapter: str = "", dtype: torch.dtype = torch
     ``quantization`` (4bit, 8bit), quantized by bitsandbytes with ``dtype`` as the compute dtype (QLoRA)."""
     from rlhf.quantization import keep_backward, load_kwargs, quantized_copy
 
+    from rlhf.policies import adapter_base
+
     path = resolve_model(model)
     adapter = sft_adapter
     if not adapter and (Path(path) / ADAPTER_CONFIG).is_file():
-        adapter, path = path, _adapter_base(Path(path))
+        adapter, path = path, adapter_base(path)
     if not adapter:
         return keep_backward(load_causal_lm(path, dtype=dtype, **load_kwargs(quantization, dtype)))
     from transformers import AutoModelForCausalLM
@@ -62,14 +63,6 @@ def load_sft_model(model: str, sft_adapter: str = "", dtype: torch.dtype = torch
     if quantization != "none":  # the merge needs float weights; bitsandbytes quantizes only while loading
         return quantized_copy(merged, quantization, AutoModelForCausalLM, dtype, dtype=dtype)
     return merged.to(dtype)
-
-
-def _adapter_base(adapter: Path) -> str:
-    base = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{adapter / ADAPTER_CONFIG}: field 'base_model_name_or_path' is empty; "
-                         "set policy.model to the base and policy.sft_adapter to this folder")
-    return base
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -322,10 +315,10 @@ def evaluation_mode(module: nn.Module):
 
 def load_policy_tokenizer(policy_cfg: PolicySection):
     """The SFT adapter's tokenizer when it saved one (it may have added tokens), else the base model's."""
+    from rlhf.policies import _tokenizer_source
     from rlhf.zoo import load_tokenizer
 
-    path = resolve_model(policy_cfg.model)
-    adapter = policy_cfg.sft_adapter or (path if (Path(path) / ADAPTER_CONFIG).is_file() else "")
+    adapter = policy_cfg.sft_adapter
     if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
         return load_tokenizer(adapter)
-    return load_tokenizer(_adapter_base(Path(adapter)) if adapter and not policy_cfg.sft_adapter else path)
+    return load_tokenizer(_tokenizer_source(resolve_model(policy_cfg.model)))  # an adapter's own, or its base's

@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from rlhf import checkpoints
 from rlhf.config import RunConfig
 from rlhf.lora import LoraConfig, peft_lora_config
+from rlhf.policies import is_adapter_folder, make_base_portable, set_adapter_base
 from rlhf.runtime import fresh_accelerator_state
 from rlhf.sft.config import PromptTuningConfig, SFTStageConfig
 from rlhf.tracking import MetricsLogger
@@ -141,8 +142,9 @@ class CheckpointManifest(TrainerCallback):
     state; under DDP every rank first waits there, since each writes its own RNG file. ``trainer`` (set once
     the trainer exists): its running token count goes into the checkpoint, read back by :func:`restore_counters`."""
 
-    def __init__(self, keep: int = 0):
+    def __init__(self, keep: int = 0, adapter_base: str = ""):
         self.keep = keep
+        self.adapter_base = adapter_base  # what a checkpoint's adapter goes on ("": the base peft wrote)
         self.trainer = None
 
     def on_save(self, args, state, control, **kwargs):
@@ -156,6 +158,10 @@ class CheckpointManifest(TrainerCallback):
             if self.trainer is not None:
                 counters = {"num_tokens": getattr(self.trainer, "_total_train_tokens", 0)}
                 (folder / COUNTERS).write_text(json.dumps(counters), encoding="utf-8")
+            if is_adapter_folder(folder) and self.adapter_base:  # named portably before the manifest hashes it
+                set_adapter_base(folder, self.adapter_base)
+            elif is_adapter_folder(folder):
+                make_base_portable(folder)
             checkpoints.write_manifest(folder)
             # HF's rotation keeps the newest by mtime, so after a resume it may leave abandoned later folders.
             checkpoints.drop_newer(root, PREFIX, state.global_step)
@@ -284,6 +290,8 @@ def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str
     if not trainer.is_world_process_zero():
         return paths
     tokenizer.save_pretrained(paths["final"])
+    if is_adapter_folder(paths["final"]):  # peft wrote the base's local folder: a zoo name or relative path instead
+        make_base_portable(paths["final"])
     model = trainer.accelerator.unwrap_model(trainer.model)
     if save_merged and isinstance(model, PeftModel):
         paths["final_merged"] = str(run_dir / "final-merged")
