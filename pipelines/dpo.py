@@ -29,28 +29,26 @@ STAGE = "dpo"
 
 
 def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
-    from transformers import set_seed
-
-    from rlhf.checkpoints import resolve_run
     from rlhf.datatools import validate_stage_inputs
     from rlhf.dpo.data import load_pairs, to_dataset
     from rlhf.dpo.trainer import RENAMES, build_trainer, save_final
+    from rlhf.lifecycle import start_run
     from rlhf.ppo.policy import load_policy_tokenizer, load_sft_model
     from rlhf.runtime import use_bf16
-    from rlhf.sft.trainer import (PREFIX, MetricsLoggerCallback, checkpoint_step, planned_steps, restore_counters,
-                                   train_device)
+    from rlhf.sft.trainer import PREFIX, MetricsLoggerCallback, checkpoint_step, planned_steps, restore_counters
     from rlhf.tracking import MetricsLogger
 
     # 1. inputs checked and the pairs read (a bad file, or none left after the dimension filter, is one line,
-    #    exit 2, before any model loads or a run folder exists); the run folder; seed and precision
+    #    exit 2, before any model loads or a run folder exists); processes, the run folder, seed; precision
     if not cfg.lora.enabled:  # without adapters there is no adapters-off reference (TRL would load the base)
         raise ConfigError("lora.enabled: DPO here trains LoRA on the SFT policy (the reference is the adapters-off "
                           "model); full fine-tuning is not supported")
     validate_stage_inputs(STAGE, cfg)
     pairs = load_pairs(cfg.data, cfg.run.seed)
-    bf16 = use_bf16(cfg.train.precision, train_device(cfg.run))  # rlhf.runtime decides device and precision
-    run_dir, checkpoint = resolve_run(cfg.run, STAGE, resume, PREFIX)  # one rule for every stage
-    set_seed(cfg.run.seed)
+    # the processes are started here, before TRL's trainer exists: the ranks must agree on the folder first
+    run = start_run(cfg.run, STAGE, resume, PREFIX)
+    run_dir, checkpoint = run.dir, run.checkpoint
+    bf16 = use_bf16(cfg.train.precision, run.device)  # rlhf.runtime decides device and precision
 
     # 2. the pairs in TRL's conversational format; pairs longer than train.max_length are dropped, never cut
     tokenizer = load_policy_tokenizer(cfg.policy)

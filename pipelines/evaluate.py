@@ -26,15 +26,14 @@ def main(cfg: EvalConfig) -> Path:
     from rlhf.evaluate import (build_results, check_config, load_gold, load_scorer, run_evaluation, run_judge_free,
                                variants_of)
     from rlhf.report import headline, write_report
-    from rlhf.runtime import select_device
-    from rlhf.checkpoints import resolve_run
+    from rlhf.lifecycle import start_run
     from rlhf.tracking import MetricsLogger
 
     # 1. config checked (best-of-n, gold judge != proxy: one line naming the key, before any model loads);
     #    run folder and logger (one progress step per variant = policy x shots x decoding [x n])
     check_config(cfg)
-    select_device(cfg.run.device)  # rlhf.runtime places policies and judges; a CUDA that is not here: one line
-    run_dir, _ = resolve_run(cfg.run, STAGE, resume=False, prefix="")  # a used run name: one line
+    # a CUDA that is not here, a used run name: one line (rlhf.runtime places policies and judges); no --resume
+    run_dir = start_run(cfg.run, STAGE).dir
     variants = variants_of(cfg)
     logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=len(variants))
 

@@ -31,16 +31,16 @@ def eval_summary(run_dir: Path) -> dict[str, float]:
 
 
 def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
-    from rlhf.checkpoints import resolve_run
     from rlhf.datatools import validate_stage_inputs
+    from rlhf.lifecycle import start_run
     from rlhf.ppo import checkpoint as ckpt
     from rlhf.ppo.curves import plot_reward_and_kl
     from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
     from rlhf.ppo.prompts import held_out_prompts, prepare_prompts
     from rlhf.ppo.scorers import check_reward_model, load_scorer
-    from rlhf.ppo.trainer import RLTrainer, seed_everything
+    from rlhf.ppo.trainer import RLTrainer
     from rlhf.quantization import check_backend
-    from rlhf.runtime import make_accelerator, resolve_dtype, select_device
+    from rlhf.runtime import make_accelerator, resolve_dtype
     from rlhf.sharding import check_wrappable
     from rlhf.tracking import MetricsLogger, run_history
 
@@ -49,10 +49,10 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     check_backend(cfg.policy.quantization, "policy.quantization")  # QLoRA without bitsandbytes: one line
     check_reward_model(cfg.reward, cfg.run.output_dir)  # ensemble members too; a gold judge is never trained against
     check_wrappable(cfg.policy.model, "policy.model")  # an FSDP launch of a model it cannot shard: one line
-    accelerator = make_accelerator(select_device(cfg.run.device))  # rlhf.runtime: CUDA when present, else CPU
-    seed_everything(cfg.run.seed)
     # standalone runs are named after the algorithm (runs/grpo-<time>); rank 0 decides for every rank
-    run_dir, checkpoint = resolve_run(cfg.run, cfg.rl.algo, resume, ckpt.PREFIX)
+    run = start_run(cfg.run, cfg.rl.algo, resume, ckpt.PREFIX)
+    run_dir, checkpoint = run.dir, run.checkpoint
+    accelerator = make_accelerator(run.device)  # rlhf.runtime: CUDA when present, else CPU
     logger = MetricsLogger(run_dir, cfg.run, cfg.rl.algo, config=cfg, total_steps=cfg.train.steps,
                            enabled=accelerator.is_main_process)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.checkpoints import resolve_run
+from rlhf.lifecycle import start_run
 from rlhf.config import stage_cli
 from rlhf.datatools import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
@@ -28,7 +28,7 @@ from rlhf.sft.forgetting import truthfulqa_mc1
 from rlhf.quantization import check_backend, keep_backward, load_kwargs as quantized_load_kwargs
 from rlhf.runtime import use_bf16
 from rlhf.sft.fsdp import check_fsdp, check_resume, local_model
-from rlhf.sft.trainer import (PREFIX, MetricsLoggerCallback, build_trainer, checkpoint_step, init_distributed,
+from rlhf.sft.trainer import (PREFIX, MetricsLoggerCallback, build_trainer, checkpoint_step,
                               perplexity, planned_steps, ranks_in_sync, restore_counters, save_final)
 from rlhf.tracking import MetricsLogger, is_main_process, logged_value
 
@@ -36,21 +36,18 @@ DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are 
 
 
 def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
-    from transformers import set_seed
-
     from rlhf.generation import generate_chat
     from rlhf.zoo import load_causal_lm, load_tokenizer
 
-    # 1. inputs checked (a bad file is one line, before any model loads or run folder exists); run folder
-    #    (rank 0 decides, every rank agrees), seed, precision
+    # 1. inputs checked (a bad file is one line, before any model loads or run folder exists); processes, run
+    #    folder (rank 0 decides, every rank agrees; a used name without --resume: one line), seed, precision
     validate_stage_inputs("sft", cfg)
     check_backend(cfg.model.quantization)
     check_fsdp(cfg)
-    device = init_distributed(cfg.run)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
-    run_dir, checkpoint = resolve_run(cfg.run, "sft", resume, PREFIX)  # a used name, nothing to resume: one line
+    run = start_run(cfg.run, "sft", resume, PREFIX)
+    run_dir, checkpoint = run.dir, run.checkpoint
     check_resume(checkpoint)
-    set_seed(cfg.run.seed)
-    bf16 = use_bf16(cfg.train.precision, device)
+    bf16 = use_bf16(cfg.train.precision, run.device)
     main_rank = is_main_process()
 
     # 2. base model and tokenizer (fp32 master weights unless told otherwise; frozen and quantized for QLoRA)

@@ -19,26 +19,13 @@ from typing import Any
 import torch
 
 from rlhf import checkpoints
-from rlhf.runtime import cuda_present
+from rlhf.lifecycle import rng_state, set_rng_state
 
 PREFIX = "step-"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / checkpoints.CHECKPOINTS / f"{PREFIX}{step:06d}"
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if cuda_present():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and cuda_present():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,

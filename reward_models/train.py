@@ -33,9 +33,9 @@ from reward_models.types import HEADS
 from rlhf.config import ConfigError, RunConfig
 from rlhf.quantization import check_backend
 from rlhf.records import PreferenceRecord
-from rlhf.runtime import make_accelerator, select_device, use_bf16
+from rlhf.runtime import make_accelerator, use_bf16
 from rlhf import sharding
-from rlhf.checkpoints import resolve_run
+from rlhf.lifecycle import start_run
 from rlhf.tracking import MetricsLogger
 from rlhf.zoo import rlhf_home
 
@@ -208,20 +208,18 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     ``stop_after_steps`` ends the run right after writing a checkpoint at that step, as if it had been
     killed there (tests of ``--resume``).
     """
-    from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
-    # 1. run folder, processes, seed
+    # 1. config checks (one line each, before any model loads); processes, run folder (rank 0 decides), seed
     started = time.perf_counter()
     cfg.train_partition()  # a gold on the proxy's half: one line, before any model loads
     if cfg.model.freeze_backbone and cfg.model.lora.enabled:
         raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
     check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
     sharding.check_wrappable(cfg.model.backbone, "model.backbone", causal_lm=False)  # FSDP launch: blocks found
-    # rlhf.runtime: CUDA when present, else CPU (run.device forces); gloo processes on CPU
-    accelerator = make_accelerator(select_device(cfg.run.device))
-    run_dir, checkpoint = resolve_run(cfg.run, STAGE, resume, PREFIX)  # rank 0 decides; refusals before any model
-    set_seed(cfg.run.seed)
+    run = start_run(cfg.run, STAGE, resume, PREFIX)
+    run_dir, checkpoint = run.dir, run.checkpoint
+    accelerator = make_accelerator(run.device)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
     world, rank = accelerator.num_processes, accelerator.process_index
     bf16 = use_bf16(cfg.train.precision, accelerator.device)
 

@@ -11,9 +11,7 @@ abandoned newer folders when it commits its next checkpoint (:func:`drop_newer`)
 be mistaken for progress nor crowd intact ones out of the ``keep`` limit. Rotation deletes old checkpoints only
 after the new one's manifest is written, so the newest intact checkpoint is never the one deleted.
 
-Every stage finds its run folder and the checkpoint to continue from with :func:`resolve_run`: rank 0 decides and
-every rank gets its answer; a used run name without ``--resume``, or ``--resume`` with nothing intact to continue,
-is one line (exit 2) before any model loads.
+Which run folder and which of its checkpoints a stage continues from is decided by ``rlhf.lifecycle.start_run``.
 """
 from __future__ import annotations
 
@@ -23,16 +21,13 @@ import os
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from rlhf.config import ConfigError, RunConfig
+from rlhf.config import ConfigError
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"  # <run>/checkpoints/<prefix>N/: every stage's checkpoints
-# What a finished or started run leaves in its folder; a new run must not write over any of them.
-RUN_FILES = ("metrics.jsonl", CHECKPOINTS, "final", "summary.json")
 _CHUNK = 1 << 20
 
 
@@ -133,14 +128,14 @@ def numbered(root: Path, prefix: str) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := pattern.fullmatch(p.name)) and p.is_dir())
 
 
-def _say(line: str) -> None:
+def say_resume(line: str) -> None:
     print(f"[resume] {line}", file=sys.stderr, flush=True)
 
 
 _reported: set[str] = set()
 
 
-def newest_intact(root: Path, prefix: str, say: Callable[[str], None] = _say) -> Path | None:
+def newest_intact(root: Path, prefix: str, say: Callable[[str], None] = say_resume) -> Path | None:
     """The newest intact checkpoint under ``root``; each newer one that is not gets one line saying so.
 
     A line is said once per process: PPO looks for the run's checkpoint both to pick the run and to load it.
@@ -219,7 +214,7 @@ def remove_temporary(root: Path) -> list[Path]:
     return removed
 
 
-def _no_intact_checkpoint(run_dir: Path, prefix: str) -> CheckpointError:
+def no_intact_checkpoint(run_dir: Path, prefix: str) -> CheckpointError:
     """One line naming the run folder and what is wrong with each of its checkpoints."""
     root = run_dir / CHECKPOINTS
     found = numbered(root, prefix)
@@ -229,66 +224,3 @@ def _no_intact_checkpoint(run_dir: Path, prefix: str) -> CheckpointError:
         why = "; ".join(f"{folder.name}: {problem(folder).removeprefix(str(folder)).lstrip('/: ')}"
                         for _, folder in reversed(found))
     return CheckpointError(f"--resume {run_dir}: no intact checkpoint to continue from ({why})")
-
-
-def run_folder(run: RunConfig, stage: str) -> Path:
-    """``<output_dir>/<run.run_name or $RLHF_RUN_NAME or stage-YYYYmmdd-HHMMSS>`` (read on one rank only)."""
-    name = run.run_name or os.environ.get("RLHF_RUN_NAME") or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(run.output_dir) / name
-
-
-def _decide_run(run: RunConfig, stage: str, resume: bool | str | None, prefix: str) -> tuple[Path, Path | None]:
-    if not resume:
-        run_dir = run_folder(run, stage)
-        if any((run_dir / entry).exists() for entry in RUN_FILES):
-            raise ConfigError(f"run.run_name: {run_dir} holds an earlier run; --resume continues it, another "
-                              "run.run_name (or none) starts a new one")
-        return run_dir, None
-    if isinstance(resume, str):
-        path = Path(resume)
-        if re.fullmatch(re.escape(prefix) + r"\d+", path.name) and path.is_dir():  # a checkpoint named itself
-            return path.parent.parent, verified(path)
-        run_dir = path
-    elif run.run_name:
-        run_dir = Path(run.output_dir) / run.run_name
-    else:  # the newest run of this stage that finished writing a checkpoint
-        runs = [p for p in Path(run.output_dir).glob(f"{stage}-*")
-                if any(is_complete(c) for _, c in numbered(p / CHECKPOINTS, prefix))]
-        if not runs:
-            raise CheckpointError(f"--resume: no {stage} run with a checkpoint under {run.output_dir}/ (name the run "
-                                  "with --run.run_name, or give --resume PATH)")
-        run_dir = max(runs, key=lambda p: p.stat().st_mtime)
-    checkpoint = newest_intact(run_dir / CHECKPOINTS, prefix)
-    if checkpoint is None:
-        raise _no_intact_checkpoint(run_dir, prefix)
-    for leftover in remove_temporary(run_dir / CHECKPOINTS):
-        _say(f"removed {leftover}, left by a run killed while writing a checkpoint")
-    return run_dir, checkpoint
-
-
-def resolve_run(run: RunConfig, stage: str, resume: bool | str | None, prefix: str) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint to continue from or None): the one rule every stage follows; call on every rank.
-
-    Without ``--resume``: ``<output_dir>/<run.run_name or $RLHF_RUN_NAME or stage-YYYYmmdd-HHMMSS>``, refused
-    if an earlier run is there (its metrics would be appended to, its checkpoints and final/ replaced).
-    ``--resume``: run.run_name's folder, else the newest ``<stage>-*`` run with a checkpoint; ``--resume PATH``
-    a run folder or one ``<prefix>N`` checkpoint in it. The newest intact checkpoint is taken (one line per newer
-    one skipped); none intact is one line naming the folder and what was wrong with each. Leftover temporary
-    folders of a killed checkpoint write are deleted.
-
-    Rank 0 decides and the others take its answer: a timestamped name read on each rank would split a run in two
-    when the ranks straddle a second boundary. A refusal is raised on every rank, so none waits for the others.
-    The folder itself is made by whoever first writes into it (no empty folder for a stage that then refuses).
-    """
-    from rlhf.runtime import from_rank_zero, is_rank_zero
-
-    decision: tuple[Path, Path | None] | ConfigError | None = None
-    if is_rank_zero():
-        try:
-            decision = _decide_run(run, stage, resume, prefix)
-        except ConfigError as err:
-            decision = err
-    decision = from_rank_zero(decision)
-    if isinstance(decision, ConfigError):
-        raise decision
-    return decision

@@ -58,17 +58,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def make_run_dir(run: RunConfig, stage: str, create: bool = True) -> Path:
-    """``<output_dir>/<run_name or stage-time>`` for tools and tests; stages use ``rlhf.checkpoints.resolve_run``,
-    which also refuses a used name and agrees the name across ranks."""
-    from rlhf.checkpoints import run_folder
-
-    run_dir = run_folder(run, stage)
-    if create:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def _scalar(value: Any) -> Any:
     """Tensors and numpy scalars become Python numbers; NaN/inf are kept as strings JSON can hold."""
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:

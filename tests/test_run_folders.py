@@ -1,10 +1,11 @@
-"""One run-folder rule for every stage (rlhf.checkpoints.resolve_run): a used run name without --resume is one
+"""One run lifecycle for every stage (rlhf.lifecycle.start_run): a used run name without --resume is one
 line before any model loads; --resume with nothing intact is one line naming the folder and what was wrong with
 each checkpoint; the name is rank 0's on every rank; rotation never deletes the last intact checkpoint; leftover
 temporary folders of a killed write go at the next start; SFT's counters continue across a resume."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import checkpoints
+from rlhf import checkpoints, lifecycle
 from rlhf.checkpoints import write_manifest
 from rlhf.config import ConfigError, RunConfig
 
@@ -33,6 +34,8 @@ def earlier_run(folder: Path) -> bytes:
     ("sft", "pipelines.sft", "sft_tiny.yaml"),
     ("reward", "pipelines.reward", "reward_tiny.yaml"),
     ("ppo", "pipelines.ppo", "ppo_tiny.yaml"),
+    ("dpo", "pipelines.dpo", "dpo_tiny.yaml"),
+    ("eval", "pipelines.evaluate", None),  # no checkpoints, so no --resume to offer
 ])
 def test_a_used_run_name_without_resume_is_one_line_before_any_model_loads(stage, cli, preset, tmp_path, capsys,
                                                                           no_model_loads, monkeypatch):
@@ -42,13 +45,58 @@ def test_a_used_run_name_without_resume_is_one_line_before_any_model_loads(stage
 
     monkeypatch.setattr(reward_models.train, "new_reward_model", no_model_loads_fail)
     metrics = earlier_run(tmp_path / "used")
-    rc = importlib.import_module(cli).cli(["--config", str(CONFIGS / preset), "--run.output_dir", str(tmp_path),
-                                           "--run.run_name", "used"])
+    config = ["--config", str(CONFIGS / preset)] if preset else []
+    rc = importlib.import_module(cli).cli([*config, "--run.output_dir", str(tmp_path), "--run.run_name", "used"])
     err = capsys.readouterr().err
-    assert rc == 2 and err == (f"error: run.run_name: {tmp_path / 'used'} holds an earlier run; --resume continues "
-                               "it, another run.run_name (or none) starts a new one\n")
+    again = "another" if stage == "eval" else "--resume continues it, another"
+    assert rc == 2 and err == (f"error: run.run_name: {tmp_path / 'used'} holds an earlier run; {again} "
+                               "run.run_name (or none) starts a new one\n")
     assert (tmp_path / "used" / "metrics.jsonl").read_bytes() == metrics
     assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_folder_without_a_record_of_a_run_is_not_an_earlier_run(tmp_path):
+    """A stage that refused its input after its logger opened the folder (config.yaml, an empty metrics.jsonl)
+    left nothing to lose: the same name starts the run again. Any record, checkpoint, final model or summary is."""
+    run = RunConfig(output_dir=str(tmp_path), run_name="again")
+    folder = tmp_path / "again"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("run: {}\n")
+    (folder / "metrics.jsonl").write_text("")
+    assert lifecycle.resolve_run(run, "sft", False, "checkpoint-") == (folder, None)
+    for record in ("metrics.jsonl", "summary.json", "final", "checkpoints"):
+        (folder / record).mkdir() if record in ("final", "checkpoints") else (folder / record).write_text("{}\n")
+        with pytest.raises(ConfigError, match="holds an earlier run"):
+            lifecycle.resolve_run(run, "sft", False, "checkpoint-")
+        shutil.rmtree(folder / record) if record in ("final", "checkpoints") else (folder / record).unlink()
+
+
+def test_start_run_seeds_every_generator_and_rng_state_round_trips(tmp_path):
+    """One seed for python, numpy and torch; the state a checkpoint keeps restores all three, and a reward
+    checkpoint from before (torch's state only) still loads."""
+    import random
+
+    import numpy as np
+    import torch
+
+    def draw():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    run = RunConfig(output_dir=str(tmp_path), run_name="", seed=7)
+    started = lifecycle.start_run(run, "sft", False, "checkpoint-")
+    assert started.checkpoint is None and not started.dir.exists() and started.device.type == "cpu"
+    first = draw()
+    lifecycle.start_run(run, "sft", False, "checkpoint-")
+    assert draw() == first
+    torch.save(lifecycle.rng_state(), tmp_path / "rng.pt")
+    expected = draw()
+    lifecycle.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draw() == expected
+    lifecycle.seed_everything(7)
+    torch_only = {"torch": torch.get_rng_state()}
+    expected_torch = float(torch.rand(()))
+    lifecycle.set_rng_state(torch_only)
+    assert float(torch.rand(())) == expected_torch
 
 
 def no_model_loads_fail(*args, **kwargs):
@@ -89,21 +137,21 @@ def test_resume_with_no_intact_checkpoint_is_one_line_naming_each_problem(stage,
 def test_resume_finds_runs_and_checkpoints_by_one_rule(tmp_path):
     run = RunConfig(output_dir=str(tmp_path), run_name="")
     with pytest.raises(checkpoints.CheckpointError, match="no sft run with a checkpoint"):
-        checkpoints.resolve_run(run, "sft", True, "checkpoint-")
+        lifecycle.resolve_run(run, "sft", True, "checkpoint-")
     for n in (5, 10, 15):
         folder = tmp_path / "sft-1" / "checkpoints" / f"checkpoint-{n}"
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(bytes(range(n)))
         if n < 15:
             write_manifest(folder)
-    assert checkpoints.resolve_run(run, "sft", True, "checkpoint-") == (tmp_path / "sft-1",
+    assert lifecycle.resolve_run(run, "sft", True, "checkpoint-") == (tmp_path / "sft-1",
                                                            tmp_path / "sft-1/checkpoints/checkpoint-10")
     picked = tmp_path / "sft-1/checkpoints/checkpoint-5"
-    assert checkpoints.resolve_run(run, "sft", str(picked), "checkpoint-") == (tmp_path / "sft-1", picked)
-    assert checkpoints.resolve_run(run, "sft", str(tmp_path / "sft-1"), "checkpoint-")[1].name == "checkpoint-10"
+    assert lifecycle.resolve_run(run, "sft", str(picked), "checkpoint-") == (tmp_path / "sft-1", picked)
+    assert lifecycle.resolve_run(run, "sft", str(tmp_path / "sft-1"), "checkpoint-")[1].name == "checkpoint-10"
     with pytest.raises(ConfigError, match="holds an earlier run"):
-        checkpoints.resolve_run(RunConfig(output_dir=str(tmp_path), run_name="sft-1"), "sft", False, "checkpoint-")
-    fresh, none = checkpoints.resolve_run(run, "sft", False, "checkpoint-")
+        lifecycle.resolve_run(RunConfig(output_dir=str(tmp_path), run_name="sft-1"), "sft", False, "checkpoint-")
+    fresh, none = lifecycle.resolve_run(run, "sft", False, "checkpoint-")
     assert none is None and fresh.name.startswith("sft-") and not fresh.exists()  # made by its first writer
 
 
@@ -120,48 +168,107 @@ def test_a_resume_removes_the_temporary_folders_a_killed_write_left(tmp_path):
         (root / leftover / "optimizer.pt").write_bytes(b"half")
     (root / ".latest.tmp-123").write_text("step-000004")
     run = RunConfig(output_dir=str(tmp_path), run_name="run")
-    assert checkpoints.resolve_run(run, "ppo", True, "step-") == (tmp_path / "run", good)
+    assert lifecycle.resolve_run(run, "ppo", True, "step-") == (tmp_path / "run", good)
     assert sorted(p.name for p in root.iterdir()) == ["step-000002"]
 
 
 # ---------------------------------------------------------------- two ranks agree on the name
 
-DRIVER = textwrap.dedent('''
-    import pathlib, sys, time
-    sys.path.insert(0, {tests!r})
+# Rank 1 reads the clock 1.2 s after rank 0 (its clock runs 1.2 s behind, as if it had been delayed that long at
+# every reading): any rank that names a timestamped run itself names another folder than rank 0. A real sleep
+# would also slow everything else on rank 1 that formats a time.
+LATE_CLOCK = textwrap.dedent('''
+    import os, time
+    _strftime = time.strftime
+
+    def _late_clock(fmt, *when):
+        return _strftime(fmt, *when) if when else _strftime(fmt, time.localtime(time.time() + 1.2))
+
+    if os.environ["RANK"] == "1":
+        time.strftime = _late_clock
+''')
+
+REWARD_DRIVER = LATE_CLOCK + textwrap.dedent('''
+    import pathlib, sys
+    sys.path[:0] = [{root!r}, {tests!r}]
     import reward_models.train as train
     from test_reward_train import tiny_config
 
-    make = train.make_accelerator
-
-    def late(*args, **kwargs):  # rank 1 reaches the run folder 1.2 s after rank 0: past a second boundary
-        accelerator = make(*args, **kwargs)
-        if accelerator.process_index == 1:
-            time.sleep(1.2)
-        return accelerator
-
-    train.make_accelerator = late
     out = pathlib.Path(sys.argv[1])
-    cfg = tiny_config(out, out / "toy.jsonl", max_steps=2, batch_size=4, precision="fp32")
+    cfg = tiny_config(out, out / "toy.jsonl", max_steps=2, batch_size=4, precision="fp32", checkpoint_every=1)
     cfg.run.run_name = ""  # a timestamped name
-    train.train_reward_model(cfg)
-''').format(tests=str(TESTS))
+    run_dir = train.train_reward_model(cfg)
+    (out / f"rank{{os.environ['RANK']}}.txt").write_text(str(run_dir))
+''').format(root=str(ROOT), tests=str(TESTS))
+
+
+def torchrun(driver: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    from distributed_helpers import worker_env
+
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(driver), *args], cwd=ROOT, env={**worker_env(), **(env or {})},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def ranks_run_dirs(out: Path) -> list[str]:
+    return [(out / f"rank{r}.txt").read_text() for r in range(2)]
 
 
 @pytest.mark.distributed
 def test_two_ranks_one_late_by_more_than_a_second_write_one_run_folder(tmp_path):
-    from distributed_helpers import worker_env
+    """The acceptance test of issue 27: a two-rank reward run without run.run_name (FSDP2, so rank 1 writes its
+    own shard of every checkpoint into the run folder too)."""
+    from distributed_helpers import STRATEGY_ENV
     from test_reward_train import toy_preferences
 
     toy_preferences(tmp_path / "toy.jsonl", per_head=20)
-    (tmp_path / "driver.py").write_text(DRIVER)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(tmp_path / "driver.py"), str(tmp_path)], cwd=ROOT, env=worker_env(),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    (tmp_path / "driver.py").write_text(REWARD_DRIVER)
+    torchrun(tmp_path / "driver.py", str(tmp_path), env=STRATEGY_ENV["fsdp2"])
     folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert len(folders) == 1 and folders[0].startswith("reward-"), folders
+    assert ranks_run_dirs(tmp_path) == [str(tmp_path / "runs" / folders[0])] * 2
     assert (tmp_path / "runs" / folders[0] / "final").is_dir()
+
+
+# Runs a stage's cli to the point where its logger, the first writer of the run folder, would open it.
+STAGE_DRIVER = LATE_CLOCK + textwrap.dedent('''
+    import importlib, pathlib, sys
+    sys.path.insert(0, {root!r})
+    import rlhf.tracking
+
+    out, module, preset = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    class Stop(Exception):
+        pass
+
+    class FirstWriter:  # stands in for MetricsLogger: where this rank would write, then stop
+        def __init__(self, run_dir, *args, **kwargs):
+            (out / f"rank{{os.environ['RANK']}}.txt").write_text(str(run_dir))
+            raise Stop
+
+    rlhf.tracking.MetricsLogger = FirstWriter
+    stage = importlib.import_module(module)
+    if hasattr(stage, "MetricsLogger"):
+        stage.MetricsLogger = FirstWriter
+    try:  # no run.run_name: a timestamped folder
+        sys.exit(stage.cli(["--config", preset, "--run.output_dir", str(out / "runs")]))
+    except Stop:
+        pass
+''').format(root=str(ROOT))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage, module, preset", [
+    ("dpo", "pipelines.dpo", "dpo_tiny.yaml"),  # TRL's trainer starts the process group only after the name
+    ("sft", "pipelines.sft", "sft_tiny.yaml"),
+    ("ppo", "pipelines.ppo", "ppo_tiny.yaml"),
+])
+def test_every_stage_names_one_run_folder_on_two_ranks_whose_clocks_differ(stage, module, preset, tmp_path):
+    (tmp_path / "driver.py").write_text(STAGE_DRIVER)
+    torchrun(tmp_path / "driver.py", str(tmp_path), module, str(CONFIGS / preset))
+    first, second = ranks_run_dirs(tmp_path)
+    assert first == second and Path(first).name.startswith(f"{stage}-"), (first, second)
 
 
 # ---------------------------------------------------------------- SFT: rotation and counters across a resume
@@ -192,7 +299,7 @@ def test_sft_killed_before_the_new_manifest_keeps_an_intact_checkpoint_under_sav
     """The kill window of rotation: checkpoint-8's files are written, its manifest is not (the run is killed
     while hashing them). With save_total_limit 1 the HF Trainer had already deleted checkpoint-4 by then."""
     from pipelines.sft import main
-    from rlhf import checkpoints
+    from rlhf import checkpoints, lifecycle
     from rlhf.sft.trainer import latest_checkpoint
 
     write = checkpoints.write_manifest

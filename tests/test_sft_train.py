@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipelines.sft import cli, main
-from rlhf import checkpoints
+from rlhf import lifecycle
 from rlhf.checkpoints import write_manifest
 from rlhf.config import ConfigError, RunConfig, load_config
 from rlhf.sft.config import SFTStageConfig
@@ -80,7 +80,7 @@ def test_precision_lora_layers_and_planned_steps():
 
 
 def resolve_run(run, stage, resume):
-    return checkpoints.resolve_run(run, stage, resume, PREFIX)
+    return lifecycle.resolve_run(run, stage, resume, PREFIX)
 
 
 def test_resolve_run_finds_the_newest_checkpoint(tmp_path, run_cfg):

@@ -5,7 +5,8 @@ import time
 from pathlib import Path
 
 from rlhf.config import RunConfig
-from rlhf.tracking import MetricsLogger, make_run_dir, read_metrics, run_history
+from rlhf.lifecycle import run_folder
+from rlhf.tracking import MetricsLogger, read_metrics, run_history
 
 
 def wandb_log_with(run_folder: Path, *needles: bytes, timeout_s: float = 60.0) -> bytes:
@@ -22,7 +23,7 @@ def wandb_log_with(run_folder: Path, *needles: bytes, timeout_s: float = 60.0) -
 
 
 def test_logger_writes_config_metrics_and_tables(tmp_path, run_cfg):
-    run_dir = make_run_dir(run_cfg, "unit")
+    run_dir = run_folder(run_cfg, "unit")
     logger = MetricsLogger(run_dir, run_cfg, "unit", config=run_cfg, total_steps=2)
     logger.log({"loss/policy": 0.5, "objective/kl": float("nan")}, step=1)
     logger.log({"loss/policy": 0.25}, step=2)
@@ -40,7 +41,7 @@ def test_logger_writes_config_metrics_and_tables(tmp_path, run_cfg):
 def test_wandb_offline_run_needs_no_login(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     run = RunConfig(output_dir=str(tmp_path), run_name="offline", wandb_mode="offline", tags=["unit"])
-    logger = MetricsLogger(make_run_dir(run, "unit"), run, "unit", config=run)
+    logger = MetricsLogger(run_folder(run, "unit"), run, "unit", config=run)
     logger.log({"reward/helpful": 1.0}, step=1)
     logger.finish()
     offline_runs = list((tmp_path / "offline" / "wandb").glob("offline-run-*"))
@@ -87,7 +88,7 @@ def test_offline_pipeline_stages_share_a_group_and_log_artifacts_with_lineage(tm
 
     def stage(name, kind, inputs, product_file):
         run = RunConfig(output_dir=str(root), run_name=name, wandb_mode="online", tags=["pipeline:demo"])
-        logger = MetricsLogger(make_run_dir(run, name), run, name, config=run)
+        logger = MetricsLogger(run_folder(run, name), run, name, config=run)
         product = root / name / product_file
         product.parent.mkdir(parents=True, exist_ok=True)
         product.write_text(f"{name} weights")

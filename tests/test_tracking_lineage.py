@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from rlhf.config import ConfigError, RunConfig
-from rlhf.tracking import MetricsLogger, link_lineage, make_run_dir
+from rlhf.lifecycle import run_folder
+from rlhf.tracking import MetricsLogger, link_lineage
 from tests.test_tracking import wandb_log_with
 
 
@@ -25,7 +26,7 @@ def _offline(monkeypatch):
 
 def _stage(root: Path, folder: str, stage: str, inputs, role=None) -> dict:
     run = RunConfig(output_dir=str(root), run_name=folder, wandb_mode="offline", tags=["pipeline:demo"])
-    logger = MetricsLogger(make_run_dir(run, stage), run, stage, config=run)
+    logger = MetricsLogger(run_folder(run, stage), run, stage, config=run)
     (root / folder / "final").mkdir(parents=True, exist_ok=True)
     (root / folder / "final" / "model.safetensors").write_text(folder)
     logger.log({"loss": 1.0}, step=1)
@@ -91,7 +92,7 @@ def test_wandb_variables_are_the_users(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_NAME", "my-name")
     monkeypatch.setenv("WANDB_TAGS", "mine,again")
     run = RunConfig(output_dir=str(tmp_path / "runs"), run_name="r", wandb_mode="offline")
-    logger = MetricsLogger(make_run_dir(run, "unit"), run, "unit", config=run)
+    logger = MetricsLogger(run_folder(run, "unit"), run, "unit", config=run)
     logger.log({"loss": 1.0}, step=1)
     logger.finish()
     assert not (tmp_path / "runs" / "r" / "wandb").exists()  # before: always <run>/wandb
@@ -104,7 +105,7 @@ def test_tensorboard_tracker_writes_events_and_a_missing_tracker_is_one_line(tmp
     import importlib.util
 
     run = RunConfig(output_dir=str(tmp_path), run_name="tb", wandb_mode="disabled", trackers=["tensorboard"])
-    logger = MetricsLogger(make_run_dir(run, "unit"), run, "unit", config=run)
+    logger = MetricsLogger(run_folder(run, "unit"), run, "unit", config=run)
     logger.log({"loss/policy": 0.5}, step=1)
     logger.log_table("samples", ["prompt", "response"], [["hi", "yo"]], step=1)
     logger.finish()
@@ -127,10 +128,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACKIO_RUN = """
 import sys
 from rlhf.config import RunConfig
-from rlhf.tracking import MetricsLogger, make_run_dir
+from rlhf.lifecycle import run_folder
+from rlhf.tracking import MetricsLogger
 
 run = RunConfig(output_dir=sys.argv[1], run_name="t", wandb_mode="disabled", trackers=["trackio"])
-logger = MetricsLogger(make_run_dir(run, "unit"), run, "unit", config=run)
+logger = MetricsLogger(run_folder(run, "unit"), run, "unit", config=run)
 logger.log({"loss/policy": 0.5, "note": "text"}, step=1)
 logger.log({"loss/policy": 0.25, "reward/harmless": 1}, step=2)
 logger.finish()

@@ -17,16 +17,15 @@ resume reads it back the same way; ``trainable.safetensors`` and ``adapter/`` st
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from rlhf import checkpoints
-from rlhf.runtime import cuda_present
+from rlhf.lifecycle import rng_state, set_rng_state
+from rlhf.runtime import from_rank_zero
 
 LATEST = "latest"
 PREFIX = "step-"
@@ -40,22 +39,6 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if cuda_present() else []}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and cuda_present():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def prepare_dir(run_dir: str | Path, step: int) -> Path:
@@ -128,15 +111,10 @@ def load_checkpoint(path: Path, rank: int, map_location: str | torch.device = "c
 
 def save(trainer) -> Path | None:
     """Write ``<run>/checkpoints/step-N`` of an ``RLTrainer`` atomically (every process writes its RNG state)."""
-    from accelerate.utils import broadcast_object_list
-
     acc = trainer.accelerator
     if trainer.run_dir is None:
         raise ValueError("RLTrainer(run_dir=...) is needed to write checkpoints")
-    holder = [str(prepare_dir(trainer.run_dir, trainer.step_count)) if acc.is_main_process else ""]
-    if acc.num_processes > 1:
-        broadcast_object_list(holder)
-    tmp = Path(holder[0])
+    tmp = from_rank_zero(prepare_dir(trainer.run_dir, trainer.step_count) if acc.is_main_process else None)
     write_rank_files(tmp, acc.process_index)
     sharded = getattr(trainer, "sharded", False)
     if sharded:  # collectives: every rank writes its shard, and gathers the whole trainable weights

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from reward_models.types import Scorer
@@ -43,6 +41,7 @@ from rlhf.ppo.objectives import RewardObjective, normalize_then_sum
 from rlhf.ppo.rewards import RunningMoments, overlong_penalty, shape_scores
 from rlhf.ppo.sampler import make_sampler
 from rlhf import sharding
+from rlhf.lifecycle import seed_everything
 from rlhf.runtime import make_accelerator, select_device
 from rlhf.threads import ThreadGovernor
 
@@ -50,12 +49,6 @@ from rlhf.threads import ThreadGovernor
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Each (step, rank) samples with its own seed, so a resumed run draws what the uninterrupted one drew."""
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def trim_padding(part: Experience) -> Experience:

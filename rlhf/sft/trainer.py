@@ -261,19 +261,6 @@ def planned_steps(n_examples: int, cfg: SFTStageConfig, world_size: int = 1) -> 
     return max(1, math.ceil(cfg.train.epochs * max(1, batches // cfg.train.grad_accum)))
 
 
-# ---------------------------------------------------------------- distributed
-
-
-def init_distributed(run) -> torch.device:
-    """Start the process group early under torchrun (gloo on CPU, NCCL on CUDA), so ranks can agree on the run
-    folder before the Trainer exists (the Trainer then reuses the same accelerate state); returns the device."""
-    from rlhf.runtime import init_process_group
-
-    device = train_device(run)
-    init_process_group(device)
-    return device
-
-
 # ---------------------------------------------------------------- artifacts
 
 
