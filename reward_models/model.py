@@ -149,10 +149,13 @@ def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: 
     reward_model, encoder, scoring = _finish(source, model, tokenizer, causal, lora, max_length, min_prompt_tokens,
                                              freeze_backbone)
     if quantization != "none":
-        # a zoo name or hub id stays a name; a folder is written absolute, so final/ loads from anywhere
+        # a zoo name or hub id stays a name, and so does a zoo model's cache folder (another machine pulls it); any
+        # other folder is written absolute, so final/ loads from anywhere on this machine
+        from rlhf.zoo import zoo_name_of
+
         scoring.quantization = quantization
         folder = Path(backbone).expanduser()
-        scoring.backbone = str(folder.resolve()) if folder.is_dir() else backbone
+        scoring.backbone = (zoo_name_of(folder) or str(folder.resolve())) if folder.is_dir() else backbone
     return reward_model, encoder, scoring
 
 
@@ -186,10 +189,10 @@ def _classifier_from_adapter(adapter: Path):
     """A sequence classifier whose backbone is a causal LM with a PEFT adapter merged in (the SFT policy)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.policies import _load_weights, _tokenizer_source
+    from rlhf.policies import load_weights, _tokenizer_source
     from rlhf.zoo import load_tokenizer
 
-    policy = _load_weights(str(adapter), torch.float32)  # base + adapter(s), merged
+    policy = load_weights(str(adapter), torch.float32)  # base + adapter(s), merged
     tokenizer = load_tokenizer(_tokenizer_source(str(adapter)))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -219,7 +219,7 @@ def bundle_base(adapter: Path, bundle: Path, base: str) -> str:
     id; a local base (a zoo model, which is a local conversion, an SFT model, an SFT adapter or RL's ``sft-base``)
     is saved as full weights with its tokenizer in ``bundle/base`` and named relative to the adapter folder. The
     adapter gets a tokenizer when it has none. Returns the name written."""
-    from rlhf.policies import _has_tokenizer, _load_weights, _tokenizer_source, set_adapter_base
+    from rlhf.policies import _has_tokenizer, load_weights, _tokenizer_source, set_adapter_base
     from rlhf.zoo import resolve_model
 
     local = Path(resolve_model(base)).expanduser()
@@ -228,7 +228,7 @@ def bundle_base(adapter: Path, bundle: Path, base: str) -> str:
         if (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
             shutil.copytree(local, target, ignore=shutil.ignore_patterns("training_args.bin", "README.md", ".*"))
         else:  # an adapter below an adapter: fold the chain into plain weights
-            _load_weights(str(local), None).save_pretrained(target)
+            load_weights(str(local), None).save_pretrained(target)
         if not _has_tokenizer(target):
             _copy_tokenizer(Path(_tokenizer_source(str(local))), target)
         name = set_adapter_base(adapter, BASE if adapter.resolve() == bundle.resolve() else f"../{BASE}")

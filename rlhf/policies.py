@@ -135,13 +135,13 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
-def _load_weights(path: str, dtype) -> Any:
+def load_weights(path: str, dtype) -> Any:
     """Full weights for ``path``; adapters on the way down are merged in (they are a base, not the policy)."""
     from rlhf.zoo import load_causal_lm
 
     adapter = adapter_folder(path)
     if adapter is not None:
-        return merged_adapter(_load_weights(adapter_base(adapter), dtype), adapter)
+        return merged_adapter(load_weights(adapter_base(adapter), dtype), adapter)
     return load_causal_lm(path, dtype=dtype)
 
 
@@ -216,11 +216,11 @@ def load_policy(name: str, path: str, base: str = "", reference: str = "", dtype
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(_load_weights(base or adapter_base(adapter), dtype), str(adapter))
+        model = PeftModel.from_pretrained(load_weights(base or adapter_base(adapter), dtype), str(adapter))
         kind = "adapter"
     else:
-        model, kind = _load_weights(path, dtype), "full"
+        model, kind = load_weights(path, dtype), "full"
     device = device or torch.device("cpu")
     model.to(device).eval()
-    reference_model = _load_weights(reference, dtype).to(device).eval() if reference else None
+    reference_model = load_weights(reference, dtype).to(device).eval() if reference else None
     return Policy(name=name, path=path, model=model, tokenizer=tokenizer, kind=kind, reference_model=reference_model)

@@ -91,3 +91,16 @@ def test_qlora_reward_model_trains_adapters_and_heads_on_a_4bit_backbone_and_fin
     expected = scorer.score_heads(prompts, responses)
     for head in loaded:
         torch.testing.assert_close(loaded[head], expected[head], rtol=1e-4, atol=1e-5)
+
+
+def test_a_quantized_reward_model_names_a_zoo_backbone_by_its_zoo_name(bnb):
+    """Given the zoo model's cache folder (what resolve_model returns), reward_config.json's ``backbone`` is the
+    zoo name, which another machine resolves by pulling it, not this machine's cache path."""
+    from reward_models.config import RewardStageConfig
+    from reward_models.model import new_reward_model
+    from rlhf.zoo import resolve_model
+
+    lora = RewardStageConfig().model.lora
+    lora.enabled = True
+    _, _, scoring = new_reward_model(resolve_model("tiny-bert"), lora, 64, 16, quantization="4bit")
+    assert scoring.backbone == "tiny-bert"

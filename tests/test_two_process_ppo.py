@@ -168,11 +168,14 @@ def test_two_processes_ppo_killed_after_a_checkpoint_resumes_as_the_uninterrupte
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, rtol=1e-5, atol=1e-7)
     # final/: the gathered adapter and value head, and the merged policy, load in this one process
-    from peft import AutoPeftModelForCausalLM
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from rlhf.policies import adapter_base
+    from rlhf.zoo import load_causal_lm
+
     final = tmp_path / "full/final"
-    adapted = AutoPeftModelForCausalLM.from_pretrained(str(final / "adapter"))
+    adapted = PeftModel.from_pretrained(load_causal_lm(adapter_base(final / "adapter")), str(final / "adapter"))
     head = load_file(str(final / "value_head.safetensors"))
     torch.testing.assert_close(head["weight"], weights[0]["value_head.weight"])
     lora = {n: p for n, p in adapted.named_parameters() if "lora_" in n}

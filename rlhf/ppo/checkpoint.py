@@ -227,9 +227,9 @@ def save_adapter(model, folder: Path, trainable: dict[str, torch.Tensor]) -> Non
 def _merged_from_adapter(adapter_dir: Path, dtype: torch.dtype):
     """The policy with the adapter merged in, loaded in this one process from the saved adapter (FSDP's final
     export: the sharded model cannot merge into weights it does not hold whole)."""
-    from peft import AutoPeftModelForCausalLM
+    from rlhf.policies import load_weights
 
-    return AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=dtype).merge_and_unload()
+    return load_weights(str(adapter_dir), dtype)  # its base as the adapter names it (a zoo name, ../sft-base)
 
 
 def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
