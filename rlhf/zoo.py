@@ -173,7 +173,7 @@ def resolve_model(name_or_path: str, auto_pull: bool = True) -> str:
     from rlhf.tiny import TINY_NAMES, ensure_tiny
 
     if name_or_path in TINY_NAMES:  # random tiny models for tests and `--preset tiny`, built in seconds
-        return str(ensure_tiny(name_or_path, rlhf_home() / "tiny"))
+        return str(ensure_tiny(name_or_path, tiny_root()))
     if name_or_path in ZOO:
         if not is_pulled(name_or_path):
             if not auto_pull:
@@ -185,6 +185,11 @@ def resolve_model(name_or_path: str, auto_pull: bool = True) -> str:
     return name_or_path
 
 
+def tiny_root() -> Path:
+    """Where the tiny random models are built (``rlhf.tiny.ensure_tiny``)."""
+    return rlhf_home() / "tiny"
+
+
 def zoo_name_of(folder: str | Path) -> str | None:
     """The zoo name whose cached folder ``folder`` is (the inverse of :func:`resolve_model`), else None. Nothing is
     pulled or built: a folder that exists is compared with where each zoo model is cached."""
@@ -192,7 +197,7 @@ def zoo_name_of(folder: str | Path) -> str | None:
 
     here = Path(folder).expanduser().resolve()
     for name in (*ZOO, *TINY_NAMES):
-        cached = rlhf_home() / "tiny" / name if name in TINY_NAMES else model_dir(name)
+        cached = tiny_root() / name if name in TINY_NAMES else model_dir(name)
         if here == cached.resolve():
             return name
     return None

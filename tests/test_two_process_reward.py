@@ -10,6 +10,7 @@ Dropout is switched off so that one and two processes compute the same function.
 """
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -102,19 +103,16 @@ STRATEGIES = grouped("reward", [(strategy,) for strategy in sorted(STRATEGY_ENV)
 def runs(tmp_path_factory):
     """strategy -> one process (four micro-batches per step) and two DDP or FSDP2 processes (two each) on the same
     global batches, made once per strategy: (folder, strategy, the one process's capture, the two ranks' captures)."""
-    made: dict[str, tuple] = {}
-
+    @functools.cache
     def get(strategy: str) -> tuple:
-        if strategy not in made:
-            out = tmp_path_factory.mktemp(f"{strategy}-reward")
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # as each worker (the processes share the cores)
-            try:
-                single = run(out, "single", accum=4)
-            finally:
-                torch.set_num_threads(threads)
-            made[strategy] = out, strategy, single, torchrun(out, "fsdp", "full", strategy)
-        return made[strategy]
+        out = tmp_path_factory.mktemp(f"{strategy}-reward")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as each worker (the processes share the cores)
+        try:
+            single = run(out, "single", accum=4)
+        finally:
+            torch.set_num_threads(threads)
+        return out, strategy, single, torchrun(out, "fsdp", "full", strategy)
     return get
 
 

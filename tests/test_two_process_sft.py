@@ -13,6 +13,7 @@ gradient norms (over all shards, before clipping) rtol 1e-4 (measured 1.6e-6); e
 which scales up a summation-order difference); resume: bit-identical."""
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -84,25 +85,18 @@ RESUMED = [run for run in RUNS if run != ("ddp", "full")]
 def two_process_run(tmp_path_factory, tiny_llama_path):
     """(strategy, method) -> the folder of its uninterrupted 2-process run (checkpoints at steps 2 and 4), made
     once for the match and the resume test."""
-    made: dict[tuple[str, str], Path] = {}
-
+    @functools.cache
     def get(strategy: str, method: str) -> Path:
-        if (strategy, method) not in made:
-            made[strategy, method] = stage(tmp_path_factory.mktemp(f"{strategy}-{method}"), method, 2,
-                                           strategy=strategy, name=None)
-        return made[strategy, method]
+        return stage(tmp_path_factory.mktemp(f"{strategy}-{method}"), method, 2, strategy=strategy, name=None)
     return get
 
 
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory, tiny_llama_path):
     """method -> its one-process run on the same global batch, made once: DDP and FSDP2 compare with the same one."""
-    made: dict[str, Path] = {}
-
+    @functools.cache
     def get(method: str) -> Path:
-        if method not in made:
-            made[method] = stage(tmp_path_factory.mktemp(f"single-{method}"), method, 1)
-        return made[method]
+        return stage(tmp_path_factory.mktemp(f"single-{method}"), method, 1)
     return get
 
 

@@ -224,20 +224,14 @@ def save_adapter(model, folder: Path, trainable: dict[str, torch.Tensor]) -> Non
                                                      if k.startswith(prefix)})
 
 
-def _merged_from_adapter(adapter_dir: Path, dtype: torch.dtype):
-    """The policy with the adapter merged in, loaded in this one process from the saved adapter (FSDP's final
-    export: the sharded model cannot merge into weights it does not hold whole)."""
-    from rlhf.policies import load_weights
-
-    return load_weights(str(adapter_dir), dtype)  # its base as the adapter names it (a zoo name, ../sft-base)
-
-
 def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
     """``out_dir/adapter`` (PEFT LoRA whose base is the SFT model, see :func:`point_adapter_at_sft`),
     ``value_head.safetensors`` (PPO) and, with ``merged``, the policy with SFT + RL weights merged as a plain
     HF folder (what evaluation loads; not for a quantized base, whose final/ loads through its adapter).
     Merging consumes the adapters: call this last."""
     from safetensors.torch import save_file
+
+    from rlhf.policies import load_weights
 
     out_dir = Path(out_dir)
     acc, model = trainer.accelerator, trainer.unwrapped
@@ -260,8 +254,9 @@ def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
                     if sharded else model.value_head.state_dict())
             save_file({k: v.contiguous().cpu() for k, v in head.items()}, str(out_dir / "value_head.safetensors"))
         if merged and not model.quantized:  # merged into 4-/8-bit weights the RL update would be rounded away
-            if sharded:
-                _merged_from_adapter(out_dir / "adapter", trainer.maker.compute_dtype).save_pretrained(out_dir)
+            if sharded:  # the sharded model cannot merge into weights it does not hold whole: merge from the saved
+                # adapter, in this one process, on its base as the adapter names it (a zoo name, ../sft-base)
+                load_weights(str(out_dir / "adapter"), trainer.maker.compute_dtype).save_pretrained(out_dir)
             else:
                 model.policy.merge_and_unload().save_pretrained(out_dir)
         trainer.tokenizer.save_pretrained(out_dir)
