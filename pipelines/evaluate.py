@@ -23,8 +23,8 @@ STAGE = "eval"
 
 
 def main(cfg: EvalConfig) -> Path:
-    from rlhf.evaluate import (build_results, check_config, load_gold, load_scorer, run_evaluation, run_judge_free,
-                               variants_of)
+    from rlhf.evaluate import (build_results, check_config, judges_agreement, load_gold, load_scorer, run_evaluation,
+                               run_judge_free, variants_of)
     from rlhf.report import headline, write_report
     from rlhf.lifecycle import start_run
     from rlhf.tracking import MetricsLogger
@@ -39,6 +39,8 @@ def main(cfg: EvalConfig) -> Path:
 
     # 2. the judges: the proxy HHH reward model (+ Detoxify when configured) and the gold, which only judges
     scorer, gold = load_scorer(cfg), load_gold(cfg)
+    #    ... and whether they agree: both score the same test pairs per head (their agreement, each one's accuracy)
+    agreement = judges_agreement(cfg, scorer, gold)
 
     # 3. every variant answers the same held-out prompts with the same seeds, then is scored
     started: list[str] = []
@@ -52,7 +54,7 @@ def main(cfg: EvalConfig) -> Path:
     judge_free = run_judge_free(cfg)
 
     # 4. numbers: per variant and source; the headline candidate-vs-baseline comparison
-    results = build_results(cfg, records, policies, judge_free)
+    results = build_results(cfg, records, policies, judge_free, agreement)
     results["headline"] = headline(results)
     with open(run_dir / "samples.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -91,6 +91,10 @@ class GoldConfig:
     model: str = field(
         default="",
         metadata={"help": "gold reward model (a reward run folder or its final/); empty: the proxy is the only judge"})
+    agreement_pairs: int = field(
+        default=32, metadata={"help": "test pairs per head that proxy and gold both score, for their agreement (the "
+                                      "share both order alike); the judge-free metrics' pairs; 0: none",
+                              "range": "[0, inf)"})
 
 
 @dataclass
@@ -647,6 +651,19 @@ def run_judge_free(cfg: EvalConfig, load_policy: Callable | None = None) -> list
     return records
 
 
+def judges_agreement(cfg: EvalConfig, scorer, gold) -> dict[str, Any]:
+    """Proxy and gold on the same test pairs per head (``gold.agreement_pairs`` each, the judge-free metrics'
+    draw): their agreement and accuracies (:func:`rlhf.judges.judge_agreement`); {} without both judges."""
+    if scorer is None or gold is None or cfg.gold.agreement_pairs == 0:
+        return {}
+    from rlhf.judges import judge_agreement
+    from rlhf.likelihood import preference_pairs
+
+    draw = JudgeFreeConfig(preference_sources=list(cfg.judge_free.preference_sources),
+                           pairs_per_source=cfg.gold.agreement_pairs)
+    return judge_agreement(scorer, gold, preference_pairs(draw, cfg.data.split, cfg.data.seed), cfg.confidence)
+
+
 def load_gold(cfg: EvalConfig):
     """The gold judge (its own saved settings, Detoxify included), or None when ``gold.model`` is empty."""
     if not cfg.gold.model:
@@ -684,9 +701,10 @@ def finite(value: Any) -> Any:
 
 
 def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], policies: dict[str, Any],
-                  judge_free: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """Everything the report needs, JSON-ready: settings, policies, metrics per variant and source, and the
-    judge-free metrics per policy (from :func:`run_judge_free`'s records)."""
+                  judge_free: Sequence[dict[str, Any]] = (), agreement: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the report needs, JSON-ready: settings, policies, metrics per variant and source, the
+    judge-free metrics per policy (from :func:`run_judge_free`'s records) and the judges' agreement per head
+    (from :func:`judges_agreement`)."""
     variants = variants_of(cfg)
     table = aggregate_all(records, variants, cfg.baseline, cfg.win_tie_margin, cfg.confidence)
     prompts: dict[str, int] = {}
@@ -704,6 +722,7 @@ def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], policies: 
         "reward_model": cfg.reward_model,
         "gold_model": cfg.gold.model,
         "judges": {"proxy": describe_judge(cfg.reward_model), "gold": describe_judge(cfg.gold.model)},
+        "judges_agreement": agreement or {},
         "toxicity_available": any("toxicity" in r for r in records),
         "policies": policies,
         "variants": [{"key": v.key, "policy": v.policy, "shots": v.shots, "decoding": v.decoding,

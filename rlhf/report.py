@@ -172,6 +172,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                        f"({int(c.get('win_rate/wins', 0))} wins, {int(c.get('win_rate/ties', 0))} ties, "
                        f"{int(c.get('win_rate/losses', 0))} losses).")
     verdict += gold_lines(c, b, cand, base, level, n)
+    verdict += judges_agreement_lines(results.get("judges_agreement") or {})
     agreement = judges_agree(candidate_deltas(results, c, cand))
     out["judges_agree"] = agreement
     verdict.append(agreement_line(agreement, cand, base, level, c.get("length"), b.get("length")))
@@ -198,6 +199,15 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
 
 NO_GOLD = ("The only judge is the proxy reward model that the policies were optimised against, so a rise in its "
            "score can be reward hacking; set gold.model to a second reward model no stage trained on to tell.")
+
+
+def judges_agreement_lines(agreement: dict[str, Any]) -> list[str]:
+    """One line: how often proxy and gold order the same test pairs alike, per head (nothing when not measured)."""
+    if not agreement:
+        return []
+    cells = [f"{h} {_pairs_cell(agreement[h], 'agreement')}" for h in HEADS if h in agreement]
+    return ["Proxy and gold order the same held-out test pairs alike on: " + "; ".join(cells)
+            + " (share of pairs, 95 % interval; 0.5 is chance)."]
 
 
 def gold_lines(c: dict[str, Any], b: dict[str, Any], cand: str, base: str, level: str, n: int) -> list[str]:
@@ -427,10 +437,25 @@ def judges_table(results: dict[str, Any]) -> ReportTable:
             accuracy = judge.get("test_accuracy") or {}
             rows.append([name, judge.get("path", ""), judge.get("role", ""),
                          *[_accuracy_cell(accuracy.get(h)) for h in HEADS]])
+    agreement = results.get("judges_agreement") or {}
+    if agreement:  # both judges on the same test pairs: how often they order a pair alike, and each one's accuracy
+        for key, label in (("agreement", "proxy and gold agree"), ("proxy_accuracy", "proxy, same pairs"),
+                           ("gold_accuracy", "gold, same pairs")):
+            rows.append([label, "", "", *[_pairs_cell(agreement.get(h), key) for h in HEADS]])
     return ReportTable("eval/judges", "The judges: proxy (optimised against) and gold (only judges)",
                        ["judge", "model", "role", *[f"test accuracy {h}" for h in HEADS]], rows,
                        note="Pairwise accuracy on the held-out test split, read from each reward run's summary.json; "
-                            "unknown where the run did not record it.")
+                            "unknown where the run did not record it. The last rows score the same test pairs with "
+                            "both judges (gold.agreement_pairs per head): the share they order alike and each one's "
+                            "accuracy there, with 95 % intervals and n. A gold that agrees with the proxy little more "
+                            "than chance cannot confirm the proxy's gains; one that always agrees adds nothing.")
+
+
+def _pairs_cell(entry: dict[str, Any] | None, key: str) -> str:
+    if not entry:
+        return "–"
+    low, high = entry[f"{key}_interval"]
+    return f"{fmt_interval(entry[key], low, high)}, n={entry['n']}"
 
 
 def _ci(m: dict[str, Any], key: str) -> str:

@@ -476,5 +476,9 @@ def test_eval_stage_with_gold_and_best_of_n_on_tiny_real_models(tmp_path, tiny_l
     report = (run_dir / "report.md").read_text()
     assert "Gold judge" in report and "Best-of-n" in report and "unknown" in report and "0.550" in report
     assert "The only judge is the proxy" not in report
+    agreement = results["judges_agreement"]  # both judges on the same test pairs, per head
+    assert set(agreement) == {"helpful", "honest", "harmless"}
+    assert all(0 <= a["agreement"] <= 1 and a["n"] > 0 for a in agreement.values())
+    assert "proxy and gold agree" in report and "order the same held-out test pairs alike" in report
     for png in ("gold_heads.png", "overoptimisation.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

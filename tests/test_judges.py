@@ -97,3 +97,48 @@ def test_a_gold_member_of_a_reward_ensemble_is_refused(tmp_path):
     assert check_reward_model(RewardSection(kind="model", ensemble=[str(proxy), str(proxy / "final")])) is None
     with pytest.raises(ConfigError, match=r"reward.ensemble\[1\]: .* is a gold reward model"):
         check_reward_model(RewardSection(kind="model", ensemble=[str(proxy), str(gold)]))
+
+
+# ---------------------------------------------------------------- agreement between proxy and gold
+
+
+def test_agreement_is_the_share_of_pairs_both_judges_order_alike():
+    # margins: same sign, opposite, same, both ties -> 3 of 4 agree
+    assert judges.agreement([1.0, -2.0, 0.5, 0.0], [3.0, 1.0, 0.1, 0.0]) == (0.75, 4)
+    assert judges.agreement([0.0], [0.2]) == (0.0, 1)  # a tie agrees only with a tie
+    with pytest.raises(ValueError, match="2 proxy margins but 1 gold"):
+        judges.agreement([1.0, 2.0], [1.0])
+
+
+class _LengthJudge:
+    """Scores every head by the response's length times ``sign``: a toy judge with a known opinion."""
+
+    def __init__(self, sign: float):
+        self.sign = sign
+
+    def score_heads(self, prompts, responses):
+        import torch
+
+        lengths = torch.tensor([self.sign * len(r) for r in responses])
+        return {"helpful": lengths, "honest": lengths, "harmless": -lengths}
+
+
+def test_judge_agreement_per_head_with_accuracies_and_intervals():
+    from rlhf.records import PreferenceRecord
+
+    def pair(chosen, rejected):
+        return PreferenceRecord(prompt="p", chosen=chosen, rejected=rejected, dimension=[])
+
+    pairs = [("harmless", pair("no", "a long answer")), ("harmless", pair("a long answer", "no")),
+             ("helpful", pair("long", "x"))]
+    out = judges.judge_agreement(_LengthJudge(1.0), _LengthJudge(-1.0), pairs)
+    # proxy: harmless prefers short (right on the first pair), helpful prefers long (right); the gold, reversed
+    # lengths, is the opposite everywhere: the two never agree
+    assert out["harmless"]["n"] == 2 and out["harmless"]["agreement"] == 0.0
+    assert out["harmless"]["proxy_accuracy"] == 0.5 and out["harmless"]["gold_accuracy"] == 0.5
+    helpful = out["helpful"]
+    assert (helpful["n"], helpful["agreement"], helpful["proxy_accuracy"], helpful["gold_accuracy"]) == (1, 0.0, 1.0, 0.0)
+    low, high = out["harmless"]["agreement_interval"]
+    assert low == 0.0 and 0.5 < high < 1.0  # Wilson interval of 0 of 2
+    same = judges.judge_agreement(_LengthJudge(1.0), _LengthJudge(2.0), pairs)
+    assert all(v["agreement"] == 1.0 for v in same.values())
