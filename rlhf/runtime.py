@@ -144,7 +144,7 @@ def launch_problem(env: Mapping[str, str] | None = None, cuda: bool | None = Non
     Without ``cpu=True`` it is worse: under DeepSpeed's CPU backend accelerate counts every process as rank 0 of 1
     (measured: accelerate 1.15, deepspeed 0.19.8). So ZeRO is refused here without CUDA, before any model loads.
     FSDP runs everywhere, as FSDP2 only, in the stages that wrap the model with ``rlhf.sharding.shard``
-    themselves (``shards``, see ``rlhf.sharding.SHARDED_STAGES``); the others leave FSDP to accelerate: CUDA only."""
+    themselves (``shards``: ``rlhf.stages.Stage.shards``); the others leave FSDP to accelerate: CUDA only."""
     env = os.environ if env is None else env
     cuda = cuda_present() if cuda is None else cuda
     if _flag(env, "ACCELERATE_USE_DEEPSPEED"):

@@ -166,7 +166,8 @@ def test_stage_script_end_to_end(run_cfg):
 
 
 def test_cli_rejects_bad_config(capsys, tmp_path):
-    from pipelines.ppo import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["ppo"].cli
 
     assert cli(["--ppo.batch_size", "6", "--ppo.mini_batch_size", "4"]) == 2
     assert "ppo.batch_size" in capsys.readouterr().err
