@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.toy_task import build_toy_policy, frequent_token
 from reward_models.types import RewardScores
 from rlhf.config import load_config
 from rlhf.ppo.config import PPOStageConfig
 from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
 from rlhf.ppo.prompts import PromptStream, prepare_prompts
 from rlhf.ppo.scorers import TokenCountScorer
-from rlhf.ppo.toy import build_toy_policy, frequent_token
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.tracking import read_metrics
 

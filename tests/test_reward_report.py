@@ -75,7 +75,7 @@ def test_build_report_from_hand_made_scores():
 
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory):
-    from reward_models.train import train_on_preferences
+    from tests.preference_training import train_on_preferences
     from rlhf.sources import preference_records
 
     records = preference_records(["truthfulqa", "dialogsum"], "train")[::6]

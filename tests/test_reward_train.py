@@ -152,7 +152,7 @@ def test_stage_cli_rejects_unknown_keys(capsys):
 
 def test_train_on_preferences_takes_records_and_uses_them_all(tmp_path):
     """The entry point for other tools (annotation export -> reward model)."""
-    from reward_models.train import train_on_preferences
+    from tests.preference_training import train_on_preferences
     from rlhf.records import load_preferences
 
     records = load_preferences(toy_preferences(tmp_path / "toy.jsonl", per_head=16))

@@ -133,7 +133,7 @@ def word_count(prompts, completions):
 
 
 def toy_trainer(run_cfg, tmp_path, *overrides):
-    from rlhf.ppo.toy import build_toy_trainer
+    from benchmarks.toy_task import build_toy_trainer
 
     return build_toy_trainer(tmp_path, run_cfg, overrides)
 
