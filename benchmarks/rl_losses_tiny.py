@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/rl_losses_tiny.py --steps 30
     PYTHONPATH=. python benchmarks/rl_losses_tiny.py --steps 30 --objectives   # reward objectives instead
 
-A tiny random Llama (rlhf.ppo.toy) learning the toy reward (share of one token), GRPO, 4 prompts x 4 samples per
+A tiny random Llama (benchmarks/toy_task.py) learning the toy reward (share of one token), GRPO, 4 prompts x 4 samples per
 step: a smoke comparison of the losses' mechanics, not of their quality on a real task (there is no gold judge
 here). Prints reward (first and last 10 steps), KL and entropy over the last 10 steps, per variant.
 
@@ -47,7 +47,7 @@ def word_count(prompts: list[str], completions: list[str]) -> list[float]:
 
 def run(overrides: list[str], steps: int, folder: Path) -> list[dict[str, float]]:
     from rlhf.config import RunConfig
-    from rlhf.ppo.toy import build_toy_trainer
+    from toy_task import build_toy_trainer
 
     trainer = build_toy_trainer(folder, RunConfig(output_dir=str(folder / "runs"), run_name="x", wandb_mode="disabled"),
                                 [*GROUP, *overrides])

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf.config import ConfigError, RunConfig, stage_cli
+from rlhf.config import ConfigError, RunConfig
 from rlhf.evaluate import ALL, EvalConfig, EvalDataConfig, GoldConfig, PolicyConfig, VariantConfig
 from rlhf.generation import GenerationSettings
 from rlhf.records import DIMENSIONS as HEADS
@@ -257,9 +257,7 @@ def main(cfg: CompareConfig) -> Path:
     return run_dir
 
 
-def cli(argv=None) -> int:
-    return stage_cli(CompareConfig, DEFAULTS, main, sys.argv[1:] if argv is None else argv)
+if __name__ == "__main__":  # the same as `rlhf compare ...` (rlhf.stages holds the command)
+    from rlhf.stages import STAGES
 
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(STAGES["compare"].cli(sys.argv[1:]))

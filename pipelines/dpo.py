@@ -21,7 +21,7 @@ if __name__ == "__main__" and __package__ is None:  # `python pipelines/dpo.py` 
 
 import torch  # noqa: E402
 
-from rlhf.config import ConfigError, stage_cli  # noqa: E402
+from rlhf.config import ConfigError  # noqa: E402
 from rlhf.dpo.config import DPOStageConfig  # noqa: E402
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
@@ -94,10 +94,7 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
     return run_dir
 
 
-def cli(argv=None) -> int:
-    return stage_cli(DPOStageConfig, DEFAULTS, main, sys.argv[1:] if argv is None else argv,
-                     extra_flags=("resume",))
+if __name__ == "__main__":  # the same as `rlhf dpo ...` (rlhf.stages holds the command)
+    from rlhf.stages import STAGES
 
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(STAGES["dpo"].cli(sys.argv[1:]))

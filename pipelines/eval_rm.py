@@ -14,7 +14,7 @@ if __name__ == "__main__" and __package__ is None:  # `python pipelines/eval_rm.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reward_models.report import RMReportConfig  # noqa: E402
-from rlhf.config import ConfigError, stage_cli  # noqa: E402
+from rlhf.config import ConfigError  # noqa: E402
 
 DEFAULTS = None  # the dataclass defaults are the tool's defaults
 
@@ -72,13 +72,7 @@ def main(cfg: RMReportConfig) -> Path:
     return out_dir
 
 
-def cli(argv) -> int:
-    """``rlhf eval-rm MODEL [--out DIR] [--split test] ...``: the first bare argument is ``--model``."""
-    argv = list(argv)
-    if argv and not argv[0].startswith("-"):
-        argv = ["--model", argv[0], *argv[1:]]
-    return stage_cli(RMReportConfig, DEFAULTS, main, argv)
+if __name__ == "__main__":  # the same as `rlhf eval-rm ...` (rlhf.stages holds the command)
+    from rlhf.stages import STAGES
 
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(STAGES["eval-rm"].cli(sys.argv[1:]))

@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf.config import stage_cli
 from rlhf.evaluate import EvalConfig
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
@@ -77,9 +76,7 @@ def main(cfg: EvalConfig) -> Path:
     return run_dir
 
 
-def cli(argv=None) -> int:
-    return stage_cli(EvalConfig, DEFAULTS, main, sys.argv[1:] if argv is None else argv)
+if __name__ == "__main__":  # the same as `rlhf eval ...` (rlhf.stages holds the command)
+    from rlhf.stages import STAGES
 
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(STAGES["eval"].cli(sys.argv[1:]))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlhf.config import stage_cli
 from rlhf.ppo.config import RLStageConfig
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
@@ -106,13 +105,7 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     return run_dir
 
 
-def cli(argv=None) -> int:
-    """``rlhf ppo`` / ``rlhf rl``; ``--algo X`` is short for ``--rl.algo X``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    argv = ["--rl.algo" if a == "--algo" else "--rl.algo=" + a[len("--algo="):] if a.startswith("--algo=") else a
-            for a in argv]
-    return stage_cli(RLStageConfig, DEFAULTS, main, argv, extra_flags=("resume",))
+if __name__ == "__main__":  # the same as `rlhf rl ...` (rlhf.stages holds the command)
+    from rlhf.stages import STAGES
 
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(STAGES["ppo"].cli(sys.argv[1:]))

@@ -20,7 +20,6 @@ if __name__ == "__main__" and __package__ is None:  # `python pipelines/reward.p
 
 from reward_models.config import RewardStageConfig  # noqa: E402
 from reward_models.train import train_reward_model  # noqa: E402
-from rlhf.config import stage_cli  # noqa: E402
 from rlhf.datatools import validate_stage_inputs  # noqa: E402
 from rlhf.judges import mark_role  # noqa: E402
 
@@ -36,9 +35,7 @@ def main(cfg: RewardStageConfig, resume: bool = False) -> Path:
     return run_dir
 
 
-def cli(argv) -> int:
-    return stage_cli(RewardStageConfig, DEFAULTS, main, argv, extra_flags=("resume",))
+if __name__ == "__main__":  # the same as `rlhf reward ...` (rlhf.stages holds the command)
+    from rlhf.stages import STAGES
 
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(STAGES["reward"].cli(sys.argv[1:]))

@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlhf.config import ConfigError, stage_cli
+from rlhf.command import stage_cli
+from rlhf.config import ConfigError
 from rlhf.pipeline import PipelineConfig
 
 CONFIGS = Path(__file__).resolve().parent / "configs"

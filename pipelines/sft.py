@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from rlhf.lifecycle import start_run
-from rlhf.config import stage_cli
 from rlhf.datatools import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixture
@@ -123,9 +122,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     return run_dir
 
 
-def cli(argv) -> int:
-    return stage_cli(SFTStageConfig, DEFAULTS, main, argv, extra_flags=("resume",))
+if __name__ == "__main__":  # the same as `rlhf sft ...` (rlhf.stages holds the command)
+    from rlhf.stages import STAGES
 
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(STAGES["sft"].cli(sys.argv[1:]))

@@ -1,32 +1,61 @@
 """The ``rlhf`` command: ``rlhf models|data|chat|sft|reward|rl|ppo|eval|eval-rm|pipeline|annotate ...``.
 
-Stage subcommands hand their arguments to the stage script's ``cli(argv)`` so ``rlhf sft --lora.r 8``
-and ``python pipelines/sft.py --lora.r 8`` are the same thing.
+Stage subcommands come from the stage registry (``rlhf.stages``) and hand their arguments to the stage's
+``cli(argv)``, so ``rlhf sft --lora.r 8`` and ``python pipelines/sft.py --lora.r 8`` are the same thing.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
-# subcommand -> "module:function(argv) -> int"; imported only when used (keeps `rlhf models` fast)
-STAGES = {
-    "sft": ("pipelines.sft:cli", "stage 1: supervised fine-tuning (full or LoRA)"),
-    "reward": ("pipelines.reward:cli", "stage 2: train the HHH reward model"),
-    "rl": ("pipelines.ppo:cli", "stage 3: online RL (--algo ppo|grpo|rloo|reinforce_pp) with a KL penalty"),
-    "ppo": ("pipelines.ppo:cli", "stage 3 with PPO (the same as rlhf rl --algo ppo)"),
-    "compare": ("pipelines.compare:cli", "which method aligns best: SFT, best-of-n, RL checkpoints, DPO; proxy and gold"),
-    "dpo": ("pipelines.dpo:cli", "stage 3, offline: DPO/IPO (TRL DPOTrainer) with LoRA on the SFT policy"),
-    "eval": ("pipelines.evaluate:cli", "stage 4: compare policies and write a report"),
-    "eval-rm": ("pipelines.eval_rm:cli", "reward-model report: accuracy, length control, calibration, agreement"),
-    "pipeline": ("pipelines.run:cli", "all stages end to end (--preset demo|tiny)"),
-    "annotate": ("rlhf.annotate.cli:main", "preference collection web app, agreement and export"),
-    "plan": ("rlhf.plan:cli", "memory per device by part, FLOPs and PF-days of a stage setup; what fits"),
-    "export": ("rlhf.export:cli", "a run's model as a hub-ready folder with a model card (--push-to-hub)"),
-    "track": ("rlhf.tracking:cli", "after `wandb sync` of offline runs: `rlhf track link RUN...` records their lineage"),
+# The tools besides the stages (rlhf.stages.STAGES): subcommand -> (its command, its help); each imports its
+# module only when used (keeps `rlhf models` fast).
+def _pipeline(argv: list[str]) -> int:
+    from pipelines.run import cli
+
+    return cli(argv)
+
+
+def _annotate(argv: list[str]) -> int:
+    from rlhf.annotate.cli import main
+
+    return main(argv)
+
+
+def _plan(argv: list[str]) -> int:
+    from rlhf.plan import cli
+
+    return cli(argv)
+
+
+def _export(argv: list[str]) -> int:
+    from rlhf.export import cli
+
+    return cli(argv)
+
+
+def _track(argv: list[str]) -> int:
+    from rlhf.tracking import cli
+
+    return cli(argv)
+
+
+TOOLS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "pipeline": (_pipeline, "all stages end to end (--preset demo|tiny)"),
+    "annotate": (_annotate, "preference collection web app, agreement and export"),
+    "plan": (_plan, "memory per device by part, FLOPs and PF-days of a stage setup; what fits"),
+    "export": (_export, "a run's model as a hub-ready folder with a model card (--push-to-hub)"),
+    "track": (_track, "after `wandb sync` of offline runs: `rlhf track link RUN...` records their lineage"),
 }
+
+
+def commands() -> dict[str, tuple[Callable[[list[str]], int], str]]:
+    """Every subcommand that hands its arguments on: the registered stages' (``rlhf.stages``), then the tools."""
+    from rlhf.stages import commands as stage_commands
+
+    return {**{name: (stage.cli, help_text) for name, (stage, help_text) in stage_commands().items()}, **TOOLS}
 
 
 def _models(args) -> int:
@@ -107,18 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=64)
     chat.set_defaults(func=_chat)
 
-    for name, (_, help_text) in STAGES.items():
+    for name, (_, help_text) in commands().items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in STAGES:
-        target, _ = STAGES[argv[0]]
-        module_name, func_name = target.split(":")
-        module = importlib.import_module(module_name)
-        return int(getattr(module, func_name)(argv[1:]) or 0)
+    handing_on = commands()
+    if argv and argv[0] in handing_on:
+        run, _ = handing_on[argv[0]]
+        return int(run(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

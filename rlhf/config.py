@@ -93,9 +93,23 @@ class RunConfig:
         "help": "SFT and DPO: the HF/TRL Trainer's own report_to integrations (e.g. [tensorboard]); empty = none"})
 
     def __post_init__(self) -> None:
-        from rlhf.tracking import check_trackers  # one line naming the key, before any model loads
+        check_trackers(self.trackers)  # one line naming the key, before any model loads
 
-        check_trackers(self.trackers)
+
+TRACKERS = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio"}  # name -> the module it needs
+
+
+def check_trackers(trackers: Sequence[str]) -> None:
+    """Unknown or uninstalled trackers: one line naming ``run.trackers`` (``RunConfig`` calls this; it lives here,
+    not in ``rlhf.tracking``, which builds on this module)."""
+    import importlib.util
+
+    for name in trackers:
+        if name not in TRACKERS:
+            raise ConfigError(f"run.trackers: unknown tracker {name!r} (known: {', '.join(TRACKERS)})")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ConfigError(f"run.trackers: {name} is not installed (pip install 'rlhf-pipeline[tracking]' or "
+                              f"pip install {name}), or drop it from run.trackers")
 
 
 def _type_name(tp: Any) -> str:
@@ -347,42 +361,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
     return value
-
-
-def stage_cli(cls: type[T], defaults_file: str | Path | None, main, argv: Sequence[str],
-              extra_flags: Sequence[str] = ()) -> int:
-    """The body of every stage's ``cli(argv)``: resolve the config, then ``main(cfg, **flags)``.
-
-    ``--help`` prints every key with its value resolved from the other arguments (defaults < ``--config``
-    file < flags) and its help, and runs nothing. Config mistakes end with one line naming the key (exit 2),
-    never a traceback.
-    """
-    import sys
-
-    wants_help = any(a in ("-h", "--help") for a in argv)
-    argv = [a for a in argv if a not in ("-h", "--help")]
-    try:
-        cfg, flags = load_config(cls, argv, defaults_file, extra_flags)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if wants_help:
-        extra = "".join(f" [--{name}]" for name in extra_flags)
-        print(f"usage: [--config FILE.yaml] [--section.key VALUE ...]{extra}\n{(cls.__doc__ or '').strip()}\n"
-              "Values below: the defaults, then --config FILE, then the flags given with --help.")
-        print("\n".join(describe(cfg)))
-        return 0
-    from rlhf.runtime import launch_problem
-    from rlhf.sharding import SHARDED_STAGES
-
-    # A ZeRO/FSDP launch this machine (or this stage) cannot run: refused before any model or run folder.
-    problem = launch_problem(shards=cls.__name__ in SHARDED_STAGES)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        result = main(cfg, **flags)
-    except ConfigError as err:  # a value only the stage can judge (e.g. against the loaded model's depth)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return result if isinstance(result, int) else 0

@@ -37,7 +37,7 @@ from rlhf.config import ConfigError
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
 from rlhf.likelihood import JudgeFreeConfig, aggregate_judge_free, check_judge_free, judge_free_records
-from rlhf.ppo.maths import logprobs_from_logits
+from rlhf.logprobs import response_logprobs
 from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
 from rlhf.runtime import Precision, select_device, use_bf16
@@ -266,18 +266,6 @@ def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """(batch, response_len) fp32 log-probs of the response tokens ``sequences[:, prompt_len:]``.
-
-    Position ids follow the attention mask, as in generation, so left padding does not shift positions.
-    """
-    response_len = sequences.shape[1] - prompt_len
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, prompt_len + response_len)
-    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=response_len + 1).logits[:, :-1]  # (batch, response_len, vocab)
-    return logprobs_from_logits(logits, sequences[:, prompt_len:])  # the RL trainer's one (fp32, by row chunks)
-
-
 def samples_own_distribution(settings: GenerationSettings) -> bool:
     """KL estimators need samples from the policy's own distribution: sampling at T=1, no top-k/top-p."""
     return settings.do_sample and settings.temperature == 1.0 and settings.top_k == 0 and settings.top_p >= 1.0 \

@@ -30,29 +30,23 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import importlib
 import json
 import re
 import shutil
 import sys
 import time
-import typing
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from rlhf.config import ConfigError, RunConfig, _merge, _set_dotted, from_dict, load_yaml, to_dict
+from rlhf.stages import STAGES, pipeline_stages
 
-STAGES = ("sft", "reward", "gold", "ppo", "dpo", "eval")  # the order they run in
+# The stages, their order, scripts and upstream stages: rlhf.stages.STAGES (those with pipeline=True).
 DEFAULT_STAGES = ("sft", "reward", "ppo", "eval")
 TRAINING_STAGES = ("sft", "reward", "ppo", "dpo")  # none may consume the gold judge's output
-STAGE_MODULES = {"sft": "pipelines.sft", "reward": "pipelines.reward", "gold": "pipelines.reward",
-                 "ppo": "pipelines.ppo", "dpo": "pipelines.dpo", "eval": "pipelines.evaluate"}
-UPSTREAM = {"sft": (), "reward": (), "gold": (), "ppo": ("sft", "reward"), "dpo": ("sft",),
-            "eval": ("sft", "reward", "gold", "ppo", "dpo")}
 MARKER = "pipeline_stage.json"  # written into a stage's folder when it finished: what it was made from, a run id
-PLACEHOLDER = re.compile(r"\{(base|run_dir|sft|reward|gold|ppo|dpo|sft_run|reward_run|gold_run|ppo_run|dpo_run)\}")
 
 
 @dataclass
@@ -110,9 +104,11 @@ def pipeline_dir(cfg: PipelineConfig) -> Path:
 
 
 def placeholders(cfg: PipelineConfig) -> dict[str, str]:
+    """{base}, {run_dir}, and {stage} / {stage_run} of every stage some stage consumes (upstream)."""
     root = pipeline_dir(cfg)
     values = {"base": cfg.base_model, "run_dir": str(root)}
-    for stage in ("sft", "reward", "gold", "ppo", "dpo"):
+    consumed = {upstream for name in pipeline_stages() for upstream in STAGES[name].upstream}
+    for stage in (name for name in pipeline_stages() if name in consumed):
         values[f"{stage}_run"] = str(root / stage)
         values[stage] = str(root / stage / "final")
     return values
@@ -121,7 +117,8 @@ def placeholders(cfg: PipelineConfig) -> dict[str, str]:
 def substitute(tree: Any, values: dict[str, str]) -> Any:
     """Replace the known ``{name}`` placeholders in every string of a nested config tree (other braces stay)."""
     if isinstance(tree, str):
-        return PLACEHOLDER.sub(lambda m: values[m.group(1)], tree)
+        known = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
+        return known.sub(lambda m: values[m.group(1)], tree)
     if isinstance(tree, dict):
         return {k: substitute(v, values) for k, v in tree.items()}
     if isinstance(tree, list):
@@ -131,17 +128,18 @@ def substitute(tree: Any, values: dict[str, str]) -> Any:
 
 def selected_stages(cfg: PipelineConfig) -> list[str]:
     """``cfg.stages`` in pipeline order; an unknown name is a ConfigError naming the key."""
-    unknown = [s for s in cfg.stages if s not in STAGES]
+    order = pipeline_stages()
+    unknown = [s for s in cfg.stages if s not in order]
     if unknown:
-        raise ConfigError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
-    return [s for s in STAGES if s in cfg.stages]
+        raise ConfigError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(order)})")
+    return [s for s in order if s in cfg.stages]
 
 
 def drop_unrun_policies(tree: dict[str, Any], cfg: PipelineConfig) -> dict[str, Any]:
     """Evaluation's config without the policies (and training runs) of stages that do not run in this pipeline,
     so one preset can list PPO and DPO; a variant left without its policies goes too (empty would mean all)."""
     root = pipeline_dir(cfg)
-    absent = [str(root / s) for s in STAGES if s not in selected_stages(cfg) and s != "eval"]
+    absent = [str(root / s) for s in pipeline_stages() if s not in selected_stages(cfg) and s != "eval"]
     in_absent = lambda path: any(str(path) == a or str(path).startswith(a + "/") for a in absent)  # noqa: E731
     policies = tree.get("policies")
     if isinstance(policies, list):
@@ -174,10 +172,9 @@ def gold_key(tree: Any, gold_dir: Path, key: str = "") -> str | None:
 
 
 def stage_entry(name: str) -> tuple[Callable, type, Path | None]:
-    """(main, config class, defaults YAML or None) of a stage script; the class is read from ``main``'s annotation."""
-    module = importlib.import_module(STAGE_MODULES[name])
-    config_cls = typing.get_type_hints(module.main)["cfg"]
-    return module.main, config_cls, Path(module.DEFAULTS) if module.DEFAULTS else None
+    """(main, config class, defaults YAML or None) of a registered stage (``rlhf.stages.STAGES``)."""
+    stage = STAGES[name]
+    return stage.main, stage.config_class, stage.defaults
 
 
 def config_path(path: str) -> Path:
@@ -190,7 +187,8 @@ def config_path(path: str) -> Path:
 def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, Path | None] | None = None) -> Stage:
     """The stage's config: its defaults < spec.config < pipeline run settings < spec.overrides, placeholders filled."""
     main, config_cls, defaults = entry or stage_entry(name)
-    spec: StageSpec = getattr(cfg, name)
+    # A registered stage without its own section in PipelineConfig runs on its defaults (and the run settings).
+    spec: StageSpec = getattr(cfg, name, None) or StageSpec()
     tree = load_yaml(defaults) if defaults is not None and defaults.is_file() else {}
     if spec.config:
         tree = _merge(tree, load_yaml(config_path(spec.config)))
@@ -250,10 +248,10 @@ def upstream_of(stage: Stage) -> tuple[str, ...]:
     """The stages whose output this one consumes: the fixed ones, and any earlier stage whose folder its config
     names (the reward stage with ``model.backbone: "{sft}"`` starts from the SFT policy)."""
     text = json.dumps(to_dict(stage.config), default=str)
-    earlier = STAGES[:STAGES.index(stage.name)]
-    named = tuple(s for s in earlier if s not in UPSTREAM[stage.name]
+    order, fixed = pipeline_stages(), STAGES[stage.name].upstream
+    named = tuple(s for s in order[:order.index(stage.name)] if s not in fixed
                   and re.search(re.escape(str(stage.run_dir.parent / s)) + r'[/"]', text))
-    return UPSTREAM[stage.name] + named
+    return fixed + named
 
 
 def stage_key(stage: Stage, upstream_markers: list[dict[str, Any] | None]) -> str:
@@ -264,13 +262,14 @@ def stage_key(stage: Stage, upstream_markers: list[dict[str, Any] | None]) -> st
 
 def forced_stages(force: bool | str) -> set[str]:
     """``--force``: every stage; ``--force ppo``: ppo and every stage after it."""
+    order = pipeline_stages()
     if force is True:
-        return set(STAGES)
+        return set(order)
     if not force:
         return set()
-    if force not in STAGES:
-        raise ConfigError(f"--force {force}: expected one of {', '.join(STAGES)} (or --force alone for all)")
-    return set(STAGES[STAGES.index(force):])
+    if force not in order:
+        raise ConfigError(f"--force {force}: expected one of {', '.join(order)} (or --force alone for all)")
+    return set(order[order.index(force):])
 
 
 # ---------------------------------------------------------------- running

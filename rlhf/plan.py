@@ -33,7 +33,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhf.config import ConfigError, stage_cli
+from rlhf.command import stage_cli
+from rlhf.config import ConfigError
 from rlhf.lora import LoraConfig, resolve_layers
 
 Quantization = Literal["none", "8bit", "4bit"]  # rlhf.quantization's, without importing torch: planning needs none

@@ -3,7 +3,7 @@
 Every stage asks this module, and only this module, where it runs: :func:`select_device` (CUDA when there is
 one, this process's local GPU under a launcher; ``--run.device cpu|cuda`` forces), :func:`make_accelerator`
 and :func:`init_process_group` (accelerate's process group on that device: gloo on CPU, NCCL on CUDA), and
-:func:`use_bf16` / :func:`resolve_dtype` for precision. ``tests/test_runtime_devices.py`` checks that no other
+:func:`use_bf16` / :func:`resolve_dtype` / :func:`autocast` for precision. ``tests/test_runtime_devices.py`` checks that no other
 module decides a device itself.
 
 ``precision`` means the same everywhere: ``fp32``; ``bf16`` (frozen weights stored and multiplied in bf16,
@@ -107,6 +107,15 @@ def use_bf16(precision: Precision, device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_bf16_matmul()
 
 
+def autocast(device: torch.device, bf16: bool):
+    """The one autocast of every stage: bf16 autocast on ``device`` when ``bf16`` (from :func:`use_bf16`, or a
+    compute dtype of :func:`resolve_dtype` that is not float32), else nothing (fp32 needs no autocast, and CPU
+    autocast has no float32 mode)."""
+    import contextlib
+
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
 def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     """The compute (and frozen-weight) dtype for ``precision`` on ``device``; trainable weights stay float32."""
     return torch.bfloat16 if use_bf16(precision, device) else torch.float32
@@ -144,7 +153,7 @@ def launch_problem(env: Mapping[str, str] | None = None, cuda: bool | None = Non
     Without ``cpu=True`` it is worse: under DeepSpeed's CPU backend accelerate counts every process as rank 0 of 1
     (measured: accelerate 1.15, deepspeed 0.19.8). So ZeRO is refused here without CUDA, before any model loads.
     FSDP runs everywhere, as FSDP2 only, in the stages that wrap the model with ``rlhf.sharding.shard``
-    themselves (``shards``, see ``rlhf.sharding.SHARDED_STAGES``); the others leave FSDP to accelerate: CUDA only."""
+    themselves (``shards``: ``rlhf.stages.Stage.shards``); the others leave FSDP to accelerate: CUDA only."""
     env = os.environ if env is None else env
     cuda = cuda_present() if cuda is None else cuda
     if _flag(env, "ACCELERATE_USE_DEEPSPEED"):

@@ -25,10 +25,6 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-# The stage configs whose stages call ``shard`` under an FSDP launch; any other stage refuses FSDP on CPU.
-SHARDED_STAGES = ("SFTStageConfig", "RewardStageConfig", "RLStageConfig")
-
-
 def fsdp_requested(env: Mapping[str, str] | None = None) -> bool:
     """The launch asked for FSDP (``accelerate launch --config_file pipelines/accelerate/fsdp.yaml`` sets
     ``ACCELERATE_USE_FSDP=true``; tests set it directly under torchrun)."""

@@ -37,23 +37,6 @@ from typing import Any, Iterable, Mapping, Sequence
 from rlhf.config import RunConfig, save_config, to_dict
 
 
-TRACKERS = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio"}  # name -> the module it needs
-
-
-def check_trackers(trackers: Sequence[str]) -> None:
-    """Unknown or uninstalled trackers: one line naming ``run.trackers`` (the config loader calls this)."""
-    import importlib.util
-
-    from rlhf.config import ConfigError
-
-    for name in trackers:
-        if name not in TRACKERS:
-            raise ConfigError(f"run.trackers: unknown tracker {name!r} (known: {', '.join(TRACKERS)})")
-        if importlib.util.find_spec(TRACKERS[name]) is None:
-            raise ConfigError(f"run.trackers: {name} is not installed (pip install 'rlhf-pipeline[tracking]' or "
-                              f"pip install {name}), or drop it from run.trackers")
-
-
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 

@@ -3,7 +3,8 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from rlhf.config import ConfigError, RunConfig, load_config, parse_overrides, stage_cli
+from rlhf.command import stage_cli
+from rlhf.config import ConfigError, RunConfig, load_config, parse_overrides
 
 
 @dataclass

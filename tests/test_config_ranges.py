@@ -12,11 +12,13 @@ import pytest
 
 from rlhf import pipeline as pl
 from rlhf import config
-from rlhf.config import ConfigError, from_dict, load_config, stage_cli
+from rlhf.command import stage_cli
+from rlhf.config import ConfigError, from_dict, load_config
+from rlhf.stages import STAGES, pipeline_stages
 
 
 def stage_class(name: str) -> type:
-    return typing.get_type_hints(importlib.import_module(pl.STAGE_MODULES[name]).main)["cfg"]
+    return STAGES[name].config_class
 
 
 def _dataclass_in(tp) -> type | None:
@@ -60,7 +62,7 @@ def command_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-ALL_FIELDS = ([(name, key, f, default) for name in pl.STAGES for key, f, default in numeric_fields(stage_class(name))]
+ALL_FIELDS = ([(name, key, f, default) for name in pipeline_stages() for key, f, default in numeric_fields(stage_class(name))]
               + [(name, key, f, default) for name in COMMAND_CONFIGS
                  for key, f, default in numeric_fields(command_class(name))])
 
@@ -125,7 +127,8 @@ def test_a_value_outside_its_range_is_one_line_before_the_stage_starts(stage, fl
 
 
 def test_the_cli_refuses_before_any_model_loads(tmp_path, capsys, no_model_loads):
-    from pipelines.reward import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["reward"].cli
 
     assert cli(["--train.lr", "-1", "--run.output_dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "error: train.lr: -1.0 is outside its range (0, inf)\n"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.dpo import cli, main
+from pipelines.dpo import main
+from rlhf.stages import STAGES
 from rlhf.config import ConfigError, load_config
 from rlhf.dpo.config import DPOStageConfig
 from rlhf.dpo.data import keep, load_pairs, to_conversational
@@ -24,6 +25,8 @@ from rlhf.records import PreferenceRecord
 from rlhf.sft.trainer import hf_logs_to_metrics
 from rlhf.sources import partition_of
 from rlhf.tracking import read_metrics
+
+cli = STAGES["dpo"].cli
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "dpo_tiny.yaml"
 

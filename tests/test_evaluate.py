@@ -426,7 +426,8 @@ def _tiny_reward_model(folder, seed, role="proxy", summary=None):
     (["--gold.model", "{proxy}/missing"], "gold.model"),
 ])
 def test_bad_best_of_n_or_gold_is_one_line_before_any_model(flags, key, tmp_path, capsys, monkeypatch):
-    from pipelines.evaluate import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["eval"].cli
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the config was checked")

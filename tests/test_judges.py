@@ -41,7 +41,8 @@ def test_role_and_accuracy_are_read_from_the_run(tmp_path):
 
 def test_rl_stage_refuses_a_gold_reward_model_before_loading_anything(tmp_path, capsys, monkeypatch):
     import rlhf.ppo.policy
-    from pipelines.ppo import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["ppo"].cli
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the reward model was checked")
@@ -72,7 +73,8 @@ def test_newest_reward_model_skips_gold_judges(tmp_path):
 
 def test_reward_stage_role_gold_marks_the_saved_model(tmp_path):
     """`rlhf reward --role gold` on a tiny model: the saved reward_config.json says gold, and PPO refuses it."""
-    from pipelines.reward import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["reward"].cli
     from rlhf.ppo.config import RewardSection
     from rlhf.ppo.scorers import check_reward_model
     from tests.test_reward_train import toy_preferences

@@ -11,6 +11,7 @@ import yaml
 
 from rlhf import pipeline as pl
 from rlhf.config import ConfigError, RunConfig
+from rlhf.stages import pipeline_stages
 
 
 @dataclass
@@ -42,7 +43,7 @@ def _stub_entries(tmp_path, calls, broken: str = ""):
             return run_dir
         return main
 
-    return {name: (make(name), StubConfig, defaults) for name in pl.STAGES}
+    return {name: (make(name), StubConfig, defaults) for name in pipeline_stages()}
 
 
 def _cfg(tmp_path, **ppo_overrides):
@@ -200,7 +201,7 @@ def test_presets_resolve_against_the_real_stage_configs():
 
     for preset in PRESETS.values():
         cfg, _ = load_config(pl.PipelineConfig, [], preset)
-        stages = {name: pl.resolve_stage(cfg, name) for name in pl.STAGES}
+        stages = {name: pl.resolve_stage(cfg, name) for name in pipeline_stages()}
         assert stages["eval"].config.reward_model == str(pl.pipeline_dir(cfg) / "reward" / "final")
         assert {p.name for p in stages["eval"].config.policies} == {"base", "sft", "ppo"}  # dpo: not run
         assert stages["ppo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
@@ -221,7 +222,7 @@ def test_presets_resolve_against_the_real_stage_configs():
             with pytest.raises(ConfigError, match=rf"^pipeline stage {stage}: data.partition: all: overlaps the gold"):
                 pl.resolve_stage(cfg, stage)
             del getattr(cfg, stage).overrides["data.partition"]
-        cfg.stages = list(pl.STAGES)
+        cfg.stages = list(pipeline_stages())
         assert {p.name for p in pl.resolve_stage(cfg, "eval").config.policies} == {"base", "sft", "ppo", "dpo"}
 
 

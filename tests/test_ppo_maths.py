@@ -133,7 +133,7 @@ def test_logprobs_and_entropy_from_logits():
 def test_no_grad_log_probs_and_entropy_by_row_chunks_equal_one_pass(monkeypatch, temperature):
     """The no-grad path reduces the logits a few rows at a time (memory); the result must not change,
     and the gradient path (one pass) must give the same values."""
-    from rlhf.ppo import maths
+    from rlhf import logprobs
 
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 13).to(torch.bfloat16)  # bf16 in, float32 out, as under autocast
@@ -142,7 +142,7 @@ def test_no_grad_log_probs_and_entropy_by_row_chunks_equal_one_pass(monkeypatch,
     expected_logprobs = torch.log_softmax(scaled, -1).gather(-1, tokens[..., None]).squeeze(-1)
     probs = torch.softmax(scaled, -1)
     expected_entropy = -(probs * probs.log()).sum(-1)
-    monkeypatch.setattr(maths, "NO_GRAD_CHUNK_ELEMENTS", 2 * 13)  # 2 rows per chunk: 8 chunks, the last short
+    monkeypatch.setattr(logprobs, "NO_GRAD_CHUNK_ELEMENTS", 2 * 13)  # 2 rows per chunk: 8 chunks, the last short
     chunked = logprobs_from_logits(logits, tokens, temperature), entropy_from_logits(logits, temperature)
     graph = logits.float().requires_grad_()
     whole = logprobs_from_logits(graph, tokens, temperature), entropy_from_logits(graph, temperature)
@@ -155,7 +155,7 @@ def test_no_grad_log_probs_and_entropy_by_row_chunks_equal_one_pass(monkeypatch,
 @pytest.mark.parametrize("dtype,temperature", [(torch.float64, 1.0), (torch.float64, 0.7), (torch.bfloat16, 0.7)])
 def test_log_probs_gradient_by_row_chunks_equals_autograd(monkeypatch, dtype, temperature):
     """The chunked backward of logprobs_from_logits against autograd through log_softmax."""
-    from rlhf.ppo import maths
+    from rlhf import logprobs
 
     torch.manual_seed(0)
     base = torch.randn(3, 5, 13, dtype=torch.float64)
@@ -164,7 +164,7 @@ def test_log_probs_gradient_by_row_chunks_equals_autograd(monkeypatch, dtype, te
     reference = base.to(dtype).double().requires_grad_()
     expected = torch.log_softmax(reference / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
     (expected * weights).sum().backward()
-    monkeypatch.setattr(maths, "NO_GRAD_CHUNK_ELEMENTS", 2 * 13)
+    monkeypatch.setattr(logprobs, "NO_GRAD_CHUNK_ELEMENTS", 2 * 13)
     logits = base.to(dtype).requires_grad_()
     got = logprobs_from_logits(logits, tokens, temperature)
     (got * weights.float()).sum().backward()

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.toy_task import build_toy_policy, frequent_token
 from reward_models.types import RewardScores
 from rlhf.config import load_config
 from rlhf.ppo.config import PPOStageConfig
 from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
 from rlhf.ppo.prompts import PromptStream, prepare_prompts
 from rlhf.ppo.scorers import TokenCountScorer
-from rlhf.ppo.toy import build_toy_policy, frequent_token
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.tracking import read_metrics
 
@@ -166,7 +166,8 @@ def test_stage_script_end_to_end(run_cfg):
 
 
 def test_cli_rejects_bad_config(capsys, tmp_path):
-    from pipelines.ppo import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["ppo"].cli
 
     assert cli(["--ppo.batch_size", "6", "--ppo.mini_batch_size", "4"]) == 2
     assert "ppo.batch_size" in capsys.readouterr().err

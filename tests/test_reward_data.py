@@ -120,7 +120,8 @@ def test_proxy_and_gold_train_pairs_share_no_prompt_root_by_default():
 
 @pytest.mark.parametrize("role, partition", [("gold", "proxy"), ("gold", "all"), ("proxy", "gold")])
 def test_a_partition_that_overlaps_the_other_judge_is_one_line_before_any_model(role, partition, tmp_path, capsys):
-    from pipelines.reward import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["reward"].cli
 
     argv = ["--config", "pipelines/configs/reward_tiny.yaml", "--run.output_dir", str(tmp_path / "runs"),
             "--role", role, "--data.partition", partition]
@@ -131,7 +132,8 @@ def test_a_partition_that_overlaps_the_other_judge_is_one_line_before_any_model(
 
 
 def test_a_train_file_holding_a_shipped_test_conversation_is_refused_naming_file_and_line(tmp_path, capsys):
-    from pipelines.reward import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["reward"].cli
     from rlhf import sources
 
     test_prompt = sources.hh_harmless_pairs("test")[0].prompt

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.reward import cli
+from rlhf.stages import STAGES
 from reward_models import train as reward_train
 from reward_models.scoring import RewardScorer
 from reward_models.train import train_reward_model
 from rlhf.lora import LoraConfig
 from rlhf.quantization import is_quantized
 from test_reward_train import tiny_config, toy_preferences
+
+cli = STAGES["reward"].cli
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "reward_tiny.yaml"
 

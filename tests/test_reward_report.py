@@ -75,7 +75,7 @@ def test_build_report_from_hand_made_scores():
 
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory):
-    from reward_models.train import train_on_preferences
+    from tests.preference_training import train_on_preferences
     from rlhf.sources import preference_records
 
     records = preference_records(["truthfulqa", "dialogsum"], "train")[::6]
@@ -89,7 +89,8 @@ def write_pairs(path, rows):
 
 
 def test_eval_rm_end_to_end_on_a_tiny_model(tiny_reward_model, tmp_path, capsys):
-    from pipelines.eval_rm import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["eval-rm"].cli
     from reward_models.data import load_pairs, subsample
     from reward_models.evaluation import pair_accuracy
     from reward_models.model import load_reward_model
@@ -121,7 +122,8 @@ def test_eval_rm_end_to_end_on_a_tiny_model(tiny_reward_model, tmp_path, capsys)
 
 
 def test_eval_rm_length_baselines_on_a_file_where_the_longer_answer_always_wins(tiny_reward_model, tmp_path):
-    from pipelines.eval_rm import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["eval-rm"].cli
 
     rows = [{"prompt": f"Question {i}?", "chosen": "a long and careful answer " * (i + 2), "rejected": "no",
              "dimension": ["helpful"], "source": "mine"} for i in range(12)]
@@ -138,7 +140,8 @@ def test_eval_rm_length_baselines_on_a_file_where_the_longer_answer_always_wins(
 
 
 def test_eval_rm_bad_input_is_one_line_and_exit_2(tiny_reward_model, tmp_path, capsys):
-    from pipelines.eval_rm import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["eval-rm"].cli
 
     assert cli([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -152,7 +155,8 @@ def test_eval_rm_bad_input_is_one_line_and_exit_2(tiny_reward_model, tmp_path, c
 
 
 def test_eval_rm_asks_the_runtime_for_its_device(tiny_reward_model, tmp_path, monkeypatch, capsys):
-    from pipelines.eval_rm import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["eval-rm"].cli
     from rlhf import runtime
 
     monkeypatch.setattr(runtime, "cuda_present", lambda: False)
@@ -163,6 +167,7 @@ def test_eval_rm_asks_the_runtime_for_its_device(tiny_reward_model, tmp_path, mo
 
 
 def test_eval_rm_is_a_subcommand():
-    from rlhf.cli import STAGES
+    from rlhf.cli import commands
+    from rlhf.stages import STAGES
 
-    assert STAGES["eval-rm"][0] == "pipelines.eval_rm:cli"
+    assert commands()["eval-rm"][0] == STAGES["eval-rm"].cli

@@ -127,7 +127,8 @@ def test_no_training_pairs_is_an_error(tmp_path):
 
 
 def test_stage_cli_with_the_tiny_config_and_an_annotated_file(tmp_path):
-    from pipelines.reward import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["reward"].cli
 
     data_file = toy_preferences(tmp_path / "toy.jsonl", per_head=12)
     code = cli(["--config", str(REPO / "pipelines/configs/reward_tiny.yaml"), "--run.output_dir", str(tmp_path / "runs"),
@@ -142,7 +143,8 @@ def test_stage_cli_with_the_tiny_config_and_an_annotated_file(tmp_path):
 
 
 def test_stage_cli_rejects_unknown_keys(capsys):
-    from pipelines.reward import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["reward"].cli
 
     assert cli(["--train.learning_rate", "1e-5"]) == 2
     assert "unknown config key train.learning_rate" in capsys.readouterr().err
@@ -150,7 +152,7 @@ def test_stage_cli_rejects_unknown_keys(capsys):
 
 def test_train_on_preferences_takes_records_and_uses_them_all(tmp_path):
     """The entry point for other tools (annotation export -> reward model)."""
-    from reward_models.train import train_on_preferences
+    from tests.preference_training import train_on_preferences
     from rlhf.records import load_preferences
 
     records = load_preferences(toy_preferences(tmp_path / "toy.jsonl", per_head=16))

@@ -117,7 +117,8 @@ def test_defaults_are_what_the_stage_runs_and_kl_placement_follows_the_algorithm
      "ppo.batch_size x rl.samples_per_prompt"),
 ])
 def test_cli_refuses_bad_algorithm_settings_in_one_line(capsys, argv, key):
-    from pipelines.ppo import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["ppo"].cli
 
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -132,7 +133,7 @@ def word_count(prompts, completions):
 
 
 def toy_trainer(run_cfg, tmp_path, *overrides):
-    from rlhf.ppo.toy import build_toy_trainer
+    from benchmarks.toy_task import build_toy_trainer
 
     return build_toy_trainer(tmp_path, run_cfg, overrides)
 
@@ -232,7 +233,8 @@ def test_plain_and_fast_samplers_make_the_same_experience(tiny_llama_path):
 
 def test_a_new_run_refuses_an_earlier_runs_folder(run_cfg, tmp_path, capsys):
     """Not a resume, same run name: one line, nothing of the earlier run touched (its metrics would be mixed)."""
-    from pipelines.ppo import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["ppo"].cli
 
     earlier = tmp_path / "runs" / "same"
     earlier.mkdir(parents=True)

@@ -209,7 +209,8 @@ def test_a_plain_one_output_classifier_is_a_reward_model_standardised_on_its_fir
     (["--reward.functions", "[nocolon]"], "reward.functions"),
 ])
 def test_cli_refuses_bad_objective_settings_in_one_line(capsys, argv, key):
-    from pipelines.ppo import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["ppo"].cli
 
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.ppo import cli, main
+from pipelines.ppo import main
+from rlhf.stages import STAGES
 from rlhf.config import RunConfig, load_config
 from rlhf.ppo.config import RLStageConfig
 from rlhf.quantization import is_quantized
+
+cli = STAGES["ppo"].cli
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "ppo_tiny.yaml"
 SMALL = ["--train.steps", "2", "--train.save_every", "0", "--train.sample_every", "0", "--ppo.batch_size", "4",

@@ -16,6 +16,7 @@ import pytest
 from rlhf import checkpoints, lifecycle
 from rlhf.checkpoints import write_manifest
 from rlhf.config import ConfigError, RunConfig
+from rlhf.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "pipelines" / "configs"
@@ -30,23 +31,21 @@ def earlier_run(folder: Path) -> bytes:
     return text
 
 
-@pytest.mark.parametrize("stage, cli, preset", [
-    ("sft", "pipelines.sft", "sft_tiny.yaml"),
-    ("reward", "pipelines.reward", "reward_tiny.yaml"),
-    ("ppo", "pipelines.ppo", "ppo_tiny.yaml"),
-    ("dpo", "pipelines.dpo", "dpo_tiny.yaml"),
-    ("eval", "pipelines.evaluate", None),  # no checkpoints, so no --resume to offer
+@pytest.mark.parametrize("stage, preset", [
+    ("sft", "sft_tiny.yaml"),
+    ("reward", "reward_tiny.yaml"),
+    ("ppo", "ppo_tiny.yaml"),
+    ("dpo", "dpo_tiny.yaml"),
+    ("eval", None),  # no checkpoints, so no --resume to offer
 ])
-def test_a_used_run_name_without_resume_is_one_line_before_any_model_loads(stage, cli, preset, tmp_path, capsys,
+def test_a_used_run_name_without_resume_is_one_line_before_any_model_loads(stage, preset, tmp_path, capsys,
                                                                           no_model_loads, monkeypatch):
-    import importlib
-
     import reward_models.train
 
     monkeypatch.setattr(reward_models.train, "new_reward_model", no_model_loads_fail)
     metrics = earlier_run(tmp_path / "used")
     config = ["--config", str(CONFIGS / preset)] if preset else []
-    rc = importlib.import_module(cli).cli([*config, "--run.output_dir", str(tmp_path), "--run.run_name", "used"])
+    rc = STAGES[stage].cli([*config, "--run.output_dir", str(tmp_path), "--run.run_name", "used"])
     err = capsys.readouterr().err
     again = "another" if stage == "eval" else "--resume continues it, another"
     assert rc == 2 and err == (f"error: run.run_name: {tmp_path / 'used'} holds an earlier run; {again} "
@@ -103,15 +102,13 @@ def no_model_loads_fail(*args, **kwargs):
     raise AssertionError("a model loaded before the stage's checks ended it")
 
 
-@pytest.mark.parametrize("stage, cli, preset, folder", [
-    ("sft", "pipelines.sft", "sft_tiny.yaml", "checkpoint-"),
-    ("reward", "pipelines.reward", "reward_tiny.yaml", "step-00000"),
-    ("ppo", "pipelines.ppo", "ppo_tiny.yaml", "step-00000"),
+@pytest.mark.parametrize("stage, preset, folder", [
+    ("sft", "sft_tiny.yaml", "checkpoint-"),
+    ("reward", "reward_tiny.yaml", "step-00000"),
+    ("ppo", "ppo_tiny.yaml", "step-00000"),
 ])
-def test_resume_with_no_intact_checkpoint_is_one_line_naming_each_problem(stage, cli, preset, folder, tmp_path,
+def test_resume_with_no_intact_checkpoint_is_one_line_naming_each_problem(stage, preset, folder, tmp_path,
                                                                           capsys, no_model_loads, monkeypatch):
-    import importlib
-
     import reward_models.train
 
     monkeypatch.setattr(reward_models.train, "new_reward_model", no_model_loads_fail)
@@ -124,8 +121,8 @@ def test_resume_with_no_intact_checkpoint_is_one_line_naming_each_problem(stage,
     write_manifest(bad)
     (bad / "weights.bin").write_bytes(b"1234")  # truncated after it was written
     capsys.readouterr()
-    rc = importlib.import_module(cli).cli(["--config", str(CONFIGS / preset), "--run.output_dir", str(tmp_path),
-                                           "--run.run_name", "cut", "--resume"])
+    rc = STAGES[stage].cli(["--config", str(CONFIGS / preset), "--run.output_dir", str(tmp_path),
+                            "--run.run_name", "cut", "--resume"])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2
     assert err[-1] == (f"error: --resume {run_dir}: no intact checkpoint to continue from ({cut.name}: no "
@@ -233,11 +230,12 @@ def test_two_ranks_one_late_by_more_than_a_second_write_one_run_folder(tmp_path)
 
 # Runs a stage's cli to the point where its logger, the first writer of the run folder, would open it.
 STAGE_DRIVER = LATE_CLOCK + textwrap.dedent('''
-    import importlib, pathlib, sys
+    import pathlib, sys
     sys.path.insert(0, {root!r})
     import rlhf.tracking
+    from rlhf.stages import STAGES
 
-    out, module, preset = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    out, name, preset = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 
     class Stop(Exception):
         pass
@@ -248,25 +246,25 @@ STAGE_DRIVER = LATE_CLOCK + textwrap.dedent('''
             raise Stop
 
     rlhf.tracking.MetricsLogger = FirstWriter
-    stage = importlib.import_module(module)
-    if hasattr(stage, "MetricsLogger"):
-        stage.MetricsLogger = FirstWriter
+    script = STAGES[name].script()
+    if hasattr(script, "MetricsLogger"):
+        script.MetricsLogger = FirstWriter
     try:  # no run.run_name: a timestamped folder
-        sys.exit(stage.cli(["--config", preset, "--run.output_dir", str(out / "runs")]))
+        sys.exit(STAGES[name].cli(["--config", preset, "--run.output_dir", str(out / "runs")]))
     except Stop:
         pass
 ''').format(root=str(ROOT))
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage, module, preset", [
-    ("dpo", "pipelines.dpo", "dpo_tiny.yaml"),  # TRL's trainer starts the process group only after the name
-    ("sft", "pipelines.sft", "sft_tiny.yaml"),
-    ("ppo", "pipelines.ppo", "ppo_tiny.yaml"),
+@pytest.mark.parametrize("stage, preset", [
+    ("dpo", "dpo_tiny.yaml"),  # TRL's trainer starts the process group only after the name
+    ("sft", "sft_tiny.yaml"),
+    ("ppo", "ppo_tiny.yaml"),
 ])
-def test_every_stage_names_one_run_folder_on_two_ranks_whose_clocks_differ(stage, module, preset, tmp_path):
+def test_every_stage_names_one_run_folder_on_two_ranks_whose_clocks_differ(stage, preset, tmp_path):
     (tmp_path / "driver.py").write_text(STAGE_DRIVER)
-    torchrun(tmp_path / "driver.py", str(tmp_path), module, str(CONFIGS / preset))
+    torchrun(tmp_path / "driver.py", str(tmp_path), stage, str(CONFIGS / preset))
     first, second = ranks_run_dirs(tmp_path)
     assert first == second and Path(first).name.startswith(f"{stage}-"), (first, second)
 

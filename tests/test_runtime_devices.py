@@ -68,24 +68,22 @@ def test_the_source_scan_finds_what_it_looks_for():  # the scan above must be ab
         "Accelerator", "torch.cuda.is_available", "torch.device('cuda:0')"]
 
 
-STAGE_RUNS = {  # stage -> (cli entry, arguments that reach the stage's device decision on tiny inputs)
-    "sft": ("pipelines.sft:cli", ["--config", "pipelines/configs/sft_tiny.yaml"]),
-    "reward": ("pipelines.reward:cli", ["--config", "pipelines/configs/reward_tiny.yaml"]),
-    "rl": ("pipelines.ppo:cli", ["--config", "pipelines/configs/ppo_tiny.yaml"]),
-    "dpo": ("pipelines.dpo:cli", ["--config", "pipelines/configs/dpo_tiny.yaml"]),
-    "eval": ("pipelines.evaluate:cli", ["--policies", "[{name: base, path: tiny-llama}]"]),
+STAGE_RUNS = {  # registered stage -> arguments that reach the stage's device decision on tiny inputs
+    "sft": ["--config", "pipelines/configs/sft_tiny.yaml"],
+    "reward": ["--config", "pipelines/configs/reward_tiny.yaml"],
+    "ppo": ["--config", "pipelines/configs/ppo_tiny.yaml"],
+    "dpo": ["--config", "pipelines/configs/dpo_tiny.yaml"],
+    "eval": ["--policies", "[{name: base, path: tiny-llama}]"],
 }
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_RUNS))
 def test_every_stage_asks_the_runtime_for_its_device(stage, tmp_path, monkeypatch, capsys, no_model_loads):
-    import importlib
+    from rlhf.stages import STAGES
 
     monkeypatch.setattr(runtime, "cuda_present", lambda: False)  # this machine has no GPU, whatever it has
     monkeypatch.chdir(ROOT)
-    module, function = STAGE_RUNS[stage][0].split(":")
-    cli = getattr(importlib.import_module(module), function)
-    code = cli([*STAGE_RUNS[stage][1], "--run.output_dir", str(tmp_path / "runs"), "--run.wandb_mode", "disabled",
+    code = STAGES[stage].cli([*STAGE_RUNS[stage], "--run.output_dir", str(tmp_path / "runs"), "--run.wandb_mode", "disabled",
                 "--run.device", "cuda"])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [

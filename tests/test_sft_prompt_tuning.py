@@ -10,12 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipelines.sft import cli
+from rlhf.stages import STAGES
 from rlhf.config import ConfigError, load_config
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import encode_records, to_dataset, training_mixture
 from rlhf.sft.trainer import MetricsLoggerCallback, build_trainer, save_final, stage_peft_config
 from rlhf.tracking import MetricsLogger
+
+cli = STAGES["sft"].cli
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "sft_tiny.yaml"
 PT = ("--lora.enabled", "false", "--prompt_tuning.enabled", "true")

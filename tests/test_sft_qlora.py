@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.sft import cli
+from rlhf.stages import STAGES
 from rlhf.config import ConfigError, load_config
 from rlhf.quantization import check_backend, is_quantized, load_kwargs
 from rlhf.sft.config import SFTStageConfig
+
+cli = STAGES["sft"].cli
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "sft_tiny.yaml"
 

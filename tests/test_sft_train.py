@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipelines.sft import cli, main
+from pipelines.sft import main
+from rlhf.stages import STAGES
 from rlhf import lifecycle
 from rlhf.checkpoints import write_manifest
 from rlhf.config import ConfigError, RunConfig, load_config
@@ -20,6 +21,8 @@ from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, hf_logs_to_m
                               PREFIX, peft_config, planned_steps, save_final, train_device)
 from rlhf.runtime import use_bf16
 from rlhf.tracking import MetricsLogger, read_metrics
+
+cli = STAGES["sft"].cli
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "sft_tiny.yaml"
 

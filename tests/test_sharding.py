@@ -177,7 +177,8 @@ def unwrappable_config(folder) -> str:
 
 def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tmp_path, monkeypatch, capsys,
                                                                                 no_model_loads):
-    from pipelines.ppo import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["ppo"].cli
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

@@ -2,28 +2,29 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import typing
 from pathlib import Path
 
 import pytest
 
 from rlhf import pipeline as pl
-from rlhf.config import _flow, _plain, field_help, load_config, stage_cli
+from rlhf.command import stage_cli
+from rlhf.config import _flow, _plain, field_help, load_config
+from rlhf.stages import STAGES, pipeline_stages
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 PRESETS = {"sft": "sft_tiny.yaml", "reward": "reward_tiny.yaml", "ppo": "ppo_tiny.yaml"}
 
 
 def stage_class(name: str) -> type:
-    return typing.get_type_hints(importlib.import_module(pl.STAGE_MODULES[name]).main)["cfg"]
+    return STAGES[name].config_class
 
 
-@pytest.mark.parametrize("name", pl.STAGES)
+@pytest.mark.parametrize("name", pipeline_stages())
 def test_the_dataclass_defaults_are_what_the_stage_runs(name):
     """No defaults YAML: ``rlhf <stage>`` with no flags hands its main exactly ``Cls()``."""
-    module = importlib.import_module(pl.STAGE_MODULES[name])
-    assert module.DEFAULTS is None and pl.stage_entry(name)[2] is None
+    module = STAGES[name].script()
+    assert module.DEFAULTS is None and STAGES[name].defaults is None
     assert not (CONFIGS / f"{name}.yaml").exists()
     cls = stage_class(name)
     received = []
@@ -72,7 +73,7 @@ def test_stage_presets_load_on_the_defaults(name):
 @pytest.mark.parametrize("preset", ["pipeline_demo.yaml", "pipeline_tiny.yaml"])
 def test_pipeline_presets_resolve_every_stage(preset):
     cfg, _ = load_config(pl.PipelineConfig, [], CONFIGS / preset)
-    stages = {name: pl.resolve_stage(cfg, name).config for name in pl.STAGES}
+    stages = {name: pl.resolve_stage(cfg, name).config for name in pipeline_stages()}
     if preset == "pipeline_demo.yaml":  # the stages' own logging intervals survive the pipeline's run settings
         assert (stages["sft"].run.log_every, stages["reward"].run.log_every) == (5, 10)
         assert stages["sft"].data.mixture[0].source == "dialogsum" and len(stages["sft"].data.mixture) == 1
@@ -89,7 +90,7 @@ def config_classes(cls: type, seen: dict[str, type] | None = None) -> dict[str, 
     return seen
 
 
-ALL_CONFIGS = [*pl.STAGES, "pipeline"]
+ALL_CONFIGS = [*pipeline_stages(), "pipeline"]
 
 
 def config_of(name: str) -> type:

@@ -35,16 +35,19 @@ def stage_argv(stage: str, out: Path, file: str) -> tuple[object, list[str], str
     """(the stage's cli, its argv with ``file`` as its input, the config key the file lands in)."""
     common = ["--run.output_dir", str(out), "--run.wandb_mode", "disabled"]
     if stage == "sft":
-        from pipelines.sft import cli
+        from rlhf.stages import STAGES
+        cli = STAGES["sft"].cli
 
         return cli, ["--config", str(CONFIGS / "sft_tiny.yaml"), *common,
                      "--data.mixture", f"[{{source: dialogsum}}, {{source: '{file}'}}]"], "data.mixture[1].source"
     if stage == "reward":
-        from pipelines.reward import cli
+        from rlhf.stages import STAGES
+        cli = STAGES["reward"].cli
 
         return cli, ["--config", str(CONFIGS / "reward_tiny.yaml"), *common,
                      "--data.extra_files", f"['{file}']"], "data.extra_files[0]"
-    from pipelines.ppo import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["ppo"].cli
 
     return cli, ["--config", str(CONFIGS / "ppo_tiny.yaml"), *common,
                  "--data.sources", f"[truthfulqa, '{file}']"], "data.sources[1]"

@@ -181,7 +181,8 @@ def test_resume_needs_the_launch_that_wrote_the_checkpoint(tmp_path, monkeypatch
 def test_fsdp_refuses_a_model_it_cannot_wrap_before_loading(monkeypatch, capsys, tmp_path, no_model_loads):
     """A model without a list of config.num_hidden_layers blocks, or a one-process launch: one line, exit 2,
     and no model is loaded (only its config is read)."""
-    from pipelines.sft import cli
+    from rlhf.stages import STAGES
+    cli = STAGES["sft"].cli
     from test_sharding import unwrappable_config
 
     for name, value in FSDP_ENV.items():

@@ -5,6 +5,9 @@ almost uniform over 1,024 tokens and its logits can hardly move: no token is fre
 from. :func:`build_toy_policy` builds the same architecture with a larger init scale, so the
 distribution is peaked and LoRA can shift it; :func:`frequent_token` picks a token the untrained policy
 already samples now and then.
+
+Used by ``benchmarks/rl_losses_tiny.py`` and by the RL tests (``from benchmarks.toy_task import ...``, the
+repository root on the path): test and benchmark fixtures stay out of the library.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-TINY_PRESET = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "ppo_tiny.yaml"
+TINY_PRESET = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "ppo_tiny.yaml"
 
 
 def build_toy_policy(out_dir: str | Path, seed: int = 0, init_scale: float = 0.3) -> Path:
