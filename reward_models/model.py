@@ -16,7 +16,6 @@ adapters into 4-bit weights would round the update away.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -278,12 +277,6 @@ def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: Scoring
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast when ``bf16`` (decided by ``rlhf.runtime.use_bf16``: on AVX2-only CPUs bf16 matmuls are
-    emulated, ~20x slower than fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 @torch.no_grad()

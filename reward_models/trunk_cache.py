@@ -359,7 +359,7 @@ class TrunkCache:
     def _write(self, path: Path, header: Header, sequences: Sequence[Encoded], pad_token_id: int) -> None:
         """Run the trunk over ``sequences`` (shortest first, so padding stays small) into a temporary file,
         then rename it into place."""
-        from reward_models.model import autocast
+        from rlhf.runtime import autocast
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -23,7 +23,6 @@ the report.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ from rlhf.likelihood import JudgeFreeConfig, aggregate_judge_free, check_judge_f
 from rlhf.ppo.maths import logprobs_from_logits
 from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
-from rlhf.runtime import Precision, select_device, use_bf16
+from rlhf.runtime import Precision, autocast, select_device, use_bf16
 
 SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
 ALL = "all"  # the key of metrics over every source together
@@ -295,7 +294,7 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
     model.eval()
     sampler = PlainSampler(model)
     for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
-        with torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with autocast(model.device, bf16):
             generated = sampler.sample(batch["input_ids"], batch["attention_mask"], keep_logprobs=measure_kl,
                                        **settings.hf_kwargs(tokenizer))
         sequences, prompt_len = generated.sequences, generated.prompt_len  # (batch, prompt_len + response_len)

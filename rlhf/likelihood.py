@@ -21,7 +21,6 @@ the same left-padded batching and position ids as sampling (``rlhf.evaluate.resp
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from rlhf.config import ConfigError
+from rlhf.runtime import autocast
 
 HEAD_SOURCES = {"harmless": "hh-rlhf-harmless", "honest": "truthfulqa", "helpful": "dialogsum"}  # head -> pairs
 
@@ -166,7 +166,7 @@ def judge_free_records(policy, cfg: JudgeFreeConfig, split: str = "test", seed: 
         responses += answers
 
     def score(model, start: int, stop: int) -> list[float]:
-        with torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with autocast(model.device, bf16):
             return sequence_logprobs(model, policy.tokenizer, chats[start:stop], responses[start:stop], cfg.batch_size,
                                      max_prompt_tokens, cfg.max_response_tokens)
 

@@ -3,7 +3,7 @@
 Every stage asks this module, and only this module, where it runs: :func:`select_device` (CUDA when there is
 one, this process's local GPU under a launcher; ``--run.device cpu|cuda`` forces), :func:`make_accelerator`
 and :func:`init_process_group` (accelerate's process group on that device: gloo on CPU, NCCL on CUDA), and
-:func:`use_bf16` / :func:`resolve_dtype` for precision. ``tests/test_runtime_devices.py`` checks that no other
+:func:`use_bf16` / :func:`resolve_dtype` / :func:`autocast` for precision. ``tests/test_runtime_devices.py`` checks that no other
 module decides a device itself.
 
 ``precision`` means the same everywhere: ``fp32``; ``bf16`` (frozen weights stored and multiplied in bf16,
@@ -105,6 +105,15 @@ def use_bf16(precision: Precision, device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_bf16_matmul()
+
+
+def autocast(device: torch.device, bf16: bool):
+    """The one autocast of every stage: bf16 autocast on ``device`` when ``bf16`` (from :func:`use_bf16`, or a
+    compute dtype of :func:`resolve_dtype` that is not float32), else nothing (fp32 needs no autocast, and CPU
+    autocast has no float32 mode)."""
+    import contextlib
+
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:

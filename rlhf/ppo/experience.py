@@ -6,7 +6,6 @@ sampler's (``rlhf.ppo.sampler``); every algorithm shares this one experience pat
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field, fields
 from typing import Sequence
@@ -124,9 +123,9 @@ class ExperienceMaker:
         return next(self.model.parameters()).device
 
     def autocast(self):
-        if self.compute_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+        from rlhf.runtime import autocast
+
+        return autocast(self.device, bf16=self.compute_dtype != torch.float32)
 
     def tokenize_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         texts = [render_chat(self.tokenizer, prompt_to_messages(p)) for p in prompts]
