@@ -34,6 +34,7 @@ from reward_models.types import HEADS
 from rlhf.config import from_dict
 from rlhf.lora import LoraConfig, add_lora
 from rlhf.quantization import frozen_base_error
+from rlhf.runtime import autocast
 
 REWARD_CONFIG = "reward_config.json"
 # The heads: ``score`` on causal LMs, ``classifier`` on encoders. New and trained, they stay float under a
@@ -188,11 +189,10 @@ def _classifier_from_adapter(adapter: Path):
     """A sequence classifier whose backbone is a causal LM with a PEFT adapter merged in (the SFT policy)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.policies import load_weights, _tokenizer_source
-    from rlhf.zoo import load_tokenizer
+    from rlhf.policies import load_tokenizer, load_weights
 
     policy = load_weights(str(adapter), torch.float32)  # base + adapter(s), merged
-    tokenizer = load_tokenizer(_tokenizer_source(str(adapter)))
+    tokenizer = load_tokenizer(str(adapter))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     config = copy.deepcopy(policy.config)

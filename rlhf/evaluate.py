@@ -40,8 +40,9 @@ from rlhf.ppo.maths import logprobs_from_logits
 from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
 from rlhf.runtime import Precision, autocast, select_device, use_bf16
+from rlhf.sources import EvalItem  # each Source makes its own (Source.eval_items)
 
-SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
+SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")  # evaluated by default; any of rlhf.sources.SOURCES works
 ALL = "all"  # the key of metrics over every source together
 JUDGES = ("reward", "gold")  # record key prefixes: the proxy reward model (PPO optimised it) and the gold judge
 JUDGED = tuple(f"{j}/" for j in JUDGES)
@@ -169,35 +170,17 @@ class EvalConfig:
 # ---------------------------------------------------------------- prompts
 
 
-@dataclass
-class EvalItem:
-    """One held-out prompt: what the policy is asked and what its answer is judged against."""
+def _source(name: str):
+    from rlhf import sources
 
-    source: str
-    id: str
-    prompt: str  # what the reward model sees as the prompt (plain text or an HH transcript)
-    messages: list[dict[str, str]]  # the zero-shot chat given to the policy
-    references: list[str] = field(default_factory=list)  # reference answers (ROUGE/BLEU); empty when none
+    if name not in sources.SOURCES:
+        raise ValueError(f"unknown evaluation source {name!r}; known: {', '.join(sources.SOURCES)}")
+    return sources.SOURCES[name]
 
 
 def load_items(source: str, split: str = "test") -> list[EvalItem]:
-    """Every prompt of ``split`` of one shipped source, in file order, without duplicates."""
-    from rlhf import sources
-    from rlhf.records import prompt_to_messages
-
-    if source == "dialogsum":
-        items = [EvalItem(source, it.fname, it.prompt, [{"role": "user", "content": it.prompt}], [it.summary])
-                 for it in sources.dialogsum_items(split)]
-    elif source == "truthfulqa":
-        items = [EvalItem(source, f"tqa-{i}", it.question, [{"role": "user", "content": it.question}],
-                          [it.best_answer] + [c for c in it.correct if c != it.best_answer])
-                 for i, it in enumerate(sources.truthfulqa_items(split))]
-    elif source == "hh-rlhf-harmless":
-        prompts = dict.fromkeys(p.prompt for p in sources.hh_harmless_pairs(split))  # one item per prompt
-        items = [EvalItem(source, f"hh-{i}", p, prompt_to_messages(p)) for i, p in enumerate(prompts)]
-    else:
-        raise ValueError(f"unknown evaluation source {source!r}; known: {', '.join(SOURCES)}")
-    return items
+    """Every prompt of ``split`` of one source, in file order, without duplicates (its ``Source.eval_items``)."""
+    return _source(source).eval_items(split)
 
 
 def sample_items(items: Sequence[EvalItem], n: int, seed: int) -> list[EvalItem]:
@@ -209,18 +192,8 @@ def sample_items(items: Sequence[EvalItem], n: int, seed: int) -> list[EvalItem]
 
 
 def shot_pool(source: str) -> list[Shot]:
-    """Candidate in-context examples from the **train** split of ``source`` (single-turn only)."""
-    from rlhf import sources
-    from rlhf.records import prompt_to_messages
-
-    if source == "dialogsum":
-        return [Shot(it.prompt, it.summary) for it in sources.dialogsum_items("train")]
-    if source == "truthfulqa":
-        return [Shot(it.question, it.best_answer) for it in sources.truthfulqa_items("train")]
-    if source == "hh-rlhf-harmless":
-        return [Shot(msgs[0]["content"], p.chosen) for p in sources.hh_harmless_pairs("train")
-                if len(msgs := prompt_to_messages(p.prompt)) == 1]
-    raise ValueError(f"unknown evaluation source {source!r}; known: {', '.join(SOURCES)}")
+    """Candidate in-context examples from the **train** split of ``source`` (its ``Source.shots``)."""
+    return _source(source).shots("train")
 
 
 def choose_shots(source: str, k: int, seed: int, max_prompt_chars: int) -> list[Shot]:
