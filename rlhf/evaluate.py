@@ -36,7 +36,7 @@ from rlhf.config import ConfigError
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
 from rlhf.likelihood import JudgeFreeConfig, aggregate_judge_free, check_judge_free, judge_free_records
-from rlhf.ppo.maths import logprobs_from_logits
+from rlhf.logprobs import response_logprobs, response_mask, sequence_kl
 from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
 from rlhf.runtime import Precision, autocast, select_device, use_bf16
@@ -223,29 +223,6 @@ class Samples:
     kl_k3: list[float] = field(default_factory=list)
 
 
-def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """(batch, response_len) 1 for tokens up to and including the first EOS, 0 after it (padding).
-
-    Built from EOS positions, not ``ids != pad``: with SmolLM2 pad == EOS and the EOS itself is a real token.
-    """
-    is_eos = (response_ids == eos_id).long()  # (batch, response_len)
-    eos_before = torch.cumsum(is_eos, dim=-1) - is_eos  # EOS tokens strictly before each position
-    return (eos_before == 0).long()
-
-
-@torch.no_grad()
-def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """(batch, response_len) fp32 log-probs of the response tokens ``sequences[:, prompt_len:]``.
-
-    Position ids follow the attention mask, as in generation, so left padding does not shift positions.
-    """
-    response_len = sequences.shape[1] - prompt_len
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, prompt_len + response_len)
-    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=response_len + 1).logits[:, :-1]  # (batch, response_len, vocab)
-    return logprobs_from_logits(logits, sequences[:, prompt_len:])  # the RL trainer's one (fp32, by row chunks)
-
-
 def samples_own_distribution(settings: GenerationSettings) -> bool:
     """KL estimators need samples from the policy's own distribution: sampling at T=1, no top-k/top-p."""
     return settings.do_sample and settings.temperature == 1.0 and settings.top_k == 0 and settings.top_p >= 1.0 \
@@ -272,18 +249,19 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
                                        **settings.hf_kwargs(tokenizer))
         sequences, prompt_len = generated.sequences, generated.prompt_len  # (batch, prompt_len + response_len)
         response_ids = generated.response_ids  # (batch, response_len)
-        mask = response_mask(response_ids, eos_id)  # (batch, response_len)
+        mask, ended = response_mask(response_ids, eos_id)  # (batch, response_len), (batch,): RL's mask
+        mask = mask.long()
         out.responses += [tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
                           for ids, m in zip(response_ids, mask)]
         out.lengths += mask.sum(-1).tolist()
-        out.ended += (response_ids == eos_id).any(-1).tolist()
+        out.ended += ended.tolist()
         if measure_kl:
             attention = torch.cat([batch["attention_mask"], mask], dim=1)  # (batch, prompt_len + response_len)
             # From each sampling step's raw logits = the sampling distribution (T=1, no filters: see measure_kl's caller).
             policy_lp = generated.logprobs  # (batch, response_len)
             with policy.reference() as reference:
                 reference_lp = response_logprobs(reference, sequences, attention, prompt_len)
-            kl = metrics.sequence_kl(policy_lp, reference_lp, mask)
+            kl = sequence_kl(policy_lp, reference_lp, mask)
             out.kl_k1 += kl["k1"].tolist()
             out.kl_k3 += kl["k3"].tolist()
     return out

@@ -3,7 +3,7 @@
 No reward model is involved, so these cannot be flattered by a judge that shares the proxy's data or biases.
 Everything rests on one function, :func:`sequence_logprobs`: the summed log-probability of a response given
 a prompt (the chat template's prompt with the generation prompt, then the response's tokens, no EOS), with
-the same left-padded batching and position ids as sampling (``rlhf.evaluate.response_logprobs``).
+the same left-padded batching and position ids as sampling (``rlhf.logprobs.response_logprobs``).
 
 * **Preference likelihood** (per head: harmless = HH-RLHF, honest = TruthfulQA, helpful = DialogSum, the
   ``data.split`` pairs of ``rlhf.sources``). Per pair the policy's margin m = log pi(c|x) - log pi(r|x) and
@@ -72,7 +72,7 @@ def sequence_logprobs(model, tokenizer, chats: Sequence[Sequence[dict[str, str]]
     """Summed log pi(response | chat) for each (chat, response): the prompt as sampling renders it (chat
     template + generation prompt, left-truncated), then the response's tokens (no EOS: an answer's content,
     as multiple-choice scoring does). Batched by length (less padding); fp32 log-softmax."""
-    from rlhf.evaluate import response_logprobs
+    from rlhf.logprobs import response_logprobs
     from rlhf.generation import prepare_tokenizer, render_chat
 
     tokenizer = prepare_tokenizer(tokenizer)

@@ -57,7 +57,7 @@ class PlainSampler:
         logits = torch.stack(out.logits, dim=1).float() if out.logits else None  # (B, R, V)
         logprobs = None
         if keep_logprobs and logits is not None:
-            from rlhf.ppo.maths import logprobs_from_logits
+            from rlhf.logprobs import logprobs_from_logits
 
             logprobs = logprobs_from_logits(logits, out.sequences[:, input_ids.shape[1]:],
                                             generate_kwargs.get("temperature") or 1.0)  # (B, R)

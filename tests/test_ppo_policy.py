@@ -6,9 +6,9 @@ import torch
 
 from rlhf.lora import LoraConfig as LoraSection
 from rlhf.ppo.config import PolicySection
-from rlhf.ppo.maths import logprobs_from_logits
+from rlhf.logprobs import logprobs_from_logits, response_position_ids
 from rlhf.policies import load_weights
-from rlhf.ppo.policy import build_actor_critic, response_position_ids
+from rlhf.ppo.policy import build_actor_critic
 from rlhf.ppo.sampler import FastSampler, sampling_lm_head
 from rlhf.zoo import load_causal_lm, load_tokenizer
 

@@ -24,6 +24,7 @@ import sys
 import torch
 from torch import nn
 
+from rlhf.logprobs import response_position_ids
 from rlhf.lora import LoraConfig, add_lora
 from rlhf.ppo.config import PolicySection, RLStageConfig
 from rlhf.ppo.packing import PackedRows, use_varlen_attention
@@ -34,11 +35,6 @@ def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-
-
-def response_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, exactly as ``generate`` numbers them: (B, T)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 # ---------------------------------------------------------------- the model
