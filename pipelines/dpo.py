@@ -33,7 +33,8 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
     from rlhf.dpo.data import load_pairs, to_dataset
     from rlhf.dpo.trainer import RENAMES, build_trainer, save_final
     from rlhf.lifecycle import start_run
-    from rlhf.ppo.policy import load_policy_tokenizer, load_sft_model
+    from rlhf.policies import load_weights
+    from rlhf.ppo.policy import load_policy_tokenizer
     from rlhf.runtime import use_bf16
     from rlhf.sft.trainer import PREFIX, MetricsLoggerCallback, checkpoint_step, planned_steps, restore_counters
     from rlhf.tracking import MetricsLogger
@@ -68,7 +69,7 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
 
     # 4. the SFT policy as one plain model (an SFT adapter merged in); the trainer puts DPO's LoRA on it and
     #    uses the same weights with adapters off as the reference
-    model = load_sft_model(cfg.policy.model, cfg.policy.sft_adapter, dtype=torch.float32)
+    model = load_weights(cfg.policy.model, torch.float32, adapter=cfg.policy.sft_adapter)
     tracker = MetricsLoggerCallback(logger, renames=RENAMES)
     trainer = build_trainer(cfg, model, tokenizer, train, dev if len(dev) else None, run_dir, tracker, bf16,
                             eval_on_start=checkpoint is None)

@@ -47,7 +47,8 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     validate_stage_inputs("ppo", cfg)
     check_backend(cfg.policy.quantization, "policy.quantization")  # QLoRA without bitsandbytes: one line
     check_reward_model(cfg.reward, cfg.run.output_dir)  # ensemble members too; a gold judge is never trained against
-    check_wrappable(cfg.policy.model, "policy.model")  # an FSDP launch of a model it cannot shard: one line
+    check_wrappable(cfg.policy.model, "policy.model", quantization=cfg.policy.quantization,  # an FSDP launch of a
+                    quantization_key="policy.quantization")  # model it cannot shard (or a QLoRA base): one line
     # standalone runs are named after the algorithm (runs/grpo-<time>); rank 0 decides for every rank
     run = start_run(cfg.run, cfg.rl.algo, resume, ckpt.PREFIX)
     run_dir, checkpoint = run.dir, run.checkpoint

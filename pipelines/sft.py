@@ -24,7 +24,7 @@ from rlhf.datatools import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixture
 from rlhf.sft.forgetting import truthfulqa_mc1
-from rlhf.quantization import check_backend, keep_backward, load_kwargs as quantized_load_kwargs
+from rlhf.quantization import check_backend
 from rlhf.runtime import use_bf16
 from rlhf.sft.fsdp import check_fsdp, check_resume, local_model
 from rlhf.sft.trainer import (PREFIX, MetricsLoggerCallback, build_trainer, checkpoint_step,
@@ -36,7 +36,7 @@ DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are 
 
 def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     from rlhf.generation import generate_chat
-    from rlhf.zoo import load_causal_lm, load_tokenizer
+    from rlhf.policies import load_tokenizer, load_weights
 
     # 1. inputs checked (a bad file is one line, before any model loads or run folder exists); processes, run
     #    folder (rank 0 decides, every rank agrees; a used name without --resume: one line), seed, precision
@@ -52,8 +52,7 @@ def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
     # 2. base model and tokenizer (fp32 master weights unless told otherwise; frozen and quantized for QLoRA)
     tokenizer = load_tokenizer(cfg.model.name)
     dtype = getattr(torch, cfg.model.dtype)
-    model = keep_backward(load_causal_lm(cfg.model.name, dtype=dtype,
-                                         **quantized_load_kwargs(cfg.model.quantization, dtype)))
+    model = load_weights(cfg.model.name, dtype, quantization=cfg.model.quantization)
 
     # 3. data: the weighted training mixture and the dev split, tokenized with the assistant-only mask
     train = training_mixture(cfg.data, cfg.run.seed)

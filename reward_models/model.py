@@ -16,7 +16,6 @@ adapters into 4-bit weights would round the update away.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -35,6 +34,7 @@ from reward_models.types import HEADS
 from rlhf.config import from_dict
 from rlhf.lora import LoraConfig, add_lora
 from rlhf.quantization import frozen_base_error
+from rlhf.runtime import autocast
 
 REWARD_CONFIG = "reward_config.json"
 # The heads: ``score`` on causal LMs, ``classifier`` on encoders. New and trained, they stay float under a
@@ -189,11 +189,10 @@ def _classifier_from_adapter(adapter: Path):
     """A sequence classifier whose backbone is a causal LM with a PEFT adapter merged in (the SFT policy)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.policies import load_weights, _tokenizer_source
-    from rlhf.zoo import load_tokenizer
+    from rlhf.policies import load_tokenizer, load_weights
 
     policy = load_weights(str(adapter), torch.float32)  # base + adapter(s), merged
-    tokenizer = load_tokenizer(_tokenizer_source(str(adapter)))
+    tokenizer = load_tokenizer(str(adapter))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     config = copy.deepcopy(policy.config)
@@ -278,12 +277,6 @@ def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: Scoring
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast when ``bf16`` (decided by ``rlhf.runtime.use_bf16``: on AVX2-only CPUs bf16 matmuls are
-    emulated, ~20x slower than fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 @torch.no_grad()

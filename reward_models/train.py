@@ -28,12 +28,12 @@ from reward_models.encoding import Encoded
 from reward_models.evaluation import normalisation_stats, pair_accuracy
 from reward_models.losses import (fit_length_coefficient, length_correlation_penalty, pairwise_correct,
                                   pairwise_loss)
-from reward_models.model import HEAD_MODULES, RewardModel, autocast, new_reward_model, save_reward_model
+from reward_models.model import HEAD_MODULES, RewardModel, new_reward_model, save_reward_model
 from reward_models.types import HEADS
 from rlhf.config import ConfigError
 from rlhf.quantization import check_backend
 from rlhf.records import PreferenceRecord
-from rlhf.runtime import make_accelerator, use_bf16
+from rlhf.runtime import autocast, make_accelerator, use_bf16
 from rlhf import sharding
 from rlhf.lifecycle import start_run
 from rlhf.tracking import MetricsLogger
@@ -216,7 +216,8 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     if cfg.model.freeze_backbone and cfg.model.lora.enabled:
         raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
     check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
-    sharding.check_wrappable(cfg.model.backbone, "model.backbone", causal_lm=False)  # FSDP launch: blocks found
+    sharding.check_wrappable(cfg.model.backbone, "model.backbone", causal_lm=False,  # FSDP launch: blocks found,
+                             quantization=cfg.model.quantization, quantization_key="model.quantization")  # no QLoRA
     run = start_run(cfg.run, STAGE, resume, PREFIX)
     run_dir, checkpoint = run.dir, run.checkpoint
     accelerator = make_accelerator(run.device)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
@@ -257,10 +258,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     # FSDP: the backbone's layers and the root are sharded here (rlhf.sharding; accelerate ignores its FSDP plugin
     # on CPU), before the optimizer sees the parameters, and the model is not handed to prepare (no DDP wrapper).
     sharded = sharding.fsdp_requested() and world > 1
-    if sharded:
-        if cfg.model.quantization != "none":
-            raise ConfigError(f"model.quantization: a {cfg.model.quantization} backbone cannot be sharded under FSDP "
-                              "here; use a DDP launch")
+    if sharded:  # a quantized backbone was refused in step 1 (sharding.check_wrappable)
         sharding.shard(model, _layers_to_shard(model))
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg), weight_decay=cfg.train.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from rlhf.config import ConfigError
 from rlhf.records import (DIMENSIONS, LoadResult, PreferenceRecord, RecordError, SFTRecord, is_hub_name, load_records,
-                          parse_dimensions, write_jsonl)
+                          parse_dimensions, prompts_from_file, write_jsonl)
 
 
 def validate(files: Sequence[str], keep_valid: str | None = None, kind: str | None = None, out=None,
@@ -92,16 +92,12 @@ def stats(files: Sequence[str], out=None) -> int:
     from rlhf import sources
 
     out = out or sys.stdout
-    adapters = {
-        sources.HH_HARMLESS: [("preference", sources.hh_harmless_pairs), ("sft", sources.hh_harmless_sft)],
-        sources.TRUTHFULQA: [("preference", sources.truthfulqa_pairs), ("sft", sources.truthfulqa_sft)],
-        sources.DIALOGSUM: [("preference", sources.dialogsum_pairs), ("sft", sources.dialogsum_sft)],
-    }
     status = 0
     for file in files:
-        shipped = next((key for key in adapters if Path(file).resolve() == (sources.data_dir() / key).resolve()), None)
+        shipped = next((s for s in sources.SOURCES.values()
+                        if Path(file).resolve() == (sources.data_dir() / s.file).resolve()), None)
         if shipped:
-            for kind, adapter in adapters[shipped]:
+            for kind, adapter in (("preference", shipped.pairs), ("sft", shipped.sft)):
                 for split in ("train", "dev", "test"):
                     result = LoadResult(kind=kind, records=adapter(split))  # type: ignore[arg-type]
                     print(describe(f"{file} [{kind}, {split}]", result), file=out)
@@ -153,9 +149,9 @@ def _reward_inputs(cfg) -> list[StageInput]:
 
 
 def _ppo_inputs(cfg) -> list[StageInput]:
-    from rlhf.ppo.prompts import SHIPPED_PROMPTS
+    from rlhf.sources import PROMPT_SOURCES
 
-    return [StageInput(f"data.sources[{i}]", source, "prompt", list(SHIPPED_PROMPTS))
+    return [StageInput(f"data.sources[{i}]", source, "prompt", list(PROMPT_SOURCES))
             for i, source in enumerate(cfg.data.sources)]
 
 
@@ -175,7 +171,6 @@ def input_problems(item: StageInput) -> list[str]:
         shipped = f"a shipped source ({', '.join(item.shipped)}) nor " if item.shipped else ""
         return [f"{item.value!r} is neither {shipped}an existing file nor a hub dataset name (owner/name)"]
     if item.kind == "prompt":
-        from rlhf.ppo.prompts import prompts_from_file  # the stage's own reader: .txt lines or prompt rows
 
         try:
             prompts_from_file(item.value)

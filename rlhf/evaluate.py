@@ -23,7 +23,6 @@ the report.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
 from dataclasses import asdict, dataclass, field
@@ -37,12 +36,13 @@ from rlhf.config import ConfigError
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
 from rlhf.likelihood import JudgeFreeConfig, aggregate_judge_free, check_judge_free, judge_free_records
-from rlhf.logprobs import response_logprobs
+from rlhf.logprobs import response_logprobs, response_mask, sequence_kl
 from rlhf.sampling import PlainSampler
 from rlhf.prompts import Shot, few_shot, pick_shots
-from rlhf.runtime import Precision, select_device, use_bf16
+from rlhf.runtime import Precision, autocast, select_device, use_bf16
+from rlhf.sources import EvalItem  # each Source makes its own (Source.eval_items)
 
-SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")
+SOURCES = ("dialogsum", "truthfulqa", "hh-rlhf-harmless")  # evaluated by default; any of rlhf.sources.SOURCES works
 ALL = "all"  # the key of metrics over every source together
 JUDGES = ("reward", "gold")  # record key prefixes: the proxy reward model (PPO optimised it) and the gold judge
 JUDGED = tuple(f"{j}/" for j in JUDGES)
@@ -174,35 +174,17 @@ class EvalConfig:
 # ---------------------------------------------------------------- prompts
 
 
-@dataclass
-class EvalItem:
-    """One held-out prompt: what the policy is asked and what its answer is judged against."""
+def _source(name: str):
+    from rlhf import sources
 
-    source: str
-    id: str
-    prompt: str  # what the reward model sees as the prompt (plain text or an HH transcript)
-    messages: list[dict[str, str]]  # the zero-shot chat given to the policy
-    references: list[str] = field(default_factory=list)  # reference answers (ROUGE/BLEU); empty when none
+    if name not in sources.SOURCES:
+        raise ValueError(f"unknown evaluation source {name!r}; known: {', '.join(sources.SOURCES)}")
+    return sources.SOURCES[name]
 
 
 def load_items(source: str, split: str = "test") -> list[EvalItem]:
-    """Every prompt of ``split`` of one shipped source, in file order, without duplicates."""
-    from rlhf import sources
-    from rlhf.records import prompt_to_messages
-
-    if source == "dialogsum":
-        items = [EvalItem(source, it.fname, it.prompt, [{"role": "user", "content": it.prompt}], [it.summary])
-                 for it in sources.dialogsum_items(split)]
-    elif source == "truthfulqa":
-        items = [EvalItem(source, f"tqa-{i}", it.question, [{"role": "user", "content": it.question}],
-                          [it.best_answer] + [c for c in it.correct if c != it.best_answer])
-                 for i, it in enumerate(sources.truthfulqa_items(split))]
-    elif source == "hh-rlhf-harmless":
-        prompts = dict.fromkeys(p.prompt for p in sources.hh_harmless_pairs(split))  # one item per prompt
-        items = [EvalItem(source, f"hh-{i}", p, prompt_to_messages(p)) for i, p in enumerate(prompts)]
-    else:
-        raise ValueError(f"unknown evaluation source {source!r}; known: {', '.join(SOURCES)}")
-    return items
+    """Every prompt of ``split`` of one source, in file order, without duplicates (its ``Source.eval_items``)."""
+    return _source(source).eval_items(split)
 
 
 def sample_items(items: Sequence[EvalItem], n: int, seed: int) -> list[EvalItem]:
@@ -214,18 +196,8 @@ def sample_items(items: Sequence[EvalItem], n: int, seed: int) -> list[EvalItem]
 
 
 def shot_pool(source: str) -> list[Shot]:
-    """Candidate in-context examples from the **train** split of ``source`` (single-turn only)."""
-    from rlhf import sources
-    from rlhf.records import prompt_to_messages
-
-    if source == "dialogsum":
-        return [Shot(it.prompt, it.summary) for it in sources.dialogsum_items("train")]
-    if source == "truthfulqa":
-        return [Shot(it.question, it.best_answer) for it in sources.truthfulqa_items("train")]
-    if source == "hh-rlhf-harmless":
-        return [Shot(msgs[0]["content"], p.chosen) for p in sources.hh_harmless_pairs("train")
-                if len(msgs := prompt_to_messages(p.prompt)) == 1]
-    raise ValueError(f"unknown evaluation source {source!r}; known: {', '.join(SOURCES)}")
+    """Candidate in-context examples from the **train** split of ``source`` (its ``Source.shots``)."""
+    return _source(source).shots("train")
 
 
 def choose_shots(source: str, k: int, seed: int, max_prompt_chars: int) -> list[Shot]:
@@ -255,17 +227,6 @@ class Samples:
     kl_k3: list[float] = field(default_factory=list)
 
 
-def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """(batch, response_len) 1 for tokens up to and including the first EOS, 0 after it (padding).
-
-    Built from EOS positions, not ``ids != pad``: with SmolLM2 pad == EOS and the EOS itself is a real token.
-    """
-    is_eos = (response_ids == eos_id).long()  # (batch, response_len)
-    eos_before = torch.cumsum(is_eos, dim=-1) - is_eos  # EOS tokens strictly before each position
-    return (eos_before == 0).long()
-
-
-@torch.no_grad()
 def samples_own_distribution(settings: GenerationSettings) -> bool:
     """KL estimators need samples from the policy's own distribution: sampling at T=1, no top-k/top-p."""
     return settings.do_sample and settings.temperature == 1.0 and settings.top_k == 0 and settings.top_p >= 1.0 \
@@ -287,23 +248,24 @@ def sample(policy, chats: Sequence[Sequence[dict[str, str]]], settings: Generati
     model.eval()
     sampler = PlainSampler(model)
     for batch in seeded_chat_batches(tokenizer, chats, settings, max_prompt_tokens, model.device):
-        with torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with autocast(model.device, bf16):
             generated = sampler.sample(batch["input_ids"], batch["attention_mask"], keep_logprobs=measure_kl,
                                        **settings.hf_kwargs(tokenizer))
         sequences, prompt_len = generated.sequences, generated.prompt_len  # (batch, prompt_len + response_len)
         response_ids = generated.response_ids  # (batch, response_len)
-        mask = response_mask(response_ids, eos_id)  # (batch, response_len)
+        mask, ended = response_mask(response_ids, eos_id)  # (batch, response_len), (batch,): RL's mask
+        mask = mask.long()
         out.responses += [tokenizer.decode(ids[m.bool()], skip_special_tokens=True).strip()
                           for ids, m in zip(response_ids, mask)]
         out.lengths += mask.sum(-1).tolist()
-        out.ended += (response_ids == eos_id).any(-1).tolist()
+        out.ended += ended.tolist()
         if measure_kl:
             attention = torch.cat([batch["attention_mask"], mask], dim=1)  # (batch, prompt_len + response_len)
             # From each sampling step's raw logits = the sampling distribution (T=1, no filters: see measure_kl's caller).
             policy_lp = generated.logprobs  # (batch, response_len)
             with policy.reference() as reference:
                 reference_lp = response_logprobs(reference, sequences, attention, prompt_len)
-            kl = metrics.sequence_kl(policy_lp, reference_lp, mask)
+            kl = sequence_kl(policy_lp, reference_lp, mask)
             out.kl_k1 += kl["k1"].tolist()
             out.kl_k3 += kl["k3"].tolist()
     return out

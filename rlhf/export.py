@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlhf.policies import ADAPTER_CONFIG, is_adapter_folder  # what makes a folder an adapter: one definition
+from rlhf.sources import SOURCES, Source  # each dataset's hub id and licence
+
 LICENSE = "apache-2.0"  # pyproject.toml's Apache-2.0, as the hub spells it
 SKIPPED = {"training_args.bin", "sft-base", "README.md"}  # a pickle; a copy of the base; peft's stub card
 BASE = "base"  # in the bundle: the adapter's base as full weights, when it exists on no hub
@@ -24,20 +27,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "chat_template.jinja", "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json")
 
 
-@dataclass(frozen=True)
-class DataSource:
-    """A shipped data source as a model card names it (data/README.md holds the licences)."""
-
-    hub_id: str
-    license: str
-
-
-# Mentioned anywhere in a run's resolved config (or an upstream run's), the source was used.
-DATA_SOURCES = {
-    "dialogsum": DataSource("knkarthick/dialogsum", "cc-by-nc-sa-4.0"),
-    "hh-rlhf": DataSource("Anthropic/hh-rlhf", "mit"),
-    "truthfulqa": DataSource("truthfulqa/truthful_qa", "apache-2.0"),
-}
 # Zoo models are local conversions (a dequantized GGUF ...): the card names the upstream model they come from.
 ZOO_UPSTREAM = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
                 "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -51,8 +40,8 @@ def model_folder(path: Path) -> Path:
     """The folder with the model files: ``path`` itself, or a run folder's ``final/``."""
     for folder in (path, path / "final"):
         # adapter/ alone: an RL policy trained on a quantized base (nothing merged; rlhf.ppo.checkpoint.save_final)
-        if any((folder / name).is_file() for name in ("config.json", "adapter_config.json", "reward_config.json",
-                                                       "adapter/adapter_config.json")):
+        if any((folder / name).is_file() for name in ("config.json", ADAPTER_CONFIG, "reward_config.json",
+                                                       f"adapter/{ADAPTER_CONFIG}")):
             return folder
     raise ExportError(f"{path}: neither a model folder (config.json / adapter_config.json) nor a run with final/")
 
@@ -60,9 +49,9 @@ def model_folder(path: Path) -> Path:
 def model_kind(folder: Path) -> str:
     if (folder / "reward_config.json").is_file():
         return "reward"
-    if (folder / "adapter" / "adapter_config.json").is_file():
+    if is_adapter_folder(folder / "adapter"):
         return "rl-policy"
-    if (folder / "adapter_config.json").is_file():
+    if is_adapter_folder(folder):
         return "adapter"
     return "full"
 
@@ -73,7 +62,7 @@ def _base_model(folder: Path, kind: str) -> str | None:
     from rlhf.policies import PolicyLoadError, adapter_base
 
     adapter = folder / "adapter" if kind == "rl-policy" else folder
-    if (adapter / "adapter_config.json").is_file():
+    if is_adapter_folder(adapter):
         try:
             return adapter_base(adapter)
         except PolicyLoadError:
@@ -122,12 +111,13 @@ def _run_configs(run_dir: Path | None, depth: int = 3) -> list[str]:
     return texts
 
 
-def data_used(run_dir: Path | None) -> list[DataSource]:
+def data_used(run_dir: Path | None) -> list[Source]:
+    """The sources (``rlhf.sources.SOURCES``, by name) a run's resolved config, or an upstream run's, mentions."""
     text = "\n".join(_run_configs(run_dir)).lower()
-    return [source for name, source in DATA_SOURCES.items() if name in text]
+    return [source for name, source in sorted(SOURCES.items()) if name in text]
 
 
-def card_license(sources: Sequence[DataSource]) -> str:
+def card_license(sources: Sequence[Source]) -> str:
     """The model inherits the most restrictive licence of its data: share-alike (CC BY-NC-SA) binds derivatives."""
     share_alike = [s.license for s in sources if "-sa-" in s.license]
     return share_alike[0] if share_alike else LICENSE
@@ -219,22 +209,22 @@ def bundle_base(adapter: Path, bundle: Path, base: str) -> str:
     id; a local base (a zoo model, which is a local conversion, an SFT model, an SFT adapter or RL's ``sft-base``)
     is saved as full weights with its tokenizer in ``bundle/base`` and named relative to the adapter folder. The
     adapter gets a tokenizer when it has none. Returns the name written."""
-    from rlhf.policies import _has_tokenizer, load_weights, _tokenizer_source, set_adapter_base
+    from rlhf.policies import has_tokenizer, load_weights, set_adapter_base, tokenizer_source
     from rlhf.zoo import resolve_model
 
     local = Path(resolve_model(base)).expanduser()
     if local.is_dir():
         target = bundle / BASE
-        if (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
+        if (local / "config.json").is_file() and not is_adapter_folder(local):
             shutil.copytree(local, target, ignore=shutil.ignore_patterns("training_args.bin", "README.md", ".*"))
         else:  # an adapter below an adapter: fold the chain into plain weights
             load_weights(str(local), None).save_pretrained(target)
-        if not _has_tokenizer(target):
-            _copy_tokenizer(Path(_tokenizer_source(str(local))), target)
+        if not has_tokenizer(target):
+            _copy_tokenizer(Path(tokenizer_source(str(local))), target)
         name = set_adapter_base(adapter, BASE if adapter.resolve() == bundle.resolve() else f"../{BASE}")
     else:
         name = set_adapter_base(adapter, base)
-    if not _has_tokenizer(adapter):
+    if not has_tokenizer(adapter):
         _copy_tokenizer(bundle / BASE if local.is_dir() else bundle, adapter)
     return name
 

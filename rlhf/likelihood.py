@@ -21,7 +21,6 @@ the same left-padded batching and position ids as sampling (``rlhf.logprobs.resp
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ from typing import Any, Sequence
 import torch
 
 from rlhf.config import ConfigError
+from rlhf.runtime import autocast
 
-HEAD_SOURCES = {"harmless": "hh-rlhf-harmless", "honest": "truthfulqa", "helpful": "dialogsum"}  # head -> pairs
 
 
 @dataclass
@@ -39,7 +38,7 @@ class JudgeFreeConfig:
     """Metrics that need no reward model: the policies' own log-probs on held-out pairs and TruthfulQA."""
 
     preference_sources: list[str] = field(
-        default_factory=lambda: list(HEAD_SOURCES.values()),
+        default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
         metadata={"help": "sources whose test preference pairs give the preference likelihood "
                           "(hh-rlhf-harmless, truthfulqa, dialogsum); [] = none"})
     pairs_per_source: int = field(default=32, metadata={"help": "pairs drawn per source (data.seed); 0: all",
@@ -55,10 +54,12 @@ class JudgeFreeConfig:
 
 def check_judge_free(cfg: JudgeFreeConfig) -> None:
     """A preference source without shipped pairs is one line naming the key (before any model loads)."""
+    from rlhf.sources import SOURCES
+
     for i, source in enumerate(cfg.preference_sources):
-        if source not in HEAD_SOURCES.values():
+        if source not in SOURCES:
             raise ConfigError(f"judge_free.preference_sources[{i}]: {source!r} has no preference pairs; sources "
-                              f"with pairs: {', '.join(HEAD_SOURCES.values())}")
+                              f"with pairs: {', '.join(SOURCES)}")
 
 
 # ---------------------------------------------------------------- the one log-prob function
@@ -136,9 +137,8 @@ def preference_pairs(cfg: JudgeFreeConfig, split: str, seed: int) -> list[tuple[
     """(head, pair) for every configured source, read through ``rlhf.sources`` (same split as the eval)."""
     from rlhf import sources
 
-    heads = {s: h for h, s in HEAD_SOURCES.items()}
-    return [(heads[s], p) for s in cfg.preference_sources
-            for p in _draw(sources.PREFERENCE_SOURCES[s](split), cfg.pairs_per_source, seed)]
+    return [(sources.SOURCES[s].dimension, p) for s in cfg.preference_sources  # the head a source's pairs train
+            for p in _draw(sources.SOURCES[s].pairs(split), cfg.pairs_per_source, seed)]
 
 
 def truthfulqa_questions(cfg: JudgeFreeConfig, split: str, seed: int) -> list:
@@ -166,7 +166,7 @@ def judge_free_records(policy, cfg: JudgeFreeConfig, split: str = "test", seed: 
         responses += answers
 
     def score(model, start: int, stop: int) -> list[float]:
-        with torch.autocast(model.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with autocast(model.device, bf16):
             return sequence_logprobs(model, policy.tokenizer, chats[start:stop], responses[start:stop], cfg.batch_size,
                                      max_prompt_tokens, cfg.max_response_tokens)
 

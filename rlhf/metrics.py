@@ -7,8 +7,7 @@ cases (``tests/test_metrics.py``). All scores are fractions in [0, 1] (ROUGE and
 * BLEU: corpus BLEU through sacreBLEU (standard tokenisation; its signature goes into the report).
 * Win-rate of A over B with ties counting half, and a Wilson score interval.
 * distinct-n (Li et al., 2016), response length, EOS rate: signs of degenerate output and reward hacking.
-* KL of a policy to its reference on the policy's own samples, per sequence: k1 = sum of log-ratios
-  (unbiased, can be negative on one sample) and k3 = sum of (r - 1) - log r (unbiased, never negative).
+* KL of a policy to its reference on its own samples, per sequence: ``rlhf.logprobs.sequence_kl`` (shared with RL).
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Sequence
 
-import torch
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -175,24 +173,3 @@ def mean_length(lengths: Sequence[int]) -> float:
 def eos_rate(ended: Sequence[bool]) -> float:
     """Fraction of responses that stopped at EOS rather than running into max_new_tokens."""
     return sum(bool(e) for e in ended) / len(ended) if ended else float("nan")
-
-
-# ---------------------------------------------------------------- KL to the reference
-
-
-def sequence_kl(policy_logprobs: torch.Tensor, reference_logprobs: torch.Tensor,
-                mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-sequence KL(policy || reference) estimates from the policy's own sampled tokens.
-
-    All inputs are (batch, response_len): log-probs of the sampled tokens under each model and a 0/1 mask
-    of real response tokens. Returns ``{"k1": (batch,), "k3": (batch,)}`` summed over tokens.
-    k1 = log p - log q; k3 = (r - 1) - log r with r = q / p (Schulman's low-variance, non-negative estimator).
-    """
-    if policy_logprobs.shape != reference_logprobs.shape or policy_logprobs.shape != mask.shape:
-        raise ValueError(f"sequence_kl: shapes differ {tuple(policy_logprobs.shape)}, "
-                         f"{tuple(reference_logprobs.shape)}, {tuple(mask.shape)}")
-    mask = mask.to(policy_logprobs.dtype)
-    log_ratio = (policy_logprobs - reference_logprobs).double()  # (batch, response_len) log p/q
-    k1 = log_ratio
-    k3 = torch.expm1(-log_ratio) + log_ratio  # (q/p - 1) - log(q/p), stable for small ratios
-    return {"k1": (k1 * mask).sum(-1).float(), "k3": (k3 * mask).sum(-1).float()}

@@ -131,29 +131,67 @@ def merged_adapter(base, adapter: str | Path):
     return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
 
 
-def _has_tokenizer(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a tokenizer of its own (an SFT adapter saves one: it may have added tokens)."""
+    return any((Path(folder) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
-def load_weights(path: str, dtype) -> Any:
-    """Full weights for ``path``; adapters on the way down are merged in (they are a base, not the policy)."""
-    from rlhf.zoo import load_causal_lm
+def load_weights(path: str, dtype=None, adapter: str = "", quantization: str = "none") -> Any:
+    """Full causal-LM weights of ``path`` (zoo name, hub id, model folder or adapter folder) with ``adapter`` (an
+    explicit adapter folder, e.g. RL's ``policy.sft_adapter``) merged in: the one loader of a model to start from,
+    for every stage (RL and DPO's SFT start, evaluation, a reward model on an SFT adapter) and the export.
 
-    adapter = adapter_folder(path)
-    if adapter is not None:
-        return merged_adapter(load_weights(adapter_base(adapter), dtype), adapter)
-    return load_causal_lm(path, dtype=dtype)
+    Every adapter on the way down is merged in (it is a base, not the policy). ``dtype``: of the weights returned
+    (None: as stored). Merging happens on float32 weights, then the result is cast, or, with ``quantization``
+    (4bit, 8bit), quantized by bitsandbytes with ``dtype`` as the compute dtype (QLoRA): bitsandbytes quantizes
+    only while loading, and a merge into 16-bit weights would round the adapter's delta."""
+    import torch
+
+    from rlhf.quantization import keep_backward, load_kwargs, quantized_copy
+    from rlhf.zoo import load_causal_lm, resolve_model
+
+    if not adapter:
+        own = adapter_folder(resolve_model(path))
+        if own is None:
+            return keep_backward(load_causal_lm(path, dtype=dtype, **load_kwargs(quantization, dtype or torch.float32)))
+        adapter, path = str(own), adapter_base(own)
+    elif not is_adapter_folder(adapter):
+        raise PolicyLoadError(f"{adapter}: has no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
+    merged = merged_adapter(load_weights(path, None if dtype is None else torch.float32), adapter)
+    if quantization != "none":
+        from transformers import AutoModelForCausalLM
+
+        return keep_backward(quantized_copy(merged, quantization, AutoModelForCausalLM, dtype, dtype=dtype))
+    return merged if dtype is None else merged.to(dtype)
 
 
-def _tokenizer_source(path: str) -> str:
-    """The adapter folder's own tokenizer when it saved one, else the base's (followed down the chain)."""
-    folder = Path(path).expanduser()
-    if folder.is_dir() and _has_tokenizer(folder):
+def merged_as_trained(adapter: str | Path, dtype) -> Any:
+    """A trained adapter merged onto its base loaded as ``dtype``: the weights the policy ran with while it trained
+    on that base (a sharded run's final merge, from the saved adapter, as the unsharded run merges in place)."""
+    return merged_adapter(load_weights(adapter_base(adapter), dtype), adapter)
+
+
+def tokenizer_source(path: str, adapter: str = "") -> str:
+    """Where the tokenizer of ``path`` (with ``adapter`` on top) is: the adapter's own when it saved one, else the
+    first folder down ``path``'s chain of adapter bases that has one, else ``path`` itself (a zoo name, hub id)."""
+    from rlhf.zoo import resolve_model
+
+    if adapter and has_tokenizer(adapter):
+        return str(adapter)
+    folder = Path(resolve_model(path)).expanduser()
+    if folder.is_dir() and has_tokenizer(folder):
         return str(folder)
-    adapter = adapter_folder(path)
-    if adapter is not None:
-        return _tokenizer_source(str(adapter) if adapter != folder else adapter_base(adapter))
+    own = adapter_folder(folder)
+    if own is not None:
+        return tokenizer_source(str(own) if own != folder else adapter_base(own))
     return path
+
+
+def load_tokenizer(path: str, adapter: str = ""):
+    """The tokenizer of ``path`` with ``adapter`` on top (:func:`tokenizer_source`), as the zoo loads it."""
+    from rlhf.zoo import load_tokenizer as load
+
+    return load(tokenizer_source(path, adapter))
 
 
 @dataclass
@@ -195,7 +233,6 @@ def load_policy(name: str, path: str, base: str = "", reference: str = "", dtype
     import torch
 
     from rlhf.generation import prepare_tokenizer
-    from rlhf.zoo import load_tokenizer
 
     dtype = dtype or torch.float32
     if not path:
@@ -210,9 +247,7 @@ def load_policy(name: str, path: str, base: str = "", reference: str = "", dtype
                               f"{ADAPTER_CONFIG} (a PEFT adapter)")
     if base and adapter is None:
         raise PolicyLoadError(f"policy {name!r}: `base` is set but {path} is not an adapter folder")
-    own_tokenizer = adapter is not None and _has_tokenizer(adapter)
-    tokenizer_source = str(adapter) if own_tokenizer else _tokenizer_source(base) if base else _tokenizer_source(path)
-    tokenizer = prepare_tokenizer(load_tokenizer(tokenizer_source))
+    tokenizer = prepare_tokenizer(load_tokenizer(base or path, "" if adapter is None else str(adapter)))
     if adapter is not None:
         from peft import PeftModel
 

@@ -162,6 +162,19 @@ def read_prompts(path: str | Path, limit: int | None = None, log_rows: bool = Fa
     return prompts
 
 
+def prompts_from_file(path: str | Path, log_rows: bool = False) -> list[str]:
+    """RL prompts from a file: ``.txt`` (one prompt per line) or rows with a ``prompt`` field (:func:`read_prompts`)."""
+    path = Path(path)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise RecordError(path, None, None, "file not found")
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if log_rows:
+            print(f"[data] {path}: {len(prompts)} prompts read", file=sys.stderr, flush=True)
+        return prompts
+    return read_prompts(path, log_rows=log_rows)
+
+
 class _DuplicateKey(ValueError):
     """A JSON object that gives one key twice (``json`` would silently keep the last value)."""
 

@@ -49,17 +49,25 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     raise ValueError(f"{type(model).__name__}: no list of transformer layers (config.num_hidden_layers) to shard")
 
 
-def check_wrappable(model_name: str, key: str, causal_lm: bool = True) -> None:
-    """Under an FSDP launch, refuse in one line naming ``key`` (a ConfigError) a model whose blocks
-    :func:`transformer_blocks` cannot find, before any weights load and before a run folder exists: its config
-    is built on the meta device (no weights) and searched the way the stage will search the real model. A name
-    whose config cannot be read here (an adapter folder, a hub id offline) is left to the model loader."""
+def check_wrappable(model_name: str, key: str, causal_lm: bool = True, quantization: str = "none",
+                    quantization_key: str = "") -> None:
+    """Under an FSDP launch, refuse in one line (a ConfigError), before any weights load and before a run folder
+    exists, what the stage could not shard: a base quantized as ``quantization`` (named by ``quantization_key``)
+    when more than one process would shard it, and a model whose blocks :func:`transformer_blocks` cannot find
+    (named by ``key``): its config is built on the meta device (no weights) and searched the way the stage will
+    search the real model. A name whose config cannot be read here (an adapter folder, a hub id offline) is left
+    to the model loader. Every stage that shards (sft, reward, rl) calls this, its one such check."""
     if not fsdp_requested():
         return
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from rlhf.config import ConfigError
     from rlhf.zoo import resolve_model
+
+    if quantization != "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # bitsandbytes' packed 4-/8-bit weights are no DTensor FSDP2 can split; one process shards nothing.
+        raise ConfigError(f"{quantization_key}: FSDP cannot shard a {quantization} (bitsandbytes) base; "
+                          "use a DDP launch for QLoRA")
 
     try:
         config = AutoConfig.from_pretrained(resolve_model(model_name))

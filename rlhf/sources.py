@@ -1,4 +1,10 @@
-"""Adapters from the shipped datasets (``data/``) to the common records, and leak-free deterministic splits.
+"""The shipped datasets (``data/``), each declared once as a :class:`Source`, and leak-free deterministic splits.
+
+A :class:`Source` says everything a stage reads from one dataset: its file and licence, its preference pairs
+(reward model, DPO, judge-free eval), SFT examples, RL prompts, evaluation items and few-shot examples.
+:data:`SOURCES` holds them by name; the reward, SFT, RL, DPO and evaluation stages, ``rlhf data validate|stats``
+and ``rlhf export`` read it, so a new dataset is one :func:`register` call here (plus its data file): see
+:func:`pair_source` and README "How to extend".
 
 | source | preference pairs (dimension) | SFT examples | conversation root |
 | --- | --- | --- | --- |
@@ -23,6 +29,7 @@ trains the reward model the policies optimise (and DPO), the ``gold`` half the g
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -33,10 +40,11 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence, TypeVar
+from typing import Callable, Iterable, Literal, Mapping, Sequence, TypeVar
 
-from rlhf.records import (PreferenceRecord, RecordError, SFTRecord, load_records, messages_to_prompt, split_last_turn,
-                          transcript_to_messages)
+from rlhf.prompts import Shot
+from rlhf.records import (PreferenceRecord, RecordError, SFTRecord, load_records, messages_to_prompt,
+                          prompt_to_messages, split_last_turn, transcript_to_messages)
 
 Split = Literal["train", "dev", "test", "all"]
 Partition = Literal["proxy", "gold", "all"]
@@ -104,7 +112,7 @@ def _conversations(root_dir: str) -> dict[str, str]:
             x = parent[x]
         return x
 
-    for load in (_hh_all_pairs, _truthfulqa_all_pairs):
+    for load in [source.linking_pairs for source in SOURCES.values() if source.linking_pairs is not None]:
         try:
             answer_roots = _answer_roots(load(Path(root_dir)))
         except FileNotFoundError:  # a data folder without this source
@@ -116,6 +124,12 @@ def _conversations(root_dir: str) -> dict[str, str]:
                     a, b = sorted((find(first), find(root)))
                     parent[b] = a
     return {root: find(root) for root in list(parent)}
+
+
+@functools.lru_cache(maxsize=4)
+def _test_conversations(root_dir: str) -> frozenset[str]:
+    """The conversations of every source's ``test`` split (what a training file may not hold)."""
+    return frozenset(conversation_of(p) for source in SOURCES.values() for p in source.prompts("test"))
 
 
 def conversation_of(prompt: str) -> str:
@@ -150,8 +164,8 @@ def take_partition(items: Iterable[R], partition: Partition, prompt: Callable[[R
 # ---------------------------------------------------------------- HH-RLHF harmless
 
 
-def _hh_all_pairs(root_dir: Path, path: Path | None = None) -> list[PreferenceRecord]:
-    path = path or root_dir / HH_HARMLESS
+def _hh_all_pairs(path: Path) -> list[PreferenceRecord]:
+    """Every pair of the HH-RLHF harmless file (transcripts: the final Assistant turns differ), unsplit."""
     records = []
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for line in fh:
@@ -167,12 +181,7 @@ def _hh_all_pairs(root_dir: Path, path: Path | None = None) -> list[PreferenceRe
 
 
 def hh_harmless_pairs(split: Split = "all", path: str | Path | None = None) -> list[PreferenceRecord]:
-    return take_split(_hh_all_pairs(data_dir(), Path(path) if path else None), split)
-
-
-def hh_harmless_sft(split: Split = "all") -> list[SFTRecord]:
-    return [SFTRecord(messages=transcript_to_messages(p.prompt) + [{"role": "assistant", "content": p.chosen}],
-                      source="hh-rlhf-harmless") for p in hh_harmless_pairs(split)]
+    return take_split(_hh_all_pairs(Path(path) if path else data_dir() / HH_HARMLESS), split)
 
 
 # ---------------------------------------------------------------- TruthfulQA
@@ -325,11 +334,144 @@ def dialogsum_sft(split: Split = "all") -> list[SFTRecord]:
             for it in dialogsum_items(split)]
 
 
-# ---------------------------------------------------------------- everything together
+# ---------------------------------------------------------------- one declaration per source
 
-PREFERENCE_SOURCES = {"hh-rlhf-harmless": hh_harmless_pairs, "truthfulqa": truthfulqa_pairs,
-                      "dialogsum": dialogsum_pairs}
-SFT_SOURCES = {"hh-rlhf-harmless": hh_harmless_sft, "truthfulqa": truthfulqa_sft, "dialogsum": dialogsum_sft}
+
+@dataclass
+class EvalItem:
+    """One held-out prompt: what the policy is asked and what its answer is judged against."""
+
+    source: str
+    id: str
+    prompt: str  # what the reward model sees as the prompt (plain text or an HH transcript)
+    messages: list[dict[str, str]]  # the zero-shot chat given to the policy
+    references: list[str] = field(default_factory=list)  # reference answers (ROUGE/BLEU); empty when none
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset, declared once: every stage reads what it needs from it through here. Each reader takes a split
+    (``train``, ``dev``, ``test``, ``all``; by conversation, see :func:`take_split`)."""
+
+    name: str  # what configs call it (data.sources, data.mixture[].source, judge_free.preference_sources)
+    file: str  # its data file under data/ (data/README.md holds its licence notes)
+    hub_id: str  # where it comes from, as a model card names it
+    license: str  # its licence, as the hub spells it (a model trained on it inherits a share-alike one)
+    dimension: str  # the HHH head its preference pairs train (helpful, honest, harmless)
+    pairs: Callable[[Split], list[PreferenceRecord]]  # the reward model's, DPO's and the judge-free eval's pairs
+    sft: Callable[[Split], list[SFTRecord]]  # SFT examples
+    prompts: Callable[[Split], list[str]]  # RL prompts
+    eval_items: Callable[[Split], list[EvalItem]]  # what evaluation asks (test split), with references
+    shots: Callable[[Split], list[Shot]]  # few-shot examples (evaluation reads the train split)
+    # Every pair unsplit, from a data folder, when pairs share answers across prompts: those answers join the
+    # prompts' roots into one conversation, which the split keeps together (None: each root stands alone).
+    linking_pairs: Callable[[Path], list[PreferenceRecord]] | None = None
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register(source: Source) -> Source:
+    """Add a source to :data:`SOURCES` (by its name; a name already there is an error)."""
+    if source.name in SOURCES:
+        raise ValueError(f"source {source.name!r} is already registered")
+    SOURCES[source.name] = source
+    _test_conversations.cache_clear()
+    _conversations.cache_clear()
+    return source
+
+
+def unregister(name: str) -> None:
+    """Remove a source (tests that register a toy one)."""
+    SOURCES.pop(name)
+    _test_conversations.cache_clear()
+    _conversations.cache_clear()
+
+
+def single_turn_shots(pairs: Iterable[PreferenceRecord]) -> list[Shot]:
+    """Few-shot examples from pairs: each single-turn prompt with its chosen answer."""
+    return [Shot(msgs[0]["content"], p.chosen) for p in pairs if len(msgs := prompt_to_messages(p.prompt)) == 1]
+
+
+def pair_eval_items(name: str, prompts: Iterable[str], id_prefix: str) -> list[EvalItem]:
+    """One evaluation item per distinct prompt (no reference answer), ids ``<id_prefix>-<i>``."""
+    return [EvalItem(name, f"{id_prefix}-{i}", p, prompt_to_messages(p)) for i, p in enumerate(dict.fromkeys(prompts))]
+
+
+def read_pair_file(name: str) -> Callable[[Path], list[PreferenceRecord]]:
+    """A reader of a preference-record file (JSONL/CSV in our schema or TRL's; ``rlhf data validate`` checks it),
+    its records marked as source ``name``; a bad row is an error naming file, line and field."""
+
+    def read(path: Path) -> list[PreferenceRecord]:
+        result = load_records(path, kind="preference")
+        if result.errors:
+            raise result.errors[0]
+        return [dataclasses.replace(r, source=name) for r in result.records]  # type: ignore[arg-type]
+
+    return read
+
+
+def pair_source(name: str, file: str, hub_id: str, license: str, dimension: str,
+                read: Callable[[Path], list[PreferenceRecord]] | None = None, id_prefix: str = "",
+                links_conversations: bool = False) -> Source:
+    """A source that is preference pairs (HH-RLHF's shape): its SFT examples are each prompt's chat with the chosen
+    answer, its RL prompts and evaluation items the pairs' prompts, its shots the single-turn prompts with their
+    chosen answers. ``read``: every pair of the file, unsplit (default: :func:`read_pair_file`)."""
+    read = read or read_pair_file(name)
+
+    def pairs(split: Split = "all") -> list[PreferenceRecord]:
+        return take_split(read(data_dir() / file), split)
+
+    def sft(split: Split = "all") -> list[SFTRecord]:
+        return [SFTRecord(messages=transcript_to_messages(p.prompt) + [{"role": "assistant", "content": p.chosen}],
+                          source=name) for p in pairs(split)]
+
+    return Source(name, file, hub_id, license, dimension, pairs=pairs, sft=sft,
+                  prompts=lambda split: [p.prompt for p in pairs(split)],
+                  eval_items=lambda split: pair_eval_items(name, (p.prompt for p in pairs(split)), id_prefix or name),
+                  shots=lambda split: single_turn_shots(pairs(split)),
+                  linking_pairs=(lambda root: read(root / file)) if links_conversations else None)
+
+
+register(pair_source("hh-rlhf-harmless", HH_HARMLESS, "Anthropic/hh-rlhf", "mit", "harmless", read=_hh_all_pairs,
+                     id_prefix="hh", links_conversations=True))
+register(Source(
+    "truthfulqa", TRUTHFULQA, "truthfulqa/truthful_qa", "apache-2.0", "honest",
+    pairs=truthfulqa_pairs, sft=truthfulqa_sft,
+    prompts=lambda split: [it.question for it in truthfulqa_items(split)],
+    eval_items=lambda split: [EvalItem("truthfulqa", f"tqa-{i}", it.question, [{"role": "user", "content": it.question}],
+                                       [it.best_answer] + [c for c in it.correct if c != it.best_answer])
+                              for i, it in enumerate(truthfulqa_items(split))],
+    shots=lambda split: [Shot(it.question, it.best_answer) for it in truthfulqa_items(split)],
+    linking_pairs=_truthfulqa_all_pairs))
+register(Source(
+    "dialogsum", DIALOGSUM, "knkarthick/dialogsum", "cc-by-nc-sa-4.0", "helpful",
+    pairs=dialogsum_pairs, sft=dialogsum_sft,
+    prompts=lambda split: [it.prompt for it in dialogsum_items(split)],
+    eval_items=lambda split: [EvalItem("dialogsum", it.fname, it.prompt, [{"role": "user", "content": it.prompt}],
+                                       [it.summary]) for it in dialogsum_items(split)],
+    shots=lambda split: [Shot(it.prompt, it.summary) for it in dialogsum_items(split)]))
+
+
+class _Readers(Mapping):
+    """A live view of :data:`SOURCES`: source name -> one of its readers (a source registered later shows)."""
+
+    def __init__(self, reader: str):
+        self.reader = reader
+
+    def __getitem__(self, name: str):
+        return getattr(SOURCES[name], self.reader)
+
+    def __iter__(self):
+        return iter(SOURCES)
+
+    def __len__(self) -> int:
+        return len(SOURCES)
+
+
+PREFERENCE_SOURCES: Mapping[str, Callable[[Split], list[PreferenceRecord]]] = _Readers("pairs")
+SFT_SOURCES: Mapping[str, Callable[[Split], list[SFTRecord]]] = _Readers("sft")
+PROMPT_SOURCES: Mapping[str, Callable[[Split], list[str]]] = _Readers("prompts")
 
 
 def preference_records(sources: Sequence[str], split: Split = "train") -> list[PreferenceRecord]:
@@ -355,13 +497,6 @@ def sft_records(source: str, split: Split = "train") -> list[SFTRecord]:
     return take_split(result.records, split, prompt=lambda r: messages_to_prompt(r.prompt_messages))
 
 
-@functools.lru_cache(maxsize=4)
-def _test_conversations(root_dir: str) -> frozenset[str]:
-    prompts = ([p.prompt for p in hh_harmless_pairs("test")] + [it.prompt for it in truthfulqa_items("test")]
-               + [it.prompt for it in dialogsum_items("test")])
-    return frozenset(conversation_of(p) for p in prompts)
-
-
 def check_train_file(path: str | Path, records: Sequence[PreferenceRecord], lines: Sequence[int]) -> None:
     """A file used whole for training (``extra_files_split: train``): a RecordError at the first row whose
     conversation (its prompt, or its first Human turn) is in a shipped ``test`` split, which it would leak."""
@@ -374,8 +509,7 @@ def check_train_file(path: str | Path, records: Sequence[PreferenceRecord], line
 
 
 def shipped_files() -> list[Path]:
-    root = data_dir()
-    return [root / HH_HARMLESS, root / TRUTHFULQA, root / DIALOGSUM]
+    return [data_dir() / source.file for source in SOURCES.values()]
 
 
 @dataclass

@@ -65,16 +65,14 @@ def one_torch_thread():
 def no_model_loads(monkeypatch):
     """Any causal-LM load fails the test: for checks that must end a stage before its model loads.
 
-    ``rlhf.ppo.policy`` binds ``load_causal_lm`` when first imported: it is imported (with the real loader)
-    before the patch and patched too, so no module keeps the failing loader after the test."""
-    import rlhf.ppo.policy
+    Every causal LM of a stage loads through the zoo's ``load_causal_lm`` (``rlhf.policies.load_weights`` imports it
+    when called), so patching the zoo catches them all."""
     import rlhf.zoo
 
     def fail(*args, **kwargs):
         raise AssertionError("a model loaded before the stage's checks ended it")
 
-    for module in (rlhf.zoo, rlhf.ppo.policy):
-        monkeypatch.setattr(module, "load_causal_lm", fail)
+    monkeypatch.setattr(rlhf.zoo, "load_causal_lm", fail)
 
 
 @pytest.fixture

@@ -125,12 +125,12 @@ def test_trl_logs_are_renamed_into_our_namespaces():
     ([], [], r"data\.extra_files\[0\]: .*bad\.jsonl: file is empty"),
 ])
 def test_a_file_without_pairs_is_one_line_before_any_model(tmp_path, capsys, monkeypatch, rows, flags, expected):
-    import rlhf.ppo.policy
+    import rlhf.policies
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr(rlhf.ppo.policy, "load_sft_model", no_model)
+    monkeypatch.setattr(rlhf.policies, "load_weights", no_model)
     bad = write_jsonl(tmp_path / "bad.jsonl", rows)
     out = tmp_path / "runs"
     assert cli(tiny_args(out, "--data.sources", "[]", "--data.extra_files", f"[{bad}]", *flags)) == 2

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from reward_models.types import RewardScores
+from rlhf.logprobs import response_mask
 from rlhf import evaluate as ev
 from rlhf.config import RunConfig
 from rlhf.generation import GenerationSettings
@@ -92,7 +93,8 @@ def adapters(tmp_path_factory, tiny_llama_path):
 
 def test_response_mask_stops_after_first_eos():
     ids = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 5, 2, 2]])  # EOS (= pad) id 2
-    assert ev.response_mask(ids, eos_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    mask, ended = response_mask(ids, 2)  # rlhf.logprobs: RL's mask too
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]] and ended.tolist() == [True, False, True]
 
 
 def test_response_logprobs_unaffected_by_left_padding(tiny_llama_path):
@@ -125,7 +127,7 @@ def test_generation_logits_equal_a_forward_pass(tiny_llama_path):
                          return_dict_in_generate=True, output_logits=True)
     prompt_len = batch["input_ids"].shape[1]
     response = out.sequences[:, prompt_len:]
-    mask = ev.response_mask(response, tokenizer.eos_token_id)
+    mask = response_mask(response, tokenizer.eos_token_id)[0].long()
     from_generate = torch.log_softmax(torch.stack(out.logits, 1).float(), -1).gather(-1, response[..., None]).squeeze(-1)
     forward = ev.response_logprobs(model, out.sequences, torch.cat([batch["attention_mask"], mask], 1), prompt_len)
     assert torch.allclose(from_generate * mask, forward * mask, atol=1e-4)

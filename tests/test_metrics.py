@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rlhf import metrics
+from rlhf.logprobs import sequence_kl
 
 
 # ---------------------------------------------------------------- ROUGE
@@ -140,25 +141,25 @@ def test_length_and_eos_rate():
 def test_sequence_kl_zero_for_identical_policies_and_masked():
     logp = torch.log(torch.tensor([[0.5, 0.2, 0.9], [0.1, 0.3, 0.7]]))
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    kl = metrics.sequence_kl(logp, logp.clone(), mask)
+    kl = sequence_kl(logp, logp.clone(), mask)
     assert torch.allclose(kl["k1"], torch.zeros(2)) and torch.allclose(kl["k3"], torch.zeros(2))
     # Only masked-in tokens count: changing the reference at a padded position changes nothing.
     ref = logp.clone()
     ref[0, 2] = -10.0
-    assert torch.allclose(metrics.sequence_kl(logp, ref, mask)["k1"], torch.zeros(2))
+    assert torch.allclose(sequence_kl(logp, ref, mask)["k1"], torch.zeros(2))
 
 
 def test_sequence_kl_hand_computed_and_signs():
     # One token: policy p = 0.8, reference q = 0.2. k1 = log 4; k3 = (0.25 - 1) + log 4.
     logp, logq = torch.log(torch.tensor([[0.8]])), torch.log(torch.tensor([[0.2]]))
-    kl = metrics.sequence_kl(logp, logq, torch.ones(1, 1))
+    kl = sequence_kl(logp, logq, torch.ones(1, 1))
     assert kl["k1"].item() == pytest.approx(math.log(4), rel=1e-5)
     assert kl["k3"].item() == pytest.approx(-0.75 + math.log(4), rel=1e-5)
     # A token the reference likes more than the policy: k1 < 0 for that sample, but k3 stays >= 0.
-    kl = metrics.sequence_kl(logq, logp, torch.ones(1, 1))
+    kl = sequence_kl(logq, logp, torch.ones(1, 1))
     assert kl["k1"].item() < 0 < kl["k3"].item()
     # Tokens sum along the sequence.
-    two = metrics.sequence_kl(logp.repeat(1, 2), logq.repeat(1, 2), torch.ones(1, 2))
+    two = sequence_kl(logp.repeat(1, 2), logq.repeat(1, 2), torch.ones(1, 2))
     assert two["k1"].item() == pytest.approx(2 * math.log(4), rel=1e-5)
 
 
@@ -169,7 +170,7 @@ def test_sequence_kl_estimators_agree_with_exact_kl_on_samples():
     q = torch.tensor([0.2, 0.5, 0.3])
     exact = sum(pi * math.log(pi / qi) for pi, qi in zip(p.tolist(), q.tolist()))
     tokens = torch.multinomial(p, 40_000, replacement=True, generator=gen).view(-1, 4)  # (10000, 4) sampled from p
-    kl = metrics.sequence_kl(p.log()[tokens], q.log()[tokens], torch.ones_like(tokens))
+    kl = sequence_kl(p.log()[tokens], q.log()[tokens], torch.ones_like(tokens))
     assert kl["k1"].mean().item() == pytest.approx(4 * exact, rel=0.05)
     assert kl["k3"].mean().item() == pytest.approx(4 * exact, rel=0.05)
     assert (kl["k3"] >= 0).all() and (kl["k1"] < 0).any()
@@ -177,4 +178,4 @@ def test_sequence_kl_estimators_agree_with_exact_kl_on_samples():
 
 def test_sequence_kl_rejects_shape_mismatch():
     with pytest.raises(ValueError, match="shapes differ"):
-        metrics.sequence_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4))
+        sequence_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4))

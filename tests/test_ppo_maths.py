@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 
-from rlhf.ppo.experience import response_mask_from_tokens
+from rlhf.logprobs import entropy_from_logits, kl_per_token, logprobs_from_logits, response_mask, sequence_kl
 from rlhf.ppo.kl import AdaptiveKLController, FixedKLController, make_kl_controller
-from rlhf.ppo.maths import (clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_per_token,
-                            logprobs_from_logits, masked_mean, masked_var, masked_whiten)
+from rlhf.ppo.maths import clipped_policy_loss, clipped_value_loss, gae, masked_mean, masked_var, masked_whiten
 from rlhf.ppo.rewards import RunningMoments, place_scores, shape_scores
 
 
@@ -133,7 +132,7 @@ def test_logprobs_and_entropy_from_logits():
 def test_no_grad_log_probs_and_entropy_by_row_chunks_equal_one_pass(monkeypatch, temperature):
     """The no-grad path reduces the logits a few rows at a time (memory); the result must not change,
     and the gradient path (one pass) must give the same values."""
-    from rlhf import logprobs
+    from rlhf import logprobs  # the one module of log-probs, masks and KL (evaluation and RL)
 
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 13).to(torch.bfloat16)  # bf16 in, float32 out, as under autocast
@@ -155,7 +154,7 @@ def test_no_grad_log_probs_and_entropy_by_row_chunks_equal_one_pass(monkeypatch,
 @pytest.mark.parametrize("dtype,temperature", [(torch.float64, 1.0), (torch.float64, 0.7), (torch.bfloat16, 0.7)])
 def test_log_probs_gradient_by_row_chunks_equals_autograd(monkeypatch, dtype, temperature):
     """The chunked backward of logprobs_from_logits against autograd through log_softmax."""
-    from rlhf import logprobs
+    from rlhf import logprobs  # the one module of log-probs, masks and KL (evaluation and RL)
 
     torch.manual_seed(0)
     base = torch.randn(3, 5, 13, dtype=torch.float64)
@@ -198,6 +197,18 @@ def test_response_mask_from_eos_position_even_when_pad_is_eos():
     eos = 7
     # row 0 ends at its EOS, followed by pad (= EOS); row 1 never ends; row 2 ends at once
     ids = torch.tensor([[3, 4, eos, eos, eos], [3, 4, 5, 6, 3], [eos, eos, eos, eos, eos]])
-    mask, has_eos = response_mask_from_tokens(ids, eos)
+    mask, has_eos = response_mask(ids, eos)
     torch.testing.assert_close(mask, torch.tensor([[1.0, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]))
     assert has_eos.tolist() == [True, False, True]
+
+
+def test_rl_and_evaluation_kl_are_one_estimator():
+    """RL's per-token KL summed over a response is evaluation's per-sequence KL (rlhf.logprobs, written once):
+    p = 1/2, q = 1/4 on the first token (k1 = log 2, k3 = -1/2 + log 2), equal on the second, masked third."""
+    logp = torch.tensor([[math.log(0.5), math.log(0.3), 0.0]])
+    ref = torch.tensor([[math.log(0.25), math.log(0.3), -5.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    per_sequence = sequence_kl(logp, ref, mask)
+    for estimator, expected in (("k1", math.log(2)), ("k3", -0.5 + math.log(2))):
+        assert per_sequence[estimator].item() == pytest.approx(expected, abs=1e-6)
+        assert (kl_per_token(logp, ref, estimator) * mask).sum().item() == pytest.approx(expected, abs=1e-6)

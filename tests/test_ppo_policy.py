@@ -6,8 +6,9 @@ import torch
 
 from rlhf.lora import LoraConfig as LoraSection
 from rlhf.ppo.config import PolicySection
-from rlhf.ppo.maths import logprobs_from_logits
-from rlhf.ppo.policy import build_actor_critic, load_sft_model, response_position_ids
+from rlhf.logprobs import logprobs_from_logits, response_position_ids
+from rlhf.policies import load_weights
+from rlhf.ppo.policy import build_actor_critic
 from rlhf.ppo.sampler import FastSampler, sampling_lm_head
 from rlhf.zoo import load_causal_lm, load_tokenizer
 
@@ -86,8 +87,8 @@ def test_sft_adapter_is_merged_before_ppo_lora(tiny_llama_path, tmp_path):
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         expected = sft(input_ids=ids).logits
-    for merged in (load_sft_model(tiny_llama_path, str(tmp_path / "sft")),  # base + adapter
-                   load_sft_model(str(tmp_path / "sft"))):  # the adapter folder alone names its base
+    for merged in (load_weights(tiny_llama_path, torch.float32, adapter=str(tmp_path / "sft")),  # base + adapter
+                   load_weights(str(tmp_path / "sft"), torch.float32)):  # the adapter folder alone names its base
         with torch.no_grad():
             torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
     model = build_actor_critic(PolicySection(model=tiny_llama_path, sft_adapter=str(tmp_path / "sft"), precision="fp32"),

@@ -37,10 +37,10 @@ def test_full_fine_tuning_of_a_quantized_base_is_one_line(capsys, tmp_path):
 
 
 def test_a_missing_backend_is_one_line_before_any_model_loads(monkeypatch, capsys, tmp_path):
-    import rlhf.ppo.policy
+    import rlhf.policies
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes now raises ImportError
-    monkeypatch.setattr(rlhf.ppo.policy, "load_sft_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(rlhf.policies, "load_weights", lambda *a, **k: pytest.fail("a model was loaded"))
     assert cli(["--config", str(TINY), "--run.output_dir", str(tmp_path), "--policy.quantization", "8bit"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "policy.quantization: 8bit needs bitsandbytes" in err, err

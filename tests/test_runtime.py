@@ -17,3 +17,16 @@ def test_an_earlier_bf16_accelerator_does_not_leak_into_the_next_stage():
         assert not torch.is_autocast_enabled("cpu")
     finally:
         fresh_accelerator_state()
+
+
+def test_autocast_is_bf16_when_asked_and_nothing_otherwise():
+    """rlhf.runtime.autocast: the one autocast every stage (eval, judge-free, SFT forgetting, reward, RL) uses."""
+    from rlhf.runtime import autocast
+
+    cpu = torch.device("cpu")
+    with autocast(cpu, bf16=True):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(cpu, bf16=False):
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

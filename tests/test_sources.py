@@ -1,5 +1,9 @@
+import io
 import json
 from collections import Counter
+from pathlib import Path
+
+import pytest
 
 from rlhf import sources
 from rlhf.cli import main
@@ -158,3 +162,92 @@ def test_rl_reads_train_and_dev_prompts_only(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": p}) for p in (chat, longer)) + "\n")
     assert sum(len(load_prompts([str(path)], s)) == 2 for s in ("train", "dev", "test")) == 1
+
+
+# ---------------------------------------------------------------- a new source is one declaration
+
+
+TOY = "toy-helpful"
+
+
+def _toy_pairs(n: int = 60) -> list[dict]:
+    return [{"prompt": f"How do I water plant number {i}?", "chosen": f"Water plant {i} twice a week.",
+             "rejected": f"Plant {i} needs no water at all.", "dimension": ["helpful"]} for i in range(n)]
+
+
+def test_a_source_registered_in_one_place_reaches_every_stage_that_reads_sources(tmp_path, monkeypatch):
+    """README "How to extend: a new data source": one ``sources.register`` (here in-process, its file in tmp) and
+    the reward model's pairs, SFT examples, RL prompts, evaluation items and shots, judge-free pairs, the stages'
+    input validation, the test-split leak check, ``rlhf data stats`` and the export's card all see it, with no
+    other file edited."""
+    import re
+
+    from reward_models.config import RewardStageConfig
+    from reward_models.data import load_pairs
+    from rlhf import evaluate as ev
+    from rlhf.config import ConfigError, load_config
+    from rlhf.datatools import stats, validate_stage_inputs
+    from rlhf.export import card_license, data_used
+    from rlhf.likelihood import JudgeFreeConfig, check_judge_free, preference_pairs
+    from rlhf.ppo.config import RLStageConfig
+    from rlhf.ppo.prompts import load_prompts
+    from rlhf.records import RecordError
+    from rlhf.sft.config import SFTStageConfig
+
+    rows = _toy_pairs()
+    path = tmp_path / "toy" / "pairs.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    toy = sources.pair_source(TOY, str(path), hub_id="someone/toy-helpful", license="cc-by-sa-4.0", dimension="helpful")
+    before = list(sources.SOURCES)
+    sources.register(toy)
+    try:
+        # the readers: every split together is the whole file, split by conversation, never twice
+        splits = {s: sources.PREFERENCE_SOURCES[TOY](s) for s in ("train", "dev", "test")}
+        assert sorted(p.prompt for ps in splits.values() for p in ps) == sorted(r["prompt"] for r in rows)
+        assert all(splits.values()) and all(p.source == TOY and p.dimension == ["helpful"] for p in splits["train"])
+        # the reward model's (and DPO's) pairs
+        assert {p.prompt for p in load_pairs([TOY, "truthfulqa"], [], "test") if p.source == TOY} == \
+            {p.prompt for p in splits["test"]}
+        # SFT examples: the chat with the chosen answer
+        sft = sources.SFT_SOURCES[TOY]("train")
+        assert [m["content"] for m in sft[0].messages] == [splits["train"][0].prompt, splits["train"][0].chosen]
+        # RL prompts (train), held out from evaluation's (test)
+        train_prompts = load_prompts([TOY], "train")
+        assert train_prompts == [p.prompt for p in splits["train"]]
+        items = ev.load_items(TOY, "test")
+        assert [it.prompt for it in items] == [p.prompt for p in splits["test"]] and not set(train_prompts) & {
+            it.prompt for it in items}
+        assert items[0].messages == [{"role": "user", "content": items[0].prompt}] and items[0].id == f"{TOY}-0"
+        assert ev.choose_shots(TOY, 2, seed=0, max_prompt_chars=200)[0].prompt in train_prompts
+        # judge-free preference likelihood: the source's pairs under its head
+        jf = JudgeFreeConfig(preference_sources=[TOY], pairs_per_source=0)
+        check_judge_free(jf)
+        assert {head for head, _ in preference_pairs(jf, "test", 0)} == {"helpful"}
+        # every stage's input validation accepts the name (and still refuses an unknown one)
+        monkeypatch.chdir(Path(__file__).resolve().parents[1])
+        for stage, config_class, config, key in (("reward", RewardStageConfig, "reward_tiny", "data.sources"),
+                                                 ("ppo", RLStageConfig, "ppo_tiny", "data.sources"),
+                                                 ("sft", SFTStageConfig, "sft_tiny", "data.mixture")):
+            value = f"[{{source: {TOY}}}]" if stage == "sft" else f"[{TOY}]"
+            cfg, _ = load_config(config_class, ["--config", f"pipelines/configs/{config}.yaml", f"--{key}", value])
+            validate_stage_inputs(stage, cfg)
+        cfg.data.mixture[0].source = "toy-nope"
+        with pytest.raises(ConfigError, match=re.escape(TOY)):  # the known names listed include the new one
+            validate_stage_inputs("sft", cfg)
+        # a training file may not hold one of its test conversations (the leak check reads every source)
+        with pytest.raises(RecordError, match="shipped test split"):
+            sources.check_train_file("mine.jsonl", splits["test"][:1], [1])
+        # `rlhf data stats` reads its file through its readers; the export names it with its licence
+        out = io.StringIO()
+        assert stats([str(path)], out=out) == 0
+        assert f"{path} [preference, test]: {len(splits['test'])} preferences" in out.getvalue()
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "config.yaml").write_text(f"data:\n  sources: [{TOY}, truthfulqa]\n", encoding="utf-8")
+        assert [s.name for s in data_used(run)] == [TOY, "truthfulqa"]
+        assert card_license(data_used(run)) == "cc-by-sa-4.0"
+    finally:
+        sources.unregister(TOY)
+    assert list(sources.SOURCES) == before
+    assert TOY not in sources.PREFERENCE_SOURCES and TOY not in sources.PROMPT_SOURCES

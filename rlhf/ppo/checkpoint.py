@@ -175,11 +175,11 @@ def sft_start(policy_cfg) -> str:
 def sft_start_folder(policy_cfg) -> str | None:
     """The folder (or hub id) whose weights are exactly the RL LoRA's base, or None when that base was made in
     memory by merging an SFT adapter (then only a saved copy can stand for it)."""
-    from rlhf.ppo.policy import ADAPTER_CONFIG
+    from rlhf.policies import adapter_folder
     from rlhf.zoo import resolve_model
 
     path = resolve_model(policy_cfg.model)
-    if policy_cfg.sft_adapter or (Path(path) / ADAPTER_CONFIG).is_file():
+    if policy_cfg.sft_adapter or adapter_folder(path) is not None:
         return None
     return str(Path(path).resolve()) if Path(path).is_dir() else path
 
@@ -191,13 +191,12 @@ def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
     named portably (``rlhf.policies.portable_base``: a zoo name, a hub id, or a folder relative to the adapter,
     which peft reads from the working directory and our loaders from the adapter folder). The RL and DPO stages'
     ``final/adapter``. Returns the base written."""
-    from rlhf.policies import set_adapter_base
-    from rlhf.ppo.policy import load_sft_model
+    from rlhf.policies import load_weights, set_adapter_base
 
     base = sft_start_folder(policy_cfg)
     if base is None:
         folder = adapter_dir.parent / SFT_BASE
-        load_sft_model(policy_cfg.model, policy_cfg.sft_adapter).save_pretrained(folder)  # fp32, as on disk
+        load_weights(policy_cfg.model, torch.float32, adapter=policy_cfg.sft_adapter).save_pretrained(folder)  # as on disk
         tokenizer.save_pretrained(folder)
         base = str(folder.resolve())
     return set_adapter_base(adapter_dir, base)
@@ -231,7 +230,7 @@ def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
     Merging consumes the adapters: call this last."""
     from safetensors.torch import save_file
 
-    from rlhf.policies import load_weights
+    from rlhf.policies import merged_as_trained
 
     out_dir = Path(out_dir)
     acc, model = trainer.accelerator, trainer.unwrapped
@@ -256,7 +255,7 @@ def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
         if merged and not model.quantized:  # merged into 4-/8-bit weights the RL update would be rounded away
             if sharded:  # the sharded model cannot merge into weights it does not hold whole: merge from the saved
                 # adapter, in this one process, on its base as the adapter names it (a zoo name, ../sft-base)
-                load_weights(str(out_dir / "adapter"), trainer.maker.compute_dtype).save_pretrained(out_dir)
+                merged_as_trained(out_dir / "adapter", trainer.maker.compute_dtype).save_pretrained(out_dir)
             else:
                 model.policy.merge_and_unload().save_pretrained(out_dir)
         trainer.tokenizer.save_pretrained(out_dir)

@@ -6,7 +6,6 @@ sampler's (``rlhf.ppo.sampler``); every algorithm shares this one experience pat
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field, fields
 from typing import Sequence
@@ -16,7 +15,7 @@ from torch import nn
 
 from reward_models.types import RewardScores, Scorer
 from rlhf.generation import GenerationSettings, prepare_tokenizer, render_chat
-from rlhf.ppo.maths import logprobs_from_logits
+from rlhf.logprobs import logprobs_from_logits, response_mask as rollout_mask
 from rlhf.ppo.memory import release_freed_memory
 from rlhf.ppo.policy import PolicyModel, evaluation_mode
 from rlhf.ppo.sampler import FastSampler
@@ -72,19 +71,6 @@ class Experience:
         return Experience(**picked)
 
 
-def response_mask_from_tokens(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, R) generated tokens -> ((B, R) mask up to and including the first EOS, (B,) has_eos).
-
-    Built from the EOS position, never from ``ids == pad``: SmolLM2's pad token *is* its EOS.
-    """
-    is_eos = response_ids == eos_token_id
-    has_eos = is_eos.any(1)
-    first_eos = torch.where(has_eos, is_eos.int().argmax(1), torch.full_like(has_eos, response_ids.shape[1], dtype=torch.long))
-    lengths = torch.where(has_eos, first_eos + 1, first_eos)  # (B,) response lengths
-    positions = torch.arange(response_ids.shape[1], device=response_ids.device)
-    return (positions.unsqueeze(0) < lengths.unsqueeze(1)).float(), has_eos
-
-
 def padding_free_span(attention_mask: torch.Tensor, response_mask: torch.Tensor, response_start: int) -> tuple[int, int]:
     """(first, end) columns that hold any real token of these rows: leading prompt pads and trailing
     response pads common to every row can be dropped without changing any output (positions are counted
@@ -124,9 +110,9 @@ class ExperienceMaker:
         return next(self.model.parameters()).device
 
     def autocast(self):
-        if self.compute_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+        from rlhf.runtime import autocast
+
+        return autocast(self.device, bf16=self.compute_dtype != torch.float32)
 
     def tokenize_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         texts = [render_chat(self.tokenizer, prompt_to_messages(p)) for p in prompts]
@@ -162,7 +148,7 @@ class ExperienceMaker:
                       for i in range(0, len(prompts), chunk)]
             width = max(p.sequences.shape[1] - prompt_len for p in passes)
             response_ids = pad_right([p.sequences[:, prompt_len:] for p in passes], width, eos)  # (B, R)
-            response_mask, has_eos = response_mask_from_tokens(response_ids, eos)  # (B, R), (B,)
+            response_mask, has_eos = rollout_mask(response_ids, eos)  # (B, R), (B,)
             input_ids = torch.cat([batch["input_ids"], response_ids], dim=1)  # (B, P + R)
             attention_mask = torch.cat([batch["attention_mask"], response_mask.long()], dim=1)  # (B, P + R)
             trunk = None

@@ -6,14 +6,11 @@ the end of a response, so padded positions never enter a mean, a variance or an 
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-# Token log-probs and entropies are shared with sampling and evaluation: they live in rlhf.logprobs.
-from rlhf.logprobs import entropy_from_logits, logprobs_from_logits  # noqa: F401
-
-KLEstimator = Literal["k1", "k3"]
+# Log-probs, entropy and the KL estimators are evaluation's too: they live in rlhf.logprobs (re-exported here for
+# the RL trainer and losses, which read them beside the maths below).
+from rlhf.logprobs import KLEstimator, entropy_from_logits, kl_per_token, logprobs_from_logits  # noqa: F401
 
 
 # ---------------------------------------------------------------- masked statistics
@@ -52,23 +49,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
-
-
-# ---------------------------------------------------------------- KL estimators
-
-
-def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from the sampled tokens' log-probs (Schulman's k1/k3).
-
-    k1 = log p - log q: unbiased, can be negative per token. k3 = (q/p - 1) - log(q/p): unbiased, never
-    negative, lower variance when the two policies are close.
-    """
-    log_ratio = logprobs - ref_logprobs  # log p/q
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r} (use k1 or k3)")
 
 
 # ---------------------------------------------------------------- advantages

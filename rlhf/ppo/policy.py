@@ -20,49 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from rlhf.logprobs import response_position_ids
 from rlhf.lora import LoraConfig, add_lora
 from rlhf.ppo.config import PolicySection, RLStageConfig
 from rlhf.ppo.packing import PackedRows, use_varlen_attention
-from rlhf.zoo import load_causal_lm, resolve_model
-
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-# ---------------------------------------------------------------- loading the SFT start
-
-
-def load_sft_model(model: str, sft_adapter: str = "", dtype: torch.dtype = torch.float32, quantization: str = "none"):
-    """The SFT policy as one plain causal LM: merged weights, or base + SFT adapter merged in memory.
-
-    ``model`` may itself be an adapter folder (it has ``adapter_config.json``): its base is loaded and
-    the adapter merged. Merging happens in float32, then the weights are cast to ``dtype``, or, with
-    ``quantization`` (4bit, 8bit), quantized by bitsandbytes with ``dtype`` as the compute dtype (QLoRA)."""
-    from rlhf.quantization import keep_backward, load_kwargs, quantized_copy
-
-    from rlhf.policies import adapter_base
-
-    path = resolve_model(model)
-    adapter = sft_adapter
-    if not adapter and (Path(path) / ADAPTER_CONFIG).is_file():
-        adapter, path = path, adapter_base(path)
-    if not adapter:
-        return keep_backward(load_causal_lm(path, dtype=dtype, **load_kwargs(quantization, dtype)))
-    from transformers import AutoModelForCausalLM
-
-    from rlhf.policies import merged_adapter
-
-    if not (Path(adapter) / ADAPTER_CONFIG).is_file():
-        raise FileNotFoundError(f"policy.sft_adapter: {adapter} has no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
-    base = load_causal_lm(path, dtype=torch.float32)
-    merged = merged_adapter(base, adapter)
-    if quantization != "none":  # the merge needs float weights; bitsandbytes quantizes only while loading
-        return quantized_copy(merged, quantization, AutoModelForCausalLM, dtype, dtype=dtype)
-    return merged.to(dtype)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -70,11 +35,6 @@ def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-
-
-def response_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, exactly as ``generate`` numbers them: (B, T)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 # ---------------------------------------------------------------- the model
@@ -274,12 +234,14 @@ def build_policy_model(cfg: RLStageConfig, dtype: torch.dtype) -> "PolicyModel":
 def build_actor_critic(policy_cfg: PolicySection, lora: LoraConfig, dtype: torch.dtype,
                        value_head: bool = True) -> "PolicyModel":
     """Load the SFT start, add the LoRA (and the critic's, when separate); only those and the head train."""
+    from rlhf.policies import load_weights  # the one loader: SFT adapters merged in float32, then cast or quantized
+
     kind = policy_cfg.quantization
-    base = load_sft_model(policy_cfg.model, policy_cfg.sft_adapter, dtype, kind)
+    base = load_weights(policy_cfg.model, dtype, adapter=policy_cfg.sft_adapter, quantization=kind)
     policy = add_lora(base, lora)
     critic = None
     if policy_cfg.critic:
-        critic = add_lora(load_sft_model(policy_cfg.critic, "", dtype, kind), lora)
+        critic = add_lora(load_weights(policy_cfg.critic, dtype, quantization=kind), lora)
     model = PolicyModel(policy, critic, value_head=value_head)
     disable_dropout(model)
     fast = policy_cfg.sampler == "fast"
@@ -314,11 +276,8 @@ def evaluation_mode(module: nn.Module):
 
 
 def load_policy_tokenizer(policy_cfg: PolicySection):
-    """The SFT adapter's tokenizer when it saved one (it may have added tokens), else the base model's."""
-    from rlhf.policies import _tokenizer_source
-    from rlhf.zoo import load_tokenizer
+    """The RL (and DPO) policy's tokenizer: the SFT adapter's when it saved one, else the model's
+    (``rlhf.policies.load_tokenizer``, the one resolver)."""
+    from rlhf.policies import load_tokenizer
 
-    adapter = policy_cfg.sft_adapter
-    if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
-        return load_tokenizer(adapter)
-    return load_tokenizer(_tokenizer_source(resolve_model(policy_cfg.model)))  # an adapter's own, or its base's
+    return load_tokenizer(policy_cfg.model, policy_cfg.sft_adapter)

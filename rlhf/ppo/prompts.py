@@ -9,43 +9,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from rlhf import sources
-from rlhf.records import RecordError, read_prompts
-
-SHIPPED_PROMPTS: dict[str, Callable[[str], list[str]]] = {
-    "hh-rlhf-harmless": lambda split: [r.prompt for r in sources.hh_harmless_pairs(split)],
-    "truthfulqa": lambda split: [it.question for it in sources.truthfulqa_items(split)],
-    "dialogsum": lambda split: [it.prompt for it in sources.dialogsum_items(split)],
-}
-
-
-def prompts_from_file(path: str | Path, log_rows: bool = False) -> list[str]:
-    path = Path(path)
-    if path.suffix == ".txt":
-        if not path.is_file():
-            raise RecordError(path, None, None, "file not found")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if log_rows:
-            print(f"[data] {path}: {len(prompts)} prompts read", file=sys.stderr, flush=True)
-        return prompts
-    return read_prompts(path, log_rows=log_rows)
+from rlhf.records import prompts_from_file
 
 
 def load_prompts(source_names: Sequence[str], split: str = "train") -> list[str]:
     """Prompts of every source, split by conversation, duplicates removed (first occurrence kept)."""
     prompts: list[str] = []
     for source in source_names:
-        if source in SHIPPED_PROMPTS:
-            prompts += SHIPPED_PROMPTS[source](split)
+        if source in sources.PROMPT_SOURCES:  # each source's RL prompts, declared in rlhf.sources
+            prompts += sources.PROMPT_SOURCES[source](split)
         elif Path(source).exists():
             prompts += sources.take_split(prompts_from_file(source, log_rows=True), split, prompt=lambda p: p)
         else:
             raise ValueError(f"data.sources: {source!r} is neither a shipped source "
-                             f"({', '.join(SHIPPED_PROMPTS)}) nor an existing file")
+                             f"({', '.join(sources.PROMPT_SOURCES)}) nor an existing file")
     return list(dict.fromkeys(prompts))
 
 

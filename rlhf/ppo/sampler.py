@@ -17,7 +17,7 @@ import contextlib
 import torch
 from torch import nn
 
-from rlhf.ppo.maths import logprobs_from_logits
+from rlhf.logprobs import logprobs_from_logits
 from rlhf.ppo.packing import PackedRows
 from rlhf.ppo.policy import PolicyModel
 from rlhf.sampling import SamplingPass

@@ -77,9 +77,7 @@ def shard_policy(model: PolicyModel, cfg: RLStageConfig, say: bool = True) -> No
     the sharded layers), packed forwards and the merged-LoRA sampler (it writes into the gathered weights)."""
     from rlhf.config import ConfigError
 
-    if model.quantized:
-        raise ConfigError(f"policy.quantization: a {cfg.policy.quantization} base cannot be sharded under FSDP here; "
-                          "use a DDP launch")
+    # a quantized base never gets here: the stage refused it before loading (rlhf.sharding.check_wrappable)
     models = [model.policy] + ([model.critic] if model.critic is not None else [])
     try:
         layers = [layer for m in models for layer in sharding.transformer_blocks(m)]

@@ -7,11 +7,11 @@ difference says how much of an untrained skill the fine-tuning cost.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
 
+from rlhf.runtime import autocast as runtime_autocast
 from rlhf.sft.data import encode_chat
 
 
@@ -56,8 +56,7 @@ def answer_logprobs(model, tokenizer, chats: Sequence[Sequence[dict[str, str]]],
             attention[row, :n] = 1
             targets[row, :n] = torch.tensor(e.assistant_masks)
         ids, attention, targets = ids.to(device), attention.to(device), targets.to(device)
-        amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-        with amp:
+        with runtime_autocast(device, autocast):
             logits = model(input_ids=ids, attention_mask=attention).logits  # (B, T, V)
         out.extend(sequence_logprobs(logits, ids, targets).tolist())
     model.train(was_training)

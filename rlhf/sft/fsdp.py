@@ -33,10 +33,8 @@ def check_fsdp(cfg) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         raise ConfigError("ACCELERATE_USE_FSDP=true: sharding needs 2 or more processes "
                           "(torchrun --nproc_per_node N, or accelerate launch)")
-    if cfg.model.quantization != "none":
-        raise ConfigError(f"model.quantization: FSDP cannot shard {cfg.model.quantization} (bitsandbytes) weights; "
-                          "use DDP for QLoRA")
-    check_wrappable(cfg.model.name, "model.name")
+    check_wrappable(cfg.model.name, "model.name", quantization=cfg.model.quantization,
+                    quantization_key="model.quantization")
 
 
 def check_resume(checkpoint: Path | None) -> None:

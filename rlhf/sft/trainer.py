@@ -269,8 +269,8 @@ def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str
     ``final-merged/``: base + adapter merged into plain weights, when asked (LoRA only)."""
     from peft import PeftModel
 
+    from rlhf.policies import merged_as_trained
     from rlhf.sharding import is_sharded
-    from rlhf.zoo import load_causal_lm
 
     paths = {"final": str(run_dir / "final")}
     trainer.save_model(paths["final"])
@@ -283,10 +283,9 @@ def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str
     if save_merged and isinstance(model, PeftModel):
         paths["final_merged"] = str(run_dir / "final-merged")
         if is_sharded(model):  # rank 0 holds shards only: fold the saved adapter into a freshly loaded base
-            model = PeftModel.from_pretrained(load_causal_lm(model.peft_config["default"].base_model_name_or_path,
-                                                             dtype=model.get_base_model().dtype), paths["final"])
-        # merge_and_unload folds the adapter into the base weights in place: done last, on the live model.
-        merged = model.merge_and_unload()
+            merged = merged_as_trained(paths["final"], model.get_base_model().dtype)
+        else:  # merge_and_unload folds the adapter into the base weights in place: done last, on the live model.
+            merged = model.merge_and_unload()
         merged.save_pretrained(paths["final_merged"])
         tokenizer.save_pretrained(paths["final_merged"])
     return paths
