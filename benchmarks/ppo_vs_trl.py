@@ -73,10 +73,9 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
 
     from common import (MemoryTrace, StepClock, StepRecord, forward_flops, lora_train_flops, memory_policy,
                         param_dtypes, write_side_result)
-    from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
-    from rlhf.runtime import resolve_dtype
-    from rlhf.ppo.trainer import PPOTrainer, seed_everything
-    from rlhf.runtime import make_accelerator
+    from rlhf.lifecycle import seed_everything
+    from rlhf.ppo.factory import build_rl_trainer
+    from rlhf.runtime import make_accelerator, resolve_dtype
 
     # 1. as pipelines/ppo.py does: policy + LoRA + value head, the scorer, the trainer
     memory = MemoryTrace()
@@ -84,11 +83,11 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     cfg = our_config(wl)
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
-    tokenizer = load_policy_tokenizer(cfg.policy)
     dtype = resolve_dtype(cfg.policy.precision, accelerator.device)
-    model = build_actor_critic(cfg.policy, cfg.lora, dtype)
-    scorer = ClassifierScorer(wl.reward_path, tokenizer, dtype)  # the reward model in TRL's side's dtype
-    trainer = PPOTrainer(cfg, model, tokenizer, scorer, wl.prompts, accelerator=accelerator)
+    # rl.algo ppo: the policy gets its value head; the reward model in TRL's side's dtype
+    trainer = build_rl_trainer(cfg, accelerator, scorer=lambda tokenizer: ClassifierScorer(wl.reward_path, tokenizer, dtype),
+                               prompts=wl.prompts)
+    scorer = trainer.maker.scorer
     memory.mark("models loaded")
 
     # 2. count what goes through forward+backward in the update: a pre-hook on the model sees every call;

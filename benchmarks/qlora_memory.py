@@ -139,10 +139,7 @@ def rl_steps(model: str, dtype_name: str, quantization: str, steps: int, out_dir
 
     from rlhf.config import RunConfig, load_config
     from rlhf.ppo.config import RLStageConfig
-    from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
-    from rlhf.ppo.prompts import prepare_prompts
-    from rlhf.ppo.scorers import TokenCountScorer
-    from rlhf.ppo.trainer import RLTrainer
+    from rlhf.ppo.factory import build_rl_trainer
     from rlhf.quantization import check_backend
 
     cfg, _ = load_config(RLStageConfig, [
@@ -153,11 +150,10 @@ def rl_steps(model: str, dtype_name: str, quantization: str, steps: int, out_dir
         "--train.save_every", "0", "--train.sample_every", "0", "--data.eval_prompts", "0"])
     cfg.run = RunConfig(output_dir=str(out_dir), run_name="rl", wandb_mode="disabled")
     check_backend(quantization, "policy.quantization")
-    tokenizer = load_policy_tokenizer(cfg.policy)
-    policy = build_policy_model(cfg, getattr(torch, dtype_name))
-    loaded = {"rss": rss_mib(), "footprint": policy.causal_lm.get_memory_footprint() / 2**20}
-    prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
-    trainer = RLTrainer(cfg, policy, tokenizer, TokenCountScorer(tokenizer, cfg.reward.toy_token), prompts)
+    # reward.kind toy: the token-count scorer; "loaded" is measured once the trainer is built (its optimizer
+    # state is made at the first step, so this is still the weights plus the prompts)
+    trainer = build_rl_trainer(cfg, dtype=getattr(torch, dtype_name))
+    loaded = {"rss": rss_mib(), "footprint": trainer.unwrapped.causal_lm.get_memory_footprint() / 2**20}
     history = trainer.train(steps)
     return loaded, sum(m["time/step_s"] for m in history), len(history), history[0].get("loss/policy")
 

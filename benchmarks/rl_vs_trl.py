@@ -74,10 +74,9 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     from common import MemoryTrace, StepClock, StepRecord, memory_policy, param_dtypes, write_side_result
     from rlhf.config import load_config
     from rlhf.ppo.config import RLStageConfig
-    from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
-    from rlhf.ppo.trainer import RLTrainer, seed_everything
-    from rlhf.runtime import make_accelerator
-    from rlhf.runtime import resolve_dtype
+    from rlhf.lifecycle import seed_everything
+    from rlhf.ppo.factory import build_rl_trainer
+    from rlhf.runtime import make_accelerator, resolve_dtype
 
     # 1. as the RL stage does: policy + LoRA (no value head for GRPO), the scorer, the trainer
     memory = MemoryTrace()
@@ -85,11 +84,11 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     cfg, _ = load_config(RLStageConfig, our_argv(wl))  # the dataclass defaults are the stage's defaults
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
-    tokenizer = load_policy_tokenizer(cfg.policy)
     dtype = resolve_dtype(cfg.policy.precision, accelerator.device)
-    model = build_policy_model(cfg, dtype)
-    scorer = ClassifierScorer(wl.reward_path, tokenizer, dtype)  # the reward model in the policy's precision, as TRL
-    trainer = RLTrainer(cfg, model, tokenizer, scorer, wl.prompts, accelerator=accelerator)
+    # the reward model in the policy's precision, as TRL
+    trainer = build_rl_trainer(cfg, accelerator, scorer=lambda tokenizer: ClassifierScorer(wl.reward_path, tokenizer, dtype),
+                               prompts=wl.prompts)
+    model, scorer = trainer.unwrapped, trainer.maker.scorer
     memory.mark("models loaded")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"[ours] torch {torch.__version__}; weights {str(dtype).replace('torch.', '')}; trainable params "

@@ -57,11 +57,10 @@ def run_side(setting: str, steps: int, out: Path) -> int:
     from common import StepClock, StepRecord, Workload, write_side_result
     from harness import benchmark_prompts
     from ppo_vs_trl import our_config
-    from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
+    from rlhf.lifecycle import seed_everything
+    from rlhf.ppo.factory import build_rl_trainer
     from rlhf.ppo.scorers import TokenCountScorer
-    from rlhf.ppo.trainer import PPOTrainer, seed_everything
-    from rlhf.runtime import make_accelerator
-    from rlhf.runtime import resolve_dtype
+    from rlhf.runtime import make_accelerator, resolve_dtype
     from rlhf.zoo import load_tokenizer, resolve_model
 
     policy_path = resolve_model("smollm2-135m-instruct")
@@ -71,10 +70,9 @@ def run_side(setting: str, steps: int, out: Path) -> int:
     cfg = our_config(wl)
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
-    tokenizer = load_policy_tokenizer(cfg.policy)
     dtype = resolve_dtype(cfg.policy.precision, accelerator.device)
-    model = build_actor_critic(cfg.policy, cfg.lora, dtype)
-    trainer = PPOTrainer(cfg, model, tokenizer, TokenCountScorer(tokenizer, "."), prompts, accelerator=accelerator)
+    trainer = build_rl_trainer(cfg, accelerator, scorer=lambda tokenizer: TokenCountScorer(tokenizer, "."),
+                               prompts=prompts, dtype=dtype)
     # train.threads = 0: the trainer's own rlhf.threads.ThreadGovernor re-chooses the thread count before each step
 
     records, used, clock = [], [], StepClock()

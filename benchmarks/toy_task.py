@@ -44,21 +44,15 @@ def build_toy_trainer(folder: str | Path, run, overrides: Sequence[str] = ()):
     aimed at a token the untrained policy already samples (so there is something to learn from the start)."""
     from rlhf.config import load_config
     from rlhf.ppo.config import RLStageConfig
-    from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
-    from rlhf.ppo.prompts import prepare_prompts
-    from rlhf.ppo.scorers import load_scorer
-    from rlhf.ppo.trainer import RLTrainer
+    from rlhf.ppo.factory import build_rl_trainer
 
     policy = build_toy_policy(Path(folder) / "toy-policy")
     cfg, _ = load_config(RLStageConfig, ["--config", str(TINY_PRESET), "--policy.model", str(policy), *overrides])
     cfg.run = run
     torch.manual_seed(cfg.run.seed)
-    tokenizer = load_policy_tokenizer(cfg.policy)
-    model = build_policy_model(cfg, torch.float32)
-    prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
     # As the stage builds it: the toy scorer, with any reward.functions beside it.
-    scorer = load_scorer(cfg.reward, tokenizer, torch.device("cpu"))
-    trainer = RLTrainer(cfg, model, tokenizer, scorer, prompts)
+    trainer = build_rl_trainer(cfg, dtype=torch.float32)
+    scorer = trainer.maker.scorer
     probe = trainer.maker.make(trainer.stream.prompts[:32])
     toy = getattr(scorer, "base", scorer)  # the token-share scorer under a FunctionScorer
     toy.token_id = frequent_token(trainer.tokenizer, probe.responses_ids, probe.response_mask)

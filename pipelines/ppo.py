@@ -34,12 +34,11 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     from rlhf.lifecycle import start_run
     from rlhf.ppo import checkpoint as ckpt
     from rlhf.ppo.curves import plot_reward_and_kl
-    from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
-    from rlhf.ppo.prompts import held_out_prompts, prepare_prompts
-    from rlhf.ppo.scorers import check_reward_model, load_scorer
-    from rlhf.ppo.trainer import RLTrainer
+    from rlhf.ppo.factory import build_rl_trainer
+    from rlhf.ppo.prompts import held_out_prompts
+    from rlhf.ppo.scorers import check_reward_model
     from rlhf.quantization import check_backend
-    from rlhf.runtime import make_accelerator, resolve_dtype
+    from rlhf.runtime import make_accelerator
     from rlhf.sharding import check_wrappable
     from rlhf.tracking import MetricsLogger, run_history
 
@@ -56,33 +55,26 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     logger = MetricsLogger(run_dir, cfg.run, cfg.rl.algo, config=cfg, total_steps=cfg.train.steps,
                            enabled=accelerator.is_main_process)
 
-    # 2. policy: SFT start + LoRA (+ value head for PPO); the reference is the same weights, adapters off
-    tokenizer = load_policy_tokenizer(cfg.policy)
-    model = build_policy_model(cfg, resolve_dtype(cfg.policy.precision, accelerator.device))
-
-    # 3. the scorer: trained HHH reward model, an ensemble of them (mean - penalty * spread), or the toy reward
-    scorer = load_scorer(cfg.reward, tokenizer, accelerator.device, runs_dir=cfg.run.output_dir)
-
-    # 4. training prompts (chat prompts that fit data.max_prompt_tokens)
-    prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
-    eval_prompts = held_out_prompts(cfg.data, tokenizer, cfg.run.seed)
+    # 2. the trainer from the config (rlhf.ppo.factory): policy = SFT start + LoRA (+ value head for PPO), the
+    #    reference = the same weights with adapters off, the scorer (trained HHH reward model, an ensemble, or the
+    #    toy), the training prompts (chat prompts that fit data.max_prompt_tokens)
+    trainer = build_rl_trainer(cfg, accelerator, logger=logger, run_dir=run_dir)
+    eval_prompts = held_out_prompts(cfg.data, trainer.tokenizer, cfg.run.seed)
     if accelerator.is_main_process:
-        print(f"[{cfg.rl.algo}] {len(prompts)} training prompts from {', '.join(cfg.data.sources)} ({cfg.data.split}); "
-              f"{len(eval_prompts)} held-out ({cfg.data.eval_split})", file=sys.stderr)
+        print(f"[{cfg.rl.algo}] {len(trainer.stream.prompts)} training prompts from {', '.join(cfg.data.sources)} "
+              f"({cfg.data.split}); {len(eval_prompts)} held-out ({cfg.data.eval_split})", file=sys.stderr)
 
-    # 5. trainer; continue a killed run from its latest checkpoint
-    trainer = RLTrainer(cfg, model, tokenizer, scorer, prompts, accelerator=accelerator, logger=logger,
-                        run_dir=run_dir)
+    # 3. continue a killed run from its latest checkpoint
     if resume:
         ckpt.resume(trainer, checkpoint)
         logger.resumed_at(trainer.step_count)  # the killed run's later steps are redone: drop their records
 
-    # 6. train, checkpointing every train.save_every steps and at the end
+    # 4. train, checkpointing every train.save_every steps and at the end
     trainer.train(eval_prompts=eval_prompts)
     if trainer.cfg.train.save_every == 0 or trainer.step_count % trainer.cfg.train.save_every:
         ckpt.save(trainer)
 
-    # 7. final artifacts: merged policy, adapter, value head (ppo); summary and reward/KL curve
+    # 5. final artifacts: merged policy, adapter, value head (ppo); summary and reward/KL curve
     ckpt.save_final(trainer, run_dir / "final")
     logger.log_artifact(run_dir / "final", "model", inputs=[cfg.policy.model, cfg.policy.sft_adapter,
                                                             cfg.reward.model if cfg.reward.kind != "toy" else "",

@@ -6,8 +6,8 @@
     rlhf reward --run.run_name rm1 --resume          # continue a killed run from its last checkpoint
     rlhf reward --role gold                          # a judge for `rlhf eval --gold.model`; no stage trains on it
 
-The steps (data, model, masked pairwise loss, dev accuracy, normalisation, test accuracy) are
-numbered in :func:`reward_models.train.train_reward_model`; the model lands in ``<run>/final`` and
+The trainer (``reward_models.train.RewardTrainer``: setup, step, evaluate, state) holds the data, the model, the
+masked pairwise loss, dev accuracy, normalisation and test accuracy; the model lands in ``<run>/final`` and
 loads with ``reward_models.scoring.RewardScorer.from_pretrained``.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ if __name__ == "__main__" and __package__ is None:  # `python pipelines/reward.p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reward_models.config import RewardStageConfig  # noqa: E402
-from reward_models.train import train_reward_model  # noqa: E402
+from reward_models.train import RewardTrainer  # noqa: E402
 from rlhf.datatools import validate_stage_inputs  # noqa: E402
 from rlhf.judges import mark_role  # noqa: E402
 
@@ -28,8 +28,13 @@ DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are 
 
 def main(cfg: RewardStageConfig, resume: bool = False) -> Path:
     """Check the inputs; train, select on dev, save ``<run>/final``, report test accuracy; returns the run folder."""
-    validate_stage_inputs("reward", cfg)  # a bad file is one line, before any model loads or run folder exists
-    run_dir = train_reward_model(cfg, resume=resume)
+    # 1. inputs checked: a bad file is one line, before any model loads or run folder exists
+    validate_stage_inputs("reward", cfg)
+    # 2. run folder, pairs, model, optimizer (a checkpoint restored with --resume)
+    trainer = RewardTrainer(cfg, resume=resume)
+    # 3. train, dev accuracy and a checkpoint every epoch; 4. final model (best dev epoch), test accuracy, summary
+    trainer.train()
+    run_dir = trainer.finish()
     mark_role(run_dir / "final", cfg.role)  # a gold model is refused by every training stage (rlhf.judges)
     print(f"reward model: {run_dir / 'final'}" + (" (gold: judges only)" if cfg.role == "gold" else ""))
     return run_dir

@@ -1,7 +1,8 @@
 """Training the HHH reward model: masked pairwise Bradley–Terry loss over three heads.
 
-:func:`train_reward_model` is the whole stage (``pipelines/reward.py`` calls it): a plain accelerate
-loop, so the same code runs in one process, under ``accelerate launch`` and under ``torchrun``.
+:class:`RewardTrainer` is the whole stage (``pipelines/reward.py`` runs it; :func:`train_reward_model` is the
+same in one call): a plain accelerate loop, so the same code runs in one process, under ``accelerate launch``
+and under ``torchrun``.
 Each optimizer step sees ``grad_accum_steps`` single-head batches per process (see
 :func:`reward_models.data.balanced_batches`); every epoch ends with dev accuracy per head and a
 checkpoint; the final model (best dev epoch) goes to ``<run>/final`` with its normalisation statistics,
@@ -202,224 +203,331 @@ def _null():
     return contextlib.nullcontext()
 
 
-def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_steps: int | None = None) -> Path:
-    """Train the reward model described by ``cfg``; returns the run folder (model in ``<run>/final``).
+class RewardTrainer:
+    """The reward stage's trainer, shaped like ``rlhf.ppo.trainer.RLTrainer``: setup (``__init__``: checks, run
+    folder, data, model, optimizer, model inputs, a checkpoint restored), :meth:`step` (one optimizer step),
+    :meth:`evaluate` (accuracy per head), :meth:`state_dict` / :meth:`load_state_dict` (what a checkpoint keeps
+    besides weights), :meth:`train` (the loop) and :meth:`finish` (final model, test accuracy, summary).
 
-    ``stop_after_steps`` ends the run right after writing a checkpoint at that step, as if it had been
-    killed there (tests of ``--resume``).
+    >>> trainer = RewardTrainer(cfg)          # or RewardTrainer(cfg, resume=True)
+    >>> if trainer.train():                   # False: stopped at stop_after_steps, as if killed there
+    ...     run_dir = trainer.finish()        # <run>/final, summary.json
     """
-    from transformers import get_linear_schedule_with_warmup
 
-    # 1. config checks (one line each, before any model loads); processes, run folder (rank 0 decides), seed
-    started = time.perf_counter()
-    cfg.train_partition()  # a gold on the proxy's half: one line, before any model loads
-    if cfg.model.freeze_backbone and cfg.model.lora.enabled:
-        raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
-    check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
-    sharding.check_wrappable(cfg.model.backbone, "model.backbone", causal_lm=False,  # FSDP launch: blocks found,
-                             quantization=cfg.model.quantization, quantization_key="model.quantization")  # no QLoRA
-    run = start_run(cfg.run, STAGE, resume, PREFIX)
-    run_dir, checkpoint = run.dir, run.checkpoint
-    accelerator = make_accelerator(run.device)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    bf16 = use_bf16(cfg.train.precision, accelerator.device)
+    def __init__(self, cfg: RewardStageConfig, resume: bool = False):
+        # 1. config checks (one line each, before any model loads); processes, run folder (rank 0 decides), seed
+        self.started = time.perf_counter()
+        self.cfg = cfg
+        cfg.train_partition()  # a gold on the proxy's half: one line, before any model loads
+        if cfg.model.freeze_backbone and cfg.model.lora.enabled:
+            raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
+        check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
+        sharding.check_wrappable(cfg.model.backbone, "model.backbone", causal_lm=False,  # FSDP launch: blocks found,
+                                 quantization=cfg.model.quantization, quantization_key="model.quantization")  # no QLoRA
+        run = start_run(cfg.run, STAGE, resume, PREFIX)
+        self.run_dir = run.dir
+        self.accelerator = make_accelerator(run.device)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.bf16 = use_bf16(cfg.train.precision, self.accelerator.device)
+        # 2. preference pairs; 3. the model and the training set tokenised once; the batch plan
+        self._load_pairs()
+        self._build_model_and_data()
+        # 4. optimizer and schedule; model inputs (token ids or the trunk cache); a checkpoint restored
+        self._setup_optimizer()
+        self._setup_inputs()
+        self.step_count, self.best, self.best_weights, self.history = 0, {"accuracy": -1.0, "epoch": -1}, None, []
+        self.train_seconds, self.pairs_seen, self.skipped = 0.0, 0, 0  # whole-run totals: a checkpoint carries them
+        self.window = Window()  # training sums since the last log line
+        if run.checkpoint is not None:
+            self.restore(run.checkpoint)
+        self.logger = MetricsLogger(self.run_dir, cfg.run, STAGE, config=cfg, total_steps=self.total_steps,
+                                    enabled=self.accelerator.is_main_process)
+        if run.checkpoint is not None:  # the steps after the checkpoint are redone: their old records go
+            self.logger.resumed_at(self.step_count)
+        self._say(f"{len(self.train_pairs)} train pairs ({', '.join(f'{h}={len(p)}' for h, p in self.pools.items())}), "
+                  f"{self.n_ties} dropped as ties, {len(self.dev_pairs)} dev pairs; {self.per_head} pairs per head per "
+                  f"epoch; {self.steps_per_epoch} steps/epoch x {self.epochs} epochs = {self.total_steps} steps; "
+                  f"bf16={self.bf16}")
 
-    # 2. preference pairs: train (ties dropped, capped per head), dev for selection, test held out
-    pairs = capped_splits(cfg, {"train": cfg.data.max_train_pairs_per_head, "dev": cfg.eval.max_pairs_per_head,
-                              **({"test": cfg.eval.max_pairs_per_head} if cfg.eval.test else {})})
-    train_pairs, n_ties = drop_contradictions(pairs["train"])
-    if not train_pairs:
-        raise ValueError("no training pairs: data.sources and data.extra_files gave none for the train split")
-    dev_pairs = pairs["dev"]
+    # ------------------------------------------------------------ setup
 
-    # 3. model with three heads, and the training set tokenised once (prompts cut from the left)
-    model, encoder, scoring = new_reward_model(cfg.model.backbone, cfg.model.lora, cfg.model.max_length,
-                                               cfg.model.min_prompt_tokens, cfg.model.freeze_backbone,
-                                               cfg.model.quantization)
-    scoring.weights = _check_weights(cfg.composite.weights)
-    scoring.toxicity = _absolute_paths(cfg.toxicity)
-    data = encode_pairs(encoder, train_pairs)
-    pools, lengths = pools_by_head(train_pairs), data.lengths()
-    per_head = cfg.data.pairs_per_head or max(len(p) for p in pools.values())
-    chosen_longer = (data.length_diff > 0).tolist() if cfg.data.length_balance else None
-    batches_of = functools.lru_cache(maxsize=1)(  # one epoch's batch order, a function of (seed, epoch) only
-        lambda epoch: balanced_batches(pools, per_head, cfg.train.batch_size, cfg.run.seed, epoch, lengths,
-                                       chosen_longer=chosen_longer))
-    debias = LengthDebias.fit(data, cfg.train.length_covariate, cfg.train.length_decorrelation)
-    batches_per_step = world * cfg.train.grad_accum_steps
-    steps_per_epoch = len(batches_of(0)) // batches_per_step
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(batches_of(0))} batches per epoch are fewer than processes x grad_accum_steps "
-                         f"({batches_per_step}): lower train.batch_size or grad_accum_steps")
-    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    def _load_pairs(self) -> None:
+        """Train (ties dropped, capped per head), dev for selection, test held out."""
+        cfg = self.cfg
+        self.pairs = capped_splits(cfg, {"train": cfg.data.max_train_pairs_per_head, "dev": cfg.eval.max_pairs_per_head,
+                                         **({"test": cfg.eval.max_pairs_per_head} if cfg.eval.test else {})})
+        self.train_pairs, self.n_ties = drop_contradictions(self.pairs["train"])
+        if not self.train_pairs:
+            raise ValueError("no training pairs: data.sources and data.extra_files gave none for the train split")
+        self.dev_pairs = self.pairs["dev"]
 
-    # 4. optimizer and schedule (warmup, then linear decay to 0), then restore a checkpoint if resuming.
-    # FSDP: the backbone's layers and the root are sharded here (rlhf.sharding; accelerate ignores its FSDP plugin
-    # on CPU), before the optimizer sees the parameters, and the model is not handed to prepare (no DDP wrapper).
-    sharded = sharding.fsdp_requested() and world > 1
-    if sharded:  # a quantized backbone was refused in step 1 (sharding.check_wrappable)
-        sharding.shard(model, _layers_to_shard(model))
-    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg), weight_decay=cfg.train.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
-    if sharded:
-        optimizer = accelerator.prepare(optimizer)
-    else:
-        model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped: RewardModel = accelerator.unwrap_model(model)
+    def _build_model_and_data(self) -> None:
+        """The model with its heads, the train set tokenised once (prompts cut from the left), the batch plan."""
+        cfg = self.cfg
+        self.model, self.encoder, self.scoring = new_reward_model(
+            cfg.model.backbone, cfg.model.lora, cfg.model.max_length, cfg.model.min_prompt_tokens,
+            cfg.model.freeze_backbone, cfg.model.quantization)
+        self.scoring.weights = _check_weights(cfg.composite.weights)
+        self.scoring.toxicity = _absolute_paths(cfg.toxicity)
+        self.data = data = encode_pairs(self.encoder, self.train_pairs)
+        self.pools, lengths = pools_by_head(self.train_pairs), data.lengths()
+        self.per_head = cfg.data.pairs_per_head or max(len(p) for p in self.pools.values())
+        chosen_longer = (data.length_diff > 0).tolist() if cfg.data.length_balance else None
+        self.batches_of = functools.lru_cache(maxsize=1)(  # one epoch's batch order, a function of (seed, epoch) only
+            lambda epoch: balanced_batches(self.pools, self.per_head, cfg.train.batch_size, cfg.run.seed, epoch,
+                                           lengths, chosen_longer=chosen_longer))
+        self.debias = LengthDebias.fit(data, cfg.train.length_covariate, cfg.train.length_decorrelation)
+        self.batches_per_step = self.world * cfg.train.grad_accum_steps
+        self.steps_per_epoch = len(self.batches_of(0)) // self.batches_per_step
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.batches_of(0))} batches per epoch are fewer than processes x grad_accum_steps "
+                             f"({self.batches_per_step}): lower train.batch_size or grad_accum_steps")
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
-    # 4b. model inputs: token ids, or (frozen trunk) the trunk's output, computed once per text and kept on disk
-    # Filling the cache in small batches on CPU: 48 SmolLM2 texts took 3.4 s in batches of 8 and 6.9 s in batches
-    # of 64 (2 cores, bf16; padding and attention memory grow with the batch). GPUs prefer the large ones.
-    fill_batch = cfg.eval.batch_size if accelerator.device.type == "cuda" else min(8, cfg.eval.batch_size)
-    cache_mode = "off" if sharded else cfg.train.trunk_cache
-    if sharded and cfg.train.trunk_cache != "off" and trunk_cache.find_trunk(unwrapped) is not None:
-        _say(accelerator, "trunk cache off under FSDP (the trunk's layers are sharded; every forward runs them)")
-    inputs = trunk_cache.model_inputs(unwrapped, cache_mode, cfg.train.cache_dir or rlhf_home() / "trunk-cache",
-                                      bf16, data.chosen[:2], encoder.pad_token_id, fill_batch,
-                                      log=lambda msg: _say(accelerator, msg))
-    cache_started = time.perf_counter()
-    with accelerator.main_process_first():  # one process fills the cache, the others read it
-        train_batches = inputs.batches(data.chosen + data.rejected, encoder.pad_token_id)
-    cache_seconds = time.perf_counter() - cache_started
-    if inputs.trunk is not None:
-        kept = ("the score head's input (backbone frozen)" if inputs.trunk.pooled
-                else f"the output of layers 0-{inputs.trunk.depth - 1}")
-        _say(accelerator, f"trunk cache: {kept}, computed once per text, in {inputs.folder} "
-                          f"({cache_seconds:.1f} s for the train set)")
-    step, best, best_weights, history = 0, {"accuracy": -1.0, "epoch": -1}, None, []
-    train_seconds, pairs_seen, skipped = 0.0, 0, 0  # whole-run totals: a checkpoint carries them over
-    if checkpoint is not None:
-        state, best_weights = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler, rank if sharded else None)
-        step, best, history = state["step"], state["best"], state["history"]
-        train_seconds, pairs_seen = state.get("train_seconds", 0.0), state.get("pairs_seen", 0)
-        skipped = state.get("skipped_nonfinite", 0)
-        _say(accelerator, f"resumed from {checkpoint} at step {step}")
+    def _setup_optimizer(self) -> None:
+        """AdamW and its schedule (warmup, then linear decay to 0). FSDP: the backbone's layers and the root are
+        sharded here (``rlhf.sharding``; accelerate ignores its FSDP plugin on CPU), before the optimizer sees the
+        parameters, and the model is not handed to prepare (no DDP wrapper)."""
+        from transformers import get_linear_schedule_with_warmup
 
-    logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=total_steps,
-                           enabled=accelerator.is_main_process)
-    if checkpoint is not None:  # the steps after the checkpoint are redone: their old records go
-        logger.resumed_at(step)
-    _say(accelerator, f"{len(train_pairs)} train pairs ({', '.join(f'{h}={len(p)}' for h, p in pools.items())}), "
-                      f"{n_ties} dropped as ties, {len(dev_pairs)} dev pairs; {per_head} pairs per head per epoch; "
-                      f"{steps_per_epoch} steps/epoch x {epochs} epochs = {total_steps} steps; bf16={bf16}")
+        cfg, acc, model = self.cfg, self.accelerator, self.model
+        self.sharded = sharding.fsdp_requested() and self.world > 1
+        if self.sharded:  # a quantized backbone was refused in setup step 1 (sharding.check_wrappable)
+            sharding.shard(model, _layers_to_shard(model))
+        optimizer = torch.optim.AdamW(optimizer_groups(model, cfg), weight_decay=cfg.train.weight_decay)
+        self.scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * self.total_steps),
+                                                         self.total_steps)
+        if self.sharded:
+            self.optimizer = acc.prepare(optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.unwrapped: RewardModel = acc.unwrap_model(self.model)
 
-    def save(trainer_state_epoch: int) -> None:
-        # The totals include the window not yet logged: a resumed run starts with an empty one.
-        state = {"epoch": trainer_state_epoch, "best": best, "history": history,
-                 "train_seconds": train_seconds + window.seconds,
-                 "pairs_seen": pairs_seen + window.pairs * world, "skipped_nonfinite": skipped}
-        if sharded or accelerator.is_main_process:  # sharded: every rank writes its shard and its RNG
-            save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler, state, best_weights,
-                            cfg.train.keep_checkpoints, process=accelerator if sharded else None)
-        accelerator.wait_for_everyone()
+    def _setup_inputs(self) -> None:
+        """Model inputs: token ids, or (frozen trunk) the trunk's output, computed once per text and kept on disk."""
+        cfg, acc, data = self.cfg, self.accelerator, self.data
+        # Filling the cache in small batches on CPU: 48 SmolLM2 texts took 3.4 s in batches of 8 and 6.9 s in
+        # batches of 64 (2 cores, bf16; padding and attention memory grow with the batch). GPUs prefer large ones.
+        fill_batch = cfg.eval.batch_size if acc.device.type == "cuda" else min(8, cfg.eval.batch_size)
+        cache_mode = "off" if self.sharded else cfg.train.trunk_cache
+        if self.sharded and cfg.train.trunk_cache != "off" and trunk_cache.find_trunk(self.unwrapped) is not None:
+            self._say("trunk cache off under FSDP (the trunk's layers are sharded; every forward runs them)")
+        self.inputs = inputs = trunk_cache.model_inputs(
+            self.unwrapped, cache_mode, cfg.train.cache_dir or rlhf_home() / "trunk-cache", self.bf16, data.chosen[:2],
+            self.encoder.pad_token_id, fill_batch, log=self._say)
+        cache_started = time.perf_counter()
+        with acc.main_process_first():  # one process fills the cache, the others read it
+            self.train_batches = inputs.batches(data.chosen + data.rejected, self.encoder.pad_token_id)
+        self.cache_seconds = time.perf_counter() - cache_started
+        if inputs.trunk is not None:
+            kept = ("the score head's input (backbone frozen)" if inputs.trunk.pooled
+                    else f"the output of layers 0-{inputs.trunk.depth - 1}")
+            self._say(f"trunk cache: {kept}, computed once per text, in {inputs.folder} "
+                      f"({self.cache_seconds:.1f} s for the train set)")
 
-    # 5. training: balanced single-head batches, masked pairwise loss, clipped AdamW steps
-    model.train()
-    window, first_step, skipped_before = Window(), step, skipped
-    while step < total_steps:
-        epoch, step_in_epoch = divmod(step, steps_per_epoch)
-        batches = batches_of(epoch)
+    # ------------------------------------------------------------ one optimizer step
+
+    def step(self) -> dict[str, float] | None:
+        """One optimizer step on this step's balanced single-head batches (each process its share), masked pairwise
+        loss, clipped AdamW; returns the metrics when the step is logged (every ``run.log_every`` and the last)."""
+        cfg, acc = self.cfg, self.accelerator
+        epoch, step_in_epoch = divmod(self.step_count, self.steps_per_epoch)
+        batches = self.batches_of(epoch)
         start = time.perf_counter()
-        group = batches[step_in_epoch * batches_per_step:(step_in_epoch + 1) * batches_per_step]
+        group = batches[step_in_epoch * self.batches_per_step:(step_in_epoch + 1) * self.batches_per_step]
         this_step = Window()
-        train_step(model, group[rank::world], data, train_batches, accelerator, bf16, cfg.train.use_margin,
-                   this_step, debias)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        train_step(self.model, group[self.rank::self.world], self.data, self.train_batches, acc, self.bf16,
+                   cfg.train.use_margin, this_step, self.debias)
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):  # sharded gradients give the whole norm as a (replicated) DTensor
             grad_norm = grad_norm.full_tensor()
         # A non-finite loss or gradient on any process skips the update on all of them (the gradient norm is
         # already all-reduced; the loss is not): no optimizer or schedule step, only the data position advances.
         finite = torch.tensor([float(math.isfinite(this_step.loss) and math.isfinite(float(grad_norm)))],
-                              device=accelerator.device)
-        if accelerator.reduce(finite, reduction="sum").item() == world:
-            optimizer.step()
-            scheduler.step()
-            window.add(this_step)
+                              device=acc.device)
+        if acc.reduce(finite, reduction="sum").item() == self.world:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.window.add(this_step)
         else:
-            window.skipped, skipped = window.skipped + 1, skipped + 1
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window.seconds += time.perf_counter() - start
-        if step % cfg.run.log_every == 0 or step == total_steps:
-            logged = _summed_over_processes(window, accelerator)  # the global batch's loss, not rank 0's share
-            metrics = logged.metrics() | {"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
-                                          "train/epoch": step / steps_per_epoch}
-            logger.log(metrics, step)
-            train_seconds, pairs_seen = train_seconds + window.seconds, pairs_seen + window.pairs * world
-            window = Window()
+            self.window.skipped, self.skipped = self.window.skipped + 1, self.skipped + 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        self.window.seconds += time.perf_counter() - start
+        if self.step_count % cfg.run.log_every and self.step_count != self.total_steps:
+            return None
+        logged = _summed_over_processes(self.window, acc)  # the global batch's loss, not rank 0's share
+        metrics = logged.metrics() | {"train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                                      "train/epoch": self.step_count / self.steps_per_epoch}
+        self.logger.log(metrics, self.step_count)
+        self.train_seconds += self.window.seconds
+        self.pairs_seen += self.window.pairs * self.world
+        self.window = Window()
+        return metrics
 
-        # 6. end of epoch: dev accuracy per head; the best epoch's weights are kept
-        epoch_done = step % steps_per_epoch == 0 or step == total_steps
-        if epoch_done and skipped - skipped_before == step - first_step:  # nothing learned: stop before final/
-            logger.finish()
-            raise ConfigError(f"training: all {step - first_step} steps had a non-finite loss or gradient, so none updated the "
-                              f"model and no final/ was written (check the data's margins, train.lr, train.precision)")
-        if epoch_done:
-            with sharding.gathered(unwrapped):  # every rank scores all dev pairs: one all-gather, not one per batch
-                accuracy, _ = pair_accuracy(unwrapped, encoder, dev_pairs, cfg.eval.batch_size, bf16, inputs)
-            mean_accuracy = sum(accuracy.values()) / len(accuracy) if accuracy else float("nan")
-            logger.log({f"eval/accuracy_{h}": a for h, a in accuracy.items()} | {"eval/accuracy_mean": mean_accuracy},
-                       step)
-            history.append({"step": step, **accuracy})
-            if cfg.eval.keep_best and accuracy and mean_accuracy > best["accuracy"]:
-                best, best_weights = {"accuracy": mean_accuracy, "epoch": epoch + 1, "step": step}, trainable_weights(unwrapped)
-            model.train()
-        if epoch_done or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or step == stop_after_steps:
-            save(epoch)
-        if step == stop_after_steps:
-            logger.finish()
-            return run_dir
+    # ------------------------------------------------------------ evaluation
 
-    # 7. final model: best dev epoch, normalisation statistics on reference responses, saved as an HF folder
-    if best_weights is not None:
-        if sharded:
-            sharding.load_full_state_dict(unwrapped, best_weights, strict=False)
-        else:
-            unwrapped.load_state_dict(best_weights, strict=False)
-    reference = dev_pairs if cfg.composite.normalise_on == "dev" and dev_pairs else subsample(train_pairs, 300, cfg.run.seed)
-    with sharding.gathered(unwrapped):
-        scoring.mean, scoring.std = normalisation_stats(unwrapped, encoder, reference, cfg.eval.batch_size, bf16,
-                                                        inputs)
-    scoring.normalised_on = f"{'dev' if reference is dev_pairs else 'train'} responses ({2 * len(reference)})"
-    final_dir = run_dir / "final"
-    # Sharded: the whole weights, gathered on every rank, go into a plain copy of the model that rank 0 saves.
-    whole = sharding.full_state_dict(unwrapped) if sharded else dict(unwrapped.named_parameters())
-    bad = next((n for n, p in whole.items() if p.is_floating_point() and not torch.isfinite(p).all()), None)
-    if bad is not None:  # never hand a broken model to the PPO stage
-        raise ConfigError(f"training: parameter {bad} is not finite; no final/ was written")
-    if accelerator.is_main_process:
-        save_reward_model(_plain_copy(cfg, whole) if sharded else unwrapped, encoder, scoring, final_dir)
-        logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.backbone, *cfg.data.extra_files],
-                            role="gold" if cfg.role == "gold" else None)  # the judge's artifact is not the proxy's
-    accelerator.wait_for_everyone()
+    def evaluate(self, pairs: Sequence[PreferenceRecord] | None = None) -> tuple[dict[str, float], dict[str, int]]:
+        """Accuracy and pair count per head on ``pairs`` (default: dev); every rank scores all of them."""
+        pairs = self.dev_pairs if pairs is None else pairs
+        with sharding.gathered(self.unwrapped):  # one all-gather, not one per batch
+            return pair_accuracy(self.unwrapped, self.encoder, pairs, self.cfg.eval.batch_size, self.bf16,
+                                 self.inputs)
 
-    # 8. held-out test accuracy (prompts no stage trains on) and the run's summary
-    summary = {"final_model": str(final_dir), "train/seconds": train_seconds, "skipped/nonfinite": skipped,
-               "train/pairs_per_s": pairs_seen / max(train_seconds, 1e-9), "train/pairs": len(train_pairs),
-               "train/pairs_seen": pairs_seen, "train/trunk_cache_seconds": cache_seconds,
-               "train/steps": step, "best/epoch": best.get("epoch"), "best/dev_accuracy_mean": best["accuracy"]}
-    final_dev = next((h for h in history if h["step"] == best.get("step")), history[-1] if history else {})
-    summary |= {f"dev/accuracy_{h}": a for h, a in final_dev.items() if h != "step"}
-    if debias.coefficient is not None:
-        summary |= {f"train/length_coef_{h}": debias.coefficient[i].item() for i, h in enumerate(HEADS)}
-    if cfg.eval.test:
-        test_pairs = pairs["test"]
+    def _select(self, accuracy: dict[str, float], epoch: int) -> None:
+        """Log an epoch's dev accuracy; keep the weights of the best epoch (``eval.keep_best``)."""
+        mean_accuracy = sum(accuracy.values()) / len(accuracy) if accuracy else float("nan")
+        self.logger.log({f"eval/accuracy_{h}": a for h, a in accuracy.items()} | {"eval/accuracy_mean": mean_accuracy},
+                        self.step_count)
+        self.history.append({"step": self.step_count, **accuracy})
+        if self.cfg.eval.keep_best and accuracy and mean_accuracy > self.best["accuracy"]:
+            self.best = {"accuracy": mean_accuracy, "epoch": epoch + 1, "step": self.step_count}
+            self.best_weights = trainable_weights(self.unwrapped)
+
+    # ------------------------------------------------------------ the loop
+
+    def train(self, stop_after_steps: int | None = None) -> bool:
+        """Steps until the last, dev accuracy and a checkpoint at every epoch's end; False when it stopped right
+        after the checkpoint at ``stop_after_steps``, as if killed there (tests of ``--resume``)."""
+        cfg = self.cfg
+        self.model.train()
+        self.window, first_step, skipped_before = Window(), self.step_count, self.skipped
+        while self.step_count < self.total_steps:
+            epoch = self.step_count // self.steps_per_epoch
+            # 1. one optimizer step (logged every run.log_every steps)
+            self.step()
+            step = self.step_count
+            # 2. end of epoch: dev accuracy per head; the best epoch's weights are kept
+            epoch_done = step % self.steps_per_epoch == 0 or step == self.total_steps
+            if epoch_done and self.skipped - skipped_before == step - first_step:  # nothing learned: stop before final/
+                self.logger.finish()
+                raise ConfigError(f"training: all {step - first_step} steps had a non-finite loss or gradient, so none "
+                                  "updated the model and no final/ was written (check the data's margins, train.lr, "
+                                  "train.precision)")
+            if epoch_done:
+                self._select(self.evaluate()[0], epoch)
+                self.model.train()
+            # 3. a checkpoint at every epoch's end and every train.checkpoint_every steps
+            if epoch_done or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) \
+                    or step == stop_after_steps:
+                self.save_checkpoint()
+            if step == stop_after_steps:
+                self.logger.finish()
+                return False
+        return True
+
+    # ------------------------------------------------------------ checkpoint state
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps besides weights, optimizer, scheduler and RNG (``reward_models.checkpoint``).
+        The totals include the window not yet logged: a resumed run starts with an empty one."""
+        return {"epoch": (self.step_count - 1) // self.steps_per_epoch, "best": self.best, "history": self.history,
+                "train_seconds": self.train_seconds + self.window.seconds,
+                "pairs_seen": self.pairs_seen + self.window.pairs * self.world, "skipped_nonfinite": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count, self.best, self.history = state["step"], state["best"], state["history"]
+        self.train_seconds, self.pairs_seen = state.get("train_seconds", 0.0), state.get("pairs_seen", 0)
+        self.skipped = state.get("skipped_nonfinite", 0)
+
+    def save_checkpoint(self) -> None:
+        acc = self.accelerator
+        if self.sharded or acc.is_main_process:  # sharded: every rank writes its shard and its RNG
+            save_checkpoint(self.run_dir, self.step_count, self.unwrapped, self.optimizer, self.scheduler,
+                            self.state_dict(), self.best_weights, self.cfg.train.keep_checkpoints,
+                            process=acc if self.sharded else None)
+        acc.wait_for_everyone()
+
+    def restore(self, checkpoint: Path) -> None:
+        """Weights, optimizer, scheduler, RNG and the trainer's state from ``checkpoint``."""
+        state, self.best_weights = load_checkpoint(checkpoint, self.unwrapped, self.optimizer, self.scheduler,
+                                                   self.rank if self.sharded else None)
+        self.load_state_dict(state)
+        self._say(f"resumed from {checkpoint} at step {self.step_count}")
+
+    # ------------------------------------------------------------ the end of the run
+
+    def finish(self) -> Path:
+        """The final model (best dev epoch) in ``<run>/final``, held-out test accuracy, the summary; the run folder."""
+        final_dir = self._save_final()
+        self._summarise(final_dir)
+        return self.run_dir
+
+    def _save_final(self) -> Path:
+        """Best dev epoch's weights, normalisation statistics on reference responses, saved as an HF folder."""
+        cfg, acc, unwrapped = self.cfg, self.accelerator, self.unwrapped
+        if self.best_weights is not None:
+            if self.sharded:
+                sharding.load_full_state_dict(unwrapped, self.best_weights, strict=False)
+            else:
+                unwrapped.load_state_dict(self.best_weights, strict=False)
+        dev_pairs = self.dev_pairs
+        reference = (dev_pairs if cfg.composite.normalise_on == "dev" and dev_pairs
+                     else subsample(self.train_pairs, 300, cfg.run.seed))
         with sharding.gathered(unwrapped):
-            accuracy, counts = pair_accuracy(unwrapped, encoder, test_pairs, cfg.eval.batch_size, bf16, inputs)
-            if accelerator.is_main_process and test_pairs:  # eval-rm's report of the test pairs, in the run
-                from reward_models.report import log_report
-                from reward_models.scoring import RewardScorer
+            self.scoring.mean, self.scoring.std = normalisation_stats(unwrapped, self.encoder, reference,
+                                                                      cfg.eval.batch_size, self.bf16, self.inputs)
+        self.scoring.normalised_on = f"{'dev' if reference is dev_pairs else 'train'} responses ({2 * len(reference)})"
+        final_dir = self.run_dir / "final"
+        # Sharded: the whole weights, gathered on every rank, go into a plain copy of the model that rank 0 saves.
+        whole = sharding.full_state_dict(unwrapped) if self.sharded else dict(unwrapped.named_parameters())
+        bad = next((n for n, p in whole.items() if p.is_floating_point() and not torch.isfinite(p).all()), None)
+        if bad is not None:  # never hand a broken model to the PPO stage
+            raise ConfigError(f"training: parameter {bad} is not finite; no final/ was written")
+        if acc.is_main_process:
+            save_reward_model(_plain_copy(cfg, whole) if self.sharded else unwrapped, self.encoder, self.scoring,
+                              final_dir)
+            self.logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.backbone, *cfg.data.extra_files],
+                                     role="gold" if cfg.role == "gold" else None)  # the judge's is not the proxy's
+        acc.wait_for_everyone()
+        return final_dir
 
-                scorer = RewardScorer(unwrapped, encoder, scoring, None, accelerator.device, bf16, cfg.eval.batch_size)
-                log_report(logger, scorer, test_pairs, run_dir / "rm_report", step)
-        summary |= {f"test/accuracy_{h}": a for h, a in accuracy.items()} | {f"test/pairs_{h}": n for h, n in counts.items()}
-    summary["run/seconds"] = time.perf_counter() - started  # everything: loading, training, evaluation, saving
-    logger.summary(summary)
-    logger.finish()
-    _say(accelerator, "summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                              for k, v in summary.items()))
-    return run_dir
+    def _summarise(self, final_dir: Path) -> None:
+        """Held-out test accuracy (prompts no stage trains on) and the run's summary."""
+        cfg, acc, best = self.cfg, self.accelerator, self.best
+        summary = {"final_model": str(final_dir), "train/seconds": self.train_seconds, "skipped/nonfinite": self.skipped,
+                   "train/pairs_per_s": self.pairs_seen / max(self.train_seconds, 1e-9),
+                   "train/pairs": len(self.train_pairs), "train/pairs_seen": self.pairs_seen,
+                   "train/trunk_cache_seconds": self.cache_seconds, "train/steps": self.step_count,
+                   "best/epoch": best.get("epoch"), "best/dev_accuracy_mean": best["accuracy"]}
+        history = self.history
+        final_dev = next((h for h in history if h["step"] == best.get("step")), history[-1] if history else {})
+        summary |= {f"dev/accuracy_{h}": a for h, a in final_dev.items() if h != "step"}
+        if self.debias.coefficient is not None:
+            summary |= {f"train/length_coef_{h}": self.debias.coefficient[i].item() for i, h in enumerate(HEADS)}
+        if cfg.eval.test:
+            test_pairs = self.pairs["test"]
+            with sharding.gathered(self.unwrapped):  # a collective: every rank, around the scores and the report
+                accuracy, counts = pair_accuracy(self.unwrapped, self.encoder, test_pairs, cfg.eval.batch_size,
+                                                 self.bf16, self.inputs)
+                if acc.is_main_process and test_pairs:  # eval-rm's report of the test pairs, in the run
+                    from reward_models.report import log_report
+                    from reward_models.scoring import RewardScorer
+
+                    scorer = RewardScorer(self.unwrapped, self.encoder, self.scoring, None, acc.device, self.bf16,
+                                          cfg.eval.batch_size)
+                    log_report(self.logger, scorer, test_pairs, self.run_dir / "rm_report", self.step_count)
+            summary |= {f"test/accuracy_{h}": a for h, a in accuracy.items()}
+            summary |= {f"test/pairs_{h}": n for h, n in counts.items()}
+        summary["run/seconds"] = time.perf_counter() - self.started  # everything: loading, training, evaluation, saving
+        self.logger.summary(summary)
+        self.logger.finish()
+        self._say("summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in summary.items()))
+
+    def _say(self, message: str) -> None:
+        _say(self.accelerator, message)
+
+
+def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_steps: int | None = None) -> Path:
+    """Train the reward model described by ``cfg`` (:class:`RewardTrainer`); returns the run folder (model in
+    ``<run>/final``). ``stop_after_steps`` ends the run right after writing a checkpoint at that step, as if it had
+    been killed there (tests of ``--resume``)."""
+    trainer = RewardTrainer(cfg, resume=resume)
+    if trainer.train(stop_after_steps):
+        trainer.finish()
+    return trainer.run_dir
 
 
 def _layers_to_shard(model: RewardModel) -> list[torch.nn.Module]:

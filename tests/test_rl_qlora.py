@@ -70,6 +70,7 @@ def test_the_fast_sampler_switches_off_on_a_quantized_base(capsys, bnb):
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_rl_trains_lora_on_a_4bit_base_and_final_adapter_names_the_float_start(algo, tmp_path, tiny_llama_path,
                                                                                monkeypatch, bnb):
+    from rlhf.ppo import factory
     from rlhf.ppo import trainer as rl_trainer
     from rlhf.policies import load_policy
 
@@ -80,7 +81,7 @@ def test_rl_trains_lora_on_a_4bit_base_and_final_adapter_names_the_float_start(a
             kept.append((model, {n: p.detach().clone() for n, p in model.named_parameters()}))
             super().__init__(cfg, model, *args, **kwargs)
 
-    monkeypatch.setattr(rl_trainer, "RLTrainer", Keeping)
+    monkeypatch.setattr(factory, "RLTrainer", Keeping)  # the stage builds its trainer in rlhf.ppo.factory
     extra = ["--rl.samples_per_prompt", "2", "--ppo.batch_size", "2"] if algo == "grpo" else []
     cfg, _ = load_config(RLStageConfig, ["--config", str(TINY), *SMALL, "--rl.algo", algo, *extra])
     cfg.run = RunConfig(output_dir=str(tmp_path), run_name=algo, wandb_mode="disabled")

@@ -204,14 +204,14 @@ def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tm
 def test_a_quantized_base_under_fsdp_is_refused_by_every_stage_in_one_line_before_loading(
         tmp_path, monkeypatch, capsys, no_model_loads, stage, config, key, more):
     """One check (rlhf.sharding.check_wrappable), one wording, before any model loads or run folder exists."""
-    import importlib
+    from rlhf.stages import STAGES
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
     monkeypatch.setenv("WORLD_SIZE", "2")
     runs = tmp_path / "runs"
-    cli = importlib.import_module(f"pipelines.{stage}").cli
+    cli = STAGES[stage].cli
     assert cli(["--config", f"pipelines/configs/{config}.yaml", f"--{key}", "4bit", *more, "--run.output_dir",
                 str(runs), "--run.wandb_mode", "disabled"]) == 2
     err = capsys.readouterr().err.strip()

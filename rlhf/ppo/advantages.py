@@ -13,6 +13,10 @@ may first replace each score by a baseline-corrected one (``sequence_scores``: t
 mean), then turns scores and penalties into per-token advantages (``token_advantages``). The trainer whitens
 the advantages over every process when ``whiten`` is set.
 
+A new estimator is a new entry: subclass :class:`AdvantageEstimator` (override ``sequence_scores`` and/or
+``token_advantages``, set its flags), add it to ``ESTIMATORS`` and to the ``rl.algo`` literal
+(``rlhf/ppo/config.py``); the config checks, the value head, whitening and the trainer read its flags.
+
 | algo | sequence score | token advantage | whiten | value head |
 | --- | --- | --- | --- | --- |
 | ppo (GAE) | as is | GAE(gamma, lambda) over per-token rewards | yes | yes |
@@ -26,7 +30,7 @@ sequence advantage on every token, as in GRPO's outcome supervision.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -42,6 +46,7 @@ class AdvantageEstimator:
     needs_values = False  # the estimator reads a value head (the model gets one only then)
     needs_groups = False  # the estimator compares the k rollouts of a prompt (k >= 2)
     whiten = False  # whiten the advantages over the whole batch (every process)
+    kl_in_loss = False  # kl.placement auto puts the KL in the loss (GRPO's), else in the reward as a penalty
 
     def sequence_scores(self, scores: torch.Tensor, k: int) -> torch.Tensor:  # noqa: ARG002 - k: group estimators
         return scores
@@ -81,6 +86,7 @@ class GroupNormalized(AdvantageEstimator):
 
     scale: bool = True  # divide by the group's std (False: Dr. GRPO, whose std division favours easy prompts)
     needs_groups = True
+    kl_in_loss = True
 
     def sequence_scores(self, scores, k):
         return group_normalize(scores, k, scale=self.scale)
@@ -109,11 +115,10 @@ ESTIMATORS: dict[str, type[AdvantageEstimator]] = {
 
 
 def make_estimator(algo: str, gamma: float = 1.0, lam: float = 0.95, scale_rewards: bool = True) -> AdvantageEstimator:
-    """The estimator of ``algo`` (a key of ESTIMATORS) with its settings."""
+    """The estimator of ``algo`` (a key of ESTIMATORS) with the settings its dataclass declares (gamma; GAE's lam
+    = ppo.lam; GRPO's scale = rl.scale_rewards): a new estimator needs only its entry."""
     if algo not in ESTIMATORS:
         raise ValueError(f"unknown algorithm {algo!r} (one of {', '.join(ESTIMATORS)})")
-    if algo == "ppo":
-        return GAE(gamma=gamma, lam=lam)
-    if algo == "grpo":
-        return GroupNormalized(gamma=gamma, scale=scale_rewards)
-    return ESTIMATORS[algo](gamma=gamma)
+    cls = ESTIMATORS[algo]
+    settings = {"gamma": gamma, "lam": lam, "scale": scale_rewards}
+    return cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})

@@ -127,11 +127,11 @@ def save(trainer) -> Path | None:
     if acc.is_main_process:
         if sharded:
             gathered = lambda path: save_adapter(trainer.unwrapped, path, trainable)  # noqa: E731
-            save_main_files(tmp, trainable, None, trainer.scheduler.state_dict(), trainer.trainer_state(),
+            save_main_files(tmp, trainable, None, trainer.scheduler.state_dict(), trainer.state_dict(),
                             save_adapter=checkpoint_adapter(gathered, trainer.cfg.policy, trainer.tokenizer))
         else:
             save_main_files(tmp, trainer.unwrapped.trainable_state_dict(), trainer.optimizer.state_dict(),
-                            trainer.scheduler.state_dict(), trainer.trainer_state(),
+                            trainer.scheduler.state_dict(), trainer.state_dict(),
                             save_adapter=checkpoint_adapter(trainer.unwrapped.policy.save_pretrained,
                                                             trainer.cfg.policy, trainer.tokenizer))
         final = commit(trainer.run_dir, tmp, trainer.step_count, trainer.cfg.train.keep_checkpoints)
@@ -156,7 +156,7 @@ def resume(trainer, path: str | Path) -> None:
         trainer.unwrapped.load_trainable_state_dict(state["trainable"])
         trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.load_trainer_state(state["trainer_state"])
+    trainer.load_state_dict(state["trainer_state"])
     if state["rng"] is not None:
         set_rng_state(state["rng"])
     if trainer.accelerator.is_main_process:

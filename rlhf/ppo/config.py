@@ -312,7 +312,7 @@ class RLStageConfig:
     @property
     def kl_in_loss(self) -> bool:
         """The KL to the reference is a loss term (else a per-token reward penalty)."""
-        return self.kl.placement == "loss" or (self.kl.placement == "auto" and self.rl.algo == "grpo")
+        return self.kl.placement == "loss" or (self.kl.placement == "auto" and ESTIMATORS[self.rl.algo].kl_in_loss)
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -10,7 +10,12 @@ KL controller, skip decisions, early stops) are reduced across processes, and gr
 by DDP, or reduce-scattered by FSDP2 under an FSDP launch: then the policy's decoder layers and the root
 (embeddings, LM head, value head) are sharded here (``rlhf.sharding``), rollouts run inside ``gathered``
 (each rank samples its own number of tokens), and the single-process speed paths (frozen trunk, packing,
-merged-LoRA sampling) are off. Checkpoints: ``rlhf.ppo.checkpoint``.
+merged-LoRA sampling) are off.
+
+The trainer keeps the loop; its parts live beside it: cross-process reductions (``rlhf.ppo.reducers``), reward
+shaping (``rlhf.ppo.shaping``), held-out evaluation and sample tables (``rlhf.ppo.evaluation``), checkpoints
+(``rlhf.ppo.checkpoint``, from :meth:`RLTrainer.state_dict`), and the recipe that builds a trainer from a config
+(``rlhf.ppo.factory.build_rl_trainer``).
 """
 from __future__ import annotations
 
@@ -28,18 +33,20 @@ from reward_models.types import Scorer
 from rlhf.ppo import checkpoint as ckpt
 from rlhf.ppo.advantages import make_estimator
 from rlhf.ppo.config import RLStageConfig
+from rlhf.ppo.evaluation import HeldOutEvaluator, samples_table
 from rlhf.ppo.experience import Experience, ExperienceMaker, padding_free_span
 from rlhf.ppo.kl import make_kl_controller
+from rlhf.ppo.length_control import remove_length_trend
 from rlhf.ppo.losses import make_policy_loss
 from rlhf.ppo.maths import (aggregate, clipped_value_loss, entropy_from_logits, kl_per_token, logprobs_from_logits,
                             masked_mean, masked_whiten, zero_variance_groups)
 from rlhf.ppo.memory import release_freed_memory
+from rlhf.ppo.objectives import RewardObjective
 from rlhf.ppo.policy import PolicyModel
 from rlhf.ppo.prompts import PromptStream
-from rlhf.ppo.length_control import remove_length_trend
-from rlhf.ppo.objectives import RewardObjective, normalize_then_sum
-from rlhf.ppo.rewards import RunningMoments, overlong_penalty, shape_scores
+from rlhf.ppo.reducers import ProcessReducer
 from rlhf.ppo.sampler import make_sampler
+from rlhf.ppo.shaping import RewardShaper
 from rlhf import sharding
 from rlhf.lifecycle import seed_everything
 from rlhf.runtime import make_accelerator, select_device
@@ -97,6 +104,10 @@ def shard_policy(model: PolicyModel, cfg: RLStageConfig, say: bool = True) -> No
 class RLTrainer:
     """Online RL with a KL penalty on a LoRA policy: PPO, GRPO, RLOO or REINFORCE++ (``cfg.rl.algo``).
 
+    setup (``__init__``), :meth:`step`, :meth:`evaluate`, :meth:`state_dict` / :meth:`load_state_dict`; what each
+    algorithm changes is an entry of a table (``rlhf.ppo.advantages.ESTIMATORS``, ``rlhf.ppo.losses.POLICY_LOSSES``).
+
+    >>> trainer = build_rl_trainer(cfg)   # rlhf.ppo.factory: the policy, scorer and prompts the config names
     >>> trainer = RLTrainer(cfg, model, tokenizer, scorer, prompts)   # model: rlhf.ppo.policy.build_policy_model
     >>> metrics = trainer.step()        # one iteration on the next prompts; or trainer.step(list_of_prompts)
     >>> history = trainer.train()       # cfg.train.steps iterations (continues from a loaded checkpoint)
@@ -104,19 +115,44 @@ class RLTrainer:
 
     def __init__(self, cfg: RLStageConfig, model: PolicyModel, tokenizer, scorer: Scorer, prompts: Sequence[str],
                  accelerator=None, logger=None, run_dir: str | Path | None = None):
-        from transformers import get_scheduler
-
         self.cfg = cfg
-        self.accelerator = accelerator or make_accelerator(select_device(cfg.run.device))
+        self.accelerator = acc = accelerator or make_accelerator(select_device(cfg.run.device))
         self.logger = logger
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.threads = ThreadGovernor(cfg.train.threads)  # 0: threads follow the cores other processes leave free
+        self.reduce = ProcessReducer(acc)
+        # 1. what the algorithm is: entries of the estimator and policy-loss tables, the reward objective
         self.estimator = make_estimator(cfg.rl.algo, cfg.ppo.gamma, cfg.ppo.lam, cfg.rl.scale_rewards)
         self.policy_loss = make_policy_loss(cfg.rl.policy_loss, cfg.ppo.clip_range, cfg.ppo.clip_range_high)
         self.objective = RewardObjective(cfg.reward, scorer)  # weighted or lagrangian (its multipliers)
+        self.shaper = RewardShaper(cfg, self.objective, self.estimator, self.reduce)
         if self.estimator.needs_values and model.value_head is None:
             raise ValueError(f"{cfg.rl.algo} needs a value head: build the model with build_policy_model(cfg, ...)")
-        acc = self.accelerator
+        # 2. the model on its device, sharded or wrapped, and its optimizer and schedule
+        self._setup_model(model)
+        # 3. experience: the sampler, the maker, the KL controller, this process's prompts
+        merge = cfg.policy.merge_lora_for_sampling and not self.sharded
+        sampler = make_sampler(self.unwrapped, cfg.policy.sampler, merge)
+        compute_dtype = self.unwrapped.causal_lm.get_input_embeddings().weight.dtype
+        self.maker = ExperienceMaker(self.unwrapped, tokenizer, scorer, cfg.generation, cfg.data.max_prompt_tokens,
+                                     compute_dtype, reuse_sampling_pass=cfg.ppo.logprobs_from_sampling,
+                                     forward_batch_size=cfg.ppo.forward_batch_size, sampler=sampler)
+        self.tokenizer = self.maker.tokenizer
+        if self.sharded:  # rollouts run on gathered weights: no rank waits for another's decoding
+            self.maker.synced_gpus = False
+        self.kl_ctl = make_kl_controller(cfg.kl.coef, cfg.kl.adaptive, cfg.kl.target, cfg.kl.horizon)
+        self.stream = PromptStream(prompts, cfg.ppo.batch_size, acc.num_processes, acc.process_index,
+                                   cfg.run.seed, cfg.data.shuffle)
+        # 4. held-out evaluation: a fixed seed, so evaluations at different steps see comparable draws
+        self.evaluator = HeldOutEvaluator(self.maker, self.reduce, cfg.kl.estimator, cfg.rollouts_per_step,
+                                          step_seed(cfg.run.seed, 0, acc.process_index) + 1, logger, cfg.rl.algo)
+        self.step_count = 0  # steps done; also the data position
+        release_freed_memory()  # what loading and converting the checkpoints left on the heap
+
+    def _setup_model(self, model: PolicyModel) -> None:
+        from transformers import get_scheduler
+
+        cfg, acc = self.cfg, self.accelerator
         model.to(acc.device)
         # FSDP: shard before the optimizer sees the parameters (fully_shard replaces them by DTensor shards), and
         # keep the model away from prepare (accelerate ignores its FSDP plugin on CPU and would wrap it in DDP).
@@ -137,41 +173,6 @@ class RLTrainer:
             # Sharded layers gather their weights inside their own wrappers; the trunk path cuts the layer list
             # under them, which is only tested unsharded (single process and DDP).
             self.unwrapped.use_frozen_trunk(False)
-        compute_dtype = self.unwrapped.causal_lm.get_input_embeddings().weight.dtype
-        merge = cfg.policy.merge_lora_for_sampling and not self.sharded
-        sampler = make_sampler(self.unwrapped, cfg.policy.sampler, merge)
-        self.maker = ExperienceMaker(self.unwrapped, tokenizer, scorer, cfg.generation, cfg.data.max_prompt_tokens,
-                                     compute_dtype, reuse_sampling_pass=cfg.ppo.logprobs_from_sampling,
-                                     forward_batch_size=cfg.ppo.forward_batch_size, sampler=sampler)
-        self.tokenizer = self.maker.tokenizer
-        if self.sharded:  # rollouts run on gathered weights: no rank waits for another's decoding
-            self.maker.synced_gpus = False
-        self.kl_ctl = make_kl_controller(cfg.kl.coef, cfg.kl.adaptive, cfg.kl.target, cfg.kl.horizon)
-        self.moments = RunningMoments() if cfg.reward.normalize else None
-        self.stream = PromptStream(prompts, cfg.ppo.batch_size, acc.num_processes, acc.process_index,
-                                   cfg.run.seed, cfg.data.shuffle)
-        self.step_count = 0  # steps done; also the data position
-        release_freed_memory()  # what loading and converting the checkpoints left on the heap
-
-    # ------------------------------------------------------------ cross-process helpers
-
-    def _any_process(self, flag: torch.Tensor | bool) -> bool:
-        flag = torch.as_tensor(flag, dtype=torch.float32, device=self.accelerator.device).reshape(1)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
-
-    def _global_mean_var(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and (unbiased) variance of the masked entries of ``x`` over every process."""
-        sums = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
-        total, total_sq, count = self.accelerator.reduce(sums, reduction="sum").tolist()
-        mean = total / max(count, 1)
-        var = (total_sq / max(count, 1) - mean**2) * count / max(count - 1, 1)
-        return torch.tensor(mean, device=x.device), torch.tensor(max(var, 0.0), device=x.device)
-
-    def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        keys = sorted(metrics)
-        local = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
-        reduced = self.accelerator.reduce(local, reduction="mean").tolist()
-        return dict(zip(keys, reduced))
 
     # ------------------------------------------------------------ one iteration
 
@@ -181,8 +182,7 @@ class RLTrainer:
         Each prompt is sampled ``rl.samples_per_prompt`` times; its rollouts are consecutive rows (a group)."""
         cfg, acc = self.cfg, self.accelerator
         self.threads.before_step()  # re-choose the thread count from the CPU others used during the last step
-        step = self.step_count + 1
-        start = time.perf_counter()
+        step, start = self.step_count + 1, time.perf_counter()
         prompts = list(prompts) if prompts is not None else self.stream.batch(self.step_count)
         k = cfg.rl.samples_per_prompt
         seed_everything(step_seed(cfg.run.seed, step, acc.process_index))
@@ -191,100 +191,83 @@ class RLTrainer:
         with sharding.gathered(self.unwrapped):  # sharded: whole weights, as each rank decodes its own length
             exp = self.maker.make([p for p in prompts for _ in range(k)])
         release_freed_memory()  # the sampling and forward transients, before the update's (rlhf.ppo.memory)
-        mask = exp.response_mask
         composite = self.objective.composite(exp.scores).to(acc.device)  # (B,) the scorer's, or the Lagrangian
-        kl_coef = self.kl_ctl.value
 
         # 2. a non-finite score anywhere skips the whole batch on every process
-        if self._any_process(~torch.isfinite(composite).all()):
-            metrics = {"skipped/nonfinite": 1.0, "response/length": mask.sum(1).mean().item()}
-            return self._finish_step(step, exp, self._reduce_metrics(metrics), start)
+        if self.reduce.any(~torch.isfinite(composite).all()):
+            metrics = {"skipped/nonfinite": 1.0, "response/length": exp.response_mask.sum(1).mean().item()}
+            return self._finish_step(step, exp, self.reduce.mean(metrics), start)
 
-        # 2b. optional length control: the batch's linear trend of score on response length taken out
-        length_metrics = {}
-        if cfg.reward.length_detrend:
-            composite, slope = remove_length_trend(composite, mask.sum(1).float(), acc.gather)
-            length_metrics["reward/length_slope"] = slope
+        # 3. shaped scores, the KL (a per-token penalty unless a loss term), advantages, the rows in the loss
+        kl_coef = self.kl_ctl.value
+        kl, scores, shaping = self._advantages(exp, composite, kl_coef)
 
-        # 3. shaped scores (EOS penalty, running normalisation or per-head normalisation, clipping, overlong
-        #    penalty); the KL as a per-token penalty unless it is a loss term
+        # 4. epochs over mini-batches
+        update_start = time.perf_counter()
+        update = self._update(exp, step)
+        release_freed_memory()
+        update["time/update_s"] = time.perf_counter() - update_start
+
+        # 5. metrics averaged over processes; the KL controller and the multipliers move on them
+        metrics = self.reduce.mean(self._step_metrics(exp, composite, kl, kl_coef, scores, shaping, update))
+        self.kl_ctl.update(metrics["objective/kl"], n_steps=len(exp) * acc.num_processes)
+        if self.objective.lagrangian:  # every process sees the same averaged violations: the multipliers agree
+            self.objective.update({c: metrics[f"lagrangian/violation_{c}"] for c in self.objective.thresholds})
+        return self._finish_step(step, exp, metrics, start)
+
+    def _advantages(self, exp: Experience, composite: torch.Tensor,
+                    kl_coef: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Fill ``exp.advantages``, ``exp.returns`` and ``exp.loss_mask``; returns the (B, R) KL, the (B,) shaped
+        scores and the shaping's own metrics."""
+        cfg, acc, k = self.cfg, self.accelerator, self.cfg.rl.samples_per_prompt
+        mask = exp.response_mask
+        shaping = {}
+        if cfg.reward.length_detrend:  # the batch's linear trend of score on response length taken out
+            composite, slope = remove_length_trend(composite, mask.sum(1).float(), self.reduce.gather)
+            shaping["reward/length_slope"] = slope
         kl = kl_per_token(exp.logprobs, exp.ref_logprobs, cfg.kl.estimator) * mask  # (B, R)
         has_eos = exp.has_eos.to(acc.device)
-        scores, corrected = self._sequence_scores(exp, composite, has_eos)  # (B,)
+        scores, corrected = self.shaper.scores(exp, composite, has_eos)  # (B,)
         penalty = torch.zeros_like(kl) if cfg.kl_in_loss else -kl_coef * kl  # (B, R)
-
-        # 4. advantages from the algorithm's estimator; whitened over every process's tokens if it says so
+        # the algorithm's estimator; whitened over every process's tokens if it says so
         advantages, exp.returns = self.estimator(scores, penalty, mask, exp.values, k, corrected)  # (B, R) each
         if self.estimator.whiten:
-            mean, var = self._global_mean_var(advantages, mask)
+            mean, var = self.reduce.mean_var(advantages, mask)
             advantages = masked_whiten(advantages, mask, mean=mean, var=var)
         exp.advantages = advantages
         # rows out of the loss: groups with no spread (dynamic sampling), truncated responses
         dropped = zero_variance_groups(scores, k) if cfg.rl.dynamic_sampling else torch.zeros_like(has_eos)
         truncated = ~has_eos if cfg.rl.mask_truncated else torch.zeros_like(has_eos)
         exp.loss_mask = mask * (~(dropped | truncated)).float().unsqueeze(1)  # (B, R)
+        if cfg.rl.dynamic_sampling:
+            shaping["rollout/dropped_groups"] = dropped.sum().item() / k
+        if cfg.rl.mask_truncated:
+            shaping["rollout/masked_truncated"] = truncated.sum().item()
+        if cfg.rl.overlong_buffer:
+            shaping["objective/overlong_penalty"] = self.shaper.overlong(exp, has_eos.device).mean().item()
+        return kl, scores, shaping
 
-        # 5. epochs over mini-batches
-        update_start = time.perf_counter()
-        update = self._update(exp, step)
-        release_freed_memory()
-        update_time = time.perf_counter() - update_start
-
-        # 6. the KL controller sees the mean KL per response over every process
+    def _step_metrics(self, exp: Experience, composite: torch.Tensor, kl: torch.Tensor, kl_coef: float,
+                      scores: torch.Tensor, shaping: dict[str, float], update: dict[str, float]) -> dict[str, float]:
+        """This process's metrics of one step (before they are averaged over processes)."""
+        mask, k = exp.response_mask, self.cfg.rl.samples_per_prompt
         metrics = {
             **exp.scores.as_metrics(),
-            **length_metrics,
             "objective/kl": kl.sum(1).mean().item(),
             "objective/kl_coef": kl_coef,
             "objective/scores": scores.mean().item(),
             "response/length": mask.sum(1).mean().item(),
-            "response/eos_rate": has_eos.float().mean().item(),
-            "time/update_s": update_time,
-            **{f"time/{k}_s": v for k, v in exp.timings.items()},
+            "response/eos_rate": exp.has_eos.float().mean().item(),
+            **{f"time/{key}_s": value for key, value in exp.timings.items()},
+            **shaping,
             **update,
         }
-        if cfg.rl.dynamic_sampling:
-            metrics["rollout/dropped_groups"] = dropped.sum().item() / k
-        if cfg.rl.mask_truncated:
-            metrics["rollout/masked_truncated"] = truncated.sum().item()
-        if cfg.rl.overlong_buffer:
-            metrics["objective/overlong_penalty"] = self._overlong(exp, has_eos.device).mean().item()
         if self.objective.lagrangian:
             metrics.update(self.objective.metrics())  # the multipliers this batch was scored with
             metrics.update({f"lagrangian/violation_{c}": v for c, v in self.objective.violations(exp.scores).items()})
         if self.estimator.needs_groups:  # how much the k samples of a prompt differ: no spread, no signal
             metrics["reward/group_std"] = composite.reshape(-1, k).std(1).mean().item()
-        metrics = self._reduce_metrics(metrics)
-        self.kl_ctl.update(metrics["objective/kl"], n_steps=len(exp) * acc.num_processes)
-        if self.objective.lagrangian:  # every process sees the same averaged violations: the multipliers agree
-            self.objective.update({c: metrics[f"lagrangian/violation_{c}"] for c in self.objective.thresholds})
-        return self._finish_step(step, exp, metrics, start)
-
-    def _overlong(self, exp: Experience, device: torch.device) -> torch.Tensor:
-        lengths = exp.response_mask.sum(1).to(device)  # (B,)
-        rl = self.cfg.rl
-        return overlong_penalty(lengths, self.cfg.generation.max_new_tokens, rl.overlong_buffer, rl.overlong_penalty)
-
-    def _sequence_scores(self, exp: Experience, composite: torch.Tensor,
-                         has_eos: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """(B,) scores for the estimator, and whether they already carry its baseline (normalize_then_sum).
-
-        sum: the composite less the missing-EOS penalty, normalised by running moments, clipped; GDPO: each
-        head normalised on its own (``objectives.normalize_then_sum``), then the same penalty and clip. The
-        overlong penalty is added last, on the scale of the estimator's input."""
-        reward, k = self.cfg.reward, self.cfg.rl.samples_per_prompt
-        overlong = self._overlong(exp, composite.device)
-        if reward.aggregation == "normalize_then_sum":
-            _, columns, weights = self.objective.columns(exp.scores)
-            baseline = lambda s: self.estimator.sequence_scores(s, k)  # noqa: E731
-            scores = normalize_then_sum(columns.to(composite.device), weights.to(composite.device), baseline)
-            scores = shape_scores(scores, has_eos, reward.missing_eos_penalty, None, reward.clip)
-            return scores + overlong, True
-        if self.moments is not None:
-            penalised = composite - reward.missing_eos_penalty * (~has_eos).float()
-            self.moments.update(self.accelerator.gather(penalised).cpu())
-        scores = shape_scores(composite, has_eos, reward.missing_eos_penalty, self.moments, reward.clip)
-        return scores + overlong, False
+        return metrics
 
     def _finish_step(self, step: int, exp: Experience, metrics: dict[str, float], start: float) -> dict[str, float]:
         self.scheduler.step()
@@ -296,23 +279,11 @@ class RLTrainer:
             if step % max(self.cfg.run.log_every, 1) == 0:
                 self.logger.log(metrics, step=step)
             if self.cfg.train.sample_every and step % self.cfg.train.sample_every == 0:
-                self._log_samples(step, exp)
+                self.logger.log_table("samples", *samples_table(exp, self.cfg.train.num_samples), step=step)
         save_every = self.cfg.train.save_every
         if self.run_dir is not None and save_every and step % save_every == 0:
             ckpt.save(self)
         return metrics
-
-    def _log_samples(self, step: int, exp: Experience) -> None:
-        heads = list(exp.scores.heads)
-        columns = ["prompt", "response", "composite", *heads] + (["toxicity"] if exp.scores.toxicity is not None else [])
-        rows = []
-        for i in range(min(self.cfg.train.num_samples, len(exp))):
-            row = [exp.prompts[i], exp.responses[i], exp.scores.composite[i].item()]
-            row += [exp.scores.heads[h][i].item() for h in heads]
-            if exp.scores.toxicity is not None:
-                row.append(exp.scores.toxicity[i].item())
-            rows.append(row)
-        self.logger.log_table("samples", columns, rows, step=step)
 
     # ------------------------------------------------------------ the update
 
@@ -336,7 +307,7 @@ class RLTrainer:
                 for key, value in stats.items():
                     totals[key] += value
                 # Every process stops together (DDP and FSDP need the same number of backward passes).
-                if cfg.max_approx_kl > 0 and self._any_process(stats["policy/approxkl"] > cfg.max_approx_kl):
+                if cfg.max_approx_kl > 0 and self.reduce.any(stats["policy/approxkl"] > cfg.max_approx_kl):
                     stop = True
                     break
             if stop:
@@ -371,7 +342,7 @@ class RLTrainer:
                     logits, values = self.model(part.input_ids, part.attention_mask, part.response_start,
                                                 trunk_hidden=part.trunk_hidden)
                 losses = self._losses(part, logits, values)
-                if self._any_process(~torch.isfinite(losses["loss"])):
+                if self.reduce.any(~torch.isfinite(losses["loss"])):
                     self.optimizer.zero_grad(set_to_none=True)
                     return None
                 acc.backward(losses["loss"] / len(micro_batches))
@@ -392,8 +363,8 @@ class RLTrainer:
         return dict(stats)
 
     def _losses(self, part: Experience, logits: torch.Tensor, values: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Clipped policy loss (+ value loss with a value head, + k3 KL term when the KL is in the loss,
-        - entropy bonus), the policy and KL terms averaged as ``rl.loss_aggregation`` says."""
+        """The configured policy loss (``self.policy_loss``, an entry of POLICY_LOSSES) (+ value loss with a value
+        head, + k3 KL term when the KL is in the loss, - entropy bonus), averaged as ``rl.loss_aggregation`` says."""
         cfg, rl = self.cfg.ppo, self.cfg.rl
         mask = part.loss_mask if part.loss_mask is not None else part.response_mask  # rows out of the loss: 0
         max_len = self.cfg.generation.max_new_tokens
@@ -420,28 +391,10 @@ class RLTrainer:
 
     # ------------------------------------------------------------ held-out evaluation
 
-    @torch.no_grad()
     def evaluate(self, prompts: Sequence[str]) -> dict[str, float]:
-        """Mean scores and KL of one fresh sample per prompt (split across processes), no update.
-
-        Sampling uses a fixed seed, so evaluations at different steps see comparable draws."""
-        acc = self.accelerator
-        mine = list(prompts)[acc.process_index::acc.num_processes]
-        seed_everything(step_seed(self.cfg.run.seed, 0, acc.process_index) + 1)
-        totals: dict[str, float] = defaultdict(float)
-        batch = self.cfg.rollouts_per_step
-        # One gathering around the loop: the ranks' shares may differ by a batch (gathering is a collective).
-        with sharding.gathered(self.unwrapped):
-            for first in range(0, len(mine), batch):
-                exp = self.maker.make(mine[first:first + batch])
-                kl = kl_per_token(exp.logprobs, exp.ref_logprobs, self.cfg.kl.estimator) * exp.response_mask
-                parts = {**exp.scores.as_metrics(), "objective/kl": kl.sum(1).mean().item(),
-                         "response/length": exp.response_mask.sum(1).mean().item(),
-                         "response/eos_rate": exp.has_eos.float().mean().item()}
-                for key, value in parts.items():
-                    totals[key] += value * len(exp)
-        local = {f"eval/{key}": value / max(len(mine), 1) for key, value in totals.items()}
-        return self._reduce_metrics(local)
+        """Mean scores and KL of one fresh sample per prompt (split across processes), no update
+        (``rlhf.ppo.evaluation.HeldOutEvaluator``)."""
+        return self.evaluator.evaluate(prompts)
 
     # ------------------------------------------------------------ the whole run
 
@@ -454,33 +407,24 @@ class RLTrainer:
         every = self.cfg.train.eval_every
         history = []
         if eval_prompts and self.step_count < total:
-            self._log_eval(eval_prompts)
+            self.evaluator.log(eval_prompts, self.step_count)
         while self.step_count < total:
             history.append(self.step())
             if eval_prompts and ((every and self.step_count % every == 0) or self.step_count == total):
-                history[-1].update(self._log_eval(eval_prompts))
+                history[-1].update(self.evaluator.log(eval_prompts, self.step_count))
         return history
 
-    def _log_eval(self, prompts: Sequence[str]) -> dict[str, float]:
-        metrics = self.evaluate(prompts)
-        if self.logger is not None:
-            self.logger.log(metrics, step=self.step_count)
-        if self.accelerator.is_main_process:
-            print(f"[{self.cfg.rl.algo}] held-out eval at step {self.step_count}: "
-                  + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
-        return metrics
+    # ------------------------------------------------------------ checkpoint state
 
-    def trainer_state(self) -> dict:
-        """What a checkpoint keeps besides weights, optimizer and scheduler (rlhf.ppo.checkpoint)."""
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps besides weights, optimizer and scheduler (``rlhf.ppo.checkpoint`` writes it)."""
         return {"step": self.step_count, "kl_controller": self.kl_ctl.state_dict(),
-                "reward_moments": self.moments.state_dict() if self.moments is not None else None,
-                "lagrangian": self.objective.state_dict()}
+                "reward_moments": self.shaper.state_dict(), "lagrangian": self.objective.state_dict()}
 
-    def load_trainer_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step"])
         self.kl_ctl.load_state_dict(state["kl_controller"])
-        if self.moments is not None and state.get("reward_moments"):
-            self.moments.load_state_dict(state["reward_moments"])
+        self.shaper.load_state_dict(state.get("reward_moments"))
         self.objective.load_state_dict(state.get("lagrangian") or {})  # checkpoints from before have none
 
 
