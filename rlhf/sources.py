@@ -40,7 +40,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
 
 from rlhf.prompts import Shot
 from rlhf.records import (PreferenceRecord, RecordError, SFTRecord, load_records, messages_to_prompt,
@@ -232,12 +232,6 @@ def truthfulqa_pairs(split: Split = "all", pairs_per_question: int = 3) -> list[
     return _question_pairs(truthfulqa_items(split), pairs_per_question)
 
 
-def truthfulqa_sft(split: Split = "all") -> list[SFTRecord]:
-    return [SFTRecord(messages=[{"role": "user", "content": it.question},
-                                {"role": "assistant", "content": it.best_answer}], source="truthfulqa")
-            for it in truthfulqa_items(split)]
-
-
 # ---------------------------------------------------------------- DialogSum
 
 
@@ -326,12 +320,6 @@ def dialogsum_pairs(split: Split = "all", seed: int = 0) -> list[PreferenceRecor
             records.append(PreferenceRecord(prompt=item.prompt, chosen=item.summary, rejected=text,
                                             dimension=["helpful"], source="dialogsum"))
     return records
-
-
-def dialogsum_sft(split: Split = "all") -> list[SFTRecord]:
-    return [SFTRecord(messages=[{"role": "user", "content": it.prompt},
-                                {"role": "assistant", "content": it.summary}], source="dialogsum")
-            for it in dialogsum_items(split)]
 
 
 # ---------------------------------------------------------------- one declaration per source
@@ -435,22 +423,34 @@ def pair_source(name: str, file: str, hub_id: str, license: str, dimension: str,
 
 register(pair_source("hh-rlhf-harmless", HH_HARMLESS, "Anthropic/hh-rlhf", "mit", "harmless", read=_hh_all_pairs,
                      id_prefix="hh", links_conversations=True))
-register(Source(
-    "truthfulqa", TRUTHFULQA, "truthfulqa/truthful_qa", "apache-2.0", "honest",
-    pairs=truthfulqa_pairs, sft=truthfulqa_sft,
-    prompts=lambda split: [it.question for it in truthfulqa_items(split)],
-    eval_items=lambda split: [EvalItem("truthfulqa", f"tqa-{i}", it.question, [{"role": "user", "content": it.question}],
-                                       [it.best_answer] + [c for c in it.correct if c != it.best_answer])
-                              for i, it in enumerate(truthfulqa_items(split))],
-    shots=lambda split: [Shot(it.question, it.best_answer) for it in truthfulqa_items(split)],
-    linking_pairs=_truthfulqa_all_pairs))
-register(Source(
-    "dialogsum", DIALOGSUM, "knkarthick/dialogsum", "cc-by-nc-sa-4.0", "helpful",
-    pairs=dialogsum_pairs, sft=dialogsum_sft,
-    prompts=lambda split: [it.prompt for it in dialogsum_items(split)],
-    eval_items=lambda split: [EvalItem("dialogsum", it.fname, it.prompt, [{"role": "user", "content": it.prompt}],
-                                       [it.summary]) for it in dialogsum_items(split)],
-    shots=lambda split: [Shot(it.prompt, it.summary) for it in dialogsum_items(split)]))
+def answer_source(name: str, file: str, hub_id: str, license: str, dimension: str, items: Callable[[Split], list],
+                  pairs: Callable[[Split], list[PreferenceRecord]], answer: Callable[[Any], str],
+                  references: Callable[[Any], list[str]], item_id: Callable[[int, Any], str],
+                  linking_pairs: Callable[[Path], list[PreferenceRecord]] | None = None) -> Source:
+    """A source of single-turn prompts with a reference answer (TruthfulQA's questions, DialogSum's dialogues):
+    ``items(split)`` have a ``prompt``; SFT = prompt -> ``answer``, RL prompts = the prompts, evaluation items =
+    the prompts with ``references`` (ROUGE/BLEU), shots = prompt and answer. ``pairs`` are its own."""
+
+    def sft(split: Split = "all") -> list[SFTRecord]:
+        return [SFTRecord(messages=[{"role": "user", "content": it.prompt}, {"role": "assistant", "content": answer(it)}],
+                          source=name) for it in items(split)]
+
+    return Source(name, file, hub_id, license, dimension, pairs=pairs, sft=sft,
+                  prompts=lambda split: [it.prompt for it in items(split)],
+                  eval_items=lambda split: [EvalItem(name, item_id(i, it), it.prompt,
+                                                     [{"role": "user", "content": it.prompt}], references(it))
+                                            for i, it in enumerate(items(split))],
+                  shots=lambda split: [Shot(it.prompt, answer(it)) for it in items(split)],
+                  linking_pairs=linking_pairs)
+
+
+register(answer_source("truthfulqa", TRUTHFULQA, "truthfulqa/truthful_qa", "apache-2.0", "honest",
+                       items=truthfulqa_items, pairs=truthfulqa_pairs, answer=lambda it: it.best_answer,
+                       references=lambda it: [it.best_answer] + [c for c in it.correct if c != it.best_answer],
+                       item_id=lambda i, it: f"tqa-{i}", linking_pairs=_truthfulqa_all_pairs))
+register(answer_source("dialogsum", DIALOGSUM, "knkarthick/dialogsum", "cc-by-nc-sa-4.0", "helpful",
+                       items=dialogsum_items, pairs=dialogsum_pairs, answer=lambda it: it.summary,
+                       references=lambda it: [it.summary], item_id=lambda i, it: it.fname))
 
 
 class _Readers(Mapping):

@@ -34,7 +34,7 @@ def test_dialogsum_pairs_and_sft():
     summaries = {i.prompt: i.summary for i in sources.dialogsum_items("all")}
     assert all(summaries[p.prompt] == p.chosen and p.rejected != p.chosen for p in pairs)
     assert Counter(p.dimension[0] for p in pairs) == {"helpful": len(pairs)}
-    sft = sources.dialogsum_sft("train")
+    sft = sources.SFT_SOURCES["dialogsum"]("train")
     assert sft[0].messages[0]["role"] == "user" and sft[0].messages[1]["role"] == "assistant"
 
 

@@ -17,11 +17,11 @@ def _generate(policy: str, prompts: list[str], max_new_tokens: int, seeds: list[
               device: str = "auto") -> list[list[str]]:
     """One list of responses per seed, from one policy (loaded once, on the device ``rlhf.runtime`` picks)."""
     from rlhf.generation import GenerationSettings, generate_chat
+    from rlhf.policies import load_tokenizer, load_weights
     from rlhf.runtime import select_device
-    from rlhf.zoo import load_causal_lm, load_tokenizer
 
     where = select_device(device, key="--device")
-    tokenizer, model = load_tokenizer(policy), load_causal_lm(policy).to(where)
+    tokenizer, model = load_tokenizer(policy), load_weights(policy).to(where)  # an adapter folder is merged in
     chats = [prompt_to_messages(p) for p in prompts]
     return [generate_chat(model, tokenizer, chats, GenerationSettings(max_new_tokens=max_new_tokens, seed=seed))
             for seed in seeds]
