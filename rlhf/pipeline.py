@@ -146,7 +146,7 @@ def drop_unrun_policies(tree: dict[str, Any], cfg: PipelineConfig) -> dict[str, 
     policies = tree.get("policies")
     if isinstance(policies, list):
         gone = {p.get("name") for p in policies
-                if isinstance(p, dict) and (in_absent(p.get("path", "")) or in_absent(p.get("base", "")))}
+                if isinstance(p, dict) and (in_absent(p.get("model", "")) or in_absent(p.get("base", "")))}
         tree["policies"] = [p for p in policies if not (isinstance(p, dict) and p.get("name") in gone)]
         variants = []
         for v in tree.get("variants") or []:
