@@ -71,9 +71,9 @@ def run_side(setting: str, steps: int, out: Path) -> int:
     cfg = our_config(wl)
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
-    tokenizer = load_policy_tokenizer(cfg.policy)
-    dtype = resolve_dtype(cfg.policy.precision, accelerator.device)
-    model = build_actor_critic(cfg.policy, cfg.lora, dtype)
+    tokenizer = load_policy_tokenizer(cfg.model)
+    dtype = resolve_dtype(cfg.train.precision, accelerator.device)
+    model = build_actor_critic(cfg.model, cfg.lora, dtype)
     trainer = PPOTrainer(cfg, model, tokenizer, TokenCountScorer(tokenizer, "."), prompts, accelerator=accelerator)
     # train.threads = 0: the trainer's own rlhf.threads.ThreadGovernor re-chooses the thread count before each step
 

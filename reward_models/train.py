@@ -2,7 +2,7 @@
 
 :func:`train_reward_model` is the whole stage (``pipelines/reward.py`` calls it): a plain accelerate
 loop, so the same code runs in one process, under ``accelerate launch`` and under ``torchrun``.
-Each optimizer step sees ``grad_accum_steps`` single-head batches per process (see
+Each optimizer step sees ``grad_accum`` single-head batches per process (see
 :func:`reward_models.data.balanced_batches`); every epoch ends with dev accuracy per head and a
 checkpoint; the final model (best dev epoch) goes to ``<run>/final`` with its normalisation statistics,
 and its accuracy on the held-out test split goes to ``summary.json``.
@@ -149,8 +149,8 @@ def optimizer_groups(model: RewardModel, cfg: RewardStageConfig) -> list[dict]:
     for name, param in model.named_parameters():
         if param.requires_grad:
             (head if any(part in HEAD_MODULES for part in name.split(".")) else body).append(param)
-    head_lr = cfg.train.head_lr or cfg.train.lr
-    return [g for g in ({"params": body, "lr": cfg.train.lr}, {"params": head, "lr": head_lr}) if g["params"]]
+    head_lr = cfg.train.head_learning_rate or cfg.train.learning_rate
+    return [g for g in ({"params": body, "lr": cfg.train.learning_rate}, {"params": head, "lr": head_lr}) if g["params"]]
 
 
 def trainable_weights(model: RewardModel) -> dict[str, torch.Tensor]:
@@ -213,10 +213,10 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     # 1. config checks (one line each, before any model loads); processes, run folder (rank 0 decides), seed
     started = time.perf_counter()
     cfg.train_partition()  # a gold on the proxy's half: one line, before any model loads
-    if cfg.model.freeze_backbone and cfg.model.lora.enabled:
-        raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
+    if cfg.model.freeze_backbone and cfg.lora.enabled:
+        raise ConfigError("model.freeze_backbone: true trains only the score head; set lora.enabled false")
     check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
-    sharding.check_wrappable(cfg.model.backbone, "model.backbone", causal_lm=False)  # FSDP launch: blocks found
+    sharding.check_wrappable(cfg.model.name, "model.name", causal_lm=False)  # FSDP launch: blocks found
     run = start_run(cfg.run, STAGE, resume, PREFIX)
     run_dir, checkpoint = run.dir, run.checkpoint
     accelerator = make_accelerator(run.device)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
@@ -232,7 +232,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
     dev_pairs = pairs["dev"]
 
     # 3. model with three heads, and the training set tokenised once (prompts cut from the left)
-    model, encoder, scoring = new_reward_model(cfg.model.backbone, cfg.model.lora, cfg.model.max_length,
+    model, encoder, scoring = new_reward_model(cfg.model.name, cfg.lora, cfg.model.max_length,
                                                cfg.model.min_prompt_tokens, cfg.model.freeze_backbone,
                                                cfg.model.quantization)
     scoring.weights = _check_weights(cfg.composite.weights)
@@ -245,11 +245,11 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         lambda epoch: balanced_batches(pools, per_head, cfg.train.batch_size, cfg.run.seed, epoch, lengths,
                                        chosen_longer=chosen_longer))
     debias = LengthDebias.fit(data, cfg.train.length_covariate, cfg.train.length_decorrelation)
-    batches_per_step = world * cfg.train.grad_accum_steps
+    batches_per_step = world * cfg.train.grad_accum
     steps_per_epoch = len(batches_of(0)) // batches_per_step
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(batches_of(0))} batches per epoch are fewer than processes x grad_accum_steps "
-                         f"({batches_per_step}): lower train.batch_size or grad_accum_steps")
+        raise ValueError(f"{len(batches_of(0))} batches per epoch are fewer than processes x grad_accum "
+                         f"({batches_per_step}): lower train.batch_size or grad_accum")
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
 
@@ -313,7 +313,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
                  "pairs_seen": pairs_seen + window.pairs * world, "skipped_nonfinite": skipped}
         if sharded or accelerator.is_main_process:  # sharded: every rank writes its shard and its RNG
             save_checkpoint(run_dir, step, unwrapped, optimizer, scheduler, state, best_weights,
-                            cfg.train.keep_checkpoints, process=accelerator if sharded else None)
+                            cfg.train.save_total_limit, process=accelerator if sharded else None)
         accelerator.wait_for_everyone()
 
     # 5. training: balanced single-head batches, masked pairwise loss, clipped AdamW steps
@@ -327,7 +327,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         this_step = Window()
         train_step(model, group[rank::world], data, train_batches, accelerator, bf16, cfg.train.use_margin,
                    this_step, debias)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or float("inf"))  # 0: off
         if hasattr(grad_norm, "full_tensor"):  # sharded gradients give the whole norm as a (replicated) DTensor
             grad_norm = grad_norm.full_tensor()
         # A non-finite loss or gradient on any process skips the update on all of them (the gradient norm is
@@ -356,7 +356,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         if epoch_done and skipped - skipped_before == step - first_step:  # nothing learned: stop before final/
             logger.finish()
             raise ConfigError(f"training: all {step - first_step} steps had a non-finite loss or gradient, so none updated the "
-                              f"model and no final/ was written (check the data's margins, train.lr, train.precision)")
+                              f"model and no final/ was written (check the data's margins, train.learning_rate, train.precision)")
         if epoch_done:
             with sharding.gathered(unwrapped):  # every rank scores all dev pairs: one all-gather, not one per batch
                 accuracy, _ = pair_accuracy(unwrapped, encoder, dev_pairs, cfg.eval.batch_size, bf16, inputs)
@@ -367,7 +367,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
             if cfg.eval.keep_best and accuracy and mean_accuracy > best["accuracy"]:
                 best, best_weights = {"accuracy": mean_accuracy, "epoch": epoch + 1, "step": step}, trainable_weights(unwrapped)
             model.train()
-        if epoch_done or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or step == stop_after_steps:
+        if epoch_done or (cfg.train.save_steps and step % cfg.train.save_steps == 0) or step == stop_after_steps:
             save(epoch)
         if step == stop_after_steps:
             logger.finish()
@@ -392,7 +392,7 @@ def train_reward_model(cfg: RewardStageConfig, resume: bool = False, stop_after_
         raise ConfigError(f"training: parameter {bad} is not finite; no final/ was written")
     if accelerator.is_main_process:
         save_reward_model(_plain_copy(cfg, whole) if sharded else unwrapped, encoder, scoring, final_dir)
-        logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.backbone, *cfg.data.extra_files],
+        logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.name, *cfg.data.extra_files],
                             role="gold" if cfg.role == "gold" else None)  # the judge's artifact is not the proxy's
     accelerator.wait_for_everyone()
 
@@ -429,12 +429,12 @@ def _layers_to_shard(model: RewardModel) -> list[torch.nn.Module]:
     try:
         return sharding.transformer_blocks(model)
     except ValueError as err:
-        raise ConfigError(f"model.backbone: cannot be sharded under FSDP ({err})") from err
+        raise ConfigError(f"model.name: cannot be sharded under FSDP ({err})") from err
 
 
 def _plain_copy(cfg: RewardStageConfig, weights: dict[str, torch.Tensor]) -> RewardModel:
     """An unsharded model of the same build holding ``weights`` (the gathered ones), for the final export."""
-    model, _, _ = new_reward_model(cfg.model.backbone, cfg.model.lora, cfg.model.max_length,
+    model, _, _ = new_reward_model(cfg.model.name, cfg.lora, cfg.model.max_length,
                                    cfg.model.min_prompt_tokens, cfg.model.freeze_backbone, cfg.model.quantization)
     model.load_state_dict(weights)
     return model
@@ -497,11 +497,11 @@ def train_on_preferences(preferences: Sequence[PreferenceRecord] | str | Path, o
         write_jsonl(preferences, output_dir / "preferences.jsonl")
         preferences = output_dir / "preferences.jsonl"
     cfg = RewardStageConfig()
-    cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = backbone, max_length, min(32, max_length // 4)
+    cfg.model.name, cfg.model.max_length, cfg.model.min_prompt_tokens = backbone, max_length, min(32, max_length // 4)
     cfg.data.sources, cfg.data.extra_files, cfg.data.extra_files_split = [], [str(preferences)], "train"
     cfg.data.partition = "all"  # every given pair: no gold judge is in play
-    cfg.train.max_steps, cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr = max_steps, batch_size, lr, lr
-    cfg.train.warmup_ratio, cfg.train.checkpoint_every, cfg.eval.test = 0.0, 0, False
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.learning_rate, cfg.train.head_learning_rate = max_steps, batch_size, lr, lr
+    cfg.train.warmup_ratio, cfg.train.save_steps, cfg.eval.test = 0.0, 0, False
     cfg.run = RunConfig(output_dir=str(output_dir), run_name="reward", wandb_mode="disabled", log_every=1)
     run_dir = train_reward_model(cfg)
     losses = [m["loss/pairwise"] for m in read_metrics(run_dir / "metrics.jsonl") if "loss/pairwise" in m]

@@ -93,8 +93,7 @@ def shared_field(name: str, default: Any) -> Any:
     return dataclasses.field(default=default, metadata=SHARED_TRAIN_FIELDS[name])
 
 
-@dataclasses.dataclass(frozen=True)
-class RenamedKeys:
+class RenamedKeys(typing.NamedTuple):
     """A stage's keys of earlier versions and their names now: a config still using one is refused in one line
     naming the new key (``reward config: train.lr was renamed to train.learning_rate``), before any model loads.
     A key names a leaf (``train.lr``) or a section (``ppo``: every ``ppo.*`` moved under ``update.*``); the longest

@@ -248,7 +248,7 @@ def read_marker(run_dir: Path) -> dict[str, Any] | None:
 
 def upstream_of(stage: Stage) -> tuple[str, ...]:
     """The stages whose output this one consumes: the fixed ones, and any earlier stage whose folder its config
-    names (the reward stage with ``model.backbone: "{sft}"`` starts from the SFT policy)."""
+    names (the reward stage with ``model.name: "{sft}"`` starts from the SFT policy)."""
     text = json.dumps(to_dict(stage.config), default=str)
     earlier = STAGES[:STAGES.index(stage.name)]
     named = tuple(s for s in earlier if s not in UPSTREAM[stage.name]

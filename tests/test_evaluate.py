@@ -437,7 +437,7 @@ def test_bad_best_of_n_or_gold_is_one_line_before_any_model(flags, key, tmp_path
     (tmp_path / "link").symlink_to(proxy / "final")
     flags = [f.replace("{proxy}", str(proxy)).replace("{link}", str(tmp_path / "link")) for f in flags]
     argv = ["--run.output_dir", str(tmp_path / "runs"), "--run.wandb_mode", "disabled",
-            "--reward_model", str(proxy), "--policies", "[{name: sft, path: tiny-llama}]", "--variants", "[{}]", *flags]
+            "--reward_model", str(proxy), "--policies", "[{name: sft, model: tiny-llama}]", "--variants", "[{}]", *flags]
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {key}"), err

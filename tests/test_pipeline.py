@@ -121,9 +121,9 @@ def test_stages_pick_what_runs_and_eval_drops_the_policies_of_stages_left_out(tm
     pl.run_pipeline(cfg, entries=entries, log=lambda m: None)
     root = tmp_path / "runs" / "p"
     assert [c[0] for c in calls] == ["sft", "dpo", "eval"] and calls[1][1] == str(root / "sft" / "final")
-    tree = {"policies": [{"name": "sft", "path": "{sft}"}, {"name": "ppo", "path": "{ppo_run}/final/adapter"},
-                         {"name": "dpo", "path": "{dpo_run}/final/adapter", "base": "{sft}"},
-                         {"name": "other", "path": "elsewhere", "base": "{ppo}"}],
+    tree = {"policies": [{"name": "sft", "model": "{sft}"}, {"name": "ppo", "model": "{ppo_run}/final/adapter"},
+                         {"name": "dpo", "model": "{dpo_run}/final/adapter", "base": "{sft}"},
+                         {"name": "other", "model": "elsewhere", "base": "{ppo}"}],
             "variants": [{"policies": ["ppo"]}, {"policies": ["sft", "ppo", "dpo"]}, {"decoding": "greedy"}],
             "training_runs": {"sft": "{sft_run}", "ppo": "{ppo_run}", "dpo": "{dpo_run}"}}
     kept = pl.drop_unrun_policies(pl.substitute(tree, pl.placeholders(cfg)), cfg)

@@ -73,7 +73,7 @@ STAGE_RUNS = {  # stage -> (cli entry, arguments that reach the stage's device d
     "reward": ("pipelines.reward:cli", ["--config", "pipelines/configs/reward_tiny.yaml"]),
     "rl": ("pipelines.ppo:cli", ["--config", "pipelines/configs/ppo_tiny.yaml"]),
     "dpo": ("pipelines.dpo:cli", ["--config", "pipelines/configs/dpo_tiny.yaml"]),
-    "eval": ("pipelines.evaluate:cli", ["--policies", "[{name: base, path: tiny-llama}]"]),
+    "eval": ("pipelines.evaluate:cli", ["--policies", "[{name: base, model: tiny-llama}]"]),
 }
 
 

@@ -184,7 +184,7 @@ def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tm
     monkeypatch.setenv("FSDP_VERSION", "2")
     model = unwrappable_config(tmp_path / "model")
     runs = tmp_path / "runs"
-    assert cli(["--config", "pipelines/configs/ppo_tiny.yaml", "--policy.model", model, "--run.output_dir", str(runs),
+    assert cli(["--config", "pipelines/configs/ppo_tiny.yaml", "--model.name", model, "--run.output_dir", str(runs),
                 "--run.wandb_mode", "disabled"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"error: policy.model: {model}: FSDP cannot wrap it: ")
@@ -193,4 +193,4 @@ def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tm
     monkeypatch.delenv("ACCELERATE_USE_FSDP")  # without an FSDP launch nothing is checked here
     from rlhf.sharding import check_wrappable
 
-    check_wrappable(model, "policy.model")
+    check_wrappable(model, "model.name")

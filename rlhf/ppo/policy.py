@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rlhf.lora import LoraConfig, add_lora
-from rlhf.ppo.config import PolicySection, RLStageConfig
+from rlhf.ppo.config import ModelSection, RLStageConfig
 from rlhf.ppo.packing import PackedRows, use_varlen_attention
 from rlhf.zoo import load_causal_lm, resolve_model
 
@@ -57,7 +57,7 @@ def load_sft_model(model: str, sft_adapter: str = "", dtype: torch.dtype = torch
     from rlhf.policies import merged_adapter
 
     if not (Path(adapter) / ADAPTER_CONFIG).is_file():
-        raise FileNotFoundError(f"policy.sft_adapter: {adapter} has no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
+        raise FileNotFoundError(f"model.sft_adapter: {adapter} has no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
     base = load_causal_lm(path, dtype=torch.float32)
     merged = merged_adapter(base, adapter)
     if quantization != "none":  # the merge needs float weights; bitsandbytes quantizes only while loading
@@ -268,33 +268,33 @@ def build_policy_model(cfg: RLStageConfig, dtype: torch.dtype) -> "PolicyModel":
     """The stage's policy model: a value head only when the algorithm's advantage estimator reads values."""
     from rlhf.ppo.advantages import ESTIMATORS
 
-    return build_actor_critic(cfg.policy, cfg.lora, dtype, value_head=ESTIMATORS[cfg.rl.algo].needs_values)
+    return build_actor_critic(cfg.model, cfg.lora, dtype, value_head=ESTIMATORS[cfg.rl.algo].needs_values)
 
 
-def build_actor_critic(policy_cfg: PolicySection, lora: LoraConfig, dtype: torch.dtype,
+def build_actor_critic(model_cfg: ModelSection, lora: LoraConfig, dtype: torch.dtype,
                        value_head: bool = True) -> "PolicyModel":
     """Load the SFT start, add the LoRA (and the critic's, when separate); only those and the head train."""
-    kind = policy_cfg.quantization
-    base = load_sft_model(policy_cfg.model, policy_cfg.sft_adapter, dtype, kind)
+    kind = model_cfg.quantization
+    base = load_sft_model(model_cfg.name, model_cfg.sft_adapter, dtype, kind)
     policy = add_lora(base, lora)
     critic = None
-    if policy_cfg.critic:
-        critic = add_lora(load_sft_model(policy_cfg.critic, "", dtype, kind), lora)
+    if model_cfg.critic:
+        critic = add_lora(load_sft_model(model_cfg.critic, "", dtype, kind), lora)
     model = PolicyModel(policy, critic, value_head=value_head)
     disable_dropout(model)
-    fast = policy_cfg.sampler == "fast"
-    if model.quantized and (fast or policy_cfg.pack_sequences):
+    fast = model_cfg.sampler == "fast"
+    if model.quantized and (fast or model_cfg.pack_sequences):
         # Merging LoRA into 4-/8-bit weights cannot be undone exactly (and would round the delta away); packing,
         # the trunk reuse and the oneDNN LM head are only proven on float weights: make_sampler falls back too.
         print(f"[rl] policy.quantization {kind}: the fast sampler (merged LoRA, frozen trunk, oneDNN LM head) and "
               "packing need float weights; rollouts use the plain sampler, unpacked", file=sys.stderr)
-    model.use_packing(policy_cfg.pack_sequences and not model.quantized)
-    model.use_frozen_trunk(policy_cfg.reuse_trunk and fast and not model.quantized)
-    if policy_cfg.gradient_checkpointing:
+    model.use_packing(model_cfg.pack_sequences and not model.quantized)
+    model.use_frozen_trunk(model_cfg.reuse_trunk and fast and not model.quantized)
+    if model_cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    print(f"[rl] policy {policy_cfg.model}{' + ' + policy_cfg.sft_adapter if policy_cfg.sft_adapter else ''}: "
+    print(f"[rl] policy {model_cfg.name}{' + ' + model_cfg.sft_adapter if model_cfg.sft_adapter else ''}: "
           f"{trainable:,} trainable of {total:,} parameters ({dtype}{f', base {kind}' if kind != 'none' else ''}"
           f"{', value head' if model.value_head is not None else ', no value head'})"
           + (f"; frozen trunk: layers 0-{model.trunk_depth - 1} run once per rollout" if model.trunk_depth else ""),
@@ -313,12 +313,12 @@ def evaluation_mode(module: nn.Module):
         module.train(was_training)
 
 
-def load_policy_tokenizer(policy_cfg: PolicySection):
+def load_policy_tokenizer(model_cfg: ModelSection):
     """The SFT adapter's tokenizer when it saved one (it may have added tokens), else the base model's."""
     from rlhf.policies import _tokenizer_source
     from rlhf.zoo import load_tokenizer
 
-    adapter = policy_cfg.sft_adapter
+    adapter = model_cfg.sft_adapter
     if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
         return load_tokenizer(adapter)
-    return load_tokenizer(_tokenizer_source(resolve_model(policy_cfg.model)))  # an adapter's own, or its base's
+    return load_tokenizer(_tokenizer_source(resolve_model(model_cfg.name)))  # an adapter's own, or its base's

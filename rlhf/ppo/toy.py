@@ -47,10 +47,10 @@ def build_toy_trainer(folder: str | Path, run, overrides: Sequence[str] = ()):
     from rlhf.ppo.trainer import RLTrainer
 
     policy = build_toy_policy(Path(folder) / "toy-policy")
-    cfg, _ = load_config(RLStageConfig, ["--config", str(TINY_PRESET), "--policy.model", str(policy), *overrides])
+    cfg, _ = load_config(RLStageConfig, ["--config", str(TINY_PRESET), "--model.name", str(policy), *overrides])
     cfg.run = run
     torch.manual_seed(cfg.run.seed)
-    tokenizer = load_policy_tokenizer(cfg.policy)
+    tokenizer = load_policy_tokenizer(cfg.model)
     model = build_policy_model(cfg, torch.float32)
     prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
     # As the stage builds it: the toy scorer, with any reward.functions beside it.
