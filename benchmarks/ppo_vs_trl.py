@@ -331,7 +331,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per side run")
     parser.add_argument("--setup-only", action="store_true", help="create the TRL virtualenv and stop")
     parser.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a variant of our side: config override, e.g. ppo.micro_batch_size=2 (repeatable)")
+                        help="a variant of our side: config override, e.g. update.micro_batch_size=2 (repeatable)")
     parser.add_argument("--profile-step", type=int, default=0,
                         help="with --side ours: run this step under torch.profiler and print its top ops")
     # internal: what the subprocesses run

@@ -7,7 +7,7 @@
     flock /tmp/rlhf-cpu.lock python benchmarks/rl_losses_demo.py eval
     python benchmarks/rl_losses_demo.py table      # -> benchmarks/results/rl_losses_demo/{results.json,table.md}
 
-The demo's GRPO setting (README: `--ppo.overrides '{rl.algo: grpo, rl.samples_per_prompt: 4, ppo.batch_size: 2}'`
+The demo's GRPO setting (README: `--ppo.overrides '{rl.algo: grpo, rl.samples_per_prompt: 4, update.batch_size: 2}'`
 on the demo's PPO stage): the demo SFT adapter as the start, the demo proxy as the reward, 2 prompts x 4 samples
 per step, lr 3e-4 constant, the same seed (so the same training prompts) for every variant. The evaluation is
 the demo's sampled one (test prompts, 12 per source, 40 new tokens, the demo gold judge) with SFT as the

@@ -113,16 +113,12 @@ class RenamedKeys(typing.NamedTuple):
 
 
 def _dotted_paths(tree: Any, prefix: str = "") -> list[str]:
-    """Every key of a nested mapping as a dotted path; a list's mappings as ``key[].leaf``."""
-    if isinstance(tree, list):
+    """Every leaf of a nested mapping as a dotted path (``train.lr``); a list's mappings as ``key[].leaf``."""
+    if isinstance(tree, list) and any(isinstance(item, dict) for item in tree):
         return [p for item in tree if isinstance(item, dict) for p in _dotted_paths(item, prefix + "[]")]
-    if not isinstance(tree, dict):
-        return []
-    paths = []
-    for key, value in tree.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        paths += [path, *_dotted_paths(value, path)]
-    return paths
+    if not isinstance(tree, dict) or not tree:
+        return [prefix] if prefix else []
+    return [p for key, value in tree.items() for p in _dotted_paths(value, f"{prefix}.{key}" if prefix else str(key))]
 
 
 @dataclasses.dataclass

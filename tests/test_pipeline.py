@@ -287,7 +287,7 @@ def test_pipeline_runs_another_algorithm_in_stage_3(tmp_path):
     from rlhf.cli import main
     from rlhf.tracking import read_metrics
 
-    overrides = "{rl.algo: grpo, rl.samples_per_prompt: 2, ppo.batch_size: 4}"
+    overrides = "{rl.algo: grpo, rl.samples_per_prompt: 2, update.batch_size: 4}"
     assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path), "--ppo.overrides", overrides]) == 0
     stage = tmp_path / "tiny" / "ppo"
     config = yaml.safe_load((stage / "config.yaml").read_text())

@@ -187,7 +187,7 @@ def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tm
     assert cli(["--config", "pipelines/configs/ppo_tiny.yaml", "--model.name", model, "--run.output_dir", str(runs),
                 "--run.wandb_mode", "disabled"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"error: policy.model: {model}: FSDP cannot wrap it: ")
+    assert "\n" not in err and err.startswith(f"error: model.name: {model}: FSDP cannot wrap it: ")
     assert err.endswith("no list of transformer layers (config.num_hidden_layers) to shard")
     assert not runs.exists()
     monkeypatch.delenv("ACCELERATE_USE_FSDP")  # without an FSDP launch nothing is checked here

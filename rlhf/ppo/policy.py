@@ -209,7 +209,7 @@ class PolicyModel(nn.Module):
             fast, _ = self.forward(ids, mask, 1, with_values=False, trunk_hidden=kept[0])
         if not torch.allclose(fast.float(), full.float(), rtol=1e-3, atol=1e-3 * float(full.abs().max())):
             print(f"[ppo] warning: {type(self.causal_lm).__name__} does not reproduce its forward from the trunk's "
-                  "output; policy.reuse_trunk is off for this model", file=sys.stderr)
+                  "output; model.reuse_trunk is off for this model", file=sys.stderr)
             self.trunk_depth = 0
         return self.trunk_depth
 
@@ -286,7 +286,7 @@ def build_actor_critic(model_cfg: ModelSection, lora: LoraConfig, dtype: torch.d
     if model.quantized and (fast or model_cfg.pack_sequences):
         # Merging LoRA into 4-/8-bit weights cannot be undone exactly (and would round the delta away); packing,
         # the trunk reuse and the oneDNN LM head are only proven on float weights: make_sampler falls back too.
-        print(f"[rl] policy.quantization {kind}: the fast sampler (merged LoRA, frozen trunk, oneDNN LM head) and "
+        print(f"[rl] model.quantization {kind}: the fast sampler (merged LoRA, frozen trunk, oneDNN LM head) and "
               "packing need float weights; rollouts use the plain sampler, unpacked", file=sys.stderr)
     model.use_packing(model_cfg.pack_sequences and not model.quantized)
     model.use_frozen_trunk(model_cfg.reuse_trunk and fast and not model.quantized)

@@ -105,11 +105,9 @@ class TrainConfig:
 
 @dataclass
 class ForgettingConfig:
-    """Catastrophic-forgetting check: a held-out task scored before and after fine-tuning."""
+    """Catastrophic-forgetting check: TruthfulQA MC1 (by log-likelihood, its test split) before and after."""
 
     enabled: bool = field(default=True, metadata={"help": "score the forgetting task before and after fine-tuning"})
-    task: Literal["truthfulqa_mc"] = field(default="truthfulqa_mc",
-                                           metadata={"help": "MC1 by log-likelihood on TruthfulQA's test split"})
     n: int = field(default=60, metadata={"help": "questions (0 = all of the test split)", "range": "[0, inf)"})
     batch_size: int = field(default=8, metadata={"help": "questions per forward pass", "range": "[1, 1000000]"})
 
