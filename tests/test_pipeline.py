@@ -203,8 +203,8 @@ def test_presets_resolve_against_the_real_stage_configs():
         stages = {name: pl.resolve_stage(cfg, name) for name in pl.STAGES}
         assert stages["eval"].config.reward_model == str(pl.pipeline_dir(cfg) / "reward" / "final")
         assert {p.name for p in stages["eval"].config.policies} == {"base", "sft", "ppo"}  # dpo: not run
-        assert stages["ppo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
-        assert stages["dpo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
+        assert stages["ppo"].config.model.name == str(pl.pipeline_dir(cfg) / "sft" / "final")
+        assert stages["dpo"].config.model.name == str(pl.pipeline_dir(cfg) / "sft" / "final")
         assert "gold" in cfg.stages and stages["gold"].config.role == "gold"
         assert stages["eval"].config.gold.model == str(pl.pipeline_dir(cfg) / "gold" / "final")
         # the gold is trained apart from the proxy, on more pairs per head (0 = all)
@@ -272,7 +272,7 @@ def test_tiny_preset_with_dpo_instead_of_ppo(tmp_path):
                  "--stages", "[sft, reward, dpo, eval]"]) == 0
     root = tmp_path / "tiny"
     config = yaml.safe_load((root / "dpo" / "config.yaml").read_text())
-    assert config["policy"]["model"] == str(root / "sft" / "final")
+    assert config["model"]["name"] == str(root / "sft" / "final")
     assert (root / "dpo" / "final" / "adapter" / "adapter_config.json").is_file() and not (root / "ppo").exists()
     results = json.loads((root / "eval" / "results.json").read_text())
     assert set(results["policies"]) == {"base", "sft", "dpo"}
@@ -291,7 +291,7 @@ def test_pipeline_runs_another_algorithm_in_stage_3(tmp_path):
     assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path), "--ppo.overrides", overrides]) == 0
     stage = tmp_path / "tiny" / "ppo"
     config = yaml.safe_load((stage / "config.yaml").read_text())
-    assert config["rl"]["algo"] == "grpo" and config["policy"]["model"] == str(tmp_path / "tiny" / "sft" / "final")
+    assert config["rl"]["algo"] == "grpo" and config["model"]["name"] == str(tmp_path / "tiny" / "sft" / "final")
     assert (stage / "final" / "adapter" / "adapter_config.json").is_file()
     assert not (stage / "final" / "value_head.safetensors").exists()
     steps = [r for r in read_metrics(stage / "metrics.jsonl") if "loss/policy" in r]
