@@ -100,7 +100,7 @@ def test_defaults_are_what_the_stage_runs_and_kl_placement_follows_the_algorithm
     assert cfg.rl.algo == "ppo" and cfg.lora.layers == list(range(-8, 0)) and cfg.kl.adaptive
     assert not cfg.kl_in_loss
     grpo, _ = load_config(RLStageConfig, ["--rl.algo", "grpo", "--rl.samples_per_prompt", "4"])
-    assert grpo.kl_in_loss and grpo.rollouts_per_step == 4 * grpo.ppo.batch_size
+    assert grpo.kl_in_loss and grpo.rollouts_per_step == 4 * grpo.update.batch_size
     rloo, _ = load_config(RLStageConfig, ["--rl.algo", "rloo", "--rl.samples_per_prompt", "2"])
     assert not rloo.kl_in_loss
     forced, _ = load_config(RLStageConfig, ["--rl.algo", "rloo", "--rl.samples_per_prompt", "2", "--kl.placement", "loss"])
