@@ -265,7 +265,7 @@ def test_aggregate_hand_made_records():
 
 def test_missing_policy_folder_fails_before_any_generation(tmp_path):
     cfg = _cfg(tmp_path, [ev.PolicyConfig("sft", "tiny-llama"), ev.PolicyConfig("ppo", str(tmp_path / "runs/x/final"))])
-    with pytest.raises(FileNotFoundError, match="policy 'ppo': path: .* does not exist"):
+    with pytest.raises(FileNotFoundError, match="policy 'ppo': model: .* does not exist"):
         ev.run_evaluation(cfg, TheScorer(), load_policy=lambda *a, **k: pytest.fail("loaded a policy"))
 
 
