@@ -312,7 +312,7 @@ def cpu_has_bf16_matmul() -> bool:
 
 def resolve_precision(requested: str) -> str:
     """``auto`` | ``bf16`` | ``fp32`` -> ``bf16`` or ``fp32``, the same for both sides; auto follows our
-    ``policy.precision: auto`` on a CPU (bf16 iff native bf16 dot products)."""
+    ``train.precision: auto`` on a CPU (bf16 iff native bf16 dot products)."""
     if requested not in ("auto", "bf16", "fp32"):
         raise ValueError(f"--precision: expected auto, bf16 or fp32, got {requested!r}")
     if requested == "auto":

@@ -65,12 +65,12 @@ def planned_gib(stage) -> float | None:
         sections = {"model": {"name": cfg.model.name}, "stage": "sft", "lora": vars(cfg.lora),
                     "train": {"precision": "bf16", "micro_batch": cfg.train.batch_size, "seq_len": cfg.train.max_length}}
     elif stage.name in ("reward", "gold"):
-        sections = {"model": {"name": cfg.model.backbone}, "stage": "reward", "lora": vars(cfg.model.lora),
+        sections = {"model": {"name": cfg.model.name}, "stage": "reward", "lora": vars(cfg.lora),
                     "train": {"precision": "bf16", "micro_batch": cfg.train.batch_size, "seq_len": cfg.model.max_length}}
     elif stage.name == "ppo":
         sections = {"model": {"name": "smollm2-135m-instruct"}, "stage": "ppo", "lora": vars(cfg.lora),
-                    "train": {"precision": "bf16", "micro_batch": cfg.ppo.micro_batch_size},
-                    "ppo": {"reward_model": "minilm-l6", "rollouts": cfg.ppo.batch_size,
+                    "train": {"precision": "bf16", "micro_batch": cfg.update.micro_batch_size},
+                    "ppo": {"reward_model": "minilm-l6", "rollouts": cfg.update.batch_size,
                             "prompt_tokens": cfg.data.max_prompt_tokens, "new_tokens": cfg.generation.max_new_tokens}}
     else:
         return None

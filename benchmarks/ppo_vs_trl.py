@@ -45,15 +45,15 @@ def our_config(wl: Workload):
     from rlhf.ppo.config import PPOStageConfig
 
     overrides = {
-        "policy.model": wl.policy_path, "ppo.batch_size": wl.batch_size, "ppo.mini_batch_size": wl.mini_batch_size,
-        "ppo.epochs": wl.ppo_epochs,  # micro-batch and forward batch: our defaults (1 rollout, padding-free)
+        "model.name": wl.policy_path, "update.batch_size": wl.batch_size, "update.mini_batch_size": wl.mini_batch_size,
+        "update.epochs": wl.ppo_epochs,  # micro-batch and forward batch: our defaults (1 rollout, padding-free)
         "generation.max_new_tokens": wl.max_new_tokens, "generation.temperature": wl.temperature,
         "generation.batch_size": wl.batch_size, "lora.r": wl.lora_r, "lora.alpha": wl.lora_alpha,
         "lora.target_modules": json.dumps(wl.lora_target_modules), "lora.layers": json.dumps(wl.lora_layers),
-        "train.steps": wl.num_steps,
-        "train.learning_rate": wl.learning_rate, "train.threads": wl.threads, "train.save_every": 0,
+        "train.max_steps": wl.num_steps,
+        "train.learning_rate": wl.learning_rate, "train.threads": wl.threads, "train.save_steps": 0,
         "train.sample_every": 0, "data.shuffle": "false", "run.seed": wl.seed, "run.wandb_mode": "disabled",
-        "policy.precision": wl.precision,  # resolved once for both sides (common.resolve_precision)
+        "train.precision": wl.precision,  # resolved once for both sides (common.resolve_precision)
     }
     overrides.update(wl.our_overrides)
     # Flag values are read as YAML 1.1, where "1e-05" is a string: floats are written with a dot.
@@ -83,7 +83,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     cfg = our_config(wl)
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
-    dtype = resolve_dtype(cfg.policy.precision, accelerator.device)
+    dtype = resolve_dtype(cfg.train.precision, accelerator.device)
     # rl.algo ppo: the policy gets its value head; the reward model in TRL's side's dtype
     trainer = build_rl_trainer(cfg, accelerator, scorer=lambda tokenizer: ClassifierScorer(wl.reward_path, tokenizer, dtype),
                                prompts=wl.prompts)
@@ -330,7 +330,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per side run")
     parser.add_argument("--setup-only", action="store_true", help="create the TRL virtualenv and stop")
     parser.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a variant of our side: config override, e.g. ppo.micro_batch_size=2 (repeatable)")
+                        help="a variant of our side: config override, e.g. update.micro_batch_size=2 (repeatable)")
     parser.add_argument("--profile-step", type=int, default=0,
                         help="with --side ours: run this step under torch.profiler and print its top ops")
     # internal: what the subprocesses run

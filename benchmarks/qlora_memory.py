@@ -110,10 +110,10 @@ def reward_steps(model: str, dtype_name: str, quantization: str, steps: int, out
     if dtype_name != "float32":
         raise SystemExit("reward: the stage keeps float32 weights; run it with fp32, nf4 or int8")
     cfg, _ = load_config(RewardStageConfig, [
-        "--model.backbone", model, "--model.quantization", quantization, "--model.lora.enabled", "true",
+        "--model.name", model, "--model.quantization", quantization, "--lora.enabled", "true",
         "--model.max_length", "256", "--data.max_train_pairs_per_head", str(4 * steps),
         "--train.max_steps", str(steps), "--train.batch_size", "4", "--train.precision", "fp32",
-        "--train.trunk_cache", '"off"', "--train.checkpoint_every", "0", "--eval.max_pairs_per_head", "4",
+        "--train.trunk_cache", '"off"', "--train.save_steps", "0", "--eval.max_pairs_per_head", "4",
         "--eval.batch_size", "8", "--eval.test", "false", "--run.output_dir", str(out_dir), "--run.run_name", "rm",
         "--run.wandb_mode", "disabled", "--run.log_every", "1"])
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -143,13 +143,13 @@ def rl_steps(model: str, dtype_name: str, quantization: str, steps: int, out_dir
     from rlhf.quantization import check_backend
 
     cfg, _ = load_config(RLStageConfig, [
-        "--policy.model", model, "--policy.quantization", quantization, "--policy.precision",
+        "--model.name", model, "--model.quantization", quantization, "--train.precision",
         "bf16" if dtype_name == "bfloat16" else "fp32", "--reward.kind", "toy", "--data.sources", "[truthfulqa]",
-        "--data.max_prompts", "64", "--ppo.batch_size", "4", "--ppo.mini_batch_size", "4",
-        "--ppo.micro_batch_size", "2", "--generation.max_new_tokens", "24", "--train.steps", str(steps),
-        "--train.save_every", "0", "--train.sample_every", "0", "--data.eval_prompts", "0"])
+        "--data.max_prompts", "64", "--update.batch_size", "4", "--update.mini_batch_size", "4",
+        "--update.micro_batch_size", "2", "--generation.max_new_tokens", "24", "--train.max_steps", str(steps),
+        "--train.save_steps", "0", "--train.sample_every", "0", "--data.eval_prompts", "0"])
     cfg.run = RunConfig(output_dir=str(out_dir), run_name="rl", wandb_mode="disabled")
-    check_backend(quantization, "policy.quantization")
+    check_backend(quantization, "model.quantization")
     # reward.kind toy: the token-count scorer; "loaded" is measured once the trainer is built (its optimizer
     # state is made at the first step, so this is still the weights plus the prompts)
     trainer = build_rl_trainer(cfg, dtype=getattr(torch, dtype_name))

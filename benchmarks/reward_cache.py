@@ -4,7 +4,7 @@
     flock /tmp/rlhf-cpu.lock python benchmarks/reward_cache.py --runs 3
 
 Both sides train the same reward model (``rlhf reward``'s own ``train_reward_model``): SmolLM2-135M-Instruct,
-LoRA on the top 4 decoder layers (``model.lora.layers [-4, -3, -2, -1]``), the same pairs, batch, steps and
+LoRA on the top 4 decoder layers (``lora.layers [-4, -3, -2, -1]``), the same pairs, batch, steps and
 seed; the run's precision is ``auto``. A = ``train.trunk_cache off`` (every step runs all 30 layers);
 B = ``train.trunk_cache auto`` with an empty cache folder each run, so B pays for filling the cache (the
 26 frozen layers, once per training text) and that cost is reported apart. Each run is a fresh process;
@@ -49,10 +49,10 @@ def side(args) -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.out).parent / Path(args.out).stem
     cfg = RewardStageConfig()
-    cfg.model.backbone, cfg.model.max_length = BACKBONE, args.max_length
-    cfg.model.lora.enabled, cfg.model.lora.layers = True, list(LORA_LAYERS)
+    cfg.model.name, cfg.model.max_length = BACKBONE, args.max_length
+    cfg.lora.enabled, cfg.lora.layers = True, list(LORA_LAYERS)
     cfg.data.max_train_pairs_per_head = args.pairs_per_head
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.checkpoint_every = args.epochs, args.batch_size, 0
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.save_steps = args.epochs, args.batch_size, 0
     cfg.train.trunk_cache = "auto" if args.side == "cached" else "off"
     cfg.train.cache_dir = str(work / "cache")  # empty: every cached run fills its cache
     cfg.eval.max_pairs_per_head, cfg.eval.test = args.eval_pairs_per_head, False

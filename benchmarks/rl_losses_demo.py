@@ -7,7 +7,7 @@
     flock /tmp/rlhf-cpu.lock python benchmarks/rl_losses_demo.py eval
     python benchmarks/rl_losses_demo.py table      # -> benchmarks/results/rl_losses_demo/{results.json,table.md}
 
-The demo's GRPO setting (README: `--ppo.overrides '{rl.algo: grpo, rl.samples_per_prompt: 4, ppo.batch_size: 2}'`
+The demo's GRPO setting (README: `--ppo.overrides '{rl.algo: grpo, rl.samples_per_prompt: 4, update.batch_size: 2}'`
 on the demo's PPO stage): the demo SFT adapter as the start, the demo proxy as the reward, 2 prompts x 4 samples
 per step, lr 3e-4 constant, the same seed (so the same training prompts) for every variant. The evaluation is
 the demo's sampled one (test prompts, 12 per source, 40 new tokens, the demo gold judge) with SFT as the
@@ -33,20 +33,20 @@ RUNS = ROOT / "benchmarks" / "results" / "rl_losses_demo-runs"  # ignored by git
 VARIANTS = {
     "clip": [],
     "clip_higher": ["--rl.policy_loss", "clip_higher"],  # DAPO's 0.2 / 0.28 (the config defaults)
-    "gspo": ["--rl.policy_loss", "gspo", "--ppo.clip_range", "3e-4", "--ppo.clip_range_high", "4e-4"],
+    "gspo": ["--rl.policy_loss", "gspo", "--update.clip_range", "3e-4", "--update.clip_range_high", "4e-4"],
     "clip_dynamic_overlong": ["--rl.dynamic_sampling", "true", "--rl.overlong_buffer", "8"],
 }
 # pipeline_demo.yaml's ppo stage, switched to GRPO as the README's demo GRPO line does
-DEMO_GRPO = ["--rl.algo", "grpo", "--rl.samples_per_prompt", "4", "--ppo.batch_size", "2",
-             "--train.learning_rate", "3e-4", "--train.lr_scheduler", "constant", "--train.save_every", "0",
+DEMO_GRPO = ["--rl.algo", "grpo", "--rl.samples_per_prompt", "4", "--update.batch_size", "2",
+             "--train.learning_rate", "3e-4", "--train.lr_scheduler", "constant", "--train.save_steps", "0",
              "--run.seed", "0", "--run.wandb_mode", "disabled"]
 LAST_STEPS = 5  # training metrics (entropy, train KL, reward) are averaged over this many final steps
 
 
 def train(args: argparse.Namespace) -> None:
     demo = Path(args.demo)
-    cmd = [sys.executable, "-m", "rlhf.cli", "rl", *DEMO_GRPO, "--policy.model", str(demo / "sft" / "final"),
-           "--reward.model", str(demo / "reward" / "final"), "--train.steps", str(args.steps),
+    cmd = [sys.executable, "-m", "rlhf.cli", "rl", *DEMO_GRPO, "--model.name", str(demo / "sft" / "final"),
+           "--reward.model", str(demo / "reward" / "final"), "--train.max_steps", str(args.steps),
            "--run.output_dir", str(RUNS), "--run.run_name", args.variant, *VARIANTS[args.variant]]
     print(" ".join(cmd), flush=True)
     start = time.perf_counter()
@@ -57,8 +57,8 @@ def train(args: argparse.Namespace) -> None:
 
 
 def eval_config(demo: Path, variants: list[str], prompts: int) -> dict:
-    policies = [{"name": "sft", "path": str(demo / "sft" / "final")}]  # adapter on base: KL reference = base
-    policies += [{"name": v, "path": str(RUNS / v / "final" / "adapter"), "base": str(demo / "sft" / "final")}
+    policies = [{"name": "sft", "model": str(demo / "sft" / "final")}]  # adapter on base: KL reference = base
+    policies += [{"name": v, "model": str(RUNS / v / "final" / "adapter"), "base": str(demo / "sft" / "final")}
                  for v in variants]  # GRPO's LoRA on SFT: KL reference = SFT
     return {"policies": policies, "variants": [{"policies": ["sft", *variants], "decoding": "sampled"}],
             "reward_model": str(demo / "reward" / "final"), "gold": {"model": str(demo / "gold" / "final")},
@@ -106,7 +106,7 @@ def table(args: argparse.Namespace) -> None:
             run = RUNS / policy
             bench = json.loads((run / "bench.json").read_text())
             row.update({k: m[k] for k in m if k.startswith(("gold/composite_delta", "reward/composite_delta"))})
-            row.update(flags=VARIANTS[policy], steps=int(bench["command"][bench["command"].index("--train.steps") + 1]),
+            row.update(flags=VARIANTS[policy], steps=int(bench["command"][bench["command"].index("--train.max_steps") + 1]),
                        seconds=bench["seconds"], entropy_train_last=last_steps(run, "objective/entropy"),
                        kl_train_last=last_steps(run, "objective/kl"),
                        proxy_train_first=json.loads((run / "metrics.jsonl").read_text().splitlines()[0]).get(

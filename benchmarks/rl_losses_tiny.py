@@ -24,7 +24,7 @@ import torch
 VARIANTS = {
     "clip": [],
     "clip_higher": ["--rl.policy_loss", "clip_higher"],
-    "gspo": ["--rl.policy_loss", "gspo", "--ppo.clip_range", "3e-4", "--ppo.clip_range_high", "4e-4"],
+    "gspo": ["--rl.policy_loss", "gspo", "--update.clip_range", "3e-4", "--update.clip_range_high", "4e-4"],
     "clip + dynamic sampling + overlong 4": ["--rl.dynamic_sampling", "true", "--rl.overlong_buffer", "4"],
 }
 FUNCTION = "benchmarks.rl_losses_tiny:word_count"
@@ -36,8 +36,8 @@ OBJECTIVES = {
         "--reward.functions", f"[{FUNCTION}]", "--reward.objective", "lagrangian",
         "--reward.constraints", f"{{helpful: {TAU}}}"],
 }
-GROUP = ["--rl.algo", "grpo", "--ppo.batch_size", "4", "--rl.samples_per_prompt", "4", "--ppo.mini_batch_size", "8",
-         "--ppo.micro_batch_size", "4", "--kl.coef", "0.05"]
+GROUP = ["--rl.algo", "grpo", "--update.batch_size", "4", "--rl.samples_per_prompt", "4", "--update.mini_batch_size", "8",
+         "--update.micro_batch_size", "4", "--kl.coef", "0.05"]
 
 
 def word_count(prompts: list[str], completions: list[str]) -> list[float]:

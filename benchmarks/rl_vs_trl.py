@@ -45,17 +45,17 @@ def our_argv(wl: Workload) -> list[str]:
     """Our RL stage's flags for the workload: GRPO, one optimizer step per step, KL as a k3 loss term."""
     settings = {
         "rl.algo": "grpo", "rl.samples_per_prompt": wl.samples_per_prompt,
-        "policy.model": wl.policy_path, "ppo.batch_size": wl.batch_size, "ppo.mini_batch_size": wl.mini_batch_size,
-        "ppo.micro_batch_size": wl.micro_batch_size, "ppo.epochs": wl.ppo_epochs,
+        "model.name": wl.policy_path, "update.batch_size": wl.batch_size, "update.mini_batch_size": wl.mini_batch_size,
+        "update.micro_batch_size": wl.micro_batch_size, "update.epochs": wl.ppo_epochs,
         "kl.placement": "loss", "kl.coef": wl.kl_coef, "kl.estimator": "k3", "kl.adaptive": "false",
         "reward.normalize": "false",  # GRPO normalises within each prompt's group; TRL has no running normaliser
         "generation.max_new_tokens": wl.max_new_tokens, "generation.temperature": wl.temperature,
         "generation.batch_size": wl.rollouts_per_step, "lora.r": wl.lora_r, "lora.alpha": wl.lora_alpha,
         "lora.target_modules": json.dumps(wl.lora_target_modules), "lora.layers": json.dumps(wl.lora_layers),
-        "train.steps": wl.num_steps, "train.learning_rate": wl.learning_rate, "train.threads": wl.threads,
-        "train.save_every": 0, "train.sample_every": 0, "data.shuffle": "false", "run.seed": wl.seed,
+        "train.max_steps": wl.num_steps, "train.learning_rate": wl.learning_rate, "train.threads": wl.threads,
+        "train.save_steps": 0, "train.sample_every": 0, "data.shuffle": "false", "run.seed": wl.seed,
         "run.wandb_mode": "disabled",
-        "policy.precision": wl.precision,  # resolved once for both sides (common.resolve_precision)
+        "train.precision": wl.precision,  # resolved once for both sides (common.resolve_precision)
     }
     settings.update(wl.our_overrides)
     # Flag values are read as YAML 1.1, where "1e-05" is a string: floats are written with a dot.
@@ -84,7 +84,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     cfg, _ = load_config(RLStageConfig, our_argv(wl))  # the dataclass defaults are the stage's defaults
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
-    dtype = resolve_dtype(cfg.policy.precision, accelerator.device)
+    dtype = resolve_dtype(cfg.train.precision, accelerator.device)
     # the reward model in the policy's precision, as TRL
     trainer = build_rl_trainer(cfg, accelerator, scorer=lambda tokenizer: ClassifierScorer(wl.reward_path, tokenizer, dtype),
                                prompts=wl.prompts)

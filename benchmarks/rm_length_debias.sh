@@ -9,7 +9,7 @@ set -euo pipefail
 name=$1; shift
 py=${PYTHON:-python}
 out=benchmarks/results/rm_length_debias/$name
-$py -m rlhf.cli reward --model.backbone minilm-l6 --model.max_length 160 --model.freeze_backbone true --data.sources '[hh-rlhf-harmless]' \
-  --train.epochs ${EPOCHS:-3} --train.batch_size 16 --train.precision bf16 --train.checkpoint_every 0 --eval.test false \
+$py -m rlhf.cli reward --model.name minilm-l6 --model.max_length 160 --model.freeze_backbone true --data.sources '[hh-rlhf-harmless]' \
+  --train.epochs ${EPOCHS:-3} --train.batch_size 16 --train.precision bf16 --train.save_steps 0 --eval.test false \
   --run.output_dir runs --run.run_name rm-debias-$name --run.wandb_mode disabled --run.seed 0 "$@"
 $py -m rlhf.cli eval-rm runs/rm-debias-$name --sources '[hh-rlhf-harmless]' --split test --precision bf16 --out "$out"

@@ -70,7 +70,7 @@ def run_side(setting: str, steps: int, out: Path) -> int:
     cfg = our_config(wl)
     accelerator = make_accelerator()
     seed_everything(cfg.run.seed)
-    dtype = resolve_dtype(cfg.policy.precision, accelerator.device)
+    dtype = resolve_dtype(cfg.train.precision, accelerator.device)
     trainer = build_rl_trainer(cfg, accelerator, scorer=lambda tokenizer: TokenCountScorer(tokenizer, "."),
                                prompts=prompts, dtype=dtype)
     # train.threads = 0: the trainer's own rlhf.threads.ThreadGovernor re-chooses the thread count before each step

@@ -47,7 +47,7 @@ def build_toy_trainer(folder: str | Path, run, overrides: Sequence[str] = ()):
     from rlhf.ppo.factory import build_rl_trainer
 
     policy = build_toy_policy(Path(folder) / "toy-policy")
-    cfg, _ = load_config(RLStageConfig, ["--config", str(TINY_PRESET), "--policy.model", str(policy), *overrides])
+    cfg, _ = load_config(RLStageConfig, ["--config", str(TINY_PRESET), "--model.name", str(policy), *overrides])
     cfg.run = run
     torch.manual_seed(cfg.run.seed)
     # As the stage builds it: the toy scorer, with any reward.functions beside it.

@@ -71,7 +71,8 @@ def rl_policies(run_dir: Path, sft: str) -> list[PolicyConfig]:
     method = rl_method(run_dir)
     found = [PolicyConfig(f"{method}@{int(c.name.split('-')[-1])}", str(c / "adapter"), sft)
              for c in sorted((run_dir / "checkpoints").glob("step-*")) if (c / "adapter").is_dir()]
-    steps = (_run_config(run_dir).get("train") or {}).get("steps")
+    train = _run_config(run_dir).get("train") or {}
+    steps = train.get("max_steps", train.get("steps"))  # a run folder written before the key was renamed: steps
     if (run_dir / "final" / "adapter").is_dir() and not (found and found[-1].name == f"{method}@{steps}"):
         found.append(PolicyConfig(f"{method}@final", str(run_dir / "final" / "adapter"), sft))
     return found

@@ -1,13 +1,13 @@
 """Stage 3, offline: DPO (IPO, ... through ``train.loss_type``) on preference pairs, TRL's DPOTrainer, LoRA on SFT.
 
-    rlhf dpo --policy.model runs/demo/sft/final --data.dimensions '[harmless]' --train.max_steps 40
+    rlhf dpo --model.name runs/demo/sft/final --data.dimensions '[harmless]' --train.max_steps 40
     rlhf dpo --train.loss_type ipo --train.beta 0.5                # IPO
     python pipelines/dpo.py --config my_dpo.yaml
     rlhf dpo --run.run_name my-run --resume                         # continue a run from its last checkpoint
 
 The reference is the SFT policy itself (the same weights, adapters off). Writes ``<run_dir>/final/adapter``
 (PEFT, based on the SFT policy) and, by default, SFT + DPO merged in ``<run_dir>/final/``, as the RL stage
-does: ``rlhf eval`` takes ``{name: dpo, path: <run_dir>/final/adapter}`` and measures KL to SFT. Checkpoints
+does: ``rlhf eval`` takes ``{name: dpo, model: <run_dir>/final/adapter}`` and measures KL to SFT. Checkpoints
 under ``<run_dir>/checkpoints/``, metrics (``loss/dpo``, ``reward/margin``, ``reward/accuracy`` ...) and
 ``summary.json``.
 """
@@ -52,7 +52,7 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
     bf16 = use_bf16(cfg.train.precision, run.device)  # rlhf.runtime decides device and precision
 
     # 2. the pairs in TRL's conversational format; pairs longer than train.max_length are dropped, never cut
-    tokenizer = load_policy_tokenizer(cfg.policy)
+    tokenizer = load_policy_tokenizer(cfg.model)
     train, train_dropped = to_dataset(tokenizer, pairs.train, cfg.train.max_length)
     dev, dev_dropped = to_dataset(tokenizer, pairs.dev, cfg.train.max_length)
     if len(train) == 0:
@@ -69,7 +69,7 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
 
     # 4. the SFT policy as one plain model (an SFT adapter merged in); the trainer puts DPO's LoRA on it and
     #    uses the same weights with adapters off as the reference
-    model = load_weights(cfg.policy.model, torch.float32, adapter=cfg.policy.sft_adapter)
+    model = load_weights(cfg.model.name, torch.float32, adapter=cfg.model.sft_adapter)
     tracker = MetricsLoggerCallback(logger, renames=RENAMES)
     trainer = build_trainer(cfg, model, tokenizer, train, dev if len(dev) else None, run_dir, tracker, bf16,
                             eval_on_start=checkpoint is None)

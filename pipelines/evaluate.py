@@ -5,7 +5,7 @@
     rlhf eval ... --gold.model runs/reward-gold/final     # a second judge, never trained against
     rlhf eval ... --variants '[{policies: [sft], best_of_n: [1, 2, 4, 8, 16]}]'
 
-Policies are listed in the config (``policies: [{name, path, base, reference}]``) and the ways to run them
+Policies are listed in the config (``policies: [{name, model, base, reference}]``) and the ways to run them
 in ``variants: [{policies, shots, decoding, sources}]``; the report (report.md, PNGs, results.json,
 samples.jsonl) goes to the run folder.
 """
@@ -67,7 +67,7 @@ def main(cfg: EvalConfig) -> Path:
         logger.log_table(table.name, table.columns, table.rows, step=len(variants))
     logger.log_images(sorted(report.parent.glob("*.png")), step=len(variants))
     logger.log_artifact(report, "eval-report",
-                        inputs=[*(p.path for p in cfg.policies), cfg.reward_model, cfg.gold.model])
+                        inputs=[*(p.model for p in cfg.policies), cfg.reward_model, cfg.gold.model])
     logger.summary({k: v for k, v in results["headline"].items() if isinstance(v, (int, float))})
     logger.finish()
     for line in results["headline"]["verdict"]:

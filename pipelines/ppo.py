@@ -1,6 +1,6 @@
 """Stage 3: online RL (PPO, GRPO, RLOO, REINFORCE++) with a KL penalty on a LoRA policy against the HHH reward model.
 
-    python pipelines/ppo.py --train.steps 50                   # PPO (the defaults)
+    python pipelines/ppo.py --train.max_steps 50                   # PPO (the defaults)
     rlhf rl --algo grpo --rl.samples_per_prompt 4              # = --rl.algo grpo
     accelerate launch --config_file pipelines/accelerate/ddp.yaml pipelines/ppo.py ...
     torchrun --nproc_per_node 2 pipelines/ppo.py ...          # CPU, gloo
@@ -44,15 +44,15 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
 
     # 1. inputs checked (a bad file: one line, exit 2, before any model or run folder); processes, seed, run folder
     validate_stage_inputs("ppo", cfg)
-    check_backend(cfg.policy.quantization, "policy.quantization")  # QLoRA without bitsandbytes: one line
+    check_backend(cfg.model.quantization, "model.quantization")  # QLoRA without bitsandbytes: one line
     check_reward_model(cfg.reward, cfg.run.output_dir)  # ensemble members too; a gold judge is never trained against
-    check_wrappable(cfg.policy.model, "policy.model", quantization=cfg.policy.quantization,  # an FSDP launch of a
-                    quantization_key="policy.quantization")  # model it cannot shard (or a QLoRA base): one line
+    check_wrappable(cfg.model.name, "model.name", quantization=cfg.model.quantization,  # an FSDP launch of a
+                    quantization_key="model.quantization")  # model it cannot shard (or a QLoRA base): one line
     # standalone runs are named after the algorithm (runs/grpo-<time>); rank 0 decides for every rank
     run = start_run(cfg.run, cfg.rl.algo, resume, ckpt.PREFIX)
     run_dir, checkpoint = run.dir, run.checkpoint
     accelerator = make_accelerator(run.device)  # rlhf.runtime: CUDA when present, else CPU
-    logger = MetricsLogger(run_dir, cfg.run, cfg.rl.algo, config=cfg, total_steps=cfg.train.steps,
+    logger = MetricsLogger(run_dir, cfg.run, cfg.rl.algo, config=cfg, total_steps=cfg.train.max_steps,
                            enabled=accelerator.is_main_process)
 
     # 2. the trainer from the config (rlhf.ppo.factory): policy = SFT start + LoRA (+ value head for PPO), the
@@ -69,14 +69,14 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
         ckpt.resume(trainer, checkpoint)
         logger.resumed_at(trainer.step_count)  # the killed run's later steps are redone: drop their records
 
-    # 4. train, checkpointing every train.save_every steps and at the end
+    # 4. train, checkpointing every train.save_steps steps and at the end
     trainer.train(eval_prompts=eval_prompts)
-    if trainer.cfg.train.save_every == 0 or trainer.step_count % trainer.cfg.train.save_every:
+    if trainer.cfg.train.save_steps == 0 or trainer.step_count % trainer.cfg.train.save_steps:
         ckpt.save(trainer)
 
     # 5. final artifacts: merged policy, adapter, value head (ppo); summary and reward/KL curve
     ckpt.save_final(trainer, run_dir / "final")
-    logger.log_artifact(run_dir / "final", "model", inputs=[cfg.policy.model, cfg.policy.sft_adapter,
+    logger.log_artifact(run_dir / "final", "model", inputs=[cfg.model.name, cfg.model.sft_adapter,
                                                             cfg.reward.model if cfg.reward.kind != "toy" else "",
                                                             *cfg.reward.ensemble])
     history = run_history(run_dir, "reward/composite")  # the whole run, also across a resume

@@ -1,8 +1,8 @@
 """Stage 2: train the HHH reward model (helpful, honest, harmless heads).
 
     python pipelines/reward.py --train.epochs 2          # the defaults: RewardStageConfig()
-    accelerate launch pipelines/reward.py --train.lr 3e-5
-    rlhf reward --model.backbone minilm-l6 --data.extra_files '[annotations.jsonl]'
+    accelerate launch pipelines/reward.py --train.learning_rate 3e-5
+    rlhf reward --model.name minilm-l6 --data.extra_files '[annotations.jsonl]'
     rlhf reward --run.run_name rm1 --resume          # continue a killed run from its last checkpoint
     rlhf reward --role gold                          # a judge for `rlhf eval --gold.model`; no stage trains on it
 

@@ -4,7 +4,7 @@
     rlhf pipeline --preset tiny                 # tiny random models, under a minute (the end-to-end test)
     rlhf pipeline --preset demo --force         # run every stage again
     rlhf pipeline --preset demo --force ppo     # rerun PPO and evaluation, reuse SFT and the reward model
-    rlhf pipeline --preset demo --ppo.overrides '{train.steps: 40}'
+    rlhf pipeline --preset demo --ppo.overrides '{train.max_steps: 40}'
     rlhf pipeline --preset demo --dry-run       # print every stage's resolved config and stop
     rlhf pipeline --preset demo --stages '[sft, reward, gold, ppo, dpo, eval]'   # DPO too, evaluated beside PPO
     rlhf pipeline --preset demo --stages '[sft, reward, ppo, eval]'   # no gold stage: the proxy is the only judge

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from reward_models.types import HEADS
-from rlhf.config import ConfigError, RunConfig, check_ranges
+from rlhf.config import ConfigError, RenamedKeys, RunConfig, check_ranges, shared_field
 from rlhf.lora import LoraConfig
 from rlhf.quantization import Quantization, frozen_base_error, quantization_field
 from rlhf.runtime import Precision
@@ -16,7 +16,7 @@ from rlhf.sources import PreferenceSourcesConfig
 class ModelConfig:
     """The backbone and how a (prompt, response) reaches it."""
 
-    backbone: str = field(
+    name: str = field(
         default="minilm-l6",
         metadata={"help": "zoo name, local folder or hub id; an encoder, or a causal LM with a chat template"})
     max_length: int = field(
@@ -27,9 +27,6 @@ class ModelConfig:
         default=64,
         metadata={"help": "a very long response is cut at its end so the prompt keeps at least this many",
                   "range": "[0, 10000000]"})
-    # LoRA for a causal-LM backbone (off by default; merged into the weights when the model is saved);
-    # target_modules [] = peft's default for the architecture
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=False, dropout=0.05, target_modules=[]))
     freeze_backbone: bool = field(
         default=False,
         metadata={"help": "train only the score head on the backbone's features (a linear probe); needs lora off"})
@@ -59,24 +56,21 @@ class TrainConfig:
     """Optimisation."""
 
     epochs: int = field(default=2, metadata={"help": "passes over each head's training pairs", "range": "[1, 1000000]"})
-    max_steps: int = field(
-        default=0,
-        metadata={"help": "> 0: stop after this many optimizer steps (quick runs); the schedule spans them",
-                  "range": "[0, 10000000]"})
+    max_steps: int = shared_field("max_steps", 0)  # > 0: the schedule spans these steps
     batch_size: int = field(
         default=16,
         metadata={"help": "pairs per micro-batch (chosen and rejected go through the model together)",
                   "range": "[1, 1000000]"})
-    grad_accum_steps: int = field(default=1, metadata={"help": "optimizer step every N micro-batches",
-                                                       "range": "[1, 1000000]"})
-    lr: float = field(default=5e-5, metadata={"help": "backbone (or LoRA adapters)", "range": "(0, inf)"})
-    head_lr: float = field(default=1e-3, metadata={"help": "the new score head learns from scratch; 0 = same as lr",
-                                                   "range": "[0, inf)"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "range": "[0, inf)"})
+    grad_accum: int = shared_field("grad_accum", 1)
+    learning_rate: float = shared_field("learning_rate", 5e-5)  # of the backbone (or its LoRA adapters)
+    head_learning_rate: float = field(
+        default=1e-3,
+        metadata={"help": "the new score head learns from scratch; 0 = train.learning_rate", "range": "[0, inf)"})
+    weight_decay: float = shared_field("weight_decay", 0.01)
     warmup_ratio: float = field(default=0.06,
                                 metadata={"help": "share of the steps with a linear learning-rate warm-up",
                                           "range": "[0, 1]"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this", "range": "(0, inf)"})
+    max_grad_norm: float = shared_field("max_grad_norm", 1.0)
     use_margin: bool = field(
         default=False,
         metadata={"help": "loss -log sigmoid(r_c - r_r - margin) with each record's margin (0 if none)"})
@@ -99,12 +93,8 @@ class TrainConfig:
     cache_dir: str = field(
         default="",
         metadata={"help": "where the trunk cache lives; empty: $RLHF_HOME/trunk-cache (~/.cache/rlhf), shared by runs"})
-    checkpoint_every: int = field(
-        default=100,
-        metadata={"help": "optimizer steps between checkpoints (and at each epoch end); 0 = epoch ends only",
-                  "range": "[0, 10000000]"})
-    keep_checkpoints: int = field(default=1, metadata={"help": "how many recent checkpoints to keep on disk",
-                                                       "range": "[1, 1000000]"})
+    save_steps: int = shared_field("save_steps", 100)
+    save_total_limit: int = shared_field("save_total_limit", 1)
 
 
 @dataclass
@@ -152,7 +142,15 @@ class ToxicitySettings:
 class RewardStageConfig:
     """Stage 2: train the HHH reward model (helpful, honest, harmless heads)."""
 
+    renamed_keys: ClassVar[RenamedKeys] = RenamedKeys("reward", {
+        "train.lr": "train.learning_rate", "train.head_lr": "train.head_learning_rate",
+        "train.grad_accum_steps": "train.grad_accum", "train.checkpoint_every": "train.save_steps",
+        "train.keep_checkpoints": "train.save_total_limit", "model.backbone": "model.name", "model.lora": "lora"})
+
     model: ModelConfig = field(default_factory=ModelConfig)
+    # LoRA for a causal-LM backbone (off by default; merged into the weights when the model is saved);
+    # target_modules [] = peft's default for the architecture
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=False, dropout=0.05, target_modules=[]))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -165,8 +163,8 @@ class RewardStageConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if self.model.quantization != "none" and not self.model.lora.enabled:
-            raise frozen_base_error("model.quantization", self.model.quantization, "model.lora.enabled true")
+        if self.model.quantization != "none" and not self.lora.enabled:
+            raise frozen_base_error("model.quantization", self.model.quantization, "lora.enabled true")
         self.train_partition()
 
     def train_partition(self) -> str:

@@ -144,7 +144,7 @@ def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: 
     only the score head trains (a linear probe on the backbone's features). ``quantization`` (4bit, 8bit):
     the backbone is loaded quantized and frozen (``rlhf.quantization``); only LoRA and the heads train."""
     if quantization != "none" and not (lora is not None and lora.enabled):  # as RewardStageConfig refuses it
-        raise frozen_base_error("model.quantization", quantization, "model.lora.enabled true")
+        raise frozen_base_error("model.quantization", quantization, "lora.enabled true")
     model, tokenizer, causal, source = _classifier(backbone, quantization)
     reward_model, encoder, scoring = _finish(source, model, tokenizer, causal, lora, max_length, min_prompt_tokens,
                                              freeze_backbone)
@@ -208,7 +208,7 @@ def _classifier_from_adapter(adapter: Path):
 def _finish(backbone: str, model, tokenizer, causal: bool, lora: LoraConfig | None, max_length: int,
             min_prompt_tokens: int, freeze_backbone: bool) -> tuple[RewardModel, PairEncoder, ScoringConfig]:
     if freeze_backbone and lora is not None and lora.enabled:
-        raise ValueError("model.freeze_backbone trains only the score head: set model.lora.enabled false")
+        raise ValueError("model.freeze_backbone trains only the score head: set lora.enabled false")
     if lora is not None and lora.enabled:
         model = add_lora(model, lora, task_type="SEQ_CLS")
     if freeze_backbone:

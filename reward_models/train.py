@@ -3,7 +3,7 @@
 :class:`RewardTrainer` is the whole stage (``pipelines/reward.py`` runs it; :func:`train_reward_model` is the
 same in one call): a plain accelerate loop, so the same code runs in one process, under ``accelerate launch``
 and under ``torchrun``.
-Each optimizer step sees ``grad_accum_steps`` single-head batches per process (see
+Each optimizer step sees ``grad_accum`` single-head batches per process (see
 :func:`reward_models.data.balanced_batches`); every epoch ends with dev accuracy per head and a
 checkpoint; the final model (best dev epoch) goes to ``<run>/final`` with its normalisation statistics,
 and its accuracy on the held-out test split goes to ``summary.json``.
@@ -150,8 +150,8 @@ def optimizer_groups(model: RewardModel, cfg: RewardStageConfig) -> list[dict]:
     for name, param in model.named_parameters():
         if param.requires_grad:
             (head if any(part in HEAD_MODULES for part in name.split(".")) else body).append(param)
-    head_lr = cfg.train.head_lr or cfg.train.lr
-    return [g for g in ({"params": body, "lr": cfg.train.lr}, {"params": head, "lr": head_lr}) if g["params"]]
+    head_lr = cfg.train.head_learning_rate or cfg.train.learning_rate
+    return [g for g in ({"params": body, "lr": cfg.train.learning_rate}, {"params": head, "lr": head_lr}) if g["params"]]
 
 
 def trainable_weights(model: RewardModel) -> dict[str, torch.Tensor]:
@@ -219,10 +219,10 @@ class RewardTrainer:
         self.started = time.perf_counter()
         self.cfg = cfg
         cfg.train_partition()  # a gold on the proxy's half: one line, before any model loads
-        if cfg.model.freeze_backbone and cfg.model.lora.enabled:
-            raise ConfigError("model.freeze_backbone: true trains only the score head; set model.lora.enabled false")
+        if cfg.model.freeze_backbone and cfg.lora.enabled:
+            raise ConfigError("model.freeze_backbone: true trains only the score head; set lora.enabled false")
         check_backend(cfg.model.quantization)  # bitsandbytes missing: one line, before any model loads
-        sharding.check_wrappable(cfg.model.backbone, "model.backbone", causal_lm=False,  # FSDP launch: blocks found,
+        sharding.check_wrappable(cfg.model.name, "model.name", causal_lm=False,  # FSDP launch: blocks found,
                                  quantization=cfg.model.quantization, quantization_key="model.quantization")  # no QLoRA
         run = start_run(cfg.run, STAGE, resume, PREFIX)
         self.run_dir = run.dir
@@ -265,7 +265,7 @@ class RewardTrainer:
         """The model with its heads, the train set tokenised once (prompts cut from the left), the batch plan."""
         cfg = self.cfg
         self.model, self.encoder, self.scoring = new_reward_model(
-            cfg.model.backbone, cfg.model.lora, cfg.model.max_length, cfg.model.min_prompt_tokens,
+            cfg.model.name, cfg.lora, cfg.model.max_length, cfg.model.min_prompt_tokens,
             cfg.model.freeze_backbone, cfg.model.quantization)
         self.scoring.weights = _check_weights(cfg.composite.weights)
         self.scoring.toxicity = _absolute_paths(cfg.toxicity)
@@ -277,11 +277,11 @@ class RewardTrainer:
             lambda epoch: balanced_batches(self.pools, self.per_head, cfg.train.batch_size, cfg.run.seed, epoch,
                                            lengths, chosen_longer=chosen_longer))
         self.debias = LengthDebias.fit(data, cfg.train.length_covariate, cfg.train.length_decorrelation)
-        self.batches_per_step = self.world * cfg.train.grad_accum_steps
+        self.batches_per_step = self.world * cfg.train.grad_accum
         self.steps_per_epoch = len(self.batches_of(0)) // self.batches_per_step
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.batches_of(0))} batches per epoch are fewer than processes x grad_accum_steps "
-                             f"({self.batches_per_step}): lower train.batch_size or grad_accum_steps")
+            raise ValueError(f"{len(self.batches_of(0))} batches per epoch are fewer than processes x grad_accum "
+                             f"({self.batches_per_step}): lower train.batch_size or grad_accum")
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
@@ -403,13 +403,13 @@ class RewardTrainer:
             if epoch_done and self.skipped - skipped_before == step - first_step:  # nothing learned: stop before final/
                 self.logger.finish()
                 raise ConfigError(f"training: all {step - first_step} steps had a non-finite loss or gradient, so none "
-                                  "updated the model and no final/ was written (check the data's margins, train.lr, "
+                                  "updated the model and no final/ was written (check the data's margins, train.learning_rate, "
                                   "train.precision)")
             if epoch_done:
                 self._select(self.evaluate()[0], epoch)
                 self.model.train()
-            # 3. a checkpoint at every epoch's end and every train.checkpoint_every steps
-            if epoch_done or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) \
+            # 3. a checkpoint at every epoch's end and every train.save_steps steps
+            if epoch_done or (cfg.train.save_steps and step % cfg.train.save_steps == 0) \
                     or step == stop_after_steps:
                 self.save_checkpoint()
             if step == stop_after_steps:
@@ -435,7 +435,7 @@ class RewardTrainer:
         acc = self.accelerator
         if self.sharded or acc.is_main_process:  # sharded: every rank writes its shard and its RNG
             save_checkpoint(self.run_dir, self.step_count, self.unwrapped, self.optimizer, self.scheduler,
-                            self.state_dict(), self.best_weights, self.cfg.train.keep_checkpoints,
+                            self.state_dict(), self.best_weights, self.cfg.train.save_total_limit,
                             process=acc if self.sharded else None)
         acc.wait_for_everyone()
 
@@ -478,7 +478,7 @@ class RewardTrainer:
         if acc.is_main_process:
             save_reward_model(_plain_copy(cfg, whole) if self.sharded else unwrapped, self.encoder, self.scoring,
                               final_dir)
-            self.logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.backbone, *cfg.data.extra_files],
+            self.logger.log_artifact(final_dir, "reward-model", inputs=[cfg.model.name, *cfg.data.extra_files],
                                      role="gold" if cfg.role == "gold" else None)  # the judge's is not the proxy's
         acc.wait_for_everyone()
         return final_dir
@@ -535,12 +535,12 @@ def _layers_to_shard(model: RewardModel) -> list[torch.nn.Module]:
     try:
         return sharding.transformer_blocks(model)
     except ValueError as err:
-        raise ConfigError(f"model.backbone: cannot be sharded under FSDP ({err})") from err
+        raise ConfigError(f"model.name: cannot be sharded under FSDP ({err})") from err
 
 
 def _plain_copy(cfg: RewardStageConfig, weights: dict[str, torch.Tensor]) -> RewardModel:
     """An unsharded model of the same build holding ``weights`` (the gathered ones), for the final export."""
-    model, _, _ = new_reward_model(cfg.model.backbone, cfg.model.lora, cfg.model.max_length,
+    model, _, _ = new_reward_model(cfg.model.name, cfg.lora, cfg.model.max_length,
                                    cfg.model.min_prompt_tokens, cfg.model.freeze_backbone, cfg.model.quantization)
     model.load_state_dict(weights)
     return model

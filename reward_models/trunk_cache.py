@@ -1,6 +1,6 @@
 """The frozen-trunk feature cache of reward training: the frozen lower layers run once per text, kept on disk.
 
-When a reward model's trainable weights sit only in its top layers (LoRA on ``model.lora.layers``) or only
+When a reward model's trainable weights sit only in its top layers (LoRA on ``lora.layers``) or only
 in its score head (``model.freeze_backbone``: a linear probe), everything below them computes the same thing
 at every epoch, at every dev evaluation and for the normalisation statistics. :func:`model_inputs` returns
 the object that turns encoded sequences into model inputs:

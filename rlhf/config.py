@@ -70,6 +70,57 @@ def check_ranges(config: Any, prefix: str = "") -> None:
             _check_range(f, value, f"{prefix}{f.name}")
 
 
+# Settings every training stage shares, declared once: one name, one help, one range (issue 27). A stage's train
+# section lists the ones it has with its own default, ``learning_rate: float = shared_field("learning_rate", 2e-4)``;
+# the "off" values mean the same everywhere (max_steps 0: train.epochs decide; save_steps 0: only at the end).
+SHARED_TRAIN_FIELDS: dict[str, dict[str, str]] = {
+    "max_steps": {"help": "optimisation steps to run (an RL step: generate, score, update); 0: train.epochs decide "
+                          "(the RL stage has no epochs: >= 1 there)", "range": "[0, 10000000]"},
+    "learning_rate": {"help": "peak learning rate (AdamW)", "range": "(0, inf)"},
+    "lr_scheduler": {"help": "any transformers scheduler name: linear, cosine, constant ..."},
+    "warmup_steps": {"help": "steps of linear learning-rate warm-up", "range": "[0, 10000000]"},
+    "weight_decay": {"help": "AdamW weight decay", "range": "[0, inf)"},
+    "max_grad_norm": {"help": "clip the gradient norm to this (0: no clipping)", "range": "[0, inf)"},
+    "grad_accum": {"help": "optimiser step every N micro-batches (gradient accumulation)", "range": "[1, 1000000]"},
+    "save_steps": {"help": "checkpoint every N optimisation steps and at the end (resume with --resume); 0: only at "
+                           "the end (the reward stage also checkpoints each epoch's end)", "range": "[0, 10000000]"},
+    "save_total_limit": {"help": "keep the newest N checkpoints (0: keep all)", "range": "[0, 1000000]"},
+}
+
+
+def shared_field(name: str, default: Any) -> Any:
+    """The shared train setting ``name`` (:data:`SHARED_TRAIN_FIELDS`) with this stage's default."""
+    return dataclasses.field(default=default, metadata=SHARED_TRAIN_FIELDS[name])
+
+
+class RenamedKeys(typing.NamedTuple):
+    """A stage's keys of earlier versions and their names now: a config still using one is refused in one line
+    naming the new key (``reward config: train.lr was renamed to train.learning_rate``), before any model loads.
+    A key names a leaf (``train.lr``) or a section (``ppo``: every ``ppo.*`` moved under ``update.*``); the longest
+    match wins. ``[]`` stands for any item of a list (``policies[].path``)."""
+
+    stage: str
+    keys: dict[str, str]
+
+    def check(self, tree: dict[str, Any]) -> None:
+        for path in _dotted_paths(tree):
+            parts = path.split(".")
+            for cut in range(len(parts), 0, -1):
+                old = ".".join(parts[:cut])
+                if old in self.keys:
+                    new = ".".join([self.keys[old], *parts[cut:]])
+                    raise ConfigError(f"{self.stage} config: {path} was renamed to {new}")
+
+
+def _dotted_paths(tree: Any, prefix: str = "") -> list[str]:
+    """Every leaf of a nested mapping as a dotted path (``train.lr``); a list's mappings as ``key[].leaf``."""
+    if isinstance(tree, list) and any(isinstance(item, dict) for item in tree):
+        return [p for item in tree if isinstance(item, dict) for p in _dotted_paths(item, prefix + "[]")]
+    if not isinstance(tree, dict) or not tree:
+        return [prefix] if prefix else []
+    return [p for key, value in tree.items() for p in _dotted_paths(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
 @dataclasses.dataclass
 class RunConfig:
     """Where a run writes and how it is tracked; shared by every stage."""
@@ -180,6 +231,9 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     """Build ``cls`` from a (nested) mapping; unknown keys and wrong types raise ConfigError."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    renamed = getattr(cls, "renamed_keys", None)
+    if not prefix and isinstance(renamed, RenamedKeys):
+        renamed.check(values)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(

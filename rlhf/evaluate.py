@@ -26,14 +26,13 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 
 from rlhf import metrics
 from rlhf.best_of_n import analytic_kl, choose_best
-from rlhf.config import ConfigError
-from rlhf.config import RunConfig
+from rlhf.config import ConfigError, RenamedKeys, RunConfig
 from rlhf.generation import GenerationSettings, prepare_tokenizer, seeded_chat_batches
 from rlhf.likelihood import JudgeFreeConfig, aggregate_judge_free, check_judge_free, judge_free_records
 from rlhf.logprobs import response_logprobs, response_mask, sequence_kl
@@ -56,7 +55,7 @@ class PolicyConfig:
     """One policy to evaluate."""
 
     name: str = field(default="", metadata={"help": "label in tables: base, sft, ppo ..."})
-    path: str = field(
+    model: str = field(
         default="",
         metadata={"help": "zoo name, hub id, model folder, or PEFT adapter folder (base from adapter_config.json)"})
     base: str = field(
@@ -126,10 +125,12 @@ class EvalConfig:
     """Stage 4: evaluate policies and write report.md, plots and results.json."""
 
     run: RunConfig = field(default_factory=RunConfig)
-    # `rlhf pipeline` lists its own runs; alone, list yours: {name: sft, path: runs/<sft run>/final} (an adapter:
-    # KL reference = base), {name: ppo, path: runs/<ppo run>/final/adapter, base: runs/<sft run>/final} (KL ref = SFT)
+    renamed_keys: ClassVar[RenamedKeys] = RenamedKeys("eval", {"policies[].path": "policies[].model"})
+
+    # `rlhf pipeline` lists its own runs; alone, list yours: {name: sft, model: runs/<sft run>/final} (an adapter:
+    # KL reference = base), {name: ppo, model: runs/<ppo run>/final/adapter, base: runs/<sft run>/final} (KL ref = SFT)
     policies: list[PolicyConfig] = field(default_factory=lambda: [PolicyConfig("base", "smollm2-135m-instruct")],
-                                         metadata={"help": "the policies compared: [{name, path, base, reference}]"})
+                                         metadata={"help": "the policies compared: [{name, model, base, reference}]"})
     reward_model: str = field(
         default="",
         metadata={"help": "trained reward model folder (reward run's final/); empty: no reward metrics"})
@@ -551,12 +552,12 @@ def run_evaluation(cfg: EvalConfig, scorer, load_policy: Callable | None = None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not cfg.policies:
-        raise ValueError("eval: no policies configured (policies: [{name, path}, ...])")
+        raise ValueError("eval: no policies configured (policies: [{name, model}, ...])")
     names = [p.name for p in cfg.policies]
     if len(set(names)) != len(names) or not all(names):
         raise ValueError(f"eval: policy names must be non-empty and distinct, got {names}")
     for pcfg in cfg.policies:  # fail before minutes of generation, not at the third policy
-        for what in ("path", "base", "reference"):
+        for what in ("model", "base", "reference"):
             check_local_path(getattr(pcfg, what), f"policy {pcfg.name!r}: {what}")
     variants = variants_of(cfg)
     items = [it for source in cfg.data.sources
@@ -566,8 +567,8 @@ def run_evaluation(cfg: EvalConfig, scorer, load_policy: Callable | None = None,
     records: list[dict[str, Any]] = []
     described: dict[str, Any] = {}
     for pcfg in cfg.policies:
-        policy = load_policy(pcfg.name, pcfg.path, base=pcfg.base, reference=pcfg.reference)
-        described[pcfg.name] = {"path": pcfg.path, "base": pcfg.base, "kind": policy.kind,
+        policy = load_policy(pcfg.name, pcfg.model, base=pcfg.base, reference=pcfg.reference)
+        described[pcfg.name] = {"path": pcfg.model, "base": pcfg.base, "kind": policy.kind,
                                 "reference": pcfg.reference or ("adapter disabled" if policy.kind == "adapter" else "")}
         mine = [v for v in variants if v.policy == pcfg.name]
         for variant in [v for v in mine if not v.best_of]:
@@ -594,7 +595,7 @@ def run_judge_free(cfg: EvalConfig, load_policy: Callable | None = None) -> list
     load_policy = load_policy or functools.partial(default_loader, device=select_device(cfg.run.device))
     records: list[dict[str, Any]] = []
     for pcfg in cfg.policies:
-        policy = load_policy(pcfg.name, pcfg.path, base=pcfg.base, reference=pcfg.reference)
+        policy = load_policy(pcfg.name, pcfg.model, base=pcfg.base, reference=pcfg.reference)
         records += judge_free_records(policy, jf, cfg.data.split, cfg.data.seed, cfg.data.max_prompt_tokens,
                                       bf16=use_bf16(cfg.precision, policy.model.device))
         del policy

@@ -144,7 +144,7 @@ def drop_unrun_policies(tree: dict[str, Any], cfg: PipelineConfig) -> dict[str, 
     policies = tree.get("policies")
     if isinstance(policies, list):
         gone = {p.get("name") for p in policies
-                if isinstance(p, dict) and (in_absent(p.get("path", "")) or in_absent(p.get("base", "")))}
+                if isinstance(p, dict) and (in_absent(p.get("model", "")) or in_absent(p.get("base", "")))}
         tree["policies"] = [p for p in policies if not (isinstance(p, dict) and p.get("name") in gone)]
         variants = []
         for v in tree.get("variants") or []:
@@ -246,7 +246,7 @@ def read_marker(run_dir: Path) -> dict[str, Any] | None:
 
 def upstream_of(stage: Stage) -> tuple[str, ...]:
     """The stages whose output this one consumes: the fixed ones, and any earlier stage whose folder its config
-    names (the reward stage with ``model.backbone: "{sft}"`` starts from the SFT policy)."""
+    names (the reward stage with ``model.name: "{sft}"`` starts from the SFT policy)."""
     text = json.dumps(to_dict(stage.config), default=str)
     order, fixed = pipeline_stages(), STAGES[stage.name].upstream
     named = tuple(s for s in order[:order.index(stage.name)] if s not in fixed

@@ -103,6 +103,11 @@ class MetricsLogger:
                                          config=to_dict(config) if config is not None else None)
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        # Every key has a namespace ("train/lr", not "lr"): W&B groups panels by it and the report finds keys by it.
+        # Checked on every process, so a rank that does not write still fails the same way.
+        bare = next((k for k in metrics if "/" not in k.strip("/")), None)
+        if bare is not None:
+            raise ValueError(f"metric {bare!r} has no namespace: log it as '<namespace>/{bare}' (e.g. train/{bare})")
         if not self.enabled:
             return
         record = {k: _scalar(v) for k, v in metrics.items()}

@@ -29,13 +29,13 @@ PPO_DRIVER = textwrap.dedent('''
     from rlhf.ppo.trainer import PPOTrainer, make_accelerator
 
     out, steps = sys.argv[1], int(sys.argv[2])
-    cfg, _ = load_config(PPOStageConfig, ["--config", "pipelines/configs/ppo_tiny.yaml", "--ppo.batch_size", "4",
-                                          "--ppo.mini_batch_size", "2", "--ppo.micro_batch_size", "1"])
+    cfg, _ = load_config(PPOStageConfig, ["--config", "pipelines/configs/ppo_tiny.yaml", "--update.batch_size", "4",
+                                          "--update.mini_batch_size", "2", "--update.micro_batch_size", "1"])
     accelerator = make_accelerator()
     # Different seeds per rank before building: DDP must still start every rank from rank 0's weights.
     torch.manual_seed(accelerator.process_index)
-    tokenizer = load_policy_tokenizer(cfg.policy)
-    model = build_actor_critic(cfg.policy, cfg.lora, torch.float32)
+    tokenizer = load_policy_tokenizer(cfg.model)
+    model = build_actor_critic(cfg.model, cfg.lora, torch.float32)
     class CharScorer:
         def score(self, prompts, responses):
             from reward_models.types import RewardScores

@@ -33,11 +33,11 @@ def train_on_preferences(preferences: Sequence[PreferenceRecord] | str | Path, o
         write_jsonl(preferences, output_dir / "preferences.jsonl")
         preferences = output_dir / "preferences.jsonl"
     cfg = RewardStageConfig()
-    cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = backbone, max_length, min(32, max_length // 4)
+    cfg.model.name, cfg.model.max_length, cfg.model.min_prompt_tokens = backbone, max_length, min(32, max_length // 4)
     cfg.data.sources, cfg.data.extra_files, cfg.data.extra_files_split = [], [str(preferences)], "train"
     cfg.data.partition = "all"  # every given pair: no gold judge is in play
-    cfg.train.max_steps, cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr = max_steps, batch_size, lr, lr
-    cfg.train.warmup_ratio, cfg.train.checkpoint_every, cfg.eval.test = 0.0, 0, False
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.learning_rate, cfg.train.head_learning_rate = max_steps, batch_size, lr, lr
+    cfg.train.warmup_ratio, cfg.train.save_steps, cfg.eval.test = 0.0, 0, False
     cfg.run = RunConfig(output_dir=str(output_dir), run_name="reward", wandb_mode="disabled", log_every=1)
     run_dir = train_reward_model(cfg)
     losses = [m["loss/pairwise"] for m in read_metrics(run_dir / "metrics.jsonl") if "loss/pairwise" in m]

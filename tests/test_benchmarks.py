@@ -221,7 +221,7 @@ def test_our_argv_sets_grpo_and_the_kl_loss_term():
     argv = rl_vs_trl.our_argv(wl)
     flags = dict(zip(argv[::2], argv[1::2]))
     assert flags["--rl.algo"] == "grpo" and flags["--rl.samples_per_prompt"] == "4"
-    assert flags["--ppo.batch_size"] == "8" and flags["--ppo.mini_batch_size"] == "32"
+    assert flags["--update.batch_size"] == "8" and flags["--update.mini_batch_size"] == "32"
     assert flags["--kl.placement"] == "loss" and flags["--kl.estimator"] == "k3"
     assert float(flags["--kl.coef"]) == 0.04 and "." in flags["--kl.coef"]  # YAML 1.1 reads "4e-02" as a string
     assert flags["--generation.batch_size"] == "32"
@@ -232,8 +232,8 @@ def test_our_argv_sets_grpo_and_the_kl_loss_term():
 
     cfg, _ = load_config(RLStageConfig, argv)
     assert cfg.rl.algo == "grpo" and cfg.rl.samples_per_prompt == 4 and cfg.kl_in_loss and cfg.kl.coef == 0.04
-    assert (cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.micro_batch_size, cfg.ppo.epochs) == (8, 32, 8, 1)
-    assert cfg.generation.batch_size == 32 and cfg.train.learning_rate == 1e-5 and cfg.train.steps == 8
+    assert (cfg.update.batch_size, cfg.update.mini_batch_size, cfg.update.micro_batch_size, cfg.update.epochs) == (8, 32, 8, 1)
+    assert cfg.generation.batch_size == 32 and cfg.train.learning_rate == 1e-5 and cfg.train.max_steps == 8
 
 
 def _grpo_run(side, run, sec, rss, tps, phases):

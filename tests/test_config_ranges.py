@@ -69,7 +69,7 @@ ALL_FIELDS = ([(name, key, f, default) for name in pipeline_stages() for key, f,
 
 def test_the_walk_finds_the_fields_it_must():
     keys = {(name, key) for name, key, _, _ in ALL_FIELDS}
-    assert {("reward", "train.lr"), ("ppo", "kl.coef"), ("ppo", "generation.max_new_tokens"),
+    assert {("reward", "train.learning_rate"), ("ppo", "kl.coef"), ("ppo", "generation.max_new_tokens"),
             ("sft", "data.mixture.weight"), ("eval", "confidence"), ("dpo", "train.beta"),
             ("compare", "prompts_per_source"), ("plan", "train.micro_batch"), ("eval-rm", "confidence")} <= keys
     assert len(ALL_FIELDS) > 100
@@ -102,18 +102,18 @@ def test_a_malformed_range_is_refused(text):
 
 
 @pytest.mark.parametrize("stage, flag, value, message", [
-    ("reward", "train.lr", "-1", "train.lr: -1.0 is outside its range (0, inf)"),
+    ("reward", "train.learning_rate", "-1", "train.learning_rate: -1.0 is outside its range (0, inf)"),
     ("ppo", "kl.coef", "-1", "kl.coef: -1.0 is outside its range [0, inf)"),
     ("sft", "train.learning_rate", "0", "train.learning_rate: 0.0 is outside its range (0, inf)"),
     ("ppo", "train.learning_rate", "0", "train.learning_rate: 0.0 is outside its range (0, inf)"),
     ("sft", "train.batch_size", "0", "train.batch_size: 0 is outside its range [1, 1000000]"),
-    ("ppo", "ppo.batch_size", "0", "ppo.batch_size: 0 is outside its range [1, 1000000]"),
+    ("ppo", "update.batch_size", "0", "update.batch_size: 0 is outside its range [1, 1000000]"),
     ("ppo", "generation.max_new_tokens", "0", "generation.max_new_tokens: 0 is outside its range [1, 1000000]"),
-    ("ppo", "train.steps", "99999999999999999999",
-     "train.steps: 99999999999999999999 is outside its range [1, 10000000]"),
+    ("ppo", "train.max_steps", "99999999999999999999",
+     "train.max_steps: 99999999999999999999 is outside its range [0, 10000000]"),
     ("sft", "train.max_steps", "99999999999999999999",
-     "train.max_steps: 99999999999999999999 is outside its range [-1, 10000000]"),
-    ("reward", "train.lr", ".nan", "train.lr: nan is outside its range (0, inf)"),
+     "train.max_steps: 99999999999999999999 is outside its range [0, 10000000]"),
+    ("reward", "train.learning_rate", ".nan", "train.learning_rate: nan is outside its range (0, inf)"),
 ])
 def test_a_value_outside_its_range_is_one_line_before_the_stage_starts(stage, flag, value, message, capsys,
                                                                          tmp_path):
@@ -130,8 +130,8 @@ def test_the_cli_refuses_before_any_model_loads(tmp_path, capsys, no_model_loads
     from rlhf.stages import STAGES
     cli = STAGES["reward"].cli
 
-    assert cli(["--train.lr", "-1", "--run.output_dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == "error: train.lr: -1.0 is outside its range (0, inf)\n"
+    assert cli(["--train.learning_rate", "-1", "--run.output_dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "error: train.learning_rate: -1.0 is outside its range (0, inf)\n"
     assert list(tmp_path.iterdir()) == []
 
 

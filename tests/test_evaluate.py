@@ -267,7 +267,7 @@ def test_aggregate_hand_made_records():
 
 def test_missing_policy_folder_fails_before_any_generation(tmp_path):
     cfg = _cfg(tmp_path, [ev.PolicyConfig("sft", "tiny-llama"), ev.PolicyConfig("ppo", str(tmp_path / "runs/x/final"))])
-    with pytest.raises(FileNotFoundError, match="policy 'ppo': path: .* does not exist"):
+    with pytest.raises(FileNotFoundError, match="policy 'ppo': model: .* does not exist"):
         ev.run_evaluation(cfg, TheScorer(), load_policy=lambda *a, **k: pytest.fail("loaded a policy"))
 
 
@@ -440,7 +440,7 @@ def test_bad_best_of_n_or_gold_is_one_line_before_any_model(flags, key, tmp_path
     (tmp_path / "link").symlink_to(proxy / "final")
     flags = [f.replace("{proxy}", str(proxy)).replace("{link}", str(tmp_path / "link")) for f in flags]
     argv = ["--run.output_dir", str(tmp_path / "runs"), "--run.wandb_mode", "disabled",
-            "--reward_model", str(proxy), "--policies", "[{name: sft, path: tiny-llama}]", "--variants", "[{}]", *flags]
+            "--reward_model", str(proxy), "--policies", "[{name: sft, model: tiny-llama}]", "--variants", "[{}]", *flags]
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {key}"), err

@@ -25,8 +25,8 @@ from rlhf.ppo.maths import masked_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "pipelines" / "configs" / "ppo_tiny.yaml"
-SMALL = ["--ppo.batch_size", "4", "--ppo.mini_batch_size", "8", "--ppo.micro_batch_size", "4", "--ppo.epochs", "1",
-         "--generation.max_new_tokens", "6", "--data.max_prompts", "16", "--train.save_every", "0",
+SMALL = ["--update.batch_size", "4", "--update.mini_batch_size", "8", "--update.micro_batch_size", "4", "--update.epochs", "1",
+         "--generation.max_new_tokens", "6", "--data.max_prompts", "16", "--train.save_steps", "0",
          "--train.sample_every", "0"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,7 +72,7 @@ class BestOfGroup(AdvantageEstimator):
 
 def test_a_new_advantage_estimator_is_one_entry_and_the_trainer_runs_it(monkeypatch, run_cfg):
     monkeypatch.setitem(advantages.ESTIMATORS, "best_of_group", BestOfGroup)
-    cfg = small_cfg(run_cfg, "--rl.algo", "rloo", "--rl.samples_per_prompt", "2", "--ppo.gamma", "0.9")
+    cfg = small_cfg(run_cfg, "--rl.algo", "rloo", "--rl.samples_per_prompt", "2", "--update.gamma", "0.9")
     cfg.rl.algo = "best_of_group"  # the rl.algo literal is the other line a new estimator adds (rlhf/ppo/config.py)
     torch.manual_seed(cfg.run.seed)
     trainer = build_rl_trainer(cfg, scorer=VowelScorer(), dtype=torch.float32)
@@ -142,11 +142,11 @@ NEW_HEAD = textwrap.dedent("""
               "dimension": ["helpful"]} for i in range(24)]
     (out / "pairs.jsonl").write_text("\\n".join(json.dumps(r) for r in rows) + "\\n")
     cfg = RewardStageConfig()
-    cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
+    cfg.model.name, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
     cfg.data.sources, cfg.data.extra_files, cfg.data.extra_files_split = [], [str(out / "pairs.jsonl")], "train"
     cfg.data.partition, cfg.data.pairs_per_head = "all", 0
-    cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr, cfg.train.max_steps = 4, 3e-3, 3e-3, 4
-    cfg.train.checkpoint_every, cfg.eval.test = 0, False
+    cfg.train.batch_size, cfg.train.learning_rate, cfg.train.head_learning_rate, cfg.train.max_steps = 4, 3e-3, 3e-3, 4
+    cfg.train.save_steps, cfg.eval.test = 0, False
     cfg.run.output_dir, cfg.run.run_name, cfg.run.wandb_mode = str(out / "runs"), "rm", "disabled"
     run_dir = train_reward_model(cfg)
     scores = RewardScorer.from_pretrained(str(run_dir / "final")).score(["What is rain?"], ["Rain is water."])

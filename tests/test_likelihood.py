@@ -54,7 +54,7 @@ def test_eval_stage_refuses_it_before_any_model_loads(tmp_path, capsys, no_model
     from rlhf.stages import STAGES
     cli = STAGES["eval"].cli
 
-    code = cli(["--policies", "[{name: base, path: tiny-llama}]", "--run.output_dir", str(tmp_path / "runs"),
+    code = cli(["--policies", "[{name: base, model: tiny-llama}]", "--run.output_dir", str(tmp_path / "runs"),
                 "--run.wandb_mode", "disabled", "--judge_free.preference_sources", "[hh-rlhf-harmless, nope]"])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [

@@ -59,8 +59,8 @@ def test_stage_script_as_two_nodes_writes_one_run(tmp_path):
     final adapter, and a checkpoint holding each node's RNG state."""
     runs = tmp_path / "runs"
     codes = launch_nodes(["pipelines/ppo.py", "--config", "pipelines/configs/ppo_tiny.yaml", "--run.output_dir",
-                          str(runs), "--train.steps", "2", "--train.save_every", "2", "--ppo.batch_size", "2",
-                          "--ppo.mini_batch_size", "2", "--ppo.micro_batch_size", "2"], tmp_path)
+                          str(runs), "--train.max_steps", "2", "--train.save_steps", "2", "--update.batch_size", "2",
+                          "--update.mini_batch_size", "2", "--update.micro_batch_size", "2"], tmp_path)
     assert codes == [0, 0], tails(tmp_path)
     [run] = list(runs.iterdir())  # no run name: the nodes agree on rank 0's timestamped folder
     assert (run / "final" / "adapter" / "adapter_config.json").is_file()

@@ -122,9 +122,9 @@ def test_stages_pick_what_runs_and_eval_drops_the_policies_of_stages_left_out(tm
     pl.run_pipeline(cfg, entries=entries, log=lambda m: None)
     root = tmp_path / "runs" / "p"
     assert [c[0] for c in calls] == ["sft", "dpo", "eval"] and calls[1][1] == str(root / "sft" / "final")
-    tree = {"policies": [{"name": "sft", "path": "{sft}"}, {"name": "ppo", "path": "{ppo_run}/final/adapter"},
-                         {"name": "dpo", "path": "{dpo_run}/final/adapter", "base": "{sft}"},
-                         {"name": "other", "path": "elsewhere", "base": "{ppo}"}],
+    tree = {"policies": [{"name": "sft", "model": "{sft}"}, {"name": "ppo", "model": "{ppo_run}/final/adapter"},
+                         {"name": "dpo", "model": "{dpo_run}/final/adapter", "base": "{sft}"},
+                         {"name": "other", "model": "elsewhere", "base": "{ppo}"}],
             "variants": [{"policies": ["ppo"]}, {"policies": ["sft", "ppo", "dpo"]}, {"decoding": "greedy"}],
             "training_runs": {"sft": "{sft_run}", "ppo": "{ppo_run}", "dpo": "{dpo_run}"}}
     kept = pl.drop_unrun_policies(pl.substitute(tree, pl.placeholders(cfg)), cfg)
@@ -204,8 +204,8 @@ def test_presets_resolve_against_the_real_stage_configs():
         stages = {name: pl.resolve_stage(cfg, name) for name in pipeline_stages()}
         assert stages["eval"].config.reward_model == str(pl.pipeline_dir(cfg) / "reward" / "final")
         assert {p.name for p in stages["eval"].config.policies} == {"base", "sft", "ppo"}  # dpo: not run
-        assert stages["ppo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
-        assert stages["dpo"].config.policy.model == str(pl.pipeline_dir(cfg) / "sft" / "final")
+        assert stages["ppo"].config.model.name == str(pl.pipeline_dir(cfg) / "sft" / "final")
+        assert stages["dpo"].config.model.name == str(pl.pipeline_dir(cfg) / "sft" / "final")
         assert "gold" in cfg.stages and stages["gold"].config.role == "gold"
         assert stages["eval"].config.gold.model == str(pl.pipeline_dir(cfg) / "gold" / "final")
         # the gold is trained apart from the proxy, on more pairs per head (0 = all)
@@ -273,7 +273,7 @@ def test_tiny_preset_with_dpo_instead_of_ppo(tmp_path):
                  "--stages", "[sft, reward, dpo, eval]"]) == 0
     root = tmp_path / "tiny"
     config = yaml.safe_load((root / "dpo" / "config.yaml").read_text())
-    assert config["policy"]["model"] == str(root / "sft" / "final")
+    assert config["model"]["name"] == str(root / "sft" / "final")
     assert (root / "dpo" / "final" / "adapter" / "adapter_config.json").is_file() and not (root / "ppo").exists()
     results = json.loads((root / "eval" / "results.json").read_text())
     assert set(results["policies"]) == {"base", "sft", "dpo"}
@@ -288,11 +288,11 @@ def test_pipeline_runs_another_algorithm_in_stage_3(tmp_path):
     from rlhf.cli import main
     from rlhf.tracking import read_metrics
 
-    overrides = "{rl.algo: grpo, rl.samples_per_prompt: 2, ppo.batch_size: 4}"
+    overrides = "{rl.algo: grpo, rl.samples_per_prompt: 2, update.batch_size: 4}"
     assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path), "--ppo.overrides", overrides]) == 0
     stage = tmp_path / "tiny" / "ppo"
     config = yaml.safe_load((stage / "config.yaml").read_text())
-    assert config["rl"]["algo"] == "grpo" and config["policy"]["model"] == str(tmp_path / "tiny" / "sft" / "final")
+    assert config["rl"]["algo"] == "grpo" and config["model"]["name"] == str(tmp_path / "tiny" / "sft" / "final")
     assert (stage / "final" / "adapter" / "adapter_config.json").is_file()
     assert not (stage / "final" / "value_head.safetensors").exists()
     steps = [r for r in read_metrics(stage / "metrics.jsonl") if "loss/policy" in r]

@@ -101,11 +101,11 @@ def test_rl_adapter_on_an_sft_adapter_travels_with_its_sft_base(tmp_path, tiny_l
     from rlhf.ppo.config import PPOStageConfig
 
     sft = _sft_adapter(tiny_llama_path, tmp_path / "a" / "sft" / "final")
-    cfg, _ = load_config(PPOStageConfig, ["--config", str(CONFIGS / "ppo_tiny.yaml"), "--policy.model", "tiny-llama",
-                                          "--policy.sft_adapter", str(sft), "--train.steps", "2",
-                                          "--train.save_every", "2", "--train.sample_every", "0",
-                                          "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4",
-                                          "--ppo.micro_batch_size", "4", "--data.eval_prompts", "0",
+    cfg, _ = load_config(PPOStageConfig, ["--config", str(CONFIGS / "ppo_tiny.yaml"), "--model.name", "tiny-llama",
+                                          "--model.sft_adapter", str(sft), "--train.max_steps", "2",
+                                          "--train.save_steps", "2", "--train.sample_every", "0",
+                                          "--update.batch_size", "8", "--update.mini_batch_size", "4",
+                                          "--update.micro_batch_size", "4", "--data.eval_prompts", "0",
                                           "--train.learning_rate", "0.05"])
     cfg.run = RunConfig(output_dir=str(tmp_path / "a"), run_name="rl", wandb_mode="disabled")
     main(cfg)
@@ -131,7 +131,7 @@ def test_dpo_adapter_on_an_sft_adapter_travels_with_its_sft_base(tmp_path, tiny_
 
     sft = _sft_adapter(tiny_llama_path, tmp_path / "a" / "sft" / "final")
     cfg, _ = load_config(DPOStageConfig, ["--config", str(CONFIGS / "dpo_tiny.yaml"), "--run.output_dir",
-                                          str(tmp_path / "a"), "--run.run_name", "dpo", "--policy.sft_adapter",
+                                          str(tmp_path / "a"), "--run.run_name", "dpo", "--model.sft_adapter",
                                           str(sft), "--train.max_steps", "2", "--train.save_steps", "1",
                                           "--train.save_merged", "false"])
     run_dir = main(cfg)

@@ -66,7 +66,7 @@ def test_the_trainer_removes_the_trend_and_logs_its_slope(run_cfg, monkeypatch):
         return detrended, slope
 
     monkeypatch.setattr(trainer_module, "remove_length_trend", spy)
-    small = ("--ppo.batch_size", "8", "--ppo.mini_batch_size", "8", "--ppo.micro_batch_size", "4", "--ppo.epochs", "1")
+    small = ("--update.batch_size", "8", "--update.mini_batch_size", "8", "--update.micro_batch_size", "4", "--update.epochs", "1")
     metrics = make_trainer(tiny_cfg(run_cfg, *small, "--reward.length_detrend", "true"), scorer=LengthScorer()).step()
     (scores, lengths, detrended, slope), = seen
     assert scores.shape == lengths.shape == (8,)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlhf.lora import LoraConfig as LoraSection
-from rlhf.ppo.config import PolicySection
+from rlhf.ppo.config import ModelSection
 from rlhf.logprobs import logprobs_from_logits, response_position_ids
 from rlhf.policies import load_weights
 from rlhf.ppo.policy import build_actor_critic
@@ -24,7 +24,7 @@ def perturb_lora(model, scale: float = 0.5) -> None:
 
 @pytest.fixture()
 def actor_critic(tiny_llama_path):
-    model = build_actor_critic(PolicySection(model=tiny_llama_path, precision="fp32"), LoraSection(r=4, alpha=8),
+    model = build_actor_critic(ModelSection(name=tiny_llama_path), LoraSection(r=4, alpha=8),
                                torch.float32)
     perturb_lora(model)
     return model.eval()
@@ -91,7 +91,7 @@ def test_sft_adapter_is_merged_before_ppo_lora(tiny_llama_path, tmp_path):
                    load_weights(str(tmp_path / "sft"), torch.float32)):  # the adapter folder alone names its base
         with torch.no_grad():
             torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
-    model = build_actor_critic(PolicySection(model=tiny_llama_path, sft_adapter=str(tmp_path / "sft"), precision="fp32"),
+    model = build_actor_critic(ModelSection(name=tiny_llama_path, sft_adapter=str(tmp_path / "sft")),
                                LoraSection(r=4, alpha=8), torch.float32)
     # the reference of PPO is the SFT policy (SFT merged; PPO LoRA off)
     ref = model.reference_logits(ids, torch.ones_like(ids), 1)
@@ -99,7 +99,7 @@ def test_sft_adapter_is_merged_before_ppo_lora(tiny_llama_path, tmp_path):
 
 
 def test_separate_critic_option(tiny_llama_path):
-    model = build_actor_critic(PolicySection(model=tiny_llama_path, critic=tiny_llama_path, precision="fp32"),
+    model = build_actor_critic(ModelSection(name=tiny_llama_path, critic=tiny_llama_path),
                                LoraSection(r=4, alpha=8), torch.float32)
     assert model.critic is not None
     ids = torch.tensor([[5, 6, 7, 8, 9]])
@@ -164,7 +164,7 @@ def test_merged_sampling_restores_weights_bit_for_bit(actor_critic, tiny_llama_p
 @pytest.fixture()
 def top_layer_actor_critic(tiny_llama_path):
     """Adapters on the last layer only (of 2): layer 0 is the frozen trunk."""
-    model = build_actor_critic(PolicySection(model=tiny_llama_path, precision="fp32"),
+    model = build_actor_critic(ModelSection(name=tiny_llama_path),
                                LoraSection(r=4, alpha=8, layers=[-1]), torch.float32)
     perturb_lora(model)
     with torch.no_grad():
@@ -188,9 +188,9 @@ def test_resolve_layers_counts_negatives_from_the_top_and_refuses_missing_layers
 
 
 def test_trunk_reuse_can_be_switched_off_and_is_off_with_adapters_everywhere(tiny_llama_path):
-    off = build_actor_critic(PolicySection(model=tiny_llama_path, precision="fp32", reuse_trunk=False),
+    off = build_actor_critic(ModelSection(name=tiny_llama_path, reuse_trunk=False),
                              LoraSection(r=4, alpha=8, layers=[-1]), torch.float32)
-    everywhere = build_actor_critic(PolicySection(model=tiny_llama_path, precision="fp32"),
+    everywhere = build_actor_critic(ModelSection(name=tiny_llama_path),
                                     LoraSection(r=4, alpha=8), torch.float32)
     assert off.trunk_depth == 0 and everywhere.trunk_depth == 0
 

@@ -16,14 +16,14 @@ from rlhf.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARED = ["reward/composite", "objective/kl", "objective/kl_coef", "loss/policy", "loss/value", "policy/approxkl",
-            "response/length", "lr"]
+            "response/length", "train/lr"]
 
 
 def stage_command(out: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "pipelines" / "ppo.py"), "--config", str(ROOT / "pipelines/configs/ppo_tiny.yaml"),
             "--run.output_dir", str(out), "--run.run_name", name, "--run.wandb_mode", "disabled",
-            "--train.steps", "6", "--train.save_every", "2", "--train.sample_every", "0",
-            "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4", "--ppo.micro_batch_size", "4",
+            "--train.max_steps", "6", "--train.save_steps", "2", "--train.sample_every", "0",
+            "--update.batch_size", "8", "--update.mini_batch_size", "4", "--update.micro_batch_size", "4",
             "--kl.adaptive", "true", "--kl.target", "1.0", "--kl.horizon", "50", *extra]
 
 
@@ -71,10 +71,10 @@ def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, mo
     from rlhf.ppo.config import PPOStageConfig
 
     configs = ROOT / "pipelines" / "configs"
-    cfg, _ = load_config(PPOStageConfig, ["--config", str(configs / "ppo_tiny.yaml"), "--train.steps", "4",
-                                          "--train.save_every", "2", "--train.sample_every", "0",
-                                          "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4",
-                                          "--ppo.micro_batch_size", "4", "--data.eval_prompts", "0"])
+    cfg, _ = load_config(PPOStageConfig, ["--config", str(configs / "ppo_tiny.yaml"), "--train.max_steps", "4",
+                                          "--train.save_steps", "2", "--train.sample_every", "0",
+                                          "--update.batch_size", "8", "--update.mini_batch_size", "4",
+                                          "--update.micro_batch_size", "4", "--data.eval_prompts", "0"])
     cfg.run = RunConfig(output_dir=str(tmp_path), run_name="run", wandb_mode="disabled")
     save_main_files = ckpt.save_main_files
 

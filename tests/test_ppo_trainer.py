@@ -34,8 +34,8 @@ def tiny_cfg(run_cfg, *overrides: str) -> PPOStageConfig:
 
 def make_trainer(cfg, scorer=None, **kwargs):
     torch.manual_seed(cfg.run.seed)
-    tokenizer = load_policy_tokenizer(cfg.policy)
-    model = build_actor_critic(cfg.policy, cfg.lora, torch.float32)
+    tokenizer = load_policy_tokenizer(cfg.model)
+    model = build_actor_critic(cfg.model, cfg.lora, torch.float32)
     prompts = prepare_prompts(cfg.data, tokenizer, cfg.run.seed)
     scorer = scorer or TokenCountScorer(tokenizer, cfg.reward.toy_token)
     return PPOTrainer(cfg, model, tokenizer, scorer, prompts, **kwargs)
@@ -47,7 +47,7 @@ def test_toy_reward_rises_with_bounded_kl(run_cfg, tmp_path):
     # The reward ignores the prompts, but which prompts (hence which token is frequent) sets how far 90 steps get:
     # measured gains 0.074 (TruthfulQA train), 0.078 (TruthfulQA dev), 0.127 (HH train) after the leak-free
     # splits moved prompts between splits. HH's prompts clear the bound with a margin; the bound is unchanged.
-    cfg = tiny_cfg(run_cfg, "--policy.model", str(policy), "--kl.coef", "0.1", "--data.sources", "[hh-rlhf-harmless]")
+    cfg = tiny_cfg(run_cfg, "--model.name", str(policy), "--kl.coef", "0.1", "--data.sources", "[hh-rlhf-harmless]")
     trainer = make_trainer(cfg)
     probe = trainer.maker.make(trainer.stream.prompts[:32])
     trainer.maker.scorer.token_id = frequent_token(trainer.tokenizer, probe.responses_ids, probe.response_mask)
@@ -69,7 +69,7 @@ class VowelScorer:
 
 
 def test_only_lora_and_value_head_change(run_cfg):
-    cfg = tiny_cfg(run_cfg, "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4", "--ppo.micro_batch_size", "2")
+    cfg = tiny_cfg(run_cfg, "--update.batch_size", "8", "--update.mini_batch_size", "4", "--update.micro_batch_size", "2")
     trainer = make_trainer(cfg, scorer=VowelScorer())
     before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
     metrics = [trainer.step() for _ in range(2)]
@@ -81,7 +81,7 @@ def test_only_lora_and_value_head_change(run_cfg):
     for key in REQUIRED_KEYS:
         assert key in metrics[-1], key
     assert metrics[0]["val/ratio"] == pytest.approx(1.0, abs=0.05)
-    assert metrics[0]["ppo/updates"] == cfg.ppo.epochs * cfg.ppo.batch_size / cfg.ppo.mini_batch_size
+    assert metrics[0]["ppo/updates"] == cfg.update.epochs * cfg.update.batch_size / cfg.update.mini_batch_size
 
 
 class FlakyScorer:
@@ -99,9 +99,9 @@ class FlakyScorer:
 
 
 def test_nonfinite_reward_skips_the_batch_and_the_run_goes_on(run_cfg):
-    cfg = tiny_cfg(run_cfg, "--ppo.batch_size", "8", "--ppo.mini_batch_size", "8", "--ppo.micro_batch_size", "4",
-                   "--ppo.epochs", "1")
-    tokenizer = load_policy_tokenizer(cfg.policy)
+    cfg = tiny_cfg(run_cfg, "--update.batch_size", "8", "--update.mini_batch_size", "8", "--update.micro_batch_size", "4",
+                   "--update.epochs", "1")
+    tokenizer = load_policy_tokenizer(cfg.model)
     trainer = make_trainer(cfg, scorer=FlakyScorer(TokenCountScorer(tokenizer, cfg.reward.toy_token), {2}))
     first = trainer.step()
     before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
@@ -114,8 +114,8 @@ def test_nonfinite_reward_skips_the_batch_and_the_run_goes_on(run_cfg):
 
 
 def test_nonfinite_loss_skips_the_update(run_cfg, monkeypatch):
-    cfg = tiny_cfg(run_cfg, "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4", "--ppo.micro_batch_size", "4",
-                   "--ppo.epochs", "1")
+    cfg = tiny_cfg(run_cfg, "--update.batch_size", "8", "--update.mini_batch_size", "4", "--update.micro_batch_size", "4",
+                   "--update.epochs", "1")
     trainer = make_trainer(cfg)
     real_losses = trainer._losses
     calls = {"n": 0}
@@ -144,8 +144,8 @@ def test_prompt_stream_gives_each_process_its_own_share():
 def test_stage_script_end_to_end(run_cfg):
     from pipelines.ppo import main
 
-    cfg = tiny_cfg(run_cfg, "--train.steps", "3", "--train.save_every", "2", "--train.sample_every", "2",
-                   "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4", "--ppo.micro_batch_size", "4",
+    cfg = tiny_cfg(run_cfg, "--train.max_steps", "3", "--train.save_steps", "2", "--train.sample_every", "2",
+                   "--update.batch_size", "8", "--update.mini_batch_size", "4", "--update.micro_batch_size", "4",
                    "--data.eval_prompts", "4")
     run_dir = main(cfg)
     all_records = read_metrics(run_dir / "metrics.jsonl")
@@ -169,8 +169,8 @@ def test_cli_rejects_bad_config(capsys, tmp_path):
     from rlhf.stages import STAGES
     cli = STAGES["ppo"].cli
 
-    assert cli(["--ppo.batch_size", "6", "--ppo.mini_batch_size", "4"]) == 2
-    assert "ppo.batch_size" in capsys.readouterr().err
+    assert cli(["--update.batch_size", "6", "--update.mini_batch_size", "4"]) == 2
+    assert "update.batch_size" in capsys.readouterr().err
     assert cli(["--ppo.nope", "1"]) == 2
     capsys.readouterr()
     # a value only the loaded model can judge: reported the same way, no traceback

@@ -57,7 +57,7 @@ def _records(rewards):
 def _results(records):
     cfg = ev.EvalConfig(policies=[ev.PolicyConfig(p, "x") for p in dict.fromkeys(r["policy"] for r in records)],
                         variants=[ev.VariantConfig(decoding="greedy"), ev.VariantConfig(decoding="sampled")])
-    described = {p.name: {"path": p.path, "kind": "full", "reference": ""} for p in cfg.policies}
+    described = {p.name: {"path": p.model, "kind": "full", "reference": ""} for p in cfg.policies}
     return ev.build_results(cfg, records, described)
 
 

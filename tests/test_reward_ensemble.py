@@ -145,8 +145,8 @@ def test_ppo_stage_optimises_the_conservative_reward_and_logs_the_spread(members
     a, b = members
     tiny = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "ppo_tiny.yaml"
     cfg, _ = load_config(RLStageConfig, ["--config", str(tiny), "--reward.kind", "model", "--reward.ensemble", f"[{a}, {b}]",
-                                         "--reward.spread_penalty", "0.5", "--train.steps", "2", "--train.save_every", "0",
-                                         "--train.sample_every", "0", "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4"])
+                                         "--reward.spread_penalty", "0.5", "--train.max_steps", "2", "--train.save_steps", "0",
+                                         "--train.sample_every", "0", "--update.batch_size", "8", "--update.mini_batch_size", "4"])
     cfg.run = run_cfg
     run_dir = main(cfg)
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "reward/composite" in r]

@@ -28,9 +28,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("flags, message", [
     (("--model.quantization", "4bit"), "model.quantization: a 4bit base is frozen; train adapters on it "
-                                       "(model.lora.enabled true)"),
+                                       "(lora.enabled true)"),
     (("--model.quantization", "8bit", "--model.freeze_backbone", "true"), "model.quantization: a 8bit base is frozen"),
-    (("--model.quantization", "3bit", "--model.lora.enabled", "true"), "model.quantization"),
+    (("--model.quantization", "3bit", "--lora.enabled", "true"), "model.quantization"),
 ])
 def test_impossible_quantized_settings_are_one_line(flags, message, capsys, tmp_path):
     assert cli(["--config", str(TINY), "--run.output_dir", str(tmp_path), *flags]) == 2
@@ -43,7 +43,7 @@ def test_a_missing_backend_is_one_line_before_any_model_loads(monkeypatch, capsy
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes now raises ImportError
     monkeypatch.setattr(reward_train, "new_reward_model", lambda *a, **k: pytest.fail("a model was loaded"))
     assert cli(["--config", str(TINY), "--run.output_dir", str(tmp_path), "--model.quantization", "4bit",
-                "--model.lora.enabled", "true"]) == 2
+                "--lora.enabled", "true"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.quantization: 4bit needs bitsandbytes" in err, err
 
@@ -60,9 +60,9 @@ def test_qlora_reward_model_trains_adapters_and_heads_on_a_4bit_backbone_and_fin
     new_reward_model = reward_train.new_reward_model
     monkeypatch.setattr(reward_train, "new_reward_model", keep)
     cfg = tiny_config(tmp_path, toy_preferences(tmp_path / "toy.jsonl", per_head=8), max_steps=4, batch_size=4)
-    cfg.model.backbone, cfg.model.quantization = "tiny-llama", "4bit"
+    cfg.model.name, cfg.model.quantization = "tiny-llama", "4bit"
     # adapters on the top layer of 2: layer 0 is a frozen (quantized) trunk the cache can keep
-    cfg.model.lora = LoraConfig(r=4, alpha=8, target_modules=[], layers=[-1])
+    cfg.lora = LoraConfig(r=4, alpha=8, target_modules=[], layers=[-1])
     cfg.train.cache_dir, cfg.eval.test = str(tmp_path / "cache"), False
     run_dir = train_reward_model(cfg)
 
@@ -102,7 +102,7 @@ def test_a_quantized_reward_model_names_a_zoo_backbone_by_its_zoo_name(bnb):
     from reward_models.model import new_reward_model
     from rlhf.zoo import resolve_model
 
-    lora = RewardStageConfig().model.lora
+    lora = RewardStageConfig().lora
     lora.enabled = True
     _, _, scoring = new_reward_model(resolve_model("tiny-bert"), lora, 64, 16, quantization="4bit")
     assert scoring.backbone == "tiny-bert"

@@ -42,10 +42,10 @@ def toy_preferences(path: Path, per_head: int = 60, seed: int = 0) -> Path:
 
 def tiny_config(tmp_path, data_file, **train) -> RewardStageConfig:
     cfg = RewardStageConfig()
-    cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
+    cfg.model.name, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
     cfg.data.sources, cfg.data.extra_files, cfg.data.pairs_per_head = [], [str(data_file)], 0
-    cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio = 8, 3e-3, 3e-3, 0.0
-    cfg.train.checkpoint_every, cfg.train.epochs = 0, 1
+    cfg.train.batch_size, cfg.train.learning_rate, cfg.train.head_learning_rate, cfg.train.warmup_ratio = 8, 3e-3, 3e-3, 0.0
+    cfg.train.save_steps, cfg.train.epochs = 0, 1
     for key, value in train.items():
         setattr(cfg.train, key, value)
     cfg.run.output_dir, cfg.run.run_name, cfg.run.wandb_mode, cfg.run.log_every = str(tmp_path / "runs"), "rm", "disabled", 1
@@ -146,8 +146,8 @@ def test_stage_cli_rejects_unknown_keys(capsys):
     from rlhf.stages import STAGES
     cli = STAGES["reward"].cli
 
-    assert cli(["--train.learning_rate", "1e-5"]) == 2
-    assert "unknown config key train.learning_rate" in capsys.readouterr().err
+    assert cli(["--train.learning_rat", "1e-5"]) == 2
+    assert "unknown config key train.learning_rat" in capsys.readouterr().err
 
 
 def test_train_on_preferences_takes_records_and_uses_them_all(tmp_path):
@@ -175,7 +175,7 @@ def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, mo
     """Killed while writing step 6 (its temporary folder half full): --resume takes step 4 and redoes 5-6
     exactly. A checkpoint whose bytes changed after it was written (same size) is skipped, naming the file."""
     data_file = toy_preferences(tmp_path / "toy.jsonl", per_head=20)
-    cfg = tiny_config(tmp_path, data_file, max_steps=8, batch_size=4, checkpoint_every=2, keep_checkpoints=2)
+    cfg = tiny_config(tmp_path, data_file, max_steps=8, batch_size=4, save_steps=2, save_total_limit=2)
     save = torch.save
 
     def killed_while_writing_6(obj, path, *args, **kwargs):

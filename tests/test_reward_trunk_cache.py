@@ -199,7 +199,7 @@ def test_training_with_the_cache_matches_training_without_it(tmp_path, precision
     for mode in ("auto", "off"):
         cfg = tiny_config(tmp_path / mode, data_file, max_steps=12, batch_size=4, trunk_cache=mode,
                           cache_dir=str(tmp_path / "cache"), precision=precision)
-        cfg.model.backbone, cfg.model.lora = "tiny-llama", LoraConfig(enabled=True, dropout=0.05, target_modules=[],
+        cfg.model.name, cfg.lora = "tiny-llama", LoraConfig(enabled=True, dropout=0.05, target_modules=[],
                                                                       layers=[-1])
         run_dir = train_reward_model(cfg)
         runs[mode] = ({m["step"]: m["loss/pairwise"] for m in read_metrics(run_dir / "metrics.jsonl")
@@ -237,7 +237,7 @@ def test_freeze_backbone_with_lora_is_a_config_error(tmp_path):
     from rlhf.config import ConfigError
 
     cfg = tiny_config(tmp_path, toy_preferences(tmp_path / "toy.jsonl", per_head=4))
-    cfg.model.freeze_backbone, cfg.model.lora.enabled = True, True
+    cfg.model.freeze_backbone, cfg.lora.enabled = True, True
     with pytest.raises(ConfigError, match="model.freeze_backbone"):
         train_reward_model(cfg)
 
@@ -274,8 +274,8 @@ def test_an_sft_adapter_folder_is_a_backbone_with_the_adapter_merged(tmp_path):
     # and it trains a reward model like any backbone (LoRA on the top layer, from cached trunk output)
     data_file = toy_preferences(tmp_path / "toy.jsonl", per_head=8)
     cfg = tiny_config(tmp_path, data_file, max_steps=2, batch_size=4, cache_dir=str(tmp_path / "cache"))
-    cfg.model.backbone = str(adapter_dir)
-    cfg.model.lora = LoraConfig(enabled=True, dropout=0.0, target_modules=[], layers=[-1])
+    cfg.model.name = str(adapter_dir)
+    cfg.lora = LoraConfig(enabled=True, dropout=0.0, target_modules=[], layers=[-1])
     assert (train_reward_model(cfg) / "final" / "reward_config.json").is_file()
 
 
@@ -285,6 +285,6 @@ def test_the_pipeline_reruns_the_reward_stage_when_it_uses_the_sft_policy_and_sf
     cfg = PipelineConfig()
     cfg.run.output_dir = str(tmp_path)
     assert upstream_of(resolve_stage(cfg, "reward")) == ()
-    cfg.reward = StageSpec(overrides={"model.backbone": "{sft}"})
+    cfg.reward = StageSpec(overrides={"model.name": "{sft}"})
     stage = resolve_stage(cfg, "reward")
-    assert stage.config.model.backbone.endswith("sft/final") and upstream_of(stage) == ("sft",)
+    assert stage.config.model.name.endswith("sft/final") and upstream_of(stage) == ("sft",)

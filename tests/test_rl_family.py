@@ -100,7 +100,7 @@ def test_defaults_are_what_the_stage_runs_and_kl_placement_follows_the_algorithm
     assert cfg.rl.algo == "ppo" and cfg.lora.layers == list(range(-8, 0)) and cfg.kl.adaptive
     assert not cfg.kl_in_loss
     grpo, _ = load_config(RLStageConfig, ["--rl.algo", "grpo", "--rl.samples_per_prompt", "4"])
-    assert grpo.kl_in_loss and grpo.rollouts_per_step == 4 * grpo.ppo.batch_size
+    assert grpo.kl_in_loss and grpo.rollouts_per_step == 4 * grpo.update.batch_size
     rloo, _ = load_config(RLStageConfig, ["--rl.algo", "rloo", "--rl.samples_per_prompt", "2"])
     assert not rloo.kl_in_loss
     forced, _ = load_config(RLStageConfig, ["--rl.algo", "rloo", "--rl.samples_per_prompt", "2", "--kl.placement", "loss"])
@@ -111,10 +111,10 @@ def test_defaults_are_what_the_stage_runs_and_kl_placement_follows_the_algorithm
     (["--algo", "dpo"], "rl.algo"),
     (["--algo", "grpo"], "rl.samples_per_prompt"),  # k = 1: a group of one has no baseline
     (["--rl.algo", "rloo", "--rl.samples_per_prompt", "1"], "rl.samples_per_prompt"),
-    (["--algo", "grpo", "--rl.samples_per_prompt", "4", "--policy.critic", "smollm2-135m-instruct"], "policy.critic"),
-    (["--algo", "reinforce_pp", "--policy.critic", "tiny-llama"], "policy.critic"),
-    (["--rl.algo", "grpo", "--rl.samples_per_prompt", "3", "--ppo.mini_batch_size", "16"],
-     "ppo.batch_size x rl.samples_per_prompt"),
+    (["--algo", "grpo", "--rl.samples_per_prompt", "4", "--model.critic", "smollm2-135m-instruct"], "model.critic"),
+    (["--algo", "reinforce_pp", "--model.critic", "tiny-llama"], "model.critic"),
+    (["--rl.algo", "grpo", "--rl.samples_per_prompt", "3", "--update.mini_batch_size", "16"],
+     "update.batch_size x rl.samples_per_prompt"),
 ])
 def test_cli_refuses_bad_algorithm_settings_in_one_line(capsys, argv, key):
     from rlhf.stages import STAGES
@@ -138,8 +138,8 @@ def toy_trainer(run_cfg, tmp_path, *overrides):
     return build_toy_trainer(tmp_path, run_cfg, overrides)
 
 
-GROUP = ["--ppo.batch_size", "4", "--rl.samples_per_prompt", "4", "--ppo.mini_batch_size", "8",
-         "--ppo.micro_batch_size", "4"]
+GROUP = ["--update.batch_size", "4", "--rl.samples_per_prompt", "4", "--update.mini_batch_size", "8",
+         "--update.micro_batch_size", "4"]
 
 
 # KL coefficients per algorithm: the toy reward is sparse (one token of 1,024, ~0.1 % at first), so a KL term
@@ -177,7 +177,7 @@ def test_critic_free_run_trains_only_lora_and_resumes_to_the_same_metrics(run_cf
 
     # A word-count reward beside the toy one gives every group a spread from the first step: with the token share
     # alone, 3 steps can have only zero-variance groups (no advantage, no update), depending on the prompts.
-    overrides = ["--rl.algo", "grpo", *GROUP, "--train.steps", "3", "--reward.functions", f"[{__name__}:word_count]"]
+    overrides = ["--rl.algo", "grpo", *GROUP, "--train.max_steps", "3", "--reward.functions", f"[{__name__}:word_count]"]
     straight = toy_trainer(run_cfg, tmp_path, *overrides)
     before = {n: p.detach().clone() for n, p in straight.unwrapped.named_parameters()}
     expected = [straight.step() for _ in range(3)]
@@ -201,7 +201,7 @@ def test_plain_and_fast_samplers_make_the_same_experience(tiny_llama_path):
     changes nothing but float rounding: same tokens, same log-probs as model.generate + a forward."""
     from rlhf.generation import GenerationSettings
     from rlhf.lora import LoraConfig
-    from rlhf.ppo.config import PolicySection
+    from rlhf.ppo.config import ModelSection
     from rlhf.ppo.experience import ExperienceMaker
     from rlhf.ppo.policy import build_actor_critic
     from rlhf.ppo.scorers import TokenCountScorer
@@ -209,7 +209,7 @@ def test_plain_and_fast_samplers_make_the_same_experience(tiny_llama_path):
     from rlhf.zoo import load_tokenizer
 
     torch.manual_seed(0)
-    model = build_actor_critic(PolicySection(model=tiny_llama_path, precision="fp32", reuse_trunk=False),
+    model = build_actor_critic(ModelSection(name=tiny_llama_path, reuse_trunk=False),
                                LoraConfig(r=4, alpha=8), torch.float32, value_head=False)
     with torch.no_grad():  # non-zero adapters, so merging them matters
         for name, param in model.named_parameters():

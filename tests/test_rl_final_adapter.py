@@ -22,9 +22,9 @@ def _run_rl(tmp_path: Path, name: str, *policy_args: str) -> Path:
     from rlhf.ppo.config import PPOStageConfig
 
     cfg, _ = load_config(PPOStageConfig, ["--config", str(ROOT / "pipelines/configs/ppo_tiny.yaml"), *policy_args,
-                                          "--train.steps", "2", "--train.save_every", "0", "--train.sample_every", "0",
-                                          "--ppo.batch_size", "8", "--ppo.mini_batch_size", "4",
-                                          "--ppo.micro_batch_size", "4", "--data.eval_prompts", "0",
+                                          "--train.max_steps", "2", "--train.save_steps", "0", "--train.sample_every", "0",
+                                          "--update.batch_size", "8", "--update.mini_batch_size", "4",
+                                          "--update.micro_batch_size", "4", "--data.eval_prompts", "0",
                                           "--train.learning_rate", "0.05"])
     cfg.run = RunConfig(output_dir=str(tmp_path), run_name=name, wandb_mode="disabled")
     main(cfg)
@@ -69,7 +69,7 @@ def test_adapter_of_a_full_weights_sft_names_that_folder(tmp_path, tiny_llama_pa
     from rlhf.policies import load_policy
 
     sft = _perturbed_sft(tiny_llama_path, tmp_path / "a" / "sft")
-    final = _run_rl(tmp_path / "a", "rl", "--policy.model", str(sft))
+    final = _run_rl(tmp_path / "a", "rl", "--model.name", str(sft))
     base = json.loads((final / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert base == "../../../sft" and not (final / "sft-base").exists()  # relative; no second copy of the SFT
     _check_loads_trained_policy(final, tiny_llama_path, monkeypatch)
@@ -89,7 +89,7 @@ def test_adapter_of_an_sft_adapter_gets_a_merged_base(tmp_path, tiny_llama_path,
     sft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_path),
                          LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
     sft.save_pretrained(tmp_path / "sft-adapter")
-    final = _run_rl(tmp_path, "rl", "--policy.model", "tiny-llama", "--policy.sft_adapter",
+    final = _run_rl(tmp_path, "rl", "--model.name", "tiny-llama", "--model.sft_adapter",
                     str(tmp_path / "sft-adapter"))
     base = json.loads((final / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert base == "../sft-base"

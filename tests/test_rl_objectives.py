@@ -198,9 +198,9 @@ def test_a_plain_one_output_classifier_is_a_reward_model_standardised_on_its_fir
 
 
 @pytest.mark.parametrize("argv, key", [
-    (["--rl.policy_loss", "clip_higher", "--ppo.clip_range_high", "0.1"], "ppo.clip_range_high"),
-    (["--rl.policy_loss", "gspo", "--ppo.clip_range", "0.001", "--ppo.clip_range_high", "0.0005"],
-     "ppo.clip_range_high"),
+    (["--rl.policy_loss", "clip_higher", "--update.clip_range_high", "0.1"], "update.clip_range_high"),
+    (["--rl.policy_loss", "gspo", "--update.clip_range", "0.001", "--update.clip_range_high", "0.0005"],
+     "update.clip_range_high"),
     (["--reward.objective", "lagrangian"], "reward.constraints"),
     (["--reward.constraints", "{harmless: 0.0}"], "reward.constraints"),
     (["--rl.dynamic_sampling", "true"], "rl.dynamic_sampling"),
@@ -220,13 +220,13 @@ def test_cli_refuses_bad_objective_settings_in_one_line(capsys, argv, key):
 # ---------------------------------------------------------------- in the trainer
 
 
-GROUP = ["--rl.algo", "grpo", "--ppo.batch_size", "4", "--rl.samples_per_prompt", "4", "--ppo.mini_batch_size", "8",
-         "--ppo.micro_batch_size", "4"]
+GROUP = ["--rl.algo", "grpo", "--update.batch_size", "4", "--rl.samples_per_prompt", "4", "--update.mini_batch_size", "8",
+         "--update.micro_batch_size", "4"]
 
 
 @pytest.mark.parametrize("extra", [
     ["--rl.policy_loss", "clip_higher"],
-    ["--rl.policy_loss", "gspo", "--ppo.clip_range", "0.0003", "--ppo.clip_range_high", "0.0004"],
+    ["--rl.policy_loss", "gspo", "--update.clip_range", "0.0003", "--update.clip_range_high", "0.0004"],
     ["--rl.dynamic_sampling", "true", "--rl.overlong_buffer", "4", "--rl.mask_truncated", "true"],
     ["--reward.aggregation", "normalize_then_sum"],
 ], ids=["clip_higher", "gspo", "dapo_shaping", "gdpo"])

@@ -21,18 +21,18 @@ from rlhf.quantization import is_quantized
 cli = STAGES["ppo"].cli
 
 TINY = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "ppo_tiny.yaml"
-SMALL = ["--train.steps", "2", "--train.save_every", "0", "--train.sample_every", "0", "--ppo.batch_size", "4",
-         "--ppo.mini_batch_size", "4", "--ppo.micro_batch_size", "2", "--ppo.epochs", "1", "--data.eval_prompts", "0",
-         "--generation.max_new_tokens", "6", "--policy.quantization", "4bit"]
+SMALL = ["--train.max_steps", "2", "--train.save_steps", "0", "--train.sample_every", "0", "--update.batch_size", "4",
+         "--update.mini_batch_size", "4", "--update.micro_batch_size", "2", "--update.epochs", "1", "--data.eval_prompts", "0",
+         "--generation.max_new_tokens", "6", "--model.quantization", "4bit"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_full_fine_tuning_of_a_quantized_base_is_one_line(capsys, tmp_path):
-    assert cli(["--config", str(TINY), "--run.output_dir", str(tmp_path), "--policy.quantization", "4bit",
+    assert cli(["--config", str(TINY), "--run.output_dir", str(tmp_path), "--model.quantization", "4bit",
                 "--lora.enabled", "false"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "policy.quantization: a 4bit base is frozen; train adapters on it " \
+    assert err.count("\n") == 1 and "model.quantization: a 4bit base is frozen; train adapters on it " \
                                    "(lora.enabled true)" in err, err
 
 
@@ -41,9 +41,9 @@ def test_a_missing_backend_is_one_line_before_any_model_loads(monkeypatch, capsy
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes now raises ImportError
     monkeypatch.setattr(rlhf.policies, "load_weights", lambda *a, **k: pytest.fail("a model was loaded"))
-    assert cli(["--config", str(TINY), "--run.output_dir", str(tmp_path), "--policy.quantization", "8bit"]) == 2
+    assert cli(["--config", str(TINY), "--run.output_dir", str(tmp_path), "--model.quantization", "8bit"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "policy.quantization: 8bit needs bitsandbytes" in err, err
+    assert err.count("\n") == 1 and "model.quantization: 8bit needs bitsandbytes" in err, err
     assert not any(tmp_path.iterdir())  # no run folder either
 
 
@@ -53,16 +53,16 @@ def test_the_fast_sampler_switches_off_on_a_quantized_base(capsys, bnb):
     from rlhf.sampling import PlainSampler
 
     cfg, _ = load_config(RLStageConfig, ["--config", str(TINY), *SMALL])
-    assert cfg.policy.sampler == "fast" and cfg.policy.pack_sequences and cfg.policy.reuse_trunk
-    model = build_actor_critic(cfg.policy, cfg.lora, torch.float32)
+    assert cfg.model.sampler == "fast" and cfg.model.pack_sequences and cfg.model.reuse_trunk
+    model = build_actor_critic(cfg.model, cfg.lora, torch.float32)
     assert model.quantized and any(isinstance(m, bnb.nn.Linear4bit) for m in model.causal_lm.modules())
     assert model.trunk_depth == 0 and not model.pack_sequences
     assert isinstance(make_sampler(model, "fast"), PlainSampler)
     err = capsys.readouterr().err
-    assert "policy.quantization 4bit: the fast sampler" in err and "plain sampler, unpacked" in err, err
+    assert "model.quantization 4bit: the fast sampler" in err and "plain sampler, unpacked" in err, err
     # the same settings on the float base keep every trick (the switch is the quantization, nothing else)
-    cfg.policy.quantization = "none"
-    float_model = build_actor_critic(cfg.policy, cfg.lora, torch.float32)
+    cfg.model.quantization = "none"
+    float_model = build_actor_critic(cfg.model, cfg.lora, torch.float32)
     assert float_model.trunk_depth == 1 and float_model.pack_sequences
     assert isinstance(make_sampler(float_model, "fast"), FastSampler)
 
@@ -82,7 +82,7 @@ def test_rl_trains_lora_on_a_4bit_base_and_final_adapter_names_the_float_start(a
             super().__init__(cfg, model, *args, **kwargs)
 
     monkeypatch.setattr(factory, "RLTrainer", Keeping)  # the stage builds its trainer in rlhf.ppo.factory
-    extra = ["--rl.samples_per_prompt", "2", "--ppo.batch_size", "2"] if algo == "grpo" else []
+    extra = ["--rl.samples_per_prompt", "2", "--update.batch_size", "2"] if algo == "grpo" else []
     cfg, _ = load_config(RLStageConfig, ["--config", str(TINY), *SMALL, "--rl.algo", algo, *extra])
     cfg.run = RunConfig(output_dir=str(tmp_path), run_name=algo, wandb_mode="disabled")
     run_dir = main(cfg)

@@ -192,7 +192,7 @@ REWARD_DRIVER = LATE_CLOCK + textwrap.dedent('''
     from test_reward_train import tiny_config
 
     out = pathlib.Path(sys.argv[1])
-    cfg = tiny_config(out, out / "toy.jsonl", max_steps=2, batch_size=4, precision="fp32", checkpoint_every=1)
+    cfg = tiny_config(out, out / "toy.jsonl", max_steps=2, batch_size=4, precision="fp32", save_steps=1)
     cfg.run.run_name = ""  # a timestamped name
     run_dir = train.train_reward_model(cfg)
     (out / f"rank{{os.environ['RANK']}}.txt").write_text(str(run_dir))

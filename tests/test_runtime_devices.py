@@ -73,7 +73,7 @@ STAGE_RUNS = {  # registered stage -> arguments that reach the stage's device de
     "reward": ["--config", "pipelines/configs/reward_tiny.yaml"],
     "ppo": ["--config", "pipelines/configs/ppo_tiny.yaml"],
     "dpo": ["--config", "pipelines/configs/dpo_tiny.yaml"],
-    "eval": ["--policies", "[{name: base, path: tiny-llama}]"],
+    "eval": ["--policies", "[{name: base, model: tiny-llama}]"],
 }
 
 

@@ -185,22 +185,22 @@ def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tm
     monkeypatch.setenv("FSDP_VERSION", "2")
     model = unwrappable_config(tmp_path / "model")
     runs = tmp_path / "runs"
-    assert cli(["--config", "pipelines/configs/ppo_tiny.yaml", "--policy.model", model, "--run.output_dir", str(runs),
+    assert cli(["--config", "pipelines/configs/ppo_tiny.yaml", "--model.name", model, "--run.output_dir", str(runs),
                 "--run.wandb_mode", "disabled"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith(f"error: policy.model: {model}: FSDP cannot wrap it: ")
+    assert "\n" not in err and err.startswith(f"error: model.name: {model}: FSDP cannot wrap it: ")
     assert err.endswith("no list of transformer layers (config.num_hidden_layers) to shard")
     assert not runs.exists()
     monkeypatch.delenv("ACCELERATE_USE_FSDP")  # without an FSDP launch nothing is checked here
     from rlhf.sharding import check_wrappable
 
-    check_wrappable(model, "policy.model")
+    check_wrappable(model, "model.name")
 
 
 @pytest.mark.parametrize("stage, config, key, more", [
     ("sft", "sft_tiny", "model.quantization", ["--lora.enabled", "true"]),
-    ("reward", "reward_tiny", "model.quantization", ["--model.lora.enabled", "true"]),
-    ("ppo", "ppo_tiny", "policy.quantization", [])])
+    ("reward", "reward_tiny", "model.quantization", ["--lora.enabled", "true"]),
+    ("ppo", "ppo_tiny", "model.quantization", [])])
 def test_a_quantized_base_under_fsdp_is_refused_by_every_stage_in_one_line_before_loading(
         tmp_path, monkeypatch, capsys, no_model_loads, stage, config, key, more):
     """One check (rlhf.sharding.check_wrappable), one wording, before any model loads or run folder exists."""

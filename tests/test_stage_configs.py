@@ -44,7 +44,7 @@ def test_values_the_old_defaults_yaml_set_are_the_dataclass_defaults():
     assert sft.data.dev_max_examples == 100 and sft.run.log_every == 5 and not sft.generation.do_sample
     assert RewardStageConfig().run.log_every == 10
     ev = EvalConfig()
-    assert [(p.name, p.path) for p in ev.policies] == [("base", "smollm2-135m-instruct")]
+    assert [(p.name, p.model) for p in ev.policies] == [("base", "smollm2-135m-instruct")]
     assert [(v.policies, v.shots, v.decoding, v.sources) for v in ev.variants] == [
         ([], 0, "sampled", []), ([], 0, "greedy", ["dialogsum"]), (["base"], 3, "greedy", ["dialogsum"])]
     ppo = PPOStageConfig()
@@ -125,7 +125,7 @@ def test_help_prints_every_key_with_its_resolved_value_and_help(name, capsys):
     cls = config_of(name)
     defaults = None if name != "pipeline" else CONFIGS / "pipeline_demo.yaml"
     ran = []
-    flag = {"sft": ["--lora.r", "4"], "reward": ["--train.lr", "0.5"], "ppo": ["--kl.coef", "0.25"],
+    flag = {"sft": ["--lora.r", "4"], "reward": ["--train.learning_rate", "0.5"], "ppo": ["--kl.coef", "0.25"],
             "eval": ["--data.seed", "7"], "pipeline": ["--threads", "1"], "dpo": ["--train.beta", "0.25"],
             "compare": ["--prompts_per_source", "3"], "eval_rm": ["--split", "dev"]}
     flag = flag["reward" if name == "gold" else name]  # the gold stage is a reward-stage run

@@ -51,11 +51,11 @@ def test_the_factory_builds_what_the_hand_written_recipe_built(run_cfg):
     from rlhf.ppo.trainer import RLTrainer
 
     cfg, _ = load_config(RLStageConfig, ["--config", str(ROOT / "pipelines/configs/ppo_tiny.yaml"),
-                                         "--ppo.batch_size", "4", "--ppo.mini_batch_size", "4", "--ppo.epochs", "1",
+                                         "--update.batch_size", "4", "--update.mini_batch_size", "4", "--update.epochs", "1",
                                          "--generation.max_new_tokens", "6", "--data.max_prompts", "16"])
     cfg.run = run_cfg
     torch.manual_seed(0)
-    tokenizer = load_policy_tokenizer(cfg.policy)
+    tokenizer = load_policy_tokenizer(cfg.model)
     model = build_policy_model(cfg, torch.float32)
     scorer = load_scorer(cfg.reward, tokenizer, torch.device("cpu"))
     by_hand = RLTrainer(cfg, model, tokenizer, scorer, prepare_prompts(cfg.data, tokenizer, cfg.run.seed))

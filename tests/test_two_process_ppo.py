@@ -24,7 +24,7 @@ import torch
 
 from distributed_helpers import ROOT, STRATEGY_ENV, assert_adam_weights_close, grouped, killed_after, worker_env
 
-COMPARED = ["loss/policy", "loss/value", "objective/kl", "objective/scores", "policy/approxkl", "grad_norm",
+COMPARED = ["loss/policy", "loss/value", "objective/kl", "objective/scores", "policy/approxkl", "train/grad_norm",
             "reward/composite"]
 
 # argv: work folder. One process: samples the global batch and saves it; two: each takes its half.
@@ -49,12 +49,12 @@ DRIVER = textwrap.dedent('''
     acc = make_accelerator()
     world, rank = acc.num_processes, acc.process_index
     share = 4 // world
-    cfg, _ = load_config(PPOStageConfig, ["--config", "pipelines/configs/ppo_tiny.yaml", "--ppo.batch_size", str(share),
-                                          "--ppo.mini_batch_size", str(share), "--ppo.micro_batch_size", "1",
-                                          "--policy.reuse_trunk", "false", "--policy.pack_sequences", "false"])
+    cfg, _ = load_config(PPOStageConfig, ["--config", "pipelines/configs/ppo_tiny.yaml", "--update.batch_size", str(share),
+                                          "--update.mini_batch_size", str(share), "--update.micro_batch_size", "1",
+                                          "--model.reuse_trunk", "false", "--model.pack_sequences", "false"])
     seed_everything(cfg.run.seed + rank)  # another init on each rank: sharding must start all from rank 0's
-    tokenizer = load_policy_tokenizer(cfg.policy)
-    model = build_actor_critic(cfg.policy, cfg.lora, torch.float32)
+    tokenizer = load_policy_tokenizer(cfg.model)
+    model = build_actor_critic(cfg.model, cfg.lora, torch.float32)
     trainer = PPOTrainer(cfg, model, tokenizer, VowelScorer(), prepare_prompts(cfg.data, tokenizer, 0), accelerator=acc)
     params = dict(trainer.unwrapped.named_parameters())
     dtensors = sorted(n for n, p in params.items() if isinstance(p, DTensor))
@@ -136,9 +136,9 @@ def test_two_processes_ppo_step_equals_one_process_on_the_same_rollouts_and_rank
 
 def stage(out: Path, name: str, steps: int, *extra: str, strategy: str) -> None:
     launch(out, "--config", "pipelines/configs/ppo_tiny.yaml", "--run.output_dir", str(out), "--run.run_name", name,
-           "--train.steps", str(steps), "--train.save_every", "2", "--train.sample_every", "0",
-           "--data.eval_prompts", "0", "--ppo.batch_size", "2", "--ppo.mini_batch_size", "2",
-           "--ppo.micro_batch_size", "1", *extra, strategy=strategy, script="pipelines/ppo.py")
+           "--train.max_steps", str(steps), "--train.save_steps", "2", "--train.sample_every", "0",
+           "--data.eval_prompts", "0", "--update.batch_size", "2", "--update.mini_batch_size", "2",
+           "--update.micro_batch_size", "1", *extra, strategy=strategy, script="pipelines/ppo.py")
 
 
 @pytest.mark.distributed

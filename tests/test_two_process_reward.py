@@ -25,7 +25,7 @@ from distributed_helpers import ROOT, STRATEGY_ENV, assert_adam_weights_close, g
 TESTS = Path(__file__).resolve().parent
 STEPS = 4
 
-# argv: work folder, run name, grad_accum_steps, "resume" / "full".
+# argv: work folder, run name, grad_accum, "resume" / "full".
 DRIVER = textwrap.dedent('''
     import os, pathlib, sys, torch
     sys.path.insert(0, {tests!r})
@@ -70,8 +70,8 @@ def run(out: Path, name: str, accum: int, resume: bool = False) -> dict:
         data = out / "toy.jsonl"
         if not data.is_file():
             toy_preferences(data, per_head=20)
-        cfg = tiny_config(out, data, max_steps=STEPS, batch_size=4, grad_accum_steps=accum, checkpoint_every=2,
-                          keep_checkpoints=2, precision="fp32")  # step 2's checkpoint stays: the resume test's start
+        cfg = tiny_config(out, data, max_steps=STEPS, batch_size=4, grad_accum=accum, save_steps=2,
+                          save_total_limit=2, precision="fp32")  # step 2's checkpoint stays: the resume test's start
         cfg.run.run_name = name
         train.train_reward_model(cfg, resume=resume)
     finally:

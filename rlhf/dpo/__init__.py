@@ -7,6 +7,6 @@
 * :mod:`rlhf.dpo.trainer` – TRL ``DPOTrainer`` from the config (LoRA on the SFT policy, reference = adapters
   off), its logs in our namespaces, the final adapter
 """
-from rlhf.dpo.config import DataConfig, DPOStageConfig, PolicyConfig, TrainConfig
+from rlhf.dpo.config import DataConfig, DPOStageConfig, ModelConfig, TrainConfig
 
-__all__ = ["DataConfig", "DPOStageConfig", "PolicyConfig", "TrainConfig"]
+__all__ = ["DataConfig", "DPOStageConfig", "ModelConfig", "TrainConfig"]

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from rlhf.config import RunConfig, check_ranges
+from rlhf.config import RenamedKeys, RunConfig, check_ranges, shared_field
 from rlhf.lora import LoraConfig
 from rlhf.runtime import Precision
 from rlhf.sources import PreferenceSourcesConfig
@@ -16,14 +16,14 @@ LossType = Literal["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", 
 
 
 @dataclass
-class PolicyConfig:
+class ModelConfig:
     """The policy DPO starts from (the SFT model), loaded exactly as the RL stage loads it."""
 
-    model: str = field(default="smollm2-135m-instruct",
+    name: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "zoo name, folder (merged SFT weights or an SFT adapter folder) or hub id"})
     sft_adapter: str = field(
         default="",
-        metadata={"help": "optional SFT LoRA adapter folder, merged into `model` in memory before DPO's LoRA"})
+        metadata={"help": "optional SFT LoRA adapter folder, merged into model.name in memory before DPO's LoRA"})
 
 
 @dataclass
@@ -56,18 +56,15 @@ class TrainConfig:
                                              "range": "[0, 0.5)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)",
                                                  "range": "(0, 1000000]"})
-    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs", "range": "[-1, 10000000]"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW, LoRA weights)",
-                                                         "range": "(0, inf)"})
-    lr_scheduler: str = field(default="linear",
-                              metadata={"help": "any transformers scheduler name: linear, cosine, constant ..."})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up",
-                                                   "range": "[0, 10000000]"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "range": "[0, inf)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this", "range": "[0, inf)"})
+    max_steps: int = shared_field("max_steps", 0)
+    learning_rate: float = shared_field("learning_rate", 1e-4)  # of the LoRA weights
+    lr_scheduler: str = shared_field("lr_scheduler", "linear")
+    warmup_steps: int = shared_field("warmup_steps", 0)
+    weight_decay: float = shared_field("weight_decay", 0.0)
+    max_grad_norm: float = shared_field("max_grad_norm", 1.0)
     batch_size: int = field(default=4, metadata={"help": "pairs per device per forward/backward",
                                                  "range": "[1, 1000000]"})
-    grad_accum: int = field(default=1, metadata={"help": "optimiser step every N batches", "range": "[1, 1000000]"})
+    grad_accum: int = shared_field("grad_accum", 1)
     eval_batch_size: int = field(default=8, metadata={"help": "pairs per device, for the eval loss",
                                                       "range": "[1, 1000000]"})
     max_length: int = field(
@@ -81,10 +78,8 @@ class TrainConfig:
     threads: int = field(default=0,
                          metadata={"help": "torch threads: 0 follows the cores other processes leave free; n: fixed",
                                    "range": "[0, 4096]"})
-    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume with --resume)",
-                                                  "range": "[1, 10000000]"})
-    save_total_limit: int = field(default=2, metadata={"help": "keep the newest N checkpoints",
-                                                       "range": "[1, 1000000]"})
+    save_steps: int = shared_field("save_steps", 50)
+    save_total_limit: int = shared_field("save_total_limit", 2)
     eval_steps: int = field(default=0, metadata={"help": "eval every N steps; 0 = only before and after training",
                                                  "range": "[0, 10000000]"})
     save_merged: bool = field(
@@ -96,7 +91,9 @@ class TrainConfig:
 class DPOStageConfig:
     """DPO (or IPO, ...) on preference pairs: LoRA on the SFT policy, the reference = the same weights, adapters off."""
 
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    renamed_keys: ClassVar[RenamedKeys] = RenamedKeys("dpo", {"policy": "model", "policy.model": "model.name"})
+
+    model: ModelConfig = field(default_factory=ModelConfig)
     # Adapters on the top 8 decoder layers, as in the RL stage: backprop stops there, ~3x cheaper on SmolLM2.
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(layers=list(range(-8, 0))))
     data: DataConfig = field(default_factory=DataConfig)

@@ -63,7 +63,7 @@ def build_trainer(cfg: DPOStageConfig, model, tokenizer, train_dataset, eval_dat
     datasets.disable_progress_bars()  # TRL's tokenizing maps would print a bar per pass
     args = training_args(cfg, run_dir, bf16, eval_on_start=eval_on_start and eval_dataset is not None)
     fresh_accelerator_state()  # the trainer's accelerator takes args' precision, not an earlier stage's
-    manifest = CheckpointManifest(cfg.train.save_total_limit, adapter_base=sft_start(cfg.policy))
+    manifest = CheckpointManifest(cfg.train.save_total_limit, adapter_base=sft_start(cfg.model))
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=tokenizer,
                          peft_config=peft_lora_config(cfg.lora, model.config.num_hidden_layers),
@@ -86,7 +86,7 @@ def save_final(trainer, tokenizer, cfg: DPOStageConfig, run_dir: Path) -> dict[s
     model.save_pretrained(paths["adapter"])
     # The merged SFT weights in memory carry the base model's name; the adapter was trained on the SFT policy,
     # named as the RL stage names it (a merged final/sft-base when the SFT was an adapter), portably.
-    point_adapter_at_sft(Path(paths["adapter"]), cfg.policy, tokenizer)
+    point_adapter_at_sft(Path(paths["adapter"]), cfg.model, tokenizer)
     tokenizer.save_pretrained(paths["adapter"])  # the adapter folder loads on its own (AutoTokenizer, rlhf chat)
     if cfg.train.save_merged:
         model.merge_and_unload().save_pretrained(final)

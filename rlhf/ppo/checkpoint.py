@@ -128,13 +128,13 @@ def save(trainer) -> Path | None:
         if sharded:
             gathered = lambda path: save_adapter(trainer.unwrapped, path, trainable)  # noqa: E731
             save_main_files(tmp, trainable, None, trainer.scheduler.state_dict(), trainer.state_dict(),
-                            save_adapter=checkpoint_adapter(gathered, trainer.cfg.policy, trainer.tokenizer))
+                            save_adapter=checkpoint_adapter(gathered, trainer.cfg.model, trainer.tokenizer))
         else:
             save_main_files(tmp, trainer.unwrapped.trainable_state_dict(), trainer.optimizer.state_dict(),
                             trainer.scheduler.state_dict(), trainer.state_dict(),
                             save_adapter=checkpoint_adapter(trainer.unwrapped.policy.save_pretrained,
-                                                            trainer.cfg.policy, trainer.tokenizer))
-        final = commit(trainer.run_dir, tmp, trainer.step_count, trainer.cfg.train.keep_checkpoints)
+                                                            trainer.cfg.model, trainer.tokenizer))
+        final = commit(trainer.run_dir, tmp, trainer.step_count, trainer.cfg.train.save_total_limit)
     acc.wait_for_everyone()
     return final
 
@@ -166,25 +166,25 @@ def resume(trainer, path: str | Path) -> None:
 SFT_BASE = "sft-base"  # in final/: the SFT start as full weights, when it existed only as base + SFT adapter
 
 
-def sft_start(policy_cfg) -> str:
+def sft_start(model_cfg) -> str:
     """What the RL (or DPO) LoRA was trained on, as one loadable name: the SFT adapter folder (an adapter whose base
     is an adapter: ``rlhf.policies`` merges the chain), or the SFT model (zoo name, hub id, folder or adapter)."""
-    return policy_cfg.sft_adapter or policy_cfg.model
+    return model_cfg.sft_adapter or model_cfg.name
 
 
-def sft_start_folder(policy_cfg) -> str | None:
+def sft_start_folder(model_cfg) -> str | None:
     """The folder (or hub id) whose weights are exactly the RL LoRA's base, or None when that base was made in
     memory by merging an SFT adapter (then only a saved copy can stand for it)."""
     from rlhf.policies import adapter_folder
     from rlhf.zoo import resolve_model
 
-    path = resolve_model(policy_cfg.model)
-    if policy_cfg.sft_adapter or adapter_folder(path) is not None:
+    path = resolve_model(model_cfg.name)
+    if model_cfg.sft_adapter or adapter_folder(path) is not None:
         return None
     return str(Path(path).resolve()) if Path(path).is_dir() else path
 
 
-def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
+def point_adapter_at_sft(adapter_dir: Path, model_cfg, tokenizer) -> str:
     """Make ``AutoPeftModelForCausalLM.from_pretrained(adapter_dir)`` give the trained policy: peft writes the
     raw base's name into ``adapter_config.json``, which would silently drop the SFT weights. The base becomes
     the SFT model, or a merged copy saved beside the adapter in ``../sft-base`` when the SFT was an adapter,
@@ -193,23 +193,23 @@ def point_adapter_at_sft(adapter_dir: Path, policy_cfg, tokenizer) -> str:
     ``final/adapter``. Returns the base written."""
     from rlhf.policies import load_weights, set_adapter_base
 
-    base = sft_start_folder(policy_cfg)
+    base = sft_start_folder(model_cfg)
     if base is None:
         folder = adapter_dir.parent / SFT_BASE
-        load_weights(policy_cfg.model, torch.float32, adapter=policy_cfg.sft_adapter).save_pretrained(folder)  # as on disk
+        load_weights(model_cfg.name, torch.float32, adapter=model_cfg.sft_adapter).save_pretrained(folder)  # as on disk
         tokenizer.save_pretrained(folder)
         base = str(folder.resolve())
     return set_adapter_base(adapter_dir, base)
 
 
-def checkpoint_adapter(save: Callable[[Path], None], policy_cfg, tokenizer) -> Callable[[Path], None]:
+def checkpoint_adapter(save: Callable[[Path], None], model_cfg, tokenizer) -> Callable[[Path], None]:
     """``save`` (which writes the PEFT adapter into a folder), then the folder named portably on the SFT start
     (:func:`sft_start`; no merged copy per checkpoint) with the tokenizer beside it, so it loads on its own."""
     from rlhf.policies import set_adapter_base
 
     def write(folder: Path) -> None:
         save(folder)
-        set_adapter_base(folder, sft_start(policy_cfg))
+        set_adapter_base(folder, sft_start(model_cfg))
         tokenizer.save_pretrained(folder)
 
     return write
@@ -246,7 +246,7 @@ def save_final(trainer, out_dir: str | Path, merged: bool = True) -> Path:
             save_adapter(model, out_dir / "adapter", trainable)
         else:
             model.policy.save_pretrained(out_dir / "adapter")
-        point_adapter_at_sft(out_dir / "adapter", trainer.cfg.policy, trainer.tokenizer)
+        point_adapter_at_sft(out_dir / "adapter", trainer.cfg.model, trainer.tokenizer)
         trainer.tokenizer.save_pretrained(out_dir / "adapter")  # the adapter folder loads on its own
         if model.value_head is not None:
             head = ({k[len("value_head."):]: v for k, v in trainable.items() if k.startswith("value_head.")}

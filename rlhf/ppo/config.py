@@ -5,9 +5,9 @@ e.g. ``pipelines/configs/ppo_tiny.yaml``) only holds what it changes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from rlhf.config import ConfigError, RunConfig, check_ranges
+from rlhf.config import ConfigError, RenamedKeys, RunConfig, check_ranges, shared_field
 from rlhf.generation import GenerationSettings
 from rlhf.lora import LoraConfig
 from rlhf.ppo.advantages import ESTIMATORS
@@ -17,23 +17,20 @@ from rlhf.runtime import Precision
 
 
 @dataclass
-class PolicySection:
-    """The model PPO starts from and how it is held in memory."""
+class ModelSection:
+    """The policy RL starts from and how it is held in memory."""
 
-    model: str = field(default="smollm2-135m-instruct",
+    name: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "zoo name, folder (merged SFT weights or an SFT adapter folder) or hub id"})
     sft_adapter: str = field(
         default="",
-        metadata={"help": "optional SFT LoRA adapter folder, merged into `model` in memory before PPO's LoRA"})
+        metadata={"help": "optional SFT LoRA adapter folder, merged into model.name in memory before the RL LoRA"})
     critic: str = field(
         default="",
         metadata={"help": "empty: a value head on the policy's backbone (one forward); else a separate critic model"})
     # QLoRA: the SFT start (and a separate critic) loaded quantized and frozen under the LoRA; the fast sampler's
     # tricks need float weights, so rollouts then use the plain sampler, unpacked (rlhf.ppo.policy)
     quantization: Quantization = quantization_field()
-    precision: Precision = field(
-        default="auto",
-        metadata={"help": "bf16 frozen weights (trainable ones fp32) or fp32; auto: bf16 where matmuls are native"})
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "recompute activations in backward: less memory, ~30 % more time"})
@@ -144,7 +141,7 @@ class RLSection:
         default=True,
         metadata={"help": "grpo: divide by the group's std (false = Dr. GRPO's unscaled advantage)"})
     # The policy loss (rlhf/ppo/losses.py): clip = PPO's; clip_higher = DAPO's asymmetric clip
-    # (ppo.clip_range below, ppo.clip_range_high above); gspo = one clipped importance ratio per response.
+    # (update.clip_range below, update.clip_range_high above); gspo = one clipped importance ratio per response.
     policy_loss: Literal["clip", "clip_higher", "gspo"] = field(
         default="clip",
         metadata={"help": "the policy loss: clip (PPO), clip_higher (DAPO) or gspo (sequence-level ratio)"})
@@ -167,8 +164,9 @@ class RLSection:
 
 
 @dataclass
-class PPOSection:
-    """Rollout sizes and the policy update (shared by every algorithm; value keys only matter for ppo)."""
+class UpdateSection:
+    """Rollout sizes and the policy update (shared by every algorithm: PPO, GRPO, RLOO, REINFORCE++; the value keys
+    only matter for rl.algo ppo)."""
 
     batch_size: int = field(
         default=8,
@@ -180,7 +178,7 @@ class PPOSection:
         default=4,
         metadata={"help": "rollouts per forward/backward; mini/micro = gradient accumulation steps",
                   "range": "[1, 1000000]"})
-    # With policy.pack_sequences a micro-batch runs packed (no FLOPs on padding, one big matmul per layer);
+    # With model.pack_sequences a micro-batch runs packed (no FLOPs on padding, one big matmul per layer);
     # without, it is cut to its own padding-free span. Smaller = fewer activations held at once.
     forward_batch_size: int = field(
         default=8,
@@ -193,7 +191,7 @@ class PPOSection:
                                                   "range": "(0, inf)"})
     clip_range_high: float = field(
         default=0.28,
-        metadata={"help": "rl.policy_loss clip_higher/gspo: upper clip eps_high (>= ppo.clip_range; gspo paper 4e-4)",
+        metadata={"help": "rl.policy_loss clip_higher/gspo: upper clip eps_high (>= update.clip_range; gspo paper 4e-4)",
                   "range": "(0, inf)"})
     clip_range_value: float = field(default=0.2, metadata={"help": "value clip around the rollout-time values",
                                                            "range": "(0, inf)"})
@@ -262,20 +260,17 @@ class DataSection:
 class TrainSection:
     """The optimisation loop."""
 
-    steps: int = field(default=100, metadata={"help": "PPO steps (generate -> score -> update)",
-                                              "range": "[1, 10000000]"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)", "range": "(0, inf)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "range": "[0, inf)"})
-    lr_scheduler: str = field(
-        default="linear",
-        metadata={"help": "transformers scheduler name (constant, linear, cosine ...), stepped per PPO step"})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up",
-                                                   "range": "[0, 10000000]"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this", "range": "[0, inf)"})
-    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0: only at the end)",
-                                                  "range": "[0, 10000000]"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "keep the newest N checkpoints",
-                                                       "range": "[0, 1000000]"})
+    max_steps: int = shared_field("max_steps", 100)  # RL steps (generate -> score -> update); no epochs: >= 1
+    learning_rate: float = shared_field("learning_rate", 5e-5)
+    weight_decay: float = shared_field("weight_decay", 0.0)
+    lr_scheduler: str = shared_field("lr_scheduler", "linear")  # stepped once per RL step
+    warmup_steps: int = shared_field("warmup_steps", 0)
+    max_grad_norm: float = shared_field("max_grad_norm", 1.0)
+    precision: Precision = field(
+        default="auto",
+        metadata={"help": "bf16 frozen weights (trainable ones fp32) or fp32; auto: bf16 where matmuls are native"})
+    save_steps: int = shared_field("save_steps", 10)
+    save_total_limit: int = shared_field("save_total_limit", 2)
     eval_every: int = field(
         default=0,
         metadata={"help": "evaluate on data.eval_prompts held-out prompts every N steps (0: only before and after)",
@@ -291,13 +286,18 @@ class TrainSection:
 class RLStageConfig:
     """Stage 3: online RL against the reward model with a KL penalty to the reference, LoRA on the SFT policy."""
 
-    policy: PolicySection = field(default_factory=PolicySection)
-    # Adapters on the last 8 decoder layers: the layers below run once per rollout (policy.reuse_trunk), so the
+    renamed_keys: ClassVar[RenamedKeys] = RenamedKeys("rl", {
+        "policy": "model", "policy.model": "model.name", "policy.precision": "train.precision", "ppo": "update",
+        "train.steps": "train.max_steps", "train.save_every": "train.save_steps",
+        "train.keep_checkpoints": "train.save_total_limit"})
+
+    model: ModelSection = field(default_factory=ModelSection)
+    # Adapters on the last 8 decoder layers: the layers below run once per rollout (model.reuse_trunk), so the
     # reference forward and the update cost ~8/30 of a full pass on SmolLM2-135M (benchmarks/README.md).
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(layers=list(range(-8, 0))))
     rl: RLSection = field(default_factory=RLSection)
     reward: RewardSection = field(default_factory=RewardSection)
-    ppo: PPOSection = field(default_factory=PPOSection)
+    update: UpdateSection = field(default_factory=UpdateSection)
     kl: KLSection = field(default_factory=KLSection)
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=32))
     data: DataSection = field(default_factory=DataSection)
@@ -307,7 +307,7 @@ class RLStageConfig:
     @property
     def rollouts_per_step(self) -> int:
         """Rollouts each process makes per step: every prompt sampled ``rl.samples_per_prompt`` times."""
-        return self.ppo.batch_size * self.rl.samples_per_prompt
+        return self.update.batch_size * self.rl.samples_per_prompt
 
     @property
     def kl_in_loss(self) -> bool:
@@ -316,30 +316,32 @@ class RLStageConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        ppo, rl = self.ppo, self.rl
+        update, rl = self.update, self.rl
+        if self.train.max_steps < 1:
+            raise ConfigError("train.max_steps: the RL stage has no epochs, so it needs >= 1 steps")
         estimator = ESTIMATORS[rl.algo]
         if estimator.needs_groups and rl.samples_per_prompt < 2:
             raise ConfigError(f"rl.samples_per_prompt: {rl.algo} compares responses to the same prompt, so it needs "
                               f">= 2 samples per prompt, got {rl.samples_per_prompt}")
-        if self.policy.critic and not estimator.needs_values:
-            raise ConfigError(f"policy.critic: {rl.algo} is critic-free (no value function); leave policy.critic empty "
+        if self.model.critic and not estimator.needs_values:
+            raise ConfigError(f"model.critic: {rl.algo} is critic-free (no value function); leave model.critic empty "
                               "or use rl.algo ppo")
-        if self.policy.quantization != "none" and not self.lora.enabled:
-            raise frozen_base_error("policy.quantization", self.policy.quantization, "lora.enabled true")
+        if self.model.quantization != "none" and not self.lora.enabled:
+            raise frozen_base_error("model.quantization", self.model.quantization, "lora.enabled true")
         if not self.lora.enabled:
             raise ConfigError("lora.enabled: stage 3 trains LoRA adapters only (the reference is the adapters switched off)")
         rollouts = self.rollouts_per_step
-        if rollouts % ppo.mini_batch_size or ppo.mini_batch_size % ppo.micro_batch_size:
-            raise ConfigError(f"ppo.batch_size x rl.samples_per_prompt ({rollouts} rollouts) must be a multiple of "
-                              f"ppo.mini_batch_size ({ppo.mini_batch_size}), itself a multiple of ppo.micro_batch_size "
-                              f"({ppo.micro_batch_size})")
+        if rollouts % update.mini_batch_size or update.mini_batch_size % update.micro_batch_size:
+            raise ConfigError(f"update.batch_size x rl.samples_per_prompt ({rollouts} rollouts) must be a multiple of "
+                              f"update.mini_batch_size ({update.mini_batch_size}), itself a multiple of "
+                              f"update.micro_batch_size ({update.micro_batch_size})")
         if self.reward.length_detrend and self.reward.aggregation == "normalize_then_sum":
             # GDPO normalises each head before the sum, so a trend removed from the composite would change nothing.
             raise ConfigError("reward.length_detrend: works on the composite score, which reward.aggregation "
                               "normalize_then_sum does not use; use aggregation sum")
-        if POLICY_LOSSES[rl.policy_loss].asymmetric and ppo.clip_range_high < ppo.clip_range:
-            raise ConfigError(f"ppo.clip_range_high: must be >= ppo.clip_range ({ppo.clip_range}) for {rl.policy_loss}, "
-                              f"got {ppo.clip_range_high}")
+        if POLICY_LOSSES[rl.policy_loss].asymmetric and update.clip_range_high < update.clip_range:
+            raise ConfigError(f"update.clip_range_high: must be >= update.clip_range ({update.clip_range}) for "
+                              f"{rl.policy_loss}, got {update.clip_range_high}")
         if rl.dynamic_sampling and not estimator.needs_groups:
             raise ConfigError(f"rl.dynamic_sampling: drops groups of equal scores, so it needs a group estimator "
                               f"(grpo or rloo), got rl.algo {rl.algo}")

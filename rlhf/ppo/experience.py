@@ -126,7 +126,7 @@ class ExperienceMaker:
                                       **self.settings.hf_kwargs(self.tokenizer), **extra)
         if self.model.trunk_depth and sampled.trunk is None:
             raise ValueError(f"{type(self.sampler).__name__} does not keep the frozen trunk's output; "
-                             "use the fast sampler or policy.reuse_trunk false")
+                             "use the fast sampler or model.reuse_trunk false")
         return sampled
 
     @torch.no_grad()

@@ -34,8 +34,8 @@ def build_rl_trainer(cfg: RLStageConfig, accelerator=None, *, scorer: Scorer | C
 
     accelerator = accelerator or make_accelerator(select_device(cfg.run.device))
     # 1. the policy (the reference is its weights with the adapters off)
-    tokenizer = load_policy_tokenizer(cfg.policy)
-    model = build_policy_model(cfg, dtype or resolve_dtype(cfg.policy.precision, accelerator.device))
+    tokenizer = load_policy_tokenizer(cfg.model)
+    model = build_policy_model(cfg, dtype or resolve_dtype(cfg.train.precision, accelerator.device))
     # 2. the reward: trained HHH model, ensemble, classifier or toy (reward.*), or the caller's
     if scorer is None:
         scorer = load_scorer(cfg.reward, tokenizer, accelerator.device, runs_dir=cfg.run.output_dir)

@@ -12,9 +12,9 @@ and returns ``rlhf.ppo.maths.clipped_policy_loss``'s dict: ``loss`` (to minimise
 
 | rl.policy_loss | importance ratio | clip interval | reads |
 | --- | --- | --- | --- |
-| clip (PPO, Schulman et al. 2017) | per token | [1 - eps, 1 + eps] | ppo.clip_range |
-| clip_higher (DAPO, Yu et al. 2025) | per token | [1 - eps_low, 1 + eps_high] | ppo.clip_range, ppo.clip_range_high |
-| gspo (Zheng et al. 2025) | per response: exp(mean_t log-ratio) | [1 - eps_low, 1 + eps_high] | ppo.clip_range, ppo.clip_range_high |
+| clip (PPO, Schulman et al. 2017) | per token | [1 - eps, 1 + eps] | update.clip_range |
+| clip_higher (DAPO, Yu et al. 2025) | per token | [1 - eps_low, 1 + eps_high] | update.clip_range, update.clip_range_high |
+| gspo (Zheng et al. 2025) | per response: exp(mean_t log-ratio) | [1 - eps_low, 1 + eps_high] | update.clip_range, update.clip_range_high |
 
 A new loss is a new entry: subclass :class:`PolicyLoss`, override ``__call__`` (or set its flags), add it to
 ``POLICY_LOSSES``, and to the ``rl.policy_loss`` literal; the trainer calls whichever entry the config names.
@@ -34,7 +34,7 @@ class PolicyLoss:
 
     clip_low: float = 0.2  # eps_low: the ratio is clipped below at 1 - eps_low
     clip_high: float = 0.2  # eps_high: ... and above at 1 + eps_high
-    asymmetric = False  # reads ppo.clip_range_high for eps_high (else eps_high = eps_low = ppo.clip_range)
+    asymmetric = False  # reads update.clip_range_high for eps_high (else eps_high = eps_low = update.clip_range)
     sequence_level = False  # one importance ratio per response (GSPO) instead of one per token
 
     def __call__(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,

@@ -26,7 +26,7 @@ from torch import nn
 
 from rlhf.logprobs import response_position_ids
 from rlhf.lora import LoraConfig, add_lora
-from rlhf.ppo.config import PolicySection, RLStageConfig
+from rlhf.ppo.config import ModelSection, RLStageConfig
 from rlhf.ppo.packing import PackedRows, use_varlen_attention
 
 
@@ -169,7 +169,7 @@ class PolicyModel(nn.Module):
             fast, _ = self.forward(ids, mask, 1, with_values=False, trunk_hidden=kept[0])
         if not torch.allclose(fast.float(), full.float(), rtol=1e-3, atol=1e-3 * float(full.abs().max())):
             print(f"[ppo] warning: {type(self.causal_lm).__name__} does not reproduce its forward from the trunk's "
-                  "output; policy.reuse_trunk is off for this model", file=sys.stderr)
+                  "output; model.reuse_trunk is off for this model", file=sys.stderr)
             self.trunk_depth = 0
         return self.trunk_depth
 
@@ -228,35 +228,35 @@ def build_policy_model(cfg: RLStageConfig, dtype: torch.dtype) -> "PolicyModel":
     """The stage's policy model: a value head only when the algorithm's advantage estimator reads values."""
     from rlhf.ppo.advantages import ESTIMATORS
 
-    return build_actor_critic(cfg.policy, cfg.lora, dtype, value_head=ESTIMATORS[cfg.rl.algo].needs_values)
+    return build_actor_critic(cfg.model, cfg.lora, dtype, value_head=ESTIMATORS[cfg.rl.algo].needs_values)
 
 
-def build_actor_critic(policy_cfg: PolicySection, lora: LoraConfig, dtype: torch.dtype,
+def build_actor_critic(model_cfg: ModelSection, lora: LoraConfig, dtype: torch.dtype,
                        value_head: bool = True) -> "PolicyModel":
     """Load the SFT start, add the LoRA (and the critic's, when separate); only those and the head train."""
     from rlhf.policies import load_weights  # the one loader: SFT adapters merged in float32, then cast or quantized
 
-    kind = policy_cfg.quantization
-    base = load_weights(policy_cfg.model, dtype, adapter=policy_cfg.sft_adapter, quantization=kind)
+    kind = model_cfg.quantization
+    base = load_weights(model_cfg.name, dtype, adapter=model_cfg.sft_adapter, quantization=kind)
     policy = add_lora(base, lora)
     critic = None
-    if policy_cfg.critic:
-        critic = add_lora(load_weights(policy_cfg.critic, dtype, quantization=kind), lora)
+    if model_cfg.critic:
+        critic = add_lora(load_weights(model_cfg.critic, dtype, quantization=kind), lora)
     model = PolicyModel(policy, critic, value_head=value_head)
     disable_dropout(model)
-    fast = policy_cfg.sampler == "fast"
-    if model.quantized and (fast or policy_cfg.pack_sequences):
+    fast = model_cfg.sampler == "fast"
+    if model.quantized and (fast or model_cfg.pack_sequences):
         # Merging LoRA into 4-/8-bit weights cannot be undone exactly (and would round the delta away); packing,
         # the trunk reuse and the oneDNN LM head are only proven on float weights: make_sampler falls back too.
-        print(f"[rl] policy.quantization {kind}: the fast sampler (merged LoRA, frozen trunk, oneDNN LM head) and "
+        print(f"[rl] model.quantization {kind}: the fast sampler (merged LoRA, frozen trunk, oneDNN LM head) and "
               "packing need float weights; rollouts use the plain sampler, unpacked", file=sys.stderr)
-    model.use_packing(policy_cfg.pack_sequences and not model.quantized)
-    model.use_frozen_trunk(policy_cfg.reuse_trunk and fast and not model.quantized)
-    if policy_cfg.gradient_checkpointing:
+    model.use_packing(model_cfg.pack_sequences and not model.quantized)
+    model.use_frozen_trunk(model_cfg.reuse_trunk and fast and not model.quantized)
+    if model_cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    print(f"[rl] policy {policy_cfg.model}{' + ' + policy_cfg.sft_adapter if policy_cfg.sft_adapter else ''}: "
+    print(f"[rl] policy {model_cfg.name}{' + ' + model_cfg.sft_adapter if model_cfg.sft_adapter else ''}: "
           f"{trainable:,} trainable of {total:,} parameters ({dtype}{f', base {kind}' if kind != 'none' else ''}"
           f"{', value head' if model.value_head is not None else ', no value head'})"
           + (f"; frozen trunk: layers 0-{model.trunk_depth - 1} run once per rollout" if model.trunk_depth else ""),
@@ -275,9 +275,9 @@ def evaluation_mode(module: nn.Module):
         module.train(was_training)
 
 
-def load_policy_tokenizer(policy_cfg: PolicySection):
+def load_policy_tokenizer(model_cfg: ModelSection):
     """The RL (and DPO) policy's tokenizer: the SFT adapter's when it saved one, else the model's
     (``rlhf.policies.load_tokenizer``, the one resolver)."""
     from rlhf.policies import load_tokenizer
 
-    return load_tokenizer(policy_cfg.model, policy_cfg.sft_adapter)
+    return load_tokenizer(model_cfg.name, model_cfg.sft_adapter)

@@ -182,7 +182,7 @@ def merged_adapters(peft_model):
 
 
 def make_sampler(model: PolicyModel, kind: str = "fast", merge_lora: bool = True):
-    """The rollout sampler named by ``policy.sampler``; the plain one for a quantized base, whose weights the
+    """The rollout sampler named by ``model.sampler``; the plain one for a quantized base, whose weights the
     fast sampler's merged LoRA cannot fold into (``rlhf.ppo.policy.build_actor_critic`` says so once)."""
     from rlhf.sampling import PlainSampler
 
@@ -190,4 +190,4 @@ def make_sampler(model: PolicyModel, kind: str = "fast", merge_lora: bool = True
         return PlainSampler(model.policy)
     if kind == "fast":
         return FastSampler(model, merge_lora)
-    raise ValueError(f"policy.sampler: unknown sampler {kind!r} (fast or plain)")
+    raise ValueError(f"model.sampler: unknown sampler {kind!r} (fast or plain)")

@@ -89,10 +89,10 @@ def shard_policy(model: PolicyModel, cfg: RLStageConfig, say: bool = True) -> No
     try:
         layers = [layer for m in models for layer in sharding.transformer_blocks(m)]
     except ValueError as err:
-        raise ConfigError(f"policy.model: cannot be sharded under FSDP ({err})") from err
+        raise ConfigError(f"model.name: cannot be sharded under FSDP ({err})") from err
     off = [name for name, on in (("frozen trunk", model.trunk_depth), ("packing", model.pack_sequences),
-                                 ("merged-LoRA sampling", cfg.policy.sampler == "fast"
-                                  and cfg.policy.merge_lora_for_sampling)) if on]
+                                 ("merged-LoRA sampling", cfg.model.sampler == "fast"
+                                  and cfg.model.merge_lora_for_sampling)) if on]
     model.use_frozen_trunk(False)
     model.use_packing(False)
     if off and say:
@@ -110,7 +110,7 @@ class RLTrainer:
     >>> trainer = build_rl_trainer(cfg)   # rlhf.ppo.factory: the policy, scorer and prompts the config names
     >>> trainer = RLTrainer(cfg, model, tokenizer, scorer, prompts)   # model: rlhf.ppo.policy.build_policy_model
     >>> metrics = trainer.step()        # one iteration on the next prompts; or trainer.step(list_of_prompts)
-    >>> history = trainer.train()       # cfg.train.steps iterations (continues from a loaded checkpoint)
+    >>> history = trainer.train()       # cfg.train.max_steps iterations (continues from a loaded checkpoint)
     """
 
     def __init__(self, cfg: RLStageConfig, model: PolicyModel, tokenizer, scorer: Scorer, prompts: Sequence[str],
@@ -122,8 +122,8 @@ class RLTrainer:
         self.threads = ThreadGovernor(cfg.train.threads)  # 0: threads follow the cores other processes leave free
         self.reduce = ProcessReducer(acc)
         # 1. what the algorithm is: entries of the estimator and policy-loss tables, the reward objective
-        self.estimator = make_estimator(cfg.rl.algo, cfg.ppo.gamma, cfg.ppo.lam, cfg.rl.scale_rewards)
-        self.policy_loss = make_policy_loss(cfg.rl.policy_loss, cfg.ppo.clip_range, cfg.ppo.clip_range_high)
+        self.estimator = make_estimator(cfg.rl.algo, cfg.update.gamma, cfg.update.lam, cfg.rl.scale_rewards)
+        self.policy_loss = make_policy_loss(cfg.rl.policy_loss, cfg.update.clip_range, cfg.update.clip_range_high)
         self.objective = RewardObjective(cfg.reward, scorer)  # weighted or lagrangian (its multipliers)
         self.shaper = RewardShaper(cfg, self.objective, self.estimator, self.reduce)
         if self.estimator.needs_values and model.value_head is None:
@@ -131,17 +131,17 @@ class RLTrainer:
         # 2. the model on its device, sharded or wrapped, and its optimizer and schedule
         self._setup_model(model)
         # 3. experience: the sampler, the maker, the KL controller, this process's prompts
-        merge = cfg.policy.merge_lora_for_sampling and not self.sharded
-        sampler = make_sampler(self.unwrapped, cfg.policy.sampler, merge)
+        merge = cfg.model.merge_lora_for_sampling and not self.sharded
+        sampler = make_sampler(self.unwrapped, cfg.model.sampler, merge)
         compute_dtype = self.unwrapped.causal_lm.get_input_embeddings().weight.dtype
         self.maker = ExperienceMaker(self.unwrapped, tokenizer, scorer, cfg.generation, cfg.data.max_prompt_tokens,
-                                     compute_dtype, reuse_sampling_pass=cfg.ppo.logprobs_from_sampling,
-                                     forward_batch_size=cfg.ppo.forward_batch_size, sampler=sampler)
+                                     compute_dtype, reuse_sampling_pass=cfg.update.logprobs_from_sampling,
+                                     forward_batch_size=cfg.update.forward_batch_size, sampler=sampler)
         self.tokenizer = self.maker.tokenizer
         if self.sharded:  # rollouts run on gathered weights: no rank waits for another's decoding
             self.maker.synced_gpus = False
         self.kl_ctl = make_kl_controller(cfg.kl.coef, cfg.kl.adaptive, cfg.kl.target, cfg.kl.horizon)
-        self.stream = PromptStream(prompts, cfg.ppo.batch_size, acc.num_processes, acc.process_index,
+        self.stream = PromptStream(prompts, cfg.update.batch_size, acc.num_processes, acc.process_index,
                                    cfg.run.seed, cfg.data.shuffle)
         # 4. held-out evaluation: a fixed seed, so evaluations at different steps see comparable draws
         self.evaluator = HeldOutEvaluator(self.maker, self.reduce, cfg.kl.estimator, cfg.rollouts_per_step,
@@ -163,7 +163,7 @@ class RLTrainer:
         optimizer = torch.optim.AdamW(self.params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
         # Stepped once per step on every process (not prepared: accelerate would step it once per process).
         self.scheduler = get_scheduler(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps,
-                                       num_training_steps=max(cfg.train.steps, 1))
+                                       num_training_steps=max(cfg.train.max_steps, 1))
         if self.sharded:
             self.model, self.optimizer = model, acc.prepare(optimizer)
         else:
@@ -273,14 +273,14 @@ class RLTrainer:
         self.scheduler.step()
         self.step_count = step
         metrics.setdefault("skipped/nonfinite", 0.0)
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         metrics["time/step_s"] = time.perf_counter() - start
         if self.logger is not None:
             if step % max(self.cfg.run.log_every, 1) == 0:
                 self.logger.log(metrics, step=step)
             if self.cfg.train.sample_every and step % self.cfg.train.sample_every == 0:
                 self.logger.log_table("samples", *samples_table(exp, self.cfg.train.num_samples), step=step)
-        save_every = self.cfg.train.save_every
+        save_every = self.cfg.train.save_steps
         if self.run_dir is not None and save_every and step % save_every == 0:
             ckpt.save(self)
         return metrics
@@ -288,8 +288,8 @@ class RLTrainer:
     # ------------------------------------------------------------ the update
 
     def _update(self, exp: Experience, step: int) -> dict[str, float]:
-        """``ppo.epochs`` passes of mini-batch optimizer steps; stops early past ``ppo.max_approx_kl``."""
-        cfg = self.cfg.ppo
+        """``update.epochs`` passes of mini-batch optimizer steps; stops early past ``update.max_approx_kl``."""
+        cfg = self.cfg.update
         generator = torch.Generator().manual_seed(step_seed(self.cfg.run.seed, step, self.accelerator.process_index))
         totals: dict[str, float] = defaultdict(float)
         updates = skipped = tokens = 0
@@ -320,7 +320,7 @@ class RLTrainer:
         return out
 
     def _loss_keys(self) -> list[str]:
-        keys = ["loss/policy", "policy/clipfrac", "policy/approxkl", "val/ratio", "objective/entropy", "grad_norm"]
+        keys = ["loss/policy", "policy/clipfrac", "policy/approxkl", "val/ratio", "objective/entropy", "train/grad_norm"]
         if self.unwrapped.value_head is not None:
             keys += ["loss/value", "val/clipfrac"]
         if self.cfg.kl_in_loss:
@@ -330,7 +330,7 @@ class RLTrainer:
     def _optimizer_step(self, exp: Experience, rows: torch.Tensor) -> dict[str, float] | None:
         """One optimizer step on a mini-batch, accumulated over micro-batches; None when it was skipped."""
         acc, cfg = self.accelerator, self.cfg
-        micro_batches = rows.split(cfg.ppo.micro_batch_size)
+        micro_batches = rows.split(cfg.update.micro_batch_size)
         stats: dict[str, float] = defaultdict(float)
         no_sync = sharding.no_sync if self.sharded else acc.no_sync
         for i, idx in enumerate(micro_batches):
@@ -359,13 +359,13 @@ class RLTrainer:
             return None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats["grad_norm"] = float(grad_norm)
+        stats["train/grad_norm"] = float(grad_norm)
         return dict(stats)
 
     def _losses(self, part: Experience, logits: torch.Tensor, values: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The configured policy loss (``self.policy_loss``, an entry of POLICY_LOSSES) (+ value loss with a value
         head, + k3 KL term when the KL is in the loss, - entropy bonus), averaged as ``rl.loss_aggregation`` says."""
-        cfg, rl = self.cfg.ppo, self.cfg.rl
+        cfg, rl = self.cfg.update, self.cfg.rl
         mask = part.loss_mask if part.loss_mask is not None else part.response_mask  # rows out of the loss: 0
         max_len = self.cfg.generation.max_new_tokens
         temperature = self.cfg.generation.temperature  # logits (b, r, V) in the compute dtype
@@ -399,11 +399,11 @@ class RLTrainer:
     # ------------------------------------------------------------ the whole run
 
     def train(self, steps: int | None = None, eval_prompts: Sequence[str] = ()) -> list[dict[str, float]]:
-        """Run steps until ``steps`` (default ``train.steps``) are done; returns each step's metrics.
+        """Run steps until ``steps`` (default ``train.max_steps``) are done; returns each step's metrics.
 
         With ``eval_prompts``, held-out scores are logged (``eval/...``) before the first step, every
         ``train.eval_every`` steps and after the last."""
-        total = self.cfg.train.steps if steps is None else steps
+        total = self.cfg.train.max_steps if steps is None else steps
         every = self.cfg.train.eval_every
         history = []
         if eval_prompts and self.step_count < total:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhf.config import ConfigError, RunConfig, check_ranges
+from rlhf.config import ConfigError, RunConfig, check_ranges, shared_field
 from rlhf.generation import GenerationSettings
 from rlhf.lora import LoraConfig
 from rlhf.quantization import Quantization, frozen_base_error, quantization_field
@@ -19,7 +19,8 @@ class ModelConfig:
                       metadata={"help": "zoo name, tiny-llama, local folder or hub id"})
     dtype: Literal["float32", "bfloat16"] = field(
         default="float32",
-        metadata={"help": "dtype of the stored weights; float32 master weights train best"})
+        metadata={"help": "dtype the weights are stored (and trained) in; float32 master weights train best. Not "
+                          "train.precision, which is the autocast of the forward over them"})
     quantization: Quantization = quantization_field()
 
 
@@ -75,17 +76,15 @@ class TrainConfig:
 
     epochs: float = field(default=1.0, metadata={"help": "passes over the training mixture (fractions allowed)",
                                                  "range": "(0, 1000000]"})
-    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs", "range": "[-1, 10000000]"})
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)", "range": "(0, inf)"})
-    lr_scheduler: str = field(default="linear",
-                              metadata={"help": "any transformers scheduler name: linear, cosine, constant ..."})
-    warmup_steps: int = field(default=0, metadata={"help": "steps of linear learning-rate warm-up",
-                                                   "range": "[0, 10000000]"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "range": "[0, inf)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this", "range": "[0, inf)"})
+    max_steps: int = shared_field("max_steps", 0)
+    learning_rate: float = shared_field("learning_rate", 2e-4)
+    lr_scheduler: str = shared_field("lr_scheduler", "linear")
+    warmup_steps: int = shared_field("warmup_steps", 0)
+    weight_decay: float = shared_field("weight_decay", 0.0)
+    max_grad_norm: float = shared_field("max_grad_norm", 1.0)
     batch_size: int = field(default=4, metadata={"help": "examples per device per forward/backward",
                                                  "range": "[1, 1000000]"})
-    grad_accum: int = field(default=1, metadata={"help": "optimiser step every N batches", "range": "[1, 1000000]"})
+    grad_accum: int = shared_field("grad_accum", 1)
     eval_batch_size: int = field(default=8, metadata={"help": "per device, for the eval loss", "range": "[1, 1000000]"})
     max_length: int = field(
         default=512,
@@ -96,10 +95,8 @@ class TrainConfig:
         default="auto",
         metadata={"help": "bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.runtime)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "saves memory, costs ~30 % more compute"})
-    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (resume with --resume)",
-                                                  "range": "[1, 10000000]"})
-    save_total_limit: int = field(default=2, metadata={"help": "keep the newest N checkpoints",
-                                                       "range": "[1, 1000000]"})
+    save_steps: int = shared_field("save_steps", 50)
+    save_total_limit: int = shared_field("save_total_limit", 2)
     eval_steps: int = field(default=0, metadata={"help": "eval loss every N steps; 0 = only before and after training",
                                                  "range": "[0, 10000000]"})
     save_merged: bool = field(default=False,
@@ -108,11 +105,9 @@ class TrainConfig:
 
 @dataclass
 class ForgettingConfig:
-    """Catastrophic-forgetting check: a held-out task scored before and after fine-tuning."""
+    """Catastrophic-forgetting check: TruthfulQA MC1 (by log-likelihood, its test split) before and after."""
 
     enabled: bool = field(default=True, metadata={"help": "score the forgetting task before and after fine-tuning"})
-    task: Literal["truthfulqa_mc"] = field(default="truthfulqa_mc",
-                                           metadata={"help": "MC1 by log-likelihood on TruthfulQA's test split"})
     n: int = field(default=60, metadata={"help": "questions (0 = all of the test split)", "range": "[0, inf)"})
     batch_size: int = field(default=8, metadata={"help": "questions per forward pass", "range": "[1, 1000000]"})
 

@@ -204,12 +204,16 @@ def training_args(cfg: SFTStageConfig, run_dir: Path, bf16: bool, eval_on_start:
                      packing=t.packing, eval_packing=False, remove_unused_columns=True)
 
 
+ONLY_AT_THE_END = 10**9  # save_steps past any run: HF's "steps" strategy still saves at the last step
+
+
 def common_training_args(t, run, run_dir: Path, bf16: bool, eval_on_start: bool) -> dict:
     """The TrainingArguments our TRL-backed stages (SFT, DPO) share, from a train section ``t`` with the
     same keys (epochs, max_steps, learning_rate ... save_total_limit) and the run section."""
     return dict(
         output_dir=str(run_dir / CHECKPOINTS),
-        num_train_epochs=t.epochs, max_steps=t.max_steps,
+        # our "off" values (max_steps 0: by epochs; save_steps 0: only the save at the end) in TRL's terms
+        num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
@@ -220,7 +224,7 @@ def common_training_args(t, run, run_dir: Path, bf16: bool, eval_on_start: bool)
         eval_strategy="steps" if t.eval_steps > 0 else "no", eval_steps=t.eval_steps or None,
         eval_on_start=eval_on_start,
         # rotation is CheckpointManifest's, after the new manifest (HF's deletes before it: see there)
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=None,
+        save_strategy="steps", save_steps=t.save_steps or ONLY_AT_THE_END, save_total_limit=None,
         logging_steps=run.log_every, logging_first_step=True,
         seed=run.seed, data_seed=run.seed,
         # our MetricsLogger shows progress and is the tracker; run.report_to adds the Trainer's own integrations

@@ -43,11 +43,11 @@ def test_export_trains_reward_model(annotation_db, tmp_path):
     records = load_preferences(export)
     assert {d for r in records for d in r.dimension} == set(DIMENSIONS)  # every head gets pairs
     cfg = RewardStageConfig()
-    cfg.model.backbone, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
+    cfg.model.name, cfg.model.max_length, cfg.model.min_prompt_tokens = "tiny-bert", 64, 16
     cfg.data.sources, cfg.data.extra_files, cfg.data.extra_files_split = [], [str(export)], "train"
     cfg.data.partition = "all"  # every label: no gold judge here (the default proxy half left 5 pairs)
-    cfg.train.batch_size, cfg.train.lr, cfg.train.head_lr, cfg.train.warmup_ratio = 4, 3e-3, 3e-3, 0.0
-    cfg.train.checkpoint_every, cfg.train.epochs = 0, 8
+    cfg.train.batch_size, cfg.train.learning_rate, cfg.train.head_learning_rate, cfg.train.warmup_ratio = 4, 3e-3, 3e-3, 0.0
+    cfg.train.save_steps, cfg.train.epochs = 0, 8
     cfg.eval.test = False
     cfg.run.output_dir, cfg.run.run_name, cfg.run.wandb_mode = str(tmp_path / "runs"), "rm", "disabled"
     run_dir = train_reward_model(cfg)
