@@ -202,3 +202,14 @@ def test_the_metrics_logger_refuses_a_key_without_a_namespace(tmp_path, run_cfg)
     logger.finish()
     assert [sorted(k for k in m if "/" in k) for m in read_metrics(tmp_path / "metrics.jsonl")] == \
         [["train/grad_norm", "train/lr"]]
+
+
+def test_an_old_key_in_a_pipeline_preset_is_refused_naming_the_stage_and_the_new_name(tmp_path):
+    from rlhf import pipeline as pl
+
+    cfg = pl.PipelineConfig()
+    cfg.run.output_dir = str(tmp_path)
+    cfg.reward = pl.StageSpec(overrides={"train.lr": 2e-4})
+    with pytest.raises(ConfigError, match=r"^pipeline stage reward: reward config: train\.lr was renamed to "
+                                          r"train\.learning_rate$"):
+        pl.resolve_stage(cfg, "reward")

@@ -51,19 +51,19 @@ def test_wandb_offline_run_needs_no_login(tmp_path, monkeypatch):
 def test_a_resumed_run_keeps_each_step_once(tmp_path, run_cfg):
     first = MetricsLogger(tmp_path, run_cfg, stage="x", enabled=True)
     for step in range(0, 6):
-        first.log({"loss": float(step)}, step=step)
-    first._jsonl.write('{"step": 6, "loss": 0.')  # the kill tore the last line
+        first.log({"loss/train": float(step)}, step=step)
+    first._jsonl.write('{"step": 6, "loss/train": 0.')  # the kill tore the last line
     first.finish()
     resumed = MetricsLogger(tmp_path, run_cfg, stage="x", enabled=True)
     resumed.resumed_at(3)  # checkpoint of step 3: steps 4-6 are redone
     for step in range(4, 7):
-        resumed.log({"loss": 10.0 + step}, step=step)
+        resumed.log({"loss/train": 10.0 + step}, step=step)
     resumed.finish()
     records = read_metrics(tmp_path / "metrics.jsonl")
-    assert [(r["step"], r["loss"]) for r in records] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0),
+    assert [(r["step"], r["loss/train"]) for r in records] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0),
                                                          (5, 15.0), (6, 16.0)]
-    assert [r["loss"] for r in run_history(tmp_path, "loss")] == [0.0, 1.0, 2.0, 3.0, 14.0, 15.0, 16.0]
-    assert run_history(tmp_path / "nowhere", "loss") == []
+    assert [r["loss/train"] for r in run_history(tmp_path, "loss/train")] == [0.0, 1.0, 2.0, 3.0, 14.0, 15.0, 16.0]
+    assert run_history(tmp_path / "nowhere", "loss/train") == []
 
 
 def test_wandb_settings_follow_the_users_environment():
@@ -92,7 +92,7 @@ def test_offline_pipeline_stages_share_a_group_and_log_artifacts_with_lineage(tm
         product = root / name / product_file
         product.parent.mkdir(parents=True, exist_ok=True)
         product.write_text(f"{name} weights")
-        logger.log({"loss": 1.0}, step=1)
+        logger.log({"loss/train": 1.0}, step=1)
         if name == "eval":
             import matplotlib
 
