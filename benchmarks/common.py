@@ -300,7 +300,7 @@ def cpu_info() -> dict:
 def cpu_has_bf16_matmul() -> bool:
     """Native bf16 dot products (AVX512-BF16 or AMX). Without them CPU bf16 matmuls take slow paths.
 
-    The same rule as ``rlhf.runtime.cpu_has_bf16_matmul`` (our precision "auto"), repeated here because
+    The same rule as ``rlhf.core.runtime.cpu_has_bf16_matmul`` (our precision "auto"), repeated here because
     the TRL side runs in a virtualenv without our package.
     """
     try:
@@ -330,11 +330,11 @@ def param_dtypes(model) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- the memory policy both sides run under
-# Our trainer (rlhf.ppo.memory) caps oneDNN's primitive cache and PyTorch's ideep computation cache at 64 entries
+# Our trainer (rlhf.rl.memory) caps oneDNN's primitive cache and PyTorch's ideep computation cache at 64 entries
 # and returns freed heap to the OS (glibc malloc_trim) between phases. The peer gets the same deal: the caps reach
 # both side processes through their environment (harness.child_env; ours sets them only where unset, so the
 # values are equal), and the peer's side script trims at the same phase boundaries. Repeated here because the
-# peer's side never imports our package; tests/test_benchmarks.py checks these agree with rlhf.ppo.memory.
+# peer's side never imports our package; tests/test_benchmarks.py checks these agree with rlhf.rl.memory.
 CACHE_CAP_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 CACHE_CAPACITY = 64
 

@@ -57,7 +57,7 @@ def run_child(out: Path, name: str, argv: list[str], launcher: list[str] | None 
 
 def planned_gib(stage) -> float | None:
     """``rlhf plan``'s per-device prediction for a resolved demo stage (None for stages it does not model)."""
-    from rlhf.config import from_dict
+    from rlhf.core.config import from_dict
     from rlhf.plan import PlanConfig, memory_plan, resolve_shapes
 
     cfg = stage.config
@@ -84,7 +84,7 @@ def planned_gib(stage) -> float | None:
 def ppo_tokens_per_s(run_dir: Path, rollouts_per_step: int) -> float | None:
     """Generated tokens per second of step time over a PPO run (its metrics.jsonl; ``response/length`` is the
     mean over every process's rollouts, ``rollouts_per_step`` counts all processes)."""
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
 
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "time/step_s" in r]
     tokens = sum(r.get("response/length", 0.0) * rollouts_per_step for r in rows)
@@ -123,14 +123,14 @@ def main(argv=None) -> int:
     if args.dry_run:
         print("\n".join(commands))
         return 0
-    from rlhf.runtime import cuda_present
+    from rlhf.core.runtime import cuda_present
 
     if not cuda_present():
         print("error: benchmarks/gpu_check.py needs a CUDA device (--dry-run prints what it would run)", file=sys.stderr)
         return 2
     import torch
 
-    from rlhf.config import load_config, save_config
+    from rlhf.core.config import load_config, save_config
     from rlhf.pipeline import PipelineConfig, resolve_stage
 
     out.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ MAX_PROMPT_TOKENS = 128  # keeps every batch's padded length alike on both sides
 
 
 def reward_model_dir(seed: int = REWARD_SEED) -> Path:
-    from rlhf.zoo import rlhf_home
+    from rlhf.models.zoo import rlhf_home
 
     return rlhf_home() / "benchmarks" / f"smollm2-135m-reward-seed{seed}"
 
@@ -105,9 +105,9 @@ def build_reward_model(policy_path: str, out: Path, seed: int = REWARD_SEED) -> 
 def benchmark_prompts(tokenizer, count: int, max_tokens: int = MAX_PROMPT_TOKENS) -> tuple[list[str], list[str]]:
     """The first ``count`` distinct HH-harmless train prompts whose chat rendering fits ``max_tokens``:
     (HH transcripts, the same rendered with the chat template)."""
-    from rlhf.generation import render_chat
-    from rlhf.records import prompt_to_messages
-    from rlhf.sources import hh_harmless_pairs
+    from rlhf.models.generation import render_chat
+    from rlhf.data.records import prompt_to_messages
+    from rlhf.data.sources import hh_harmless_pairs
 
     prompts, rendered, seen = [], [], set()
     for record in hh_harmless_pairs("train"):
@@ -126,7 +126,7 @@ def benchmark_prompts(tokenizer, count: int, max_tokens: int = MAX_PROMPT_TOKENS
 def prepare_workload(path: Path, num_prompts: int, **settings) -> Workload:
     """SmolLM2-135M-Instruct policy, the seeded classifier, ``num_prompts`` prompts; ``settings`` are the
     remaining :class:`common.Workload` fields (batch sizes, LoRA layers ...). Written to ``path`` as JSON."""
-    from rlhf.zoo import load_tokenizer, resolve_model
+    from rlhf.models.zoo import load_tokenizer, resolve_model
 
     policy_path = resolve_model("smollm2-135m-instruct")
     reward_path = build_reward_model(policy_path, reward_model_dir())
@@ -155,7 +155,7 @@ class ClassifierScorer:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from rlhf.ppo.packing import use_varlen_attention
+        from rlhf.rl.packing import use_varlen_attention
 
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=1, dtype=dtype or torch.float32).eval()
@@ -169,13 +169,13 @@ class ClassifierScorer:
         import torch
 
         from reward_models.types import RewardScores
-        from rlhf.ppo.packing import PackedRows
-        from rlhf.generation import render_chat
-        from rlhf.records import prompt_to_messages
+        from rlhf.rl.packing import PackedRows
+        from rlhf.models.generation import render_chat
+        from rlhf.data.records import prompt_to_messages
 
         texts = [render_chat(self.tokenizer, prompt_to_messages(p)) + r + self.tokenizer.eos_token
                  for p, r in zip(prompts, responses)]
-        # All texts in one packed forward (rlhf.ppo.packing): no FLOPs on padding, one big matmul per layer
+        # All texts in one packed forward (rlhf.rl.packing): no FLOPs on padding, one big matmul per layer
         # instead of B small ones; the score head reads each text's last token, as the classifier does.
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         packed = PackedRows.from_mask(batch["attention_mask"])  # left padding: every text ends in the last column

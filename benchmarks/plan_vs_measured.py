@@ -126,7 +126,7 @@ NOTES = [
 # What each stage's process imports before its model loads: the libraries, the stage, the trainer it runs.
 RUNTIME_IMPORTS = {"sft": ["pipelines.sft", "trl:SFTTrainer"],
                    "reward": ["pipelines.reward", "reward_models.train", "accelerate:Accelerator"],
-                   "ppo": ["pipelines.ppo", "rlhf.ppo.trainer", "accelerate:Accelerator"]}
+                   "ppo": ["pipelines.ppo", "rlhf.rl.trainer", "accelerate:Accelerator"]}
 
 
 def child(out: str, argv: list[str]) -> int:
@@ -208,10 +208,10 @@ def run_measured(argv: list[str], log: Path, launch: str = "") -> dict:
 
 def sft_seq_len(setup: Setup) -> int:
     """The longest training example the SFT stage encodes for this setup: the padded width of its largest batch."""
-    from rlhf.config import load_config
+    from rlhf.core.config import load_config
     from rlhf.sft.config import SFTStageConfig
     from rlhf.sft.data import encode_records, training_mixture
-    from rlhf.zoo import load_tokenizer
+    from rlhf.models.zoo import load_tokenizer
 
     cfg, _ = load_config(SFTStageConfig, setup.argv)
     encoded, _ = encode_records(load_tokenizer(cfg.model.name), training_mixture(cfg.data, cfg.run.seed),
@@ -220,7 +220,7 @@ def sft_seq_len(setup: Setup) -> int:
 
 
 def predict(setup: Setup, runtime_gib: float | None) -> dict:
-    from rlhf.config import from_dict
+    from rlhf.core.config import from_dict
     from rlhf.plan import GIB, PlanConfig, memory_plan, resolve_shapes
 
     sections = json.loads(json.dumps(setup.plan))

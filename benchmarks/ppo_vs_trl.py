@@ -41,8 +41,8 @@ TARGETS = {"sec_per_step": 0.4, "peak_rss": 0.4}  # ours / TRL must be at most t
 
 def our_config(wl: Workload):
     """Our shipped PPO defaults (RLStageConfig's), set to the benchmark's workload."""
-    from rlhf.config import load_config
-    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.core.config import load_config
+    from rlhf.rl.config import PPOStageConfig
 
     overrides = {
         "model.name": wl.policy_path, "update.batch_size": wl.batch_size, "update.mini_batch_size": wl.mini_batch_size,
@@ -73,9 +73,9 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
 
     from common import (MemoryTrace, StepClock, StepRecord, forward_flops, lora_train_flops, memory_policy,
                         param_dtypes, write_side_result)
-    from rlhf.lifecycle import seed_everything
-    from rlhf.ppo.factory import build_rl_trainer
-    from rlhf.runtime import make_accelerator, resolve_dtype
+    from rlhf.core.lifecycle import seed_everything
+    from rlhf.rl.factory import build_rl_trainer
+    from rlhf.core.runtime import make_accelerator, resolve_dtype
 
     # 1. as pipelines/ppo.py does: policy + LoRA + value head, the scorer, the trainer
     memory = MemoryTrace()
@@ -141,7 +141,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     write_side_result(out, "ours", steps, {
         "precision": wl.precision, "compute_dtype": str(dtype).replace("torch.", ""),
         "weights": {"policy+value head": param_dtypes(trainer.unwrapped), "reward": param_dtypes(scorer.model)},
-        "memory_policy": memory_policy("rlhf.ppo.memory.release_freed_memory after loading, after sampling, "
+        "memory_policy": memory_policy("rlhf.rl.memory.release_freed_memory after loading, after sampling, "
                                        "before the update, at the end of each step"),
         "trainable_params": lora_params, "trunk_depth": trunk,
         "model_body_params": body_params, "model_head_params": head_params, "phase_seconds": phases,
@@ -264,7 +264,7 @@ def measure_peak(dtype: str, threads: int, n: int = 2048, repeats: int = 5) -> d
 
 
 def run_benchmark(args) -> dict:
-    from rlhf.zoo import rlhf_home
+    from rlhf.models.zoo import rlhf_home
 
     work = Path(args.work_dir or rlhf_home() / "benchmarks" / time.strftime("ppo_vs_trl-%Y%m%d-%H%M%S"))
     work.mkdir(parents=True, exist_ok=True)

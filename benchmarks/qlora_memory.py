@@ -68,13 +68,13 @@ def sft_steps(model: str, dtype_name: str, quantization: str, steps: int, out_di
     """LoRA SFT steps (TRL SFTTrainer): (loaded sizes, seconds, steps, first loss)."""
     import torch
 
-    from rlhf.config import load_config
-    from rlhf.quantization import check_backend, keep_backward, load_kwargs
+    from rlhf.core.config import load_config
+    from rlhf.models.quantization import check_backend, keep_backward, load_kwargs
     from rlhf.sft.config import SFTStageConfig
     from rlhf.sft.data import encode_records, to_dataset, training_mixture
     from rlhf.sft.trainer import MetricsLoggerCallback, build_trainer
-    from rlhf.tracking import MetricsLogger
-    from rlhf.zoo import load_causal_lm, load_tokenizer
+    from rlhf.core.tracking import MetricsLogger
+    from rlhf.models.zoo import load_causal_lm, load_tokenizer
 
     cfg, _ = load_config(SFTStageConfig, [
         "--model.name", model, "--model.dtype", dtype_name, "--model.quantization", quantization,
@@ -103,9 +103,9 @@ def reward_steps(model: str, dtype_name: str, quantization: str, steps: int, out
     import shutil
 
     from reward_models import train as reward_train
-    from rlhf.config import load_config
+    from rlhf.core.config import load_config
     from reward_models.config import RewardStageConfig
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
 
     if dtype_name != "float32":
         raise SystemExit("reward: the stage keeps float32 weights; run it with fp32, nf4 or int8")
@@ -137,10 +137,10 @@ def rl_steps(model: str, dtype_name: str, quantization: str, steps: int, out_dir
     """PPO steps (``RLTrainer``, the stage's default LoRA on the top 8 layers) against the toy reward."""
     import torch
 
-    from rlhf.config import RunConfig, load_config
-    from rlhf.ppo.config import RLStageConfig
-    from rlhf.ppo.factory import build_rl_trainer
-    from rlhf.quantization import check_backend
+    from rlhf.core.config import RunConfig, load_config
+    from rlhf.rl.config import RLStageConfig
+    from rlhf.rl.factory import build_rl_trainer
+    from rlhf.models.quantization import check_backend
 
     cfg, _ = load_config(RLStageConfig, [
         "--model.name", model, "--model.quantization", quantization, "--train.precision",

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # common, as the other benchmarks 
 from common import cpu_info, load_average  # noqa: E402
 from pipelines.compare import paired_difference, same_draw_deltas, scores_by_variant  # noqa: E402
 from reward_models.scoring import RewardScorer  # noqa: E402
-from rlhf import metrics  # noqa: E402
-from rlhf.tracking import read_metrics  # noqa: E402
+from rlhf.evaluation import metrics  # noqa: E402
+from rlhf.core.tracking import read_metrics  # noqa: E402
 
 
 def main() -> None:

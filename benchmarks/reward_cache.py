@@ -42,9 +42,9 @@ def side(args) -> int:
 
     from reward_models.config import RewardStageConfig
     from reward_models.train import train_reward_model
-    from rlhf.config import RunConfig
-    from rlhf.runtime import use_bf16
-    from rlhf.tracking import read_metrics
+    from rlhf.core.config import RunConfig
+    from rlhf.core.runtime import use_bf16
+    from rlhf.core.tracking import read_metrics
 
     torch.set_num_threads(args.threads)
     work = Path(args.out).parent / Path(args.out).stem

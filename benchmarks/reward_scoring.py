@@ -29,7 +29,7 @@ def build_models(workdir: Path, model: str | None, backbone: str):
 
     from reward_models.model import new_reward_model, save_reward_model
     from reward_models.toxicity import JIGSAW_CLASSES, write_detoxify_checkpoint
-    from rlhf.zoo import load_model, load_tokenizer
+    from rlhf.models.zoo import load_model, load_tokenizer
 
     if model is None:
         reward_model, encoder, scoring = new_reward_model(backbone, max_length=256)
@@ -41,7 +41,7 @@ def build_models(workdir: Path, model: str | None, backbone: str):
 
 def workload(n: int) -> tuple[list[str], list[str]]:
     """Held-out HH-RLHF prompts with their chosen responses: realistic lengths for PPO and evaluation."""
-    from rlhf.sources import hh_harmless_pairs
+    from rlhf.data.sources import hh_harmless_pairs
 
     pairs = hh_harmless_pairs("test")[:n]
     return [p.prompt for p in pairs], [p.chosen for p in pairs]

@@ -46,7 +46,7 @@ def word_count(prompts: list[str], completions: list[str]) -> list[float]:
 
 
 def run(overrides: list[str], steps: int, folder: Path) -> list[dict[str, float]]:
-    from rlhf.config import RunConfig
+    from rlhf.core.config import RunConfig
     from toy_task import build_toy_trainer
 
     trainer = build_toy_trainer(folder, RunConfig(output_dir=str(folder / "runs"), run_name="x", wandb_mode="disabled"),

@@ -64,7 +64,7 @@ def our_argv(wl: Workload) -> list[str]:
 
 
 def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
-    """Our GRPO (rlhf.ppo.trainer.RLTrainer) on the workload, one timed ``step()`` per step; writes the result.
+    """Our GRPO (rlhf.rl.trainer.RLTrainer) on the workload, one timed ``step()`` per step; writes the result.
 
     ``profile_step`` > 0 runs that step under torch.profiler (its time is then not representative)."""
     import torch
@@ -72,11 +72,11 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     torch.set_num_threads(wl.threads)
 
     from common import MemoryTrace, StepClock, StepRecord, memory_policy, param_dtypes, write_side_result
-    from rlhf.config import load_config
-    from rlhf.ppo.config import RLStageConfig
-    from rlhf.lifecycle import seed_everything
-    from rlhf.ppo.factory import build_rl_trainer
-    from rlhf.runtime import make_accelerator, resolve_dtype
+    from rlhf.core.config import load_config
+    from rlhf.rl.config import RLStageConfig
+    from rlhf.core.lifecycle import seed_everything
+    from rlhf.rl.factory import build_rl_trainer
+    from rlhf.core.runtime import make_accelerator, resolve_dtype
 
     # 1. as the RL stage does: policy + LoRA (no value head for GRPO), the scorer, the trainer
     memory = MemoryTrace()
@@ -117,7 +117,7 @@ def run_ours_side(wl: Workload, out: Path, profile_step: int = 0) -> int:
     write_side_result(out, "ours", steps, {
         "precision": wl.precision, "compute_dtype": str(dtype).replace("torch.", ""),
         "weights": {"policy+LoRA": param_dtypes(model), "reward": param_dtypes(scorer.model)},
-        "memory_policy": memory_policy("rlhf.ppo.memory.release_freed_memory after loading, after sampling, "
+        "memory_policy": memory_policy("rlhf.rl.memory.release_freed_memory after loading, after sampling, "
                                        "before the update, at the end of each step"),
         "trainable_params": trainable, "phase_seconds": phases,
         "memory_trace": memory.points,
@@ -189,7 +189,7 @@ def format_table(result: dict) -> str:
 
 
 def run_benchmark(args) -> dict:
-    from rlhf.zoo import rlhf_home
+    from rlhf.models.zoo import rlhf_home
 
     work = Path(args.work_dir or rlhf_home() / "benchmarks" / time.strftime("rl_vs_trl-%Y%m%d-%H%M%S"))
     work.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ SmolLM2-135M-Instruct summarizes held-out DialogSum dialogues (the "test" split 
 all greedy with the same budget of new tokens:
 
 1. base model, zero-shot (the instruction and the dialogue);
-2. base model, few-shot (``rlhf.prompts.few_shot``: short solved train dialogues as earlier chat turns);
+2. base model, few-shot (``rlhf.data.prompts.few_shot``: short solved train dialogues as earlier chat turns);
 3. the SFT stage's model (``pipelines/sft.py`` on DialogSum train dialogues), zero-shot, once per method in
    ``--methods``: ``lora`` (adapters on the upper layers), ``prompt_tuning`` (a soft prompt of
    ``--virtual-tokens``), ``full`` (every weight). Every method gets the same budget: the same steps, batch
@@ -36,14 +36,14 @@ sys.path.insert(0, str(ROOT))  # `python benchmarks/sft_dialogsum.py` must find 
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measures (stemmed, rlhf.metrics.rouge as evaluation scores them), in percent."""
-    from rlhf import metrics
+    """Mean ROUGE-1/2/L F-measures (stemmed, rlhf.evaluation.metrics.rouge as evaluation scores them), in percent."""
+    from rlhf.evaluation import metrics
 
     return {key: round(100 * value, 2) for key, value in metrics.rouge(predictions, references).items()}
 
 
 def summarize(model, tokenizer, chats, settings, max_prompt_tokens: int) -> tuple[list[str], float]:
-    from rlhf.generation import generate_chat
+    from rlhf.models.generation import generate_chat
 
     start = time.perf_counter()
     outputs = generate_chat(model, tokenizer, chats, settings, max_prompt_tokens=max_prompt_tokens)
@@ -71,7 +71,7 @@ def method_flags(method: str, args) -> dict:
 
 def sft_config(args, out_dir: Path, method: str = "lora"):
     """The SFT stage's config: its defaults plus this experiment's settings (all recorded in the JSON)."""
-    from rlhf.config import load_config
+    from rlhf.core.config import load_config
     from rlhf.sft.config import SFTStageConfig
 
     flags = {
@@ -164,12 +164,12 @@ def main(argv=None) -> int:
     import torch
 
     from pipelines.sft import main as run_sft
-    from rlhf.generation import GenerationSettings
-    from rlhf.policies import load_policy
-    from rlhf.prompts import Shot, few_shot, pick_shots, zero_shot
-    from rlhf.sources import dialogsum_items
-    from rlhf.tracking import read_metrics
-    from rlhf.zoo import load_causal_lm, load_tokenizer
+    from rlhf.models.generation import GenerationSettings
+    from rlhf.models.policies import load_policy
+    from rlhf.data.prompts import Shot, few_shot, pick_shots, zero_shot
+    from rlhf.data.sources import dialogsum_items
+    from rlhf.core.tracking import read_metrics
+    from rlhf.models.zoo import load_causal_lm, load_tokenizer
 
     started = time.perf_counter()
     out_path = Path(args.out)

@@ -6,7 +6,7 @@ Steps (each PPO run is a fresh subprocess; the orchestrator never loads torch):
   1. the workload: SmolLM2-135M-Instruct, top-8-layer LoRA, 8 rollouts x 32 new tokens, the toy
      TokenCountScorer (so the policy is what is timed), --steps PPO steps, median of steps 2..N
   2. per round, for each condition (alone; beside a `nice -n 19` busy process; beside a busy process of our
-     own priority) and each setting (old: always 2 threads; new: rlhf.threads.ThreadGovernor before every
+     own priority) and each setting (old: always 2 threads; new: rlhf.core.threads.ThreadGovernor before every
      step), one run: A B A B; --settings adds variants (OMP_WAIT_POLICY=PASSIVE, 1 thread)
   3. slowdown = a setting's median s/step under load / the same setting's alone; also against old alone
   4. load averages before and after every run, the CPU model (lscpu); JSON to benchmarks/results/
@@ -34,9 +34,9 @@ from common import cpu_info, load_average, read_side_result, run_child  # noqa: 
 
 CONDITIONS = ("alone", "nice19", "same")  # beside: nothing; a `nice -n 19` spin loop; a nice-0 spin loop
 BUSY_NICE = {"alone": None, "nice19": 19, "same": 0}
-SETTINGS = {  # name -> (environment for the child, train.threads; 0 = rlhf.threads.ThreadGovernor follows the load)
+SETTINGS = {  # name -> (environment for the child, train.threads; 0 = rlhf.core.threads.ThreadGovernor follows the load)
     "old": ({}, 2),  # the shipped behaviour before issue 17: torch's default 2 threads, libgomp's default waits
-    "new": ({}, 0),  # rlhf.threads.ThreadGovernor: threads re-chosen every step from the others' CPU use
+    "new": ({}, 0),  # rlhf.core.threads.ThreadGovernor: threads re-chosen every step from the others' CPU use
     # variants, for --settings: one knob at a time
     "passive2": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
     "one": ({"OMP_WAIT_POLICY": "PASSIVE"}, 1),
@@ -57,11 +57,11 @@ def run_side(setting: str, steps: int, out: Path) -> int:
     from common import StepClock, StepRecord, Workload, write_side_result
     from harness import benchmark_prompts
     from ppo_vs_trl import our_config
-    from rlhf.lifecycle import seed_everything
-    from rlhf.ppo.factory import build_rl_trainer
-    from rlhf.ppo.scorers import TokenCountScorer
-    from rlhf.runtime import make_accelerator, resolve_dtype
-    from rlhf.zoo import load_tokenizer, resolve_model
+    from rlhf.core.lifecycle import seed_everything
+    from rlhf.rl.factory import build_rl_trainer
+    from rlhf.rl.scorers import TokenCountScorer
+    from rlhf.core.runtime import make_accelerator, resolve_dtype
+    from rlhf.models.zoo import load_tokenizer, resolve_model
 
     policy_path = resolve_model("smollm2-135m-instruct")
     prompts, _ = benchmark_prompts(load_tokenizer(policy_path), BATCH * steps)
@@ -73,7 +73,7 @@ def run_side(setting: str, steps: int, out: Path) -> int:
     dtype = resolve_dtype(cfg.train.precision, accelerator.device)
     trainer = build_rl_trainer(cfg, accelerator, scorer=lambda tokenizer: TokenCountScorer(tokenizer, "."),
                                prompts=prompts, dtype=dtype)
-    # train.threads = 0: the trainer's own rlhf.threads.ThreadGovernor re-chooses the thread count before each step
+    # train.threads = 0: the trainer's own rlhf.core.threads.ThreadGovernor re-chooses the thread count before each step
 
     records, used, clock = [], [], StepClock()
     for _ in range(steps):

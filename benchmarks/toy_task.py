@@ -21,7 +21,7 @@ TINY_PRESET = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "p
 
 
 def build_toy_policy(out_dir: str | Path, seed: int = 0, init_scale: float = 0.3) -> Path:
-    from rlhf.tiny import build_tiny_llama
+    from rlhf.models.tiny import build_tiny_llama
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
@@ -42,9 +42,9 @@ def frequent_token(tokenizer, response_ids: torch.Tensor, response_mask: torch.T
 def build_toy_trainer(folder: str | Path, run, overrides: Sequence[str] = ()):
     """An RLTrainer on the toy task: the toy policy, the tiny preset with ``overrides``, the token-share reward
     aimed at a token the untrained policy already samples (so there is something to learn from the start)."""
-    from rlhf.config import load_config
-    from rlhf.ppo.config import RLStageConfig
-    from rlhf.ppo.factory import build_rl_trainer
+    from rlhf.core.config import load_config
+    from rlhf.rl.config import RLStageConfig
+    from rlhf.rl.factory import build_rl_trainer
 
     policy = build_toy_policy(Path(folder) / "toy-policy")
     cfg, _ = load_config(RLStageConfig, ["--config", str(TINY_PRESET), "--model.name", str(policy), *overrides])

@@ -18,13 +18,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf.config import ConfigError, RunConfig
-from rlhf.evaluate import ALL, EvalConfig, EvalDataConfig, GoldConfig, PolicyConfig, VariantConfig
-from rlhf.generation import GenerationSettings
-from rlhf.records import DIMENSIONS as HEADS
-from rlhf.overoptimisation import fit_curves, fit_lines
-from rlhf.report import best_of_n_points, gold_peaks, judge_free_table, plain_sampled, policy_points
-from rlhf.tracking import read_metrics
+from rlhf.core.config import ConfigError, RunConfig
+from rlhf.evaluation.evaluate import ALL, EvalConfig, EvalDataConfig, GoldConfig, PolicyConfig, VariantConfig
+from rlhf.models.generation import GenerationSettings
+from rlhf.data.records import DIMENSIONS as HEADS
+from rlhf.evaluation.overoptimisation import fit_curves, fit_lines
+from rlhf.evaluation.report import best_of_n_points, gold_peaks, judge_free_table, plain_sampled, policy_points
+from rlhf.core.tracking import read_metrics
 
 DEFAULTS = None
 STAGE = "compare"
@@ -149,7 +149,7 @@ def scores_by_variant(records: list[dict], key: str) -> dict[str, dict[tuple, fl
 def paired_difference(mine: dict[tuple, float], base: dict[tuple, float],
                       confidence: float = 0.95) -> tuple[float, float, float] | None:
     """(mean, low, high) of ``mine - base`` over the prompts both scored; None with fewer than two."""
-    from rlhf import metrics
+    from rlhf.evaluation import metrics
 
     diffs = [mine[item] - base[item] for item in mine if item in base]
     return metrics.mean_interval(diffs, confidence) if len(diffs) > 1 else None
@@ -234,7 +234,7 @@ def write_comparison(run_dir: Path, results: dict, seconds: dict[str, float | No
     fits = fit_lines(fit_curves(points))
     if fits:
         lines += ["", "## Gao et al. (2022) fits of the gold against d = √KL", "", *[f"- {line}" for line in fits],
-                  "", "Least squares (rlhf.overoptimisation): best-of-n R(d) = d(α − βd), RL and DPO R(d) = "
+                  "", "Least squares (rlhf.evaluation.overoptimisation): best-of-n R(d) = d(α − βd), RL and DPO R(d) = "
                       "d(α − β log d), R = gold − gold at d = 0; drawn dotted on overoptimisation.png. With as "
                       "few points as here α and β are descriptive, not predictions."]
     out = run_dir / "compare.md"

@@ -21,7 +21,7 @@ if __name__ == "__main__" and __package__ is None:  # `python pipelines/dpo.py` 
 
 import torch  # noqa: E402
 
-from rlhf.config import ConfigError  # noqa: E402
+from rlhf.core.config import ConfigError  # noqa: E402
 from rlhf.dpo.config import DPOStageConfig  # noqa: E402
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
@@ -29,15 +29,15 @@ STAGE = "dpo"
 
 
 def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
-    from rlhf.datatools import validate_stage_inputs
+    from rlhf.data.validation import validate_stage_inputs
     from rlhf.dpo.data import load_pairs, to_dataset
     from rlhf.dpo.trainer import RENAMES, build_trainer, save_final
-    from rlhf.lifecycle import start_run
-    from rlhf.policies import load_weights
-    from rlhf.ppo.policy import load_policy_tokenizer
-    from rlhf.runtime import use_bf16
+    from rlhf.core.lifecycle import start_run
+    from rlhf.models.policies import load_weights
+    from rlhf.rl.policy import load_policy_tokenizer
+    from rlhf.core.runtime import use_bf16
     from rlhf.sft.trainer import PREFIX, MetricsLoggerCallback, checkpoint_step, planned_steps, restore_counters
-    from rlhf.tracking import MetricsLogger
+    from rlhf.core.tracking import MetricsLogger
 
     # 1. inputs checked and the pairs read (a bad file, or none left after the dimension filter, is one line,
     #    exit 2, before any model loads or a run folder exists); processes, the run folder, seed; precision
@@ -49,7 +49,7 @@ def main(cfg: DPOStageConfig, resume: bool | str = False) -> Path:
     # the processes are started here, before TRL's trainer exists: the ranks must agree on the folder first
     run = start_run(cfg.run, STAGE, resume, PREFIX)
     run_dir, checkpoint = run.dir, run.checkpoint
-    bf16 = use_bf16(cfg.train.precision, run.device)  # rlhf.runtime decides device and precision
+    bf16 = use_bf16(cfg.train.precision, run.device)  # rlhf.core.runtime decides device and precision
 
     # 2. the pairs in TRL's conversational format; pairs longer than train.max_length are dropped, never cut
     tokenizer = load_policy_tokenizer(cfg.model)

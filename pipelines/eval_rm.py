@@ -14,7 +14,7 @@ if __name__ == "__main__" and __package__ is None:  # `python pipelines/eval_rm.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reward_models.report import RMReportConfig  # noqa: E402
-from rlhf.config import ConfigError  # noqa: E402
+from rlhf.core.config import ConfigError  # noqa: E402
 
 DEFAULTS = None  # the dataclass defaults are the tool's defaults
 
@@ -23,8 +23,8 @@ def check_inputs(cfg: RMReportConfig) -> Path:
     """The model folder and every data source, checked before any model loads; returns the model folder."""
     from reward_models.model import REWARD_CONFIG
     from reward_models.scoring import resolve_model_folder
-    from rlhf.datatools import StageInput, input_problems
-    from rlhf.sources import PREFERENCE_SOURCES
+    from rlhf.data.validation import StageInput, input_problems
+    from rlhf.data.sources import PREFERENCE_SOURCES
 
     if not cfg.model:
         raise ConfigError("model: name a reward model folder (rlhf eval-rm PATH)")
@@ -45,11 +45,11 @@ def main(cfg: RMReportConfig) -> Path:
     from reward_models.data import load_pairs, subsample
     from reward_models.report import build_report, score_for_report, write_report
     from reward_models.scoring import RewardScorer
-    from rlhf.runtime import select_device
+    from rlhf.core.runtime import select_device
 
     # 1. inputs checked (one line naming the key, exit 2), before the model loads
     folder = check_inputs(cfg)
-    device = select_device(cfg.device, key="device")  # rlhf.runtime; a CUDA that is not here: one line
+    device = select_device(cfg.device, key="device")  # rlhf.core.runtime; a CUDA that is not here: one line
     out_dir = Path(cfg.out) if cfg.out else folder.parent / "rm_report"
 
     # 2. the pairs of the split: the same conversation split reward training uses

@@ -15,23 +15,23 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf.evaluate import EvalConfig
+from rlhf.evaluation.evaluate import EvalConfig
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 STAGE = "eval"
 
 
 def main(cfg: EvalConfig) -> Path:
-    from rlhf.evaluate import (build_results, check_config, judges_agreement, load_gold, load_scorer, run_evaluation,
+    from rlhf.evaluation.evaluate import (build_results, check_config, judges_agreement, load_gold, load_scorer, run_evaluation,
                                run_judge_free, variants_of)
-    from rlhf.report import headline, write_report
-    from rlhf.lifecycle import start_run
-    from rlhf.tracking import MetricsLogger
+    from rlhf.evaluation.report import headline, write_report
+    from rlhf.core.lifecycle import start_run
+    from rlhf.core.tracking import MetricsLogger
 
     # 1. config checked (best-of-n, gold judge != proxy: one line naming the key, before any model loads);
     #    run folder and logger (one progress step per variant = policy x shots x decoding [x n])
     check_config(cfg)
-    # a CUDA that is not here, a used run name: one line (rlhf.runtime places policies and judges); no --resume
+    # a CUDA that is not here, a used run name: one line (rlhf.core.runtime places policies and judges); no --resume
     run_dir = start_run(cfg.run, STAGE).dir
     variants = variants_of(cfg)
     logger = MetricsLogger(run_dir, cfg.run, STAGE, config=cfg, total_steps=len(variants))

@@ -11,14 +11,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlhf.ppo.config import RLStageConfig
+from rlhf.rl.config import RLStageConfig
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 
 
 def eval_summary(run_dir: Path) -> dict[str, float]:
     """Held-out reward and KL before training and at the end (the eval/ records of the whole run)."""
-    from rlhf.tracking import run_history
+    from rlhf.core.tracking import run_history
 
     evals = run_history(run_dir, "eval/reward/composite")
     if len(evals) < 2:
@@ -30,17 +30,17 @@ def eval_summary(run_dir: Path) -> dict[str, float]:
 
 
 def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
-    from rlhf.datatools import validate_stage_inputs
-    from rlhf.lifecycle import start_run
-    from rlhf.ppo import checkpoint as ckpt
-    from rlhf.ppo.curves import plot_reward_and_kl
-    from rlhf.ppo.factory import build_rl_trainer
-    from rlhf.ppo.prompts import held_out_prompts
-    from rlhf.ppo.scorers import check_reward_model
-    from rlhf.quantization import check_backend
-    from rlhf.runtime import make_accelerator
-    from rlhf.sharding import check_wrappable
-    from rlhf.tracking import MetricsLogger, run_history
+    from rlhf.data.validation import validate_stage_inputs
+    from rlhf.core.lifecycle import start_run
+    from rlhf.rl import checkpoint as ckpt
+    from rlhf.rl.curves import plot_reward_and_kl
+    from rlhf.rl.factory import build_rl_trainer
+    from rlhf.rl.prompts import held_out_prompts
+    from rlhf.rl.scorers import check_reward_model
+    from rlhf.models.quantization import check_backend
+    from rlhf.core.runtime import make_accelerator
+    from rlhf.core.sharding import check_wrappable
+    from rlhf.core.tracking import MetricsLogger, run_history
 
     # 1. inputs checked (a bad file: one line, exit 2, before any model or run folder); processes, seed, run folder
     validate_stage_inputs("ppo", cfg)
@@ -51,11 +51,11 @@ def main(cfg: RLStageConfig, resume: bool | str = False) -> Path:
     # standalone runs are named after the algorithm (runs/grpo-<time>); rank 0 decides for every rank
     run = start_run(cfg.run, cfg.rl.algo, resume, ckpt.PREFIX)
     run_dir, checkpoint = run.dir, run.checkpoint
-    accelerator = make_accelerator(run.device)  # rlhf.runtime: CUDA when present, else CPU
+    accelerator = make_accelerator(run.device)  # rlhf.core.runtime: CUDA when present, else CPU
     logger = MetricsLogger(run_dir, cfg.run, cfg.rl.algo, config=cfg, total_steps=cfg.train.max_steps,
                            enabled=accelerator.is_main_process)
 
-    # 2. the trainer from the config (rlhf.ppo.factory): policy = SFT start + LoRA (+ value head for PPO), the
+    # 2. the trainer from the config (rlhf.rl.factory): policy = SFT start + LoRA (+ value head for PPO), the
     #    reference = the same weights with adapters off, the scorer (trained HHH reward model, an ensemble, or the
     #    toy), the training prompts (chat prompts that fit data.max_prompt_tokens)
     trainer = build_rl_trainer(cfg, accelerator, logger=logger, run_dir=run_dir)

@@ -20,8 +20,8 @@ if __name__ == "__main__" and __package__ is None:  # `python pipelines/reward.p
 
 from reward_models.config import RewardStageConfig  # noqa: E402
 from reward_models.train import RewardTrainer  # noqa: E402
-from rlhf.datatools import validate_stage_inputs  # noqa: E402
-from rlhf.judges import mark_role  # noqa: E402
+from rlhf.data.validation import validate_stage_inputs  # noqa: E402
+from rlhf.evaluation.judges import mark_role  # noqa: E402
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 
@@ -35,7 +35,7 @@ def main(cfg: RewardStageConfig, resume: bool = False) -> Path:
     # 3. train, dev accuracy and a checkpoint every epoch; 4. final model (best dev epoch), test accuracy, summary
     trainer.train()
     run_dir = trainer.finish()
-    mark_role(run_dir / "final", cfg.role)  # a gold model is refused by every training stage (rlhf.judges)
+    mark_role(run_dir / "final", cfg.role)  # a gold model is refused by every training stage (rlhf.evaluation.judges)
     print(f"reward model: {run_dir / 'final'}" + (" (gold: judges only)" if cfg.role == "gold" else ""))
     return run_dir
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from rlhf.command import stage_cli
-from rlhf.config import ConfigError
+from rlhf.core.config import ConfigError
 from rlhf.pipeline import PipelineConfig
 
 CONFIGS = Path(__file__).resolve().parent / "configs"

@@ -19,24 +19,24 @@ from pathlib import Path
 
 import torch
 
-from rlhf.lifecycle import start_run
-from rlhf.datatools import validate_stage_inputs
+from rlhf.core.lifecycle import start_run
+from rlhf.data.validation import validate_stage_inputs
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import dev_records, encode_records, to_dataset, training_mixture
 from rlhf.sft.forgetting import truthfulqa_mc1
-from rlhf.quantization import check_backend
-from rlhf.runtime import use_bf16
+from rlhf.models.quantization import check_backend
+from rlhf.core.runtime import use_bf16
 from rlhf.sft.fsdp import check_fsdp, check_resume, local_model
 from rlhf.sft.trainer import (PREFIX, MetricsLoggerCallback, build_trainer, checkpoint_step,
                               perplexity, planned_steps, ranks_in_sync, restore_counters, save_final)
-from rlhf.tracking import MetricsLogger, is_main_process, logged_value
+from rlhf.core.tracking import MetricsLogger, is_main_process, logged_value
 
 DEFAULTS = None  # the dataclass defaults are the stage's defaults; presets are --config files
 
 
 def main(cfg: SFTStageConfig, resume: bool | str = False) -> Path:
-    from rlhf.generation import generate_chat
-    from rlhf.policies import load_tokenizer, load_weights
+    from rlhf.models.generation import generate_chat
+    from rlhf.models.policies import load_tokenizer, load_weights
 
     # 1. inputs checked (a bad file is one line, before any model loads or run folder exists); processes, run
     #    folder (rank 0 decides, every rank agrees; a used name without --resume: one line), seed, precision

@@ -3,9 +3,9 @@
 ``<run>/checkpoints/step-000120/``: model.pt (state dict), optimizer.pt, scheduler.pt, rng.pt,
 best.pt (the trainable weights of the best epoch so far, if any) and trainer_state.json (step,
 epoch, best dev accuracy ...). Under FSDP (a sharded model) model and optimizer go to ``sharded/``
-(torch.distributed.checkpoint: each rank writes its own shard, ``rlhf.sharding``) and each rank keeps its
+(torch.distributed.checkpoint: each rank writes its own shard, ``rlhf.core.sharding``) and each rank keeps its
 RNG in ``rng-rank<R>.pt``; the rest is as above, written by rank 0. A folder is built under a temporary name,
-gets its ``manifest.json`` (sizes and sha256, :mod:`rlhf.checkpoints`) and is renamed into place, so a run
+gets its ``manifest.json`` (sizes and sha256, :mod:`rlhf.core.checkpoints`) and is renamed into place, so a run
 killed while writing never leaves a checkpoint that looks complete; resuming verifies the manifest and falls
 back to the newest intact checkpoint, naming the bad file.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from rlhf import checkpoints
-from rlhf.lifecycle import rng_state, set_rng_state
+from rlhf.core import checkpoints
+from rlhf.core.lifecycle import rng_state, set_rng_state
 
 PREFIX = "step-"
 
@@ -43,7 +43,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     if process is not None:
-        from rlhf.sharding import save_sharded
+        from rlhf.core.sharding import save_sharded
 
         process.wait_for_everyone()  # the folder exists before any rank writes into it
         save_sharded(tmp / checkpoints.SHARDED, model, optimizer)
@@ -75,7 +75,7 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, 
 
     checkpoints.check_same_launch(folder, sharded=rank is not None)
     if rank is not None:
-        from rlhf.sharding import load_sharded
+        from rlhf.core.sharding import load_sharded
 
         checkpoints.read_file(folder / checkpoints.SHARDED, lambda f: load_sharded(f, model, optimizer))
         set_rng_state(load(f"rng-rank{rank}.pt"))

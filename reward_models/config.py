@@ -5,11 +5,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from reward_models.types import HEADS
-from rlhf.config import ConfigError, RenamedKeys, RunConfig, check_ranges, shared_field
-from rlhf.lora import LoraConfig
-from rlhf.quantization import Quantization, frozen_base_error, quantization_field
-from rlhf.runtime import Precision
-from rlhf.sources import PreferenceSourcesConfig
+from rlhf.core.config import ConfigError, RenamedKeys, RunConfig, check_ranges, shared_field
+from rlhf.models.lora import LoraConfig
+from rlhf.models.quantization import Quantization, frozen_base_error, quantization_field
+from rlhf.core.runtime import Precision
+from rlhf.data.sources import PreferenceSourcesConfig
 
 
 @dataclass
@@ -85,7 +85,7 @@ class TrainConfig:
                   "range": "[0, inf)"})
     precision: Precision = field(
         default="auto",
-        metadata={"help": "bf16 autocast or fp32; auto: bf16 where the hardware has native bf16 (rlhf.runtime)"})
+        metadata={"help": "bf16 autocast or fp32; auto: bf16 where the hardware has native bf16 (rlhf.core.runtime)"})
     trunk_cache: Literal["auto", "off"] = field(
         default="auto",
         metadata={"help": "auto: when the layers below the trainable ones are frozen (lora.layers, freeze_backbone), "

@@ -1,13 +1,13 @@
 """Preference pairs for the reward model: where they come from, and the order they are seen in.
 
-* Shipped sources (``rlhf.sources``): harmless <- HH-RLHF harmless, honest <- TruthfulQA,
+* Shipped sources (``rlhf.data.sources``): harmless <- HH-RLHF harmless, honest <- TruthfulQA,
   helpful <- DialogSum; splits by conversation: ``train`` to learn, ``dev`` to select the model and
   measure normalisation statistics, ``test`` for the final held-out accuracy only.
 * Annotated files (``data.extra_files``) in the preference-record schema, read with
-  :func:`rlhf.records.load_records` (any bad row is an error naming file, line and field), split
+  :func:`rlhf.data.records.load_records` (any bad row is an error naming file, line and field), split
   by conversation like the shipped data, or used whole for training (``extra_files_split: train``; a row
   whose conversation is in a shipped test split is then an error naming file and line).
-* Proxy and gold: ``train`` pairs are halved by conversation (``data.partition``, :func:`rlhf.sources.partition_of`);
+* Proxy and gold: ``train`` pairs are halved by conversation (``data.partition``, :func:`rlhf.data.sources.partition_of`);
   the proxy learns from one half, the gold judge from the other, so the gold never saw a prompt the proxy saw.
 * Ties: the record schema cannot hold one (chosen == rejected is rejected when a file is read); a
   pair that appears both ways round for the same dimension is a tie in disguise, and both copies are
@@ -23,8 +23,8 @@ from typing import Literal, Sequence
 import torch
 
 from reward_models.types import HEADS
-from rlhf import sources
-from rlhf.records import PreferenceRecord, load_records, log_rows_read
+from rlhf.data import sources
+from rlhf.data.records import PreferenceRecord, load_records, log_rows_read
 
 Split = Literal["train", "dev", "test"]
 

@@ -19,8 +19,8 @@ from typing import Literal, Sequence
 
 import torch
 
-from rlhf.generation import render_chat
-from rlhf.records import prompt_to_messages
+from rlhf.models.generation import render_chat
+from rlhf.data.records import prompt_to_messages
 
 InputFormat = Literal["pair", "chat"]
 

@@ -29,7 +29,7 @@ from reward_models.model import ScoringConfig
 from reward_models.scoring import RewardScorer, composite_reward, normalise_heads, resolve_model_folder
 from reward_models.toxicity import ToxicityScorer, load_toxicity
 from reward_models.types import RewardScores
-from rlhf.runtime import Precision, select_device
+from rlhf.core.runtime import Precision, select_device
 
 
 def mean_and_spread(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +113,7 @@ class RewardEnsemble:
         """
         if not paths:
             raise ValueError("an ensemble needs at least one reward model folder")
-        device = select_device() if device is None else torch.device(device)  # None: rlhf.runtime decides
+        device = select_device() if device is None else torch.device(device)  # None: rlhf.core.runtime decides
         members = [RewardScorer.from_pretrained(p, device, toxicity=None, precision=precision, batch_size=batch_size,
                                                 weights=weights) for p in paths]
         if isinstance(toxicity, ToxicityScorer):

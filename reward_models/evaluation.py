@@ -10,7 +10,7 @@ from reward_models.encoding import PairEncoder
 from reward_models.losses import pairwise_correct
 from reward_models.model import score_sequences
 from reward_models.types import HEADS
-from rlhf.records import PreferenceRecord
+from rlhf.data.records import PreferenceRecord
 
 
 def score_pairs(model, encoder: PairEncoder, pairs: Sequence[PreferenceRecord], batch_size: int = 64,

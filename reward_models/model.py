@@ -31,10 +31,10 @@ from torch import nn
 from reward_models.config import ToxicitySettings
 from reward_models.encoding import Encoded, InputFormat, PairEncoder, collate
 from reward_models.types import HEADS
-from rlhf.config import from_dict
-from rlhf.lora import LoraConfig, add_lora
-from rlhf.quantization import frozen_base_error
-from rlhf.runtime import autocast
+from rlhf.core.config import from_dict
+from rlhf.models.lora import LoraConfig, add_lora
+from rlhf.models.quantization import frozen_base_error
+from rlhf.core.runtime import autocast
 
 REWARD_CONFIG = "reward_config.json"
 # The heads: ``score`` on causal LMs, ``classifier`` on encoders. New and trained, they stay float under a
@@ -140,9 +140,9 @@ def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: 
     """A fresh reward model on ``backbone`` with untrained heads, its encoder, and its scoring config.
 
     ``backbone`` may be a PEFT adapter folder, such as the SFT stage's ``final/``: its base is loaded with the
-    adapter merged in, and the adapter folder's tokenizer is used (``rlhf.policies``). ``freeze_backbone``:
+    adapter merged in, and the adapter folder's tokenizer is used (``rlhf.models.policies``). ``freeze_backbone``:
     only the score head trains (a linear probe on the backbone's features). ``quantization`` (4bit, 8bit):
-    the backbone is loaded quantized and frozen (``rlhf.quantization``); only LoRA and the heads train."""
+    the backbone is loaded quantized and frozen (``rlhf.models.quantization``); only LoRA and the heads train."""
     if quantization != "none" and not (lora is not None and lora.enabled):  # as RewardStageConfig refuses it
         raise frozen_base_error("model.quantization", quantization, "lora.enabled true")
     model, tokenizer, causal, source = _classifier(backbone, quantization)
@@ -151,7 +151,7 @@ def new_reward_model(backbone: str, lora: LoraConfig | None = None, max_length: 
     if quantization != "none":
         # a zoo name or hub id stays a name, and so does a zoo model's cache folder (another machine pulls it); any
         # other folder is written absolute, so final/ loads from anywhere on this machine
-        from rlhf.zoo import zoo_name_of
+        from rlhf.models.zoo import zoo_name_of
 
         scoring.quantization = quantization
         folder = Path(backbone).expanduser()
@@ -163,9 +163,9 @@ def _classifier(backbone: str, quantization: str = "none"):
     """(sequence classifier with fresh heads, tokenizer, is-causal, name) for ``backbone``, quantized as asked."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from rlhf.policies import adapter_folder
-    from rlhf.quantization import keep_backward, load_kwargs, quantized_copy
-    from rlhf.zoo import load_model, load_tokenizer, resolve_model
+    from rlhf.models.policies import adapter_folder
+    from rlhf.models.quantization import keep_backward, load_kwargs, quantized_copy
+    from rlhf.models.zoo import load_model, load_tokenizer, resolve_model
 
     adapter = adapter_folder(resolve_model(backbone)) if Path(backbone).expanduser().is_dir() else None
     if adapter is not None:
@@ -189,7 +189,7 @@ def _classifier_from_adapter(adapter: Path):
     """A sequence classifier whose backbone is a causal LM with a PEFT adapter merged in (the SFT policy)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.policies import load_tokenizer, load_weights
+    from rlhf.models.policies import load_tokenizer, load_weights
 
     policy = load_weights(str(adapter), torch.float32)  # base + adapter(s), merged
     tokenizer = load_tokenizer(str(adapter))
@@ -235,7 +235,7 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, PairEncoder, Scori
     if scoring.quantization != "none":  # adapters + heads over the float backbone, quantized again here
         from peft import PeftModel
 
-        from rlhf.quantization import check_backend
+        from rlhf.models.quantization import check_backend
 
         check_backend(scoring.quantization, f"{path / REWARD_CONFIG}: quantization")
         base, _, _, _ = _classifier(scoring.backbone, scoring.quantization)
@@ -254,8 +254,8 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, PairEncoder, Scori
 def save_reward_model(model: RewardModel, encoder: PairEncoder, scoring: ScoringConfig, out_dir: str | Path) -> Path:
     """Write a plain HF folder (LoRA merged in) + tokenizer + reward_config.json, atomically; a quantized
     backbone's model as its adapter and heads instead (``scoring.backbone`` names the float backbone)."""
-    from rlhf.policies import set_adapter_base
-    from rlhf.quantization import is_quantized
+    from rlhf.models.policies import set_adapter_base
+    from rlhf.models.quantization import is_quantized
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,8 @@ import torch
 from reward_models.config import DataConfig
 from reward_models.losses import pairwise_wins
 from reward_models.types import HEADS
-from rlhf.metrics import wilson_interval
-from rlhf.runtime import Precision
+from rlhf.evaluation.metrics import wilson_interval
+from rlhf.core.runtime import Precision
 
 COMPOSITE = "composite"
 LENGTH_BINS = ("chosen shorter", "similar", "chosen longer")
@@ -58,7 +58,7 @@ class RMReportConfig:
     confidence: float = field(default=0.95, metadata={"help": "level of the Wilson intervals", "range": "(0, 1)"})
     batch_size: int = field(default=64, metadata={"help": "sequences per forward pass", "range": "[1, 100000]"})
     precision: Precision = field(default="auto", metadata={"help": "bf16 autocast or fp32; auto: bf16 where native"})
-    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu or cuda (rlhf.runtime)"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu or cuda (rlhf.core.runtime)"})
 
 
 # ---------------------------------------------------------------- the maths (pure functions)
@@ -182,7 +182,7 @@ def build_report(scored: ScoredPairs, cfg: RMReportConfig) -> dict[str, Any]:
 
 
 def _cell(entry: dict[str, float] | None, with_n: bool = True) -> str:
-    from rlhf.report import fmt_interval
+    from rlhf.evaluation.report import fmt_interval
 
     if not entry or not entry["n"]:
         return "—"
@@ -191,8 +191,8 @@ def _cell(entry: dict[str, float] | None, with_n: bool = True) -> str:
 
 
 def report_tables(report: dict[str, Any]):
-    """The markdown tables of the report (:class:`rlhf.report.ReportTable`)."""
-    from rlhf.report import ReportTable, fmt
+    """The markdown tables of the report (:class:`rlhf.evaluation.report.ReportTable`)."""
+    from rlhf.evaluation.report import ReportTable, fmt
 
     level = f"{report['confidence']:.0%}"
     length = report["length"]
@@ -224,7 +224,7 @@ def report_tables(report: dict[str, Any]):
 
 def plot_report(report: dict[str, Any], out: Path) -> Path:
     """Two panels: reliability curves per head, and accuracy per length bin per head."""
-    from rlhf.report import _pyplot
+    from rlhf.evaluation.report import _pyplot
 
     plt = _pyplot()
     fig, (reliability, by_length) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -275,7 +275,7 @@ def json_ready(value: Any) -> Any:
 
 
 def log_report(logger, scorer, pairs: Sequence, out_dir: str | Path, step: int) -> list[Path]:
-    """The report of ``pairs`` written to ``out_dir`` and sent through a :class:`rlhf.tracking.MetricsLogger`:
+    """The report of ``pairs`` written to ``out_dir`` and sent through a :class:`rlhf.core.tracking.MetricsLogger`:
     each table as ``rm_report/<name>`` (W&B table, TensorBoard text, ``rm_report_<name>.jsonl``) and the
     reliability plot as an image. The reward stage calls it for the gold and the proxy run alike."""
     cfg = RMReportConfig()

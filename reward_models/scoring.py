@@ -19,7 +19,7 @@ from reward_models.config import ToxicitySettings
 from reward_models.model import REWARD_CONFIG, load_reward_model, score_sequences
 from reward_models.toxicity import ToxicityScorer, load_toxicity
 from reward_models.types import RewardScores
-from rlhf.runtime import Precision, select_device, use_bf16
+from rlhf.core.runtime import Precision, select_device, use_bf16
 
 
 def normalise_heads(heads: Mapping[str, torch.Tensor], mean: Mapping[str, float],
@@ -65,10 +65,10 @@ class RewardScorer:
 
         toxicity: ``"config"`` = the Detoxify settings saved in reward_config.json; a ToxicitySettings
             or a ready ToxicityScorer to use instead; None = no toxicity (scores carry toxicity=None).
-        precision: bf16 autocast or fp32; ``auto`` = bf16 where ``device`` has native bf16 (``rlhf.runtime``).
+        precision: bf16 autocast or fp32; ``auto`` = bf16 where ``device`` has native bf16 (``rlhf.core.runtime``).
         weights: override the saved head weights (e.g. ``{"harmless": 2.0}``; missing heads keep theirs).
         """
-        device = select_device() if device is None else torch.device(device)  # None: rlhf.runtime decides
+        device = select_device() if device is None else torch.device(device)  # None: rlhf.core.runtime decides
         model, encoder, scoring = load_reward_model(resolve_model_folder(path))
         model.to(device)
         if weights:

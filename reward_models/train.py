@@ -31,14 +31,14 @@ from reward_models.losses import (fit_length_coefficient, length_correlation_pen
                                   pairwise_loss)
 from reward_models.model import HEAD_MODULES, RewardModel, new_reward_model, save_reward_model
 from reward_models.types import HEADS
-from rlhf.config import ConfigError
-from rlhf.quantization import check_backend
-from rlhf.records import PreferenceRecord
-from rlhf.runtime import autocast, make_accelerator, use_bf16
-from rlhf import sharding
-from rlhf.lifecycle import start_run
-from rlhf.tracking import MetricsLogger
-from rlhf.zoo import rlhf_home
+from rlhf.core.config import ConfigError
+from rlhf.models.quantization import check_backend
+from rlhf.data.records import PreferenceRecord
+from rlhf.core.runtime import autocast, make_accelerator, use_bf16
+from rlhf.core import sharding
+from rlhf.core.lifecycle import start_run
+from rlhf.core.tracking import MetricsLogger
+from rlhf.models.zoo import rlhf_home
 
 STAGE = "reward"
 
@@ -204,7 +204,7 @@ def _null():
 
 
 class RewardTrainer:
-    """The reward stage's trainer, shaped like ``rlhf.ppo.trainer.RLTrainer``: setup (``__init__``: checks, run
+    """The reward stage's trainer, shaped like ``rlhf.rl.trainer.RLTrainer``: setup (``__init__``: checks, run
     folder, data, model, optimizer, model inputs, a checkpoint restored), :meth:`step` (one optimizer step),
     :meth:`evaluate` (accuracy per head), :meth:`state_dict` / :meth:`load_state_dict` (what a checkpoint keeps
     besides weights), :meth:`train` (the loop) and :meth:`finish` (final model, test accuracy, summary).
@@ -226,7 +226,7 @@ class RewardTrainer:
                                  quantization=cfg.model.quantization, quantization_key="model.quantization")  # no QLoRA
         run = start_run(cfg.run, STAGE, resume, PREFIX)
         self.run_dir = run.dir
-        self.accelerator = make_accelerator(run.device)  # rlhf.runtime: CUDA when present, else CPU (run.device forces)
+        self.accelerator = make_accelerator(run.device)  # rlhf.core.runtime: CUDA when present, else CPU (run.device forces)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.bf16 = use_bf16(cfg.train.precision, self.accelerator.device)
         # 2. preference pairs; 3. the model and the training set tokenised once; the batch plan
@@ -287,7 +287,7 @@ class RewardTrainer:
 
     def _setup_optimizer(self) -> None:
         """AdamW and its schedule (warmup, then linear decay to 0). FSDP: the backbone's layers and the root are
-        sharded here (``rlhf.sharding``; accelerate ignores its FSDP plugin on CPU), before the optimizer sees the
+        sharded here (``rlhf.core.sharding``; accelerate ignores its FSDP plugin on CPU), before the optimizer sees the
         parameters, and the model is not handed to prepare (no DDP wrapper)."""
         from transformers import get_linear_schedule_with_warmup
 

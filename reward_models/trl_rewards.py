@@ -25,7 +25,7 @@ def _text(item: Any) -> str:
     """A TRL prompt or completion: a string (standard format) or a list of messages (conversational)."""
     if isinstance(item, str):
         return item
-    from rlhf.records import messages_to_prompt
+    from rlhf.data.records import messages_to_prompt
 
     if item and all(m["role"] == "assistant" for m in item):  # a completion: the answer's text
         return "\n\n".join(m["content"] for m in item)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from reward_models.encoding import Encoded, collate
-from rlhf.quantization import quant_stats
+from rlhf.models.quantization import quant_stats
 
 MAGIC = b"RLHFTRNK"
 VERSION = 1
@@ -207,7 +207,7 @@ def backbone_key(model, trunk: TrunkSpec) -> str:
     for name, param in backbone_of(model).named_parameters():
         if param.requires_grad:
             continue  # trainable weights change during training; they are above the trunk
-        # a quantized weight's values are its packed data and its scales (rlhf.quantization.quant_stats)
+        # a quantized weight's values are its packed data and its scales (rlhf.models.quantization.quant_stats)
         for tensor in (param, *quant_stats(param)):
             tensor = tensor.detach().cpu().contiguous()
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
@@ -359,7 +359,7 @@ class TrunkCache:
     def _write(self, path: Path, header: Header, sequences: Sequence[Encoded], pad_token_id: int) -> None:
         """Run the trunk over ``sequences`` (shortest first, so padding stays small) into a temporary file,
         then rename it into place."""
-        from rlhf.runtime import autocast
+        from rlhf.core.runtime import autocast
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

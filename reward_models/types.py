@@ -10,7 +10,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from rlhf.records import DIMENSIONS
+from rlhf.data.records import DIMENSIONS
 
 HEADS = DIMENSIONS  # one head per HHH dimension of the preference records, in the same order
 

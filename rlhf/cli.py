@@ -31,13 +31,13 @@ def _plan(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    from rlhf.export import cli
+    from rlhf.models.export import cli
 
     return cli(argv)
 
 
 def _track(argv: list[str]) -> int:
-    from rlhf.tracking import cli
+    from rlhf.core.tracking import cli
 
     return cli(argv)
 
@@ -59,7 +59,7 @@ def commands() -> dict[str, tuple[Callable[[list[str]], int], str]]:
 
 
 def _models(args) -> int:
-    from rlhf import zoo
+    from rlhf.models import zoo
 
     if args.action == "list":
         for entry in zoo.ZOO.values():
@@ -76,7 +76,7 @@ def _models(args) -> int:
 
 
 def _data(args) -> int:
-    from rlhf import datatools
+    from rlhf.data import validation as datatools
 
     if args.action == "validate":
         return datatools.validate(args.files, keep_valid=args.keep_valid, kind=args.kind,
@@ -85,8 +85,8 @@ def _data(args) -> int:
 
 
 def _chat(args) -> int:
-    from rlhf.generation import GenerationSettings, generate_chat
-    from rlhf.policies import load_policy
+    from rlhf.models.generation import GenerationSettings, generate_chat
+    from rlhf.models.policies import load_policy
 
     start = time.perf_counter()
     # Import the model and tokenizer classes first so the load time below is the cache's, not Python's imports.

@@ -21,7 +21,7 @@ def stage_cli(cls: type[T], defaults_file: str | Path | None, main, argv: Sequen
     """
     import sys
 
-    from rlhf.config import ConfigError, describe, load_config
+    from rlhf.core.config import ConfigError, describe, load_config
 
     wants_help = any(a in ("-h", "--help") for a in argv)
     argv = [a for a in argv if a not in ("-h", "--help")]
@@ -36,7 +36,7 @@ def stage_cli(cls: type[T], defaults_file: str | Path | None, main, argv: Sequen
               "Values below: the defaults, then --config FILE, then the flags given with --help.")
         print("\n".join(describe(cfg)))
         return 0
-    from rlhf.runtime import launch_problem
+    from rlhf.core.runtime import launch_problem
 
     # A ZeRO/FSDP launch this machine (or this stage) cannot run: refused before any model or run folder.
     problem = launch_problem(shards=shards)

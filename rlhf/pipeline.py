@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from rlhf.config import ConfigError, RunConfig, _merge, _set_dotted, from_dict, load_yaml, to_dict
+from rlhf.core.config import ConfigError, RunConfig, _merge, _set_dotted, from_dict, load_yaml, to_dict
 from rlhf.stages import STAGES, pipeline_stages
 
 # The stages, their order, scripts and upstream stages: rlhf.stages.STAGES (those with pipeline=True).
@@ -219,7 +219,7 @@ def resolve_stage(cfg: PipelineConfig, name: str, entry: tuple[Callable, type, P
         config = from_dict(config_cls, tree)
     except ConfigError as err:
         raise ConfigError(f"pipeline stage {name}: {err}") from None
-    # The gold judges what the proxy and DPO learnt: it must not have seen their prompts (rlhf.sources.partition_of).
+    # The gold judges what the proxy and DPO learnt: it must not have seen their prompts (rlhf.data.sources.partition_of).
     partition = getattr(getattr(config, "data", None), "partition", None)
     if name in ("reward", "dpo") and "gold" in selected_stages(cfg) and partition in ("gold", "all"):
         raise ConfigError(f"pipeline stage {name}: data.partition: {partition}: overlaps the gold judge's "

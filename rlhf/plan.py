@@ -4,7 +4,7 @@ The seed's rule (full fp32 fine-tuning with Adam: 4 bytes of weights + 4 of grad
 of activations = ~24 bytes per parameter) split into parts that each follow their own arithmetic:
 
 * **weights** per stored dtype (4 / 2 bytes), a frozen base's block linears at ~0.52 (NF4 with double
-  quantization) or 1 byte (LLM.int8); LoRA adapters and heads always float32 (``rlhf.lora``).
+  quantization) or 1 byte (LLM.int8); LoRA adapters and heads always float32 (``rlhf.models.lora``).
 * **gradients** and **optimizer states** for the trainable parameters only: AdamW keeps 2 moments (8 bytes
   per float32 parameter); 16-bit trainable weights also keep a float32 master copy (ZeRO's 16 bytes/param).
 * **activations**: what autograd saves per token of each layer the backward runs through, counted tensor by
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlhf.command import stage_cli
-from rlhf.config import ConfigError
-from rlhf.lora import LoraConfig, resolve_layers
+from rlhf.core.config import ConfigError
+from rlhf.models.lora import LoraConfig, resolve_layers
 
-Quantization = Literal["none", "8bit", "4bit"]  # rlhf.quantization's, without importing torch: planning needs none
+Quantization = Literal["none", "8bit", "4bit"]  # rlhf.models.quantization's, without importing torch: planning needs none
 
 GIB = 2**30
 PF_DAY = 1e15 * 86400  # FLOPs in one petaFLOP/s-day
@@ -242,7 +242,7 @@ def shape_from_name(name: str, key: str = "model.name") -> Shape:
     """The shape from a zoo name, folder or hub id's config.json (ConfigError naming ``key`` when unknown)."""
     from transformers import AutoConfig
 
-    from rlhf.zoo import ModelNotFoundError, resolve_model
+    from rlhf.models.zoo import ModelNotFoundError, resolve_model
 
     try:
         path = resolve_model(name, auto_pull=False)

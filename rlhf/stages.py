@@ -29,7 +29,7 @@ class Stage:
     script: Callable[[], ModuleType]  # imports pipelines/<script>.py (torch and trainers), so only when used
     commands: tuple[tuple[str, str], ...] = ()  # (`rlhf` subcommand, its help); none: a pipeline-only stage
     upstream: tuple[str, ...] = ()  # the stages whose outputs it always consumes (they run before it)
-    shards: bool = False  # wraps its model with rlhf.sharding.shard under an FSDP launch, so FSDP runs on CPU too
+    shards: bool = False  # wraps its model with rlhf.core.sharding.shard under an FSDP launch, so FSDP runs on CPU too
     pipeline: bool = True  # a step of `rlhf pipeline`
     shorthand: Callable[[list[str]], list[str]] | None = None  # the CLI's short forms, rewritten as --key flags
 

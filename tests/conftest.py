@@ -29,14 +29,14 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_llama_path() -> str:
     """Folder of a tiny random Llama with a ChatML template (pad == EOS, like SmolLM2)."""
-    from rlhf.zoo import resolve_model
+    from rlhf.models.zoo import resolve_model
 
     return resolve_model("tiny-llama")
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_path() -> str:
-    from rlhf.zoo import resolve_model
+    from rlhf.models.zoo import resolve_model
 
     return resolve_model("tiny-bert")
 
@@ -44,7 +44,7 @@ def tiny_bert_path() -> str:
 @pytest.fixture()
 def run_cfg(tmp_path):
     """A RunConfig writing under tmp_path with W&B disabled (one test covers offline W&B)."""
-    from rlhf.config import RunConfig
+    from rlhf.core.config import RunConfig
 
     return RunConfig(output_dir=str(tmp_path / "runs"), run_name="test", wandb_mode="disabled")
 
@@ -65,14 +65,14 @@ def one_torch_thread():
 def no_model_loads(monkeypatch):
     """Any causal-LM load fails the test: for checks that must end a stage before its model loads.
 
-    Every causal LM of a stage loads through the zoo's ``load_causal_lm`` (``rlhf.policies.load_weights`` imports it
+    Every causal LM of a stage loads through the zoo's ``load_causal_lm`` (``rlhf.models.policies.load_weights`` imports it
     when called), so patching the zoo catches them all."""
-    import rlhf.zoo
+    import rlhf.models.zoo
 
     def fail(*args, **kwargs):
         raise AssertionError("a model loaded before the stage's checks ended it")
 
-    monkeypatch.setattr(rlhf.zoo, "load_causal_lm", fail)
+    monkeypatch.setattr(rlhf.models.zoo, "load_causal_lm", fail)
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def pulled_zoo():
     """Every embedded zoo model, pulled into this session's ``$RLHF_HOME``: for tests that read a real model's
     files without loading it through the zoo (which would pull it), such as the planner's ``auto_pull=False``.
     ``make test`` starts on empty caches, so a test that forgot this fails on a developer's machine too.
-    Idempotent and atomic (``rlhf.zoo.pull``); from pip's cache when the wheels are there."""
-    from rlhf import zoo
+    Idempotent and atomic (``rlhf.models.zoo.pull``); from pip's cache when the wheels are there."""
+    from rlhf.models import zoo
 
     return {name: str(zoo.pull(name, log=lambda msg: print(msg, file=sys.stderr))) for name in zoo.ZOO}

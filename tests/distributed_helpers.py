@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # argv: output folder, number of steps. Each rank saves rank<R>.pt with what the assertions below compare.
 PPO_DRIVER = textwrap.dedent('''
     import os, sys, torch
-    from rlhf.config import RunConfig, load_config
-    from rlhf.ppo.config import PPOStageConfig
-    from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
-    from rlhf.ppo.prompts import prepare_prompts
-    from rlhf.ppo.scorers import TokenCountScorer
-    from rlhf.ppo.trainer import PPOTrainer, make_accelerator
+    from rlhf.core.config import RunConfig, load_config
+    from rlhf.rl.config import PPOStageConfig
+    from rlhf.rl.policy import build_actor_critic, load_policy_tokenizer
+    from rlhf.rl.prompts import prepare_prompts
+    from rlhf.rl.scorers import TokenCountScorer
+    from rlhf.rl.trainer import PPOTrainer, make_accelerator
 
     out, steps = sys.argv[1], int(sys.argv[2])
     cfg, _ = load_config(PPOStageConfig, ["--config", "pipelines/configs/ppo_tiny.yaml", "--update.batch_size", "4",
@@ -54,7 +54,7 @@ PPO_DRIVER = textwrap.dedent('''
 
 
 # What `accelerate launch` sets for each launch config the equivalence tests run (pipelines/accelerate/*.yaml):
-# DDP is a plain torchrun (rlhf.runtime gives each process its gloo group on CPU); FSDP2 adds fsdp.yaml's flags.
+# DDP is a plain torchrun (rlhf.core.runtime gives each process its gloo group on CPU); FSDP2 adds fsdp.yaml's flags.
 STRATEGY_ENV = {"ddp": {}, "fsdp2": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}}
 
 

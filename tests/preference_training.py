@@ -7,9 +7,9 @@ from typing import Sequence
 
 from reward_models.config import RewardStageConfig
 from reward_models.train import train_reward_model
-from rlhf.config import RunConfig
-from rlhf.records import PreferenceRecord, write_jsonl
-from rlhf.tracking import read_metrics
+from rlhf.core.config import RunConfig
+from rlhf.data.records import PreferenceRecord, write_jsonl
+from rlhf.core.tracking import read_metrics
 
 
 @dataclass

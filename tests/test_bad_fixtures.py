@@ -81,7 +81,7 @@ def test_a_directory_named_like_a_data_file_is_reported_and_the_next_file_still_
 def test_an_unreadable_file_is_named_as_such(tmp_path, capsys, monkeypatch):
     import builtins
 
-    from rlhf import records
+    from rlhf.data import records
 
     locked = tmp_path / "locked.jsonl"
     locked.write_text('{"prompt": "p", "chosen": "a", "rejected": "b", "dimension": "honest"}\n')

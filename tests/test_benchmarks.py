@@ -129,7 +129,7 @@ def test_matmul_peak_is_a_positive_rate(dtype):
 
 
 def test_benchmark_prompts_fit_and_are_distinct(tiny_llama_path):
-    from rlhf.zoo import load_tokenizer
+    from rlhf.models.zoo import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_llama_path)
     prompts, rendered = harness.benchmark_prompts(tokenizer, 8, max_tokens=128)
@@ -227,8 +227,8 @@ def test_our_argv_sets_grpo_and_the_kl_loss_term():
     assert flags["--generation.batch_size"] == "32"
     assert json.loads(flags["--lora.layers"]) == [-8, -7, -6, -5, -4, -3, -2, -1]
     # and our stage config takes every one of them (strict keys), with the meaning the benchmark claims
-    from rlhf.config import load_config
-    from rlhf.ppo.config import RLStageConfig
+    from rlhf.core.config import load_config
+    from rlhf.rl.config import RLStageConfig
 
     cfg, _ = load_config(RLStageConfig, argv)
     assert cfg.rl.algo == "grpo" and cfg.rl.samples_per_prompt == 4 and cfg.kl_in_loss and cfg.kl.coef == 0.04
@@ -272,9 +272,9 @@ def test_rl_vs_trl_phases_ratios_and_table():
 
 
 def test_both_sides_run_under_our_cache_caps(monkeypatch):
-    """The peer's side never imports our package: common.py repeats rlhf.ppo.memory's caps, and every side's
+    """The peer's side never imports our package: common.py repeats rlhf.rl.memory's caps, and every side's
     process gets them through its environment (ours keeps a value already set, so both run with the same)."""
-    from rlhf.ppo import memory
+    from rlhf.rl import memory
 
     assert common.CACHE_CAP_ENV == (memory.ONEDNN_CACHE_ENV, memory.IDEEP_CACHE_ENV)
     assert common.CACHE_CAPACITY == memory.ONEDNN_CACHE_CAPACITY
@@ -302,8 +302,8 @@ def test_gpu_check_plans_every_demo_stage_and_refuses_a_machine_without_cuda(tmp
     import gpu_check
 
     from pipelines.run import PRESETS
-    from rlhf import runtime
-    from rlhf.config import load_config
+    from rlhf.core import runtime
+    from rlhf.core.config import load_config
     from rlhf.pipeline import PipelineConfig, resolve_stage
 
     assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0

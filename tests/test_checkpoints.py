@@ -1,4 +1,4 @@
-"""The shared checkpoint rule (rlhf.checkpoints): complete = manifest written last; intact = sizes and sha256
+"""The shared checkpoint rule (rlhf.core.checkpoints): complete = manifest written last; intact = sizes and sha256
 match; resume takes the newest intact one and says in one line which it skipped and why."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from rlhf import checkpoints
-from rlhf.checkpoints import CheckpointError, MANIFEST
+from rlhf.core import checkpoints
+from rlhf.core.checkpoints import CheckpointError, MANIFEST
 
 
 def make(root, step: int, manifest: bool = True):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import load_config
+from rlhf.core.config import load_config
 
 PRESET = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "reward_tiny.yaml"
 
@@ -22,7 +22,7 @@ def timing(key: str) -> bool:
 def test_the_tiny_reward_stage_gives_the_same_metrics_on_a_cold_and_a_warm_cache(tmp_path, monkeypatch):
     from reward_models.config import RewardStageConfig
     from reward_models.train import train_reward_model
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
 
     monkeypatch.setenv("RLHF_HOME", str(tmp_path / "home"))  # nothing built, nothing cached
     results = []

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pipelines import compare
-from rlhf.config import ConfigError
+from rlhf.core.config import ConfigError
 
 
 def _rl_run(tmp_path, name="grpo-curve", algo="grpo", steps=(15, 30)):
@@ -97,7 +97,7 @@ def test_compare_lists_gao_fits_and_judge_free_metrics(tmp_path):
     beta; the judge-free table shows each metric with its interval, n, and the paired difference to SFT."""
     import math
 
-    from rlhf.best_of_n import analytic_kl
+    from rlhf.evaluation.best_of_n import analytic_kl
 
     per_n = [{"n": n, "variant": f"sft/bon{n}", "kl": analytic_kl(n), "reward/composite": 0.0,
               "gold/composite": 1.0 + math.sqrt(analytic_kl(n)) * (0.5 - 0.2 * math.sqrt(analytic_kl(n)))}

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from rlhf.command import stage_cli
-from rlhf.config import ConfigError, RunConfig, load_config, parse_overrides
+from rlhf.core.config import ConfigError, RunConfig, load_config, parse_overrides
 
 
 @dataclass
@@ -127,7 +127,7 @@ def test_a_section_given_in_part_keeps_the_stage_defaults_of_its_other_keys(tmp_
 def test_a_section_override_keeps_the_stage_defaults_of_its_other_keys():
     """RL's generation section defaults to 32 new tokens and its LoRA to the last 8 layers (default instances that
     differ from the classes' defaults): overriding one key of the section must keep the others."""
-    from rlhf.ppo.config import RLStageConfig
+    from rlhf.rl.config import RLStageConfig
 
     cfg, _ = load_config(RLStageConfig, ["--generation.batch_size", "16", "--lora.r", "8"])
     assert cfg.generation.batch_size == 16 and cfg.generation.max_new_tokens == 32

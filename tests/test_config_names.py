@@ -14,10 +14,10 @@ import pytest
 
 from reward_models.config import RewardStageConfig
 from rlhf.command import stage_cli
-from rlhf.config import SHARED_TRAIN_FIELDS, ConfigError, RenamedKeys, load_config
+from rlhf.core.config import SHARED_TRAIN_FIELDS, ConfigError, RenamedKeys, load_config
 from rlhf.dpo.config import DPOStageConfig
-from rlhf.evaluate import EvalConfig
-from rlhf.ppo.config import RLStageConfig
+from rlhf.evaluation.evaluate import EvalConfig
+from rlhf.rl.config import RLStageConfig
 from rlhf.sft.config import SFTStageConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_the_new_names_load_and_no_renamed_key_is_a_current_key():
 
 
 def test_the_shared_train_settings_have_one_help_and_range_in_every_stage():
-    """learning_rate, grad_accum, save_steps ... are declared once (rlhf.config.SHARED_TRAIN_FIELDS): a stage
+    """learning_rate, grad_accum, save_steps ... are declared once (rlhf.core.config.SHARED_TRAIN_FIELDS): a stage
     chooses its default, never its own help or range."""
     for name, cls in STAGE_CONFIGS.items():
         if name == "eval":
@@ -132,7 +132,7 @@ def test_the_rl_stage_needs_steps():
 
 CODE_DIRS = ("rlhf", "reward_models", "pipelines")
 # Modules that only declare configs: their own reads (validation, help text) do not make a setting live.
-DECLARATIONS = {"rlhf/config.py", "rlhf/sft/config.py", "reward_models/config.py", "rlhf/ppo/config.py",
+DECLARATIONS = {"rlhf/core/config.py", "rlhf/sft/config.py", "reward_models/config.py", "rlhf/rl/config.py",
                 "rlhf/dpo/config.py"}
 
 
@@ -189,7 +189,7 @@ def test_the_leaf_scan_can_fail():
 
 
 def test_the_metrics_logger_refuses_a_key_without_a_namespace(tmp_path, run_cfg):
-    from rlhf.tracking import MetricsLogger, read_metrics
+    from rlhf.core.tracking import MetricsLogger, read_metrics
 
     logger = MetricsLogger(tmp_path, run_cfg, "unit", enabled=True)
     logger.log({"train/lr": 1e-3, "train/grad_norm": 0.5}, step=1)

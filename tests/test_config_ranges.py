@@ -11,9 +11,9 @@ import typing
 import pytest
 
 from rlhf import pipeline as pl
-from rlhf import config
+from rlhf.core import config
 from rlhf.command import stage_cli
-from rlhf.config import ConfigError, from_dict, load_config
+from rlhf.core.config import ConfigError, from_dict, load_config
 from rlhf.stages import STAGES, pipeline_stages
 
 
@@ -142,14 +142,14 @@ def test_a_range_is_checked_in_a_list_of_sections_and_in_a_yaml_file(tmp_path):
         load_config(SFTStageConfig, ["--data.mixture", "[{source: dialogsum, weight: -1}]"])
     preset = tmp_path / "p.yaml"
     preset.write_text("kl: {coef: -0.5}\n")
-    from rlhf.ppo.config import RLStageConfig
+    from rlhf.rl.config import RLStageConfig
 
     with pytest.raises(ConfigError, match=r"^kl.coef: -0.5 is outside its range \[0, inf\)$"):
         load_config(RLStageConfig, ["--config", str(preset)])
 
 
 def test_help_shows_the_range(capsys):
-    from rlhf.ppo.config import RLStageConfig
+    from rlhf.rl.config import RLStageConfig
 
     assert stage_cli(RLStageConfig, None, lambda cfg: None, ["--help"]) == 0
     out = capsys.readouterr().out
@@ -157,7 +157,7 @@ def test_help_shows_the_range(capsys):
 
 
 def test_from_dict_checks_only_numbers():
-    from rlhf.config import RunConfig
+    from rlhf.core.config import RunConfig
 
     assert from_dict(RunConfig, {"seed": 7}).seed == 7
     with pytest.raises(ConfigError, match="run.seed: -1 is outside its range"):
@@ -177,9 +177,9 @@ def test_a_stage_config_built_in_code_is_range_checked_as_a_loaded_one():
     """One range check for configs from files and flags (from_dict) and for those built in code (each stage's
     __post_init__ calls check_ranges): the same one line naming the key."""
     from reward_models.config import RewardStageConfig, TrainConfig as RewardTrain
-    from rlhf.config import ConfigError
+    from rlhf.core.config import ConfigError
     from rlhf.dpo.config import DPOStageConfig, TrainConfig as DPOTrain
-    from rlhf.ppo.config import RewardSection, RLStageConfig
+    from rlhf.rl.config import RewardSection, RLStageConfig
     from rlhf.sft.config import PromptTuningConfig, SFTStageConfig
 
     cases = [(lambda: RewardStageConfig(train=RewardTrain(length_decorrelation=-1.0)), "train.length_decorrelation"),

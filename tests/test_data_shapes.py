@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.records import RecordError, load_preferences, load_records, load_sft, parse_spec
+from rlhf.data.records import RecordError, load_preferences, load_records, load_sft, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TRL_PAIR = {"prompt": "Is the sky green?", "chosen": "No, blue.", "rejected": "Yes."}
@@ -103,7 +103,7 @@ def test_a_hub_id_offline_fails_in_one_line(tmp_path):
 
 
 def test_stage_readers_say_how_many_rows_each_file_gave(tmp_path, capsys):
-    from rlhf.sources import preference_records
+    from rlhf.data.sources import preference_records
 
     pairs = _jsonl(tmp_path / "pairs.jsonl", [{**TRL_PAIR, "dimension": "honest"}] * 1 +
                    [{"prompt": f"q{i}", "chosen": "a", "rejected": "b", "dimension": "helpful"} for i in range(4)])

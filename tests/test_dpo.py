@@ -17,14 +17,14 @@ import torch
 
 from pipelines.dpo import main
 from rlhf.stages import STAGES
-from rlhf.config import ConfigError, load_config
+from rlhf.core.config import ConfigError, load_config
 from rlhf.dpo.config import DPOStageConfig
 from rlhf.dpo.data import keep, load_pairs, to_conversational
 from rlhf.dpo.trainer import RENAMES
-from rlhf.records import PreferenceRecord
+from rlhf.data.records import PreferenceRecord
 from rlhf.sft.trainer import hf_logs_to_metrics
-from rlhf.sources import partition_of
-from rlhf.tracking import read_metrics
+from rlhf.data.sources import partition_of
+from rlhf.core.tracking import read_metrics
 
 cli = STAGES["dpo"].cli
 
@@ -125,12 +125,12 @@ def test_trl_logs_are_renamed_into_our_namespaces():
     ([], [], r"data\.extra_files\[0\]: .*bad\.jsonl: file is empty"),
 ])
 def test_a_file_without_pairs_is_one_line_before_any_model(tmp_path, capsys, monkeypatch, rows, flags, expected):
-    import rlhf.policies
+    import rlhf.models.policies
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr(rlhf.policies, "load_weights", no_model)
+    monkeypatch.setattr(rlhf.models.policies, "load_weights", no_model)
     bad = write_jsonl(tmp_path / "bad.jsonl", rows)
     out = tmp_path / "runs"
     assert cli(tiny_args(out, "--data.sources", "[]", "--data.extra_files", f"[{bad}]", *flags)) == 2
@@ -154,7 +154,7 @@ def test_no_pairs_after_filtering_shipped_sources_and_unknown_dimension(tmp_path
 
 
 def test_dpo_starts_at_log2_learns_and_final_loads_like_a_ppo_policy(tmp_path):
-    from rlhf.policies import load_policy
+    from rlhf.models.policies import load_policy
 
     run_dir = main(tiny_cfg(tmp_path))
     # LoRA's B starts at zero, so policy == reference: every implicit reward is 0 and the loss is -log sigmoid(0)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from reward_models.types import RewardScores
-from rlhf.logprobs import response_mask
-from rlhf import evaluate as ev
-from rlhf.config import RunConfig
-from rlhf.generation import GenerationSettings
-from rlhf.policies import PolicyLoadError, load_policy
-from rlhf.prompts import few_shot
+from rlhf.models.logprobs import response_mask
+from rlhf.evaluation import evaluate as ev
+from rlhf.core.config import RunConfig
+from rlhf.models.generation import GenerationSettings
+from rlhf.models.policies import PolicyLoadError, load_policy
+from rlhf.data.prompts import few_shot
 
 torch.set_num_threads(1)  # tiny models: more threads only contend with the other jobs on a shared CPU
 THE = " the"
@@ -40,8 +40,8 @@ def adapters(tmp_path_factory, tiny_llama_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from rlhf.generation import render_chat
-    from rlhf.zoo import load_tokenizer
+    from rlhf.models.generation import render_chat
+    from rlhf.models.zoo import load_tokenizer
 
     root = tmp_path_factory.mktemp("policies")
     for name, init in (("identity", True), ("random", False)):
@@ -93,12 +93,12 @@ def adapters(tmp_path_factory, tiny_llama_path):
 
 def test_response_mask_stops_after_first_eos():
     ids = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 5, 2, 2]])  # EOS (= pad) id 2
-    mask, ended = response_mask(ids, 2)  # rlhf.logprobs: RL's mask too
+    mask, ended = response_mask(ids, 2)  # rlhf.models.logprobs: RL's mask too
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]] and ended.tolist() == [True, False, True]
 
 
 def test_response_logprobs_unaffected_by_left_padding(tiny_llama_path):
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.zoo import load_causal_lm
 
     model = load_causal_lm(tiny_llama_path).eval()
     short, long = torch.tensor([[11, 12, 13]]), torch.tensor([[21, 22, 23, 24, 25, 26]])
@@ -116,8 +116,8 @@ def test_response_logprobs_unaffected_by_left_padding(tiny_llama_path):
 
 def test_generation_logits_equal_a_forward_pass(tiny_llama_path):
     """The policy's log-probs for KL are taken from generate()'s logits: they must match a forward pass."""
-    from rlhf.generation import prepare_tokenizer, render_chat
-    from rlhf.zoo import load_causal_lm, load_tokenizer
+    from rlhf.models.generation import prepare_tokenizer, render_chat
+    from rlhf.models.zoo import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(tiny_llama_path).eval(), prepare_tokenizer(load_tokenizer(tiny_llama_path))
     texts = [render_chat(tokenizer, _chat(q)) for q in ("Why is the sky blue? Tell me more.", "Hi")]
@@ -357,7 +357,7 @@ def test_eval_stage_writes_report_and_strict_json(tmp_path, tiny_llama_path, ada
 
 
 def test_best_of_n_kl_by_hand():
-    from rlhf.best_of_n import analytic_kl
+    from rlhf.evaluation.best_of_n import analytic_kl
 
     assert analytic_kl(1) == 0.0
     assert analytic_kl(2) == pytest.approx(0.6931471805599453 - 0.5)  # log 2 - 1/2
@@ -367,7 +367,7 @@ def test_best_of_n_kl_by_hand():
 
 
 def test_choose_best_keeps_the_highest_of_the_first_n():
-    from rlhf.best_of_n import choose_best
+    from rlhf.evaluation.best_of_n import choose_best
 
     scores = [[0.1, 0.5, 0.3, 0.9], [0.7, 0.2, 0.7, 0.1], [-1.0, -2.0, -0.5, -3.0]]
     assert choose_best(scores, 1) == [0, 0, 0]

@@ -1,7 +1,7 @@
 """README "How to extend", shown working: a new advantage estimator, a new policy loss and a new reward head are
 each one entry where the existing ones are declared, and the RL trainer (built by the one factory) or the
 reward stage runs with it unchanged. The estimator and the loss are registered here by monkeypatching their
-tables; the head by adding a name to ``rlhf.records.DIMENSIONS`` before anything reads it (in a subprocess)."""
+tables; the head by adding a name to ``rlhf.data.records.DIMENSIONS`` before anything reads it (in a subprocess)."""
 from __future__ import annotations
 
 import json
@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import load_config
-from rlhf.ppo import advantages, losses
-from rlhf.ppo.advantages import AdvantageEstimator
-from rlhf.ppo.config import RLStageConfig
-from rlhf.ppo.factory import build_rl_trainer
-from rlhf.ppo.losses import PolicyLoss
-from rlhf.ppo.maths import masked_mean
+from rlhf.core.config import load_config
+from rlhf.rl import advantages, losses
+from rlhf.rl.advantages import AdvantageEstimator
+from rlhf.rl.config import RLStageConfig
+from rlhf.rl.factory import build_rl_trainer
+from rlhf.rl.losses import PolicyLoss
+from rlhf.rl.maths import masked_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "pipelines" / "configs" / "ppo_tiny.yaml"
@@ -73,7 +73,7 @@ class BestOfGroup(AdvantageEstimator):
 def test_a_new_advantage_estimator_is_one_entry_and_the_trainer_runs_it(monkeypatch, run_cfg):
     monkeypatch.setitem(advantages.ESTIMATORS, "best_of_group", BestOfGroup)
     cfg = small_cfg(run_cfg, "--rl.algo", "rloo", "--rl.samples_per_prompt", "2", "--update.gamma", "0.9")
-    cfg.rl.algo = "best_of_group"  # the rl.algo literal is the other line a new estimator adds (rlhf/ppo/config.py)
+    cfg.rl.algo = "best_of_group"  # the rl.algo literal is the other line a new estimator adds (rlhf/rl/config.py)
     torch.manual_seed(cfg.run.seed)
     trainer = build_rl_trainer(cfg, scorer=VowelScorer(), dtype=torch.float32)
     assert type(trainer.estimator) is BestOfGroup and trainer.estimator.gamma == 0.9  # its declared settings
@@ -127,8 +127,8 @@ NEW_HEAD = textwrap.dedent("""
     import json, sys
     from pathlib import Path
 
-    import rlhf.records
-    rlhf.records.DIMENSIONS = (*rlhf.records.DIMENSIONS, "concise")  # the one line a new head adds
+    import rlhf.data.records
+    rlhf.data.records.DIMENSIONS = (*rlhf.data.records.DIMENSIONS, "concise")  # the one line a new head adds
 
     from reward_models.config import RewardStageConfig
     from reward_models.scoring import RewardScorer
@@ -157,7 +157,7 @@ NEW_HEAD = textwrap.dedent("""
 
 
 def test_a_new_reward_head_is_one_name_and_the_reward_stage_trains_and_scores_it(tmp_path):
-    """Every user of the heads reads ``rlhf.records.DIMENSIONS`` (records, the model's outputs, the loss masks,
+    """Every user of the heads reads ``rlhf.data.records.DIMENSIONS`` (records, the model's outputs, the loss masks,
     the scorer, reports): adding a name there gives the reward model a new trained head."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     done = subprocess.run([sys.executable, "-c", NEW_HEAD, str(tmp_path)], capture_output=True, text=True, env=env,

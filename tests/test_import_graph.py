@@ -6,7 +6,7 @@ imports under ``if TYPE_CHECKING:`` (never run) and under ``if __name__ == "__ma
 program ``__main__``, a different module from the one the graph names).
 
 Layers, from the bottom: the general library (``rlhf`` top level, ``rlhf/<general>/``, ``reward_models``); the
-stage packages (``rlhf/ppo``, ``rlhf/sft``, ``rlhf/dpo``) and the stage scripts (``pipelines/``); the composition
+stage packages (``rlhf/rl``, ``rlhf/sft``, ``rlhf/dpo``) and the stage scripts (``pipelines/``); the composition
 root (``rlhf/stages.py``, the stage registry, and ``rlhf/cli.py``), which alone may load the scripts.
 An upward import: a general module importing a stage package, or any library module importing ``pipelines/``,
 ``tests/`` or ``benchmarks/``.
@@ -21,11 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rlhf", "reward_models", "pipelines")
-STAGE_PACKAGES = ("rlhf.ppo", "rlhf.sft", "rlhf.dpo", "pipelines")
+STAGE_PACKAGES = ("rlhf.rl", "rlhf.sft", "rlhf.dpo", "pipelines")
 COMPOSITION_ROOT = ("rlhf.stages", "rlhf.cli")
 NEVER_IMPORTED = ("tests", "benchmarks")  # by the library
 # Upward imports another #27 branch removes: the concepts branch moves the shipped prompt sources into the one
-# source registry (rlhf.sources). Exactly these are tolerated; once one is gone, its entry must go too.
+# source registry (rlhf.data.sources). Exactly these are tolerated; once one is gone, its entry must go too.
 KNOWN_UPWARD: set[str] = set()
 
 
@@ -162,15 +162,15 @@ def test_no_upward_imports():
 def test_the_scan_finds_circles_and_upward_imports(tmp_path):  # the two tests above must be able to fail
     for path, text in {"rlhf/__init__.py": "", "rlhf/a.py": "def f():\n    from rlhf import b\n",
                        "rlhf/b.py": "from rlhf.a import f\nfrom tests.helpers import x\n",
-                       "rlhf/ppo/__init__.py": "", "rlhf/ppo/maths.py": "",
+                       "rlhf/rl/__init__.py": "", "rlhf/rl/maths.py": "",
                        "rlhf/c.py": "from .ppo.maths import g\nif __name__ == '__main__':\n    import rlhf.a\n",
                        "rlhf/stages.py": "import pipelines.sft\n", "reward_models/__init__.py": "",
-                       "pipelines/__init__.py": "", "pipelines/sft.py": "import rlhf.ppo.maths\n"}.items():
+                       "pipelines/__init__.py": "", "pipelines/sft.py": "import rlhf.rl.maths\n"}.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
     graph, outside = import_graph(tmp_path)
     assert cycles(graph) == [["rlhf.a", "rlhf.b"]]
-    assert upward_imports(graph, outside) == ["rlhf.b:2 imports tests.helpers.x", "rlhf.c:1 imports rlhf.ppo.maths"]
+    assert upward_imports(graph, outside) == ["rlhf.b:2 imports tests.helpers.x", "rlhf.c:1 imports rlhf.rl.maths"]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reward_models.model import ScoringConfig
-from rlhf import judges
+from rlhf.evaluation import judges
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "pipelines" / "configs"
@@ -40,15 +40,15 @@ def test_role_and_accuracy_are_read_from_the_run(tmp_path):
 
 
 def test_rl_stage_refuses_a_gold_reward_model_before_loading_anything(tmp_path, capsys, monkeypatch):
-    import rlhf.ppo.policy
+    import rlhf.rl.policy
     from rlhf.stages import STAGES
     cli = STAGES["ppo"].cli
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the reward model was checked")
 
-    monkeypatch.setattr(rlhf.ppo.policy, "build_policy_model", refuse)
-    monkeypatch.setattr(rlhf.ppo.policy, "load_policy_tokenizer", refuse)
+    monkeypatch.setattr(rlhf.rl.policy, "build_policy_model", refuse)
+    monkeypatch.setattr(rlhf.rl.policy, "load_policy_tokenizer", refuse)
     gold = _saved(tmp_path / "gold", "gold")
     out = tmp_path / "runs"
     for path in (gold, gold / "final"):  # the run folder or its final/
@@ -63,7 +63,7 @@ def test_rl_stage_refuses_a_gold_reward_model_before_loading_anything(tmp_path, 
 def test_newest_reward_model_skips_gold_judges(tmp_path):
     import os
 
-    from rlhf.ppo.scorers import newest_reward_model
+    from rlhf.rl.scorers import newest_reward_model
 
     proxy = _saved(tmp_path / "reward-1", "proxy")
     gold = _saved(tmp_path / "reward-2", "gold")
@@ -75,8 +75,8 @@ def test_reward_stage_role_gold_marks_the_saved_model(tmp_path):
     """`rlhf reward --role gold` on a tiny model: the saved reward_config.json says gold, and PPO refuses it."""
     from rlhf.stages import STAGES
     cli = STAGES["reward"].cli
-    from rlhf.ppo.config import RewardSection
-    from rlhf.ppo.scorers import check_reward_model
+    from rlhf.rl.config import RewardSection
+    from rlhf.rl.scorers import check_reward_model
     from tests.test_reward_train import toy_preferences
 
     data = toy_preferences(tmp_path / "toy.jsonl", per_head=8)
@@ -91,9 +91,9 @@ def test_reward_stage_role_gold_marks_the_saved_model(tmp_path):
 
 
 def test_a_gold_member_of_a_reward_ensemble_is_refused(tmp_path):
-    from rlhf.config import ConfigError
-    from rlhf.ppo.config import RewardSection
-    from rlhf.ppo.scorers import check_reward_model
+    from rlhf.core.config import ConfigError
+    from rlhf.rl.config import RewardSection
+    from rlhf.rl.scorers import check_reward_model
 
     proxy, gold = _saved(tmp_path / "a", "proxy"), _saved(tmp_path / "b", "gold")
     assert check_reward_model(RewardSection(kind="model", ensemble=[str(proxy), str(proxy / "final")])) is None
@@ -126,7 +126,7 @@ class _LengthJudge:
 
 
 def test_judge_agreement_per_head_with_accuracies_and_intervals():
-    from rlhf.records import PreferenceRecord
+    from rlhf.data.records import PreferenceRecord
 
     def pair(chosen, rejected):
         return PreferenceRecord(prompt="p", chosen=chosen, rejected=rejected, dimension=[])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from rlhf.runtime import FSDP_SHARDING, ZERO_STAGES, launch_problem
+from rlhf.core.runtime import FSDP_SHARDING, ZERO_STAGES, launch_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}

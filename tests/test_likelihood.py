@@ -1,5 +1,5 @@
-"""Judge-free metrics (rlhf.likelihood) on hand-computed cases and a tiny model built in-process; the
-over-optimisation fits (rlhf.overoptimisation); the headline's rule across judges (rlhf.report)."""
+"""Judge-free metrics (rlhf.evaluation.likelihood) on hand-computed cases and a tiny model built in-process; the
+over-optimisation fits (rlhf.evaluation.overoptimisation); the headline's rule across judges (rlhf.evaluation.report)."""
 from __future__ import annotations
 
 import math
@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from rlhf import likelihood as lk
-from rlhf.config import ConfigError
-from rlhf.overoptimisation import fit_curves, fit_gao
-from rlhf.policies import load_policy
-from rlhf.report import CurvePoint, judges_agree
+from rlhf.evaluation import likelihood as lk
+from rlhf.core.config import ConfigError
+from rlhf.evaluation.overoptimisation import fit_curves, fit_gao
+from rlhf.models.policies import load_policy
+from rlhf.evaluation.report import CurvePoint, judges_agree
 
 torch.set_num_threads(1)
 
@@ -87,7 +87,7 @@ def adapters(tmp_path_factory, tiny_llama_path):
 
 def _by_hand(model, tokenizer, chat, response) -> float:
     """Summed log-prob of ``response`` after the rendered chat: one unpadded forward, log-softmax, gather."""
-    from rlhf.generation import render_chat
+    from rlhf.models.generation import render_chat
 
     prompt = tokenizer(render_chat(tokenizer, chat), add_special_tokens=False)["input_ids"]
     answer = tokenizer(response, add_special_tokens=False)["input_ids"]
@@ -125,8 +125,8 @@ def test_policy_equal_to_its_reference_shift_zero_accuracy_half(adapters, tiny_l
 
 
 def test_preference_accuracy_and_mc_by_hand(adapters, tiny_llama_path):
-    from rlhf import sources
-    from rlhf.records import prompt_to_messages
+    from rlhf.data import sources
+    from rlhf.data.records import prompt_to_messages
 
     cfg = _small(preference_sources=["truthfulqa"], pairs_per_source=4, mc_questions=2)
     policy = load_policy("random", adapters["random"])

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from rlhf import metrics
-from rlhf.logprobs import sequence_kl
+from rlhf.evaluation import metrics
+from rlhf.models.logprobs import sequence_kl
 
 
 # ---------------------------------------------------------------- ROUGE

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from distributed_helpers import ROOT, assert_ranks_agree, free_port, load_ranks, worker_env, write_driver
-from rlhf.tracking import read_metrics
+from rlhf.core.tracking import read_metrics
 
 
 def launch_nodes(script_and_args: list[str], logs: Path, timeout: float = 240) -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rlhf import pipeline as pl
-from rlhf.config import ConfigError, RunConfig
+from rlhf.core.config import ConfigError, RunConfig
 from rlhf.stages import pipeline_stages
 
 
@@ -197,7 +197,7 @@ def test_placeholders_leave_other_braces_alone():
 def test_presets_resolve_against_the_real_stage_configs():
     """Both presets name only keys the stage configs have (the real classes, not stubs)."""
     from pipelines.run import PRESETS
-    from rlhf.config import load_config
+    from rlhf.core.config import load_config
 
     for preset in PRESETS.values():
         cfg, _ = load_config(pl.PipelineConfig, [], preset)
@@ -286,7 +286,7 @@ def test_pipeline_runs_another_algorithm_in_stage_3(tmp_path):
     """`--ppo.overrides '{rl.algo: grpo, ...}'` adds to the preset's stage-3 overrides (its wiring to the SFT and
     reward outputs stays) and the pipeline runs GRPO there: no value head is saved, the KL sits in the loss."""
     from rlhf.cli import main
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
 
     overrides = "{rl.algo: grpo, rl.samples_per_prompt: 2, update.batch_size: 4}"
     assert main(["pipeline", "--preset", "tiny", "--run.output_dir", str(tmp_path), "--ppo.overrides", overrides]) == 0

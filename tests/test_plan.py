@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from rlhf import plan
-from rlhf.config import ConfigError, from_dict
-from rlhf.lora import LoraConfig
+from rlhf.core.config import ConfigError, from_dict
+from rlhf.models.lora import LoraConfig
 
 
 def cfg_of(**sections) -> plan.PlanConfig:
@@ -218,7 +218,7 @@ def test_parameter_count_tiny_models(tiny_llama_path, tiny_bert_path):
 def test_lora_params_equal_peft(tiny_llama_path, lora):
     from transformers import AutoModelForCausalLM
 
-    from rlhf.lora import add_lora
+    from rlhf.models.lora import add_lora
 
     model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama_path), lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -228,7 +228,7 @@ def test_lora_params_equal_peft(tiny_llama_path, lora):
 def test_lora_params_equal_peft_on_bert(tiny_bert_path):
     from transformers import AutoModel
 
-    from rlhf.lora import add_lora
+    from rlhf.models.lora import add_lora
 
     lora = LoraConfig(r=8, target_modules=[])  # peft's default for bert: query, value
     model = add_lora(AutoModel.from_pretrained(tiny_bert_path), lora, task_type=None)

@@ -1,7 +1,7 @@
 """Issue 25.1 for the stages' own folders: every adapter a stage writes (SFT final/, RL and DPO final/adapter, their
 checkpoints) names a base that resolves elsewhere (a zoo name, or a folder relative to the adapter: RL's and DPO's
 ../sft-base), carries its tokenizer, and holds no absolute path; copied to another folder with the run folder
-removed it loads with our loader (rlhf.policies, what chat and eval use) and gives the same logits."""
+removed it loads with our loader (rlhf.models.policies, what chat and eval use) and gives the same logits."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import RunConfig, load_config
-from rlhf.policies import PolicyLoadError, adapter_base, load_policy, portable_base, set_adapter_base
+from rlhf.core.config import RunConfig, load_config
+from rlhf.models.policies import PolicyLoadError, adapter_base, load_policy, portable_base, set_adapter_base
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "pipelines" / "configs"
@@ -98,7 +98,7 @@ def test_rl_adapter_on_an_sft_adapter_travels_with_its_sft_base(tmp_path, tiny_l
     from peft import AutoPeftModelForCausalLM
 
     from pipelines.ppo import main
-    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.rl.config import PPOStageConfig
 
     sft = _sft_adapter(tiny_llama_path, tmp_path / "a" / "sft" / "final")
     cfg, _ = load_config(PPOStageConfig, ["--config", str(CONFIGS / "ppo_tiny.yaml"), "--model.name", "tiny-llama",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.export import export
+from rlhf.models.export import export
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TEXT = "Summarize: #Person1#: hello there. #Person2#: hi."

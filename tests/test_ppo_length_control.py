@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.config import load_config
-from rlhf.ppo.config import RLStageConfig
-from rlhf.ppo.length_control import length_slope, remove_length_trend
+from rlhf.core.config import load_config
+from rlhf.rl.config import RLStageConfig
+from rlhf.rl.length_control import length_slope, remove_length_trend
 
 
 def test_slope_by_hand():
@@ -55,7 +55,7 @@ class LengthScorer:
 
 
 def test_the_trainer_removes_the_trend_and_logs_its_slope(run_cfg, monkeypatch):
-    import rlhf.ppo.trainer as trainer_module
+    import rlhf.rl.trainer as trainer_module
     from tests.test_ppo_trainer import make_trainer, tiny_cfg
 
     seen = []

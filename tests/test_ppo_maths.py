@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from rlhf.logprobs import entropy_from_logits, kl_per_token, logprobs_from_logits, response_mask, sequence_kl
-from rlhf.ppo.kl import AdaptiveKLController, FixedKLController, make_kl_controller
-from rlhf.ppo.maths import clipped_policy_loss, clipped_value_loss, gae, masked_mean, masked_var, masked_whiten
-from rlhf.ppo.rewards import RunningMoments, place_scores, shape_scores
+from rlhf.models.logprobs import entropy_from_logits, kl_per_token, logprobs_from_logits, response_mask, sequence_kl
+from rlhf.rl.kl import AdaptiveKLController, FixedKLController, make_kl_controller
+from rlhf.rl.maths import clipped_policy_loss, clipped_value_loss, gae, masked_mean, masked_var, masked_whiten
+from rlhf.rl.rewards import RunningMoments, place_scores, shape_scores
 
 
 def slow_gae(values, rewards, lengths, gamma, lam):
@@ -132,7 +132,7 @@ def test_logprobs_and_entropy_from_logits():
 def test_no_grad_log_probs_and_entropy_by_row_chunks_equal_one_pass(monkeypatch, temperature):
     """The no-grad path reduces the logits a few rows at a time (memory); the result must not change,
     and the gradient path (one pass) must give the same values."""
-    from rlhf import logprobs  # the one module of log-probs, masks and KL (evaluation and RL)
+    from rlhf.models import logprobs  # the one module of log-probs, masks and KL (evaluation and RL)
 
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 13).to(torch.bfloat16)  # bf16 in, float32 out, as under autocast
@@ -154,7 +154,7 @@ def test_no_grad_log_probs_and_entropy_by_row_chunks_equal_one_pass(monkeypatch,
 @pytest.mark.parametrize("dtype,temperature", [(torch.float64, 1.0), (torch.float64, 0.7), (torch.bfloat16, 0.7)])
 def test_log_probs_gradient_by_row_chunks_equals_autograd(monkeypatch, dtype, temperature):
     """The chunked backward of logprobs_from_logits against autograd through log_softmax."""
-    from rlhf import logprobs  # the one module of log-probs, masks and KL (evaluation and RL)
+    from rlhf.models import logprobs  # the one module of log-probs, masks and KL (evaluation and RL)
 
     torch.manual_seed(0)
     base = torch.randn(3, 5, 13, dtype=torch.float64)
@@ -203,7 +203,7 @@ def test_response_mask_from_eos_position_even_when_pad_is_eos():
 
 
 def test_rl_and_evaluation_kl_are_one_estimator():
-    """RL's per-token KL summed over a response is evaluation's per-sequence KL (rlhf.logprobs, written once):
+    """RL's per-token KL summed over a response is evaluation's per-sequence KL (rlhf.models.logprobs, written once):
     p = 1/2, q = 1/4 on the first token (k1 = log 2, k3 = -1/2 + log 2), equal on the second, masked third."""
     logp = torch.tensor([[math.log(0.5), math.log(0.3), 0.0]])
     ref = torch.tensor([[math.log(0.25), math.log(0.3), -5.0]])

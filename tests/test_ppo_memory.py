@@ -1,4 +1,4 @@
-"""rlhf.ppo.memory: the oneDNN cache cap respects the user's setting; trimming frees heap, never live data."""
+"""rlhf.rl.memory: the oneDNN cache cap respects the user's setting; trimming frees heap, never live data."""
 from __future__ import annotations
 
 import os
@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from rlhf.ppo import memory
+from rlhf.rl import memory
 
 
 @pytest.mark.parametrize("variable", [memory.ONEDNN_CACHE_ENV, memory.IDEEP_CACHE_ENV])
 def test_kernel_caches_are_capped_at_import_unless_the_user_set_them(variable):
-    code = f"import os, rlhf.ppo; print(os.environ['{variable}'])"
+    code = f"import os, rlhf.rl; print(os.environ['{variable}'])"
     env = {k: v for k, v in os.environ.items() if k not in (memory.ONEDNN_CACHE_ENV, memory.IDEEP_CACHE_ENV)}
     capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert capped.stdout.strip() == str(memory.ONEDNN_CACHE_CAPACITY)

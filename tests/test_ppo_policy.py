@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.lora import LoraConfig as LoraSection
-from rlhf.ppo.config import ModelSection
-from rlhf.logprobs import logprobs_from_logits, response_position_ids
-from rlhf.policies import load_weights
-from rlhf.ppo.policy import build_actor_critic
-from rlhf.ppo.sampler import FastSampler, sampling_lm_head
-from rlhf.zoo import load_causal_lm, load_tokenizer
+from rlhf.models.lora import LoraConfig as LoraSection
+from rlhf.rl.config import ModelSection
+from rlhf.models.logprobs import logprobs_from_logits, response_position_ids
+from rlhf.models.policies import load_weights
+from rlhf.rl.policy import build_actor_critic
+from rlhf.rl.sampler import FastSampler, sampling_lm_head
+from rlhf.models.zoo import load_causal_lm, load_tokenizer
 
 
 def perturb_lora(model, scale: float = 0.5) -> None:
@@ -111,9 +111,9 @@ def test_separate_critic_option(tiny_llama_path):
 
 def test_sampling_pass_logprobs_and_values_equal_a_full_forward(actor_critic, tiny_llama_path):
     """The experience maker takes old log-probs and values from generate(); they must be the forward's."""
-    from rlhf.generation import GenerationSettings
-    from rlhf.ppo.experience import ExperienceMaker
-    from rlhf.ppo.scorers import TokenCountScorer
+    from rlhf.models.generation import GenerationSettings
+    from rlhf.rl.experience import ExperienceMaker
+    from rlhf.rl.scorers import TokenCountScorer
 
     tokenizer = load_tokenizer(tiny_llama_path)
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_sampling_pass_logprobs_and_values_equal_a_full_forward(actor_critic, ti
 
 
 def test_merged_sampling_restores_weights_bit_for_bit(actor_critic, tiny_llama_path):
-    from rlhf.generation import GenerationSettings
+    from rlhf.models.generation import GenerationSettings
 
     tokenizer = load_tokenizer(tiny_llama_path)
     enc = batch(tokenizer, ["What is 2 + 2?", "Hi there"])
@@ -179,7 +179,7 @@ def test_lora_layers_count_from_the_top_and_leave_a_frozen_trunk(top_layer_actor
 
 
 def test_resolve_layers_counts_negatives_from_the_top_and_refuses_missing_layers():
-    from rlhf.lora import resolve_layers
+    from rlhf.models.lora import resolve_layers
 
     assert resolve_layers([-1, 0, -2], 30) == [0, 28, 29]
     assert resolve_layers(list(range(-8, 0)), 2) == [0, 1]  # "the last 8" of a 2-layer model: both
@@ -198,10 +198,10 @@ def test_trunk_reuse_can_be_switched_off_and_is_off_with_adapters_everywhere(tin
 def test_rollouts_and_updates_from_the_trunk_equal_whole_model_forwards(top_layer_actor_critic, tiny_llama_path):
     """Reference log-probs, old log-probs, values and the update's logits and gradients are the same whether
     the layers below the adapters run again (trunk off, nothing from the sampling pass) or not."""
-    from rlhf.generation import GenerationSettings
-    from rlhf.ppo.experience import ExperienceMaker
-    from rlhf.ppo.scorers import TokenCountScorer
-    from rlhf.ppo.trainer import trim_padding
+    from rlhf.models.generation import GenerationSettings
+    from rlhf.rl.experience import ExperienceMaker
+    from rlhf.rl.scorers import TokenCountScorer
+    from rlhf.rl.trainer import trim_padding
 
     model = top_layer_actor_critic
     tokenizer = load_tokenizer(tiny_llama_path)
@@ -239,7 +239,7 @@ def test_rollouts_and_updates_from_the_trunk_equal_whole_model_forwards(top_laye
 
 
 def test_packed_rows_lay_the_real_tokens_end_to_end():
-    from rlhf.ppo.packing import PackedRows
+    from rlhf.rl.packing import PackedRows
 
     mask = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
     packed = PackedRows.from_mask(mask)
@@ -253,7 +253,7 @@ def test_packed_rows_lay_the_real_tokens_end_to_end():
 
 def test_varlen_attention_keeps_each_row_to_itself(tiny_llama_path):
     """A packed forward of two texts gives each the hidden states it has alone."""
-    from rlhf.ppo.packing import PackedRows, use_varlen_attention
+    from rlhf.rl.packing import PackedRows, use_varlen_attention
 
     model = load_causal_lm(tiny_llama_path).eval()
     assert use_varlen_attention(model)
@@ -294,7 +294,7 @@ def test_packed_forwards_equal_padded_ones(top_layer_actor_critic, tiny_llama_pa
 
 
 def test_packed_prefill_samples_what_plain_generate_samples(top_layer_actor_critic, tiny_llama_path):
-    from rlhf.generation import GenerationSettings
+    from rlhf.models.generation import GenerationSettings
 
     model = top_layer_actor_critic
     tokenizer = load_tokenizer(tiny_llama_path)
@@ -318,8 +318,8 @@ def test_packed_prefill_samples_what_plain_generate_samples(top_layer_actor_crit
 def test_streamed_sampling_logprobs_equal_the_kept_logits(top_layer_actor_critic, tiny_llama_path, pack):
     """keep_logprobs reduces each step's logits as soon as the next step feeds its token back (memory):
     the log-probs, the tokens, the hidden states and the trunk must be those of the keep_logits pass."""
-    from rlhf.generation import GenerationSettings
-    from rlhf.sampling import PlainSampler
+    from rlhf.models.generation import GenerationSettings
+    from rlhf.models.sampling import PlainSampler
 
     model = top_layer_actor_critic
     model.pack_sequences = pack

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from rlhf.ppo.curves import last_per_step
-from rlhf.tracking import read_metrics
+from rlhf.rl.curves import last_per_step
+from rlhf.core.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARED = ["reward/composite", "objective/kl", "objective/kl_coef", "loss/policy", "loss/value", "policy/approxkl",
@@ -65,10 +65,10 @@ def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, mo
     """Killed while writing step 4 (its temporary folder half full): --resume takes step 2. A checkpoint whose
     bytes changed after it was written (same size) is skipped, naming the file, and the redone steps match."""
     from pipelines.ppo import main
-    from rlhf.checkpoints import problem
-    from rlhf.config import RunConfig, load_config
-    from rlhf.ppo import checkpoint as ckpt
-    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.core.checkpoints import problem
+    from rlhf.core.config import RunConfig, load_config
+    from rlhf.rl import checkpoint as ckpt
+    from rlhf.rl.config import PPOStageConfig
 
     configs = ROOT / "pipelines" / "configs"
     cfg, _ = load_config(PPOStageConfig, ["--config", str(configs / "ppo_tiny.yaml"), "--train.max_steps", "4",

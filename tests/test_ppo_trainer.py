@@ -11,13 +11,13 @@ import torch
 
 from benchmarks.toy_task import build_toy_policy, frequent_token
 from reward_models.types import RewardScores
-from rlhf.config import load_config
-from rlhf.ppo.config import PPOStageConfig
-from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
-from rlhf.ppo.prompts import PromptStream, prepare_prompts
-from rlhf.ppo.scorers import TokenCountScorer
-from rlhf.ppo.trainer import PPOTrainer
-from rlhf.tracking import read_metrics
+from rlhf.core.config import load_config
+from rlhf.rl.config import PPOStageConfig
+from rlhf.rl.policy import build_actor_critic, load_policy_tokenizer
+from rlhf.rl.prompts import PromptStream, prepare_prompts
+from rlhf.rl.scorers import TokenCountScorer
+from rlhf.rl.trainer import PPOTrainer
+from rlhf.core.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "pipelines" / "configs"

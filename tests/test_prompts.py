@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf.prompts import Shot, few_shot, one_shot, pick_shots, zero_shot
+from rlhf.data.prompts import Shot, few_shot, one_shot, pick_shots, zero_shot
 
 SHOTS = [Shot("Summarize: A met B.", "A and B met."), Shot("Summarize: C left.", "C went away.")]
 

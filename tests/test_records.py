@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.records import (DIMENSIONS, RecordError, load_preferences, load_records, load_sft, parse_dimensions,
+from rlhf.data.records import (DIMENSIONS, RecordError, load_preferences, load_records, load_sft, parse_dimensions,
                           transcript_to_messages, write_jsonl)
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -64,9 +64,9 @@ def test_transcript_to_messages():
 
 
 def test_the_hhh_dimensions_are_defined_once():
-    """Records, reward-model heads, report columns and the annotation form all use rlhf.records.DIMENSIONS."""
+    """Records, reward-model heads, report columns and the annotation form all use rlhf.data.records.DIMENSIONS."""
     from reward_models.types import HEADS
-    from rlhf import report
+    from rlhf.evaluation import report
     from rlhf.annotate import app, store
 
     assert HEADS is DIMENSIONS and report.HEADS is DIMENSIONS

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from rlhf import evaluate as ev
-from rlhf import report
-from rlhf.tracking import MetricsLogger
+from rlhf.evaluation import evaluate as ev
+from rlhf.evaluation import report
+from rlhf.core.tracking import MetricsLogger
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NASTY = "<script>alert(1)</script> | **bold** [link](http://x) `code`\nsecond line _it_"
@@ -132,7 +132,7 @@ def test_report_from_saved_metrics(tmp_path, run_cfg):
 
 def test_training_curves_keep_the_last_record_of_a_resumed_step(tmp_path, run_cfg):
     runs = _write_stage_metrics(tmp_path / "runs", run_cfg)
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
 
     steps, values = report._series(read_metrics(f"{runs['ppo']}/metrics.jsonl"), "reward/composite")
     assert steps == list(range(1, 41)) and values[0] == 99.0
@@ -186,7 +186,7 @@ def _judged_results(tmp_path, with_gold: bool):
 
 
 def report_kl(n):
-    from rlhf.best_of_n import analytic_kl
+    from rlhf.evaluation.best_of_n import analytic_kl
 
     return analytic_kl(n)
 
@@ -259,7 +259,7 @@ def test_gold_peaks_names_the_peak_or_says_there_is_none():
 
 def _judge_free(delta):
     """Judge-free records of sft and ppo on 6 TruthfulQA questions: ppo's MC2 = sft's + the given deltas."""
-    from rlhf.likelihood import aggregate_judge_free
+    from rlhf.evaluation.likelihood import aggregate_judge_free
 
     sft = [0.2, 0.4, 0.3, 0.5, 0.2, 0.4]
     records = [{"policy": p, "metric": "tqa/mc2", "id": str(i), "value": v + (d if p == "ppo" else 0.0)}

@@ -8,7 +8,7 @@ import pytest
 
 from reward_models.data import (balanced_batches, drop_contradictions, head_mask, load_pairs, pools_by_head,
                                 subsample)
-from rlhf.records import PreferenceRecord, RecordError
+from rlhf.data.records import PreferenceRecord, RecordError
 
 
 def rec(prompt, chosen, rejected, *dims):
@@ -103,7 +103,7 @@ def _train_pairs(role: str, **data):
 
 
 def test_proxy_and_gold_train_pairs_share_no_prompt_root_by_default():
-    from rlhf import sources
+    from rlhf.data import sources
 
     proxy, gold = _train_pairs("proxy"), _train_pairs("gold")
     everything = load_pairs(["hh-rlhf-harmless", "truthfulqa", "dialogsum"], [], "train")
@@ -113,7 +113,7 @@ def test_proxy_and_gold_train_pairs_share_no_prompt_root_by_default():
         assert 0.35 < n / n_all < 0.65, head
     roots = lambda pairs: {sources.conversation_of(p.prompt) for p in pairs}  # noqa: E731
     assert not roots(proxy) & roots(gold)
-    # Written out apart from rlhf.sources: no HH first Human turn, question or dialogue is in both halves.
+    # Written out apart from rlhf.data.sources: no HH first Human turn, question or dialogue is in both halves.
     first = lambda pairs: {p.prompt.split("\n\nAssistant:")[0] for p in pairs}  # noqa: E731
     assert not first(proxy) & first(gold)
 
@@ -134,7 +134,7 @@ def test_a_partition_that_overlaps_the_other_judge_is_one_line_before_any_model(
 def test_a_train_file_holding_a_shipped_test_conversation_is_refused_naming_file_and_line(tmp_path, capsys):
     from rlhf.stages import STAGES
     cli = STAGES["reward"].cli
-    from rlhf import sources
+    from rlhf.data import sources
 
     test_prompt = sources.hh_harmless_pairs("test")[0].prompt
     first_turn = test_prompt.split("\n\nAssistant:")[0] + "\n\nAssistant: Sure.\n\nHuman: And then?\n\nAssistant:"

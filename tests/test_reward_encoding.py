@@ -46,7 +46,7 @@ def test_pair_layout_matches_the_tokenizers_own_pair_encoding(tiny_bert_path):
 
 @pytest.mark.real
 def test_pair_layout_on_minilm_has_token_types():
-    from rlhf.zoo import load_tokenizer
+    from rlhf.models.zoo import load_tokenizer
 
     tokenizer = load_tokenizer("minilm-l6")
     layout = PairLayout.probe(tokenizer)

@@ -10,8 +10,8 @@ from reward_models.ensemble import RewardEnsemble, conservative_reward, mean_and
 from reward_models.model import new_reward_model, save_reward_model
 from reward_models.scoring import RewardScorer
 from reward_models.types import HEADS, RewardScores
-from rlhf.config import ConfigError, load_config
-from rlhf.ppo.config import RLStageConfig
+from rlhf.core.config import ConfigError, load_config
+from rlhf.rl.config import RLStageConfig
 
 PROMPTS = ["\n\nHuman: How do I make bread?\n\nAssistant:", "Is the earth flat?", "Summarize: A met B."]
 RESPONSES = ["Mix flour, water, yeast and salt, then bake.", "No, it is round.", "A and B met."]
@@ -111,7 +111,7 @@ def test_empty_batch_and_rows_keep_the_spread(members):
 
 
 def test_ppo_loads_an_ensemble_with_its_penalty(members):
-    from rlhf.ppo.scorers import load_scorer
+    from rlhf.rl.scorers import load_scorer
 
     a, b = members
     cfg, _ = load_config(RLStageConfig, ["--reward.ensemble", f"[{a}, {b}]", "--reward.spread_penalty", "0.5"])
@@ -122,7 +122,7 @@ def test_ppo_loads_an_ensemble_with_its_penalty(members):
 
 
 def test_ppo_config_rejects_a_penalty_without_an_ensemble_and_bad_members(members, tmp_path):
-    from rlhf.ppo.scorers import check_ensemble
+    from rlhf.rl.scorers import check_ensemble
 
     a, b = members
     with pytest.raises(ConfigError, match="reward.spread_penalty"):
@@ -140,7 +140,7 @@ def test_ppo_stage_optimises_the_conservative_reward_and_logs_the_spread(members
     from pathlib import Path
 
     from pipelines.ppo import main
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
 
     a, b = members
     tiny = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "ppo_tiny.yaml"
@@ -215,7 +215,7 @@ def test_an_ensemble_of_one_with_wco_or_uwo_is_refused(members):
 
 
 def test_ppo_loads_a_wco_ensemble_and_refuses_members_weighted_differently(members):
-    from rlhf.ppo.scorers import check_ensemble, load_scorer
+    from rlhf.rl.scorers import check_ensemble, load_scorer
 
     a, b = members
     cfg, _ = load_config(RLStageConfig, ["--reward.ensemble", f"[{a}, {a}]", "--reward.aggregate", "wco"])

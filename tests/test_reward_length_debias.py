@@ -10,7 +10,7 @@ import torch
 from reward_models.data import balanced_batches
 from reward_models.losses import fit_length_coefficient, length_correlation_penalty, pairwise_loss, pearson
 from reward_models.config import RewardStageConfig
-from rlhf.config import ConfigError, load_config
+from rlhf.core.config import ConfigError, load_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -68,7 +68,7 @@ def test_a_negative_decorrelation_weight_is_one_line_naming_the_key():
 
 def test_a_debiased_run_fits_the_covariate_and_logs_the_decorrelation(tmp_path):
     from reward_models.train import train_reward_model
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
     from tests.test_reward_train import tiny_config, toy_preferences
 
     cfg = tiny_config(tmp_path, toy_preferences(tmp_path / "toy.jsonl", per_head=16), max_steps=3,

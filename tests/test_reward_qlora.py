@@ -15,8 +15,8 @@ from rlhf.stages import STAGES
 from reward_models import train as reward_train
 from reward_models.scoring import RewardScorer
 from reward_models.train import train_reward_model
-from rlhf.lora import LoraConfig
-from rlhf.quantization import is_quantized
+from rlhf.models.lora import LoraConfig
+from rlhf.models.quantization import is_quantized
 from test_reward_train import tiny_config, toy_preferences
 
 cli = STAGES["reward"].cli
@@ -100,7 +100,7 @@ def test_a_quantized_reward_model_names_a_zoo_backbone_by_its_zoo_name(bnb):
     zoo name, which another machine resolves by pulling it, not this machine's cache path."""
     from reward_models.config import RewardStageConfig
     from reward_models.model import new_reward_model
-    from rlhf.zoo import resolve_model
+    from rlhf.models.zoo import resolve_model
 
     lora = RewardStageConfig().lora
     lora.enabled = True

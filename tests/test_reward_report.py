@@ -76,7 +76,7 @@ def test_build_report_from_hand_made_scores():
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory):
     from tests.preference_training import train_on_preferences
-    from rlhf.sources import preference_records
+    from rlhf.data.sources import preference_records
 
     records = preference_records(["truthfulqa", "dialogsum"], "train")[::6]
     out = tmp_path_factory.mktemp("rm")
@@ -157,7 +157,7 @@ def test_eval_rm_bad_input_is_one_line_and_exit_2(tiny_reward_model, tmp_path, c
 def test_eval_rm_asks_the_runtime_for_its_device(tiny_reward_model, tmp_path, monkeypatch, capsys):
     from rlhf.stages import STAGES
     cli = STAGES["eval-rm"].cli
-    from rlhf import runtime
+    from rlhf.core import runtime
 
     monkeypatch.setattr(runtime, "cuda_present", lambda: False)
     assert cli([str(tiny_reward_model), "--out", str(tmp_path / "out"), "--device", "cuda"]) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.lora import LoraConfig
+from rlhf.models.lora import LoraConfig
 from reward_models.encoding import collate
 from reward_models.model import last_token_index, load_reward_model, new_reward_model, save_reward_model
 from reward_models.scoring import RewardScorer, composite_reward

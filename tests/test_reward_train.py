@@ -15,9 +15,9 @@ from reward_models.evaluation import pair_accuracy
 from reward_models.losses import pairwise_loss
 from reward_models.model import new_reward_model
 from reward_models.train import train_reward_model
-from rlhf.checkpoints import CheckpointError
-from rlhf.records import PreferenceRecord
-from rlhf.tracking import read_metrics
+from rlhf.core.checkpoints import CheckpointError
+from rlhf.data.records import PreferenceRecord
+from rlhf.core.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = ["bread", "rivers", "taxes", "music", "chess", "rain", "trains", "cats", "paint", "stars", "soup", "maps"]
@@ -153,7 +153,7 @@ def test_stage_cli_rejects_unknown_keys(capsys):
 def test_train_on_preferences_takes_records_and_uses_them_all(tmp_path):
     """The entry point for other tools (annotation export -> reward model)."""
     from tests.preference_training import train_on_preferences
-    from rlhf.records import load_preferences
+    from rlhf.data.records import load_preferences
 
     records = load_preferences(toy_preferences(tmp_path / "toy.jsonl", per_head=16))
     result = train_on_preferences(records, tmp_path / "out", max_steps=30)
@@ -218,7 +218,7 @@ def test_non_finite_steps_are_skipped_and_an_all_non_finite_run_writes_no_final(
     """A margin past fp32's range (files are bounded by validation; records built in code are not) makes the
     loss inf: such steps are skipped and counted; a run where every step is non-finite stops with one line."""
     import reward_models.train as rt
-    from rlhf.config import ConfigError
+    from rlhf.core.config import ConfigError
 
     data_file = toy_preferences(tmp_path / "toy.jsonl", per_head=20)
     for name, broken in [("some", lambda r: "honest" in r.dimension), ("all", lambda r: True)]:

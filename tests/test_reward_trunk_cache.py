@@ -16,9 +16,9 @@ from reward_models.data import head_mask
 from reward_models.losses import pairwise_loss
 from reward_models.model import new_reward_model
 from reward_models.train import train_reward_model
-from rlhf.lora import LoraConfig
-from rlhf.records import PreferenceRecord
-from rlhf.tracking import read_metrics
+from rlhf.models.lora import LoraConfig
+from rlhf.data.records import PreferenceRecord
+from rlhf.core.tracking import read_metrics
 from tests.test_reward_train import tiny_config, toy_preferences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -173,7 +173,7 @@ def test_a_backbone_whose_forward_the_trunk_cannot_reproduce_falls_back_with_one
 
     from reward_models.encoding import Encoded
     from reward_models.model import RewardModel, head_config_kwargs
-    from rlhf.lora import add_lora
+    from rlhf.models.lora import add_lora
 
     torch.manual_seed(0)
     hf = GPT2ForSequenceClassification(GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=2,
@@ -234,7 +234,7 @@ def test_a_frozen_backbone_trains_only_the_score_head_from_cached_features(tmp_p
 
 
 def test_freeze_backbone_with_lora_is_a_config_error(tmp_path):
-    from rlhf.config import ConfigError
+    from rlhf.core.config import ConfigError
 
     cfg = tiny_config(tmp_path, toy_preferences(tmp_path / "toy.jsonl", per_head=4))
     cfg.model.freeze_backbone, cfg.lora.enabled = True, True
@@ -247,7 +247,7 @@ def test_an_sft_adapter_folder_is_a_backbone_with_the_adapter_merged(tmp_path):
     from peft import get_peft_model
     from peft import LoraConfig as PeftLoraConfig
 
-    from rlhf.zoo import load_causal_lm, load_tokenizer, resolve_model
+    from rlhf.models.zoo import load_causal_lm, load_tokenizer, resolve_model
 
     torch.manual_seed(0)
     base = load_causal_lm("tiny-llama")

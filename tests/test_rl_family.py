@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import load_config
-from rlhf.ppo.advantages import ESTIMATORS, GAE, GroupNormalized, LeaveOneOut, ReinforcePlusPlus, make_estimator
-from rlhf.ppo.config import RLStageConfig
-from rlhf.ppo.maths import aggregate, discounted_returns, gae, group_normalize, leave_one_out
+from rlhf.core.config import load_config
+from rlhf.rl.advantages import ESTIMATORS, GAE, GroupNormalized, LeaveOneOut, ReinforcePlusPlus, make_estimator
+from rlhf.rl.config import RLStageConfig
+from rlhf.rl.maths import aggregate, discounted_returns, gae, group_normalize, leave_one_out
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
@@ -173,7 +173,7 @@ def test_each_algorithm_raises_the_toy_reward_with_bounded_kl(run_cfg, tmp_path,
 
 
 def test_critic_free_run_trains_only_lora_and_resumes_to_the_same_metrics(run_cfg, tmp_path):
-    from rlhf.ppo import checkpoint as ckpt
+    from rlhf.rl import checkpoint as ckpt
 
     # A word-count reward beside the toy one gives every group a spread from the first step: with the token share
     # alone, 3 steps can have only zero-variance groups (no advantage, no update), depending on the prompts.
@@ -199,14 +199,14 @@ def test_critic_free_run_trains_only_lora_and_resumes_to_the_same_metrics(run_cf
 def test_plain_and_fast_samplers_make_the_same_experience(tiny_llama_path):
     """The fast sampler's machinery (merged LoRA, packed prefill, oneDNN head, logits from the sampling pass)
     changes nothing but float rounding: same tokens, same log-probs as model.generate + a forward."""
-    from rlhf.generation import GenerationSettings
-    from rlhf.lora import LoraConfig
-    from rlhf.ppo.config import ModelSection
-    from rlhf.ppo.experience import ExperienceMaker
-    from rlhf.ppo.policy import build_actor_critic
-    from rlhf.ppo.scorers import TokenCountScorer
-    from rlhf.ppo.sampler import make_sampler
-    from rlhf.zoo import load_tokenizer
+    from rlhf.models.generation import GenerationSettings
+    from rlhf.models.lora import LoraConfig
+    from rlhf.rl.config import ModelSection
+    from rlhf.rl.experience import ExperienceMaker
+    from rlhf.rl.policy import build_actor_critic
+    from rlhf.rl.scorers import TokenCountScorer
+    from rlhf.rl.sampler import make_sampler
+    from rlhf.models.zoo import load_tokenizer
 
     torch.manual_seed(0)
     model = build_actor_critic(ModelSection(name=tiny_llama_path, reuse_trunk=False),

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _run_rl(tmp_path: Path, name: str, *policy_args: str) -> Path:
     from pipelines.ppo import main
-    from rlhf.config import RunConfig, load_config
-    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.core.config import RunConfig, load_config
+    from rlhf.rl.config import PPOStageConfig
 
     cfg, _ = load_config(PPOStageConfig, ["--config", str(ROOT / "pipelines/configs/ppo_tiny.yaml"), *policy_args,
                                           "--train.max_steps", "2", "--train.save_steps", "0", "--train.sample_every", "0",
@@ -66,7 +66,7 @@ def _check_loads_trained_policy(final: Path, raw_base: str, monkeypatch) -> None
 
 
 def test_adapter_of_a_full_weights_sft_names_that_folder(tmp_path, tiny_llama_path, monkeypatch):
-    from rlhf.policies import load_policy
+    from rlhf.models.policies import load_policy
 
     sft = _perturbed_sft(tiny_llama_path, tmp_path / "a" / "sft")
     final = _run_rl(tmp_path / "a", "rl", "--model.name", str(sft))

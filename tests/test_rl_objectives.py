@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from reward_models.types import RewardScores
-from rlhf.config import ConfigError, load_config
-from rlhf.ppo.config import RewardSection, RLStageConfig
-from rlhf.ppo.losses import POLICY_LOSSES, make_policy_loss
-from rlhf.ppo.maths import group_normalize, zero_variance_groups
-from rlhf.ppo.objectives import RewardObjective, lagrange_update, normalize_then_sum
-from rlhf.ppo.rewards import overlong_penalty
+from rlhf.core.config import ConfigError, load_config
+from rlhf.rl.config import RewardSection, RLStageConfig
+from rlhf.rl.losses import POLICY_LOSSES, make_policy_loss
+from rlhf.rl.maths import group_normalize, zero_variance_groups
+from rlhf.rl.objectives import RewardObjective, lagrange_update, normalize_then_sum
+from rlhf.rl.rewards import overlong_penalty
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
@@ -137,8 +137,8 @@ def one_score(prompts, completions):  # noqa: ARG001
 
 
 def test_reward_functions_join_the_heads_and_bad_ones_are_one_line(tmp_path):
-    from rlhf.ppo.scorers import FunctionScorer, TokenCountScorer, check_reward_model
-    from rlhf.tiny import build_tiny_tokenizer
+    from rlhf.rl.scorers import FunctionScorer, TokenCountScorer, check_reward_model
+    from rlhf.models.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     toy = TokenCountScorer(tokenizer, 100)  # a token id
@@ -164,8 +164,8 @@ def test_reward_functions_join_the_heads_and_bad_ones_are_one_line(tmp_path):
 def test_a_plain_one_output_classifier_is_a_reward_model_standardised_on_its_first_batch(tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from rlhf.ppo.scorers import check_reward_model, load_scorer
-    from rlhf.tiny import build_tiny_tokenizer
+    from rlhf.rl.scorers import check_reward_model, load_scorer
+    from rlhf.models.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(0)
@@ -250,7 +250,7 @@ def test_each_option_runs_a_grpo_step_with_its_metrics(run_cfg, tmp_path, extra)
 def test_lagrangian_multiplier_is_logged_checkpointed_and_resumed(run_cfg, tmp_path):
     from test_rl_family import toy_trainer
 
-    from rlhf.ppo import checkpoint as ckpt
+    from rlhf.rl import checkpoint as ckpt
 
     # the toy's one head is "helpful"; its standardised mean sits near 0, so tau 0.5 is violated: lambda rises
     overrides = [*GROUP, "--reward.objective", "lagrangian", "--reward.constraints", "{helpful: 0.5}",

@@ -14,9 +14,9 @@ import torch
 
 from pipelines.ppo import main
 from rlhf.stages import STAGES
-from rlhf.config import RunConfig, load_config
-from rlhf.ppo.config import RLStageConfig
-from rlhf.quantization import is_quantized
+from rlhf.core.config import RunConfig, load_config
+from rlhf.rl.config import RLStageConfig
+from rlhf.models.quantization import is_quantized
 
 cli = STAGES["ppo"].cli
 
@@ -37,10 +37,10 @@ def test_full_fine_tuning_of_a_quantized_base_is_one_line(capsys, tmp_path):
 
 
 def test_a_missing_backend_is_one_line_before_any_model_loads(monkeypatch, capsys, tmp_path):
-    import rlhf.policies
+    import rlhf.models.policies
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes now raises ImportError
-    monkeypatch.setattr(rlhf.policies, "load_weights", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(rlhf.models.policies, "load_weights", lambda *a, **k: pytest.fail("a model was loaded"))
     assert cli(["--config", str(TINY), "--run.output_dir", str(tmp_path), "--model.quantization", "8bit"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.quantization: 8bit needs bitsandbytes" in err, err
@@ -48,9 +48,9 @@ def test_a_missing_backend_is_one_line_before_any_model_loads(monkeypatch, capsy
 
 
 def test_the_fast_sampler_switches_off_on_a_quantized_base(capsys, bnb):
-    from rlhf.ppo.policy import build_actor_critic
-    from rlhf.ppo.sampler import FastSampler, make_sampler
-    from rlhf.sampling import PlainSampler
+    from rlhf.rl.policy import build_actor_critic
+    from rlhf.rl.sampler import FastSampler, make_sampler
+    from rlhf.models.sampling import PlainSampler
 
     cfg, _ = load_config(RLStageConfig, ["--config", str(TINY), *SMALL])
     assert cfg.model.sampler == "fast" and cfg.model.pack_sequences and cfg.model.reuse_trunk
@@ -70,9 +70,9 @@ def test_the_fast_sampler_switches_off_on_a_quantized_base(capsys, bnb):
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_rl_trains_lora_on_a_4bit_base_and_final_adapter_names_the_float_start(algo, tmp_path, tiny_llama_path,
                                                                                monkeypatch, bnb):
-    from rlhf.ppo import factory
-    from rlhf.ppo import trainer as rl_trainer
-    from rlhf.policies import load_policy
+    from rlhf.rl import factory
+    from rlhf.rl import trainer as rl_trainer
+    from rlhf.models.policies import load_policy
 
     kept = []
 
@@ -81,7 +81,7 @@ def test_rl_trains_lora_on_a_4bit_base_and_final_adapter_names_the_float_start(a
             kept.append((model, {n: p.detach().clone() for n, p in model.named_parameters()}))
             super().__init__(cfg, model, *args, **kwargs)
 
-    monkeypatch.setattr(factory, "RLTrainer", Keeping)  # the stage builds its trainer in rlhf.ppo.factory
+    monkeypatch.setattr(factory, "RLTrainer", Keeping)  # the stage builds its trainer in rlhf.rl.factory
     extra = ["--rl.samples_per_prompt", "2", "--update.batch_size", "2"] if algo == "grpo" else []
     cfg, _ = load_config(RLStageConfig, ["--config", str(TINY), *SMALL, "--rl.algo", algo, *extra])
     cfg.run = RunConfig(output_dir=str(tmp_path), run_name=algo, wandb_mode="disabled")

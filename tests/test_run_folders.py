@@ -1,4 +1,4 @@
-"""One run lifecycle for every stage (rlhf.lifecycle.start_run): a used run name without --resume is one
+"""One run lifecycle for every stage (rlhf.core.lifecycle.start_run): a used run name without --resume is one
 line before any model loads; --resume with nothing intact is one line naming the folder and what was wrong with
 each checkpoint; the name is rank 0's on every rank; rotation never deletes the last intact checkpoint; leftover
 temporary folders of a killed write go at the next start; SFT's counters continue across a resume."""
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import checkpoints, lifecycle
-from rlhf.checkpoints import write_manifest
-from rlhf.config import ConfigError, RunConfig
+from rlhf.core import checkpoints, lifecycle
+from rlhf.core.checkpoints import write_manifest
+from rlhf.core.config import ConfigError, RunConfig
 from rlhf.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ def test_two_ranks_one_late_by_more_than_a_second_write_one_run_folder(tmp_path)
 STAGE_DRIVER = LATE_CLOCK + textwrap.dedent('''
     import pathlib, sys
     sys.path.insert(0, {root!r})
-    import rlhf.tracking
+    import rlhf.core.tracking
     from rlhf.stages import STAGES
 
     out, name, preset = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -245,7 +245,7 @@ STAGE_DRIVER = LATE_CLOCK + textwrap.dedent('''
             (out / f"rank{{os.environ['RANK']}}.txt").write_text(str(run_dir))
             raise Stop
 
-    rlhf.tracking.MetricsLogger = FirstWriter
+    rlhf.core.tracking.MetricsLogger = FirstWriter
     script = STAGES[name].script()
     if hasattr(script, "MetricsLogger"):
         script.MetricsLogger = FirstWriter
@@ -277,7 +277,7 @@ class Killed(BaseException):
 
 
 def sft_cfg(out: Path, *flags: str):
-    from rlhf.config import load_config
+    from rlhf.core.config import load_config
     from rlhf.sft.config import SFTStageConfig
 
     cfg, _ = load_config(SFTStageConfig, ["--config", str(CONFIGS / "sft_tiny.yaml"), "--run.output_dir", str(out),
@@ -286,7 +286,7 @@ def sft_cfg(out: Path, *flags: str):
 
 
 def per_step(run_dir: Path, key: str) -> dict[int, float]:
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
 
     return {r["step"]: r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r}
 
@@ -297,7 +297,7 @@ def test_sft_killed_before_the_new_manifest_keeps_an_intact_checkpoint_under_sav
     """The kill window of rotation: checkpoint-8's files are written, its manifest is not (the run is killed
     while hashing them). With save_total_limit 1 the HF Trainer had already deleted checkpoint-4 by then."""
     from pipelines.sft import main
-    from rlhf import checkpoints, lifecycle
+    from rlhf.core import checkpoints, lifecycle
     from rlhf.sft.trainer import latest_checkpoint
 
     write = checkpoints.write_manifest

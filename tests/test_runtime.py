@@ -1,4 +1,4 @@
-"""rlhf.runtime: a stage's accelerator does not inherit the mixed precision of an earlier stage in the process."""
+"""rlhf.core.runtime: a stage's accelerator does not inherit the mixed precision of an earlier stage in the process."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,7 @@ import torch
 def test_an_earlier_bf16_accelerator_does_not_leak_into_the_next_stage():
     from accelerate import Accelerator
 
-    from rlhf.runtime import fresh_accelerator_state, make_accelerator
+    from rlhf.core.runtime import fresh_accelerator_state, make_accelerator
 
     fresh_accelerator_state()  # whatever the tests before this one left
     Accelerator(cpu=True, mixed_precision="bf16")  # what a TRL trainer (SFT, DPO) leaves in the process
@@ -20,8 +20,8 @@ def test_an_earlier_bf16_accelerator_does_not_leak_into_the_next_stage():
 
 
 def test_autocast_is_bf16_when_asked_and_nothing_otherwise():
-    """rlhf.runtime.autocast: the one autocast every stage (eval, judge-free, SFT forgetting, reward, RL) uses."""
-    from rlhf.runtime import autocast
+    """rlhf.core.runtime.autocast: the one autocast every stage (eval, judge-free, SFT forgetting, reward, RL) uses."""
+    from rlhf.core.runtime import autocast
 
     cpu = torch.device("cpu")
     with autocast(cpu, bf16=True):

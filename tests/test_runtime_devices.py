@@ -1,4 +1,4 @@
-"""rlhf.runtime decides where every stage runs: ``select_device``'s rule, no other module deciding a device
+"""rlhf.core.runtime decides where every stage runs: ``select_device``'s rule, no other module deciding a device
 itself (read from the source), and every stage asking it (a CUDA request on a machine without CUDA stops each
 stage with the runtime's one line, before any model loads or run folder exists)."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf import runtime
-from rlhf.config import ConfigError
+from rlhf.core import runtime
+from rlhf.core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rlhf", "reward_models", "pipelines")
@@ -58,7 +58,7 @@ def test_no_module_but_the_runtime_decides_a_device():
                 continue
             for line, call in _device_decisions(ast.parse(path.read_text(encoding="utf-8"))):
                 offenders.append(f"{path.relative_to(ROOT)}:{line}: {call}")
-    assert offenders == [], "ask rlhf.runtime (select_device / make_accelerator) instead:\n" + "\n".join(offenders)
+    assert offenders == [], "ask rlhf.core.runtime (select_device / make_accelerator) instead:\n" + "\n".join(offenders)
 
 
 def test_the_source_scan_finds_what_it_looks_for():  # the scan above must be able to fail

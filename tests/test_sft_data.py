@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.records import SFTRecord
+from rlhf.data.records import SFTRecord
 from rlhf.sft.config import DataConfig, MixtureSource
 from rlhf.sft.data import (assistant_char_spans, draw, encode_chat, encode_records, mixture_counts,
                            sample_mixture, training_mixture)
@@ -117,7 +117,7 @@ def test_too_long_examples_are_dropped_not_cut(tiny_tokenizer):
 
 @pytest.mark.real
 def test_smollm2_mask_skips_its_default_system_prompt(pulled_zoo):
-    from rlhf.zoo import load_tokenizer
+    from rlhf.models.zoo import load_tokenizer
 
     tokenizer = load_tokenizer(pulled_zoo["smollm2-135m-instruct"])
     encoded = encode_chat(tokenizer, CHAT)

@@ -1,5 +1,5 @@
 """Prompt tuning in the SFT stage, on the tiny random model: only the soft prompt learns, the loss falls,
-final/ is a standard PEFT adapter that ``rlhf.policies`` loads and generates from, and the key
+final/ is a standard PEFT adapter that ``rlhf.models.policies`` loads and generates from, and the key
 combinations that cannot work are refused with one line before any model loads."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from rlhf.stages import STAGES
-from rlhf.config import ConfigError, load_config
+from rlhf.core.config import ConfigError, load_config
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import encode_records, to_dataset, training_mixture
 from rlhf.sft.trainer import MetricsLoggerCallback, build_trainer, save_final, stage_peft_config
-from rlhf.tracking import MetricsLogger
+from rlhf.core.tracking import MetricsLogger
 
 cli = STAGES["sft"].cli
 
@@ -67,7 +67,7 @@ def test_method_and_peft_config():
 @pytest.fixture(scope="module")
 def pt_trained(tiny_llama_path, tmp_path_factory):
     """A prompt-tuning trainer trained in-process, with a snapshot of the model it started from."""
-    from rlhf.zoo import load_causal_lm, load_tokenizer
+    from rlhf.models.zoo import load_causal_lm, load_tokenizer
 
     run_dir = tmp_path_factory.mktemp("pt")
     cfg = tiny_cfg(run_dir, *PT, "--prompt_tuning.num_virtual_tokens", "20", "--train.learning_rate", "0.1",
@@ -111,9 +111,9 @@ def test_text_init_starts_from_the_texts_embeddings(pt_trained):
 
 
 def test_final_is_a_soft_prompt_that_loads_as_a_policy_and_generates(pt_trained):
-    from rlhf.generation import GenerationSettings, generate_chat
-    from rlhf.policies import PolicyLoadError, load_policy, merged_adapter
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.generation import GenerationSettings, generate_chat
+    from rlhf.models.policies import PolicyLoadError, load_policy, merged_adapter
+    from rlhf.models.zoo import load_causal_lm
 
     trainer = pt_trained.trainer
     ids = torch.tensor([pt_trained.encoded[0].input_ids[:40]])  # (1, 40)

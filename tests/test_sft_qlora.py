@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rlhf.stages import STAGES
-from rlhf.config import ConfigError, load_config
-from rlhf.quantization import check_backend, is_quantized, load_kwargs
+from rlhf.core.config import ConfigError, load_config
+from rlhf.models.quantization import check_backend, is_quantized, load_kwargs
 from rlhf.sft.config import SFTStageConfig
 
 cli = STAGES["sft"].cli
@@ -41,7 +41,7 @@ def test_a_missing_backend_is_one_line(monkeypatch):
 
 
 def test_8bit_and_4bit_bases_load_and_run_a_forward(bnb):
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.zoo import load_causal_lm
 
     ids = torch.arange(3, 20).unsqueeze(0)  # (1, 17)
     full = load_causal_lm("tiny-llama").eval()
@@ -57,9 +57,9 @@ def test_8bit_and_4bit_bases_load_and_run_a_forward(bnb):
 def test_qlora_trains_adapters_on_a_4bit_base_and_final_loads(tmp_path, bnb):
 
     from pipelines.sft import main
-    from rlhf.generation import GenerationSettings, generate_chat
-    from rlhf.policies import load_policy
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.generation import GenerationSettings, generate_chat
+    from rlhf.models.policies import load_policy
+    from rlhf.models.zoo import load_causal_lm
 
     base = load_causal_lm("tiny-llama", **load_kwargs("4bit"))
     assert is_quantized(base) and any(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
@@ -87,9 +87,9 @@ def test_adapters_below_a_4bit_layer_still_learn_after_an_eval_forward(bnb):
     """bitsandbytes repacks a 4-bit weight for CPU inference at its first no-grad eval forward (AVX512-BF16
     machines), and that layout has no backward; keep_backward stops it, so q_proj's LoRA, whose only way to the
     loss crosses the quantized o_proj and MLP, keeps its gradient after an eval loss or a rollout."""
-    from rlhf.lora import LoraConfig, add_lora
-    from rlhf.quantization import keep_backward
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.lora import LoraConfig, add_lora
+    from rlhf.models.quantization import keep_backward
+    from rlhf.models.zoo import load_causal_lm
 
     torch.manual_seed(0)
     model = add_lora(keep_backward(load_causal_lm("tiny-llama", **load_kwargs("4bit"))),

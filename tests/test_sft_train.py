@@ -12,15 +12,15 @@ import torch
 
 from pipelines.sft import main
 from rlhf.stages import STAGES
-from rlhf import lifecycle
-from rlhf.checkpoints import write_manifest
-from rlhf.config import ConfigError, RunConfig, load_config
+from rlhf.core import lifecycle
+from rlhf.core.checkpoints import write_manifest
+from rlhf.core.config import ConfigError, RunConfig, load_config
 from rlhf.sft.config import SFTStageConfig
 from rlhf.sft.data import encode_records, to_dataset, training_mixture
 from rlhf.sft.trainer import (MetricsLoggerCallback, build_trainer, hf_logs_to_metrics, latest_checkpoint,
                               PREFIX, peft_config, planned_steps, save_final, train_device)
-from rlhf.runtime import use_bf16
-from rlhf.tracking import MetricsLogger, read_metrics
+from rlhf.core.runtime import use_bf16
+from rlhf.core.tracking import MetricsLogger, read_metrics
 
 cli = STAGES["sft"].cli
 
@@ -129,7 +129,7 @@ def test_stage_learns_and_writes_a_full_model(tmp_path):
 @pytest.fixture(scope="module")
 def lora_trained(tiny_llama_path, tmp_path_factory):
     """A LoRA trainer trained in-process, with a snapshot of the weights it started from."""
-    from rlhf.zoo import load_causal_lm, load_tokenizer
+    from rlhf.models.zoo import load_causal_lm, load_tokenizer
 
     run_dir = tmp_path_factory.mktemp("lora")
     cfg = tiny_cfg(run_dir, "--lora.dropout", "0.0")
@@ -162,7 +162,7 @@ def test_lora_changes_only_adapter_weights(lora_trained):
 def test_saved_adapter_reloads_to_identical_logits(lora_trained):
     from peft import PeftModel
 
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.zoo import load_causal_lm
 
     trainer = lora_trained.trainer
     ids = torch.tensor([lora_trained.encoded[0].input_ids[:40]])  # (1, 40)
@@ -202,7 +202,7 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     exactly, so optimizer, scheduler, RNG (LoRA dropout) and data position all came back."""
     from peft import PeftModel
 
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.zoo import load_causal_lm
 
     flags = ("--lora.dropout", "0.1", "--train.save_merged", "true", "--train.learning_rate", "0.02")
     run_dir = main(tiny_cfg(tmp_path, *flags))
@@ -239,7 +239,7 @@ def test_resume_falls_back_past_a_checkpoint_cut_short_or_corrupted(tmp_path, mo
     after it was written (same size) is skipped the same way, naming the file."""
     from transformers import Trainer
 
-    from rlhf.checkpoints import problem
+    from rlhf.core.checkpoints import problem
 
     save_rng_state = Trainer._save_rng_state
 

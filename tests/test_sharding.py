@@ -1,4 +1,4 @@
-"""rlhf.sharding on two CPU processes (torchrun, gloo) with a tiny in-process model: parameters really are
+"""rlhf.core.sharding on two CPU processes (torchrun, gloo) with a tiny in-process model: parameters really are
 DTensor shards, sharded training equals one process on the same global batch, full_state_dict is the same whole
 model on both ranks, gathered() lets ranks run different numbers of forwards, and a sharded checkpoint round
 trips model and optimizer state."""
@@ -18,7 +18,7 @@ DRIVER = textwrap.dedent('''
     import copy, sys, torch, torch.distributed as dist
     from torch import nn
     from torch.distributed.tensor import DTensor
-    from rlhf.sharding import (full_state_dict, gathered, is_sharded, load_full_state_dict, load_sharded,
+    from rlhf.core.sharding import (full_state_dict, gathered, is_sharded, load_full_state_dict, load_sharded,
                                no_sync, save_sharded, shard)
 
     out = sys.argv[1]
@@ -153,7 +153,7 @@ def test_transformer_blocks_are_found_through_wrappers_and_a_model_without_them_
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf.sharding import transformer_blocks
+    from rlhf.core.sharding import transformer_blocks
 
     config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
                          num_attention_heads=2, num_key_value_heads=1)
@@ -192,7 +192,7 @@ def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tm
     assert err.endswith("no list of transformer layers (config.num_hidden_layers) to shard")
     assert not runs.exists()
     monkeypatch.delenv("ACCELERATE_USE_FSDP")  # without an FSDP launch nothing is checked here
-    from rlhf.sharding import check_wrappable
+    from rlhf.core.sharding import check_wrappable
 
     check_wrappable(model, "model.name")
 
@@ -203,7 +203,7 @@ def test_rl_stage_refuses_a_model_fsdp_cannot_wrap_in_one_line_before_loading(tm
     ("ppo", "ppo_tiny", "model.quantization", [])])
 def test_a_quantized_base_under_fsdp_is_refused_by_every_stage_in_one_line_before_loading(
         tmp_path, monkeypatch, capsys, no_model_loads, stage, config, key, more):
-    """One check (rlhf.sharding.check_wrappable), one wording, before any model loads or run folder exists."""
+    """One check (rlhf.core.sharding.check_wrappable), one wording, before any model loads or run folder exists."""
     from rlhf.stages import STAGES
 
     monkeypatch.chdir(ROOT)

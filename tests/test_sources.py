@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import sources
+from rlhf.data import sources
 from rlhf.cli import main
-from rlhf.records import load_preferences, write_jsonl
+from rlhf.data.records import load_preferences, write_jsonl
 
 
 def test_hh_pairs_keep_prompt_and_split_final_turn():
@@ -67,7 +67,7 @@ def test_stats_on_each_shipped_file(capsys):
 
 
 def _first_turn(prompt: str) -> str:
-    """An HH transcript's first Human turn, written out here apart from rlhf.sources so the test checks it."""
+    """An HH transcript's first Human turn, written out here apart from rlhf.data.sources so the test checks it."""
     text = prompt.split("\n\nHuman:", 1)[1] if "\n\nHuman:" in prompt else prompt
     return text.split("\n\nAssistant:")[0].strip()
 
@@ -144,9 +144,9 @@ def test_dialogsum_pairs_degrade_the_same_dialogue_and_draw_easy_negatives_in_sp
 def test_rl_reads_train_and_dev_prompts_only(tmp_path):
     import pytest
 
-    from rlhf.config import ConfigError, load_config
-    from rlhf.ppo.config import RLStageConfig
-    from rlhf.ppo.prompts import load_prompts
+    from rlhf.core.config import ConfigError, load_config
+    from rlhf.rl.config import RLStageConfig
+    from rlhf.rl.prompts import load_prompts
 
     cfg, _ = load_config(RLStageConfig, [])
     assert (cfg.data.split, cfg.data.eval_split) == ("train", "dev")  # monitoring reads dev, not test
@@ -184,14 +184,14 @@ def test_a_source_registered_in_one_place_reaches_every_stage_that_reads_sources
 
     from reward_models.config import RewardStageConfig
     from reward_models.data import load_pairs
-    from rlhf import evaluate as ev
-    from rlhf.config import ConfigError, load_config
-    from rlhf.datatools import stats, validate_stage_inputs
-    from rlhf.export import card_license, data_used
-    from rlhf.likelihood import JudgeFreeConfig, check_judge_free, preference_pairs
-    from rlhf.ppo.config import RLStageConfig
-    from rlhf.ppo.prompts import load_prompts
-    from rlhf.records import RecordError
+    from rlhf.evaluation import evaluate as ev
+    from rlhf.core.config import ConfigError, load_config
+    from rlhf.data.validation import stats, validate_stage_inputs
+    from rlhf.models.export import card_license, data_used
+    from rlhf.evaluation.likelihood import JudgeFreeConfig, check_judge_free, preference_pairs
+    from rlhf.rl.config import RLStageConfig
+    from rlhf.rl.prompts import load_prompts
+    from rlhf.data.records import RecordError
     from rlhf.sft.config import SFTStageConfig
 
     rows = _toy_pairs()

@@ -9,7 +9,7 @@ import pytest
 
 from rlhf import pipeline as pl
 from rlhf.command import stage_cli
-from rlhf.config import _flow, _plain, field_help, load_config
+from rlhf.core.config import _flow, _plain, field_help, load_config
 from rlhf.stages import STAGES, pipeline_stages
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
@@ -35,8 +35,8 @@ def test_the_dataclass_defaults_are_what_the_stage_runs(name):
 def test_values_the_old_defaults_yaml_set_are_the_dataclass_defaults():
     """The values where the deleted YAML files differed from the classes (the files were what ran)."""
     from reward_models.config import RewardStageConfig
-    from rlhf.evaluate import EvalConfig
-    from rlhf.ppo.config import PPOStageConfig
+    from rlhf.evaluation.evaluate import EvalConfig
+    from rlhf.rl.config import PPOStageConfig
     from rlhf.sft.config import SFTStageConfig
 
     sft = SFTStageConfig()

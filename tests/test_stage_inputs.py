@@ -57,15 +57,15 @@ def stage_argv(stage: str, out: Path, file: str) -> tuple[object, list[str], str
 def no_models(monkeypatch):
     """Any model load fails the test: the check must come first."""
     import reward_models.train
-    import rlhf.ppo.policy
-    import rlhf.zoo
+    import rlhf.rl.policy
+    import rlhf.models.zoo
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    for module, name in [(rlhf.zoo, "load_causal_lm"), (rlhf.zoo, "load_tokenizer"),
-                         (reward_models.train, "new_reward_model"), (rlhf.ppo.policy, "build_actor_critic"),
-                         (rlhf.ppo.policy, "load_policy_tokenizer")]:
+    for module, name in [(rlhf.models.zoo, "load_causal_lm"), (rlhf.models.zoo, "load_tokenizer"),
+                         (reward_models.train, "new_reward_model"), (rlhf.rl.policy, "build_actor_critic"),
+                         (rlhf.rl.policy, "load_policy_tokenizer")]:
         monkeypatch.setattr(module, name, refuse)
 
 
@@ -101,8 +101,8 @@ def test_a_directory_or_a_missing_file_is_named(stage, tmp_path, capsys, no_mode
 
 
 def test_good_files_pass_and_unknown_shipped_names_are_named(tmp_path):
-    from rlhf.config import ConfigError, load_config
-    from rlhf.datatools import validate_stage_inputs
+    from rlhf.core.config import ConfigError, load_config
+    from rlhf.data.validation import validate_stage_inputs
     from reward_models.config import RewardStageConfig
 
     good = f"[{FIXTURES / 'good' / 'prefs.jsonl'}, {FIXTURES / 'good' / 'prefs.csv'}]"

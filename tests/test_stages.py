@@ -13,7 +13,7 @@ import pytest
 
 from rlhf import pipeline as pl
 from rlhf.cli import build_parser, main as rlhf
-from rlhf.config import RunConfig
+from rlhf.core.config import RunConfig
 from rlhf.stages import STAGES, Stage, commands, pipeline_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_the_subcommands_are_the_registered_ones_and_unique():
 
 
 def test_what_shards_is_what_the_stage_configs_of_the_sharding_stages_were():
-    """The old table matched these class names as strings (rlhf.sharding.SHARDED_STAGES)."""
+    """The old table matched these class names as strings (rlhf.core.sharding.SHARDED_STAGES)."""
     sharded = {stage.config_class.__name__ for stage in STAGES.values() if stage.shards}
     assert sharded == {"SFTStageConfig", "RewardStageConfig", "RLStageConfig"}
 
@@ -120,7 +120,7 @@ def test_a_registered_stage_runs_in_the_pipeline_after_its_upstream_stage(toy, t
 @pytest.mark.parametrize("shards, refused", [(False, True), (True, False)])
 def test_the_fsdp_launch_check_reads_what_shards_from_the_registry(toy, monkeypatch, tmp_path, capsys, shards,
                                                                    refused):
-    from rlhf import runtime
+    from rlhf.core import runtime
 
     stage, calls = toy
     monkeypatch.setitem(STAGES, "toy", dataclasses.replace(stage, shards=shards))

@@ -1,4 +1,4 @@
-"""rlhf.threads (the thread count on a shared CPU) and benchmarks/shared_cpu.py's pure logic.
+"""rlhf.core.threads (the thread count on a shared CPU) and benchmarks/shared_cpu.py's pure logic.
 
 Fast and untimed: the speed itself is measured by `benchmarks/shared_cpu.py`.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import threads
+from rlhf.core import threads
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -4,9 +4,9 @@ import math
 import time
 from pathlib import Path
 
-from rlhf.config import RunConfig
-from rlhf.lifecycle import run_folder
-from rlhf.tracking import MetricsLogger, read_metrics, run_history
+from rlhf.core.config import RunConfig
+from rlhf.core.lifecycle import run_folder
+from rlhf.core.tracking import MetricsLogger, read_metrics, run_history
 
 
 def wandb_log_with(run_folder: Path, *needles: bytes, timeout_s: float = 60.0) -> bytes:
@@ -67,7 +67,7 @@ def test_a_resumed_run_keeps_each_step_once(tmp_path, run_cfg):
 
 
 def test_wandb_settings_follow_the_users_environment():
-    from rlhf.tracking import wandb_settings
+    from rlhf.core.tracking import wandb_settings
 
     run = RunConfig(wandb_mode="offline", wandb_project="rlhf", tags=["x", "pipeline:demo"])
     assert wandb_settings(run, {}) == {"mode": "offline", "project": "rlhf", "entity": None, "group": "demo"}

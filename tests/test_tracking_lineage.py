@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import ConfigError, RunConfig
-from rlhf.lifecycle import run_folder
-from rlhf.tracking import MetricsLogger, link_lineage
+from rlhf.core.config import ConfigError, RunConfig
+from rlhf.core.lifecycle import run_folder
+from rlhf.core.tracking import MetricsLogger, link_lineage
 from tests.test_tracking import wandb_log_with
 
 
@@ -127,9 +127,9 @@ def test_tensorboard_tracker_writes_events_and_a_missing_tracker_is_one_line(tmp
 ROOT = Path(__file__).resolve().parents[1]
 TRACKIO_RUN = """
 import sys
-from rlhf.config import RunConfig
-from rlhf.lifecycle import run_folder
-from rlhf.tracking import MetricsLogger
+from rlhf.core.config import RunConfig
+from rlhf.core.lifecycle import run_folder
+from rlhf.core.tracking import MetricsLogger
 
 run = RunConfig(output_dir=sys.argv[1], run_name="t", wandb_mode="disabled", trackers=["trackio"])
 logger = MetricsLogger(run_folder(run, "unit"), run, "unit", config=run)

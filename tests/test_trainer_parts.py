@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import load_config
-from rlhf.ppo.config import RLStageConfig
-from rlhf.ppo.reducers import ProcessReducer
+from rlhf.core.config import load_config
+from rlhf.rl.config import RLStageConfig
+from rlhf.rl.reducers import ProcessReducer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,11 +44,11 @@ def test_reducer_on_one_process_gives_the_masked_mean_and_unbiased_variance_by_h
 def test_the_factory_builds_what_the_hand_written_recipe_built(run_cfg):
     """build_rl_trainer = tokenizer, policy (+ value head for ppo), scorer, prompts, trainer, in that order: the
     same seed gives the same trainable weights, prompts and first step as the recipe written out by hand."""
-    from rlhf.ppo.factory import build_rl_trainer
-    from rlhf.ppo.policy import build_policy_model, load_policy_tokenizer
-    from rlhf.ppo.prompts import prepare_prompts
-    from rlhf.ppo.scorers import load_scorer
-    from rlhf.ppo.trainer import RLTrainer
+    from rlhf.rl.factory import build_rl_trainer
+    from rlhf.rl.policy import build_policy_model, load_policy_tokenizer
+    from rlhf.rl.prompts import prepare_prompts
+    from rlhf.rl.scorers import load_scorer
+    from rlhf.rl.trainer import RLTrainer
 
     cfg, _ = load_config(RLStageConfig, ["--config", str(ROOT / "pipelines/configs/ppo_tiny.yaml"),
                                          "--update.batch_size", "4", "--update.mini_batch_size", "4", "--update.epochs", "1",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rlhf.records import (PreferenceRecord, RecordError, SFTRecord, load_preferences, load_records, load_sft,
+from rlhf.data.records import (PreferenceRecord, RecordError, SFTRecord, load_preferences, load_records, load_sft,
                           prompt_to_messages)
 
 SKY = [{"role": "user", "content": "What color is the sky?"}]
@@ -111,8 +111,8 @@ def test_unreachable_hub_dataset_is_one_line_naming_it(monkeypatch):
 
 
 def test_reward_stage_input_check_takes_the_default_dimension(tmp_path):
-    from rlhf.config import ConfigError
-    from rlhf.datatools import validate_stage_inputs
+    from rlhf.core.config import ConfigError
+    from rlhf.data.validation import validate_stage_inputs
     from reward_models.config import RewardStageConfig
 
     path = write_rows(tmp_path / "p.jsonl", [{"prompt": SKY, "chosen": BLUE, "rejected": GREEN}])

@@ -32,13 +32,13 @@ DRIVER = textwrap.dedent('''
     import sys, torch
     from torch.distributed.tensor import DTensor
     from reward_models.types import RewardScores
-    from rlhf import sharding
-    from rlhf.config import load_config
-    from rlhf.ppo.config import PPOStageConfig
-    from rlhf.ppo.policy import build_actor_critic, load_policy_tokenizer
-    from rlhf.ppo.prompts import prepare_prompts
-    from rlhf.ppo.trainer import PPOTrainer, seed_everything
-    from rlhf.runtime import make_accelerator
+    from rlhf.core import sharding
+    from rlhf.core.config import load_config
+    from rlhf.rl.config import PPOStageConfig
+    from rlhf.rl.policy import build_actor_critic, load_policy_tokenizer
+    from rlhf.rl.prompts import prepare_prompts
+    from rlhf.rl.trainer import PPOTrainer, seed_everything
+    from rlhf.core.runtime import make_accelerator
 
     class VowelScorer:
         def score(self, prompts, responses):
@@ -146,8 +146,8 @@ def stage(out: Path, name: str, steps: int, *extra: str, strategy: str) -> None:
 def test_two_processes_ppo_killed_after_a_checkpoint_resumes_as_the_uninterrupted_run(tmp_path, strategy):
     from safetensors.torch import load_file
 
-    from rlhf.ppo.curves import last_per_step
-    from rlhf.tracking import read_metrics
+    from rlhf.rl.curves import last_per_step
+    from rlhf.core.tracking import read_metrics
 
     stage(tmp_path, "full", 4, strategy=strategy)
     killed_after(tmp_path / "full", tmp_path / "cut", step=2)
@@ -171,8 +171,8 @@ def test_two_processes_ppo_killed_after_a_checkpoint_resumes_as_the_uninterrupte
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from rlhf.policies import adapter_base
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.policies import adapter_base
+    from rlhf.models.zoo import load_causal_lm
 
     final = tmp_path / "full/final"
     adapted = PeftModel.from_pretrained(load_causal_lm(adapter_base(final / "adapter")), str(final / "adapter"))

@@ -41,7 +41,7 @@ def run(out: Path, name: str, accum: int, resume: bool = False) -> dict:
     """Train the tiny reward model (no dropout, fp32) and return what this process saw: which parameters were
     sharded, and the whole weights the final model is made of."""
     import reward_models.train as train
-    from rlhf import sharding
+    from rlhf.core import sharding
     from test_reward_train import tiny_config, toy_preferences
 
     captured: dict = {}
@@ -91,7 +91,7 @@ def torchrun(out: Path, name: str, mode: str, strategy: str) -> list[dict]:
 
 
 def metrics(out: Path, name: str) -> dict[int, dict]:
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
 
     return {m["step"]: m for m in read_metrics(out / "runs" / name / "metrics.jsonl") if "loss/pairwise" in m}
 

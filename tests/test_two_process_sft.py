@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from distributed_helpers import STRATEGY_ENV, grouped, killed_after, worker_env
-from rlhf.tracking import read_metrics
+from rlhf.core.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "pipelines" / "configs" / "sft_tiny.yaml"
@@ -65,7 +65,7 @@ def exported(run_dir: Path, method: str, folder: str = "final") -> dict[str, tor
     ``final/``; a plain HF folder for full fine-tuning's and for ``final-merged/``)."""
     from peft import PeftModel
 
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.zoo import load_causal_lm
 
     if method != "full" and folder == "final":
         model = PeftModel.from_pretrained(load_causal_lm("tiny-llama"), run_dir / folder)
@@ -138,7 +138,7 @@ def test_two_processes_match_one_process_and_ranks_agree(strategy, method, two_p
 def trained(weights: dict[str, torch.Tensor]) -> list[str]:
     """Names of the weights training moved: LoRA's B matrices (they start at zero), base weights that changed, or
     the soft prompt (it starts as the init text's embeddings)."""
-    from rlhf.zoo import load_causal_lm
+    from rlhf.models.zoo import load_causal_lm
 
     base = load_causal_lm("tiny-llama")
     start = dict(base.named_parameters())
@@ -162,7 +162,7 @@ def test_two_processes_resume_from_a_checkpoint_matches_uninterrupted(strategy, 
 
 
 def test_resume_needs_the_launch_that_wrote_the_checkpoint(tmp_path, monkeypatch):
-    from rlhf.checkpoints import CheckpointError
+    from rlhf.core.checkpoints import CheckpointError
     from rlhf.sft.fsdp import check_resume
 
     (tmp_path / "checkpoint-2" / "sharded").mkdir(parents=True)

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from rlhf import zoo
+from rlhf.models import zoo
 
 
 def test_zoo_lists_default_models(capsys):
@@ -58,7 +58,7 @@ def test_real_pull_is_idempotent(monkeypatch):
 
 @pytest.mark.real
 def test_smollm2_answers_paris():
-    from rlhf.generation import GenerationSettings, generate_chat
+    from rlhf.models.generation import GenerationSettings, generate_chat
 
     model = zoo.load_causal_lm("smollm2-135m-instruct")
     tok = zoo.load_tokenizer("smollm2-135m-instruct")

@@ -51,7 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rlhf.annotate.export import collect_preferences
 from rlhf.annotate.stats import compute_stats
 from rlhf.annotate.store import CHOICES, MAX_REASON_CHARS, SESSION_IDLE_S, SKIP_KINDS, Annotator, Store
-from rlhf.records import DIMENSIONS
+from rlhf.data.records import DIMENSIONS
 
 DEFAULT_GUIDELINES = Path(__file__).resolve().parents[2] / "data" / "annotation_guidelines.md"
 MAX_BODY_BYTES = 64 * 1024  # a label is a few hundred bytes; a rationale gets MAX_RATIONALE_CHARS

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rlhf.annotate.store import ItemConflict, NewItem, Store
-from rlhf.records import RecordError
+from rlhf.data.records import RecordError
 
 DEFAULT_K = 2
 EXAMPLES = """typical session:
@@ -89,7 +89,7 @@ def cmd_import(args) -> int:
 
 def cmd_make_tasks(args) -> int:
     from rlhf.annotate.sampling import sample_items
-    from rlhf.records import read_prompts
+    from rlhf.data.records import read_prompts
 
     prompts = read_prompts(args.prompts, limit=args.n)
     items = sample_items(prompts, args.policy, args.policy2, max_new_tokens=args.max_new_tokens, seed=args.seed,
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="file of rows with a 'prompt' field")
     p.add_argument("--n", type=int, default=None, help="use the first N prompts")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda (rlhf.runtime)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda (rlhf.core.runtime)")
     p.set_defaults(func=cmd_make_tasks)
 
     p = with_assignment(with_db(sub.add_parser("assign", help="give every item k annotators (fills gaps only)")))

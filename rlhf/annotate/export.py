@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from rlhf.annotate.store import Item, Label, Store
-from rlhf.records import DIMENSIONS, PreferenceRecord, write_jsonl
+from rlhf.data.records import DIMENSIONS, PreferenceRecord, write_jsonl
 
 SOURCE = "annotation"
 
@@ -64,7 +64,7 @@ def collect_preferences(store: Store) -> tuple[list[PreferenceRecord], ExportSum
 
 
 def export_preferences(store: Store, out: str | Path) -> ExportSummary:
-    """Write the records with :func:`rlhf.records.write_jsonl` (atomic), readable by ``load_preferences``."""
+    """Write the records with :func:`rlhf.data.records.write_jsonl` (atomic), readable by ``load_preferences``."""
     records, summary = collect_preferences(store)
     write_jsonl(records, out)
     return summary

@@ -1,8 +1,8 @@
 """Reading items files for ``rlhf annotate import``: one row per item, every problem reported.
 
 A row is ``{"prompt", "response_a", "response_b", "id"?, "source"?}`` in any format
-:func:`rlhf.records.read_rows` reads (JSONL, JSONL.gz, JSON, CSV). Problems are
-:class:`rlhf.records.RecordError` (``file:line: field 'x': message``), all collected before anything
+:func:`rlhf.data.records.read_rows` reads (JSONL, JSONL.gz, JSON, CSV). Problems are
+:class:`rlhf.data.records.RecordError` (``file:line: field 'x': message``), all collected before anything
 is stored, so a bad file is fixed in one round and never half-imported.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf.annotate.store import NewItem
-from rlhf.records import RecordError, read_rows
+from rlhf.data.records import RecordError, read_rows
 
 REQUIRED_FIELDS = ("prompt", "response_a", "response_b")
 OPTIONAL_FIELDS = ("id", "source")

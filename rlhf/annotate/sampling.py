@@ -10,15 +10,15 @@ import random
 import sys
 
 from rlhf.annotate.store import NewItem
-from rlhf.records import prompt_to_messages
+from rlhf.data.records import prompt_to_messages
 
 
 def _generate(policy: str, prompts: list[str], max_new_tokens: int, seeds: list[int],
               device: str = "auto") -> list[list[str]]:
-    """One list of responses per seed, from one policy (loaded once, on the device ``rlhf.runtime`` picks)."""
-    from rlhf.generation import GenerationSettings, generate_chat
-    from rlhf.policies import load_tokenizer, load_weights
-    from rlhf.runtime import select_device
+    """One list of responses per seed, from one policy (loaded once, on the device ``rlhf.core.runtime`` picks)."""
+    from rlhf.models.generation import GenerationSettings, generate_chat
+    from rlhf.models.policies import load_tokenizer, load_weights
+    from rlhf.core.runtime import select_device
 
     where = select_device(device, key="--device")
     tokenizer, model = load_tokenizer(policy), load_weights(policy).to(where)  # an adapter folder is merged in

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from rlhf.annotate.store import CHOICES, NewItem, Store
-from rlhf.records import DIMENSIONS
+from rlhf.data.records import DIMENSIONS
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from rlhf.annotate.agreement import krippendorff_alpha_nominal, krippendorff_alpha_ordinal, mean_pairwise_kappa
 from rlhf.annotate.store import CHOICES, SKIP_KINDS, Label, Skip
-from rlhf.records import DIMENSIONS
+from rlhf.data.records import DIMENSIONS
 
 ORDER = ("A", "tie", "B")  # the choices as a scale: A better < tie < B better
 

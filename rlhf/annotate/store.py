@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 from rlhf.annotate.assignment import plan_assignments
-from rlhf.records import DIMENSIONS
+from rlhf.data.records import DIMENSIONS
 
 CHOICES = ("A", "B", "tie")
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -43,7 +43,7 @@ MAX_REASON_CHARS = 500
 _HANDLED_JOIN = (" LEFT JOIN labels l ON l.item_id = s.item_id AND l.annotator_id = s.annotator_id"
                  " LEFT JOIN skips k ON k.item_id = s.item_id AND k.annotator_id = s.annotator_id")
 
-# The label columns are the HHH dimensions of rlhf.records, one per dimension, filled in from DIMENSIONS (constants,
+# The label columns are the HHH dimensions of rlhf.data.records, one per dimension, filled in from DIMENSIONS (constants,
 # never user input) so the dimension names are written in one place.
 _DIMS = ", ".join(DIMENSIONS)
 SCHEMA = """

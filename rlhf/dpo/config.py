@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from rlhf.config import RenamedKeys, RunConfig, check_ranges, shared_field
-from rlhf.lora import LoraConfig
-from rlhf.runtime import Precision
-from rlhf.sources import PreferenceSourcesConfig
+from rlhf.core.config import RenamedKeys, RunConfig, check_ranges, shared_field
+from rlhf.models.lora import LoraConfig
+from rlhf.core.runtime import Precision
+from rlhf.data.sources import PreferenceSourcesConfig
 
 # TRL's DPOConfig.loss_type values for one pair-wise loss (sigmoid = DPO, ipo = IPO, ...); combinations
 # (TRL's list form, MPO) are left out: one name, one loss.
@@ -73,7 +73,7 @@ class TrainConfig:
                   "range": "[1, 10000000]"})
     precision: Precision = field(
         default="auto",
-        metadata={"help": "bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.runtime)"})
+        metadata={"help": "bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.core.runtime)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "saves memory, costs ~30 % more compute"})
     threads: int = field(default=0,
                          metadata={"help": "torch threads: 0 follows the cores other processes leave free; n: fixed",

@@ -11,9 +11,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from rlhf.config import ConfigError
+from rlhf.core.config import ConfigError
 from rlhf.dpo.config import DataConfig
-from rlhf.records import DIMENSIONS, PreferenceRecord, RecordError, load_records, log_rows_read, prompt_to_messages
+from rlhf.data.records import DIMENSIONS, PreferenceRecord, RecordError, load_records, log_rows_read, prompt_to_messages
 
 
 @dataclass
@@ -42,7 +42,7 @@ def load_pairs(cfg: DataConfig, seed: int) -> Pairs:
 
     A file with no pairs left after the dimension filter, or no training pair at all, is a ConfigError
     naming the key and file; the files' own row errors are found earlier by ``validate_stage_inputs``."""
-    from rlhf.sources import check_train_file, preference_records, take_partition, take_split
+    from rlhf.data.sources import check_train_file, preference_records, take_partition, take_split
 
     check_dimensions(cfg.dimensions)
     train = keep(preference_records(cfg.sources, "train"), cfg.dimensions)
@@ -88,7 +88,7 @@ def to_conversational(record: PreferenceRecord) -> dict[str, Any]:
 
 def pair_tokens(tokenizer, row: dict[str, Any]) -> int:
     """Tokens of the prompt with its longer answer, rendered by the chat template (what the trainer feeds)."""
-    from rlhf.generation import render_chat
+    from rlhf.models.generation import render_chat
 
     return max(len(tokenizer(render_chat(tokenizer, row["prompt"] + row[answer], add_generation_prompt=False),
                              add_special_tokens=False)["input_ids"]) for answer in ("chosen", "rejected"))

@@ -12,11 +12,11 @@ from typing import Sequence
 from transformers import TrainerCallback
 
 from rlhf.dpo.config import DPOStageConfig
-from rlhf.lora import peft_lora_config
-from rlhf.ppo.checkpoint import point_adapter_at_sft, sft_start
+from rlhf.models.lora import peft_lora_config
+from rlhf.rl.checkpoint import point_adapter_at_sft, sft_start
 from rlhf.sft.trainer import CheckpointManifest, MetricsLoggerCallback, common_training_args
-from rlhf.runtime import fresh_accelerator_state
-from rlhf.threads import ThreadGovernor
+from rlhf.core.runtime import fresh_accelerator_state
+from rlhf.core.threads import ThreadGovernor
 
 # TRL's DPO log keys -> ours; the rest land under train/ or eval/ (rlhf.sft.trainer.hf_logs_to_metrics).
 RENAMES = {
@@ -32,7 +32,7 @@ RENAMES = {
 
 
 class GovernThreads(TrainerCallback):
-    """The shared CPU's thread rule (:class:`rlhf.threads.ThreadGovernor`), re-checked before every step."""
+    """The shared CPU's thread rule (:class:`rlhf.core.threads.ThreadGovernor`), re-checked before every step."""
 
     def __init__(self, threads: int):
         self.governor = ThreadGovernor(threads)

@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhf.config import ConfigError, RunConfig, check_ranges, shared_field
-from rlhf.generation import GenerationSettings
-from rlhf.lora import LoraConfig
-from rlhf.quantization import Quantization, frozen_base_error, quantization_field
-from rlhf.runtime import Precision
+from rlhf.core.config import ConfigError, RunConfig, check_ranges, shared_field
+from rlhf.models.generation import GenerationSettings
+from rlhf.models.lora import LoraConfig
+from rlhf.models.quantization import Quantization, frozen_base_error, quantization_field
+from rlhf.core.runtime import Precision
 
 
 @dataclass
@@ -93,7 +93,7 @@ class TrainConfig:
     packing: bool = field(default=False, metadata={"help": "best-fit packing of several examples per row (TRL bfd)"})
     precision: Precision = field(
         default="auto",
-        metadata={"help": "bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.runtime)"})
+        metadata={"help": "bf16 autocast (bf16) or not (fp32); auto: bf16 where it is native (rlhf.core.runtime)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "saves memory, costs ~30 % more compute"})
     save_steps: int = shared_field("save_steps", 50)
     save_total_limit: int = shared_field("save_total_limit", 2)

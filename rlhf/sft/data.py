@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
-from rlhf.generation import render_chat
-from rlhf.records import SFTRecord
+from rlhf.models.generation import render_chat
+from rlhf.data.records import SFTRecord
 from rlhf.sft.config import DataConfig, MixtureSource
 
 R = TypeVar("R")
@@ -59,7 +59,7 @@ def sample_mixture(pools: Sequence[Sequence[R]], weights: Sequence[float], total
 
 def load_source(source: MixtureSource, split: str, seed: int, cap: int = 0) -> list[SFTRecord]:
     """A source's records of one split, capped to a seeded subset of ``cap`` (0 = all)."""
-    from rlhf.sources import sft_records
+    from rlhf.data.sources import sft_records
 
     records = sft_records(source.source, split)  # type: ignore[arg-type]
     if cap and len(records) > cap:

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from rlhf.runtime import autocast as runtime_autocast
+from rlhf.core.runtime import autocast as runtime_autocast
 from rlhf.sft.data import encode_chat
 
 
@@ -65,7 +65,7 @@ def answer_logprobs(model, tokenizer, chats: Sequence[Sequence[dict[str, str]]],
 
 def truthfulqa_mc1(model, tokenizer, n: int = 0, batch_size: int = 8, autocast: bool = False) -> float:
     """MC1 accuracy on the first ``n`` questions (0 = all) of TruthfulQA's test split."""
-    from rlhf.sources import truthfulqa_items
+    from rlhf.data.sources import truthfulqa_items
 
     items = [it for it in truthfulqa_items("test") if it.incorrect]
     items = items[:n] if n else items

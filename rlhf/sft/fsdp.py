@@ -1,4 +1,4 @@
-"""The HF Trainer (TRL's SFTTrainer) training a model sharded with FSDP2 (:mod:`rlhf.sharding`), on CPU and CUDA.
+"""The HF Trainer (TRL's SFTTrainer) training a model sharded with FSDP2 (:mod:`rlhf.core.sharding`), on CPU and CUDA.
 
 Why a Trainer subclass: on CPU accelerate ignores its FSDP plugin, so ``accelerator.prepare`` would wrap the
 model in DDP. transformers 5.24 already has the path we need for a model that arrives sharded (its
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhf.checkpoints import SHARDED, check_same_launch
-from rlhf.config import ConfigError
-from rlhf.sharding import (check_wrappable, fsdp_requested, full_state_dict, is_sharded, load_sharded, no_sync,
+from rlhf.core.checkpoints import SHARDED, check_same_launch
+from rlhf.core.config import ConfigError
+from rlhf.core.sharding import (check_wrappable, fsdp_requested, full_state_dict, is_sharded, load_sharded, no_sync,
                            save_sharded, shard, transformer_blocks)
 
 SCHEDULER = "scheduler.pt"  # transformers' SCHEDULER_NAME: the name a checkpoint's scheduler always had
@@ -103,7 +103,7 @@ def local_model(model: nn.Module) -> nn.Module | None:
     """A model this process can run alone: ``model`` itself, or for a sharded one a plain (unsharded) copy with
     its gathered weights, on the main process only (None on the others; a collective, every rank calls it).
 
-    Why a copy and not :func:`rlhf.sharding.gathered`: ``generate`` on an FSDP-managed module syncs every step
+    Why a copy and not :func:`rlhf.core.sharding.gathered`: ``generate`` on an FSDP-managed module syncs every step
     with the other ranks (transformers' ``synced_gpus``), so rank 0 generating alone would wait forever."""
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM

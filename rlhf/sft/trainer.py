@@ -2,7 +2,7 @@
 
 HF Trainer's own reporting is off (``report_to="none"``) unless ``run.report_to`` names its integrations
 (TRL's ``report_to``: tensorboard, trackio, wandb ...; used by SFT and DPO); its logs are renamed into our
-namespaces and sent through :class:`rlhf.tracking.MetricsLogger` by :class:`MetricsLoggerCallback`, so there is
+namespaces and sent through :class:`rlhf.core.tracking.MetricsLogger` by :class:`MetricsLoggerCallback`, so there is
 one logger and one W&B run.
 """
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any, Mapping, Sequence
 import torch
 from transformers import TrainerCallback
 
-from rlhf import checkpoints
-from rlhf.config import RunConfig
-from rlhf.lora import LoraConfig, peft_lora_config
-from rlhf.policies import is_adapter_folder, make_base_portable, set_adapter_base
-from rlhf.runtime import fresh_accelerator_state
+from rlhf.core import checkpoints
+from rlhf.core.config import RunConfig
+from rlhf.models.lora import LoraConfig, peft_lora_config
+from rlhf.models.policies import is_adapter_folder, make_base_portable, set_adapter_base
+from rlhf.core.runtime import fresh_accelerator_state
 from rlhf.sft.config import PromptTuningConfig, SFTStageConfig
-from rlhf.tracking import MetricsLogger
+from rlhf.core.tracking import MetricsLogger
 
 CHECKPOINTS = checkpoints.CHECKPOINTS
 PREFIX = "checkpoint-"  # HF Trainer's folder names: checkpoint-<global step>
@@ -33,10 +33,10 @@ PREFIX = "checkpoint-"  # HF Trainer's folder names: checkpoint-<global step>
 
 
 def train_device(run) -> torch.device:
-    """Where the Trainer trains (``rlhf.runtime.select_device`` of ``run.device``); ``rlhf.runtime.use_bf16``
+    """Where the Trainer trains (``rlhf.core.runtime.select_device`` of ``run.device``); ``rlhf.core.runtime.use_bf16``
     decides bf16 autocast for it. (On an AVX2-only EPYC a bf16-autocast SmolLM2 training step measured more
     than 2x slower than fp32.)"""
-    from rlhf.runtime import select_device
+    from rlhf.core.runtime import select_device
 
     return select_device(run.device)
 
@@ -53,7 +53,7 @@ def prompt_tuning_config(pt: PromptTuningConfig, model_name: str):
     """A peft ``PromptTuningConfig``: ``pt.num_virtual_tokens`` virtual tokens, from ``pt.init_text`` or random."""
     from peft import PromptTuningConfig as PeftPromptTuningConfig, PromptTuningInit
 
-    from rlhf.zoo import resolve_model
+    from rlhf.models.zoo import resolve_model
 
     if not pt.init_text:
         return PeftPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=pt.num_virtual_tokens,
@@ -133,7 +133,7 @@ COUNTERS = "counters.json"  # in a checkpoint-N: TRL's running totals, which its
 
 class CheckpointManifest(TrainerCallback):
     """Completes each ``checkpoint-N`` the HF Trainer wrote in place: its manifest (sizes, sha256) is
-    written after every file, so a folder without one was cut short (see :mod:`rlhf.checkpoints`); then the
+    written after every file, so a folder without one was cut short (see :mod:`rlhf.core.checkpoints`); then the
     older checkpoints beyond ``keep`` are deleted. The HF Trainer's own rotation (``save_total_limit``) is off:
     it deletes the older checkpoints *before* this callback runs, so a run killed while the new one is hashed
     kept no intact checkpoint at all.
@@ -241,7 +241,7 @@ def build_trainer(cfg: SFTStageConfig, model, tokenizer, train_dataset, eval_dat
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    from rlhf.sharding import fsdp_requested
+    from rlhf.core.sharding import fsdp_requested
     from rlhf.sft.fsdp import sharded
 
     datasets.disable_progress_bars()  # TRL's label-building maps would print a bar per pass
@@ -273,8 +273,8 @@ def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str
     ``final-merged/``: base + adapter merged into plain weights, when asked (LoRA only)."""
     from peft import PeftModel
 
-    from rlhf.policies import merged_as_trained
-    from rlhf.sharding import is_sharded
+    from rlhf.models.policies import merged_as_trained
+    from rlhf.core.sharding import is_sharded
 
     paths = {"final": str(run_dir / "final")}
     trainer.save_model(paths["final"])
@@ -298,7 +298,7 @@ def save_final(trainer, tokenizer, run_dir: Path, save_merged: bool) -> dict[str
 def weights_digest(model) -> str:
     """sha256 of the trainable weights: equal digests = bit-identical replicas. A sharded model's weights are
     gathered first (a collective), so its ranks compare the whole weights they would export."""
-    from rlhf.sharding import full_state_dict, is_sharded
+    from rlhf.core.sharding import full_state_dict, is_sharded
 
     if is_sharded(model):
         params = full_state_dict(model, trainable_only=True)

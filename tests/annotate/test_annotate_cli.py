@@ -7,7 +7,7 @@ import pytest
 
 from rlhf.annotate.cli import main
 from rlhf.annotate.store import Store
-from rlhf.records import load_preferences
+from rlhf.data.records import load_preferences
 
 
 def add(db, name, capsys, *flags) -> str:

@@ -1,11 +1,11 @@
-"""Majority vote per item and dimension -> preference records that rlhf.records reads unchanged."""
+"""Majority vote per item and dimension -> preference records that rlhf.data.records reads unchanged."""
 from __future__ import annotations
 
 import pytest
 
 from rlhf.annotate.export import build_preferences, export_preferences, majority_preference
 from rlhf.annotate.store import Item, Label
-from rlhf.records import load_preferences
+from rlhf.data.records import load_preferences
 
 
 @pytest.mark.parametrize("votes, expected", [

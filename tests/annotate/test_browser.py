@@ -9,7 +9,7 @@ from rlhf.annotate.app import create_app
 from rlhf.annotate.export import export_preferences
 from rlhf.annotate.serving import serve_in_thread
 from rlhf.annotate.store import NewItem, Store
-from rlhf.records import load_preferences
+from rlhf.data.records import load_preferences
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

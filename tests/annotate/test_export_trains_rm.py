@@ -1,10 +1,10 @@
-"""The exported annotation file is training data for the reward model, read through rlhf.records unchanged."""
+"""The exported annotation file is training data for the reward model, read through rlhf.data.records unchanged."""
 from __future__ import annotations
 
 import pytest
 
 from rlhf.annotate.export import export_preferences
-from rlhf.records import DIMENSIONS, load_preferences
+from rlhf.data.records import DIMENSIONS, load_preferences
 
 CHOICES_BY_ANNOTATOR = {
     "alice": {"helpful": "A", "honest": "A", "harmless": "tie"},
@@ -36,7 +36,7 @@ def test_export_loads_as_preference_records(annotation_db, tmp_path):
 def test_export_trains_reward_model(annotation_db, tmp_path):
     """The export is read unchanged by the reward stage, and a tiny reward model learns from it."""
     from reward_models.train import train_reward_model
-    from rlhf.tracking import read_metrics
+    from rlhf.core.tracking import read_metrics
     from reward_models.config import RewardStageConfig
 
     export = export_labelled(annotation_db, tmp_path)

@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from rlhf.annotate.store import ItemConflict, NewItem, Store, hash_token
-from rlhf.records import DIMENSIONS
+from rlhf.data.records import DIMENSIONS
 
 from .conftest import make_items
 
@@ -15,7 +15,7 @@ CHOICES_2 = {"helpful": "B", "honest": "B", "harmless": "A"}
 
 
 def test_label_columns_are_the_record_dimensions():
-    # The schema spells out one column per dimension; a change in rlhf.records must be made here too.
+    # The schema spells out one column per dimension; a change in rlhf.data.records must be made here too.
     assert DIMENSIONS == ("helpful", "honest", "harmless")
 
 

@@ -1,0 +1,1 @@
+"""Data: record formats, the shipped sources (one declaration each), prompts, validation."""

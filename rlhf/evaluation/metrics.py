@@ -1,0 +1,175 @@
+"""Evaluation metrics as pure functions: overlap with references, preference win-rate, diversity, KL.
+
+Everything here takes plain lists or tensors and returns numbers, so each metric is tested on hand-made
+cases (``tests/test_metrics.py``). All scores are fractions in [0, 1] (ROUGE and BLEU too), never percents.
+
+* ROUGE-1/2/L F-measure (``rouge_score``, Porter stemming: the DialogSum convention).
+* BLEU: corpus BLEU through sacreBLEU (standard tokenisation; its signature goes into the report).
+* Win-rate of A over B with ties counting half, and a Wilson score interval.
+* distinct-n (Li et al., 2016), response length, EOS rate: signs of degenerate output and reward hacking.
+* KL of a policy to its reference on its own samples, per sequence: ``rlhf.models.logprobs.sequence_kl`` (shared with RL).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Sequence
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks: the tokenisation distinct-n counts on."""
+    return _TOKEN.findall(text.lower())
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+# ---------------------------------------------------------------- ROUGE
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure over pairs: ``{"rouge1": .., "rouge2": .., "rougeL": ..}``."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"rouge: {len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        return {name: float("nan") for name in ROUGE_TYPES}
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(reference, prediction)  # rouge_score takes (target, prediction)
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    return {name: total / len(predictions) for name, total in totals.items()}
+
+
+# ---------------------------------------------------------------- BLEU
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> tuple[float, str]:
+    """(corpus BLEU as a fraction, sacreBLEU's signature): sacreBLEU's standard settings (13a tokenisation,
+    mixed case, exponential smoothing), so the number is comparable with published ones and the signature
+    says how it was computed. Hypotheses may have different numbers of references."""
+    from sacrebleu.metrics import BLEU
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"bleu: {len(hypotheses)} hypotheses but {len(references)} reference lists")
+    if any(not refs for refs in references):
+        raise ValueError("bleu: every hypothesis needs at least one reference")
+    metric = BLEU(max_ngram_order=max_n)
+    if not hypotheses:
+        return float("nan"), str(metric.get_signature())
+    # sacreBLEU takes reference streams (the k-th reference of every hypothesis); None pads the shorter lists.
+    depth = max(len(refs) for refs in references)
+    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(depth)]
+    score = metric.corpus_score(list(hypotheses), streams)
+    return score.score / 100.0, str(metric.get_signature())
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Corpus BLEU as a fraction (sacreBLEU, see :func:`bleu`)."""
+    return bleu(hypotheses, references, max_n)[0]
+
+
+# ---------------------------------------------------------------- win-rate and intervals
+
+
+def _z(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf((1 + confidence) / 2)
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion; ``successes`` may be fractional (ties counted as halves)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    z = _z(confidence)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class WinRate:
+    rate: float  # (wins + ties / 2) / n
+    low: float  # Wilson interval at `confidence`
+    high: float
+    wins: int
+    ties: int
+    losses: int
+    n: int
+    confidence: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def win_rate(scores: Sequence[float], baseline_scores: Sequence[float], tie_margin: float = 0.0,
+             confidence: float = 0.95) -> WinRate:
+    """How often ``scores[i]`` beats ``baseline_scores[i]`` (paired: the same prompt).
+
+    A difference of at most ``tie_margin`` is a tie; ties count half.
+    """
+    if len(scores) != len(baseline_scores):
+        raise ValueError(f"win_rate: {len(scores)} scores but {len(baseline_scores)} baseline scores (must be paired)")
+    wins = ties = losses = 0
+    for score, base in zip(scores, baseline_scores):
+        diff = float(score) - float(base)
+        if abs(diff) <= tie_margin:
+            ties += 1
+        elif diff > 0:
+            wins += 1
+        else:
+            losses += 1
+    n = len(scores)
+    rate = (wins + ties / 2) / n if n else float("nan")
+    low, high = wilson_interval(wins + ties / 2, n, confidence)
+    return WinRate(rate, low, high, wins, ties, losses, n, confidence)
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): a normal-approximation interval of the mean (t would be wider for tiny n)."""
+    n = len(values)
+    if n == 0:
+        return (float("nan"),) * 3
+    mean = sum(values) / n
+    if n == 1:
+        return (mean, float("nan"), float("nan"))
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    half = _z(confidence) * math.sqrt(var / n)
+    return (mean, mean - half, mean + half)
+
+
+# ---------------------------------------------------------------- diversity and shape of responses
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over the whole set of texts; low values = repetitive output."""
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for text in texts:
+        grams = _ngrams(tokenize(text), n)
+        seen.update(grams)
+        total += sum(grams.values())
+    return len(seen) / total if total else 0.0
+
+
+def mean_length(lengths: Sequence[int]) -> float:
+    return sum(lengths) / len(lengths) if lengths else float("nan")
+
+
+def eos_rate(ended: Sequence[bool]) -> float:
+    """Fraction of responses that stopped at EOS rather than running into max_new_tokens."""
+    return sum(bool(e) for e in ended) / len(ended) if ended else float("nan")
