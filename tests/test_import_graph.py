@@ -163,7 +163,7 @@ def test_the_scan_finds_circles_and_upward_imports(tmp_path):  # the two tests a
     for path, text in {"rlhf/__init__.py": "", "rlhf/a.py": "def f():\n    from rlhf import b\n",
                        "rlhf/b.py": "from rlhf.a import f\nfrom tests.helpers import x\n",
                        "rlhf/rl/__init__.py": "", "rlhf/rl/maths.py": "",
-                       "rlhf/c.py": "from .ppo.maths import g\nif __name__ == '__main__':\n    import rlhf.a\n",
+                       "rlhf/c.py": "from .rl.maths import g\nif __name__ == '__main__':\n    import rlhf.a\n",
                        "rlhf/stages.py": "import pipelines.sft\n", "reward_models/__init__.py": "",
                        "pipelines/__init__.py": "", "pipelines/sft.py": "import rlhf.rl.maths\n"}.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)

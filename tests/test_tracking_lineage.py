@@ -29,7 +29,7 @@ def _stage(root: Path, folder: str, stage: str, inputs, role=None) -> dict:
     logger = MetricsLogger(run_folder(run, stage), run, stage, config=run)
     (root / folder / "final").mkdir(parents=True, exist_ok=True)
     (root / folder / "final" / "model.safetensors").write_text(folder)
-    logger.log({"loss": 1.0}, step=1)
+    logger.log({"loss/total": 1.0}, step=1)
     record = logger.log_artifact(root / folder / "final", "reward-model" if stage == "reward" else "eval-report",
                                  inputs, role=role)
     logger.finish()
@@ -93,7 +93,7 @@ def test_wandb_variables_are_the_users(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_TAGS", "mine,again")
     run = RunConfig(output_dir=str(tmp_path / "runs"), run_name="r", wandb_mode="offline")
     logger = MetricsLogger(run_folder(run, "unit"), run, "unit", config=run)
-    logger.log({"loss": 1.0}, step=1)
+    logger.log({"loss/total": 1.0}, step=1)
     logger.finish()
     assert not (tmp_path / "runs" / "r" / "wandb").exists()  # before: always <run>/wandb
     [log_file] = list((tmp_path / "wandb-home" / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -133,7 +133,7 @@ from rlhf.core.tracking import MetricsLogger
 
 run = RunConfig(output_dir=sys.argv[1], run_name="t", wandb_mode="disabled", trackers=["trackio"])
 logger = MetricsLogger(run_folder(run, "unit"), run, "unit", config=run)
-logger.log({"loss/policy": 0.5, "note": "text"}, step=1)
+logger.log({"loss/policy": 0.5, "samples/note": "text"}, step=1)
 logger.log({"loss/policy": 0.25, "reward/harmless": 1}, step=2)
 logger.finish()
 """
