@@ -26,6 +26,13 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """The tests that start processes (``distributed``, the longest: 20-60 s each on 2 cores) run first, so under
+    ``make test``'s ``-n auto`` the short tests fill the workers around them instead of one worker finishing a long
+    group alone at the end. Stable: file order is kept within each part."""
+    items.sort(key=lambda item: item.get_closest_marker("distributed") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_path() -> str:
     """Folder of a tiny random Llama with a ChatML template (pad == EOS, like SmolLM2)."""

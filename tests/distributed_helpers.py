@@ -129,9 +129,11 @@ def killed_after(run_dir: Path, dest: Path, step: int) -> Path:
     return dest
 
 
-def grouped(prefix: str, runs: list[tuple[str, ...]]) -> list:
-    """``runs`` as pytest params, each in its own xdist group: under ``make test``'s ``--dist loadgroup`` the tests
-    that share one run (a launch cached by a module fixture) land on one worker, so it is made once, while
-    different runs spread over the workers."""
-    return [pytest.param(*run, id="-".join(run), marks=pytest.mark.xdist_group(f"{prefix}-{'-'.join(run)}"))
-            for run in runs]
+def grouped(prefix: str, runs: list[tuple[str, ...]], key=None) -> list:
+    """``runs`` as pytest params, each in an xdist group: under ``make test``'s ``--dist loadgroup`` the tests of
+    one group land on one worker, so the launches they share (cached by a module fixture) are made once, while
+    different groups spread over the workers. ``key(run)``: the group's name within ``prefix`` (default: the whole
+    run), e.g. the SFT method, so the DDP and FSDP2 runs of one method share its one-process run."""
+    def group(run: tuple[str, ...]) -> str:
+        return f"{prefix}-{key(run) if key else '-'.join(run)}"
+    return [pytest.param(*run, id="-".join(run), marks=pytest.mark.xdist_group(group(run))) for run in runs]

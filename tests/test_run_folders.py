@@ -228,45 +228,47 @@ def test_two_ranks_one_late_by_more_than_a_second_write_one_run_folder(tmp_path)
     assert (tmp_path / "runs" / folders[0] / "final").is_dir()
 
 
-# Runs a stage's cli to the point where its logger, the first writer of the run folder, would open it.
+# Runs each stage's cli, in one process group, to the point where its logger, the first writer of the run folder,
+# would open it. One launch for every stage: the launch (two interpreters importing torch and the stage) is most of
+# the cost, and each stage names its folder afresh (DPO first: TRL's trainer starts the process group only after
+# the name, so it must not find one another stage started).
 STAGE_DRIVER = LATE_CLOCK + textwrap.dedent('''
     import pathlib, sys
     sys.path.insert(0, {root!r})
     import rlhf.core.tracking
     from rlhf.stages import STAGES
 
-    out, name, preset = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    out, configs, stages = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
 
     class Stop(Exception):
         pass
 
-    class FirstWriter:  # stands in for MetricsLogger: where this rank would write, then stop
-        def __init__(self, run_dir, *args, **kwargs):
-            (out / f"rank{{os.environ['RANK']}}.txt").write_text(str(run_dir))
-            raise Stop
+    for name in stages:
+        class FirstWriter:  # stands in for MetricsLogger: where this rank would write, then stop
+            def __init__(self, run_dir, *args, stage=name, **kwargs):
+                (out / f"{{stage}}-rank{{os.environ['RANK']}}.txt").write_text(str(run_dir))
+                raise Stop
 
-    rlhf.core.tracking.MetricsLogger = FirstWriter
-    script = STAGES[name].script()
-    if hasattr(script, "MetricsLogger"):
-        script.MetricsLogger = FirstWriter
-    try:  # no run.run_name: a timestamped folder
-        sys.exit(STAGES[name].cli(["--config", preset, "--run.output_dir", str(out / "runs")]))
-    except Stop:
-        pass
+        rlhf.core.tracking.MetricsLogger = FirstWriter
+        script = STAGES[name].script()
+        if hasattr(script, "MetricsLogger"):
+            script.MetricsLogger = FirstWriter
+        try:  # no run.run_name: a timestamped folder
+            STAGES[name].cli(["--config", str(configs / f"{{name}}_tiny.yaml"), "--run.output_dir", str(out / name)])
+            sys.exit(f"{{name}}: the stage ran past its logger")
+        except Stop:
+            pass
 ''').format(root=str(ROOT))
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage, preset", [
-    ("dpo", "dpo_tiny.yaml"),  # TRL's trainer starts the process group only after the name
-    ("sft", "sft_tiny.yaml"),
-    ("ppo", "ppo_tiny.yaml"),
-])
-def test_every_stage_names_one_run_folder_on_two_ranks_whose_clocks_differ(stage, preset, tmp_path):
+def test_every_stage_names_one_run_folder_on_two_ranks_whose_clocks_differ(tmp_path):
+    stages = ["dpo", "sft", "ppo"]  # the stages that run on several processes and name their folder themselves
     (tmp_path / "driver.py").write_text(STAGE_DRIVER)
-    torchrun(tmp_path / "driver.py", str(tmp_path), stage, str(CONFIGS / preset))
-    first, second = ranks_run_dirs(tmp_path)
-    assert first == second and Path(first).name.startswith(f"{stage}-"), (first, second)
+    torchrun(tmp_path / "driver.py", str(tmp_path), str(CONFIGS), *stages)
+    for stage in stages:
+        first, second = [(tmp_path / f"{stage}-rank{r}.txt").read_text() for r in range(2)]
+        assert first == second and Path(first).name.startswith(f"{stage}-"), (stage, first, second)
 
 
 # ---------------------------------------------------------------- SFT: rotation and counters across a resume

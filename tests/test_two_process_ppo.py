@@ -81,6 +81,10 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
+# Both strategies' step tests in one group: they compare with the same one-process run (made once per worker).
+STEP_GROUP = grouped("ppo", [(s,) for s in sorted(STRATEGY_ENV)], key=lambda run: "step")
+
+
 def launch(out: Path, *args: str, strategy: str, processes: int = 2, script: str | None = None) -> None:
     env = {**worker_env(), **STRATEGY_ENV[strategy]}
     command = [sys.executable]
@@ -102,7 +106,7 @@ def one_process(tmp_path_factory) -> Path:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy", grouped("ppo", [(s,) for s in sorted(STRATEGY_ENV)]))
+@pytest.mark.parametrize("strategy", STEP_GROUP)
 def test_two_processes_ppo_step_equals_one_process_on_the_same_rollouts_and_ranks_agree(tmp_path, strategy,
                                                                                         one_process):
     (tmp_path / "driver.py").write_text(DRIVER)
