@@ -208,8 +208,9 @@ def torchrun(driver: Path, *args: str, env: dict[str, str] | None = None) -> Non
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def ranks_run_dirs(out: Path) -> list[str]:
-    return [(out / f"rank{r}.txt").read_text() for r in range(2)]
+def ranks_run_dirs(out: Path, prefix: str = "") -> list[str]:
+    """The run folder each rank wrote to ``<prefix>rank<R>.txt``."""
+    return [(out / f"{prefix}rank{r}.txt").read_text() for r in range(2)]
 
 
 @pytest.mark.distributed
@@ -267,7 +268,7 @@ def test_every_stage_names_one_run_folder_on_two_ranks_whose_clocks_differ(tmp_p
     (tmp_path / "driver.py").write_text(STAGE_DRIVER)
     torchrun(tmp_path / "driver.py", str(tmp_path), str(CONFIGS), *stages)
     for stage in stages:
-        first, second = [(tmp_path / f"{stage}-rank{r}.txt").read_text() for r in range(2)]
+        first, second = ranks_run_dirs(tmp_path, f"{stage}-")
         assert first == second and Path(first).name.startswith(f"{stage}-"), (stage, first, second)
 
 
