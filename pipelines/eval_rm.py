@@ -2,6 +2,7 @@
 
     rlhf eval-rm runs/reward-.../final                       # or the run folder; test split of the shipped pairs
     rlhf eval-rm runs/demo/reward --out report/ --split dev --extra_files '[annotations.jsonl]'
+    rlhf eval-rm runs/demo/reward --ranking.policy smollm2-135m-instruct   # + sampled summaries ranked vs ROUGE-L
 
 Writes rm_report.json, rm_report.md and rm_report.png (see :mod:`reward_models.report`).
 """
@@ -21,7 +22,8 @@ DEFAULTS = None  # the dataclass defaults are the tool's defaults
 
 def check_inputs(cfg: RMReportConfig) -> Path:
     """The model folder and every data source, checked before any model loads; returns the model folder."""
-    from reward_models.model import REWARD_CONFIG
+    from reward_models.model import REWARD_CONFIG, ScoringConfig
+    from reward_models.ranking import HEAD
     from reward_models.scoring import resolve_model_folder
     from rlhf.data.validation import StageInput, input_problems
     from rlhf.data.sources import PREFERENCE_SOURCES
@@ -38,11 +40,21 @@ def check_inputs(cfg: RMReportConfig) -> Path:
         problems = input_problems(item)
         if problems:
             raise ConfigError(f"{item.key}: {problems[0]}")
+    if cfg.ranking.policy:
+        from rlhf.evaluation.evaluate import check_local_path
+
+        try:
+            check_local_path(cfg.ranking.policy, "ranking.policy")
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
+        if HEAD not in ScoringConfig.load(folder).heads:
+            raise ConfigError(f"ranking.policy: {cfg.model} has no {HEAD} head to rank summaries with")
     return folder
 
 
 def main(cfg: RMReportConfig) -> Path:
     from reward_models.data import load_pairs, subsample
+    from reward_models.ranking import ranking_report, sample_and_score
     from reward_models.report import build_report, score_for_report, write_report
     from reward_models.scoring import RewardScorer
     from rlhf.core.runtime import select_device
@@ -64,11 +76,20 @@ def main(cfg: RMReportConfig) -> Path:
     # 4. every pair scored by every head; accuracy, length bins, calibration, agreement
     report = {"model": str(folder), "split": cfg.split, "sources": [*cfg.sources, *cfg.extra_files]}
     report |= build_report(score_for_report(scorer, pairs, cfg.batch_size), cfg)
+    #    ... and, with ranking.policy, its summaries of the split's dialogues ranked by the helpful head vs ROUGE-L
+    if cfg.ranking.policy:
+        report["ranking"] = ranking_report(sample_and_score(cfg.ranking, cfg.split, scorer, device), cfg.ranking,
+                                           cfg.confidence)
 
     # 5. rm_report.json / .md / .png
     write_report(report, out_dir)
     accuracy = ", ".join(f"{name} {e['accuracy']:.3f} (n={e['n']})" for name, e in report["accuracy"].items())
     print(f"[eval-rm] {report['pairs']} {cfg.split} pairs: {accuracy}; report in {out_dir}")
+    if "ranking" in report:
+        within, pooled = report["ranking"]["rouge_l"]["within"], report["ranking"]["rouge_l"]["pooled"]
+        print(f"[eval-rm] helpful head vs ROUGE-L (Spearman): within a dialogue {within['mean']:.3f} "
+              f"({within['low']:.3f}, {within['high']:.3f}) n={within['n']}; pooled {pooled['spearman']:.3f} "
+              f"({pooled['low']:.3f}, {pooled['high']:.3f}) n={pooled['n']}")
     return out_dir
 
 

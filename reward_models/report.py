@@ -12,7 +12,9 @@ On preference pairs of one split (``test`` by default: the held-out prompts rewa
 * **calibration**: the model's own P(chosen) = sigmoid(r_chosen - r_rejected) (what its Bradley-Terry
   loss trains) binned against the observed frequency, with the expected calibration error (ECE);
   every pair is counted in both orders, (p, 1) and (1 - p, 0), since "chosen" is only the label's side;
-* **agreement** between heads: how often two heads prefer the same response, on all pairs.
+* **agreement** between heads: how often two heads prefer the same response, on all pairs;
+* with ``ranking.policy``: **sampled summaries** of DialogSum dialogues ranked by the helpful head against
+  ROUGE-L, within a dialogue and pooled (:mod:`reward_models.ranking`).
 
 Outputs ``rm_report.json``, ``rm_report.md`` (tables) and ``rm_report.png`` (reliability curves and
 length-binned accuracy). The maths are pure functions, tested on hand-computed cases.
@@ -30,6 +32,7 @@ import torch
 
 from reward_models.config import DataConfig
 from reward_models.losses import pairwise_wins
+from reward_models.ranking import RankingConfig, ranking_table
 from reward_models.types import HEADS
 from rlhf.evaluation.metrics import wilson_interval
 from rlhf.core.runtime import Precision
@@ -59,6 +62,7 @@ class RMReportConfig:
     batch_size: int = field(default=64, metadata={"help": "sequences per forward pass", "range": "[1, 100000]"})
     precision: Precision = field(default="auto", metadata={"help": "bf16 autocast or fp32; auto: bf16 where native"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cpu or cuda (rlhf.core.runtime)"})
+    ranking: RankingConfig = field(default_factory=RankingConfig)
 
 
 # ---------------------------------------------------------------- the maths (pure functions)
@@ -219,7 +223,8 @@ def report_tables(report: dict[str, Any]):
         "Each pair counted in both orders; reliability curves in rm_report.png.")
     agreement_table = ReportTable("agreement", "Agreement between heads (all pairs)", ["heads", "pairs", "agreement"],
                                   [[pair, str(e["n"]), fmt(e["agreement"])] for pair, e in report["agreement"].items()])
-    return [accuracy, by_source, bins, calibration_table, agreement_table]
+    ranking = [ranking_table(report["ranking"])] if "ranking" in report else []
+    return [accuracy, by_source, bins, calibration_table, agreement_table, *ranking]
 
 
 def plot_report(report: dict[str, Any], out: Path) -> Path:

@@ -179,3 +179,43 @@ def test_sequence_kl_estimators_agree_with_exact_kl_on_samples():
 def test_sequence_kl_rejects_shape_mismatch():
     with pytest.raises(ValueError, match="shapes differ"):
         sequence_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4))
+
+
+# ---------------------------------------------------------------- rank correlation
+
+
+def test_average_ranks_share_ties_by_hand():
+    from rlhf.evaluation.metrics import average_ranks
+
+    assert average_ranks([10, 20, 20, 5]) == [2, 3.5, 3.5, 1]
+    assert average_ranks([3, 3, 3]) == [2, 2, 2]
+    assert average_ranks([]) == []
+
+
+def test_spearman_by_hand():
+    from rlhf.evaluation.metrics import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    # ranks x = 1 2 3 4, y = 2 1 4 3: d^2 = 1+1+1+1 = 4, rho = 1 - 6*4 / (4*15) = 0.6
+    assert spearman([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(0.6)
+    # a tie: ranks y = 1.5 1.5 3 -> Pearson of (1,2,3) and (1.5,1.5,3): sxy = 1.5, sxx = 2, syy = 1.5
+    assert spearman([1, 2, 3], [7, 7, 9]) == pytest.approx(1.5 / math.sqrt(2 * 1.5))
+    assert math.isnan(spearman([1, 2, 3], [5, 5, 5]))  # nothing to rank on one side
+    assert math.isnan(spearman([1], [2]))
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1])
+
+
+def test_cluster_bootstrap_interval_resamples_whole_groups():
+    from rlhf.evaluation.metrics import cluster_bootstrap_interval
+
+    mean_of = lambda groups: sum(v for g in groups for v in g) / sum(len(g) for g in groups)  # noqa: E731
+    # every group alike: every resample gives the same statistic, so the interval is that point
+    assert cluster_bootstrap_interval([[1.0, 3.0]] * 5, mean_of) == (2.0, 2.0)
+    # two groups: a resample is {a, a}, {a, b} or {b, b}; its mean lies between the groups' means
+    low, high = cluster_bootstrap_interval([[0.0, 0.0], [1.0, 1.0]], mean_of, resamples=400, seed=3)
+    assert (low, high) == (0.0, 1.0)
+    assert cluster_bootstrap_interval([[0.0], [1.0], [5.0]], mean_of, seed=7) == \
+        cluster_bootstrap_interval([[0.0], [1.0], [5.0]], mean_of, seed=7)  # seeded
+    assert all(math.isnan(v) for v in cluster_bootstrap_interval([[1.0]], mean_of))

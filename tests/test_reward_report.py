@@ -171,3 +171,73 @@ def test_eval_rm_is_a_subcommand():
     from rlhf.stages import STAGES
 
     assert commands()["eval-rm"][0] == STAGES["eval-rm"].cli
+
+
+# ---------------------------------------------------------------- sampled summaries ranked (ranking.policy)
+
+
+def test_ranking_stats_by_hand():
+    from reward_models.ranking import RankedSummary, ranking_stats
+
+    rows = [RankedSummary("a", "s", rouge_l=r, score=s, words=w) for r, s, w in
+            [(0.1, 1.0, 5), (0.2, 2.0, 6), (0.3, 3.0, 7)]]  # dialogue a: the head agrees with ROUGE-L, rho = 1
+    rows += [RankedSummary("b", "s", rouge_l=r, score=s, words=w) for r, s, w in
+             [(0.5, 3.0, 9), (0.6, 1.0, 8), (0.7, 2.0, 7)]]  # b: ranks 3 1 2 vs 1 2 3, d^2 = 4+1+1, rho = -0.5
+    rows += [RankedSummary("c", "s", rouge_l=0.4, score=s, words=4) for s in (1.0, 2.0)]  # c: ROUGE-L constant
+    stats = ranking_stats(rows, "rouge_l")
+    within = stats["within"]
+    assert (within["mean"], within["n"], within["undefined"]) == (pytest.approx(0.25), 2, 1)
+    # pooled, 8 samples: score ranks 2 5 7.5 7.5 2 5 2 5 (ties averaged), ROUGE-L ranks 1 2 3 6 7 8 4.5 4.5;
+    # both mean 4.5: sxy = 3, sxx = 37.5, syy = 41.5
+    assert stats["pooled"]["spearman"] == pytest.approx(3 / math.sqrt(37.5 * 41.5))
+    assert (stats["pooled"]["n"], stats["pooled"]["dialogues"]) == (8, 3)
+    assert stats["pooled"]["low"] <= stats["pooled"]["spearman"] <= stats["pooled"]["high"]
+    by_words = ranking_stats(rows, "words")["within"]  # a: +1; b: scores 3 1 2 vs words 9 8 7 -> ranks 3 1 2 / 3 2 1
+    assert by_words["n"] == 2 and by_words["undefined"] == 1  # c: words constant
+    assert by_words["mean"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_eval_rm_ranks_sampled_summaries_with_a_tiny_policy(tiny_reward_model, tmp_path, capsys):
+    from rlhf.evaluation.metrics import rouge, spearman
+    from rlhf.stages import STAGES
+    from reward_models.ranking import RankedSummary, ranking_stats
+
+    out = tmp_path / "report"
+    assert STAGES["eval-rm"].cli([str(tiny_reward_model), "--out", str(out), "--max_pairs_per_head", "4",
+                                  "--ranking.policy", "tiny-llama", "--ranking.dialogues", "3",
+                                  "--ranking.samples", "3", "--ranking.max_new_tokens", "12"]) == 0
+    ranking = json.loads((out / "rm_report.json").read_text())["ranking"]
+    rows = [RankedSummary(**r) for r in ranking["samples"]]
+    assert len(rows) == 9 and len({r.dialogue for r in rows}) == 3
+    from rlhf.data.sources import dialogsum_items
+    reference = {it.fname: it.summary for it in dialogsum_items("test")}
+    for row in rows:  # each sample's ROUGE-L is against its own dialogue's reference
+        assert row.rouge_l == pytest.approx(rouge([row.summary], [reference[row.dialogue]])["rougeL"])
+        assert row.words == len(row.summary.split())
+    expected = ranking_stats(rows, "rouge_l")
+    assert ranking["rouge_l"]["pooled"]["spearman"] == pytest.approx(expected["pooled"]["spearman"], nan_ok=True)
+    assert ranking["rouge_l"]["within"]["n"] + ranking["rouge_l"]["within"]["undefined"] == 3
+    assert ranking["rouge_l_vs_words"] == pytest.approx(spearman([r.rouge_l for r in rows], [r.words for r in rows]),
+                                                        nan_ok=True)
+    assert "Sampled summaries: helpful head vs ROUGE-L" in (out / "rm_report.md").read_text()
+    assert "helpful head vs ROUGE-L (Spearman)" in capsys.readouterr().out
+
+
+def test_eval_rm_ranking_bad_input_is_one_line_before_any_model_loads(tiny_reward_model, tmp_path, capsys):
+    import shutil
+
+    from rlhf.stages import STAGES
+    cli = STAGES["eval-rm"].cli
+
+    assert cli([str(tiny_reward_model), "--out", str(tmp_path / "a"), "--ranking.policy", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ranking.policy" in err and "nope" in err
+    assert cli([str(tiny_reward_model), "--out", str(tmp_path / "a"), "--ranking.samples", "1"]) == 2
+    assert "ranking.samples" in capsys.readouterr().err
+    no_helpful = shutil.copytree(tiny_reward_model / "final", tmp_path / "no-helpful")
+    config = json.loads((no_helpful / "reward_config.json").read_text())
+    (no_helpful / "reward_config.json").write_text(json.dumps({**config, "heads": ["honest", "harmless"]}))
+    assert cli([str(no_helpful), "--out", str(tmp_path / "a"), "--ranking.policy", "tiny-llama"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no helpful head" in err
+    assert not (tmp_path / "a").exists()

@@ -6,17 +6,19 @@ cases (``tests/test_metrics.py``). All scores are fractions in [0, 1] (ROUGE and
 * ROUGE-1/2/L F-measure (``rouge_score``, Porter stemming: the DialogSum convention).
 * BLEU: corpus BLEU through sacreBLEU (standard tokenisation; its signature goes into the report).
 * Win-rate of A over B with ties counting half, and a Wilson score interval.
+* Spearman's rank correlation (ties averaged), and a bootstrap interval that resamples whole groups.
 * distinct-n (Li et al., 2016), response length, EOS rate: signs of degenerate output and reward hacking.
 * KL of a policy to its reference on its own samples, per sequence: ``rlhf.models.logprobs.sequence_kl`` (shared with RL).
 """
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -150,6 +152,55 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = _z(confidence) * math.sqrt(var / n)
     return (mean, mean - half, mean + half)
+
+
+# ---------------------------------------------------------------- rank correlation
+
+
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing the mean of the ranks they span: [10, 20, 20, 5] -> [2, 3.5, 3.5, 1]."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation: Pearson's r of the average ranks (so ties are handled). NaN when fewer than
+    two values, or when either side is constant (nothing to rank)."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} values against {len(y)}")
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = average_ranks(x), average_ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def cluster_bootstrap_interval(groups: Sequence[Any], statistic: Callable[[list[Any]], float],
+                               resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of ``statistic(groups)`` with whole groups resampled with replacement (samples of one
+    group are not independent: resampling them one by one would make the interval too narrow). Seeded; resamples
+    whose statistic is NaN are dropped. (NaN, NaN) for fewer than two groups."""
+    if len(groups) < 2:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    values = sorted(v for v in (statistic([groups[rng.randrange(len(groups))] for _ in groups])
+                                for _ in range(resamples)) if not math.isnan(v))
+    if not values:
+        return (float("nan"), float("nan"))
+    tail = (1 - confidence) / 2
+    pick = lambda q: values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]  # noqa: E731
+    return (pick(tail), pick(1 - tail))
 
 
 # ---------------------------------------------------------------- diversity and shape of responses
