@@ -133,7 +133,7 @@ def test_preference_accuracy_and_mc_by_hand(adapters, tiny_llama_path):
     records = {(r["metric"], r["id"]): r["value"] for r in lk.judge_free_records(policy, cfg)}
     reference = load_policy("ref", tiny_llama_path).model  # the adapter's base = its reference
 
-    pairs = [p for _, p in lk.preference_pairs(cfg, "test", 0)]
+    pairs = [p for _, p in lk.preference_pairs(cfg.preference_sources, cfg.pairs_per_source, "test", 0)]
     assert len(pairs) == 4 and pairs[0] in sources.truthfulqa_pairs("test")
     for k, p in enumerate(pairs):
         chat = prompt_to_messages(p.prompt)

@@ -223,7 +223,8 @@ def test_a_source_registered_in_one_place_reaches_every_stage_that_reads_sources
         # judge-free preference likelihood: the source's pairs under its head
         jf = JudgeFreeConfig(preference_sources=[TOY], pairs_per_source=0)
         check_judge_free(jf)
-        assert {head for head, _ in preference_pairs(jf, "test", 0)} == {"helpful"}
+        pairs = preference_pairs(jf.preference_sources, jf.pairs_per_source, "test", 0)
+        assert {head for head, _ in pairs} == {"helpful"}
         # every stage's input validation accepts the name (and still refuses an unknown one)
         monkeypatch.chdir(Path(__file__).resolve().parents[1])
         for stage, config_class, config, key in (("reward", RewardStageConfig, "reward_tiny", "data.sources"),

@@ -610,9 +610,8 @@ def judges_agreement(cfg: EvalConfig, scorer, gold) -> dict[str, Any]:
     from rlhf.evaluation.judges import judge_agreement
     from rlhf.evaluation.likelihood import preference_pairs
 
-    draw = JudgeFreeConfig(preference_sources=list(cfg.judge_free.preference_sources),
-                           pairs_per_source=cfg.gold.agreement_pairs)
-    return judge_agreement(scorer, gold, preference_pairs(draw, cfg.data.split, cfg.data.seed), cfg.confidence)
+    pairs = preference_pairs(cfg.judge_free.preference_sources, cfg.gold.agreement_pairs, cfg.data.split, cfg.data.seed)
+    return judge_agreement(scorer, gold, pairs, cfg.confidence)
 
 
 def load_gold(cfg: EvalConfig):

@@ -133,12 +133,14 @@ def _draw(items: list, n: int, seed: int) -> list:
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
 
 
-def preference_pairs(cfg: JudgeFreeConfig, split: str, seed: int) -> list[tuple[str, Any]]:
-    """(head, pair) for every configured source, read through ``rlhf.data.sources`` (same split as the eval)."""
+def preference_pairs(preference_sources: Sequence[str], pairs_per_source: int, split: str,
+                     seed: int) -> list[tuple[str, Any]]:
+    """(head, pair): ``pairs_per_source`` pairs of each source's ``split`` (seeded draw; 0 = all), read through
+    ``rlhf.data.sources``. The judge-free metrics and the judges' agreement draw their pairs here."""
     from rlhf.data import sources
 
-    return [(sources.SOURCES[s].dimension, p) for s in cfg.preference_sources  # the head a source's pairs train
-            for p in _draw(sources.SOURCES[s].pairs(split), cfg.pairs_per_source, seed)]
+    return [(sources.SOURCES[s].dimension, p) for s in preference_sources  # the head a source's pairs train
+            for p in _draw(sources.SOURCES[s].pairs(split), pairs_per_source, seed)]
 
 
 def truthfulqa_questions(cfg: JudgeFreeConfig, split: str, seed: int) -> list:
@@ -154,7 +156,7 @@ def judge_free_records(policy, cfg: JudgeFreeConfig, split: str = "test", seed: 
     ``bf16``: autocast the forward passes (the log-softmax stays fp32), as the eval's sampling does."""
     from rlhf.data.records import prompt_to_messages
 
-    pairs = preference_pairs(cfg, split, seed)
+    pairs = preference_pairs(cfg.preference_sources, cfg.pairs_per_source, split, seed)
     questions = truthfulqa_questions(cfg, split, seed)
     chats, responses = [], []
     for _, p in pairs:
