@@ -1,6 +1,5 @@
 import io
 import json
-import random
 from collections import Counter
 from pathlib import Path
 
@@ -140,25 +139,6 @@ def test_dialogsum_pairs_degrade_the_same_dialogue_and_draw_easy_negatives_in_sp
         everything = {it.summary for it in sources.dialogsum_items("all")}
         assert not {p.rejected for p in pairs} & (everything - summaries)  # no other split's summary
     assert sources.dialogsum_pairs("dev") == sources.dialogsum_pairs("dev")  # deterministic
-
-
-def test_pad_summary_appends_one_sentence_of_another_summary():
-    other = "Bob pays the rent. Ann thanks him! They part."
-    padded = {sources.pad_summary("Ann calls Bob.", other, random.Random(k)) for k in range(20)}
-    assert padded == {"Ann calls Bob. Bob pays the rent.", "Ann calls Bob. Ann thanks him!", "Ann calls Bob. They part."}
-    assert sources.pad_summary("Ann calls Bob. ", "One sentence only", random.Random(0)) == "Ann calls Bob. One sentence only"
-
-
-def test_dialogsum_degradations_do_not_teach_that_longer_wins():
-    """Truncation makes the rejected summary shorter and padding makes it longer, one each per dialogue: length
-    alone predicts no more than half of the pairs of unequal length (within a few pairs)."""
-    for split in ("train", "test"):
-        pairs = sources.dialogsum_pairs(split)
-        shorter = sum(len(p.rejected.split()) < len(p.chosen.split()) for p in pairs)
-        longer = sum(len(p.rejected.split()) > len(p.chosen.split()) for p in pairs)
-        assert abs(shorter - longer) <= 0.05 * (shorter + longer)
-        padded = [p for p in pairs if p.rejected.startswith(p.chosen.strip() + " ")]
-        assert len(padded) == len(sources.dialogsum_items(split))  # one per dialogue
 
 
 def test_rl_reads_train_and_dev_prompts_only(tmp_path):

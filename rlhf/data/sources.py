@@ -304,31 +304,18 @@ def shuffle_sentences(summary: str, rng: random.Random) -> str | None:
     return " ".join(sentences[i] for i in order)
 
 
-def pad_summary(summary: str, other: str, rng: random.Random) -> str:
-    """The summary with one sentence of ``other`` (another dialogue's summary) appended: longer, and wrong, since
-    it reports what this dialogue never said. It balances the truncated summary: without it every degradation is
-    shorter or as long as the reference, and a helpful head learns that the longer summary wins (measured:
-    benchmarks/results/helpful_ranking/)."""
-    sentences = [s for s in _SENTENCE_END.split(other.strip()) if s]
-    return f"{summary.strip()} {sentences[rng.randrange(len(sentences))]}"
-
-
 def dialogsum_pairs(split: Split = "all", seed: int = 0) -> list[PreferenceRecord]:
-    """Reference summary > a truncated, an entity-swapped, a sentence-shuffled and a padded summary (a sentence of
-    another dialogue's summary appended) of the same dialogue, each where it differs from the reference, and for
-    ``DIALOGSUM_OTHER_SHARE`` of the dialogues > another dialogue's summary. Other dialogues come from the same
-    split. Each dialogue's choices are seeded by (seed, fname), so a dialogue gets the same degradations whichever
-    split is read."""
+    """Reference summary > a truncated, an entity-swapped and a sentence-shuffled summary of the same dialogue
+    (each where it differs from the reference), and for ``DIALOGSUM_OTHER_SHARE`` of the dialogues > another
+    dialogue's summary from the same split. Each dialogue's choices are seeded by (seed, fname), so a dialogue
+    gets the same degradations whichever split is read."""
     items, every = dialogsum_items(split), [it.summary for it in dialogsum_items("all")]
     records = []
     for i, item in enumerate(items):
         rng = random.Random(f"{seed}:{item.fname}")
-        another = lambda: items[(i + 1 + rng.randrange(len(items) - 1)) % len(items)].summary  # noqa: E731
         worse = [truncate_summary(item.summary, every), swap_entities(item.summary), shuffle_sentences(item.summary, rng)]
         if len(items) > 1 and rng.random() < DIALOGSUM_OTHER_SHARE:
-            worse.append(another())
-        if len(items) > 1:  # drawn after the others, so the pairs above are the same as without padding
-            worse.append(pad_summary(item.summary, another(), rng))
+            worse.append(items[(i + 1 + rng.randrange(len(items) - 1)) % len(items)].summary)
         for text in dict.fromkeys(w for w in worse if w and w.strip() and w.strip() != item.summary.strip()):
             records.append(PreferenceRecord(prompt=item.prompt, chosen=item.summary, rejected=text,
                                             dimension=["helpful"], source="dialogsum"))
