@@ -19,8 +19,10 @@ def test_truthfulqa_mc1_is_the_share_of_questions_whose_best_answer_beats_every_
 
     model, tokenizer = tiny
     model.train()
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "right"  # as SFT's tokenizer may be
     acc = truthfulqa_mc1(model, tokenizer, n=5, batch_size=3)
-    assert model.training  # scored in eval mode, then left as it was
+    assert model.training  # scored in eval mode, then left as it was: SFT trains with both next
+    assert (tokenizer.padding_side, tokenizer.truncation_side) == ("right", "right")
     model.eval()
     right = 0
     for item in [it for it in truthfulqa_items("test") if it.incorrect][:5]:  # one question at a time, unbatched

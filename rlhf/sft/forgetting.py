@@ -13,7 +13,7 @@ from rlhf.core.runtime import autocast as runtime_autocast
 
 def truthfulqa_mc1(model, tokenizer, n: int = 0, batch_size: int = 8, autocast: bool = False) -> float:
     """MC1 accuracy on the first ``n`` questions (0 = all) of TruthfulQA's test split; ``autocast``: bf16 forward
-    passes (the log-softmax stays fp32). The model is scored in eval mode and left in the mode it was in."""
+    passes (the log-softmax stays fp32). Model and tokenizer are left as they were (training mode, padding side)."""
     from rlhf.data.sources import truthfulqa_items
     from rlhf.evaluation.likelihood import mc1, sequence_logprobs
 
@@ -26,11 +26,16 @@ def truthfulqa_mc1(model, tokenizer, n: int = 0, batch_size: int = 8, autocast: 
         candidates = [item.best_answer, *item.incorrect]
         chats += [[{"role": "user", "content": item.question}]] * len(candidates)
         answers += candidates
-    was_training = model.training
+    # Scored as evaluation scores (left padding, eval mode); the stage's tokenizer and model are handed back as
+    # they were: SFT trains with them next, and only the main rank runs this check.
+    was_training, sides = model.training, (tokenizer.padding_side, tokenizer.truncation_side, tokenizer.pad_token)
     model.eval()
-    with runtime_autocast(model.device, autocast):
-        flat = sequence_logprobs(model, tokenizer, chats, answers, batch_size)
-    model.train(was_training)
+    try:
+        with runtime_autocast(model.device, autocast):
+            flat = sequence_logprobs(model, tokenizer, chats, answers, batch_size)
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side, tokenizer.truncation_side, tokenizer.pad_token = sides
     right, at = 0.0, 0
     for item in items:
         size = 1 + len(item.incorrect)
