@@ -28,17 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def sampled_pairs(samples: list[dict], prompt_of: dict[str, str], min_gap: float) -> list[dict]:
     """Within each dialogue, every two samples whose ROUGE-L differs by at least ``min_gap`` (and whose texts
     differ): the higher one is chosen."""
-    by_dialogue: dict[str, list[dict]] = {}
-    for s in samples:
-        by_dialogue.setdefault(s["dialogue"], []).append(s)
+    from reward_models.ranking import RankedSummary, by_dialogue
+
     rows = []
-    for dialogue, group in by_dialogue.items():
+    for group in by_dialogue([RankedSummary(**s) for s in samples]):
         for a, b in itertools.combinations(group, 2):
-            high, low = (a, b) if a["rouge_l"] >= b["rouge_l"] else (b, a)
-            if high["rouge_l"] - low["rouge_l"] >= min_gap and high["summary"].strip() != low["summary"].strip():
-                rows.append({"prompt": prompt_of[dialogue], "chosen": high["summary"], "rejected": low["summary"],
+            high, low = (a, b) if a.rouge_l >= b.rouge_l else (b, a)
+            if high.rouge_l - low.rouge_l >= min_gap and high.summary.strip() != low.summary.strip():
+                rows.append({"prompt": prompt_of[high.dialogue], "chosen": high.summary, "rejected": low.summary,
                              "dimension": ["helpful"], "source": "dialogsum-sampled",
-                             "margin": round(high["rouge_l"] - low["rouge_l"], 4)})
+                             "margin": round(high.rouge_l - low.rouge_l, 4)})
     return rows
 
 
