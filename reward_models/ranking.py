@@ -85,15 +85,15 @@ def ranking_stats(rows: Sequence[RankedSummary], against: str = "rouge_l", confi
 
 def ranking_report(rows: Sequence[RankedSummary], cfg: RankingConfig, confidence: float = 0.95) -> dict[str, Any]:
     """The report's ``ranking`` section: the head against ROUGE-L and against length, and the samples' spread."""
-    from rlhf.evaluation.metrics import mean_interval, spearman
+    from rlhf.evaluation.metrics import spearman
 
-    rouge_mean, _, _ = mean_interval([r.rouge_l for r in rows], confidence)
+    mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
     return {"policy": cfg.policy, "head": HEAD, "samples_per_dialogue": cfg.samples, "temperature": cfg.temperature,
             "max_new_tokens": cfg.max_new_tokens, "confidence": confidence,
             "rouge_l": ranking_stats(rows, "rouge_l", confidence, cfg.seed),
             "words": ranking_stats(rows, "words", confidence, cfg.seed),
             "rouge_l_vs_words": spearman([r.rouge_l for r in rows], [r.words for r in rows]),
-            "mean_rouge_l": rouge_mean, "mean_words": sum(r.words for r in rows) / len(rows) if rows else float("nan"),
+            "mean_rouge_l": mean([r.rouge_l for r in rows]), "mean_words": mean([r.words for r in rows]),
             "samples": [asdict(r) for r in rows]}  # for re-analysis (rm_report.json)
 
 
