@@ -83,6 +83,24 @@ def ranking_stats(rows: Sequence[RankedSummary], against: str = "rouge_l", confi
                        "dialogues": len(groups)}}
 
 
+def paired_within(rows: Sequence[RankedSummary], baseline: Sequence[RankedSummary], against: str = "rouge_l",
+                  confidence: float = 0.95) -> dict[str, Any]:
+    """Two heads' scores of the same summaries: the mean over dialogues of (this head's within-dialogue Spearman
+    with ``against``) minus (the baseline head's), with its normal interval; n = dialogues where both are defined."""
+    from rlhf.evaluation.metrics import mean_interval, spearman
+
+    if [(r.dialogue, r.summary) for r in rows] != [(r.dialogue, r.summary) for r in baseline]:
+        raise ValueError("paired_within: the two heads did not score the same summaries in the same order")
+    diffs = []
+    for group, base in zip(by_dialogue(rows), by_dialogue(baseline)):
+        target = [getattr(r, against) for r in group]
+        diff = spearman([r.score for r in group], target) - spearman([r.score for r in base], target)
+        if not math.isnan(diff):
+            diffs.append(diff)
+    mean, low, high = mean_interval(diffs, confidence)
+    return {"mean": mean, "low": low, "high": high, "n": len(diffs)}
+
+
 def ranking_report(rows: Sequence[RankedSummary], cfg: RankingConfig, confidence: float = 0.95) -> dict[str, Any]:
     """The report's ``ranking`` section: the head against ROUGE-L and against length, and the samples' spread."""
     from rlhf.evaluation.metrics import spearman

@@ -196,6 +196,19 @@ def test_ranking_stats_by_hand():
     assert by_words["n"] == 2 and by_words["undefined"] == 1  # c: words constant
     assert by_words["mean"] == pytest.approx((1.0 + 0.5) / 2)
 
+    # Another head on the same summaries: a reversed (rho -1), b in ROUGE-L's order (rho +1), c still undefined.
+    from dataclasses import replace
+
+    from reward_models.ranking import paired_within
+
+    other = [replace(r, score=-r.score) if r.dialogue == "a" else replace(r, score=r.rouge_l) if r.dialogue == "b"
+             else r for r in rows]
+    paired = paired_within(rows, other)  # a: 1 - (-1) = 2; b: -0.5 - 1 = -1.5; mean 0.25, sd 1.75*sqrt(2)
+    assert (paired["mean"], paired["n"]) == (pytest.approx(0.25), 2)
+    assert paired["high"] - paired["mean"] == pytest.approx(1.959964 * 1.75, rel=1e-5)  # z * sd / sqrt(2)
+    with pytest.raises(ValueError, match="same summaries"):
+        paired_within(rows, other[::-1])
+
 
 def test_eval_rm_ranks_sampled_summaries_with_a_tiny_policy(tiny_reward_model, tmp_path, capsys):
     from rlhf.evaluation.metrics import rouge, spearman

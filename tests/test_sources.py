@@ -141,6 +141,25 @@ def test_dialogsum_pairs_degrade_the_same_dialogue_and_draw_easy_negatives_in_sp
     assert sources.dialogsum_pairs("dev") == sources.dialogsum_pairs("dev")  # deterministic
 
 
+def test_dialogsum_sampled_pairs_prefer_the_sample_nearer_the_reference():
+    """The shipped pairs of sampled summaries (benchmarks/helpful_sampled_pairs.py): two different samples of one
+    dialogue, the chosen one at least 0.05 nearer the reference in ROUGE-L, each in its dialogue's split and half."""
+    from rlhf.evaluation.metrics import rouge
+
+    reference = {it.prompt: it.summary for it in sources.dialogsum_items("all")}
+    pairs = sources.PREFERENCE_SOURCES["dialogsum-sampled"]("all")
+    assert len(pairs) > 500 and {p.source for p in pairs} == {"dialogsum-sampled"}
+    assert all(p.dimension == ["helpful"] and p.chosen.strip() != p.rejected.strip() for p in pairs)
+    for p in pairs[::25]:  # ROUGE-L of every pair takes seconds; every 25th checks the ranking's direction
+        gap = rouge([p.chosen], [reference[p.prompt]])["rougeL"] - rouge([p.rejected], [reference[p.prompt]])["rougeL"]
+        assert gap >= 0.05 - 1e-9, p
+    for split in ("train", "test"):
+        dialogues = {it.prompt for it in sources.dialogsum_items(split)}
+        assert {p.prompt for p in sources.PREFERENCE_SOURCES["dialogsum-sampled"](split)} <= dialogues
+    train = sources.PREFERENCE_SOURCES["dialogsum-sampled"]("train")
+    assert 0.3 < len(sources.take_partition(train, "proxy")) / len(train) < 0.7  # the proxy's half, the gold's half
+
+
 def test_rl_reads_train_and_dev_prompts_only(tmp_path):
     import pytest
 

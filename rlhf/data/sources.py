@@ -11,6 +11,7 @@ and ``rlhf export`` read it, so a new dataset is one :func:`register` call here 
 | HH-RLHF harmless | chosen/rejected final Assistant turn (harmless) | chosen transcripts as chat | the first Human turn |
 | TruthfulQA | a correct answer preferred to an incorrect one (honest) | question -> best answer | the question |
 | DialogSum | reference summary preferred to a degraded one of the same dialogue (helpful) | "summarize" -> summary | the dialogue |
+| DialogSum sampled | of two base-model summaries of a dialogue, the one nearer the reference (ROUGE-L; helpful) | "summarize" -> the nearer one | the dialogue |
 
 Splits are by a hash of the *conversation*, not of the full prompt, so every prompt that continues one
 conversation, and every pair built from one dialogue, lands in one split, and every run and machine agrees
@@ -53,6 +54,7 @@ R = TypeVar("R")
 HH_HARMLESS = "hh-rlhf-harmless/pairs.jsonl.gz"
 TRUTHFULQA = "truthfulqa/TruthfulQA.csv"
 DIALOGSUM = "dialogsum/dialogsum.dev.jsonl"
+DIALOGSUM_SAMPLED = "dialogsum/sampled_pairs.jsonl.gz"
 SUMMARIZE_INSTRUCTION = "Summarize the following dialogue in one or two sentences.\n\n{dialogue}"
 SPLIT_BUCKETS = {"train": (0, 80), "dev": (80, 90), "test": (90, 100)}
 # An answer given to more roots than this is a stock phrase ("I have no comment" answers 79 TruthfulQA questions,
@@ -451,6 +453,12 @@ register(answer_source("truthfulqa", TRUTHFULQA, "truthfulqa/truthful_qa", "apac
 register(answer_source("dialogsum", DIALOGSUM, "knkarthick/dialogsum", "cc-by-nc-sa-4.0", "helpful",
                        items=dialogsum_items, pairs=dialogsum_pairs, answer=lambda it: it.summary,
                        references=lambda it: [it.summary], item_id=lambda i, it: it.fname))
+# Pairs of two summaries the base policy sampled, ranked by ROUGE-L against the reference (recipe:
+# benchmarks/helpful_sampled_pairs.py). The degraded references of `dialogsum` teach a head to spot a degradation
+# (and, through the truncated one, to prefer length); these teach it to rank two samples of one dialogue, which is
+# what it must do when RL samples (benchmarks/results/helpful_ranking/).
+register(pair_source("dialogsum-sampled", DIALOGSUM_SAMPLED, "knkarthick/dialogsum", "cc-by-nc-sa-4.0", "helpful",
+                     id_prefix="dss"))
 
 
 class _Readers(Mapping):
@@ -518,7 +526,8 @@ class PreferenceSourcesConfig:
 
     sources: list[str] = field(
         default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
-        metadata={"help": "shipped pairs: hh-rlhf-harmless (harmless), truthfulqa (honest), dialogsum (helpful)"})
+        metadata={"help": "shipped pairs: hh-rlhf-harmless (harmless), truthfulqa (honest), dialogsum (helpful); "
+                          "dialogsum-sampled (helpful, two sampled summaries ranked by ROUGE-L) is opt-in"})
     extra_files: list[str] = field(
         default_factory=list,
         metadata={"help": "preference files (JSONL/CSV/parquet, TRL formats too) or hub dataset names"})
