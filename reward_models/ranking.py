@@ -61,6 +61,13 @@ def by_dialogue(rows: Sequence[RankedSummary]) -> list[list[RankedSummary]]:
     return list(groups.values())
 
 
+def within_dialogue(groups: Sequence[Sequence[RankedSummary]], against: str = "rouge_l") -> list[float]:
+    """Each dialogue's Spearman of the head score with ``against`` (NaN where either is constant)."""
+    from rlhf.evaluation.metrics import spearman
+
+    return [spearman([r.score for r in g], [getattr(r, against) for r in g]) for g in groups]
+
+
 def ranking_stats(rows: Sequence[RankedSummary], against: str = "rouge_l", confidence: float = 0.95,
                   seed: int = 0, resamples: int = 1000) -> dict[str, Any]:
     """Spearman of the head score with ``against`` (``rouge_l`` or ``words``): within each dialogue (mean over the
@@ -68,7 +75,7 @@ def ranking_stats(rows: Sequence[RankedSummary], against: str = "rouge_l", confi
     from rlhf.evaluation.metrics import cluster_bootstrap_interval, mean_interval, spearman
 
     groups = by_dialogue(rows)
-    within = [spearman([r.score for r in g], [getattr(r, against) for r in g]) for g in groups]
+    within = within_dialogue(groups, against)
     defined = [w for w in within if not math.isnan(w)]
     mean, low, high = mean_interval(defined, confidence)
 
@@ -87,16 +94,12 @@ def paired_within(rows: Sequence[RankedSummary], baseline: Sequence[RankedSummar
                   confidence: float = 0.95) -> dict[str, Any]:
     """Two heads' scores of the same summaries: the mean over dialogues of (this head's within-dialogue Spearman
     with ``against``) minus (the baseline head's), with its normal interval; n = dialogues where both are defined."""
-    from rlhf.evaluation.metrics import mean_interval, spearman
+    from rlhf.evaluation.metrics import mean_interval
 
     if [(r.dialogue, r.summary) for r in rows] != [(r.dialogue, r.summary) for r in baseline]:
         raise ValueError("paired_within: the two heads did not score the same summaries in the same order")
-    diffs = []
-    for group, base in zip(by_dialogue(rows), by_dialogue(baseline)):
-        target = [getattr(r, against) for r in group]
-        diff = spearman([r.score for r in group], target) - spearman([r.score for r in base], target)
-        if not math.isnan(diff):
-            diffs.append(diff)
+    ours, theirs = within_dialogue(by_dialogue(rows), against), within_dialogue(by_dialogue(baseline), against)
+    diffs = [d for d in (a - b for a, b in zip(ours, theirs)) if not math.isnan(d)]
     mean, low, high = mean_interval(diffs, confidence)
     return {"mean": mean, "low": low, "high": high, "n": len(diffs)}
 

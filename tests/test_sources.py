@@ -147,7 +147,8 @@ def test_dialogsum_sampled_pairs_prefer_the_sample_nearer_the_reference():
     from rlhf.evaluation.metrics import rouge
 
     reference = {it.prompt: it.summary for it in sources.dialogsum_items("all")}
-    pairs = sources.PREFERENCE_SOURCES["dialogsum-sampled"]("all")
+    load = sources.PREFERENCE_SOURCES["dialogsum-sampled"]
+    pairs = load("all")
     assert len(pairs) > 500 and {p.source for p in pairs} == {"dialogsum-sampled"}
     assert all(p.dimension == ["helpful"] and p.chosen.strip() != p.rejected.strip() for p in pairs)
     for p in pairs[::25]:  # ROUGE-L of every pair takes seconds; every 25th checks the ranking's direction
@@ -155,8 +156,8 @@ def test_dialogsum_sampled_pairs_prefer_the_sample_nearer_the_reference():
         assert gap >= 0.05 - 1e-9, p
     for split in ("train", "test"):
         dialogues = {it.prompt for it in sources.dialogsum_items(split)}
-        assert {p.prompt for p in sources.PREFERENCE_SOURCES["dialogsum-sampled"](split)} <= dialogues
-    train = sources.PREFERENCE_SOURCES["dialogsum-sampled"]("train")
+        assert {p.prompt for p in load(split)} <= dialogues
+    train = load("train")
     assert 0.3 < len(sources.take_partition(train, "proxy")) / len(train) < 0.7  # the proxy's half, the gold's half
 
 
