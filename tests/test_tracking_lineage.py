@@ -96,8 +96,7 @@ def test_wandb_variables_are_the_users(tmp_path, monkeypatch):
     logger.log({"loss/total": 1.0}, step=1)
     logger.finish()
     assert not (tmp_path / "runs" / "r" / "wandb").exists()  # before: always <run>/wandb
-    [log_file] = list((tmp_path / "wandb-home" / "wandb").glob("offline-run-*/run-*.wandb"))
-    data = log_file.read_bytes()
+    data = wandb_log_with(tmp_path / "wandb-home", b"my-name", b"mine", b"again")
     assert b"my-name" in data and b"mine" in data and b"again" in data
 
 
