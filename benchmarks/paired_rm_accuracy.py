@@ -6,6 +6,10 @@
 
 A difference whose interval excludes 0 is a gain of B over A on these pairs; two separate Wilson intervals
 that overlap say nothing either way.
+
+A or B may be an ensemble: its members' folders joined by commas (``runs/rm-s0,runs/rm-s1``), scored as PPO's
+``reward.ensemble`` scores (``reward_models.ensemble.RewardEnsemble``: each member's head standardised by its own
+saved mean/std, then ``--aggregate`` mean | uwo | wco over the members).
 """
 from __future__ import annotations
 
@@ -35,16 +39,19 @@ def main() -> None:
     parser.add_argument("--head", default="harmless")
     parser.add_argument("--similar-tokens", type=int, default=5)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--aggregate", default="mean", help="ensembles: mean | uwo | wco over the members")
+    parser.add_argument("--uwo-lambda", type=float, default=0.0, help="ensembles, aggregate uwo: λ of mean − λ·var")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
     pairs = load_pairs(yaml.safe_load(args.sources), [], args.split)
     wins, bins = {}, None
     for name, path in (("a", args.a), ("b", args.b)):
-        scorer = RewardScorer.from_pretrained(path, toxicity=None, precision=args.precision)
-        scored = score_for_report(scorer, pairs, scorer.batch_size)
+        members = path.split(",")
+        scorer = RewardScorer.from_pretrained(members[0], toxicity=None, precision=args.precision)
+        scored = score_for_report(scorer, pairs, scorer.batch_size)  # labels and length bins (member 0's tokens)
         on = scored.labelled[args.head]
-        diff = scored.diff[args.head][on]
+        diff = scored.diff[args.head][on] if len(members) == 1 else ensemble_diff(members, pairs, args)[on]
         wins[name] = pairwise_wins(diff, torch.zeros_like(diff)).tolist()  # 1 right, 0.5 tie, 0 wrong
         bins = [b for b, keep in zip(length_bins(scored.length_diff, args.similar_tokens), on.tolist()) if keep]
 
@@ -56,6 +63,7 @@ def main() -> None:
 
     everything = list(range(len(bins)))
     result = {"a": args.a, "b": args.b, "head": args.head, "split": args.split, "sources": args.sources,
+              "aggregate": args.aggregate, "uwo_lambda": args.uwo_lambda,
               "overall": compare(everything),
               "bins": {b: compare([i for i in everything if bins[i] == b]) for b in LENGTH_BINS
                        if any(x == b for x in bins)}}
@@ -64,6 +72,19 @@ def main() -> None:
               f"B-A {entry['delta']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def ensemble_diff(members: list[str], pairs, args):
+    """(pairs,) the ensemble's aggregated ``args.head`` score of chosen minus that of rejected (wco and uwo
+    aggregate each response's scores, so the difference is taken after aggregating, not per member)."""
+    from reward_models.ensemble import RewardEnsemble
+
+    ensemble = RewardEnsemble.from_pretrained(members, toxicity=None, precision=args.precision,
+                                              aggregate=args.aggregate, uwo_lambda=args.uwo_lambda)
+    prompts = [p.prompt for p in pairs]
+    chosen = ensemble.score(prompts, [p.chosen for p in pairs]).heads[args.head]  # (pairs,)
+    rejected = ensemble.score(prompts, [p.rejected for p in pairs]).heads[args.head]  # (pairs,)
+    return chosen - rejected
 
 
 if __name__ == "__main__":
