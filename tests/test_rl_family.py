@@ -144,22 +144,25 @@ GROUP = ["--update.batch_size", "4", "--rl.samples_per_prompt", "4", "--update.m
 
 # KL coefficients per algorithm: the toy reward is sparse (one token of 1,024, ~0.1 % at first), so a KL term
 # that is large next to it stalls learning. REINFORCE++ takes k3 in the reward: with k1's per-token noise, a batch
-# whose scores are all equal (most batches here) is whitened into pure noise.
+# whose scores are all equal (most batches here) is whitened into pure noise. Its whitening also makes the KL
+# term's scale irrelevant while the task reward is 0, so its KL drifts until the reward takes off, and when that
+# happens is CPU-dependent float rounding: on a 2-core AMD EPYC (avx512_bf16) at coef 0.02 it took off at step 133
+# with KL 52 (over the bound); at 0.05, step 131 with KL 29. Hence 0.05 and room up to 200 steps.
 @pytest.mark.parametrize("algo, extra", [
     ("grpo", [*GROUP, "--kl.coef", "0.05"]),
     ("grpo", [*GROUP, "--kl.coef", "0.02", "--rl.loss_aggregation", "constant", "--rl.scale_rewards", "false"]),
     ("rloo", [*GROUP, "--kl.coef", "0.1"]),
-    ("reinforce_pp", ["--kl.coef", "0.02", "--kl.estimator", "k3"]),
+    ("reinforce_pp", ["--kl.coef", "0.05", "--kl.estimator", "k3"]),
 ], ids=["grpo", "dr_grpo", "rloo", "reinforce_pp"])
 def test_each_algorithm_raises_the_toy_reward_with_bounded_kl(run_cfg, tmp_path, algo, extra):
     """The PPO toy test's task (test_ppo_trainer.py): share of one token, 12 tokens per response. The reward
     leaves ~0 suddenly, after a number of steps that float rounding can move, so the run stops once the mean
-    of the last 10 steps is 0.08 above the first 10 (or after 150 steps, ~30 s), and the KL is judged up to there."""
+    of the last 10 steps is 0.08 above the first 10 (or after 200 steps, ~40 s), and the KL is judged up to there."""
     trainer = toy_trainer(run_cfg, tmp_path, "--rl.algo", algo, *extra)
     assert trainer.unwrapped.value_head is None  # critic-free: no value head at all
     history = []
     first = last = 0.0
-    while len(history) < 150 and not (len(history) >= 20 and last > first + 0.08):
+    while len(history) < 200 and not (len(history) >= 20 and last > first + 0.08):
         history.append(trainer.step())
         first = sum(m["reward/composite"] for m in history[:10]) / 10
         last = sum(m["reward/composite"] for m in history[-10:]) / 10
