@@ -45,6 +45,25 @@ def test_aggregate_gives_n_interval_and_paired_delta():
     assert table["sft"]["tqa/mc1_delta"] == 0.0
 
 
+def test_a_share_has_a_wilson_interval_inside_0_1_and_its_delta_a_normal_one():
+    # 7 of 8 pairs right: the normal interval, 0.875 +- 1.96 * 0.354 / sqrt(8) = (0.630, 1.120), passes 1.
+    # Wilson by hand (z = 1.959964): centre (0.875 + z^2/16) / (1 + z^2/8) = 0.75335,
+    # half z / (1 + z^2/8) * sqrt(0.875 * 0.125 / 8 + z^2 / 256) = 0.22424 -> (0.52911, 0.97759).
+    records = [{"policy": p, "metric": "pref/harmless/accuracy", "id": str(i), "value": v}
+               for p, values in (("sft", [1, 1, 1, 1, 1, 1, 0, 1]), ("ppo", [1] * 8)) for i, v in enumerate(values)]
+    records += [{"policy": "sft", "metric": "tqa/mc2", "id": str(i), "value": v} for i, v in enumerate([0.9, 0.1])]
+    table = lk.aggregate_judge_free(records, baseline="sft")
+    sft = table["sft"]
+    assert sft["pref/harmless/accuracy"] == 0.875
+    assert sft["pref/harmless/accuracy_low"] == pytest.approx(0.52911, abs=1e-4)
+    assert sft["pref/harmless/accuracy_high"] == pytest.approx(0.97759, abs=1e-4)
+    assert table["ppo"]["pref/harmless/accuracy_high"] == pytest.approx(1.0, abs=1e-12)  # all right: at most 1
+    half = 1.959964 * math.sqrt((1 / 8 * 7 / 8 * 8 / 7) / 8)  # the delta (diffs seven 0s, one 1): normal
+    assert table["ppo"]["pref/harmless/accuracy_delta_high"] == pytest.approx(0.125 + half, rel=1e-5)
+    assert sft["tqa/mc2_low"] == pytest.approx(0.5 - 1.959964 * 0.8 / math.sqrt(2) / math.sqrt(2), rel=1e-5)
+    assert lk.is_share("tqa/mc1") and not lk.is_share("tqa/mc2") and not lk.is_share("pref/honest/margin")
+
+
 def test_a_source_without_pairs_is_one_line_naming_the_key():
     with pytest.raises(ConfigError, match=r"^judge_free\.preference_sources\[1\]: 'wikipedia' has no preference pairs"):
         lk.check_judge_free(lk.JudgeFreeConfig(preference_sources=["truthfulqa", "wikipedia"]))

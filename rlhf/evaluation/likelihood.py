@@ -203,10 +203,17 @@ def judge_free_records(policy, cfg: JudgeFreeConfig, split: str = "test", seed: 
     return records
 
 
+def is_share(metric: str) -> bool:
+    """Whether ``metric``'s per-item values are outcomes of one trial (1, 0, or a tie's 0.5): preference accuracy
+    and MC1. Their mean is a proportion, so its interval is Wilson's; MC2 and the margins are plain means."""
+    return metric.endswith("/accuracy") or metric == "tqa/mc1"
+
+
 def aggregate_judge_free(records: Sequence[dict[str, Any]], baseline: str,
                          confidence: float = 0.95) -> dict[str, dict[str, float]]:
     """``{policy: {metric: mean, metric_low, metric_high, metric/n, metric_delta(_low/_high)}}``; the delta is
-    the paired difference to ``baseline`` on the same pairs/questions (the margin's delta = its shift)."""
+    the paired difference to ``baseline`` on the same pairs/questions (the margin's delta = its shift), with a
+    normal interval; a share's own interval is Wilson's (``is_share``)."""
     from rlhf.evaluation import metrics
 
     by: dict[tuple[str, str], dict[str, float]] = {}
@@ -217,6 +224,9 @@ def aggregate_judge_free(records: Sequence[dict[str, Any]], baseline: str,
         row = out.setdefault(policy, {})
         row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = metrics.mean_interval(list(values.values()),
                                                                                           confidence)
+        if is_share(metric):  # a share of 8 pairs at 0.75 has a normal interval past 1; Wilson's stays in [0, 1]
+            row[f"{metric}_low"], row[f"{metric}_high"] = metrics.wilson_interval(sum(values.values()), len(values),
+                                                                                  confidence)
         row[f"{metric}/n"] = len(values)
         base = by.get((baseline, metric))
         if base is not None:
