@@ -222,11 +222,12 @@ def aggregate_judge_free(records: Sequence[dict[str, Any]], baseline: str,
     out: dict[str, dict[str, float]] = {}
     for (policy, metric), values in by.items():
         row = out.setdefault(policy, {})
-        row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = metrics.mean_interval(list(values.values()),
-                                                                                          confidence)
+        items = list(values.values())
         if is_share(metric):  # a share of 8 pairs at 0.75 has a normal interval past 1; Wilson's stays in [0, 1]
-            row[f"{metric}_low"], row[f"{metric}_high"] = metrics.wilson_interval(sum(values.values()), len(values),
-                                                                                  confidence)
+            mean, low, high = sum(items) / len(items), *metrics.wilson_interval(sum(items), len(items), confidence)
+        else:
+            mean, low, high = metrics.mean_interval(items, confidence)
+        row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean, low, high
         row[f"{metric}/n"] = len(values)
         base = by.get((baseline, metric))
         if base is not None:

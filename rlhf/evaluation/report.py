@@ -523,13 +523,14 @@ def judge_free_table(results: dict[str, Any]) -> ReportTable:
     level = f"{round(100 * results.get('confidence', 0.95))} %"
     return ReportTable("eval/judge_free", "Judge-free metrics (no reward model): the policies' own log-probs",
                        columns, rows,
-                       note=f"Means with {level} intervals (Wilson's for preference accuracy and MC1, which are shares; "
-                            f"normal for the rest and for the paired differences), n pairs or questions of the "
-                            f"{results.get('split', 'test')} split. Preference accuracy: share of pairs where log π(chosen) − log π(rejected) exceeds "
-                            "the reference's (adapter disabled / explicit reference; a full model without one is its "
-                            "own: every pair a tie, counted 0.5). Margin: log π(chosen) − log π(rejected) in nats; "
-                            f"its difference to {base} is the shift. MC1/MC2: TruthfulQA's multiple-choice scoring "
-                            "(rlhf.evaluation.likelihood). Differences are paired on the same pairs/questions.")
+                       note=f"Means with {level} intervals (Wilson's for preference accuracy and MC1, which are "
+                            "shares; normal for the rest and for the paired differences), n pairs or questions of the "
+                            f"{results.get('split', 'test')} split. Preference accuracy: share of pairs where "
+                            "log π(chosen) − log π(rejected) exceeds the reference's (adapter disabled / explicit "
+                            "reference; a full model without one is its own: every pair a tie, counted 0.5). "
+                            f"Margin: log π(chosen) − log π(rejected) in nats; its difference to {base} is the shift. "
+                            "MC1/MC2: TruthfulQA's multiple-choice scoring (rlhf.evaluation.likelihood). Differences "
+                            "are paired on the same pairs/questions.")
 
 
 def build_tables(results: dict[str, Any], records: Sequence[dict[str, Any]],
