@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The SmolLM2-proxy comparison re-run with a gold that shares no train pair with the proxy (issues 22 and 23).
 #   flock /tmp/rlhf-cpu.lock benchmarks/compare_disjoint_gold.sh      # ~2.5 h on 2 bf16 CPU cores (AMD EPYC)
-# Every stage reads the `train` split's halves (`data.partition`, by conversation hash): the proxy, PPO's prompts
-# and DPO the `proxy` half, the golds the `gold` half; evaluation reads `test` only.
+# The reward and DPO stages read halves of the `train` split's pairs (`data.partition`, by conversation hash): the
+# proxy and DPO the `proxy` half, the golds the `gold` half. PPO samples its prompts from the whole train split
+# (prompts only, no labels); evaluation reads `test` only.
 #   1. proxy        SmolLM2-135M, LoRA on its top 4 layers, 600 pairs per head (the 2026-12-02 recipe), seed 1
 #   2. gold         the same recipe on the gold half, seed 0: disjoint pairs, same family
 #   3. gold-minilm  MiniLM-L6 fully fine-tuned on the gold half: another family too, the second judge (rejudge.py)
