@@ -13,23 +13,24 @@
 #   6. dpo          DPO on the proxy half's pairs
 #   7. compare      SFT, best-of-1..16, both PPO curves, DPO on 96 test prompts; proxy, gold, judge-free metrics,
 #                   Gao et al.'s fits; then the same responses rescored by the MiniLM gold
-# A stage whose run finished (its final/ or compare.md exists) is skipped, so the script resumes after an interruption.
+# A stage whose run finished is skipped (its summary.json, which every stage writes last; final/ appears earlier, before
+# the reward stage's test evaluation), so the script resumes after an interruption. OUT=DIR writes the results elsewhere.
 # Results: benchmarks/results/compare_disjoint_gold/ (compare.md, report.md, results.json, plots, timings.tsv).
 set -uo pipefail
 py=${PYTHON:-.venv/bin/python}
 sft=${SFT:-runs/demo/sft/final}
-out=benchmarks/results/compare_disjoint_gold
+out=${OUT:-benchmarks/results/compare_disjoint_gold}
 mkdir -p "$out"
 export WANDB_MODE=${WANDB_MODE:-disabled}
 timings=$out/timings.tsv
 [ -f "$timings" ] || printf 'stage\tseconds\texit\n' > "$timings"
 
-stage() {  # stage NAME DONE rlhf-args...: runs `rlhf ARGS` unless the path DONE exists; times it
-  local name=$1 done=$2; shift 2
-  if [ -e "$done" ]; then echo "== $name: $done exists, skipped"; return 0; fi
-  echo "== $name: $(date -u +%H:%M:%S) rlhf $*"
+stage() {  # stage NAME RUN rlhf-args...: `rlhf ARGS --run.run_name RUN` unless runs/RUN finished; times it
+  local name=$1 run=$2; shift 2
+  if [ -e "runs/$run/summary.json" ]; then echo "== $name: runs/$run finished, skipped"; return 0; fi
+  echo "== $name: $(date -u +%H:%M:%S) rlhf $* --run.run_name $run"
   local t0=$SECONDS
-  $py -m rlhf.cli "$@"
+  $py -m rlhf.cli "$@" --run.run_name "$run"
   local rc=$?
   printf '%s\t%s\t%s\n' "$name" $((SECONDS - t0)) "$rc" >> "$timings"
   echo "== $name: exit $rc after $((SECONDS - t0)) s"
@@ -40,29 +41,27 @@ common=(--run.output_dir runs --run.wandb_mode disabled)
 ppo=(rl --rl.algo ppo --model.name "$sft" --update.batch_size 16 --update.mini_batch_size 8 --train.max_steps 60
      --train.learning_rate 3e-4 --train.lr_scheduler constant --train.save_steps 20 --run.seed 0 "${common[@]}")
 
-stage proxy runs/cdg-proxy-smollm2/final reward --model.name smollm2-135m-instruct --lora.enabled true \
+stage proxy cdg-proxy-smollm2 reward --model.name smollm2-135m-instruct --lora.enabled true \
   --lora.layers '[-4,-3,-2,-1]' --train.learning_rate 2e-4 --data.max_train_pairs_per_head 600 --run.seed 1 \
-  --run.run_name cdg-proxy-smollm2 "${common[@]}" || exit 1
-stage gold runs/cdg-gold-smollm2/final reward --role gold --model.name smollm2-135m-instruct --lora.enabled true \
+  "${common[@]}" || exit 1
+stage gold cdg-gold-smollm2 reward --role gold --model.name smollm2-135m-instruct --lora.enabled true \
   --lora.layers '[-4,-3,-2,-1]' --train.learning_rate 2e-4 --data.max_train_pairs_per_head 600 --run.seed 0 \
-  --run.run_name cdg-gold-smollm2 "${common[@]}" || exit 1
-stage gold-minilm runs/cdg-gold-minilm/final reward --role gold --model.name minilm-l6 --train.learning_rate 2e-4 \
-  --train.epochs 1 --train.precision fp32 --run.seed 0 --run.run_name cdg-gold-minilm "${common[@]}"
-stage ppo-control runs/cdg-ppo-control/final "${ppo[@]}" --reward.model runs/cdg-proxy-smollm2/final \
-  --run.run_name cdg-ppo-control || exit 1
-stage ppo-detrend runs/cdg-ppo-detrend/final "${ppo[@]}" --reward.model runs/cdg-proxy-smollm2/final \
-  --reward.length_detrend true --run.run_name cdg-ppo-detrend
-stage dpo runs/cdg-dpo/final dpo --model.name "$sft" --train.max_steps 36 --run.seed 0 --run.run_name cdg-dpo "${common[@]}"
+  "${common[@]}" || exit 1
+stage gold-minilm cdg-gold-minilm reward --role gold --model.name minilm-l6 --train.learning_rate 2e-4 \
+  --train.epochs 1 --train.precision fp32 --run.seed 0 "${common[@]}"
+stage ppo-control cdg-ppo-control "${ppo[@]}" --reward.model runs/cdg-proxy-smollm2/final || exit 1
+stage ppo-detrend cdg-ppo-detrend "${ppo[@]}" --reward.model runs/cdg-proxy-smollm2/final --reward.length_detrend true
+stage dpo cdg-dpo dpo --model.name "$sft" --train.max_steps 36 --run.seed 0 "${common[@]}"
 
 rl_runs=runs/cdg-ppo-control
-[ -e runs/cdg-ppo-detrend/final ] && rl_runs="$rl_runs, runs/cdg-ppo-detrend"
+[ -e runs/cdg-ppo-detrend/summary.json ] && rl_runs="$rl_runs, runs/cdg-ppo-detrend"
 dpo_runs=""
-[ -e runs/cdg-dpo/final ] && dpo_runs=runs/cdg-dpo
-stage compare runs/cdg-compare/compare.md compare --sft "$sft" --proxy runs/cdg-proxy-smollm2/final \
+[ -e runs/cdg-dpo/summary.json ] && dpo_runs=runs/cdg-dpo
+stage compare cdg-compare compare --sft "$sft" --proxy runs/cdg-proxy-smollm2/final \
   --gold runs/cdg-gold-smollm2/final --rl_runs "[$rl_runs]" --dpo_runs "[$dpo_runs]" --prompts_per_source 32 \
-  --run.run_name cdg-compare "${common[@]}" || exit 1
-cp runs/cdg-compare/{compare.md,report.md,results.json,config.yaml,*.png} "$out"/ 2>/dev/null
-[ -e runs/cdg-gold-minilm/final ] && $py benchmarks/rejudge.py --run runs/cdg-compare --judge runs/cdg-gold-minilm/final \
+  "${common[@]}" || exit 1
+cp runs/cdg-compare/{compare.md,report.md,results.json,config.yaml,*.png} "$out"/
+[ -e runs/cdg-gold-minilm/summary.json ] && $py benchmarks/rejudge.py --run runs/cdg-compare --judge runs/cdg-gold-minilm/final \
   --out "$out/rejudged_gold_minilm.md"
 lscpu | grep -E 'Model name|bf16' | sed 's/Flags:.*\(avx512_bf16\|amx_bf16\).*/bf16 flags: \1/' > "$out/cpu.txt"
 uptime >> "$out/cpu.txt"
