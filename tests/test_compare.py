@@ -7,6 +7,7 @@ import pytest
 
 from pipelines import compare
 from rlhf.core.config import ConfigError
+from rlhf.evaluation import metrics
 
 
 def _rl_run(tmp_path, name="grpo-curve", algo="grpo", steps=(15, 30)):
@@ -55,7 +56,8 @@ def test_bad_input_names_the_key(tmp_path, change, key):
 def test_table_from_saved_results(tmp_path):
     judged = lambda c, g, kl: {"kl/k1": kl, "reward/composite": c, "reward/composite_low": c - 1,
                                "reward/composite_high": c + 1, "gold/composite": g, "gold/composite_low": g - 0.5,
-                               "gold/composite_high": g + 0.5, "gold/harmless": g / 2, "length": 20.0, "n": 48}
+                               "gold/composite_high": g + 0.5, "gold/harmless": g / 2, "length": 20.0,
+                               "refusal_rate": kl / 6, "n": 48}
     results = {
         "variants": [{"key": "sft/s", "policy": "sft", "shots": 0, "decoding": "sampled"},
                      {"key": "grpo@15/s", "policy": "grpo@15", "shots": 0, "decoding": "sampled"},
@@ -86,6 +88,9 @@ def test_table_from_saved_results(tmp_path):
     assert by_method["best-of-1 (sft)"]["gold Δ vs best-of-1 (same draw)"] == "–"
     assert [r[0] for r in rows[1:]] == ["sft", "grpo@15", "best-of-1 (sft)", "best-of-4 (sft)"]  # no duplicates
     assert by_method["sft"]["KL to SFT"] == "0.00"
+    low, high = metrics.wilson_interval(12, 48)  # 0.25 of 48 responses
+    assert by_method["grpo@15"]["refusals"] == f"0.25 [{low:.2f}, {high:.2f}]"  # refusal_rate = kl / 6
+    assert by_method["sft"]["refusals"] == "0.00 [0.00, 0.07]"  # Wilson: 0 of 48 -> [0, 1.96² / (48 + 1.96²)]
     out = compare.write_comparison(tmp_path, results, {"grpo": 600.0})
     assert "| grpo@15 | 1.50 |" in out.read_text()
     # where the gold peaks: best-of-n's gold (0.0 at n=1, 0.4 at n=4) still rising at its largest n

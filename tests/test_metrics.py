@@ -135,6 +135,17 @@ def test_length_and_eos_rate():
     assert math.isnan(metrics.eos_rate([]))
 
 
+def test_refusal_rate_hand_cases():
+    refusals = ["I\u2019m sorry, I\u2019m unable to provide that information.",  # curly apostrophes, as sampled
+                "I have no comment.", "As an AI I cannot help with that.", "Honestly, I don't know."]
+    answers = ["I'm sorry to hear that. Try talking to your boss first.",  # sympathy, then an answer
+               "Paris is the capital of France.", "#Person1# asks #Person2# about the meeting."]
+    assert [metrics.is_refusal(t) for t in refusals] == [True] * 4
+    assert [metrics.is_refusal(t) for t in answers] == [False] * 3
+    assert metrics.refusal_rate(refusals[:1] + answers) == 0.25  # 1 of 4
+    assert math.isnan(metrics.refusal_rate([]))
+
+
 # ---------------------------------------------------------------- KL
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "pipelines" / "configs"
 REQUIRED_KEYS = ["reward/composite", "reward/helpful", "reward/honest", "reward/harmless", "objective/kl", "objective/kl_coef", "objective/entropy",
                  "policy/clipfrac", "policy/approxkl", "loss/policy", "loss/value", "val/ratio", "response/length",
-                 "response/eos_rate", "skipped/nonfinite"]
+                 "response/eos_rate", "response/refusal_rate", "skipped/nonfinite"]
 
 
 def tiny_cfg(run_cfg, *overrides: str) -> PPOStageConfig:

@@ -460,6 +460,7 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
     out["eos_rate"] = metrics.eos_rate([r["ended"] for r in records])
     out["distinct/1"] = metrics.distinct_n(responses, 1)
     out["distinct/2"] = metrics.distinct_n(responses, 2)
+    out["refusal_rate"] = metrics.refusal_rate(responses)
     score_keys = sorted({k for r in records for k in r if k.startswith(JUDGED + ("kl/",)) or k == "toxicity"})
     for key in score_keys:
         values = [r[key] for r in records if key in r]

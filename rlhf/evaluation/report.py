@@ -330,7 +330,7 @@ def _variant_label(v: dict[str, Any], all_sources: Sequence[str] = ()) -> str:
 def overview_table(results: dict[str, Any]) -> ReportTable:
     base = results.get("baseline", "sft")
     columns = ["policy", "composite (CI)", *HEADS, "toxicity", "KL k1", "KL k3", f"win-rate vs {base} (CI)",
-               "length", "EOS rate", "distinct-1", "distinct-2"]
+               "length", "EOS rate", "distinct-1", "distinct-2", "refusals"]
     rows = []
     for v in _variants(results):
         m = _metrics(results, v["key"])
@@ -340,10 +340,11 @@ def overview_table(results: dict[str, Any]) -> ReportTable:
                      fmt(m.get("kl/k1")), fmt(m.get("kl/k3")),
                      fmt_interval(m.get("win_rate"), m.get("win_rate/low"), m.get("win_rate/high")),
                      fmt(m.get("length"), 1), fmt(m.get("eos_rate"), 2), fmt(m.get("distinct/1")),
-                     fmt(m.get("distinct/2"))])
+                     fmt(m.get("distinct/2")), fmt(m.get("refusal_rate"), 2)])
     return ReportTable("eval/overview", "All variants, all sources", columns, rows,
                        note="KL: nats per response to the policy's reference (adapter disabled), on sampled "
-                            "decoding at temperature 1 only. Win-rates are paired per prompt against the "
+                            "decoding at temperature 1 only. Refusals: share of responses with a refusal phrase "
+                            "(rlhf.evaluation.metrics.is_refusal). Win-rates are paired per prompt against the "
                             f"{base} run with the same decoding.")
 
 

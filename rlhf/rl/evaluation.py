@@ -13,6 +13,7 @@ import torch
 
 from rlhf.core import sharding
 from rlhf.core.lifecycle import seed_everything
+from rlhf.evaluation.metrics import refusal_rate
 from rlhf.rl.experience import Experience, ExperienceMaker
 from rlhf.rl.maths import kl_per_token
 from rlhf.rl.reducers import ProcessReducer
@@ -40,7 +41,8 @@ class HeldOutEvaluator:
                 kl = kl_per_token(exp.logprobs, exp.ref_logprobs, self.kl_estimator) * exp.response_mask
                 parts = {**exp.scores.as_metrics(), "objective/kl": kl.sum(1).mean().item(),
                          "response/length": exp.response_mask.sum(1).mean().item(),
-                         "response/eos_rate": exp.has_eos.float().mean().item()}
+                         "response/eos_rate": exp.has_eos.float().mean().item(),
+                         "response/refusal_rate": refusal_rate(exp.responses)}
                 for key, value in parts.items():
                     totals[key] += value * len(exp)
         local = {f"eval/{key}": value / max(len(mine), 1) for key, value in totals.items()}

@@ -51,6 +51,7 @@ from rlhf.core import sharding
 from rlhf.core.lifecycle import seed_everything
 from rlhf.core.runtime import make_accelerator, select_device
 from rlhf.core.threads import ThreadGovernor
+from rlhf.evaluation.metrics import refusal_rate
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -258,6 +259,7 @@ class RLTrainer:
             "objective/scores": scores.mean().item(),
             "response/length": mask.sum(1).mean().item(),
             "response/eos_rate": exp.has_eos.float().mean().item(),
+            "response/refusal_rate": refusal_rate(exp.responses),  # a reward that pays for refusing shows here
             **{f"time/{key}_s": value for key, value in exp.timings.items()},
             **shaping,
             **update,
