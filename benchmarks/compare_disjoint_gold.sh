@@ -17,27 +17,8 @@
 # the reward stage's test evaluation), so the script resumes after an interruption. OUT=DIR writes the results elsewhere.
 # Results: benchmarks/results/compare_disjoint_gold/ (compare.md, report.md, results.json, plots, timings.tsv).
 set -uo pipefail
-py=${PYTHON:-.venv/bin/python}
-sft=${SFT:-runs/demo/sft/final}
 out=${OUT:-benchmarks/results/compare_disjoint_gold}
-mkdir -p "$out"
-export WANDB_MODE=${WANDB_MODE:-disabled}
-timings=$out/timings.tsv
-[ -f "$timings" ] || printf 'stage\tseconds\texit\n' > "$timings"
-
-stage() {  # stage NAME RUN rlhf-args...: `rlhf ARGS --run.run_name RUN` unless runs/RUN finished; times it
-  local name=$1 run=$2; shift 2
-  if [ -e "runs/$run/summary.json" ]; then echo "== $name: runs/$run finished, skipped"; return 0; fi
-  echo "== $name: $(date -u +%H:%M:%S) rlhf $* --run.run_name $run"
-  local t0=$SECONDS
-  $py -m rlhf.cli "$@" --run.run_name "$run"
-  local rc=$?
-  printf '%s\t%s\t%s\n' "$name" $((SECONDS - t0)) "$rc" >> "$timings"
-  echo "== $name: exit $rc after $((SECONDS - t0)) s"
-  return $rc
-}
-
-common=(--run.output_dir runs --run.wandb_mode disabled)
+source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, stage, record_machine
 ppo=(rl --rl.algo ppo --model.name "$sft" --update.batch_size 16 --update.mini_batch_size 8 --train.max_steps 60
      --train.learning_rate 3e-4 --train.lr_scheduler constant --train.save_steps 20 --run.seed 0 "${common[@]}")
 
@@ -63,5 +44,4 @@ stage compare cdg-compare compare --sft "$sft" --proxy runs/cdg-proxy-smollm2/fi
 cp runs/cdg-compare/{compare.md,report.md,results.json,config.yaml,*.png} "$out"/
 [ -e runs/cdg-gold-minilm/summary.json ] && $py benchmarks/rejudge.py --run runs/cdg-compare --judge runs/cdg-gold-minilm/final \
   --out "$out/rejudged_gold_minilm.md"
-lscpu | grep -E 'Model name|bf16' | sed 's/Flags:.*\(avx512_bf16\|amx_bf16\).*/bf16 flags: \1/' > "$out/cpu.txt"
-uptime >> "$out/cpu.txt"
+record_machine

@@ -12,37 +12,20 @@
 #   2. rloo-eosfree  RLOO, 4 prompts x 4 samples per step (the same 16 rollouts), otherwise the same
 #   3. compare       SFT, best-of-1/2/4 and every checkpoint of both runs on 96 test prompts; proxy, gold,
 #                    judge-free metrics, Gao et al.'s fits; then the same responses rescored by the MiniLM gold,
-#                    each variant's refusals counted per source (benchmarks/refusals.py), and ROUGE-L's paired
-#                    difference to SFT per prompt (benchmarks/rouge_paired.py)
+#                    and each variant's refusals per source and ROUGE-L's paired difference to SFT per prompt
+#                    (benchmarks/recount.py)
 #   4. rloo-eosfree-seed1, compare-seed1: RLOO again with seed 1 to 75 steps, compared with the same SFT samples
 #                    (results in seed1/)
 # A stage whose run finished (its summary.json) is skipped, so the script resumes. OUT=DIR writes the results elsewhere.
-# Results: benchmarks/results/compare_eos_free/ (compare.md, report.md, results.json, plots, timings.tsv).
+# Results: benchmarks/results/compare_eos_free/ (compare.md, report.md, results.json, rejudged_gold_minilm.md, recount.md,
+# plots, timings.tsv; seed1/ for step 4).
 set -uo pipefail
-py=${PYTHON:-.venv/bin/python}
-sft=${SFT:-runs/demo/sft/final}
 out=${OUT:-benchmarks/results/compare_eos_free}
-mkdir -p "$out"
-export WANDB_MODE=${WANDB_MODE:-disabled}
-timings=$out/timings.tsv
-[ -f "$timings" ] || printf 'stage\tseconds\texit\n' > "$timings"
+source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, stage, record_machine
 for judge in cdg-proxy-smollm2 cdg-gold-smollm2; do
   [ -e "runs/$judge/summary.json" ] || { echo "runs/$judge: missing; run benchmarks/compare_disjoint_gold.sh first"; exit 1; }
 done
 
-stage() {  # stage NAME RUN rlhf-args...: `rlhf ARGS --run.run_name RUN` unless runs/RUN finished; times it
-  local name=$1 run=$2; shift 2
-  if [ -e "runs/$run/summary.json" ]; then echo "== $name: runs/$run finished, skipped"; return 0; fi
-  echo "== $name: $(date -u +%H:%M:%S) rlhf $* --run.run_name $run"
-  local t0=$SECONDS
-  $py -m rlhf.cli "$@" --run.run_name "$run"
-  local rc=$?
-  printf '%s\t%s\t%s\n' "$name" $((SECONDS - t0)) "$rc" >> "$timings"
-  echo "== $name: exit $rc after $((SECONDS - t0)) s"
-  return $rc
-}
-
-common=(--run.output_dir runs --run.wandb_mode disabled)
 rl=(rl --model.name "$sft" --reward.model runs/cdg-proxy-smollm2/final --reward.missing_eos_penalty 0
     --update.mini_batch_size 8 --train.max_steps 100 --train.learning_rate 3e-4 --train.lr_scheduler constant
     --train.save_steps 25 --train.save_total_limit 0 --run.seed 0 "${common[@]}")
@@ -58,8 +41,7 @@ stage compare cee-compare compare --sft "$sft" --proxy runs/cdg-proxy-smollm2/fi
 cp runs/cee-compare/{compare.md,report.md,results.json,config.yaml,*.png} "$out"/
 [ -e runs/cdg-gold-minilm/summary.json ] && $py benchmarks/rejudge.py --run runs/cee-compare --judge runs/cdg-gold-minilm/final \
   --out "$out/rejudged_gold_minilm.md"
-$py benchmarks/refusals.py --run runs/cee-compare --out "$out/refusals.md"
-$py benchmarks/rouge_paired.py --run runs/cee-compare --out "$out/rouge_paired.md"
+$py benchmarks/recount.py --run runs/cee-compare --out "$out/recount.md"
 
 # 4. RLOO again with another seed (its samples and prompt order), to 75 steps, and its own comparison against the
 #    same SFT samples: is RLOO@75's gain one lucky run?
@@ -72,8 +54,6 @@ mkdir -p "$out/seed1"
 cp runs/cee-compare-seed1/{compare.md,results.json} "$out/seed1/"
 [ -e runs/cdg-gold-minilm/summary.json ] && $py benchmarks/rejudge.py --run runs/cee-compare-seed1 \
   --judge runs/cdg-gold-minilm/final --out "$out/seed1/rejudged_gold_minilm.md"
-$py benchmarks/refusals.py --run runs/cee-compare-seed1 --out "$out/seed1/refusals.md"
-$py benchmarks/rouge_paired.py --run runs/cee-compare-seed1 --out "$out/seed1/rouge_paired.md"
+$py benchmarks/recount.py --run runs/cee-compare-seed1 --out "$out/seed1/recount.md"
 
-lscpu | grep -E 'Model name|bf16' | sed 's/Flags:.*\(avx512_bf16\|amx_bf16\).*/bf16 flags: \1/' > "$out/cpu.txt"
-uptime >> "$out/cpu.txt"
+record_machine

@@ -12,7 +12,6 @@ difference to best-of-1, each with its 95 % interval over prompts.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,10 +21,9 @@ sys.path.insert(0, str(ROOT))  # our package
 sys.path.insert(0, str(ROOT / "benchmarks"))  # common, as the other benchmarks import it
 
 from common import cpu_info, load_average  # noqa: E402
-from pipelines.compare import paired_difference, same_draw_deltas, scores_by_variant  # noqa: E402
+from pipelines.compare import paired_difference, same_draw_deltas, saved_comparison, scores_by_variant  # noqa: E402
 from reward_models.scoring import RewardScorer  # noqa: E402
 from rlhf.evaluation import metrics  # noqa: E402
-from rlhf.core.tracking import read_metrics  # noqa: E402
 
 
 def main() -> None:
@@ -35,8 +33,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="markdown file to write")
     args = parser.parse_args()
     run = Path(args.run)
-    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
-    records = read_metrics(run / "samples.jsonl")
+    results, records, baseline = saved_comparison(run)
 
     start = time.monotonic()
     scorer = RewardScorer.from_pretrained(args.judge, toxicity=None)
@@ -45,8 +42,6 @@ def main() -> None:
         r["judge/composite"] = s
     seconds = time.monotonic() - start
 
-    baseline = next(v["key"] for v in results["variants"] if v["policy"] == results.get("baseline", "sft")
-                    and v.get("decoding") == "sampled" and not v.get("best_of") and not v.get("shots"))
     by_variant = scores_by_variant(records, "judge/composite")
     vs_sft = {variant: paired_difference(mine, by_variant[baseline]) for variant, mine in by_variant.items()
               if variant != baseline}

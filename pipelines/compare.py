@@ -137,6 +137,16 @@ def _cell(numbers: dict, key: str, digits: int = 3) -> str:
     return f"{numbers[key]:.{digits}f}{interval}"
 
 
+def saved_comparison(run_dir: str | Path) -> tuple[dict, list[dict], str]:
+    """(results.json, the samples.jsonl records, the plain baseline run's variant key) of a finished comparison:
+    what a script that judges or counts its saved responses again reads (benchmarks/rejudge.py, recount.py)."""
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    baseline = next(v["key"] for v in results["variants"] if v["policy"] == results.get("baseline", "sft")
+                    and v.get("decoding") == "sampled" and not v.get("best_of") and not v.get("shots"))
+    return results, read_metrics(run_dir / "samples.jsonl"), baseline
+
+
 def scores_by_variant(records: list[dict], key: str) -> dict[str, dict[tuple, float]]:
     """``key`` of every saved sample, by variant and then by prompt (source, id)."""
     by_variant: dict[str, dict[tuple, float]] = {}
@@ -263,8 +273,7 @@ def main(cfg: CompareConfig) -> Path:
     run_dir = evaluate(ecfg)
     # 3. the comparison table, with each training run's wall time
     seconds = {method: training_seconds(run) for method, run in method_runs(cfg).items()}
-    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    records = read_metrics(run_dir / "samples.jsonl")
+    results, records, _ = saved_comparison(run_dir)
     table = write_comparison(run_dir, results, seconds, records)
     print(f"[compare] {table}", file=sys.stderr)
     return run_dir

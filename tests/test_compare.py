@@ -118,3 +118,16 @@ def test_compare_lists_gao_fits_and_judge_free_metrics(tmp_path):
     text = compare.write_comparison(tmp_path, results, {}).read_text()
     assert "- best-of-n: R(d) = d(α − β d), α = 0.5000, β = 0.2000, R² = 1.000 on 4 points" in text
     assert "| dpo | 12.5 | 0.500 (0.300, 0.700); 32 | 0.250 (0.050, 0.450) |" in text
+
+
+def test_saved_comparison_reads_results_samples_and_the_plain_baseline(tmp_path):
+    """The baseline is the SFT run sampled zero-shot: not its best-of-n, few-shot or greedy variants."""
+    variants = [{"key": "sft/2-shot/greedy", "policy": "sft", "shots": 2, "decoding": "greedy"},
+                {"key": "sft/0-shot/sampled/best-of-1", "policy": "sft", "shots": 0, "decoding": "sampled", "best_of": 1},
+                {"key": "ppo/0-shot/sampled", "policy": "ppo", "shots": 0, "decoding": "sampled"},
+                {"key": "sft/0-shot/sampled", "policy": "sft", "shots": 0, "decoding": "sampled"}]
+    (tmp_path / "results.json").write_text(json.dumps({"baseline": "sft", "variants": variants}))
+    samples = [{"variant": "ppo/0-shot/sampled", "response": "a"}, {"variant": "sft/0-shot/sampled", "response": "b"}]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
+    results, records, baseline = compare.saved_comparison(tmp_path)
+    assert baseline == "sft/0-shot/sampled" and records == samples and results["variants"] == variants

@@ -1,0 +1,29 @@
+# Sourced by the comparison scripts (compare_disjoint_gold.sh, compare_eos_free.sh): their shared setup. Set out=
+# (the results folder) first. Gives $py, $sft (the SFT start), ${common[@]} (flags every stage takes), and:
+#   stage NAME RUN rlhf-args...   `rlhf ARGS --run.run_name RUN` unless runs/RUN finished (its summary.json, which
+#                                 every stage writes last), timed into $out/timings.tsv; returns the stage's exit
+#   record_machine                CPU model, bf16 flags and load average into $out/cpu.txt
+py=${PYTHON:-.venv/bin/python}
+sft=${SFT:-runs/demo/sft/final}
+mkdir -p "$out"
+export WANDB_MODE=${WANDB_MODE:-disabled}
+timings=$out/timings.tsv
+[ -f "$timings" ] || printf 'stage\tseconds\texit\n' > "$timings"
+common=(--run.output_dir runs --run.wandb_mode disabled)
+
+stage() {
+  local name=$1 run=$2; shift 2
+  if [ -e "runs/$run/summary.json" ]; then echo "== $name: runs/$run finished, skipped"; return 0; fi
+  echo "== $name: $(date -u +%H:%M:%S) rlhf $* --run.run_name $run"
+  local t0=$SECONDS
+  $py -m rlhf.cli "$@" --run.run_name "$run"
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" $((SECONDS - t0)) "$rc" >> "$timings"
+  echo "== $name: exit $rc after $((SECONDS - t0)) s"
+  return $rc
+}
+
+record_machine() {
+  lscpu | grep -E 'Model name|bf16' | sed 's/Flags:.*\(avx512_bf16\|amx_bf16\).*/bf16 flags: \1/' > "$out/cpu.txt"
+  uptime >> "$out/cpu.txt"
+}
