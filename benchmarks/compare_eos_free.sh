@@ -4,9 +4,9 @@
 # Needs the proxy and the gold of benchmarks/compare_disjoint_gold.sh (runs/cdg-proxy-smollm2, runs/cdg-gold-smollm2,
 # runs/cdg-gold-minilm): the same judges, the same SFT start, the same 96 test prompts and sampling seeds.
 # Why: in that comparison PPO's answers fell from 26.9 to 17.8 tokens with or without length detrending. Its
-# rollouts stop at generation.max_new_tokens 32, and over the first 5 steps only 51 % of them end with EOS; each of the others
-# loses reward.missing_eos_penalty (1.0, about one standard deviation of the normalised reward). The cheapest way
-# up is to stop sooner (EOS rate 0.94 over the last 10 steps), whatever the reward model thinks of length. These runs set the
+# rollouts stop at generation.max_new_tokens 32, and over the first 5 steps only 51 % of them end with EOS; each of
+# the others loses reward.missing_eos_penalty (1.0, taken off the score before normalisation). Stopping sooner is a
+# cheap way up (EOS rate 0.94 over the last 10 steps). These runs set the
 # penalty to 0: a response cut at 32 tokens is scored as it is, the way `rlhf compare` scores every policy.
 #   1. ppo-eosfree   PPO, the compare_disjoint_gold recipe (batch 16, lr 3e-4), 100 steps, a checkpoint every 25
 #   2. rloo-eosfree  RLOO, 4 prompts x 4 samples per step (the same 16 rollouts), otherwise the same
