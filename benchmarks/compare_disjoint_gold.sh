@@ -12,10 +12,12 @@
 #                   with response length)
 #   6. dpo          DPO on the proxy half's pairs
 #   7. compare      SFT, best-of-1..16, both PPO curves, DPO on 96 test prompts; proxy, gold, judge-free metrics,
-#                   Gao et al.'s fits; then the same responses rescored by the MiniLM gold
+#                   Gao et al.'s fits; then the same responses rescored by the MiniLM gold (rejudge.py) and
+#                   counted again: refusals, ROUGE-L per prompt (recount.py)
 # A stage whose run finished is skipped (its summary.json, which every stage writes last; final/ appears earlier, before
 # the reward stage's test evaluation), so the script resumes after an interruption. OUT=DIR writes the results elsewhere.
-# Results: benchmarks/results/compare_disjoint_gold/ (compare.md, report.md, results.json, plots, timings.tsv).
+# Results: benchmarks/results/compare_disjoint_gold/ (compare.md, report.md, results.json, rejudged_gold_minilm.md,
+# recount.md, plots, timings.tsv).
 set -uo pipefail
 out=${OUT:-benchmarks/results/compare_disjoint_gold}
 source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, stage, record_machine
@@ -38,10 +40,5 @@ rl_runs=runs/cdg-ppo-control
 [ -e runs/cdg-ppo-detrend/summary.json ] && rl_runs="$rl_runs, runs/cdg-ppo-detrend"
 dpo_runs=""
 [ -e runs/cdg-dpo/summary.json ] && dpo_runs=runs/cdg-dpo
-stage compare cdg-compare compare --sft "$sft" --proxy runs/cdg-proxy-smollm2/final \
-  --gold runs/cdg-gold-smollm2/final --rl_runs "[$rl_runs]" --dpo_runs "[$dpo_runs]" --prompts_per_source 32 \
-  "${common[@]}" || exit 1
-cp runs/cdg-compare/{compare.md,report.md,results.json,config.yaml,*.png} "$out"/
-[ -e runs/cdg-gold-minilm/summary.json ] && $py benchmarks/rejudge.py --run runs/cdg-compare --judge runs/cdg-gold-minilm/final \
-  --out "$out/rejudged_gold_minilm.md"
+judged_comparison compare cdg-compare "$out" --rl_runs "[$rl_runs]" --dpo_runs "[$dpo_runs]" || exit 1
 record_machine

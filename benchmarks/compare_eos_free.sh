@@ -35,25 +35,13 @@ stage rloo-eosfree cee-rloo-eosfree "${rl[@]}" --rl.algo rloo --rl.samples_per_p
 
 rl_runs=runs/cee-ppo-eosfree
 [ -e runs/cee-rloo-eosfree/summary.json ] && rl_runs="$rl_runs, runs/cee-rloo-eosfree"
-stage compare cee-compare compare --sft "$sft" --proxy runs/cdg-proxy-smollm2/final \
-  --gold runs/cdg-gold-smollm2/final --rl_runs "[$rl_runs]" --best_of_n '[1, 2, 4]' --prompts_per_source 32 \
-  "${common[@]}" || exit 1
-cp runs/cee-compare/{compare.md,report.md,results.json,config.yaml,*.png} "$out"/
-[ -e runs/cdg-gold-minilm/summary.json ] && $py benchmarks/rejudge.py --run runs/cee-compare --judge runs/cdg-gold-minilm/final \
-  --out "$out/rejudged_gold_minilm.md"
-$py benchmarks/recount.py --run runs/cee-compare --out "$out/recount.md"
+judged_comparison compare cee-compare "$out" --rl_runs "[$rl_runs]" --best_of_n '[1, 2, 4]' || exit 1
 
 # 4. RLOO again with another seed (its samples and prompt order), to 75 steps, and its own comparison against the
 #    same SFT samples: is RLOO@75's gain one lucky run?
 stage rloo-eosfree-seed1 cee-rloo-eosfree-seed1 "${rl[@]}" --rl.algo rloo --rl.samples_per_prompt 4 \
   --update.batch_size 4 --run.seed 1 --train.max_steps 75 || exit 1
-stage compare-seed1 cee-compare-seed1 compare --sft "$sft" --proxy runs/cdg-proxy-smollm2/final \
-  --gold runs/cdg-gold-smollm2/final --rl_runs '[runs/cee-rloo-eosfree-seed1]' --best_of_n '[]' \
-  --prompts_per_source 32 "${common[@]}" || exit 1
-mkdir -p "$out/seed1"
-cp runs/cee-compare-seed1/{compare.md,results.json} "$out/seed1/"
-[ -e runs/cdg-gold-minilm/summary.json ] && $py benchmarks/rejudge.py --run runs/cee-compare-seed1 \
-  --judge runs/cdg-gold-minilm/final --out "$out/seed1/rejudged_gold_minilm.md"
-$py benchmarks/recount.py --run runs/cee-compare-seed1 --out "$out/seed1/recount.md"
+judged_comparison compare-seed1 cee-compare-seed1 "$out/seed1" --rl_runs '[runs/cee-rloo-eosfree-seed1]' \
+  --best_of_n '[]' || exit 1
 
 record_machine

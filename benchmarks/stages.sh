@@ -2,6 +2,10 @@
 # (the results folder) first. Gives $py, $sft (the SFT start), ${common[@]} (flags every stage takes), and:
 #   stage NAME RUN rlhf-args...   `rlhf ARGS --run.run_name RUN` unless runs/RUN finished (its summary.json, which
 #                                 every stage writes last), timed into $out/timings.tsv; returns the stage's exit
+#   judged_comparison NAME RUN DEST compare-args...
+#                                 `rlhf compare` on 32 test prompts per source, judged by the proxy and gold of
+#                                 compare_disjoint_gold.sh (as stage NAME RUN); its tables and plots copied into DEST,
+#                                 the same responses rescored by the MiniLM gold (rejudge.py) and counted (recount.py)
 #   record_machine                CPU model, bf16 flags and load average into $out/cpu.txt
 py=${PYTHON:-.venv/bin/python}
 sft=${SFT:-runs/demo/sft/final}
@@ -21,6 +25,18 @@ stage() {
   printf '%s\t%s\t%s\n' "$name" $((SECONDS - t0)) "$rc" >> "$timings"
   echo "== $name: exit $rc after $((SECONDS - t0)) s"
   return $rc
+}
+
+judged_comparison() {
+  local name=$1 run=$2 dest=$3; shift 3
+  stage "$name" "$run" compare --sft "$sft" --proxy runs/cdg-proxy-smollm2/final --gold runs/cdg-gold-smollm2/final \
+    --prompts_per_source 32 "$@" "${common[@]}" || return 1
+  mkdir -p "$dest"
+  cp "runs/$run"/{compare.md,report.md,results.json,config.yaml,*.png} "$dest"/
+  if [ -e runs/cdg-gold-minilm/summary.json ]; then
+    $py benchmarks/rejudge.py --run "runs/$run" --judge runs/cdg-gold-minilm/final --out "$dest/rejudged_gold_minilm.md"
+  fi
+  $py benchmarks/recount.py --run "runs/$run" --out "$dest/recount.md"
 }
 
 record_machine() {
