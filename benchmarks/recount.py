@@ -50,8 +50,9 @@ def refusal_lines(records: list[dict], baseline: str) -> list[str]:
 
 def rouge_lines(records: list[dict], baseline: str) -> list[str]:
     summaries = [r for r in records if r["source"] == "dialogsum" and r.get("references")]
-    for r in summaries:  # against the one reference summary, as DialogSum is scored (metrics.rouge)
-        r["rougeL"] = metrics.rouge([r["response"]], [r["references"][0]])["rougeL"]
+    scores = metrics.rouge_pairs([r["response"] for r in summaries], [r["references"][0] for r in summaries])
+    for r, score in zip(summaries, scores):  # against the one reference summary, as DialogSum is scored
+        r["rougeL"] = score["rougeL"]
     by_variant = scores_by_variant(summaries, "rougeL")
     lines = ["## ROUGE-L per DialogSum prompt", "",
              "| variant | ROUGE-L (mean over prompts, CI) | Δ vs SFT (paired) | prompts |", "|---|---|---|---|"]

@@ -142,8 +142,7 @@ def saved_comparison(run_dir: str | Path) -> tuple[dict, list[dict], str]:
     what a script that judges or counts its saved responses again reads (benchmarks/rejudge.py, recount.py)."""
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    baseline = next(v["key"] for v in results["variants"] if v["policy"] == results.get("baseline", "sft")
-                    and v.get("decoding") == "sampled" and not v.get("best_of") and not v.get("shots"))
+    baseline = next(v["key"] for v in plain_sampled(results) if v["policy"] == results.get("baseline", "sft"))
     return results, read_metrics(run_dir / "samples.jsonl"), baseline
 
 

@@ -230,3 +230,13 @@ def test_cluster_bootstrap_interval_resamples_whole_groups():
     assert cluster_bootstrap_interval([[0.0], [1.0], [5.0]], mean_of, seed=7) == \
         cluster_bootstrap_interval([[0.0], [1.0], [5.0]], mean_of, seed=7)  # seeded
     assert all(math.isnan(v) for v in cluster_bootstrap_interval([[1.0]], mean_of))
+
+
+def test_rouge_pairs_are_the_per_pair_scores_that_rouge_averages():
+    predictions, references = ["the cat sat", "a dog ran home"], ["the cat sat down", "the dog ran"]
+    pairs = metrics.rouge_pairs(predictions, references)
+    # "the cat sat" vs "the cat sat down": LCS 3, P 3/3, R 3/4 -> F 6/7; "a dog ran home" vs "the dog ran": LCS 2,
+    # P 2/4, R 2/3 -> F 4/7
+    assert [p["rougeL"] for p in pairs] == pytest.approx([6 / 7, 4 / 7])
+    assert metrics.rouge(predictions, references)["rougeL"] == pytest.approx(5 / 7)
+    assert metrics.rouge_pairs([], []) == []

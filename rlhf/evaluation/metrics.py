@@ -37,21 +37,23 @@ def _ngrams(tokens: Sequence[str], n: int) -> Counter:
 # ---------------------------------------------------------------- ROUGE
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measure over pairs: ``{"rouge1": .., "rouge2": .., "rougeL": ..}``."""
+def rouge_pairs(predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F-measure of each (prediction, reference) pair: ``[{"rouge1": .., "rouge2": .., "rougeL": ..}]``."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references):
         raise ValueError(f"rouge: {len(predictions)} predictions but {len(references)} references")
-    if not predictions:
-        return {name: float("nan") for name in ROUGE_TYPES}
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for prediction, reference in zip(predictions, references):
-        scores = scorer.score(reference, prediction)  # rouge_score takes (target, prediction)
-        for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
-    return {name: total / len(predictions) for name, total in totals.items()}
+    scored = (scorer.score(reference, prediction) for prediction, reference in zip(predictions, references))
+    return [{name: scores[name].fmeasure for name in ROUGE_TYPES} for scores in scored]  # (target, prediction)
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure over pairs: ``{"rouge1": .., "rouge2": .., "rougeL": ..}``."""
+    pairs = rouge_pairs(predictions, references)
+    if not pairs:
+        return {name: float("nan") for name in ROUGE_TYPES}
+    return {name: sum(p[name] for p in pairs) / len(pairs) for name in ROUGE_TYPES}
 
 
 # ---------------------------------------------------------------- BLEU

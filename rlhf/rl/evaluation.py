@@ -39,10 +39,7 @@ class HeldOutEvaluator:
             for first in range(0, len(mine), self.batch_size):
                 exp = self.maker.make(mine[first:first + self.batch_size])
                 kl = kl_per_token(exp.logprobs, exp.ref_logprobs, self.kl_estimator) * exp.response_mask
-                parts = {**exp.scores.as_metrics(), "objective/kl": kl.sum(1).mean().item(),
-                         "response/length": exp.response_mask.sum(1).mean().item(),
-                         "response/eos_rate": exp.has_eos.float().mean().item(),
-                         "response/refusal_rate": refusal_rate(exp.responses)}
+                parts = {**exp.scores.as_metrics(), "objective/kl": kl.sum(1).mean().item(), **response_metrics(exp)}
                 for key, value in parts.items():
                     totals[key] += value * len(exp)
         local = {f"eval/{key}": value / max(len(mine), 1) for key, value in totals.items()}
@@ -57,6 +54,14 @@ class HeldOutEvaluator:
             print(f"[{self.name}] held-out eval at step {step}: "
                   + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
         return metrics
+
+
+def response_metrics(exp: Experience) -> dict[str, float]:
+    """Mean length, EOS rate and refusal rate of a batch's responses: signs of a reward that pays for short,
+    cut or refusing answers (the training step and the held-out evaluation log the same keys)."""
+    return {"response/length": exp.response_mask.sum(1).mean().item(),
+            "response/eos_rate": exp.has_eos.float().mean().item(),
+            "response/refusal_rate": refusal_rate(exp.responses)}
 
 
 def samples_table(exp: Experience, rows: int) -> tuple[list[str], list[list]]:

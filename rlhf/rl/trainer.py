@@ -33,7 +33,7 @@ from reward_models.types import Scorer
 from rlhf.rl import checkpoint as ckpt
 from rlhf.rl.advantages import make_estimator
 from rlhf.rl.config import RLStageConfig
-from rlhf.rl.evaluation import HeldOutEvaluator, samples_table
+from rlhf.rl.evaluation import HeldOutEvaluator, response_metrics, samples_table
 from rlhf.rl.experience import Experience, ExperienceMaker, padding_free_span
 from rlhf.rl.kl import make_kl_controller
 from rlhf.rl.length_control import remove_length_trend
@@ -51,7 +51,6 @@ from rlhf.core import sharding
 from rlhf.core.lifecycle import seed_everything
 from rlhf.core.runtime import make_accelerator, select_device
 from rlhf.core.threads import ThreadGovernor
-from rlhf.evaluation.metrics import refusal_rate
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -251,15 +250,13 @@ class RLTrainer:
     def _step_metrics(self, exp: Experience, composite: torch.Tensor, kl: torch.Tensor, kl_coef: float,
                       scores: torch.Tensor, shaping: dict[str, float], update: dict[str, float]) -> dict[str, float]:
         """This process's metrics of one step (before they are averaged over processes)."""
-        mask, k = exp.response_mask, self.cfg.rl.samples_per_prompt
+        k = self.cfg.rl.samples_per_prompt
         metrics = {
             **exp.scores.as_metrics(),
             "objective/kl": kl.sum(1).mean().item(),
             "objective/kl_coef": kl_coef,
             "objective/scores": scores.mean().item(),
-            "response/length": mask.sum(1).mean().item(),
-            "response/eos_rate": exp.has_eos.float().mean().item(),
-            "response/refusal_rate": refusal_rate(exp.responses),  # a reward that pays for refusing shows here
+            **response_metrics(exp),
             **{f"time/{key}_s": value for key, value in exp.timings.items()},
             **shaping,
             **update,
