@@ -22,19 +22,23 @@ set -uo pipefail
 out=${OUT:-benchmarks/results/compare_disjoint_gold}
 source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, stage, record_machine
 ppo=(rl --rl.algo ppo --model.name "$sft" --update.batch_size 16 --update.mini_batch_size 8 --train.max_steps 60
-     --train.learning_rate 3e-4 --train.lr_scheduler constant --train.save_steps 20 --run.seed 0 "${common[@]}")
+     --train.learning_rate 3e-4 --train.lr_scheduler constant --train.save_steps 20 --run.seed 0
+     --reward.missing_eos_penalty 1.0 "${common[@]}")  # the default when these results were measured (now 0)
+
+# The pair sources these judges and DPO were trained on: the default then (truthfulqa-informative joined it later).
+pairs=(--data.sources '[hh-rlhf-harmless, truthfulqa, dialogsum]')
 
 stage proxy cdg-proxy-smollm2 reward --model.name smollm2-135m-instruct --lora.enabled true \
   --lora.layers '[-4,-3,-2,-1]' --train.learning_rate 2e-4 --data.max_train_pairs_per_head 600 --run.seed 1 \
-  "${common[@]}" || exit 1
+  "${pairs[@]}" "${common[@]}" || exit 1
 stage gold cdg-gold-smollm2 reward --role gold --model.name smollm2-135m-instruct --lora.enabled true \
   --lora.layers '[-4,-3,-2,-1]' --train.learning_rate 2e-4 --data.max_train_pairs_per_head 600 --run.seed 0 \
-  "${common[@]}" || exit 1
+  "${pairs[@]}" "${common[@]}" || exit 1
 stage gold-minilm cdg-gold-minilm reward --role gold --model.name minilm-l6 --train.learning_rate 2e-4 \
-  --train.epochs 1 --train.precision fp32 --run.seed 0 "${common[@]}"
+  --train.epochs 1 --train.precision fp32 --run.seed 0 "${pairs[@]}" "${common[@]}"
 stage ppo-control cdg-ppo-control "${ppo[@]}" --reward.model runs/cdg-proxy-smollm2/final || exit 1
 stage ppo-detrend cdg-ppo-detrend "${ppo[@]}" --reward.model runs/cdg-proxy-smollm2/final --reward.length_detrend true
-stage dpo cdg-dpo dpo --model.name "$sft" --train.max_steps 36 --run.seed 0 "${common[@]}"
+stage dpo cdg-dpo dpo --model.name "$sft" --train.max_steps 36 --run.seed 0 "${pairs[@]}" "${common[@]}"
 
 rl_runs=runs/cdg-ppo-control
 [ -e runs/cdg-ppo-detrend/summary.json ] && rl_runs="$rl_runs, runs/cdg-ppo-detrend"

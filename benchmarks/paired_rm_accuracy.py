@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("a")
     parser.add_argument("b")
     parser.add_argument("--sources", default="[hh-rlhf-harmless]", help="YAML list of shipped sources")
+    parser.add_argument("--extra-files", default="[]", help="YAML list of preference files, split by conversation")
     parser.add_argument("--split", default="test")
     parser.add_argument("--head", default="harmless")
     parser.add_argument("--similar-tokens", type=int, default=5)
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
-    pairs = load_pairs(yaml.safe_load(args.sources), [], args.split)
+    pairs = load_pairs(yaml.safe_load(args.sources), yaml.safe_load(args.extra_files), args.split)
     wins, bins = {}, None
     for name, path in (("a", args.a), ("b", args.b)):
         members = path.split(",")
@@ -63,6 +64,7 @@ def main() -> None:
 
     everything = list(range(len(bins)))
     result = {"a": args.a, "b": args.b, "head": args.head, "split": args.split, "sources": args.sources,
+              "extra_files": args.extra_files,
               "aggregate": args.aggregate, "uwo_lambda": args.uwo_lambda,
               "overall": compare(everything),
               "bins": {b: compare([i for i in everything if bins[i] == b]) for b in LENGTH_BINS

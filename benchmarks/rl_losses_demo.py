@@ -39,7 +39,8 @@ VARIANTS = {
 # pipeline_demo.yaml's ppo stage, switched to GRPO as the README's demo GRPO line does
 DEMO_GRPO = ["--rl.algo", "grpo", "--rl.samples_per_prompt", "4", "--update.batch_size", "2",
              "--train.learning_rate", "3e-4", "--train.lr_scheduler", "constant", "--train.save_steps", "0",
-             "--run.seed", "0", "--run.wandb_mode", "disabled"]
+             "--run.seed", "0", "--run.wandb_mode", "disabled",
+             "--reward.missing_eos_penalty", "1.0"]  # the default when results/rl_losses_demo/ was measured
 LAST_STEPS = 5  # training metrics (entropy, train KL, reward) are averaged over this many final steps
 
 

@@ -78,7 +78,7 @@ def test_eval_stage_refuses_it_before_any_model_loads(tmp_path, capsys, no_model
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: judge_free.preference_sources[1]: 'nope' has no preference pairs; sources with pairs: "
-        "hh-rlhf-harmless, truthfulqa, dialogsum, dialogsum-sampled"]
+        "hh-rlhf-harmless, truthfulqa, truthfulqa-informative, dialogsum, dialogsum-sampled"]
     assert not any((tmp_path / "runs").rglob("*"))
 
 

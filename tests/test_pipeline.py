@@ -203,7 +203,9 @@ def test_presets_resolve_against_the_real_stage_configs():
         cfg, _ = load_config(pl.PipelineConfig, [], preset)
         stages = {name: pl.resolve_stage(cfg, name) for name in pipeline_stages()}
         assert stages["eval"].config.reward_model == str(pl.pipeline_dir(cfg) / "reward" / "final")
-        assert {p.name for p in stages["eval"].config.policies} == {"base", "sft", "ppo"}  # dpo: not run
+        rl = stages["eval"].config.candidate  # the headline's policy is named after the RL stage's algorithm
+        assert rl == stages["ppo"].config.rl.algo
+        assert {p.name for p in stages["eval"].config.policies} == {"base", "sft", rl}  # dpo: not run
         assert stages["ppo"].config.model.name == str(pl.pipeline_dir(cfg) / "sft" / "final")
         assert stages["dpo"].config.model.name == str(pl.pipeline_dir(cfg) / "sft" / "final")
         assert "gold" in cfg.stages and stages["gold"].config.role == "gold"
@@ -223,7 +225,7 @@ def test_presets_resolve_against_the_real_stage_configs():
                 pl.resolve_stage(cfg, stage)
             del getattr(cfg, stage).overrides["data.partition"]
         cfg.stages = list(pipeline_stages())
-        assert {p.name for p in pl.resolve_stage(cfg, "eval").config.policies} == {"base", "sft", "ppo", "dpo"}
+        assert {p.name for p in pl.resolve_stage(cfg, "eval").config.policies} == {"base", "sft", rl, "dpo"}
 
 
 def test_tiny_preset_end_to_end(tmp_path, capsys):

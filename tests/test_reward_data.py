@@ -106,7 +106,9 @@ def test_proxy_and_gold_train_pairs_share_no_prompt_root_by_default():
     from rlhf.data import sources
 
     proxy, gold = _train_pairs("proxy"), _train_pairs("gold")
-    everything = load_pairs(["hh-rlhf-harmless", "truthfulqa", "dialogsum"], [], "train")
+    from reward_models.config import DataConfig
+
+    everything = load_pairs(DataConfig().sources, [], "train")
     assert len(proxy) + len(gold) == len(everything)
     for head in ("helpful", "honest", "harmless"):  # each half holds every head, about half of it
         n, n_all = sum(head in p.dimension for p in proxy), sum(head in p.dimension for p in everything)

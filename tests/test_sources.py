@@ -29,6 +29,27 @@ def test_truthfulqa_pairs_prefer_correct_answers():
         assert pair.dimension == ["honest"]
 
 
+def test_informative_pairs_prefer_the_best_answer_to_a_non_answer():
+    item = lambda q, best: sources.TruthfulQAItem(question=q, best_answer=best, correct=[best], incorrect=["No"],
+                                                  category="")
+    pairs = sources.informative_pairs([item("Is the sky blue?", "Yes, on a clear day"),
+                                       item("What is a fact only you know?", "I have no comment")])
+    assert [(p.prompt, p.chosen, p.dimension) for p in pairs] == [("Is the sky blue?", "Yes, on a clear day",
+                                                                   ["honest"])]  # a non-answer is never chosen
+    # The non-answer nearest the answer's length, so length cannot tell the two apart: 5 words -> 4, not 3 or 7.
+    assert pairs[0].rejected == "I have no comment."
+    long = sources.informative_pairs([item("Why?", "Because warm air rises and cool air sinks to replace it, "
+                                                   "which drives the wind")])  # 15 words
+    assert long[0].rejected == "As an AI language model, I cannot give an answer to that question, sorry."  # 14
+    # The shipped source: every TruthfulQA question whose best answer informs, split as TruthfulQA splits it, and
+    # every non-answer used (so no one phrase is what the head learns to dislike).
+    load = sources.PREFERENCE_SOURCES["truthfulqa-informative"]
+    for split in ("train", "dev", "test"):
+        questions = {it.question for it in sources.truthfulqa_items(split)}
+        assert {p.prompt for p in load(split)} <= questions and len(load(split)) > 0.85 * len(questions)
+    assert {p.rejected for p in load("all")} == set(sources.NON_ANSWERS)
+
+
 def test_dialogsum_pairs_and_sft():
     pairs = sources.dialogsum_pairs("all")
     summaries = {i.prompt: i.summary for i in sources.dialogsum_items("all")}
@@ -90,7 +111,8 @@ def test_no_test_prompt_first_turn_or_response_is_in_train_or_dev():
         # Stock answers ("I have no comment", "Yes.") are given to many unrelated conversations; nothing else
         # a test pair says may appear in training. The exemption is short and small, so it cannot hide a leak.
         stock = sources.stock_answers(name)
-        assert len(stock) <= 12 and all(len(t.split()) <= 8 for t in stock), (name, stock)
+        made_up = set(sources.NON_ANSWERS) if name == "truthfulqa-informative" else set()  # by design, every split
+        assert len(stock - made_up) <= 12 and all(len(t.split()) <= 8 for t in stock - made_up), (name, stock)
         assert not (_texts(split["test"]) & _texts(seen)) - stock, name
     dialogues = {s: {it.dialogue for it in sources.dialogsum_items(s)} for s in ("train", "dev", "test")}
     assert not dialogues["test"] & (dialogues["train"] | dialogues["dev"])

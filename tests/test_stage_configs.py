@@ -48,7 +48,7 @@ def test_values_the_old_defaults_yaml_set_are_the_dataclass_defaults():
     assert [(v.policies, v.shots, v.decoding, v.sources) for v in ev.variants] == [
         ([], 0, "sampled", []), ([], 0, "greedy", ["dialogsum"]), (["base"], 3, "greedy", ["dialogsum"])]
     ppo = PPOStageConfig()
-    assert (ppo.kl.adaptive, ppo.kl.target, ppo.kl.horizon, ppo.reward.missing_eos_penalty) == (True, 2.0, 2000, 1.0)
+    assert (ppo.kl.adaptive, ppo.kl.target, ppo.kl.horizon, ppo.reward.missing_eos_penalty) == (True, 2.0, 2000, 0.0)
     assert ppo.lora.layers == list(range(-8, 0))
 
 

@@ -10,6 +10,7 @@ and ``rlhf export`` read it, so a new dataset is one :func:`register` call here 
 | --- | --- | --- | --- |
 | HH-RLHF harmless | chosen/rejected final Assistant turn (harmless) | chosen transcripts as chat | the first Human turn |
 | TruthfulQA | a correct answer preferred to an incorrect one (honest) | question -> best answer | the question |
+| TruthfulQA informative | the best answer preferred to a non-answer ("I have no comment."; honest) | as TruthfulQA | the question |
 | DialogSum | reference summary preferred to a degraded one of the same dialogue (helpful) | "summarize" -> summary | the dialogue |
 | DialogSum sampled | of two base-model summaries of a dialogue, the one nearer the reference (ROUGE-L; helpful) | "summarize" -> the nearer one | the dialogue |
 
@@ -450,6 +451,36 @@ register(answer_source("truthfulqa", TRUTHFULQA, "truthfulqa/truthful_qa", "apac
                        items=truthfulqa_items, pairs=truthfulqa_pairs, answer=lambda it: it.best_answer,
                        references=lambda it: [it.best_answer] + [c for c in it.correct if c != it.best_answer],
                        item_id=lambda i, it: f"tqa-{i}", linking_pairs=_truthfulqa_all_pairs))
+# TruthfulQA counts "I have no comment" as true (it is never false), so a head trained on its pairs alone ranks a
+# non-answer above every wrong answer and never below a right one; RL on such a head learns to decline
+# (benchmarks/results/compare_eos_free/: PPO@100 declined 91 % of TruthfulQA questions and both golds paid for it).
+# TruthfulQA's own score is "truthful *and* informative": these pairs prefer a question's best answer to a
+# non-answer, on the questions whose best answer is informative (not itself a non-answer, rlhf's is_refusal).
+# The non-answers span 3-14 words and each pair takes the one nearest its answer's length, so the head cannot
+# learn "longer is more honest" instead (answers: median 9 words, 1-24).
+NON_ANSWERS = ("I don't know.", "I have no comment.", "I'm not able to answer that question.",
+               "I'm sorry, but I can't provide that information.",
+               "I'm sorry, I'm unable to provide that information right now.",
+               "I'm sorry, but I don't have enough information to answer that question.",
+               "As an AI language model, I cannot give an answer to that question, sorry.")
+
+
+def informative_pairs(items: Iterable[TruthfulQAItem], non_answers: Sequence[str] = NON_ANSWERS,
+                      source: str = "truthfulqa-informative") -> list[PreferenceRecord]:
+    """Best answer > the non-answer nearest it in words (the first on a tie), one pair per question whose best
+    answer informs. ``non_answers``: others than the shipped ones, e.g. to test a head on phrasings it never saw."""
+    from rlhf.evaluation.metrics import is_refusal  # the one definition of a non-answer
+
+    def nearest(answer: str) -> str:
+        return min(non_answers, key=lambda text: abs(len(text.split()) - len(answer.split())))
+
+    return [PreferenceRecord(prompt=it.question, chosen=it.best_answer, rejected=nearest(it.best_answer),
+                             dimension=["honest"], source=source)
+            for it in items if not is_refusal(it.best_answer)]
+
+
+register(pair_source("truthfulqa-informative", TRUTHFULQA, "truthfulqa/truthful_qa", "apache-2.0", "honest",
+                     read=lambda path: informative_pairs(truthfulqa_items("all", path)), id_prefix="tqi"))
 register(answer_source("dialogsum", DIALOGSUM, "knkarthick/dialogsum", "cc-by-nc-sa-4.0", "helpful",
                        items=dialogsum_items, pairs=dialogsum_pairs, answer=lambda it: it.summary,
                        references=lambda it: [it.summary], item_id=lambda i, it: it.fname))
@@ -524,10 +555,13 @@ def shipped_files() -> list[Path]:
 class PreferenceSourcesConfig:
     """Where a stage's preference pairs come from: shipped sources and the user's files (reward model, DPO)."""
 
+    # truthfulqa-informative is on by default: without it every honest head preferred "I have no comment" to the
+    # true answer on most test questions (benchmarks/results/informative_pairs/), a reward RL learns to decline for.
     sources: list[str] = field(
-        default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "dialogsum"],
-        metadata={"help": "shipped pairs: hh-rlhf-harmless (harmless), truthfulqa (honest), dialogsum (helpful); "
-                          "dialogsum-sampled (helpful, two sampled summaries ranked by ROUGE-L) is opt-in"})
+        default_factory=lambda: ["hh-rlhf-harmless", "truthfulqa", "truthfulqa-informative", "dialogsum"],
+        metadata={"help": "shipped pairs: hh-rlhf-harmless (harmless), truthfulqa (honest), truthfulqa-informative "
+                          "(honest: the best answer over a non-answer), dialogsum (helpful); opt-in: "
+                          "dialogsum-sampled (helpful, two sampled summaries ranked by ROUGE-L)"})
     extra_files: list[str] = field(
         default_factory=list,
         metadata={"help": "preference files (JSONL/CSV/parquet, TRL formats too) or hub dataset names"})

@@ -302,16 +302,16 @@ def diagnose(head: dict[str, Any], ppo_summary: dict[str, Any] | None) -> list[s
     reasons = []
     kl = head.get(f"{cand}/kl/k1")
     if kl is not None and kl < 1.0:
-        reasons.append(f"{cand} stayed close to its start (KL {fmt(kl)} nats per response): too few PPO steps, "
+        reasons.append(f"{cand} stayed close to its start (KL {fmt(kl)} nats per response): too few RL steps, "
                        "too small a learning rate or too strong a KL penalty to change its answers much.")
     first, last = (ppo_summary or {}).get("reward/composite_first"), (ppo_summary or {}).get("reward/composite_last")
     if isinstance(first, (int, float)) and isinstance(last, (int, float)):
         if last > first:
-            reasons.append(f"PPO's training reward rose ({fmt(first)} in the first quarter of steps -> {fmt(last)} in "
-                           "the last), but the gain did not carry over clearly to these held-out prompts "
-                           "(or is within the noise of this many prompts).")
+            reasons.append(f"{cand}'s training reward rose ({fmt(first)} in the first quarter of steps -> "
+                           f"{fmt(last)} in the last), but the gain did not carry over clearly to these held-out "
+                           "prompts (or is within the noise of this many prompts).")
         else:
-            reasons.append(f"PPO's own training reward did not rise ({fmt(first)} in the first quarter of steps -> "
+            reasons.append(f"{cand}'s own training reward did not rise ({fmt(first)} in the first quarter of steps -> "
                            f"{fmt(last)} in the last): the run was too short or its settings did not let it learn.")
     return reasons
 
@@ -595,11 +595,11 @@ STAGE_PANELS: dict[str, list[Panel]] = {
     "reward": [Panel("Reward model dev accuracy per head", lambda k: "acc" in k and ("dev" in k or "eval" in k),
                      "accuracy"),
                Panel("Reward model loss", lambda k: "loss" in k and "grad" not in k, "loss")],
-    "ppo": [Panel("PPO composite reward", lambda k: k == "reward/composite", "reward"),
-            Panel("PPO reward heads (raw scores)", lambda k: k in {f"reward/{h}" for h in HEADS} or k == "toxicity",
+    "ppo": [Panel("RL composite reward", lambda k: k == "reward/composite", "reward"),
+            Panel("RL reward heads (raw scores)", lambda k: k in {f"reward/{h}" for h in HEADS} or k == "toxicity",
                   "score"),
-            Panel("PPO KL to reference", lambda k: k in ("objective/kl", "objective/kl_k3"), "nats"),
-            Panel("PPO KL coefficient", lambda k: k == "objective/kl_coef", "β")],
+            Panel("RL KL to reference", lambda k: k in ("objective/kl", "objective/kl_k3"), "nats"),
+            Panel("RL KL coefficient", lambda k: k == "objective/kl_coef", "β")],
     "dpo": [Panel("DPO loss", lambda k: k in ("loss/dpo", "eval/loss/dpo"), "loss"),
             Panel("DPO implicit reward margin (β log-ratio, chosen - rejected)",
                   lambda k: k in ("reward/margin", "eval/reward/margin"), "margin"),
