@@ -202,8 +202,8 @@ def comparison_rows(results: dict, seconds: dict[str, float | None],
                            m.get("dialogsum", {}), "0 (samples n)"))
     same_draw = same_draw_deltas(results, records or [])
     rows = [["method", "KL to SFT", "proxy composite", "gold composite", "gold Δ vs SFT", "gold win-rate vs SFT",
-             "gold Δ vs best-of-1 (same draw)", *[f"gold {h}" for h in heads], "ROUGE-L (DialogSum)", "length",
-             "refusals", "training s", "prompts"]]
+             "gold Δ vs best-of-1 (same draw)", *[f"gold {h}" for h in heads], "ROUGE-L (DialogSum)",
+             "ROUGE-L Δ vs SFT (paired)", "length", "refusals", "training s", "prompts"]]
     for label, kl, key, m, dialog, wall in listed:
         mean_low_high = same_draw.get(key)
         rows.append([label, f"{kl:.2f}", _cell(m, "reward/composite"), _cell(m, "gold/composite"),
@@ -211,7 +211,7 @@ def comparison_rows(results: dict, seconds: dict[str, float | None],
                      "{:.3f} [{:.3f}, {:.3f}]".format(*mean_low_high) if mean_low_high else "–",
                      *[_cell(m, f"gold/{h}") for h in heads],
                      f"{dialog['rouge/rougeL']:.3f}" if "rouge/rougeL" in dialog else "–",
-                     f"{m.get('length', float('nan')):.1f}",
+                     _cell(dialog, "rouge/rougeL_delta"), f"{m.get('length', float('nan')):.1f}",
                      _refusals(m), wall, str(int(m.get("n", 0)))])
     return rows
 
@@ -242,7 +242,8 @@ def write_comparison(run_dir: Path, results: dict, seconds: dict[str, float | No
                   "crosses 0 is no gain shown). Best-of-n draws its own samples: its Δ vs SFT carries the draw-to-draw "
                   "noise that best-of-1 (a plain sample of SFT) shows, and the same-draw Δ isolates the selection. "
                   "KL: k1 estimate per response (best-of-n: log n − (n−1)/n). Refusals: share of responses with a "
-                  "refusal phrase (rlhf.evaluation.metrics.is_refusal). "
+                  "refusal phrase (rlhf.evaluation.metrics.is_refusal). ROUGE-L Δ: paired per DialogSum prompt "
+                  "(the corpus ROUGE-L of two plain samples of one policy differs by points on a few dozen). "
                   "Training s: the run's wall time on this machine (best-of-n trains nothing and pays at sampling).",
               "", "See report.md for per-source tables and overoptimisation.png for gold and proxy vs √KL."]
     if results.get("judge_free"):

@@ -66,7 +66,9 @@ def test_table_from_saved_results(tmp_path):
         "metrics": {"sft/s": {"all": judged(0.0, 0.1, 0.0), "dialogsum": {"rouge/rougeL": 0.25}},
                     "grpo@15/s": {"all": {**judged(1.0, 0.3, 1.5), "gold/composite_delta": 0.2,
                                           "gold/composite_delta_low": 0.05, "gold/composite_delta_high": 0.35,
-                                          "gold/win_rate": 0.6, "gold/win_rate/low": 0.5, "gold/win_rate/high": 0.7}},
+                                          "gold/win_rate": 0.6, "gold/win_rate/low": 0.5, "gold/win_rate/high": 0.7},
+                                  "dialogsum": {"rouge/rougeL": 0.24, "rouge/rougeL_delta": -0.01,
+                                                "rouge/rougeL_delta_low": -0.04, "rouge/rougeL_delta_high": 0.02}},
                     "sft/bon1": {"all": judged(0.5, 0.2, 0.0)}, "sft/bon4": {"all": judged(2.0, 0.4, 0.0)}}}
     results["best_of_n"] = [{"policy": "sft", "per_n": [
         {"n": 1, "variant": "sft/bon1", "kl": 0.0, "reward/composite": 0.5, "gold/composite": 0.0},
@@ -83,6 +85,7 @@ def test_table_from_saved_results(tmp_path):
     assert by_method["grpo@15"]["gold Δ vs SFT"] == "0.200 [0.050, 0.350]"
     assert by_method["grpo@15"]["gold win-rate vs SFT"] == "0.600 [0.500, 0.700]"
     assert by_method["grpo@15"]["training s"] == "600" and by_method["sft"]["ROUGE-L (DialogSum)"] == "0.250"
+    assert by_method["grpo@15"]["ROUGE-L Δ vs SFT (paired)"] == "-0.010 [-0.040, 0.020]"
     assert by_method["best-of-4 (sft)"]["KL to SFT"] == "0.64" and by_method["best-of-4 (sft)"]["gold composite"] == "0.400 [-0.100, 0.900]"
     assert by_method["best-of-4 (sft)"]["gold Δ vs best-of-1 (same draw)"].startswith("0.200 [")
     assert by_method["best-of-1 (sft)"]["gold Δ vs best-of-1 (same draw)"] == "–"

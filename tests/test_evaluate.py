@@ -265,6 +265,36 @@ def test_aggregate_hand_made_records():
     assert "kl/k1" not in table[sft]["all"]
 
 
+def test_rouge_l_is_paired_per_dialogue_with_its_interval_and_n():
+    """SFT's summaries are prefixes of the references: ROUGE-L F = 2PR/(P+R) with P = 1, R = 2/3 -> 0.8 and
+    R = 1/2 -> 2/3; the candidate's equal the references (1.0). Paired differences 0.2 and 1/3."""
+    sft, ppo = "sft/0-shot/sampled", "ppo/0-shot/sampled"
+    refs = {"a": "the cat sat", "b": "a dog ran home"}
+    records = [_record(sft, "dialogsum", "a", "the cat", 0.0, [refs["a"]]),
+               _record(sft, "dialogsum", "b", "a dog", 0.0, [refs["b"]]),
+               _record(ppo, "dialogsum", "a", refs["a"], 0.0, [refs["a"]]),
+               _record(ppo, "dialogsum", "b", refs["b"], 0.0, [refs["b"]])]
+    variants = [ev.Variant("sft", 0, "sampled", ("dialogsum",)), ev.Variant("ppo", 0, "sampled", ("dialogsum",))]
+    table = ev.aggregate_all(records, variants, baseline="sft")
+    base, cand = table[sft]["all"], table[ppo]["all"]
+    assert base["rouge/rougeL"] == pytest.approx((0.8 + 2 / 3) / 2) and base["rouge/n"] == 2
+    half = 1.959964 / 15  # z * sd / sqrt(2), with sd of (0.2, 1/3) = (2/15) / sqrt(2)
+    assert cand["rouge/rougeL_delta"] == pytest.approx((0.2 + 1 / 3) / 2)
+    assert (cand["rouge/rougeL_delta_low"], cand["rouge/rougeL_delta_high"]) == pytest.approx(
+        ((0.2 + 1 / 3) / 2 - half, (0.2 + 1 / 3) / 2 + half), abs=1e-6)
+    assert cand["rouge/rougeL_delta_n"] == 2 and cand["rouge/rougeL_low"] == cand["rouge/rougeL_high"] == 1.0
+    # The headline lists it among the judge-free metrics, with its n.
+    from rlhf.evaluation import report
+    results = {"candidate": "ppo", "baseline": "sft", "variants": [{"key": k, "policy": k.split("/")[0], "shots": 0,
+                                                                   "decoding": "sampled", "best_of": 0}
+                                                                  for k in (sft, ppo)],
+               "metrics": {k: v for k, v in table.items()}}
+    deltas = report.candidate_deltas(results, cand, "ppo")
+    assert deltas["rouge/rougeL"] == pytest.approx((cand["rouge/rougeL_delta"], cand["rouge/rougeL_delta_low"],
+                                                   cand["rouge/rougeL_delta_high"]))
+    assert report.delta_sizes(results, cand, "ppo")["rouge/rougeL"] == 2
+
+
 def test_missing_policy_folder_fails_before_any_generation(tmp_path):
     cfg = _cfg(tmp_path, [ev.PolicyConfig("sft", "tiny-llama"), ev.PolicyConfig("ppo", str(tmp_path / "runs/x/final"))])
     with pytest.raises(FileNotFoundError, match="policy 'ppo': model: .* does not exist"):

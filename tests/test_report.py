@@ -280,4 +280,5 @@ def test_headline_claims_a_gain_only_where_gold_and_a_judge_free_metric_agree(go
     results["judge_free"] = _judge_free(mc2_delta)
     line = next(line for line in report.headline(results)["verdict"] if "Judges" in line or "No gain" in line)
     assert line.startswith(expected) and "TruthfulQA MC2" in line and "Response length (tokens): ppo 5.0 vs sft 5.0" in line
+    assert "gold " in line and ", n=6" in line  # each difference with its n: 6 prompts, 6 questions
     assert report.judge_free_table(results).rows[1][0] == "ppo"  # the table beside it: sft, then ppo

@@ -471,10 +471,18 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
     if with_refs:
         out["bleu"], out["bleu_signature"] = metrics.bleu([r["response"] for r in with_refs],
                                                           [r["references"] for r in with_refs])
-    summaries = [r for r in with_refs if r["source"] == "dialogsum"]
-    if summaries:  # ROUGE against the one reference summary, as DialogSum is scored
-        scores = metrics.rouge([r["response"] for r in summaries], [r["references"][0] for r in summaries])
-        out.update({f"rouge/{k}": v for k, v in scores.items()})
+    rouge = _rouge_by_item(records)
+    if rouge:  # ROUGE against the one reference summary, as DialogSum is scored
+        out.update({f"rouge/{k}": _mean([scores[k] for scores in rouge.values()]) for k in metrics.ROUGE_TYPES})
+        _, out["rouge/rougeL_low"], out["rouge/rougeL_high"] = metrics.mean_interval(
+            [scores["rougeL"] for scores in rouge.values()], confidence)
+        out["rouge/n"] = len(rouge)
+        base_rouge = _rouge_by_item(baseline or [])
+        diffs = [scores["rougeL"] - base_rouge[item]["rougeL"] for item, scores in rouge.items() if item in base_rouge]
+        if len(diffs) > 1:  # paired per dialogue: two samples of one policy differ by points on 20-30 summaries
+            mean, low, high = metrics.mean_interval(diffs, confidence)
+            out.update({"rouge/rougeL_delta": mean, "rouge/rougeL_delta_low": low, "rouge/rougeL_delta_high": high,
+                        "rouge/rougeL_delta_n": len(diffs)})
     if baseline is not None and any(f"{j}/composite" in out for j in JUDGES):
         base_by_item = {(r["source"], r["id"]): r for r in baseline}
         pairs = [(r, base_by_item[(r["source"], r["id"])]) for r in records if (r["source"], r["id"]) in base_by_item]
@@ -491,6 +499,13 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
                 mean, low, high = metrics.mean_interval(diffs, confidence)
                 out.update({f"{key}_delta": mean, f"{key}_delta_low": low, f"{key}_delta_high": high})
     return out
+
+
+def _rouge_by_item(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """ROUGE-1/2/L F of each DialogSum response against its one reference summary, by item (source, id)."""
+    summaries = [r for r in records if r["source"] == "dialogsum" and r["references"]]
+    scores = metrics.rouge_pairs([r["response"] for r in summaries], [r["references"][0] for r in summaries])
+    return {(r["source"], r["id"]): score for r, score in zip(summaries, scores)}
 
 
 def baseline_variant(variant: Variant, variants: Sequence[Variant], baseline: str) -> Variant | None:

@@ -174,6 +174,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     verdict += gold_lines(c, b, cand, base, level, n)
     verdict += judges_agreement_lines(results.get("judges_agreement") or {})
     agreement = judges_agree(candidate_deltas(results, c, cand))
+    agreement["n"] = delta_sizes(results, c, cand)
     out["judges_agree"] = agreement
     verdict.append(agreement_line(agreement, cand, base, level, c.get("length"), b.get("length")))
     if "kl/k1" in c:
@@ -242,15 +243,29 @@ def _sign(mean: Any, low: Any, high: Any) -> int:
     return 0 if not ok else 1 if low > 0 else -1 if high < 0 else 0
 
 
+# The headline's names: the judge-free metrics and ROUGE-L, paired per DialogSum prompt on the headline's decoding.
+HEADLINE_METRICS = {**JUDGE_FREE, "rouge/rougeL": "ROUGE-L (DialogSum)"}
+
+
 def candidate_deltas(results: dict[str, Any], c: dict[str, Any], cand: str) -> dict[str, tuple]:
-    """The candidate's paired differences to the baseline (mean, low, high) per judge: "proxy", "gold" and
-    each judge-free metric present (``results["judge_free"]``)."""
+    """The candidate's paired differences to the baseline (mean, low, high) per judge: "proxy", "gold", each
+    judge-free metric present (``results["judge_free"]``) and ROUGE-L."""
     deltas = {name: tuple(c.get(f"{key}_delta{s}") for s in ("", "_low", "_high"))
-              for name, key in (("proxy", "reward/composite"), ("gold", "gold/composite")) if f"{key}_delta" in c}
+              for name, key in (("proxy", "reward/composite"), ("gold", "gold/composite"),
+                                ("rouge/rougeL", "rouge/rougeL")) if f"{key}_delta" in c}
     mine = (results.get("judge_free") or {}).get(cand, {})
     deltas.update({key: tuple(mine.get(f"{key}_delta{s}") for s in ("", "_low", "_high"))
                    for key in JUDGE_FREE if f"{key}_delta" in mine})
     return deltas
+
+
+def delta_sizes(results: dict[str, Any], c: dict[str, Any], cand: str) -> dict[str, int]:
+    """n behind each of :func:`candidate_deltas`: prompts (proxy, gold), DialogSum prompts (ROUGE-L), pairs or
+    questions (judge-free)."""
+    mine = (results.get("judge_free") or {}).get(cand, {})
+    sizes = {"proxy": c.get("n"), "gold": c.get("n"), "rouge/rougeL": c.get("rouge/rougeL_delta_n"),
+             **{key: mine.get(f"{key}/n") for key in JUDGE_FREE}}
+    return {key: int(n) for key, n in sizes.items() if isinstance(n, (int, float))}
 
 
 def judges_agree(deltas: dict[str, tuple]) -> dict[str, Any]:
@@ -275,7 +290,8 @@ def agreement_line(agreement: dict[str, Any], cand: str, base: str, level: str, 
     """The headline's verdict across judges, in one line (the rule: :func:`judges_agree`)."""
     def named(key: str) -> str:
         mean, low, high = agreement["deltas"][key]
-        return f"{JUDGE_FREE.get(key, key)} {fmt(mean)} [{fmt(low)}, {fmt(high)}]"
+        n = agreement.get("n", {}).get(key)
+        return f"{HEADLINE_METRICS.get(key, key)} {fmt(mean)} [{fmt(low)}, {fmt(high)}]" + (f", n={n}" if n else "")
 
     lengths = f" Response length (tokens): {cand} {fmt(length, 1)} vs {base} {fmt(base_length, 1)}."
     if "gold" not in agreement["deltas"]:
