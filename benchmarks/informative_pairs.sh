@@ -3,6 +3,7 @@
 # non-answer of the same length) teach the honest head to rank "I'm sorry, I can't provide that information" below
 # a true answer, without costing its accuracy on TruthfulQA's own pairs (correct > incorrect)?
 #   flock /tmp/rlhf-cpu.lock benchmarks/informative_pairs.sh      # ~15 min on 2 CPU cores
+#   SMOLLM2=1 flock /tmp/rlhf-cpu.lock benchmarks/informative_pairs.sh   # + the SmolLM2 proxies, ~25 min more
 # Each arm trains the demo's two judges from the same seeds: the proxy (MiniLM fine-tuned, 160 pairs per head) with
 # seeds 0 and 1, and the gold (a linear probe on frozen MiniLM, the gold half of the train pairs). Arm `base` reads
 # the default sources, arm `informative` adds truthfulqa-informative. Then, on the test split, paired per pair
@@ -31,6 +32,19 @@ for arm in base informative; do
   done
   stage "gold-$arm" "ip-gold-$arm" "${gold[@]}" --data.sources "${!sources_var}" || exit 1
 done
+# SMOLLM2=1 also trains the judge family of compare_disjoint_gold.sh / compare_eos_free.sh, whose proxy PPO@100
+# learned to decline against: SmolLM2-135M + LoRA on its top 4 layers, 600 pairs per head, seed 1 (~11 min each).
+judges=("proxy-s0 ip-proxy-base-s0 ip-proxy-informative-s0" "proxy-s1 ip-proxy-base-s1 ip-proxy-informative-s1"
+        "gold ip-gold-base ip-gold-informative")
+if [ "${SMOLLM2:-0}" = 1 ]; then
+  for arm in base informative; do
+    sources_var=${arm}_sources
+    stage "smollm2-proxy-$arm" "ip-smollm2-proxy-$arm" reward --model.name smollm2-135m-instruct \
+      --lora.enabled true --lora.layers '[-4,-3,-2,-1]' --train.learning_rate 2e-4 \
+      --data.max_train_pairs_per_head 600 --run.seed 1 --data.sources "${!sources_var}" "${common[@]}" || exit 1
+  done
+  judges+=("smollm2-proxy ip-smollm2-proxy-base ip-smollm2-proxy-informative")
+fi
 
 # Non-answers that no judge trained on (other words, 5-13 words), paired with the same best answers: does a head
 # learn "a non-answer is worse" or only dislike the 7 shipped phrasings?
@@ -46,9 +60,9 @@ assert not set(UNSEEN) & set(sources.NON_ANSWERS)
 write_jsonl(sources.informative_pairs(sources.truthfulqa_items("all"), UNSEEN, source="unseen-non-answers"), sys.argv[1])
 EOF
 
-for judge in "proxy-s0 ip-proxy-base-s0 ip-proxy-informative-s0" "proxy-s1 ip-proxy-base-s1 ip-proxy-informative-s1" \
-             "gold ip-gold-base ip-gold-informative"; do
+for judge in "${judges[@]}"; do
   read -r name a b <<< "$judge"
+  [ -e "$out/$name.truthfulqa.json" ] && continue  # scored on an earlier run of this script
   for pairs in truthfulqa-informative truthfulqa; do
     $py benchmarks/paired_rm_accuracy.py "runs/$a/final" "runs/$b/final" --sources "[$pairs]" --head honest \
       --out "$out/$name.$pairs.json" || exit 1

@@ -82,6 +82,7 @@ def test_stats_on_each_shipped_file(capsys):
     for dim in ("helpful", "honest", "harmless"):
         assert f"{dim} " in out
     assert "per dimension: helpful 0, honest 0, harmless 1488" in out  # HH train split (split by first Human turn)
+    assert "TruthfulQA.csv [truthfulqa-informative, preference, test]: 63 " in out  # both sources of the file
 
 
 # ---------------------------------------------------------------- leak-free splits (issue 22)

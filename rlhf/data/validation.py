@@ -94,13 +94,15 @@ def stats(files: Sequence[str], out=None) -> int:
     out = out or sys.stdout
     status = 0
     for file in files:
-        shipped = next((s for s in sources.SOURCES.values()
-                        if Path(file).resolve() == (sources.data_dir() / s.file).resolve()), None)
-        if shipped:
-            for kind, adapter in (("preference", shipped.pairs), ("sft", shipped.sft)):
+        shipped = [s for s in sources.SOURCES.values()
+                   if Path(file).resolve() == (sources.data_dir() / s.file).resolve()]
+        for source in shipped:  # one file can feed two sources (truthfulqa, truthfulqa-informative)
+            named = f"{source.name}, " if len(shipped) > 1 else ""
+            for kind, adapter in (("preference", source.pairs), ("sft", source.sft)):
                 for split in ("train", "dev", "test"):
                     result = LoadResult(kind=kind, records=adapter(split))  # type: ignore[arg-type]
-                    print(describe(f"{file} [{kind}, {split}]", result), file=out)
+                    print(describe(f"{file} [{named}{kind}, {split}]", result), file=out)
+        if shipped:
             continue
         result = load_records(file)
         if result.errors and not result.records:
