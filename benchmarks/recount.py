@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))  # our package
 
 from pipelines.compare import paired_difference, saved_comparison, scores_by_variant  # noqa: E402
 from rlhf.evaluation import metrics  # noqa: E402
+from rlhf.evaluation.evaluate import rouge_by_item  # noqa: E402
 
 DELTA = "{:+.3f} [{:+.3f}, {:+.3f}]".format
 
@@ -49,11 +50,12 @@ def refusal_lines(records: list[dict], baseline: str) -> list[str]:
 
 
 def rouge_lines(records: list[dict], baseline: str) -> list[str]:
-    summaries = [r for r in records if r["source"] == "dialogsum" and r.get("references")]
-    scores = metrics.rouge_pairs([r["response"] for r in summaries], [r["references"][0] for r in summaries])
-    for r, score in zip(summaries, scores):  # against the one reference summary, as DialogSum is scored
-        r["rougeL"] = score["rougeL"]
-    by_variant = scores_by_variant(summaries, "rougeL")
+    variants: dict[str, list[dict]] = {}
+    for r in records:
+        variants.setdefault(r["variant"], []).append(r)
+    by_variant = {variant: {item: scores["rougeL"] for item, scores in rouge_by_item(mine).items()}
+                  for variant, mine in variants.items()}  # as rlhf eval scores DialogSum: its one reference
+    by_variant = {variant: mine for variant, mine in by_variant.items() if mine}
     lines = ["## ROUGE-L per DialogSum prompt", "",
              "| variant | ROUGE-L (mean over prompts, CI) | Δ vs SFT (paired) | prompts |", "|---|---|---|---|"]
     for variant, mine in by_variant.items():

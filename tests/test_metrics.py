@@ -34,6 +34,10 @@ def test_rouge_hand_computed_partial_overlap():
     assert shuffled["rouge2"] == 0.0 and shuffled["rougeL"] == pytest.approx(0.5)  # LCS e.g. "the sat the"
     pair = metrics.rouge(["the cat sat on the mat", "mat the on sat cat the"], ["the cat sat on the mat"] * 2)
     assert pair["rougeL"] == pytest.approx((1.0 + 0.5) / 2)
+    assert metrics.mean_rouge([{"rouge1": 1.0, "rouge2": 0.0, "rougeL": 0.5}, {"rouge1": 0.0, "rouge2": 1.0,
+                                                                           "rougeL": 0.5}]) == {
+        "rouge1": 0.5, "rouge2": 0.5, "rougeL": 0.5}
+    assert all(v != v for v in metrics.mean_rouge([]).values())  # NaN: no pairs, no score
 
 
 def test_rouge_rejects_unpaired_lists():

@@ -471,13 +471,13 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
     if with_refs:
         out["bleu"], out["bleu_signature"] = metrics.bleu([r["response"] for r in with_refs],
                                                           [r["references"] for r in with_refs])
-    rouge = _rouge_by_item(records)
+    rouge = rouge_by_item(records)
     if rouge:  # ROUGE against the one reference summary, as DialogSum is scored
-        out.update({f"rouge/{k}": _mean([scores[k] for scores in rouge.values()]) for k in metrics.ROUGE_TYPES})
+        out.update({f"rouge/{k}": v for k, v in metrics.mean_rouge(list(rouge.values())).items()})
         _, out["rouge/rougeL_low"], out["rouge/rougeL_high"] = metrics.mean_interval(
             [scores["rougeL"] for scores in rouge.values()], confidence)
         out["rouge/n"] = len(rouge)
-        base_rouge = _rouge_by_item(baseline or [])
+        base_rouge = rouge_by_item(baseline or [])
         diffs = [scores["rougeL"] - base_rouge[item]["rougeL"] for item, scores in rouge.items() if item in base_rouge]
         if len(diffs) > 1:  # paired per dialogue: two samples of one policy differ by points on 20-30 summaries
             mean, low, high = metrics.mean_interval(diffs, confidence)
@@ -501,7 +501,7 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
     return out
 
 
-def _rouge_by_item(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+def rouge_by_item(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
     """ROUGE-1/2/L F of each DialogSum response against its one reference summary, by item (source, id)."""
     summaries = [r for r in records if r["source"] == "dialogsum" and r["references"]]
     scores = metrics.rouge_pairs([r["response"] for r in summaries], [r["references"][0] for r in summaries])

@@ -50,7 +50,11 @@ def rouge_pairs(predictions: Sequence[str], references: Sequence[str]) -> list[d
 
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure over pairs: ``{"rouge1": .., "rouge2": .., "rougeL": ..}``."""
-    pairs = rouge_pairs(predictions, references)
+    return mean_rouge(rouge_pairs(predictions, references))
+
+
+def mean_rouge(pairs: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of per-pair scores (:func:`rouge_pairs`); NaN for none."""
     if not pairs:
         return {name: float("nan") for name in ROUGE_TYPES}
     return {name: sum(p[name] for p in pairs) / len(pairs) for name in ROUGE_TYPES}
