@@ -16,6 +16,7 @@
 #   6. compare      SFT, best-of-1/2/4 and every kept checkpoint on the 96 test prompts and sampling seeds of the
 #                   earlier comparisons; proxy, gold, judge-free metrics, refusals, ROUGE-L per prompt
 #   7. gold-minilm  MiniLM-L6 fully fine-tuned on the gold half (another family), then the same responses rescored
+# Needs the SFT start, runs/demo/sft/final (`make demo`), or SFT=DIR; it trains its own judges.
 # A stage whose run finished (its summary.json) is skipped, so the script resumes. OUT=DIR writes the results elsewhere.
 # Results: benchmarks/results/compare_informative/ (compare.md, report.md, results.json, recount.md,
 # rejudged_gold_minilm.md, plots, timings.tsv, cpu.txt).
