@@ -20,7 +20,7 @@
 # recount.md, plots, timings.tsv).
 set -uo pipefail
 out=${OUT:-benchmarks/results/compare_disjoint_gold}
-source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, stage, record_machine
+source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, the shared recipes, stage, finished_runs, ...
 ppo=(rl --rl.algo ppo --model.name "$sft" --update.batch_size 16 --update.mini_batch_size 8 --train.max_steps 60
      --train.learning_rate 3e-4 --train.lr_scheduler constant --train.save_steps 20 --run.seed 0
      --reward.missing_eos_penalty 1.0 "${common[@]}")  # the default when these results were measured (now 0)
@@ -28,21 +28,13 @@ ppo=(rl --rl.algo ppo --model.name "$sft" --update.batch_size 16 --update.mini_b
 # The pair sources these judges and DPO were trained on: the default then (truthfulqa-informative joined it later).
 pairs=(--data.sources '[hh-rlhf-harmless, truthfulqa, dialogsum]')
 
-stage proxy cdg-proxy-smollm2 reward --model.name smollm2-135m-instruct --lora.enabled true \
-  --lora.layers '[-4,-3,-2,-1]' --train.learning_rate 2e-4 --data.max_train_pairs_per_head 600 --run.seed 1 \
-  "${pairs[@]}" "${common[@]}" || exit 1
-stage gold cdg-gold-smollm2 reward --role gold --model.name smollm2-135m-instruct --lora.enabled true \
-  --lora.layers '[-4,-3,-2,-1]' --train.learning_rate 2e-4 --data.max_train_pairs_per_head 600 --run.seed 0 \
-  "${pairs[@]}" "${common[@]}" || exit 1
-stage gold-minilm cdg-gold-minilm reward --role gold --model.name minilm-l6 --train.learning_rate 2e-4 \
-  --train.epochs 1 --train.precision fp32 --run.seed 0 "${pairs[@]}" "${common[@]}"
+stage proxy cdg-proxy-smollm2 "${smollm2_judge[@]}" --run.seed 1 "${pairs[@]}" "${common[@]}" || exit 1
+stage gold cdg-gold-smollm2 "${smollm2_judge[@]}" --role gold --run.seed 0 "${pairs[@]}" "${common[@]}" || exit 1
+stage gold-minilm cdg-gold-minilm "${minilm_gold[@]}" "${pairs[@]}" "${common[@]}"
 stage ppo-control cdg-ppo-control "${ppo[@]}" --reward.model runs/cdg-proxy-smollm2/final || exit 1
 stage ppo-detrend cdg-ppo-detrend "${ppo[@]}" --reward.model runs/cdg-proxy-smollm2/final --reward.length_detrend true
 stage dpo cdg-dpo dpo --model.name "$sft" --train.max_steps 36 --run.seed 0 "${pairs[@]}" "${common[@]}"
 
-rl_runs=runs/cdg-ppo-control
-[ -e runs/cdg-ppo-detrend/summary.json ] && rl_runs="$rl_runs, runs/cdg-ppo-detrend"
-dpo_runs=""
-[ -e runs/cdg-dpo/summary.json ] && dpo_runs=runs/cdg-dpo
-judged_comparison compare cdg-compare "$out" --rl_runs "[$rl_runs]" --dpo_runs "[$dpo_runs]" || exit 1
+judged_comparison compare cdg-compare "$out" --rl_runs "[$(finished_runs cdg-ppo-control cdg-ppo-detrend)]" \
+  --dpo_runs "[$(finished_runs cdg-dpo)]" || exit 1
 record_machine

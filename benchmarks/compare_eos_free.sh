@@ -21,21 +21,18 @@
 # plots, timings.tsv; seed1/ for step 4).
 set -uo pipefail
 out=${OUT:-benchmarks/results/compare_eos_free}
-source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, stage, record_machine
-for judge in cdg-proxy-smollm2 cdg-gold-smollm2; do
+source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, the shared recipes, stage, finished_runs, ...
+for judge in "$proxy_run" "$gold_run"; do
   [ -e "runs/$judge/summary.json" ] || { echo "runs/$judge: missing; run benchmarks/compare_disjoint_gold.sh first"; exit 1; }
 done
 
-rl=(rl --model.name "$sft" --reward.model runs/cdg-proxy-smollm2/final --reward.missing_eos_penalty 0
-    --update.mini_batch_size 8 --train.max_steps 100 --train.learning_rate 3e-4 --train.lr_scheduler constant
-    --train.save_steps 25 --train.save_total_limit 0 --run.seed 0 "${common[@]}")
+rl=("${eos_free_rl[@]}" --reward.model "runs/$proxy_run/final" --train.save_total_limit 0 "${common[@]}")
 
 stage ppo-eosfree cee-ppo-eosfree "${rl[@]}" --rl.algo ppo --update.batch_size 16 || exit 1
 stage rloo-eosfree cee-rloo-eosfree "${rl[@]}" --rl.algo rloo --rl.samples_per_prompt 4 --update.batch_size 4
 
-rl_runs=runs/cee-ppo-eosfree
-[ -e runs/cee-rloo-eosfree/summary.json ] && rl_runs="$rl_runs, runs/cee-rloo-eosfree"
-judged_comparison compare cee-compare "$out" --rl_runs "[$rl_runs]" --best_of_n '[1, 2, 4]' || exit 1
+judged_comparison compare cee-compare "$out" --rl_runs "[$(finished_runs cee-ppo-eosfree cee-rloo-eosfree)]" \
+  --best_of_n '[1, 2, 4]' || exit 1
 
 # 4. RLOO again with another seed (its samples and prompt order), to 75 steps, and its own comparison against the
 #    same SFT samples: is RLOO@75's gain one lucky run?

@@ -9,13 +9,15 @@
 #   1. proxy        SmolLM2-135M, LoRA on its top 4 layers, 600 pairs per head, seed 1, the `proxy` half (the recipe
 #                   of compare_disjoint_gold.sh; the same run as informative_pairs.sh SMOLLM2=1's informative arm)
 #   2. gold         the same recipe on the `gold` half, seed 0: disjoint pairs, same family
-#   3. rloo         RLOO, 4 prompts x 4 samples a step, lr 3e-4, no truncation penalty: compare_eos_free.sh's
+#   3. gold-minilm  MiniLM-L6 fully fine-tuned on the gold half: another family too, the second judge (rejudge.py)
+#   4. rloo         RLOO, 4 prompts x 4 samples a step, lr 3e-4, no truncation penalty: compare_eos_free.sh's
 #                   recipe, 100 steps, the checkpoints of steps 75 and 100 kept
-#   4. grpo         the same with GRPO's group-normalised advantages
-#   5. reinforce_pp REINFORCE++ (batch-whitened return-to-go, no critic, no group), 16 prompts x 1 sample a step
-#   6. compare      SFT, best-of-1/2/4 and every kept checkpoint on the 96 test prompts and sampling seeds of the
-#                   earlier comparisons; proxy, gold, judge-free metrics, refusals, ROUGE-L per prompt
-#   7. gold-minilm  MiniLM-L6 fully fine-tuned on the gold half (another family), then the same responses rescored
+#   5. grpo         the same with GRPO's group-normalised advantages
+#   6. reinforce_pp REINFORCE++ (batch-whitened return-to-go, no critic, no group), 16 prompts x 1 sample a step
+#   7. compare      SFT, best-of-1/2/4 and every kept checkpoint on the 96 test prompts and sampling seeds of the
+#                   earlier comparisons; proxy, gold, judge-free metrics; then the same responses rescored by the
+#                   MiniLM gold and counted again: refusals, ROUGE-L per prompt
+# (The published run trained the MiniLM gold last, after the comparison; the stages are independent and seeded.)
 # Needs the SFT start, runs/demo/sft/final (`make demo`), or SFT=DIR; it trains its own judges.
 # A stage whose run finished (its summary.json) is skipped, so the script resumes. OUT=DIR writes the results elsewhere.
 # Results: benchmarks/results/compare_informative/ (compare.md, report.md, results.json, recount.md,
@@ -23,30 +25,18 @@
 set -uo pipefail
 out=${OUT:-benchmarks/results/compare_informative}
 proxy_run=ip-smollm2-proxy-informative gold_run=cin-gold-smollm2 gold2_run=cin-gold-minilm  # read by stages.sh
-source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, stage, judged_comparison, record_machine
+source "$(dirname "$0")/stages.sh"  # $py, $sft, ${common[@]}, the shared recipes, stage, finished_runs, ...
 
-judge=(reward --model.name smollm2-135m-instruct --lora.enabled true --lora.layers '[-4,-3,-2,-1]'
-       --train.learning_rate 2e-4 --data.max_train_pairs_per_head 600 "${common[@]}")
-stage proxy "$proxy_run" "${judge[@]}" --run.seed 1 || exit 1
-stage gold "$gold_run" "${judge[@]}" --role gold --run.seed 0 || exit 1
+stage proxy "$proxy_run" "${smollm2_judge[@]}" --run.seed 1 "${common[@]}" || exit 1
+stage gold "$gold_run" "${smollm2_judge[@]}" --role gold --run.seed 0 "${common[@]}" || exit 1
+stage gold-minilm "$gold2_run" "${minilm_gold[@]}" "${common[@]}"
 
-rl=(rl --model.name "$sft" --reward.model "runs/$proxy_run/final" --reward.missing_eos_penalty 0
-    --update.mini_batch_size 8 --train.max_steps 100 --train.learning_rate 3e-4 --train.lr_scheduler constant
-    --train.save_steps 25 --train.save_total_limit 2 --run.seed 0 "${common[@]}")
+rl=("${eos_free_rl[@]}" --reward.model "runs/$proxy_run/final" --train.save_total_limit 2 "${common[@]}")
 group=(--rl.samples_per_prompt 4 --update.batch_size 4)
 stage rloo rloo-informative "${rl[@]}" --rl.algo rloo "${group[@]}" || exit 1
 stage grpo grpo-informative "${rl[@]}" --rl.algo grpo "${group[@]}"
 stage reinforce_pp reinforce_pp-informative "${rl[@]}" --rl.algo reinforce_pp --update.batch_size 16
 
-rl_runs=runs/rloo-informative
-for run in grpo-informative reinforce_pp-informative; do
-  [ -e "runs/$run/summary.json" ] && rl_runs="$rl_runs, runs/$run"
-done
-record_machine
+rl_runs=$(finished_runs rloo-informative grpo-informative reinforce_pp-informative)
 judged_comparison compare cin-compare "$out" --rl_runs "[$rl_runs]" --best_of_n '[1, 2, 4]' || exit 1
-
-# 7. The second gold, trained after the comparison so that it cannot delay it; rejudge.py reads the saved responses.
-stage gold-minilm "$gold2_run" reward --role gold --model.name minilm-l6 --train.learning_rate 2e-4 \
-  --train.epochs 1 --train.precision fp32 --run.seed 0 "${common[@]}" || exit 1
-$py benchmarks/rejudge.py --run runs/cin-compare --judge "runs/$gold2_run/final" --out "$out/rejudged_gold_minilm.md"
 record_machine

@@ -14,7 +14,7 @@
 # Results: benchmarks/results/informative_pairs/ (one JSON per judge and pair set, table.md, timings.tsv, cpu.txt).
 set -uo pipefail
 out=${OUT:-benchmarks/results/informative_pairs}
-source "$(dirname "$0")/stages.sh"  # $py, ${common[@]}, stage, record_machine
+source "$(dirname "$0")/stages.sh"  # $py, ${common[@]}, ${smollm2_judge[@]}, stage, record_machine
 
 base_sources='[hh-rlhf-harmless, truthfulqa, dialogsum]'
 informative_sources='[hh-rlhf-harmless, truthfulqa, truthfulqa-informative, dialogsum]'
@@ -39,9 +39,8 @@ judges=("proxy-s0 ip-proxy-base-s0 ip-proxy-informative-s0" "proxy-s1 ip-proxy-b
 if [ "${SMOLLM2:-0}" = 1 ]; then
   for arm in base informative; do
     sources_var=${arm}_sources
-    stage "smollm2-proxy-$arm" "ip-smollm2-proxy-$arm" reward --model.name smollm2-135m-instruct \
-      --lora.enabled true --lora.layers '[-4,-3,-2,-1]' --train.learning_rate 2e-4 \
-      --data.max_train_pairs_per_head 600 --run.seed 1 --data.sources "${!sources_var}" "${common[@]}" || exit 1
+    stage "smollm2-proxy-$arm" "ip-smollm2-proxy-$arm" "${smollm2_judge[@]}" --run.seed 1 \
+      --data.sources "${!sources_var}" "${common[@]}" || exit 1
   done
   judges+=("smollm2-proxy ip-smollm2-proxy-base ip-smollm2-proxy-informative")
 fi
