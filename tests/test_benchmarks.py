@@ -19,6 +19,7 @@ import common  # noqa: E402
 import harness  # noqa: E402
 import ppo_vs_trl  # noqa: E402
 import rl_vs_trl  # noqa: E402
+import rm_seeds  # noqa: E402
 import trl_grpo_side  # noqa: E402  (standard library + common only at import, like on TRL's side)
 
 
@@ -317,3 +318,12 @@ def test_gpu_check_plans_every_demo_stage_and_refuses_a_machine_without_cuda(tmp
     monkeypatch.setattr(runtime, "cuda_present", lambda: False)
     assert gpu_check.main(["--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: benchmarks/gpu_check.py needs a CUDA device")
+
+
+def test_seed_interval_is_students_t_over_seeds():
+    mean, low, high = rm_seeds.seed_interval([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2) = 4.303: 2 ± 4.303/√3
+    assert mean == 2.0 and low == pytest.approx(2 - 2.48434, abs=1e-4) and high == pytest.approx(2 + 2.48434, abs=1e-4)
+    mean, low, high = rm_seeds.seed_interval([0.6, 0.7])  # sd 0.0707, t(0.975, 1) = 12.706: 0.65 ± 0.6353
+    assert mean == pytest.approx(0.65) and low == pytest.approx(0.0147, abs=1e-4)
+    mean, low, high = rm_seeds.seed_interval([0.5])
+    assert mean == 0.5 and low != low and high != high  # one seed: no interval (nan)
