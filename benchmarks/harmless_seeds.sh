@@ -10,17 +10,22 @@
 #   3. rm_seeds.py: each recipe's mean over seeds with its 95 % t-interval (seeds.md).
 # LEN256=1 adds the covariate head reading 256 tokens (the reward stage's default) instead of the probe's 160,
 # seeds 0 and 1, paired against the 160-token head of the same seed.
-# Results: benchmarks/results/rm_length_debias/ms-*/ (rm_report.*), paired-ms-*.json, seeds.md, cpu.txt.
+# Results: benchmarks/results/rm_length_debias/ms-*/ (rm_report.*), paired-ms-*.json, seeds.md, cpu.txt, timings.tsv
+# (the published run predates timings.tsv: its training seconds are in each run's summary.json).
 set -uo pipefail
-py=${PYTHON:-.venv/bin/python}
 out=benchmarks/results/rm_length_debias
+source "$(dirname "$0")/stages.sh"  # $py, $timings, record_machine
 ft=(--model.freeze_backbone false --train.learning_rate 2e-4 --data.partition all)
 
 train_head() {  # NAME flags...: one rm_length_debias.sh run unless it finished
   local name=$1; shift
   if [ -e "runs/rm-debias-$name/summary.json" ] && [ -e "$out/$name/rm_report.json" ]; then return 0; fi
   echo "== $name $(date -u +%T)"
-  PYTHON=$py PRECISION=fp32 EPOCHS=1 benchmarks/rm_length_debias.sh "$name" "${ft[@]}" "$@" || exit 1
+  local t0=$SECONDS
+  PYTHON=$py PRECISION=fp32 EPOCHS=1 benchmarks/rm_length_debias.sh "$name" "${ft[@]}" "$@"
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" $((SECONDS - t0)) "$rc" >> "$timings"  # as stages.sh's stage times its stages
+  [ "$rc" = 0 ] || exit 1
 }
 paired() {  # A B OUT [flags]
   local a=$1 b=$2 dest=$3; shift 3
@@ -47,4 +52,4 @@ if [ "${LEN256:-0}" = 1 ]; then
   done
 fi
 $py benchmarks/rm_seeds.py ms-baseline ms-covariate --paired 'paired-ms-s{seed}.json' --out "$out/seeds.md"
-{ lscpu | grep -E 'Model name'; grep -o 'avx512_bf16\|amx_bf16' /proc/cpuinfo | sort -u; uptime; } > "$out/cpu.txt"
+record_machine
